@@ -1,0 +1,2 @@
+//! Proxim core.
+#![warn(missing_docs)]

@@ -1,0 +1,2 @@
+//! Proxim signaling server.
+#![warn(missing_docs)]
