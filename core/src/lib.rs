@@ -1,2 +1,28 @@
-//! Proxim core.
+//! Proxim core: pair a phone with a desktop through a signaling server and talk to it directly
+//! over WebRTC data channels.
+//!
+//! # Layers
+//! - [`pairing`]: the pairing state machines for both roles, sans-IO (time is an input).
+//! - [`signaling`]: the signaling client driver on tokio-tungstenite (hello/welcome,
+//!   heartbeats, reconnect with backoff, per-session demultiplexing into [`SignalLink`]s).
+//! - [`peer`]: Proxim's own tokio driver over webrtc-rs's sans-IO core `rtc`, data channels,
+//!   file transfer and stats.
+//!
+//! # The run-loop rule
+//! Every driver here follows one rule: after any input (a packet, a timer, a command, a
+//! signal), drain every output of the sans-IO machine — packets, events, reads — until it
+//! reports its next timeout. A packet produced while handling an event is sent in the same
+//! turn, never on the next timer.
 #![warn(missing_docs)]
+
+mod config;
+mod error;
+pub mod link;
+pub mod pairing;
+pub mod peer;
+pub mod signaling;
+pub mod transfer;
+
+pub use config::ProximConfig;
+pub use error::ProximError;
+pub use link::{LinkEvent, SignalLink};

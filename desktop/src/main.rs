@@ -1,1 +1,463 @@
-fn main() {}
+//! `proxim`: the signaling server, the desktop side, the phone side from a computer, and a demo
+//! that runs the whole job in one process.
+
+use std::io::Write as _;
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, Result, bail};
+use clap::{Args, Parser, Subcommand};
+use indicatif::{ProgressBar, ProgressStyle};
+use proxim_core::peer::Payload;
+use proxim_core::{Desktop, DesktopEvent, Event, ProximConfig, pair};
+use sha2::{Digest, Sha256};
+use tokio::io::AsyncBufReadExt;
+
+mod qr;
+
+#[derive(Debug, Parser)]
+#[command(name = "proxim", version, about = "Pair a phone with a desktop and talk to it directly")]
+struct Cli {
+    /// More log output (-v: info, -vv: debug). RUST_LOG overrides.
+    #[arg(short, long, action = clap::ArgAction::Count, global = true)]
+    verbose: u8,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Run the signaling server.
+    Serve(proxim_server::cli::ServeArgs),
+    /// Register as a desktop, show the pairing code, accept phones, receive messages and files.
+    Desktop(DesktopArgs),
+    /// Pair with a desktop as the phone side and send a message or a file.
+    Pair(PairArgs),
+    /// The whole job in one process: server, desktop and phone on loopback, a 64 MiB file.
+    Demo(DemoArgs),
+}
+
+#[derive(Debug, Args)]
+struct CommonArgs {
+    /// Signaling server WebSocket URL.
+    #[arg(long, env = "PROXIM_SERVER", default_value = "ws://127.0.0.1:8787/ws")]
+    server: String,
+    /// This device's name, shown to the other side.
+    #[arg(long)]
+    name: Option<String>,
+    /// Where Proxim keeps its device id.
+    #[arg(long, env = "PROXIM_DATA_DIR")]
+    data_dir: Option<PathBuf>,
+}
+
+#[derive(Debug, Args)]
+struct DesktopArgs {
+    #[command(flatten)]
+    common: CommonArgs,
+    /// Accept every pairing request without asking (unattended use).
+    #[arg(long, conflicts_with = "reject")]
+    accept: bool,
+    /// Reject every pairing request without asking (for tests).
+    #[arg(long)]
+    reject: bool,
+    /// Send every text message back to its sender (for tests and demos).
+    #[arg(long)]
+    echo: bool,
+    /// Where received files are saved.
+    #[arg(long, default_value = ".")]
+    download_dir: PathBuf,
+    /// Do not draw the QR code.
+    #[arg(long)]
+    no_qr: bool,
+    /// Exit after the first connection closes.
+    #[arg(long)]
+    once: bool,
+}
+
+#[derive(Debug, Args)]
+struct PairArgs {
+    /// The pairing code the desktop shows.
+    code: String,
+    #[command(flatten)]
+    common: CommonArgs,
+    /// Send this text message (repeatable).
+    #[arg(long = "message", short = 'm')]
+    messages: Vec<String>,
+    /// Send this file.
+    #[arg(long)]
+    file: Option<PathBuf>,
+    /// Stay connected and print what the desktop sends until Ctrl-C.
+    #[arg(long)]
+    wait: bool,
+}
+
+#[derive(Debug, Args)]
+struct DemoArgs {
+    /// File size in MiB.
+    #[arg(long, default_value_t = 64)]
+    size_mib: u64,
+}
+
+fn main() -> Result<()> {
+    let cli = Cli::parse();
+    init_tracing(cli.verbose);
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("starting the async runtime")?;
+    runtime.block_on(async move {
+        match cli.command {
+            Command::Serve(args) => serve(args).await,
+            Command::Desktop(args) => desktop(args).await,
+            Command::Pair(args) => phone(args).await,
+            Command::Demo(args) => demo(args).await,
+        }
+    })
+}
+
+fn init_tracing(verbose: u8) {
+    let default = match verbose {
+        0 => "warn,proxim=info,proxim_server=info",
+        1 => "info",
+        _ => "debug,rtc=info,rtc_sctp=info,rtc_dtls=info,rtc_ice=info",
+    };
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .init();
+}
+
+async fn serve(args: proxim_server::cli::ServeArgs) -> Result<()> {
+    let config = args.into_config()?;
+    let server = proxim_server::Server::start(config).await?;
+    eprintln!(
+        "proxim signaling server on {} (WebSocket {})",
+        server.local_addr(),
+        server.ws_url()
+    );
+    tokio::signal::ctrl_c().await.context("waiting for Ctrl-C")?;
+    eprintln!("shutting down");
+    server.shutdown().await;
+    Ok(())
+}
+
+fn config_from(common: &CommonArgs, default_name: &str) -> ProximConfig {
+    let name = common.name.clone().unwrap_or_else(|| default_name.to_owned());
+    let mut config = ProximConfig::new(common.server.clone(), name);
+    if let Some(dir) = &common.data_dir {
+        config = config.with_data_dir(dir);
+    }
+    config
+}
+
+fn host_name() -> String {
+    std::fs::read_to_string("/etc/hostname")
+        .ok()
+        .map(|s| s.trim().to_owned())
+        .filter(|s| !s.is_empty())
+        .unwrap_or_else(|| "desktop".to_owned())
+}
+
+async fn desktop(args: DesktopArgs) -> Result<()> {
+    let config = config_from(&args.common, &host_name()).with_download_dir(&args.download_dir);
+    tokio::fs::create_dir_all(&args.download_dir)
+        .await
+        .with_context(|| format!("creating {}", args.download_dir.display()))?;
+    let mut desktop = Desktop::register(config).await?;
+    print_code(&args.common.server, desktop.code(), !args.no_qr);
+    let mut stdin = tokio::io::BufReader::new(tokio::io::stdin()).lines();
+    loop {
+        let Some(event) = desktop.next_event().await else {
+            bail!("the signaling connection closed");
+        };
+        match event {
+            DesktopEvent::Prompt { session, peer, expires_in } => {
+                if args.accept {
+                    println!("accepting {} ({})", peer.device_name, peer.device_id);
+                    desktop.accept(&session).await?;
+                    continue;
+                }
+                if args.reject {
+                    println!("rejecting {} ({})", peer.device_name, peer.device_id);
+                    desktop.reject(&session).await?;
+                    continue;
+                }
+                print!(
+                    "{} ({}) wants to pair. Accept? [y/N] (expires in {}s) ",
+                    peer.device_name,
+                    peer.device_id,
+                    expires_in.as_secs()
+                );
+                std::io::stdout().flush().ok();
+                let answer = stdin.next_line().await?.unwrap_or_default();
+                if answer.trim().eq_ignore_ascii_case("y") || answer.trim().eq_ignore_ascii_case("yes") {
+                    desktop.accept(&session).await?;
+                } else {
+                    desktop.reject(&session).await?;
+                    println!("rejected");
+                }
+            }
+            DesktopEvent::PromptClosed { outcome, .. } => println!("pairing ended: {outcome:?}"),
+            DesktopEvent::Connected(connection) => {
+                println!(
+                    "connected to {} in {:?}",
+                    connection.peer_device().device_name,
+                    connection.timings().channel_open
+                );
+                let finished = tokio::spawn(serve_connection(connection, args.echo));
+                if args.once {
+                    finished.await??;
+                    return Ok(());
+                }
+            }
+            DesktopEvent::ConnectionFailed { peer, error } => {
+                eprintln!("connection to {} failed: {error}", peer.device_name);
+            }
+            DesktopEvent::CodeChanged(code) => print_code(&args.common.server, &code, !args.no_qr),
+            DesktopEvent::ServerLost => eprintln!("signaling server lost; reconnecting…"),
+            DesktopEvent::ServerReconnected => eprintln!("signaling server back"),
+            _ => {}
+        }
+    }
+}
+
+/// Print what arrives on a desktop-side connection until it closes.
+async fn serve_connection(mut connection: proxim_core::Connection, echo: bool) -> Result<()> {
+    let name = connection.peer_device().device_name.to_string();
+    while let Some(event) = connection.next_event().await {
+        match event {
+            Event::Message(Payload::Text(text)) => {
+                println!("[{name}] {text}");
+                if echo {
+                    connection.send_text(text).await?;
+                }
+            }
+            Event::Message(Payload::Binary(bytes)) => println!("[{name}] <{} bytes>", bytes.len()),
+            Event::FileProgress(p) => {
+                if p.bytes_done == p.total || p.bytes_done == 0 {
+                    println!("[{name}] receiving {} ({} bytes)", p.name, p.total);
+                }
+            }
+            Event::FileReceived(file) => println!(
+                "[{name}] saved {} ({} bytes, sha256 {} verified)",
+                file.path.display(),
+                file.bytes,
+                file.sha256
+            ),
+            Event::FileFailed { error } => eprintln!("[{name}] file failed: {error}"),
+            Event::Closed { reason } => {
+                println!("[{name}] connection closed: {reason}");
+                break;
+            }
+            _ => {}
+        }
+    }
+    Ok(())
+}
+
+fn print_code(server: &str, code: &str, qr: bool) {
+    println!("pairing code: {code}");
+    if qr {
+        let uri = format!("proxim://pair?server={server}&code={code}");
+        match qr::render(&uri) {
+            Ok(art) => println!("{art}"),
+            Err(e) => eprintln!("(no QR code: {e})"),
+        }
+    }
+    println!("on the phone side: proxim pair {code} --server {server}");
+}
+
+async fn phone(args: PairArgs) -> Result<()> {
+    let config = config_from(&args.common, "proxim-phone");
+    let mut connection = pair(&config, &args.code).await?;
+    let stats = connection.stats().await?;
+    println!(
+        "connected to {} in {:?} via {:?} ({} -> {})",
+        connection.peer_device().device_name,
+        connection.timings().channel_open,
+        stats.path(),
+        stats.local.address,
+        stats.remote.address
+    );
+    for message in &args.messages {
+        connection.send_text(message.clone()).await?;
+        println!("sent: {message}");
+    }
+    if let Some(path) = &args.file {
+        let report = send_with_progress(&connection, path).await?;
+        println!(
+            "sent {} ({} bytes) in {:.2?}: {:.1} MB/s, sha256 {} verified by the desktop",
+            report.name,
+            report.bytes,
+            report.elapsed,
+            report.bytes as f64 / report.elapsed.as_secs_f64() / 1e6,
+            report.sha256
+        );
+    }
+    if args.wait {
+        loop {
+            tokio::select! {
+                _ = tokio::signal::ctrl_c() => break,
+                event = connection.next_event() => match event {
+                    Some(Event::Message(Payload::Text(text))) => println!("< {text}"),
+                    Some(Event::Closed { reason }) => { println!("closed: {reason}"); break; }
+                    None => break,
+                    _ => {}
+                }
+            }
+        }
+    }
+    connection.close().await;
+    Ok(())
+}
+
+async fn send_with_progress(
+    connection: &proxim_core::Connection,
+    path: &Path,
+) -> Result<proxim_core::transfer::FileReport> {
+    let bar = ProgressBar::new(0);
+    bar.set_style(
+        ProgressStyle::with_template(
+            "{msg} [{bar:40}] {bytes}/{total_bytes} {binary_bytes_per_sec} eta {eta}",
+        )
+        .unwrap_or_else(|_| ProgressStyle::default_bar())
+        .progress_chars("=> "),
+    );
+    let progress_bar = bar.clone();
+    let report = connection
+        .send_file(path, move |p| {
+            progress_bar.set_length(p.total);
+            progress_bar.set_position(p.bytes_done);
+            progress_bar.set_message(p.name.clone());
+        })
+        .await;
+    bar.finish_and_clear();
+    Ok(report?)
+}
+
+/// The whole job on an embedded default: server, desktop and phone in one process on loopback.
+async fn demo(args: DemoArgs) -> Result<()> {
+    let work = std::env::temp_dir().join(format!("proxim-demo-{}", std::process::id()));
+    let result = run_demo(&args, &work).await;
+    let _ = tokio::fs::remove_dir_all(&work).await;
+    result
+}
+
+async fn run_demo(args: &DemoArgs, work: &Path) -> Result<()> {
+    let size = args.size_mib * 1024 * 1024;
+    println!("proxim demo: signaling server, desktop and phone in one process over loopback");
+
+    let server_config = proxim_server::ServerConfig::loopback();
+    let server = proxim_server::Server::start(server_config).await?;
+    let url = server.ws_url();
+    println!("  server       {url}");
+
+    let received = work.join("received");
+    tokio::fs::create_dir_all(&received).await?;
+    let source = work.join("demo-payload.bin");
+    let source_hash = write_random_file(&source, size)?;
+
+    let mut desktop =
+        Desktop::register(ProximConfig::new(url.clone(), "Demo desktop").with_download_dir(&received))
+            .await?;
+    let code = desktop.code().to_owned();
+    println!("  pairing code {code}");
+
+    let phone_config = ProximConfig::new(url.clone(), "Demo phone");
+    let phone = tokio::spawn(async move { pair(&phone_config, &code).await });
+
+    let desktop_connection = loop {
+        match desktop.next_event().await {
+            Some(DesktopEvent::Prompt { session, peer, .. }) => {
+                println!("  prompt       {} asks to pair: accepting", peer.device_name);
+                desktop.accept(&session).await?;
+            }
+            Some(DesktopEvent::Connected(connection)) => break connection,
+            Some(DesktopEvent::ConnectionFailed { error, .. }) => bail!("desktop side failed: {error}"),
+            Some(DesktopEvent::PromptClosed { outcome, .. }) => bail!("pairing ended: {outcome:?}"),
+            Some(_) => {}
+            None => bail!("desktop lost the server"),
+        }
+    };
+    let phone_connection = phone.await??;
+    let timings = phone_connection.timings();
+    let stats = phone_connection.stats().await?;
+    println!("  time to pair         {:>10.2?}", timings.paired);
+    println!("  time to open channel {:>10.2?}", timings.channel_open);
+    println!(
+        "  path                 {:>10}  ({} -> {})",
+        format!("{:?}", stats.path()).to_lowercase(),
+        stats.local.address,
+        stats.remote.address
+    );
+
+    let receiver = tokio::spawn(receive_one_file(desktop_connection));
+    let report = send_with_progress(&phone_connection, &source).await?;
+    let received_file = receiver.await??;
+    let received_hash = sha256_file(&received_file)?;
+    println!(
+        "  transfer             {:>10}  {} MiB in {:.2?}",
+        format!("{:.1} MB/s", size as f64 / report.elapsed.as_secs_f64() / 1e6),
+        args.size_mib,
+        report.elapsed
+    );
+    let stats = phone_connection.stats().await?;
+    if let Some(rtt) = stats.rtt {
+        println!("  rtt                  {rtt:>10.2?}");
+    }
+    let ok = received_hash == source_hash && report.sha256 == source_hash;
+    println!(
+        "  sha256               {:>10}  {}",
+        if ok { "match" } else { "MISMATCH" },
+        source_hash
+    );
+    phone_connection.close().await;
+    desktop.close().await;
+    server.shutdown().await;
+    if !ok {
+        bail!("the received file differs from the one sent");
+    }
+    println!("demo ok");
+    Ok(())
+}
+
+async fn receive_one_file(mut connection: proxim_core::Connection) -> Result<PathBuf> {
+    while let Some(event) = connection.next_event().await {
+        match event {
+            Event::FileReceived(file) => {
+                connection.close().await;
+                return Ok(file.path);
+            }
+            Event::FileFailed { error } => bail!("receiving failed: {error}"),
+            Event::Closed { reason } => bail!("connection closed before the file arrived: {reason}"),
+            _ => {}
+        }
+    }
+    bail!("connection ended before the file arrived")
+}
+
+fn write_random_file(path: &Path, size: u64) -> Result<String> {
+    use rand::RngCore as _;
+    let mut file = std::io::BufWriter::new(std::fs::File::create(path)?);
+    let mut hasher = Sha256::new();
+    let mut rng = rand::rng();
+    let mut chunk = vec![0u8; 1 << 20];
+    let mut left = size;
+    while left > 0 {
+        let n = left.min(chunk.len() as u64) as usize;
+        rng.fill_bytes(&mut chunk[..n]);
+        hasher.update(&chunk[..n]);
+        file.write_all(&chunk[..n])?;
+        left -= n as u64;
+    }
+    file.flush()?;
+    Ok(hex::encode(hasher.finalize()))
+}
+
+fn sha256_file(path: &Path) -> Result<String> {
+    let mut file = std::fs::File::open(path)?;
+    let mut hasher = Sha256::new();
+    std::io::copy(&mut file, &mut hasher)?;
+    Ok(hex::encode(hasher.finalize()))
+}

@@ -13,7 +13,8 @@
 //!   |      heartbeat_interval_ms, version}    |
 //!   |<----------------------------------------|
 //! desktop: register_desktop -> registered {code}
-//! phone:   pair_request {code} ... desktop: pair_prompt {session} -> pair_response {accept}
+//! phone:   pair_request {code} -> pair_pending {session}
+//! desktop: pair_prompt {session} -> pair_response {accept}
 //!          both: pair_result {session, outcome}
 //! both:    signal {session, signal: offer | answer | candidate | end_of_candidates | auth}
 //! ```
@@ -28,6 +29,8 @@
 use std::fmt;
 
 use serde::{Deserialize, Serialize};
+
+pub mod ice;
 
 /// The protocol version this crate speaks.
 pub const PROTOCOL_VERSION: u16 = 1;
@@ -147,6 +150,14 @@ pub enum ServerMessage {
     Registered {
         /// The routing code the desktop displays (with its own secret appended, if any).
         code: RoutingCode,
+    },
+    /// The phone's request reached the desktop, which is now asking its user. The phone can
+    /// withdraw the request with `leave {session}`.
+    PairPending {
+        /// The new pairing session.
+        session: SessionId,
+        /// How long the desktop has to answer, in milliseconds.
+        expires_in_ms: u64,
     },
     /// A phone asks to pair; the desktop user must accept or reject.
     PairPrompt {
@@ -381,6 +392,7 @@ const CLIENT_TYPES: &[&str] = &[
 const SERVER_TYPES: &[&str] = &[
     "welcome",
     "registered",
+    "pair_pending",
     "pair_prompt",
     "pair_result",
     "signal",
@@ -442,6 +454,7 @@ impl ServerMessage {
         match self {
             ServerMessage::Welcome { .. } => "welcome",
             ServerMessage::Registered { .. } => "registered",
+            ServerMessage::PairPending { .. } => "pair_pending",
             ServerMessage::PairPrompt { .. } => "pair_prompt",
             ServerMessage::PairResult { .. } => "pair_result",
             ServerMessage::Signal { .. } => "signal",
@@ -518,7 +531,10 @@ impl fmt::Debug for IceServer {
         f.debug_struct("IceServer")
             .field("urls", &self.urls)
             .field("username", &self.username)
-            .field("credential", &self.credential.as_ref().map(|_| "<redacted>"))
+            .field(
+                "credential",
+                &self.credential.as_ref().map(|_| "<redacted>"),
+            )
             .finish()
     }
 }

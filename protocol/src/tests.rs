@@ -93,14 +93,8 @@ fn golden_client_messages() {
         ClientMessage::Leave { session: session() },
         r#"{"type":"leave","session":"0123456789abcdef0123456789abcdef"}"#,
     );
-    client_golden(
-        ClientMessage::Ping { seq: 7 },
-        r#"{"type":"ping","seq":7}"#,
-    );
-    client_golden(
-        ClientMessage::Pong { seq: 8 },
-        r#"{"type":"pong","seq":8}"#,
-    );
+    client_golden(ClientMessage::Ping { seq: 7 }, r#"{"type":"ping","seq":7}"#);
+    client_golden(ClientMessage::Pong { seq: 8 }, r#"{"type":"pong","seq":8}"#);
     client_golden(
         ClientMessage::Bye {
             reason: Some(ShortText::new("shutting down").unwrap()),
@@ -138,6 +132,13 @@ fn golden_server_messages() {
             code: RoutingCode::new("K7P2QX").unwrap(),
         },
         r#"{"type":"registered","code":"K7P2QX"}"#,
+    );
+    server_golden(
+        ServerMessage::PairPending {
+            session: session(),
+            expires_in_ms: 60000,
+        },
+        r#"{"type":"pair_pending","session":"0123456789abcdef0123456789abcdef","expires_in_ms":60000}"#,
     );
     server_golden(
         ServerMessage::PairPrompt {
@@ -179,9 +180,7 @@ fn golden_server_messages() {
                 peer: None,
                 auth: None,
             },
-            &format!(
-                r#"{{"type":"pair_result","session":"{SESSION}","outcome":"{name}"}}"#
-            ),
+            &format!(r#"{{"type":"pair_result","session":"{SESSION}","outcome":"{name}"}}"#),
         );
     }
     server_golden(
@@ -238,14 +237,8 @@ fn golden_server_messages() {
         ServerMessage::error(ErrorCode::NotSessionMember, "not yours"),
         r#"{"type":"error","code":"not_session_member","message":"not yours"}"#,
     );
-    server_golden(
-        ServerMessage::Ping { seq: 1 },
-        r#"{"type":"ping","seq":1}"#,
-    );
-    server_golden(
-        ServerMessage::Pong { seq: 2 },
-        r#"{"type":"pong","seq":2}"#,
-    );
+    server_golden(ServerMessage::Ping { seq: 1 }, r#"{"type":"ping","seq":1}"#);
+    server_golden(ServerMessage::Pong { seq: 2 }, r#"{"type":"pong","seq":2}"#);
     server_golden(
         ServerMessage::Bye {
             reason: Some(ShortText::new("heartbeat timeout").unwrap()),
@@ -312,7 +305,9 @@ fn malformed_frames_are_typed_errors() {
     );
     // A server-only message sent by a client is unknown in that direction.
     assert_eq!(
-        ClientMessage::decode(r#"{"type":"welcome"}"#).unwrap_err().code(),
+        ClientMessage::decode(r#"{"type":"welcome"}"#)
+            .unwrap_err()
+            .code(),
         ErrorCode::UnknownMessageType
     );
     let invalid = ClientMessage::decode(r#"{"type":"ping","seq":"x"}"#).unwrap_err();

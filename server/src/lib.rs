@@ -1,2 +1,39 @@
-//! Proxim signaling server.
+//! Proxim signaling server: pairing routing, session relay, ICE configuration, monitoring.
+//!
+//! Clients speak the [`proxim_protocol`] over one WebSocket at `GET /ws`. Desktops register
+//! and get a routing code; a phone asks for that code; the desktop's user accepts or rejects;
+//! then the server relays WebRTC signals between exactly those two connections, and nobody
+//! else. Monitoring routes: `GET /healthz`, `GET /api/stats`, `GET /api/sessions`,
+//! `GET /api/config` (credentials redacted).
+//!
+//! ```no_run
+//! # async fn run() -> Result<(), proxim_server::ServerError> {
+//! let mut config = proxim_server::ServerConfig::loopback();
+//! config.ice = proxim_server::IceConfig::from_env()?;
+//! let server = proxim_server::Server::start(config).await?;
+//! println!("clients connect to {}", server.ws_url());
+//! server.shutdown().await;
+//! # Ok(()) }
+//! ```
+//!
+//! # Structure
+//!
+//! The routing logic is a sans-IO state machine (`hub`): it takes inputs with an explicit
+//! `now`, and yields outputs (messages to deliver, connections to close) and its next timeout.
+//! The driver (`server`) runs one task per connection and one timer task; after every input it
+//! drains every hub output before doing anything else, so a message produced while handling
+//! an input is queued in the same turn. Each connection has a bounded outbound queue; a client
+//! that does not read its messages is dropped, never waited for.
 #![warn(missing_docs)]
+
+pub mod cli;
+mod config;
+mod hub;
+mod server;
+
+pub use config::{
+    ConfigError, DEFAULT_PORT, IceConfig, REDACTED, STUN_URLS, ServerConfig, TURN_PASSWORD,
+    TURN_URLS, TURN_USERNAME,
+};
+pub use hub::{SessionInfo, Stats};
+pub use server::{RunningServer, Server, ServerError};

@@ -1,0 +1,124 @@
+//! Proxim's own peer layer: two [`Connection`]s in one process, wired back to back with
+//! [`SignalLink::pair`] (no server), talking over loopback.
+
+use std::time::{Duration, Instant};
+
+use anyhow::Context as _;
+use bytes::Bytes;
+use proxim_core::SignalLink;
+use proxim_core::peer::{Connection, Established, Payload, PeerConfig, PeerRole};
+
+use crate::Params;
+use crate::measure::{BulkMeter, Moved, Outcome, setup_outcome};
+
+/// One setup trial may take this long before it counts as failed.
+const TRIAL_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Row: bulk throughput over the default channel (reliable, ordered).
+pub(crate) fn run_bulk(params: &Params) -> anyhow::Result<Outcome> {
+    runtime()?.block_on(bulk(*params))
+}
+
+/// Row: `Connection::establish` on both sides, repeated.
+pub(crate) fn run_setup(params: &Params) -> anyhow::Result<Outcome> {
+    runtime()?.block_on(setup(*params))
+}
+
+fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("building the tokio runtime")
+}
+
+/// Establish two connected peers over an in-memory signaling link.
+async fn establish_pair() -> anyhow::Result<(Established, Established)> {
+    let (offerer_link, answerer_link) = SignalLink::pair();
+    let offerer = Connection::establish(PeerConfig::new(PeerRole::Offerer, vec![]), offerer_link);
+    let answerer =
+        Connection::establish(PeerConfig::new(PeerRole::Answerer, vec![]), answerer_link);
+    let (offerer, answerer) = tokio::join!(offerer, answerer);
+    Ok((
+        offerer.context("offerer establish")?,
+        answerer.context("answerer establish")?,
+    ))
+}
+
+async fn bulk(params: Params) -> anyhow::Result<Outcome> {
+    let deadline = tokio::time::Instant::now() + params.row_limit;
+    let (offerer, answerer) = tokio::time::timeout_at(deadline, establish_pair())
+        .await
+        .context("establish timed out")??;
+    let total = params.bulk_bytes;
+    let moved = Moved::default();
+    let meter = BulkMeter::start(total);
+
+    let mut receiver = answerer.channel;
+    let counter = moved.clone();
+    let receiving = tokio::spawn(async move {
+        while let Some(payload) = receiver.recv().await {
+            if counter.add(payload.len() as u64) >= total {
+                return true;
+            }
+        }
+        false
+    });
+    let sender = offerer.channel;
+    let message = Bytes::from(vec![0xa5_u8; params.message_bytes]);
+    let transfer = async {
+        let mut sent = 0_u64;
+        while sent < total {
+            let len = usize::try_from(total - sent).map_or(message.len(), |l| l.min(message.len()));
+            sender
+                .send(Payload::Binary(message.slice(..len)))
+                .await
+                .context("send")?;
+            sent += len as u64;
+        }
+        anyhow::ensure!(
+            receiving.await.context("receiver task")?,
+            "channel closed early"
+        );
+        anyhow::Ok(())
+    };
+    let outcome = match tokio::time::timeout_at(deadline, transfer).await {
+        Ok(Ok(())) => meter.finish(moved.get(), false, None),
+        Ok(Err(error)) => meter.finish(moved.get(), true, Some(format!("{error:#}"))),
+        Err(_) => meter.finish(moved.get(), true, None),
+    };
+    offerer.connection.close().await;
+    answerer.connection.close().await;
+    Ok(outcome)
+}
+
+async fn setup(params: Params) -> anyhow::Result<Outcome> {
+    let deadline = tokio::time::Instant::now() + params.row_limit;
+    let mut samples = Vec::new();
+    let mut first_error = None;
+    let mut timed_out = false;
+    for _ in 0..params.setup_trials {
+        if tokio::time::Instant::now() >= deadline {
+            timed_out = true;
+            break;
+        }
+        let started = Instant::now();
+        match tokio::time::timeout(TRIAL_TIMEOUT, establish_pair()).await {
+            Ok(Ok((offerer, answerer))) => {
+                samples.push(started.elapsed());
+                tokio::join!(offerer.connection.close(), answerer.connection.close());
+            }
+            Ok(Err(error)) => {
+                first_error.get_or_insert_with(|| format!("{error:#}"));
+            }
+            Err(_) => {
+                first_error.get_or_insert_with(|| format!("trial timed out ({TRIAL_TIMEOUT:?})"));
+            }
+        }
+    }
+    Ok(setup_outcome(
+        params.setup_trials,
+        samples,
+        timed_out,
+        first_error,
+    ))
+}

@@ -1,0 +1,363 @@
+// Kotlin tests of the Proxim bindings, run on the host JVM by scripts/test-kotlin.sh against a
+// real `proxim serve` and real `proxim desktop` peers. Everything crosses the generated uniffi
+// bindings exactly as an Android app would use them.
+//
+// Environment (set by the script):
+//   PROXIM_SERVER       ws://127.0.0.1:PORT/ws
+//   PROXIM_HTTP         http://127.0.0.1:PORT (monitoring API)
+//   ACCEPT_CODE         code of a desktop running --accept --echo
+//   ACCEPT_DOWNLOADS    that desktop's --download-dir
+//   REJECT_CODE         code of a desktop running --reject
+//   SILENT_CODE         code of a desktop that never answers (prompts on a stdin nobody writes)
+//   SILENT_LOG          that desktop's stdout
+//   WORK_DIR            scratch directory
+//
+// Output: one `PASS name (ms)` / `FAIL name: why` line per test, then `N passed, M failed`.
+
+import dev.proxim.*
+import java.io.File
+import java.net.HttpURLConnection
+import java.net.URI
+import java.security.MessageDigest
+import java.util.Random
+import kotlinx.coroutines.*
+import kotlinx.coroutines.flow.MutableStateFlow
+import kotlinx.coroutines.flow.first
+import kotlinx.coroutines.flow.update
+import kotlin.system.exitProcess
+
+// -----------------------------------------------------------------------------------------------
+// The tests
+// -----------------------------------------------------------------------------------------------
+
+val tests: List<Pair<String, suspend () -> Unit>> = listOf(
+    "pair succeeds and a message round-trips" to ::pairAndEcho,
+    "a file of a few MiB arrives byte-identical with progress" to ::fileTransfer,
+    "a rejecting desktop maps to ProximException.Rejected" to ::rejected,
+    "a malformed code maps to InvalidCode, an unknown one to UnknownCode" to ::wrongCode,
+    "an unreachable server maps to ServerUnreachable" to ::unreachableServer,
+    "cancelling pair() withdraws the request and leaves nothing pending" to ::cancelPair,
+    "20 ProximCore instances pair at once" to ::twentyAtOnce,
+    "the listener sees states in a valid order" to ::stateOrder,
+    "closing twice is harmless" to ::closeTwice,
+)
+
+suspend fun pairAndEcho() {
+    val recorder = Recorder()
+    newCore("kt-echo", recorder).use { core ->
+        core.pair(env("ACCEPT_CODE")).use { connection ->
+            check(connection.peerName().isNotEmpty()) { "no peer name" }
+            val text = "hello from kotlin ${randomTag()}"
+            connection.sendText(text)
+            recorder.awaitConnectionEvent(connection.id()) {
+                it is ConnectionEvent.TextReceived && it.text == text
+            }
+            val stats = connection.stats()
+            check(stats.path == PathType.HOST) { "loopback path should be HOST, got ${stats.path}" }
+            check(stats.bytesSent >= text.length.toULong()) { "bytesSent ${stats.bytesSent}" }
+            check(stats.bytesReceived >= text.length.toULong()) { "bytesReceived ${stats.bytesReceived}" }
+            check(stats.local.address.startsWith("127.") || stats.local.address.startsWith("[::1]")) {
+                "local address ${stats.local.address}"
+            }
+            check(connection.state() == ConnectionState.CONNECTED) { "state ${connection.state()}" }
+            connection.disconnect()
+        }
+    }
+}
+
+suspend fun fileTransfer() {
+    val recorder = Recorder()
+    val size = 4 * 1024 * 1024 + 12345
+    val name = "kt-${randomTag()}.bin"
+    val source = File(env("WORK_DIR"), name)
+    val bytes = ByteArray(size).also { Random().nextBytes(it) }
+    source.writeBytes(bytes)
+    val expected = sha256(bytes)
+    newCore("kt-file", recorder).use { core ->
+        core.pair(env("ACCEPT_CODE")).use { connection ->
+            val report = connection.sendFile(source.path)
+            check(report.sha256 == expected) { "report sha256 ${report.sha256} != $expected" }
+            check(report.bytes == size.toULong()) { "report bytes ${report.bytes}" }
+            // Progress: some updates, never decreasing, the last one complete.
+            recorder.awaitConnectionEvent(connection.id()) {
+                it is ConnectionEvent.FileProgress && it.progress.bytesDone == size.toULong()
+            }
+            val progress = recorder.connectionEvents(connection.id())
+                .filterIsInstance<ConnectionEvent.FileProgress>()
+            check(progress.all { it.direction == TransferDirection.SENDING }) { "direction" }
+            check(progress.size >= 3) { "only ${progress.size} progress events" }
+            check(progress.zipWithNext().all { (a, b) -> a.progress.bytesDone <= b.progress.bytesDone }) {
+                "progress went backwards"
+            }
+            check(progress.all { it.progress.total == size.toULong() && it.progress.name == name }) {
+                "progress names the wrong file: ${progress.first()}"
+            }
+            connection.disconnect()
+        }
+    }
+    // The desktop acknowledged only after storing and verifying: the file is there now.
+    val received = File(env("ACCEPT_DOWNLOADS"), name)
+    check(received.isFile) { "$received missing; download dir has ${File(env("ACCEPT_DOWNLOADS")).list()?.toList()}" }
+    val got = sha256(received.readBytes())
+    check(got == expected) { "received file differs: $got != $expected" }
+}
+
+suspend fun rejected() {
+    val recorder = Recorder()
+    newCore("kt-reject", recorder).use { core ->
+        val error = expectThrows<ProximException> { core.pair(env("REJECT_CODE")) }
+        check(error is ProximException.Rejected) { "expected Rejected, got $error" }
+    }
+    recorder.awaitPairing { it is PairingState.Failed }
+    val states = recorder.pairingStates()
+    check(states.first() == PairingState.Pairing) { "states $states" }
+    check(states.none { it is PairingState.Connected }) { "states $states" }
+}
+
+suspend fun wrongCode() {
+    newCore("kt-wrong-code", null).use { core ->
+        val malformed = expectThrows<ProximException> { core.pair("0O1!") }
+        check(malformed is ProximException.InvalidCode) { "expected InvalidCode, got $malformed" }
+        val unknown = expectThrows<ProximException> { core.pair(unusedCode()) }
+        check(unknown is ProximException.UnknownCode) { "expected UnknownCode, got $unknown" }
+    }
+}
+
+suspend fun unreachableServer() {
+    val config = CoreConfig(serverUrl = "ws://127.0.0.1:1/ws", deviceName = "kt-nowhere")
+    ProximCore(config).use { core ->
+        val error = expectThrows<ProximException> { core.pair(env("ACCEPT_CODE")) }
+        check(error is ProximException.ServerUnreachable) { "expected ServerUnreachable, got $error" }
+    }
+}
+
+suspend fun cancelPair(): Unit = coroutineScope {
+    val recorder = Recorder()
+    val phone = "kt-cancel-${randomTag()}"
+    val log = File(env("SILENT_LOG"))
+    val promptsBefore = countPrompts(log)
+    val core = newCore(phone, recorder)
+    val job = launch(Dispatchers.Default) { core.pair(env("SILENT_CODE")) }
+    // Wait until the request is really pending: the desktop shows it and the server lists it.
+    pollUntil("the silent desktop to show the prompt") { countPrompts(log) > promptsBefore }
+    pollUntil("the server to list the pending session") { pendingSessions(phone) > 0 }
+    job.cancelAndJoin()
+    check(job.isCancelled) { "pair() was not cancelled" }
+    recorder.awaitPairing { it == PairingState.Cancelled }
+    pollUntil("the server to drop the pending session") { pendingSessions(phone) == 0 }
+    pollUntil("the desktop to see the prompt closed") { log.readText().contains("pairing ended") }
+    core.close()
+}
+
+suspend fun twentyAtOnce(): Unit = coroutineScope {
+    val count = 20
+    val recorders = List(count) { Recorder() }
+    val cores = List(count) { newCore("kt-crowd-$it", recorders[it]) }
+    try {
+        val connections = cores.map { core ->
+            async(Dispatchers.IO) { core.pair(env("ACCEPT_CODE")) }
+        }.awaitAll()
+        try {
+            check(connections.map { it.id() }.toSet().size == count) { "connection ids are not unique" }
+            connections.mapIndexed { i, connection ->
+                async(Dispatchers.Default) {
+                    val text = "crowd $i ${randomTag()}"
+                    connection.sendText(text)
+                    recorders[i].awaitConnectionEvent(connection.id()) {
+                        it is ConnectionEvent.TextReceived && it.text == text
+                    }
+                }
+            }.awaitAll()
+        } finally {
+            connections.map { async(Dispatchers.IO) { it.disconnect(); it.close() } }.awaitAll()
+        }
+    } finally {
+        cores.forEach { it.close() }
+    }
+}
+
+suspend fun stateOrder() {
+    val recorder = Recorder()
+    var connectionId = 0uL
+    newCore("kt-order", recorder).use { core ->
+        core.pair(env("ACCEPT_CODE")).use { connection ->
+            connectionId = connection.id()
+            connection.sendText("order ${randomTag()}")
+            connection.disconnect()
+            recorder.awaitConnectionEvent(connectionId) { it is ConnectionEvent.Closed }
+        }
+    }
+    val pairing = recorder.pairingStates()
+    check(pairing.size == 2 && pairing[0] == PairingState.Pairing) { "pairing states $pairing" }
+    val connected = pairing[1]
+    check(connected is PairingState.Connected && connected.connectionId == connectionId) {
+        "pairing states $pairing"
+    }
+    val all = recorder.all()
+    val connectedAt = all.indexOfFirst { it is Recorded.Pairing && it.state is PairingState.Connected }
+    val firstEventAt = all.indexOfFirst { it is Recorded.Connection && it.id == connectionId }
+    check(firstEventAt > connectedAt) { "a connection event came before PairingState.Connected: $all" }
+    val events = recorder.connectionEvents(connectionId)
+    check(events.last() is ConnectionEvent.Closed) { "the last event is not Closed: $events" }
+    check(events.count { it is ConnectionEvent.Closed } == 1) { "Closed twice: $events" }
+    val changes = events.filterIsInstance<ConnectionEvent.StateChanged>()
+    changes.zipWithNext().forEach { (a, b) ->
+        check(a.new == b.old) { "state jumped: ${a.old}->${a.new} then ${b.old}->${b.new}" }
+    }
+    changes.forEach { check(it.old != it.new) { "no-op transition $it" } }
+    check(changes.none { it.old == ConnectionState.CLOSED }) { "left CLOSED: $changes" }
+}
+
+suspend fun closeTwice() {
+    val core = newCore("kt-close", Recorder())
+    val connection = core.pair(env("ACCEPT_CODE"))
+    connection.disconnect()
+    connection.disconnect()
+    check(connection.state() == ConnectionState.CLOSED) { "state after disconnect: ${connection.state()}" }
+    val late = expectThrows<ProximException> { connection.sendText("too late") }
+    check(late is ProximException.Closed || late is ProximException.ConnectionFailed) { "got $late" }
+    connection.close()
+    connection.close()
+    expectThrows<IllegalStateException> { connection.sendText("after close") }
+    core.close()
+    core.close()
+    // A connection released without disconnect() first is closed in the background.
+    newCore("kt-close-2", null).use { other ->
+        other.pair(env("ACCEPT_CODE")).close()
+    }
+}
+
+// -----------------------------------------------------------------------------------------------
+// Runner
+// -----------------------------------------------------------------------------------------------
+
+fun main(args: Array<String>) {
+    val only = args.toSet()
+    var passed = 0
+    var failed = 0
+    runBlocking(Dispatchers.Default) {
+        for ((name, test) in tests) {
+            if (only.isNotEmpty() && only.none { name.contains(it) }) continue
+            val started = System.nanoTime()
+            try {
+                withTimeout(90_000) { test() }
+                passed++
+                println("PASS $name (${(System.nanoTime() - started) / 1_000_000} ms)")
+            } catch (e: Throwable) {
+                failed++
+                println("FAIL $name: $e")
+                e.printStackTrace(System.out)
+            }
+        }
+    }
+    println("$passed passed, $failed failed")
+    exitProcess(if (failed == 0 && passed > 0) 0 else 1)
+}
+
+// -----------------------------------------------------------------------------------------------
+// Helpers
+// -----------------------------------------------------------------------------------------------
+
+sealed class Recorded {
+    data class Pairing(val state: PairingState) : Recorded()
+    data class Connection(val id: ULong, val event: ConnectionEvent) : Recorded()
+}
+
+/** A listener that records everything; tests wait on it without sleeping. */
+class Recorder : ProximListener {
+    private val events = MutableStateFlow<List<Recorded>>(emptyList())
+
+    override fun onPairingState(state: PairingState) {
+        events.update { it + Recorded.Pairing(state) }
+    }
+
+    override fun onConnectionEvent(connectionId: ULong, event: ConnectionEvent) {
+        events.update { it + Recorded.Connection(connectionId, event) }
+    }
+
+    fun all(): List<Recorded> = events.value
+    fun pairingStates() = all().filterIsInstance<Recorded.Pairing>().map { it.state }
+    fun connectionEvents(id: ULong) =
+        all().filterIsInstance<Recorded.Connection>().filter { it.id == id }.map { it.event }
+
+    suspend fun awaitPairing(predicate: (PairingState) -> Boolean) =
+        withTimeout(15_000) {
+            events.first { list -> list.any { it is Recorded.Pairing && predicate(it.state) } }
+        }
+
+    suspend fun awaitConnectionEvent(id: ULong, predicate: (ConnectionEvent) -> Boolean) =
+        withTimeout(30_000) {
+            events.first { list ->
+                list.any { it is Recorded.Connection && it.id == id && predicate(it.event) }
+            }
+        }
+}
+
+fun env(name: String): String = System.getenv(name) ?: error("environment variable $name is not set")
+
+fun newCore(name: String, listener: ProximListener?): ProximCore {
+    val dataDir = File(env("WORK_DIR"), "data-$name-${randomTag()}")
+    return ProximCore(
+        CoreConfig(
+            serverUrl = env("PROXIM_SERVER"),
+            deviceName = name,
+            dataDir = dataDir.path,
+            pairTimeoutMs = 30_000uL,
+        ),
+        listener,
+    )
+}
+
+suspend inline fun <reified T : Throwable> expectThrows(block: suspend () -> Any?): T {
+    try {
+        val value = block()
+        if (value is AutoCloseable) value.close()
+    } catch (e: Throwable) {
+        if (e is T) return e
+        throw AssertionError("expected ${T::class.simpleName}, got $e", e)
+    }
+    throw AssertionError("expected ${T::class.simpleName}, nothing was thrown")
+}
+
+/** Poll a condition that has no event to wait on (another process's state), bounded. */
+suspend fun pollUntil(what: String, timeoutMs: Long = 15_000, condition: () -> Boolean) {
+    val deadline = System.currentTimeMillis() + timeoutMs
+    while (!withContext(Dispatchers.IO) { condition() }) {
+        if (System.currentTimeMillis() > deadline) throw AssertionError("timed out waiting for $what")
+        delay(50)
+    }
+}
+
+fun countPrompts(log: File): Int =
+    if (log.exists()) Regex("wants to pair").findAll(log.readText()).count() else 0
+
+/** Sessions the server lists as pending for the phone called `phone`. */
+fun pendingSessions(phone: String): Int {
+    val connection = URI(env("PROXIM_HTTP") + "/api/sessions").toURL().openConnection() as HttpURLConnection
+    connection.connectTimeout = 2_000
+    connection.readTimeout = 2_000
+    val body = try {
+        connection.inputStream.bufferedReader().readText()
+    } finally {
+        connection.disconnect()
+    }
+    return Regex("\\{[^{}]*\\}").findAll(body).count {
+        it.value.contains("\"phone\":\"$phone\"") && it.value.contains("\"state\":\"pending\"")
+    }
+}
+
+/** A well-formed code no desktop shows. */
+fun unusedCode(): String {
+    val taken = setOf(env("ACCEPT_CODE"), env("REJECT_CODE"), env("SILENT_CODE"))
+    val alphabet = "23456789ABCDEFGHJKMNPQRSTVWXYZ"
+    val random = Random()
+    while (true) {
+        val code = String(CharArray(env("ACCEPT_CODE").length) { alphabet[random.nextInt(alphabet.length)] })
+        if (code !in taken) return code
+    }
+}
+
+fun sha256(bytes: ByteArray): String =
+    MessageDigest.getInstance("SHA-256").digest(bytes).joinToString("") { "%02x".format(it) }
+
+fun randomTag(): String = java.lang.Long.toHexString(Random().nextLong() and 0xffffffffL)

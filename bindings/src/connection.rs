@@ -1,0 +1,360 @@
+//! [`Connection`]: an open direct connection, as a Kotlin object.
+//!
+//! Core's `Connection` needs `&mut` to read its next event and `&` for everything else. The
+//! wrapper keeps it behind a read-write lock: a pump task holds the write side while it waits
+//! for events and steps aside (via `wake`) whenever a call needs the read side; calls run
+//! concurrently with each other. While a call is in progress (a long `sendFile`, say) incoming
+//! events wait in core's queue and are delivered when it ends.
+
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use tokio::sync::{Notify, OwnedRwLockReadGuard, RwLock};
+use tokio::task::JoinHandle;
+use tracing::{Instrument, debug, info_span, warn};
+
+use crate::error::millis;
+use crate::listener::Dispatcher;
+use crate::runtime::{run, spawn_detached};
+use crate::types::{
+    ConnectionEvent, ConnectionState, ConnectionStats, FileReport, TransferDirection,
+    TransferProgress,
+};
+use crate::ProximException;
+
+/// How long closing may take before the connection is dropped anyway.
+const CLOSE_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// How long the pump may take to deliver the last events after a close.
+const PUMP_DRAIN_TIMEOUT: Duration = Duration::from_secs(1);
+
+/// Ids for connections, unique in the process.
+static NEXT_ID: AtomicU64 = AtomicU64::new(1);
+
+/// A direct connection to the paired desktop.
+///
+/// In Kotlin it is `AutoCloseable`: `close()` (or leaving a `.use {}` block) releases it — the
+/// peer connection is closed on Proxim's runtime within a few seconds, without blocking the
+/// caller. `disconnect()` does the same but waits until it is done. Both are idempotent; using
+/// the object after `close()` throws `IllegalStateException`.
+#[derive(Debug, uniffi::Object)]
+pub struct Connection {
+    id: u64,
+    peer_name: String,
+    peer_device_id: String,
+    pairing_ms: u64,
+    setup_ms: u64,
+    shared: Arc<Shared>,
+    pump: Mutex<Option<JoinHandle<()>>>,
+    events: Dispatcher,
+}
+
+#[uniffi::export(async_runtime = "tokio")]
+impl Connection {
+    /// This connection's id in the process; listener events carry it.
+    pub fn id(&self) -> u64 {
+        self.id
+    }
+
+    /// The desktop's name.
+    pub fn peer_name(&self) -> String {
+        self.peer_name.clone()
+    }
+
+    /// The desktop's device id.
+    pub fn peer_device_id(&self) -> String {
+        self.peer_device_id.clone()
+    }
+
+    /// Milliseconds from `pair()` until the desktop accepted.
+    pub fn pairing_time_ms(&self) -> u64 {
+        self.pairing_ms
+    }
+
+    /// Milliseconds from `pair()` until the data channel was open.
+    pub fn setup_time_ms(&self) -> u64 {
+        self.setup_ms
+    }
+
+    /// The connection state now.
+    pub fn state(&self) -> ConnectionState {
+        self.shared.state()
+    }
+
+    /// Send a text message (reliable, ordered). Suspends while the send buffer is full.
+    pub async fn send_text(&self, text: String) -> Result<(), ProximException> {
+        let shared = self.shared.clone();
+        run(async move { Ok(shared.call().await.send_text(text).await?) }).await
+    }
+
+    /// Send a binary message (reliable, ordered). Suspends while the send buffer is full.
+    pub async fn send_bytes(&self, bytes: Vec<u8>) -> Result<(), ProximException> {
+        let shared = self.shared.clone();
+        run(async move { Ok(shared.call().await.send_bytes(bytes).await?) }).await
+    }
+
+    /// Send the file at `path`; returns once the desktop verified its SHA-256. Progress goes to
+    /// the listener as `ConnectionEvent.FileProgress(SENDING, …)`.
+    pub async fn send_file(&self, path: String) -> Result<FileReport, ProximException> {
+        let shared = self.shared.clone();
+        let events = self.events.clone();
+        let id = self.id;
+        run(async move {
+            let failures = events.clone();
+            let mut throttle = ProgressThrottle::default();
+            let call = shared.call().await;
+            let result = call
+                .send_file(std::path::Path::new(&path), move |progress| {
+                    if throttle.should_report(progress.bytes_done, progress.total) {
+                        events.connection_advisory(
+                            id,
+                            ConnectionEvent::FileProgress {
+                                direction: TransferDirection::Sending,
+                                progress: TransferProgress::from(progress),
+                            },
+                        );
+                    }
+                })
+                .await;
+            drop(call);
+            match result {
+                Ok(report) => Ok(report.into()),
+                Err(error) => {
+                    let error = ProximException::from(error);
+                    let reason = error.to_string();
+                    let direction = TransferDirection::Sending;
+                    let failed = ConnectionEvent::FileFailed { direction, reason };
+                    failures.connection(id, failed).await;
+                    Err(error)
+                }
+            }
+        })
+        .await
+    }
+
+    /// Current statistics: the path type (host, srflx, relay), RTT, bytes.
+    pub async fn stats(&self) -> Result<ConnectionStats, ProximException> {
+        let shared = self.shared.clone();
+        run(async move { Ok(shared.call().await.stats().await?.into()) }).await
+    }
+
+    /// Close the connection and wait until it is closed (at most a few seconds). Idempotent.
+    pub async fn disconnect(&self) -> Result<(), ProximException> {
+        let shared = self.shared.clone();
+        run(async move {
+            shared.close().await;
+            Ok(())
+        })
+        .await
+    }
+}
+
+impl Connection {
+    /// Wrap an open core connection and start delivering its events to the listener.
+    pub(crate) fn start(
+        connection: proxim_core::Connection,
+        events: Dispatcher,
+    ) -> Result<Arc<Connection>, ProximException> {
+        let id = NEXT_ID.fetch_add(1, Ordering::Relaxed);
+        let peer = connection.peer_device();
+        let timings = connection.timings();
+        let state = connection.state().into();
+        let wrapper = Connection {
+            id,
+            peer_name: peer.device_name.to_string(),
+            peer_device_id: peer.device_id.to_string(),
+            pairing_ms: millis(timings.paired),
+            setup_ms: millis(timings.channel_open),
+            shared: Arc::new(Shared {
+                connection: Arc::new(RwLock::new(connection)),
+                wake: Notify::new(),
+                idle: Notify::new(),
+                state: Mutex::new(state),
+                closed: AtomicBool::new(false),
+            }),
+            pump: Mutex::new(None),
+            events: events.clone(),
+        };
+        let pump = pump(wrapper.shared.clone(), id, events)
+            .instrument(info_span!("connection", id, peer = %wrapper.peer_name));
+        let pump = crate::runtime::handle()?.spawn(pump);
+        if let Ok(mut slot) = wrapper.pump.lock() {
+            *slot = Some(pump);
+        }
+        Ok(Arc::new(wrapper))
+    }
+}
+
+impl Drop for Connection {
+    /// Kotlin's `close()`/`destroy()`: close in the background; never blocks the caller.
+    fn drop(&mut self) {
+        let shared = self.shared.clone();
+        let pump = self.pump.lock().ok().and_then(|mut slot| slot.take());
+        let id = self.id;
+        spawn_detached(async move {
+            shared.close().await;
+            if let Some(mut pump) = pump {
+                if tokio::time::timeout(PUMP_DRAIN_TIMEOUT, &mut pump).await.is_err() {
+                    debug!(connection = id, "event pump still busy after close; stopping it");
+                    pump.abort();
+                }
+            }
+        });
+    }
+}
+
+/// What the Kotlin object, its calls and its pump share.
+#[derive(Debug)]
+struct Shared {
+    connection: Arc<RwLock<proxim_core::Connection>>,
+    /// A call wants the read side: the pump lets go of the write side.
+    wake: Notify,
+    /// A call finished: the pump may take the write side again.
+    idle: Notify,
+    /// The latest state the pump saw (so `state()` needs no lock on the connection).
+    state: Mutex<ConnectionState>,
+    closed: AtomicBool,
+}
+
+/// Shared access to core's connection for one call; lets the pump back in when dropped.
+struct Call<'a> {
+    // Field order matters: the guard is released before the pump is told.
+    guard: OwnedRwLockReadGuard<proxim_core::Connection>,
+    _done: NotifyOnDrop<'a>,
+}
+
+struct NotifyOnDrop<'a>(&'a Notify);
+
+impl Drop for NotifyOnDrop<'_> {
+    fn drop(&mut self) {
+        self.0.notify_one();
+    }
+}
+
+impl std::ops::Deref for Call<'_> {
+    type Target = proxim_core::Connection;
+
+    fn deref(&self) -> &Self::Target {
+        &self.guard
+    }
+}
+
+impl Shared {
+    /// Get shared access for a call, asking the pump to step aside.
+    async fn call(&self) -> Call<'_> {
+        self.wake.notify_one();
+        let guard = self.connection.clone().read_owned().await;
+        Call {
+            guard,
+            _done: NotifyOnDrop(&self.idle),
+        }
+    }
+
+    fn state(&self) -> ConnectionState {
+        self.state
+            .lock()
+            .map(|state| *state)
+            .unwrap_or(ConnectionState::Closed)
+    }
+
+    /// Record a state the pump saw. Once closed from this side, only `Closed` or `Failed`.
+    fn set_state(&self, state: ConnectionState) {
+        let settled = matches!(state, ConnectionState::Closed | ConnectionState::Failed);
+        if self.closed.load(Ordering::SeqCst) && !settled {
+            return;
+        }
+        if let Ok(mut slot) = self.state.lock() {
+            *slot = state;
+        }
+    }
+
+    /// Close core's connection (bounded). Idempotent.
+    async fn close(&self) {
+        if self.closed.swap(true, Ordering::SeqCst) {
+            return;
+        }
+        let closing = async { self.call().await.close().await };
+        if tokio::time::timeout(CLOSE_TIMEOUT, closing).await.is_err() {
+            warn!("closing the connection took longer than {CLOSE_TIMEOUT:?}; dropping it");
+        }
+        self.set_state(ConnectionState::Closed);
+    }
+}
+
+/// Move core's events to the listener until the connection closes.
+async fn pump(shared: Arc<Shared>, id: u64, events: Dispatcher) {
+    loop {
+        let Ok(mut connection) = shared.connection.clone().try_write_owned() else {
+            shared.idle.notified().await;
+            continue;
+        };
+        let event = tokio::select! {
+            biased;
+            () = shared.wake.notified() => continue,
+            event = connection.next_event() => event,
+        };
+        drop(connection);
+        let Some(event) = event else {
+            shared.set_state(ConnectionState::Closed);
+            return;
+        };
+        let Some(event) = ConnectionEvent::from_core(event) else {
+            continue;
+        };
+        let last = match &event {
+            ConnectionEvent::StateChanged { new, .. } => {
+                shared.set_state(*new);
+                false
+            }
+            ConnectionEvent::Closed { .. } => {
+                shared.set_state(ConnectionState::Closed);
+                true
+            }
+            _ => false,
+        };
+        events.connection(id, event).await;
+        if last {
+            return;
+        }
+    }
+}
+
+/// Report transfer progress at most about every percent, and always at the start and the end.
+#[derive(Debug, Default)]
+struct ProgressThrottle {
+    last: Option<u64>,
+}
+
+impl ProgressThrottle {
+    fn should_report(&mut self, done: u64, total: u64) -> bool {
+        let step = (total / 100).max(1);
+        let report = match self.last {
+            None => true,
+            Some(last) => done >= total || done >= last.saturating_add(step),
+        };
+        if report {
+            self.last = Some(done);
+        }
+        report
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn progress_is_throttled_but_keeps_the_first_and_the_last() {
+        let mut throttle = ProgressThrottle::default();
+        let total = 10_000u64;
+        let reported: Vec<u64> = (0..=total)
+            .step_by(10)
+            .filter(|&done| throttle.should_report(done, total))
+            .collect();
+        assert_eq!(reported.first(), Some(&0));
+        assert_eq!(reported.last(), Some(&total));
+        assert!(reported.len() <= 102, "{} reports", reported.len());
+        assert!(reported.len() >= 90, "{} reports", reported.len());
+    }
+}

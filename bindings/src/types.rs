@@ -1,0 +1,349 @@
+//! Records and enums Kotlin sees: mirrors of core types, with `From` conversions.
+//!
+//! Durations cross as integers (`*_ms`, `*_micros`) so the Kotlin side needs no `java.time`
+//! (older Android API levels lack it).
+
+use std::time::Duration;
+
+use proxim_core::ProximConfig;
+use proxim_core::peer;
+
+use crate::error::millis;
+
+/// What a [`ProximCore`](crate::ProximCore) is built from.
+#[derive(Debug, Clone, uniffi::Record)]
+pub struct CoreConfig {
+    /// The signaling server's WebSocket URL, e.g. `wss://proxim.example/ws`.
+    pub server_url: String,
+    /// The name the desktop shows for this device.
+    pub device_name: String,
+    /// Where Proxim keeps what must persist (the device id). On Android: `context.filesDir`.
+    /// `None`: a new device id per process.
+    #[uniffi(default = None)]
+    pub data_dir: Option<String>,
+    /// Where received files are saved. `None`: `<data_dir>/received`.
+    #[uniffi(default = None)]
+    pub download_dir: Option<String>,
+    /// How long to wait for the desktop user to answer. `None`: core's default (90 s).
+    #[uniffi(default = None)]
+    pub pair_timeout_ms: Option<u64>,
+    /// How long the direct connection may take after pairing. `None`: core's default (15 s).
+    #[uniffi(default = None)]
+    pub connect_timeout_ms: Option<u64>,
+}
+
+impl CoreConfig {
+    /// The core configuration this describes.
+    pub(crate) fn to_core(&self) -> ProximConfig {
+        let mut config = ProximConfig::new(self.server_url.clone(), self.device_name.clone());
+        if let Some(dir) = &self.data_dir {
+            config = config.with_data_dir(dir);
+        }
+        if let Some(dir) = &self.download_dir {
+            config = config.with_download_dir(dir);
+        }
+        if let Some(ms) = self.pair_timeout_ms {
+            config = config.with_pair_timeout(Duration::from_millis(ms));
+        }
+        if let Some(ms) = self.connect_timeout_ms {
+            config = config.with_connect_timeout(Duration::from_millis(ms));
+        }
+        config
+    }
+}
+
+/// Where a pairing attempt is. Delivered to `ProximListener.onPairingState`.
+#[derive(Debug, Clone, PartialEq, Eq, uniffi::Enum)]
+pub enum PairingState {
+    /// `pair()` started: connecting to the server and waiting for the desktop user.
+    Pairing,
+    /// Paired and the data channel is open; `pair()` returns the connection.
+    Connected {
+        /// The id `Connection.id()` returns; later connection events carry it.
+        connection_id: u64,
+        /// The desktop's name.
+        peer_name: String,
+    },
+    /// Pairing failed; `pair()` throws the matching `ProximException`.
+    Failed {
+        /// Why, in words.
+        reason: String,
+    },
+    /// The coroutine calling `pair()` was cancelled; the desktop sees the request withdrawn.
+    Cancelled,
+}
+
+/// The state of a direct connection.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, uniffi::Enum)]
+pub enum ConnectionState {
+    /// Created, nothing happened yet.
+    New,
+    /// Offer/answer and ICE in progress.
+    Connecting,
+    /// ICE, DTLS and SCTP are up.
+    Connected,
+    /// Consent lost; it may come back.
+    Disconnected,
+    /// It failed and will not come back.
+    Failed,
+    /// Closed by either side.
+    Closed,
+}
+
+impl From<peer::ConnectionState> for ConnectionState {
+    fn from(state: peer::ConnectionState) -> Self {
+        match state {
+            peer::ConnectionState::New => ConnectionState::New,
+            peer::ConnectionState::Connecting => ConnectionState::Connecting,
+            peer::ConnectionState::Connected => ConnectionState::Connected,
+            peer::ConnectionState::Disconnected => ConnectionState::Disconnected,
+            peer::ConnectionState::Failed => ConnectionState::Failed,
+            peer::ConnectionState::Closed => ConnectionState::Closed,
+            // A state added to core later: the closest safe reading.
+            _ => ConnectionState::Connecting,
+        }
+    }
+}
+
+/// The kind of network path (ICE candidate type).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, uniffi::Enum)]
+pub enum PathType {
+    /// Direct between local interface addresses (same network).
+    Host,
+    /// Through a NAT, using the address a STUN server saw (server reflexive).
+    Srflx,
+    /// Through a NAT, using an address learned from a connectivity check (peer reflexive).
+    Prflx,
+    /// Through a TURN relay.
+    Relay,
+}
+
+impl From<peer::CandidateKind> for PathType {
+    fn from(kind: peer::CandidateKind) -> Self {
+        match kind {
+            peer::CandidateKind::Host => PathType::Host,
+            peer::CandidateKind::Srflx => PathType::Srflx,
+            peer::CandidateKind::Prflx => PathType::Prflx,
+            peer::CandidateKind::Relay => PathType::Relay,
+            // A kind added to core later: report the most conservative path.
+            _ => PathType::Relay,
+        }
+    }
+}
+
+/// One end of the selected candidate pair.
+#[derive(Debug, Clone, PartialEq, Eq, uniffi::Record)]
+pub struct CandidateInfo {
+    /// Host, srflx, prflx or relay.
+    pub kind: PathType,
+    /// `ip:port`.
+    pub address: String,
+    /// `udp` or `tcp`.
+    pub protocol: String,
+}
+
+impl From<peer::CandidateInfo> for CandidateInfo {
+    fn from(info: peer::CandidateInfo) -> Self {
+        CandidateInfo {
+            kind: info.kind.into(),
+            address: info.address.to_string(),
+            protocol: info.protocol,
+        }
+    }
+}
+
+/// A snapshot of a connection's statistics.
+#[derive(Debug, Clone, PartialEq, Eq, uniffi::Record)]
+pub struct ConnectionStats {
+    /// The path in use: relay if either side is relayed, else srflx/prflx, else host.
+    pub path: PathType,
+    /// The local end of the selected pair.
+    pub local: CandidateInfo,
+    /// The remote end of the selected pair.
+    pub remote: CandidateInfo,
+    /// The latest round-trip time measured by ICE, in microseconds, if any.
+    pub rtt_micros: Option<u64>,
+    /// Data channel payload bytes sent.
+    pub bytes_sent: u64,
+    /// Data channel payload bytes received.
+    pub bytes_received: u64,
+    /// Data channel messages sent.
+    pub messages_sent: u64,
+    /// Data channel messages received.
+    pub messages_received: u64,
+}
+
+impl From<peer::ConnectionStats> for ConnectionStats {
+    fn from(stats: peer::ConnectionStats) -> Self {
+        ConnectionStats {
+            path: stats.path().into(),
+            rtt_micros: stats
+                .rtt
+                .map(|rtt| u64::try_from(rtt.as_micros()).unwrap_or(u64::MAX)),
+            bytes_sent: stats.bytes_sent,
+            bytes_received: stats.bytes_received,
+            messages_sent: stats.messages_sent,
+            messages_received: stats.messages_received,
+            local: stats.local.into(),
+            remote: stats.remote.into(),
+        }
+    }
+}
+
+/// Which way a file goes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, uniffi::Enum)]
+pub enum TransferDirection {
+    /// This device sends (`Connection.sendFile`).
+    Sending,
+    /// The other device sends; the file lands in the download directory.
+    Receiving,
+}
+
+/// How far a file transfer is.
+#[derive(Debug, Clone, PartialEq, Eq, uniffi::Record)]
+pub struct TransferProgress {
+    /// The file's name.
+    pub name: String,
+    /// Bytes done so far.
+    pub bytes_done: u64,
+    /// The file's size.
+    pub total: u64,
+}
+
+impl From<proxim_core::transfer::TransferProgress> for TransferProgress {
+    fn from(progress: proxim_core::transfer::TransferProgress) -> Self {
+        TransferProgress {
+            name: progress.name,
+            bytes_done: progress.bytes_done,
+            total: progress.total,
+        }
+    }
+}
+
+/// A file that arrived and whose SHA-256 matched.
+#[derive(Debug, Clone, PartialEq, Eq, uniffi::Record)]
+pub struct ReceivedFile {
+    /// Where it was saved.
+    pub path: String,
+    /// Its size.
+    pub bytes: u64,
+    /// Its SHA-256, lowercase hex.
+    pub sha256: String,
+}
+
+impl From<proxim_core::transfer::ReceivedFile> for ReceivedFile {
+    fn from(file: proxim_core::transfer::ReceivedFile) -> Self {
+        ReceivedFile {
+            path: file.path.display().to_string(),
+            bytes: file.bytes,
+            sha256: file.sha256,
+        }
+    }
+}
+
+/// The outcome of `Connection.sendFile`: the other side verified the SHA-256.
+#[derive(Debug, Clone, PartialEq, Eq, uniffi::Record)]
+pub struct FileReport {
+    /// The file's name as sent.
+    pub name: String,
+    /// Its size.
+    pub bytes: u64,
+    /// How long sending took, in milliseconds.
+    pub elapsed_ms: u64,
+    /// Its SHA-256, lowercase hex, as verified by the receiver.
+    pub sha256: String,
+}
+
+impl From<proxim_core::transfer::FileReport> for FileReport {
+    fn from(report: proxim_core::transfer::FileReport) -> Self {
+        FileReport {
+            name: report.name,
+            bytes: report.bytes,
+            elapsed_ms: millis(report.elapsed),
+            sha256: report.sha256,
+        }
+    }
+}
+
+/// What happens on an open connection. Delivered to `ProximListener.onConnectionEvent`.
+#[derive(Debug, Clone, PartialEq, Eq, uniffi::Enum)]
+pub enum ConnectionEvent {
+    /// The connection state changed.
+    StateChanged {
+        /// The previous state.
+        old: ConnectionState,
+        /// The new state.
+        new: ConnectionState,
+    },
+    /// A text message arrived.
+    TextReceived {
+        /// The message.
+        text: String,
+    },
+    /// A binary message arrived.
+    BytesReceived {
+        /// The message.
+        bytes: Vec<u8>,
+    },
+    /// A file transfer progressed (advisory: updates may be skipped, the last one is sent).
+    FileProgress {
+        /// Sending or receiving.
+        direction: TransferDirection,
+        /// How far it is.
+        progress: TransferProgress,
+    },
+    /// An incoming file arrived and its SHA-256 matched.
+    FileReceived {
+        /// The file.
+        file: ReceivedFile,
+    },
+    /// A file transfer failed.
+    FileFailed {
+        /// Sending or receiving.
+        direction: TransferDirection,
+        /// Why, in words.
+        reason: String,
+    },
+    /// The other side opened an extra data channel (Proxim does not read it yet).
+    ChannelOpened {
+        /// Its label.
+        label: String,
+    },
+    /// The connection closed; no more events follow for it.
+    Closed {
+        /// Why.
+        reason: String,
+    },
+}
+
+impl ConnectionEvent {
+    /// The mirror of a core event, or `None` for an event this version does not know.
+    pub(crate) fn from_core(event: proxim_core::Event) -> Option<Self> {
+        use proxim_core::Event;
+        Some(match event {
+            Event::Message(peer::Payload::Text(text)) => ConnectionEvent::TextReceived { text },
+            Event::Message(peer::Payload::Binary(bytes)) => ConnectionEvent::BytesReceived {
+                bytes: bytes.to_vec(),
+            },
+            Event::Message(_) => return None,
+            Event::ChannelOpened(channel) => ConnectionEvent::ChannelOpened {
+                label: channel.label().to_owned(),
+            },
+            Event::FileProgress(progress) => ConnectionEvent::FileProgress {
+                direction: TransferDirection::Receiving,
+                progress: progress.into(),
+            },
+            Event::FileReceived(file) => ConnectionEvent::FileReceived { file: file.into() },
+            Event::FileFailed { error } => ConnectionEvent::FileFailed {
+                direction: TransferDirection::Receiving,
+                reason: error.to_string(),
+            },
+            Event::StateChanged { old, new } => ConnectionEvent::StateChanged {
+                old: old.into(),
+                new: new.into(),
+            },
+            Event::Closed { reason } => ConnectionEvent::Closed { reason },
+            _ => return None,
+        })
+    }
+}

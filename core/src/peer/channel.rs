@@ -1,0 +1,277 @@
+//! Data channel handles: [`DataChannel`] (owns the receive queue) and [`ChannelSender`].
+//!
+//! # Back-pressure
+//! Sending: every channel counts the bytes it has accepted and that SCTP has not yet released
+//! (acknowledged or abandoned) — the bytes still in the command queue to the driver plus rtc's
+//! `outstanding_bytes` for the channel. `send` waits while that count is above
+//! [`SEND_HIGH_WATER`] and resumes once the driver reports it below [`SEND_LOW_WATER`]. Memory on
+//! the sending side is therefore bounded by about one high-water mark per channel.
+//!
+//! Receiving: each channel has a bounded queue of [`RECV_QUEUE_MESSAGES`] messages or
+//! [`RECV_QUEUE_BYTES`] bytes, whichever comes first. When it is full the driver keeps what it has already decoded and stops feeding data packets to the
+//! connection (it still answers ICE checks and runs timers) until the application reads. SCTP
+//! then stops acknowledging, the remote sender's window closes and the remote `send` waits.
+//! Nothing is dropped and memory stays bounded.
+
+use std::collections::VecDeque;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+
+use tokio::sync::{Notify, mpsc};
+
+use super::driver::Command;
+use super::{ChannelOptions, Payload, PeerError};
+
+/// `send` waits while more than this many bytes are queued on a channel.
+pub const SEND_HIGH_WATER: usize = 1024 * 1024;
+/// Waiting senders resume once the queued bytes fall to this.
+pub const SEND_LOW_WATER: usize = 512 * 1024;
+/// How many received messages a channel holds before the driver stops reading for it.
+pub const RECV_QUEUE_MESSAGES: usize = 1024;
+/// How many received bytes a channel holds before the driver stops reading for it.
+pub const RECV_QUEUE_BYTES: usize = 4 * 1024 * 1024;
+/// Bytes charged per message on top of its payload, so floods of tiny messages are bounded too.
+pub(super) const MESSAGE_OVERHEAD: usize = 64;
+
+/// State shared by a channel's handles and the driver.
+#[derive(Debug)]
+pub(super) struct ChannelShared {
+    /// rtc's connection-local id of the channel.
+    pub(super) id: usize,
+    pub(super) label: String,
+    pub(super) options: ChannelOptions,
+    /// Bytes sent by handles that the driver has not yet handed to rtc.
+    pub(super) queued: AtomicUsize,
+    /// Bytes rtc holds for this channel (its `outstanding_bytes`), updated by the driver.
+    pub(super) outstanding: AtomicUsize,
+    /// The largest message the connection accepts.
+    pub(super) max_message_size: AtomicUsize,
+    pub(super) closed: AtomicBool,
+    /// Woken when the buffered amount falls below the low-water mark, or on close.
+    pub(super) writable: Notify,
+}
+
+impl ChannelShared {
+    pub(super) fn new(id: usize, label: String, options: ChannelOptions, max_message_size: usize) -> Self {
+        ChannelShared {
+            id,
+            label,
+            options,
+            queued: AtomicUsize::new(0),
+            outstanding: AtomicUsize::new(0),
+            max_message_size: AtomicUsize::new(max_message_size),
+            closed: AtomicBool::new(false),
+            writable: Notify::new(),
+        }
+    }
+
+    /// Bytes accepted by `send` and not yet released by SCTP.
+    pub(super) fn buffered(&self) -> usize {
+        self.queued.load(Ordering::Acquire) + self.outstanding.load(Ordering::Acquire)
+    }
+
+    /// Mark closed and wake every waiting sender.
+    pub(super) fn mark_closed(&self) {
+        self.closed.store(true, Ordering::Release);
+        self.writable.notify_waiters();
+    }
+}
+
+/// A cheap, cloneable handle that sends on one data channel.
+#[derive(Debug, Clone)]
+pub struct ChannelSender {
+    shared: Arc<ChannelShared>,
+    commands: mpsc::UnboundedSender<Command>,
+}
+
+impl ChannelSender {
+    pub(super) fn new(shared: Arc<ChannelShared>, commands: mpsc::UnboundedSender<Command>) -> Self {
+        ChannelSender { shared, commands }
+    }
+
+    /// Send one message. Waits while the channel's buffered amount is above the high-water mark
+    /// (see the module docs); fails once the channel or connection is closed, or when the
+    /// message is larger than the connection's maximum message size.
+    pub async fn send(&self, payload: Payload) -> Result<(), PeerError> {
+        let len = payload.len();
+        let max = self.shared.max_message_size.load(Ordering::Relaxed);
+        if len > max {
+            return Err(PeerError::MessageTooLarge { size: len, max });
+        }
+        loop {
+            if self.shared.closed.load(Ordering::Acquire) {
+                return Err(PeerError::ChannelClosed);
+            }
+            if self.shared.buffered() < SEND_HIGH_WATER {
+                break;
+            }
+            let notified = self.shared.writable.notified();
+            tokio::pin!(notified);
+            notified.as_mut().enable();
+            if self.shared.closed.load(Ordering::Acquire) {
+                return Err(PeerError::ChannelClosed);
+            }
+            if self.shared.buffered() < SEND_HIGH_WATER {
+                break;
+            }
+            notified.await;
+        }
+        let cost = len + MESSAGE_OVERHEAD;
+        self.shared.queued.fetch_add(cost, Ordering::AcqRel);
+        self.commands
+            .send(Command::Send {
+                channel: self.shared.id,
+                payload,
+                cost,
+            })
+            .map_err(|_| {
+                self.shared.queued.fetch_sub(cost, Ordering::AcqRel);
+                PeerError::Closed
+            })
+    }
+
+    /// Bytes accepted by `send` that SCTP has not released yet.
+    pub fn buffered_amount(&self) -> usize {
+        self.shared.buffered()
+    }
+}
+
+/// One data channel: send with back-pressure, receive from its own bounded queue.
+#[derive(Debug)]
+pub struct DataChannel {
+    sender: ChannelSender,
+    incoming: Arc<RecvQueue>,
+}
+
+impl Drop for DataChannel {
+    fn drop(&mut self) {
+        // Nobody reads any more: the driver must not wait for room in this queue.
+        self.incoming.lock().reader_gone = true;
+        self.incoming.room.notify_one();
+    }
+}
+
+impl DataChannel {
+    pub(super) fn new(sender: ChannelSender, incoming: Arc<RecvQueue>) -> Self {
+        DataChannel { sender, incoming }
+    }
+
+    /// The channel's label.
+    pub fn label(&self) -> &str {
+        &self.sender.shared.label
+    }
+
+    /// The channel's delivery options.
+    pub fn options(&self) -> &ChannelOptions {
+        &self.sender.shared.options
+    }
+
+    /// Send one message, waiting while too much is buffered. See [`ChannelSender::send`].
+    pub async fn send(&self, payload: Payload) -> Result<(), PeerError> {
+        self.sender.send(payload).await
+    }
+
+    /// The next message; `None` once the channel is closed and every message was read.
+    pub async fn recv(&mut self) -> Option<Payload> {
+        loop {
+            {
+                let mut inner = self.incoming.lock();
+                if let Some(payload) = inner.queue.pop_front() {
+                    inner.bytes -= payload.len();
+                    drop(inner);
+                    self.incoming.room.notify_one();
+                    return Some(payload);
+                }
+                if inner.closed {
+                    return None;
+                }
+            }
+            // `notify_one` keeps a permit when nobody waits: no wake-up is lost in between.
+            self.incoming.readable.notified().await;
+        }
+    }
+
+    /// A cloneable sender for this channel, to send from other tasks.
+    pub fn sender(&self) -> ChannelSender {
+        self.sender.clone()
+    }
+
+    /// Bytes accepted by `send` that SCTP has not released yet.
+    pub fn buffered_amount(&self) -> usize {
+        self.sender.buffered_amount()
+    }
+
+    /// Whether the channel is closed (messages may still wait in the queue).
+    pub fn is_closed(&self) -> bool {
+        self.sender.shared.closed.load(Ordering::Acquire)
+    }
+
+    /// Close the channel (both directions). Idempotent; queued messages can still be read.
+    pub async fn close(&self) {
+        if self.sender.shared.closed.load(Ordering::Acquire) {
+            return;
+        }
+        let _ = self.sender.commands.send(Command::CloseChannel {
+            channel: self.sender.shared.id,
+        });
+    }
+}
+
+/// A channel's receive queue, bounded in messages and bytes. One reader (the [`DataChannel`]),
+/// one writer (the driver).
+#[derive(Debug, Default)]
+pub(super) struct RecvQueue {
+    inner: Mutex<RecvInner>,
+    /// Woken when a message is pushed or the queue closes.
+    readable: Notify,
+    /// Woken when the reader takes a message (or goes away).
+    pub(super) room: Notify,
+}
+
+#[derive(Debug, Default)]
+pub(super) struct RecvInner {
+    queue: VecDeque<Payload>,
+    bytes: usize,
+    closed: bool,
+    reader_gone: bool,
+}
+
+/// Why [`RecvQueue::push`] did not take a message.
+#[derive(Debug)]
+pub(super) enum PushError {
+    /// The queue is full: try again after [`RecvQueue::room`] fires.
+    Full(Payload),
+    /// Nobody will read it.
+    Gone,
+}
+
+impl RecvQueue {
+    fn lock(&self) -> MutexGuard<'_, RecvInner> {
+        // A panic while holding this lock leaves the queue consistent (push/pop are atomic).
+        self.inner.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Append a message unless the queue is full. An empty queue takes any one message.
+    pub(super) fn push(&self, payload: Payload) -> Result<(), PushError> {
+        let mut inner = self.lock();
+        if inner.reader_gone || inner.closed {
+            return Err(PushError::Gone);
+        }
+        let full = inner.queue.len() >= RECV_QUEUE_MESSAGES
+            || (!inner.queue.is_empty() && inner.bytes + payload.len() > RECV_QUEUE_BYTES);
+        if full {
+            return Err(PushError::Full(payload));
+        }
+        inner.bytes += payload.len();
+        inner.queue.push_back(payload);
+        drop(inner);
+        self.readable.notify_one();
+        Ok(())
+    }
+
+    /// No more messages will come; the reader gets `None` once it has read the rest.
+    pub(super) fn close(&self) {
+        self.lock().closed = true;
+        self.readable.notify_one();
+    }
+}

@@ -1,0 +1,1076 @@
+//! The driver: one tokio task per peer that owns the `RTCPeerConnection` and the UDP sockets.
+//!
+//! It `select!`s over handle commands, signals from the [`SignalLink`], socket readiness, a
+//! stalled receive queue and one timer. After any input it runs [`Driver::flush`]: send every
+//! packet rtc produced, handle every event, deliver every message, until rtc produces nothing;
+//! only then is the next timeout computed. A packet produced while handling an event is sent in
+//! the same turn.
+
+use std::collections::{HashMap, VecDeque};
+use std::future::poll_fn;
+use std::io;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::task::Poll;
+use std::time::{Duration, Instant};
+
+use bytes::{Bytes, BytesMut};
+use proxim_protocol::{CandidateLine, Sdp, ShortText, Signal};
+use rtc::data_channel::RTCDataChannelInit;
+use rtc::peer_connection::RTCPeerConnection;
+use rtc::peer_connection::event::{RTCDataChannelEvent, RTCPeerConnectionEvent};
+use rtc::peer_connection::message::RTCMessage;
+use rtc::peer_connection::sdp::RTCSessionDescription;
+use rtc::peer_connection::state::RTCPeerConnectionState;
+use rtc::peer_connection::transport::{RTCDtlsTransportState, RTCIceCandidateInit};
+use rtc::sansio::Protocol;
+use rtc::shared::{TaggedBytesMut, TransportContext, TransportProtocol};
+use tokio::sync::{mpsc, oneshot, watch};
+
+use super::channel::{ChannelSender, ChannelShared, DataChannel, PushError, RecvQueue, SEND_LOW_WATER};
+use super::gather::{CandidateSource, LocalSocket, SourceOutput};
+use super::stats::{Counters, collect_stats};
+use super::{
+    ChannelOptions, ConnectionEvent, ConnectionState, ConnectionStats, DEFAULT_CHANNEL, Payload,
+    PeerConfig, PeerError, PeerRole,
+};
+use crate::link::{LinkEvent, SignalLink};
+
+/// Datagrams read from one socket before the outputs are drained.
+const READ_BATCH: usize = 64;
+/// Commands taken from the queue before the outputs are drained.
+const COMMAND_BATCH: usize = 256;
+/// Largest datagram read.
+const MAX_DATAGRAM: usize = 2048;
+/// While a receive queue is full, data packets are held back up to this many bytes; past it the
+/// driver stops reading sockets.
+const DEFERRED_MAX_BYTES: usize = 4 * 1024 * 1024;
+/// Largest message rtc's default SCTP configuration accepts until the remote says otherwise.
+const DEFAULT_MAX_MESSAGE_SIZE: usize = 65536;
+
+/// What handles ask of the driver.
+#[derive(Debug)]
+pub(super) enum Command {
+    Send {
+        channel: usize,
+        payload: Payload,
+        cost: usize,
+    },
+    CloseChannel {
+        channel: usize,
+    },
+    OpenChannel {
+        label: String,
+        options: ChannelOptions,
+        reply: oneshot::Sender<Result<DataChannel, PeerError>>,
+    },
+    Stats {
+        reply: oneshot::Sender<Result<ConnectionStats, PeerError>>,
+    },
+    Close,
+}
+
+/// The driver's side of one data channel.
+#[derive(Debug)]
+struct ChannelSlot {
+    shared: Arc<ChannelShared>,
+    /// The handle's receive queue.
+    queue: Arc<RecvQueue>,
+    /// Whether the handle was given out (it is, once).
+    handed_out: bool,
+    /// Messages decoded while the queue was full, in order. Bounded by what the peer may have
+    /// in flight (its SCTP window) plus one read batch.
+    overflow: VecDeque<Payload>,
+    /// `open_channel` waiting for the channel to open.
+    reply: Option<oneshot::Sender<Result<DataChannel, PeerError>>>,
+    open: bool,
+    closing: bool,
+}
+
+/// Everything the driver needs from `establish`.
+#[derive(Debug)]
+pub(super) struct DriverParts {
+    pub(super) config: PeerConfig,
+    pub(super) link: SignalLink,
+    pub(super) commands: mpsc::UnboundedReceiver<Command>,
+    pub(super) command_sender: mpsc::WeakUnboundedSender<Command>,
+    pub(super) state: watch::Sender<ConnectionState>,
+    pub(super) events: mpsc::UnboundedSender<ConnectionEvent>,
+    pub(super) ready: oneshot::Sender<Result<DataChannel, PeerError>>,
+}
+
+pub(super) struct Driver {
+    role: PeerRole,
+    pc: RTCPeerConnection,
+    sockets: Vec<LocalSocket>,
+    next_socket: usize,
+    sources: Vec<CandidateSource>,
+    end_of_candidates_sent: bool,
+    link: SignalLink,
+    link_open: bool,
+    remote_description_set: bool,
+    early_candidates: Vec<RTCIceCandidateInit>,
+    commands: mpsc::UnboundedReceiver<Command>,
+    command_sender: mpsc::WeakUnboundedSender<Command>,
+    state: ConnectionState,
+    state_tx: watch::Sender<ConnectionState>,
+    ice_connected: bool,
+    events: mpsc::UnboundedSender<ConnectionEvent>,
+    ready: Option<oneshot::Sender<Result<DataChannel, PeerError>>>,
+    default_channel: Option<usize>,
+    channels: HashMap<usize, ChannelSlot>,
+    started: Instant,
+    connect_timeout: Duration,
+    connect_deadline: Instant,
+    deferred: VecDeque<(usize, SocketAddr, BytesMut)>,
+    deferred_bytes: usize,
+    recv_buf: BytesMut,
+    counters: Counters,
+    max_message_size: usize,
+    /// Set once the driver is to stop, with the reason given to the app.
+    stop: Option<String>,
+    closed_event_sent: bool,
+    /// Run rtc's `handle_timeout` in this turn (see [`Driver::flush`]).
+    kick: bool,
+}
+
+impl std::fmt::Debug for Driver {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Driver")
+            .field("role", &self.role)
+            .field("state", &self.state)
+            .field("sockets", &self.sockets.len())
+            .field("channels", &self.channels.len())
+            .finish_non_exhaustive()
+    }
+}
+
+impl Driver {
+    /// Build the peer connection and bind the sockets. Fails fast on local problems.
+    pub(super) fn new(
+        parts: DriverParts,
+        pc: RTCPeerConnection,
+        sockets: Vec<LocalSocket>,
+    ) -> Self {
+        let now = Instant::now();
+        let addrs: Vec<SocketAddr> = sockets.iter().map(|s| s.addr).collect();
+        let sources = CandidateSource::for_servers(
+            &parts.config.ice_servers,
+            &addrs,
+            now,
+            parts.config.stun_timeout,
+        );
+        Driver {
+            role: parts.config.role,
+            pc,
+            sockets,
+            next_socket: 0,
+            sources,
+            end_of_candidates_sent: false,
+            link: parts.link,
+            link_open: true,
+            remote_description_set: false,
+            early_candidates: Vec::new(),
+            commands: parts.commands,
+            command_sender: parts.command_sender,
+            state: ConnectionState::New,
+            state_tx: parts.state,
+            ice_connected: false,
+            events: parts.events,
+            ready: Some(parts.ready),
+            default_channel: None,
+            channels: HashMap::new(),
+            started: now,
+            connect_timeout: parts.config.connect_timeout,
+            connect_deadline: now + parts.config.connect_timeout,
+            deferred: VecDeque::new(),
+            deferred_bytes: 0,
+            recv_buf: BytesMut::new(),
+            counters: Counters::default(),
+            max_message_size: DEFAULT_MAX_MESSAGE_SIZE,
+            stop: None,
+            closed_event_sent: false,
+            kick: false,
+        }
+    }
+
+    /// Run until closed, failed, or every handle is dropped.
+    pub(super) async fn run(mut self) {
+        if let Err(e) = self.start() {
+            self.fail(e);
+        }
+        while self.stop.is_none() {
+            self.flush().await;
+            if self.stop.is_some() {
+                break;
+            }
+            let deadline = self.next_deadline();
+            let stalled_tx = self.stalled_sender();
+            let read_sockets = self.deferred_bytes < DEFERRED_MAX_BYTES;
+            let start = self.next_socket;
+            let sockets = &self.sockets;
+            tokio::select! {
+                biased;
+                command = self.commands.recv() => match command {
+                    Some(command) => {
+                        self.handle_command(command);
+                        for _ in 1..COMMAND_BATCH {
+                            match self.commands.try_recv() {
+                                Ok(command) => self.handle_command(command),
+                                Err(_) => break,
+                            }
+                        }
+                    }
+                    None => self.stop_with("every handle was dropped"),
+                },
+                event = self.link.incoming.recv(), if self.link_open => self.handle_link(event),
+                () = wait_for_room(stalled_tx.as_ref()), if stalled_tx.is_some() => {
+                    self.move_overflow();
+                    self.replay_deferred().await;
+                },
+                index = poll_fn(|cx| poll_readable(sockets, start, cx)), if read_sockets => {
+                    self.next_socket = (index + 1) % self.sockets.len().max(1);
+                    self.read_batch(index);
+                },
+                () = tokio::time::sleep_until(deadline.into()) => self.handle_timeout(),
+            }
+        }
+        self.shutdown().await;
+    }
+
+    // -----------------------------------------------------------------------------------------
+    // Setup and signaling
+    // -----------------------------------------------------------------------------------------
+
+    fn start(&mut self) -> Result<(), PeerError> {
+        self.set_state(ConnectionState::Connecting, "establishing");
+        // Host candidates go into the description itself and are trickled too.
+        let hosts: Vec<SocketAddr> = self.sockets.iter().map(|s| s.addr).collect();
+        let mut host_inits = Vec::new();
+        for addr in hosts {
+            let init = super::gather::host_candidate(addr).map_err(PeerError::Rtc)?;
+            self.pc.add_local_candidate(init.clone()).map_err(rtc_error)?;
+            host_inits.push(init);
+        }
+        if self.role == PeerRole::Offerer {
+            let init = RTCDataChannelInit::default();
+            let id = self
+                .pc
+                .create_data_channel(DEFAULT_CHANNEL, Some(init))
+                .map_err(rtc_error)?
+                .id();
+            self.default_channel = Some(id);
+            self.add_slot(id, DEFAULT_CHANNEL.to_owned(), ChannelOptions::default(), None);
+            let offer = self.pc.create_offer(None).map_err(rtc_error)?;
+            self.pc
+                .set_local_description(Instant::now(), offer.clone())
+                .map_err(rtc_error)?;
+            let sdp = Sdp::new(offer.sdp).map_err(|e| PeerError::Rtc(e.to_string()))?;
+            self.signal(Signal::Offer { sdp });
+        }
+        for init in host_inits {
+            self.signal_candidate(&init);
+        }
+        self.pump_sources();
+        Ok(())
+    }
+
+    fn handle_link(&mut self, event: Option<LinkEvent>) {
+        match event {
+            Some(LinkEvent::Signal(signal)) => {
+                if let Err(e) = self.handle_signal(signal) {
+                    if self.ready.is_some() {
+                        self.fail(e);
+                    } else {
+                        tracing::warn!(error = %e, "signal ignored");
+                    }
+                }
+            }
+            Some(LinkEvent::Ended(reason)) => {
+                self.link_open = false;
+                if self.ready.is_some() {
+                    tracing::info!(?reason, "peer left before the connection was established");
+                    self.fail(PeerError::PeerLeft);
+                } else {
+                    tracing::info!(?reason, "signaling session ended; the direct path stays up");
+                }
+            }
+            Some(LinkEvent::Lost) | None => {
+                self.link_open = false;
+                if self.ready.is_some() {
+                    self.fail(PeerError::SignalingLost);
+                } else {
+                    tracing::info!("signaling lost; the direct path stays up");
+                }
+            }
+        }
+    }
+
+    fn handle_signal(&mut self, signal: Signal) -> Result<(), PeerError> {
+        match signal {
+            Signal::Offer { sdp } => {
+                if self.role != PeerRole::Answerer || self.remote_description_set {
+                    return Err(PeerError::BadSignal("unexpected offer".into()));
+                }
+                let offer = RTCSessionDescription::offer(sdp.into_string()).map_err(rtc_error)?;
+                self.pc
+                    .set_remote_description(Instant::now(), offer)
+                    .map_err(rtc_error)?;
+                self.remote_description_set = true;
+                let answer = self.pc.create_answer(None).map_err(rtc_error)?;
+                self.pc
+                    .set_local_description(Instant::now(), answer.clone())
+                    .map_err(rtc_error)?;
+                let sdp = Sdp::new(answer.sdp).map_err(|e| PeerError::Rtc(e.to_string()))?;
+                self.signal(Signal::Answer { sdp });
+                self.add_early_candidates();
+            }
+            Signal::Answer { sdp } => {
+                if self.role != PeerRole::Offerer || self.remote_description_set {
+                    return Err(PeerError::BadSignal("unexpected answer".into()));
+                }
+                let answer = RTCSessionDescription::answer(sdp.into_string()).map_err(rtc_error)?;
+                self.pc
+                    .set_remote_description(Instant::now(), answer)
+                    .map_err(rtc_error)?;
+                self.remote_description_set = true;
+                self.add_early_candidates();
+            }
+            Signal::Candidate {
+                candidate,
+                sdp_mid,
+                sdp_mline_index,
+            } => {
+                let init = RTCIceCandidateInit {
+                    candidate: candidate.into_string(),
+                    sdp_mid: sdp_mid.map(ShortText::into_string),
+                    sdp_mline_index,
+                    ..Default::default()
+                };
+                if self.remote_description_set {
+                    if let Err(e) = self.pc.add_remote_candidate(init) {
+                        tracing::debug!(error = %e, "remote candidate refused");
+                    }
+                } else if self.early_candidates.len() < 64 {
+                    self.early_candidates.push(init);
+                }
+            }
+            Signal::EndOfCandidates => tracing::debug!("remote gathering complete"),
+            other => tracing::debug!(kind = ?other, "signal not for the peer layer"),
+        }
+        Ok(())
+    }
+
+    fn add_early_candidates(&mut self) {
+        for init in std::mem::take(&mut self.early_candidates) {
+            if let Err(e) = self.pc.add_remote_candidate(init) {
+                tracing::debug!(error = %e, "remote candidate refused");
+            }
+        }
+    }
+
+    fn signal(&mut self, signal: Signal) {
+        if !self.link_open {
+            return;
+        }
+        match self.link.outgoing.try_send(signal) {
+            Ok(()) => {}
+            Err(mpsc::error::TrySendError::Full(signal)) => {
+                tracing::warn!(kind = ?signal_kind(&signal), "signal queue full; signal dropped");
+            }
+            Err(mpsc::error::TrySendError::Closed(_)) => {
+                tracing::debug!("signal link closed");
+            }
+        }
+    }
+
+    fn signal_candidate(&mut self, init: &RTCIceCandidateInit) {
+        let line = if init.candidate.starts_with("candidate:") {
+            init.candidate.clone()
+        } else {
+            format!("candidate:{}", init.candidate)
+        };
+        match CandidateLine::new(line) {
+            Ok(candidate) => {
+                tracing::debug!(%candidate, "local candidate");
+                self.signal(Signal::Candidate {
+                    candidate,
+                    sdp_mid: init.sdp_mid.clone().map(ShortText::truncated),
+                    sdp_mline_index: init.sdp_mline_index,
+                });
+            }
+            Err(e) => tracing::warn!(error = %e, "local candidate cannot be signaled"),
+        }
+    }
+
+    // -----------------------------------------------------------------------------------------
+    // Gathering
+    // -----------------------------------------------------------------------------------------
+
+    /// Collect what the candidate sources produced; send end-of-candidates once all are done.
+    fn pump_sources(&mut self) {
+        let mut transmits = Vec::new();
+        let mut found = Vec::new();
+        for source in &mut self.sources {
+            while let Some(output) = source.poll_output() {
+                match output {
+                    SourceOutput::Transmit(t) => transmits.push(t),
+                    SourceOutput::Candidate(c) => found.push(c),
+                }
+            }
+        }
+        for t in transmits {
+            if let Some(socket) = self.sockets.iter().find(|s| s.addr == t.from)
+                && let Err(e) = socket.socket.try_send_to(&t.data, t.to)
+            {
+                tracing::debug!(error = %e, to = %t.to, "STUN request not sent");
+            }
+        }
+        for init in found {
+            match self.pc.add_local_candidate(init.clone()) {
+                Ok(()) => self.signal_candidate(&init),
+                Err(e) => tracing::debug!(error = %e, "local candidate refused"),
+            }
+        }
+        if !self.end_of_candidates_sent && self.sources.iter().all(CandidateSource::is_done) {
+            self.end_of_candidates_sent = true;
+            self.sources.clear();
+            if let Err(e) = self.pc.add_local_candidate(RTCIceCandidateInit::default()) {
+                tracing::debug!(error = %e, "end of candidates refused");
+            }
+            tracing::debug!(
+                elapsed_ms = self.started.elapsed().as_millis() as u64,
+                "gathering complete"
+            );
+            self.signal(Signal::EndOfCandidates);
+        }
+    }
+
+    // -----------------------------------------------------------------------------------------
+    // The run-loop rule: drain everything after every input
+    // -----------------------------------------------------------------------------------------
+
+    async fn flush(&mut self) {
+        self.pump_sources();
+        loop {
+            let mut progressed = false;
+            while let Some(packet) = self.pc.poll_write() {
+                progressed = true;
+                self.transmit(packet).await;
+            }
+            while let Some(event) = self.pc.poll_event() {
+                progressed = true;
+                self.handle_rtc_event(event);
+            }
+            if self.kick {
+                // rtc queues some packets (the DTLS ClientHello after ICE selects a pair) where
+                // only `handle_timeout` moves them out; run it now instead of on the next tick.
+                self.kick = false;
+                progressed = true;
+                if let Err(e) = self.pc.handle_timeout(Instant::now()) {
+                    tracing::debug!(error = %e, "rtc timeout handling failed");
+                }
+            }
+            while let Some(message) = self.pc.poll_read() {
+                progressed = true;
+                if let RTCMessage::DataChannelMessage(id, message) = message.message {
+                    let payload = if message.is_string {
+                        match String::from_utf8(Vec::from(message.data)) {
+                            Ok(text) => Payload::Text(text),
+                            Err(e) => Payload::Binary(Bytes::from(e.into_bytes())),
+                        }
+                    } else {
+                        Payload::Binary(message.data.freeze())
+                    };
+                    self.counters.bytes_received += payload.len() as u64;
+                    self.counters.messages_received += 1;
+                    self.deliver(id, payload);
+                }
+            }
+            if !progressed {
+                break;
+            }
+        }
+        self.update_send_accounting();
+        self.check_transport_closed();
+    }
+
+    /// rtc reports a peer's DTLS close_notify (or a DTLS failure) only as the transport's
+    /// state, not as a connection state change: look at it after every turn.
+    fn check_transport_closed(&mut self) {
+        if !matches!(
+            self.state,
+            ConnectionState::Connected | ConnectionState::Disconnected
+        ) {
+            return;
+        }
+        let dtls = self.pc.sctp().map(|s| s.transport().state());
+        match dtls {
+            Some(RTCDtlsTransportState::Closed) => {
+                self.set_state(ConnectionState::Closed, "closed by the peer");
+                self.stop_with("closed by the peer");
+            }
+            Some(RTCDtlsTransportState::Failed) => self.fail(PeerError::Rtc("DTLS failed".into())),
+            _ => {}
+        }
+    }
+
+    async fn transmit(&mut self, packet: TaggedBytesMut) {
+        let to = packet.transport.peer_addr;
+        let from = packet.transport.local_addr;
+        let Some(socket) = self.sockets.iter().find(|s| s.addr == from) else {
+            tracing::debug!(%from, %to, "packet for an unknown local address dropped");
+            return;
+        };
+        match socket.socket.try_send_to(&packet.message, to) {
+            Ok(_) => {}
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                // The kernel buffer is full: wait for room (bounded, it drains at line rate).
+                let sent =
+                    tokio::time::timeout(Duration::from_secs(1), socket.socket.send_to(&packet.message, to))
+                        .await;
+                if !matches!(sent, Ok(Ok(_))) {
+                    tracing::debug!(%to, "packet dropped: socket stayed full");
+                }
+            }
+            Err(e) => tracing::debug!(error = %e, %to, "send failed"),
+        }
+    }
+
+    fn handle_rtc_event(&mut self, event: RTCPeerConnectionEvent) {
+        match event {
+            RTCPeerConnectionEvent::OnConnectionStateChangeEvent(state) => {
+                let new = match state {
+                    RTCPeerConnectionState::New => ConnectionState::New,
+                    RTCPeerConnectionState::Connecting => ConnectionState::Connecting,
+                    RTCPeerConnectionState::Connected => ConnectionState::Connected,
+                    RTCPeerConnectionState::Disconnected => ConnectionState::Disconnected,
+                    RTCPeerConnectionState::Failed => ConnectionState::Failed,
+                    RTCPeerConnectionState::Closed => ConnectionState::Closed,
+                    _ => return,
+                };
+                self.set_state(new, "peer connection");
+                match new {
+                    ConnectionState::Connected => {
+                        if let Some(max) = self.pc.sctp().and_then(|s| s.max_message_size()) {
+                            self.max_message_size = max as usize;
+                            for slot in self.channels.values() {
+                                slot.shared
+                                    .max_message_size
+                                    .store(max as usize, Ordering::Relaxed);
+                            }
+                        }
+                    }
+                    ConnectionState::Failed => self.fail(PeerError::IceFailed {
+                        reason: "connectivity lost (ICE consent failed)".into(),
+                    }),
+                    ConnectionState::Closed => self.stop_with("closed by the peer"),
+                    _ => {}
+                }
+            }
+            RTCPeerConnectionEvent::OnIceConnectionStateChangeEvent(state) => {
+                tracing::debug!(%state, "ICE connection state");
+                self.kick = true;
+                if state.to_string() == "connected" && !self.ice_connected {
+                    self.ice_connected = true;
+                    tracing::debug!(
+                        elapsed_ms = self.started.elapsed().as_millis() as u64,
+                        "ICE connected"
+                    );
+                }
+            }
+            RTCPeerConnectionEvent::OnDataChannel(event) => self.handle_channel_event(event),
+            RTCPeerConnectionEvent::OnIceCandidateEvent(_) => {}
+            other => tracing::trace!(?other, "rtc event"),
+        }
+    }
+
+    fn handle_channel_event(&mut self, event: RTCDataChannelEvent) {
+        match event {
+            RTCDataChannelEvent::OnOpen(id) => self.channel_opened(id),
+            RTCDataChannelEvent::OnClose(id) => self.channel_closed(id, "closed"),
+            RTCDataChannelEvent::OnError(id) => tracing::debug!(channel = id, "data channel error"),
+            _ => {}
+        }
+    }
+
+    fn channel_opened(&mut self, id: usize) {
+        if !self.channels.contains_key(&id) {
+            // Opened by the remote side.
+            let Some(dc) = self.pc.data_channel(id) else {
+                return;
+            };
+            let label = dc.label().to_owned();
+            let options = ChannelOptions {
+                ordered: dc.ordered(),
+                max_retransmits: dc.max_retransmits(),
+                max_packet_life_time: dc.max_packet_life_time(),
+            };
+            self.add_slot(id, label, options, None);
+        }
+        let is_default_answerer = self.role == PeerRole::Answerer
+            && self.default_channel.is_none()
+            && self
+                .channels
+                .get(&id)
+                .is_some_and(|s| s.shared.label == DEFAULT_CHANNEL);
+        if is_default_answerer {
+            self.default_channel = Some(id);
+        }
+        let Some(slot) = self.channels.get_mut(&id) else {
+            return;
+        };
+        if slot.open {
+            return;
+        }
+        slot.open = true;
+        tracing::debug!(channel = id, label = %slot.shared.label, "data channel open");
+        let Some(handle) = self.handle_for(id) else {
+            return;
+        };
+        if self.default_channel == Some(id) && self.ready.is_some() {
+            tracing::info!(
+                elapsed_ms = self.started.elapsed().as_millis() as u64,
+                "connection established"
+            );
+            if let Some(ready) = self.ready.take() {
+                let _ = ready.send(Ok(handle));
+            }
+        } else if let Some(reply) = self.channels.get_mut(&id).and_then(|s| s.reply.take()) {
+            let _ = reply.send(Ok(handle));
+        } else {
+            let _ = self.events.send(ConnectionEvent::ChannelOpened(handle));
+        }
+    }
+
+    fn channel_closed(&mut self, id: usize, why: &str) {
+        let Some(slot) = self.channels.get_mut(&id) else {
+            return;
+        };
+        if !slot.closing {
+            tracing::debug!(channel = id, label = %slot.shared.label, why, "data channel closed");
+        }
+        slot.closing = true;
+        slot.shared.mark_closed();
+        if let Some(reply) = slot.reply.take() {
+            let _ = reply.send(Err(PeerError::ChannelClosed));
+        }
+        if slot.overflow.is_empty() {
+            slot.tx = None;
+        }
+        if self.default_channel == Some(id)
+            && let Some(ready) = self.ready.take()
+        {
+            let _ = ready.send(Err(PeerError::ChannelClosed));
+        }
+    }
+
+    fn add_slot(
+        &mut self,
+        id: usize,
+        label: String,
+        options: ChannelOptions,
+        reply: Option<oneshot::Sender<Result<DataChannel, PeerError>>>,
+    ) {
+        let (tx, rx) = mpsc::channel(RECV_QUEUE_MESSAGES);
+        let shared = Arc::new(ChannelShared::new(id, label, options, self.max_message_size));
+        self.channels.insert(
+            id,
+            ChannelSlot {
+                shared,
+                tx: Some(tx),
+                rx: Some(rx),
+                overflow: VecDeque::new(),
+                reply,
+                open: false,
+                closing: false,
+            },
+        );
+    }
+
+    /// The handle for a channel, once: it takes the receive queue.
+    fn handle_for(&mut self, id: usize) -> Option<DataChannel> {
+        let commands = self.command_sender.upgrade()?;
+        let slot = self.channels.get_mut(&id)?;
+        let rx = slot.rx.take()?;
+        Some(DataChannel::new(
+            ChannelSender::new(slot.shared.clone(), commands),
+            rx,
+        ))
+    }
+
+    // -----------------------------------------------------------------------------------------
+    // Receive path and its back-pressure
+    // -----------------------------------------------------------------------------------------
+
+    fn deliver(&mut self, id: usize, payload: Payload) {
+        let Some(slot) = self.channels.get_mut(&id) else {
+            tracing::debug!(channel = id, "message for an unknown channel dropped");
+            return;
+        };
+        let Some(tx) = &slot.tx else {
+            return;
+        };
+        if !slot.overflow.is_empty() {
+            slot.overflow.push_back(payload);
+            return;
+        }
+        match tx.try_send(payload) {
+            Ok(()) => {}
+            Err(mpsc::error::TrySendError::Full(payload)) => slot.overflow.push_back(payload),
+            // The app dropped the channel handle: nobody reads, nothing to keep.
+            Err(mpsc::error::TrySendError::Closed(_)) => {}
+        }
+    }
+
+    /// A sender whose queue is full, if any: the driver waits for room in it.
+    fn stalled_sender(&self) -> Option<mpsc::Sender<Payload>> {
+        self.channels
+            .values()
+            .find(|s| !s.overflow.is_empty())
+            .and_then(|s| s.tx.clone())
+    }
+
+    fn is_stalled(&self) -> bool {
+        self.channels.values().any(|s| !s.overflow.is_empty())
+    }
+
+    fn move_overflow(&mut self) {
+        for slot in self.channels.values_mut() {
+            let Some(tx) = &slot.tx else {
+                slot.overflow.clear();
+                continue;
+            };
+            while let Some(payload) = slot.overflow.pop_front() {
+                match tx.try_send(payload) {
+                    Ok(()) => {}
+                    Err(mpsc::error::TrySendError::Full(payload)) => {
+                        slot.overflow.push_front(payload);
+                        break;
+                    }
+                    Err(mpsc::error::TrySendError::Closed(_)) => {
+                        slot.overflow.clear();
+                        break;
+                    }
+                }
+            }
+            if slot.closing && slot.overflow.is_empty() {
+                slot.tx = None;
+            }
+        }
+    }
+
+    /// Feed the packets held back while a queue was full, until a queue fills again.
+    async fn replay_deferred(&mut self) {
+        while !self.is_stalled() {
+            let Some((index, from, packet)) = self.deferred.pop_front() else {
+                break;
+            };
+            self.deferred_bytes -= packet.len();
+            self.feed(index, from, packet);
+            self.flush().await;
+        }
+    }
+
+    fn read_batch(&mut self, index: usize) {
+        let Some(local) = self.sockets.get(index).map(|s| s.addr) else {
+            return;
+        };
+        for _ in 0..READ_BATCH {
+            self.recv_buf.reserve(MAX_DATAGRAM);
+            self.recv_buf.resize(MAX_DATAGRAM, 0);
+            let result = self.sockets[index].socket.try_recv_from(&mut self.recv_buf);
+            let (n, from) = match result {
+                Ok(r) => r,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+                Err(e) => {
+                    // ICMP errors (port unreachable) surface here on some systems; not fatal.
+                    tracing::trace!(error = %e, %local, "recv error");
+                    continue;
+                }
+            };
+            self.recv_buf.truncate(n);
+            let packet = self.recv_buf.split();
+            let is_stun = rtc::stun::message::is_stun_message(&packet);
+            if is_stun
+                && self
+                    .sources
+                    .iter_mut()
+                    .any(|s| s.handle_packet(local, from, &packet))
+            {
+                continue;
+            }
+            if self.is_stalled() && !is_stun {
+                self.deferred_bytes += packet.len();
+                self.deferred.push_back((index, from, packet));
+                if self.deferred_bytes >= DEFERRED_MAX_BYTES {
+                    break;
+                }
+                continue;
+            }
+            self.feed(index, from, packet);
+        }
+        self.recv_buf.clear();
+    }
+
+    fn feed(&mut self, index: usize, from: SocketAddr, packet: BytesMut) {
+        let Some(local) = self.sockets.get(index).map(|s| s.addr) else {
+            return;
+        };
+        let result = self.pc.handle_read(TaggedBytesMut {
+            now: Instant::now(),
+            transport: TransportContext {
+                local_addr: local,
+                peer_addr: from,
+                ecn: None,
+                transport_protocol: TransportProtocol::UDP,
+            },
+            message: packet,
+        });
+        if let Err(e) = result {
+            tracing::debug!(error = %e, %from, "packet refused");
+        }
+    }
+
+    // -----------------------------------------------------------------------------------------
+    // Send path
+    // -----------------------------------------------------------------------------------------
+
+    fn handle_command(&mut self, command: Command) {
+        match command {
+            Command::Send {
+                channel,
+                payload,
+                cost,
+            } => {
+                if let Some(slot) = self.channels.get(&channel) {
+                    slot.shared.queued.fetch_sub(cost, Ordering::AcqRel);
+                }
+                let len = payload.len();
+                let Some(mut dc) = self.pc.data_channel(channel) else {
+                    return;
+                };
+                let now = Instant::now();
+                let result = match payload {
+                    Payload::Text(text) => dc.send_text(now, text),
+                    Payload::Binary(bytes) => dc.send(now, BytesMut::from(bytes)),
+                };
+                match result {
+                    Ok(()) => {
+                        self.counters.bytes_sent += len as u64;
+                        self.counters.messages_sent += 1;
+                    }
+                    Err(e) => {
+                        tracing::debug!(channel, error = %e, "send refused");
+                        if matches!(e, rtc::shared::error::Error::ErrDataChannelClosed) {
+                            self.channel_closed(channel, "send on a closed channel");
+                        }
+                    }
+                }
+            }
+            Command::CloseChannel { channel } => {
+                if let Some(mut dc) = self.pc.data_channel(channel)
+                    && let Err(e) = dc.close()
+                {
+                    tracing::debug!(channel, error = %e, "channel close failed");
+                }
+                self.channel_closed(channel, "closed locally");
+            }
+            Command::OpenChannel {
+                label,
+                options,
+                reply,
+            } => {
+                if self.state != ConnectionState::Connected && self.ready.is_none() {
+                    let _ = reply.send(Err(PeerError::Closed));
+                    return;
+                }
+                let init = RTCDataChannelInit {
+                    ordered: options.ordered,
+                    max_retransmits: options.max_retransmits,
+                    max_packet_life_time: options.max_packet_life_time,
+                    ..Default::default()
+                };
+                match self.pc.create_data_channel(&label, Some(init)) {
+                    Ok(dc) => {
+                        let id = dc.id();
+                        self.add_slot(id, label, options, Some(reply));
+                    }
+                    Err(e) => {
+                        let _ = reply.send(Err(rtc_error(e)));
+                    }
+                }
+            }
+            Command::Stats { reply } => {
+                let stats = collect_stats(&mut self.pc, &self.counters);
+                let _ = reply.send(stats);
+            }
+            // `Connection::close` waits for the driver to end (its state sender is dropped).
+            Command::Close => self.stop_with("closed locally"),
+        }
+    }
+
+    /// Publish how much each channel holds and wake senders below the low-water mark.
+    fn update_send_accounting(&mut self) {
+        for (id, slot) in &self.channels {
+            let outstanding = self
+                .pc
+                .data_channel(*id)
+                .map(|dc| dc.outstanding_bytes())
+                .unwrap_or(0);
+            slot.shared.outstanding.store(outstanding, Ordering::Release);
+            if slot.shared.buffered() <= SEND_LOW_WATER {
+                slot.shared.writable.notify_waiters();
+            }
+        }
+    }
+
+    // -----------------------------------------------------------------------------------------
+    // Time, state, end
+    // -----------------------------------------------------------------------------------------
+
+    fn next_deadline(&mut self) -> Instant {
+        let mut deadline = self
+            .pc
+            .poll_timeout()
+            .unwrap_or_else(|| Instant::now() + Duration::from_secs(3600));
+        for source in &self.sources {
+            if let Some(t) = source.poll_timeout() {
+                deadline = deadline.min(t);
+            }
+        }
+        if self.ready.is_some() {
+            deadline = deadline.min(self.connect_deadline);
+        }
+        deadline
+    }
+
+    fn handle_timeout(&mut self) {
+        let now = Instant::now();
+        if self.pc.poll_timeout().is_some_and(|t| t <= now)
+            && let Err(e) = self.pc.handle_timeout(now)
+        {
+            tracing::debug!(error = %e, "rtc timeout handling failed");
+        }
+        for source in &mut self.sources {
+            if source.poll_timeout().is_some_and(|t| t <= now) {
+                source.handle_timeout(now);
+            }
+        }
+        if self.ready.is_some() && now >= self.connect_deadline {
+            let reason = if !self.remote_description_set {
+                "no offer/answer from the peer".to_owned()
+            } else if !self.ice_connected {
+                "no candidate pair succeeded".to_owned()
+            } else {
+                "DTLS/SCTP setup or the default channel did not complete".to_owned()
+            };
+            self.fail(PeerError::Timeout {
+                after: self.connect_timeout,
+                reason,
+            });
+        }
+    }
+
+    fn set_state(&mut self, new: ConnectionState, reason: &str) {
+        let old = self.state;
+        if old == new {
+            return;
+        }
+        tracing::info!("{old} -> {new} ({reason})");
+        self.state = new;
+        self.state_tx.send_replace(new);
+        let _ = self.events.send(ConnectionEvent::StateChanged { old, new });
+    }
+
+    fn fail(&mut self, error: PeerError) {
+        tracing::warn!(%error, "peer connection failed");
+        let reason = error.to_string();
+        if let Some(ready) = self.ready.take() {
+            let _ = ready.send(Err(error));
+        }
+        self.set_state(ConnectionState::Failed, &reason);
+        self.stop_with(&reason);
+    }
+
+    fn stop_with(&mut self, reason: &str) {
+        if self.stop.is_none() {
+            self.stop = Some(reason.to_owned());
+        }
+    }
+
+    /// Close channels and the connection, flush the goodbye packets, release everything.
+    async fn shutdown(&mut self) {
+        let reason = self.stop.clone().unwrap_or_else(|| "closed".to_owned());
+        let ids: Vec<usize> = self.channels.keys().copied().collect();
+        for id in ids {
+            if let Some(mut dc) = self.pc.data_channel(id) {
+                let _ = dc.close();
+            }
+            self.channel_closed(id, &reason);
+        }
+        if let Err(e) = self.pc.close() {
+            tracing::debug!(error = %e, "close failed");
+        }
+        while let Some(packet) = self.pc.poll_write() {
+            self.transmit(packet).await;
+        }
+        while self.pc.poll_event().is_some() {}
+        if let Some(ready) = self.ready.take() {
+            let _ = ready.send(Err(PeerError::Closed));
+        }
+        if self.state != ConnectionState::Failed {
+            self.set_state(ConnectionState::Closed, &reason);
+        }
+        if !self.closed_event_sent {
+            self.closed_event_sent = true;
+            let _ = self.events.send(ConnectionEvent::Closed { reason });
+        }
+        // Undelivered messages stay readable: the queues outlive the driver.
+        for slot in self.channels.values_mut() {
+            slot.tx = None;
+        }
+        self.sockets.clear();
+    }
+}
+
+fn rtc_error(e: rtc::shared::error::Error) -> PeerError {
+    PeerError::Rtc(e.to_string())
+}
+
+fn signal_kind(signal: &Signal) -> &'static str {
+    match signal {
+        Signal::Offer { .. } => "offer",
+        Signal::Answer { .. } => "answer",
+        Signal::Candidate { .. } => "candidate",
+        Signal::EndOfCandidates => "end_of_candidates",
+        _ => "other",
+    }
+}
+
+/// Ready when any socket has something to read; starts at `start` for fairness.
+fn poll_readable(
+    sockets: &[LocalSocket],
+    start: usize,
+    cx: &mut std::task::Context<'_>,
+) -> Poll<usize> {
+    let n = sockets.len();
+    for i in 0..n {
+        let index = (start + i) % n;
+        if sockets[index].socket.poll_recv_ready(cx).is_ready() {
+            return Poll::Ready(index);
+        }
+    }
+    Poll::Pending
+}
+
+async fn wait_for_room(tx: Option<&mpsc::Sender<Payload>>) {
+    match tx {
+        Some(tx) => {
+            // The permit is dropped at once: the room is used by `move_overflow`.
+            let _ = tx.reserve().await;
+        }
+        None => std::future::pending().await,
+    }
+}

@@ -1,0 +1,427 @@
+//! Local candidates: one UDP socket per usable local IP, host candidates for each, and
+//! server-reflexive candidates learned with STUN Binding requests sent from those sockets.
+//!
+//! Gathering is a set of [`CandidateSource`]s, each with its own sans-IO state: it takes packets
+//! and time as inputs and yields packets to send and candidates found. The driver owns the
+//! sockets and feeds them. TURN relays will be one more variant (an `rtc-turn` client per
+//! socket and server) without changing the driver.
+
+use std::io;
+use std::net::{IpAddr, SocketAddr};
+use std::time::{Duration, Instant};
+
+use rtc::peer_connection::transport::{
+    CandidateConfig, CandidateHostConfig, CandidateServerReflexiveConfig, RTCIceCandidate,
+    RTCIceCandidateInit,
+};
+use rtc::stun::message::{BINDING_REQUEST, BINDING_SUCCESS, Getter, Message, TransactionId};
+use rtc::stun::xoraddr::XorMappedAddress;
+use proxim_protocol::IceServer;
+use proxim_protocol::ice::{IceScheme, IceTransport, IceUrl};
+use socket2::{Domain, Protocol, Socket, Type};
+use tokio::net::UdpSocket;
+
+/// A bound UDP socket the peer sends and receives on.
+#[derive(Debug)]
+pub(super) struct LocalSocket {
+    /// The address it is bound to (the base of its host candidate).
+    pub(super) addr: SocketAddr,
+    /// The socket.
+    pub(super) socket: UdpSocket,
+}
+
+/// The local IP addresses to bind to: every IPv4 interface address that is up, loopback when
+/// asked for, no link-local addresses. IPv6 plugs in here once the rest is tested with it.
+pub(super) fn local_ips(include_loopback: bool) -> Vec<IpAddr> {
+    let mut ips: Vec<IpAddr> = Vec::new();
+    match if_addrs::get_if_addrs() {
+        Ok(interfaces) => {
+            for interface in interfaces {
+                let ip = interface.ip();
+                let usable = match ip {
+                    IpAddr::V4(v4) => !v4.is_link_local() && !v4.is_unspecified(),
+                    IpAddr::V6(_) => false,
+                };
+                if usable && (include_loopback || !ip.is_loopback()) && !ips.contains(&ip) {
+                    ips.push(ip);
+                }
+            }
+        }
+        Err(e) => tracing::warn!(error = %e, "cannot list network interfaces"),
+    }
+    if include_loopback && !ips.iter().any(IpAddr::is_loopback) {
+        ips.push(IpAddr::V4(std::net::Ipv4Addr::LOCALHOST));
+    }
+    // Loopback last: on one machine it is the fastest path, elsewhere it is useless.
+    ips.sort_by_key(IpAddr::is_loopback);
+    ips
+}
+
+/// Bind a non-blocking UDP socket on `ip` (any port) with enlarged kernel buffers.
+pub(super) fn bind_udp(ip: IpAddr, buffer_bytes: usize) -> io::Result<LocalSocket> {
+    let socket = Socket::new(Domain::for_address(SocketAddr::new(ip, 0)), Type::DGRAM, Some(Protocol::UDP))?;
+    if ip.is_ipv6() {
+        socket.set_only_v6(true)?;
+    }
+    if let Err(e) = socket.set_recv_buffer_size(buffer_bytes) {
+        tracing::debug!(error = %e, "SO_RCVBUF not set");
+    }
+    if let Err(e) = socket.set_send_buffer_size(buffer_bytes) {
+        tracing::debug!(error = %e, "SO_SNDBUF not set");
+    }
+    socket.bind(&SocketAddr::new(ip, 0).into())?;
+    socket.set_nonblocking(true)?;
+    let rcvbuf = socket.recv_buffer_size().unwrap_or(0);
+    let sndbuf = socket.send_buffer_size().unwrap_or(0);
+    let std_socket: std::net::UdpSocket = socket.into();
+    let addr = std_socket.local_addr()?;
+    tracing::debug!(%addr, requested = buffer_bytes, rcvbuf, sndbuf, "udp socket bound");
+    Ok(LocalSocket {
+        addr,
+        socket: UdpSocket::from_std(std_socket)?,
+    })
+}
+
+/// The host candidate for a bound socket, ready for `add_local_candidate` and for signaling.
+pub(super) fn host_candidate(addr: SocketAddr) -> Result<RTCIceCandidateInit, String> {
+    let candidate = CandidateHostConfig {
+        base_config: CandidateConfig {
+            network: "udp".to_owned(),
+            address: addr.ip().to_string(),
+            port: addr.port(),
+            component: 1,
+            ..Default::default()
+        },
+        ..Default::default()
+    }
+    .new_candidate_host()
+    .map_err(|e| e.to_string())?;
+    RTCIceCandidate::from(&candidate)
+        .to_json()
+        .map_err(|e| e.to_string())
+}
+
+/// A server-reflexive candidate: `mapped` as seen by the STUN server at `url`, based on `base`.
+pub(super) fn srflx_candidate(
+    mapped: SocketAddr,
+    base: SocketAddr,
+    url: &str,
+) -> Result<RTCIceCandidateInit, String> {
+    let candidate = CandidateServerReflexiveConfig {
+        base_config: CandidateConfig {
+            network: "udp".to_owned(),
+            address: mapped.ip().to_string(),
+            port: mapped.port(),
+            component: 1,
+            ..Default::default()
+        },
+        rel_addr: base.ip().to_string(),
+        rel_port: base.port(),
+        ..Default::default()
+    }
+    .new_candidate_server_reflexive()
+    .map_err(|e| e.to_string())?;
+    let mut init = RTCIceCandidate::from(&candidate)
+        .to_json()
+        .map_err(|e| e.to_string())?;
+    init.url = Some(url.to_owned());
+    Ok(init)
+}
+
+/// A packet a candidate source wants sent.
+#[derive(Debug)]
+pub(super) struct SourceTransmit {
+    /// The local socket to send from.
+    pub(super) from: SocketAddr,
+    /// Where to.
+    pub(super) to: SocketAddr,
+    /// The datagram.
+    pub(super) data: Vec<u8>,
+}
+
+/// What a candidate source produced.
+#[derive(Debug)]
+pub(super) enum SourceOutput {
+    /// Send this packet.
+    Transmit(SourceTransmit),
+    /// A new local candidate.
+    Candidate(RTCIceCandidateInit),
+}
+
+/// One way of finding local candidates beyond the host ones. Each variant is sans-IO.
+#[derive(Debug)]
+pub(super) enum CandidateSource {
+    /// A STUN Binding request from one local socket to one STUN server.
+    Stun(StunBinding),
+}
+
+impl CandidateSource {
+    /// Sources for every usable `stun:` URL, one per (socket, server). Names are resolved here
+    /// (std's resolver, only for names that are not literal addresses).
+    pub(super) fn for_servers(
+        servers: &[IceServer],
+        sockets: &[SocketAddr],
+        now: Instant,
+        timeout: Duration,
+    ) -> Vec<CandidateSource> {
+        let mut sources = Vec::new();
+        for url in servers.iter().flat_map(|s| s.urls.iter()) {
+            let parsed = match IceUrl::parse(url) {
+                Ok(u) => u,
+                Err(e) => {
+                    tracing::debug!(error = %e, "ICE server URL skipped");
+                    continue;
+                }
+            };
+            match (parsed.scheme, parsed.transport) {
+                (IceScheme::Stun, IceTransport::Udp) => {}
+                _ => {
+                    // TURN relays and STUN over TLS come with the relay source.
+                    tracing::debug!(url = %parsed, "ICE server not used for gathering yet");
+                    continue;
+                }
+            }
+            let server = match resolve(&parsed) {
+                Some(a) => a,
+                None => {
+                    tracing::debug!(url = %parsed, "STUN server name does not resolve");
+                    continue;
+                }
+            };
+            for local in sockets {
+                if local.is_ipv4() != server.is_ipv4() || local.ip().is_loopback() != server.ip().is_loopback() {
+                    continue;
+                }
+                sources.push(CandidateSource::Stun(StunBinding::new(
+                    parsed.to_string(),
+                    *local,
+                    server,
+                    now,
+                    timeout,
+                )));
+            }
+        }
+        sources
+    }
+
+    /// Whether this source has nothing more to do.
+    pub(super) fn is_done(&self) -> bool {
+        match self {
+            CandidateSource::Stun(s) => s.done,
+        }
+    }
+
+    /// Offer an incoming datagram; returns true when the source consumed it.
+    pub(super) fn handle_packet(&mut self, local: SocketAddr, from: SocketAddr, data: &[u8]) -> bool {
+        match self {
+            CandidateSource::Stun(s) => s.handle_packet(local, from, data),
+        }
+    }
+
+    /// Advance time.
+    pub(super) fn handle_timeout(&mut self, now: Instant) {
+        match self {
+            CandidateSource::Stun(s) => s.handle_timeout(now),
+        }
+    }
+
+    /// The next output, if any.
+    pub(super) fn poll_output(&mut self) -> Option<SourceOutput> {
+        match self {
+            CandidateSource::Stun(s) => s.poll_output(),
+        }
+    }
+
+    /// When this source next needs [`Self::handle_timeout`].
+    pub(super) fn poll_timeout(&self) -> Option<Instant> {
+        match self {
+            CandidateSource::Stun(s) => s.poll_timeout(),
+        }
+    }
+}
+
+fn resolve(url: &IceUrl) -> Option<SocketAddr> {
+    if let Ok(ip) = url.host.parse::<IpAddr>() {
+        return Some(SocketAddr::new(ip, url.port));
+    }
+    use std::net::ToSocketAddrs;
+    url.host_port().to_socket_addrs().ok()?.find(SocketAddr::is_ipv4)
+}
+
+/// Retransmit schedule of a Binding request, relative to the start: fast at first, since on a
+/// LAN the answer comes in milliseconds, then doubling until the deadline.
+const STUN_FIRST_RTO: Duration = Duration::from_millis(100);
+
+/// Sans-IO STUN Binding transaction: send, retransmit within the deadline, parse the answer.
+#[derive(Debug)]
+pub(super) struct StunBinding {
+    url: String,
+    local: SocketAddr,
+    server: SocketAddr,
+    transaction: TransactionId,
+    request: Vec<u8>,
+    deadline: Instant,
+    next_send: Instant,
+    rto: Duration,
+    pending: Vec<SourceOutput>,
+    done: bool,
+}
+
+impl StunBinding {
+    fn new(url: String, local: SocketAddr, server: SocketAddr, now: Instant, timeout: Duration) -> Self {
+        let mut msg = Message::new();
+        let transaction = TransactionId::new();
+        let built = msg.build(&[Box::new(transaction), Box::new(BINDING_REQUEST)]);
+        let done = built.is_err();
+        if let Err(e) = built {
+            tracing::debug!(error = %e, "cannot build STUN request");
+        }
+        StunBinding {
+            url,
+            local,
+            server,
+            transaction: msg.transaction_id,
+            request: msg.raw,
+            deadline: now + timeout,
+            next_send: now,
+            rto: STUN_FIRST_RTO,
+            pending: Vec::new(),
+            done,
+        }
+    }
+
+    fn handle_packet(&mut self, local: SocketAddr, from: SocketAddr, data: &[u8]) -> bool {
+        if self.done || local != self.local || from != self.server {
+            return false;
+        }
+        if !rtc::stun::message::is_stun_message(data) {
+            return false;
+        }
+        let mut msg = Message {
+            raw: data.to_vec(),
+            ..Message::default()
+        };
+        if msg.decode().is_err() || msg.transaction_id != self.transaction {
+            return false;
+        }
+        self.done = true;
+        if msg.typ != BINDING_SUCCESS {
+            tracing::debug!(url = %self.url, typ = %msg.typ, "STUN server refused the Binding request");
+            return true;
+        }
+        let mut mapped = XorMappedAddress::default();
+        if let Err(e) = mapped.get_from(&msg) {
+            tracing::debug!(url = %self.url, error = %e, "STUN answer without XOR-MAPPED-ADDRESS");
+            return true;
+        }
+        let mapped = SocketAddr::new(mapped.ip, mapped.port);
+        tracing::debug!(url = %self.url, base = %self.local, %mapped, "server-reflexive address");
+        match srflx_candidate(mapped, self.local, &self.url) {
+            Ok(c) => self.pending.push(SourceOutput::Candidate(c)),
+            Err(e) => tracing::debug!(error = %e, "bad srflx candidate"),
+        }
+        true
+    }
+
+    fn handle_timeout(&mut self, now: Instant) {
+        if self.done {
+            return;
+        }
+        if now >= self.deadline {
+            self.done = true;
+            tracing::debug!(url = %self.url, base = %self.local, "STUN server did not answer in time; giving up on it");
+            return;
+        }
+        if now >= self.next_send {
+            self.pending.push(SourceOutput::Transmit(SourceTransmit {
+                from: self.local,
+                to: self.server,
+                data: self.request.clone(),
+            }));
+            self.next_send = now + self.rto;
+            self.rto = (self.rto * 2).min(Duration::from_secs(1));
+        }
+    }
+
+    fn poll_output(&mut self) -> Option<SourceOutput> {
+        if self.pending.is_empty() {
+            None
+        } else {
+            Some(self.pending.remove(0))
+        }
+    }
+
+    fn poll_timeout(&self) -> Option<Instant> {
+        if self.done {
+            None
+        } else {
+            Some(self.next_send.min(self.deadline))
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn stun_binding_retransmits_then_gives_up() {
+        let now = Instant::now();
+        let local: SocketAddr = "127.0.0.1:5000".parse().unwrap();
+        let server: SocketAddr = "127.0.0.1:9".parse().unwrap();
+        let mut b = StunBinding::new("stun:127.0.0.1:9".into(), local, server, now, Duration::from_millis(500));
+        let mut sent = 0;
+        let mut t = now;
+        while !b.done {
+            b.handle_timeout(t);
+            while let Some(out) = b.poll_output() {
+                assert!(matches!(out, SourceOutput::Transmit(_)));
+                sent += 1;
+            }
+            match b.poll_timeout() {
+                Some(next) => t = next,
+                None => break,
+            }
+        }
+        assert!(b.done);
+        assert!((2..=5).contains(&sent), "sent {sent}");
+        assert!(t <= now + Duration::from_millis(500));
+    }
+
+    #[test]
+    fn stun_binding_parses_the_answer() {
+        let now = Instant::now();
+        let local: SocketAddr = "127.0.0.1:5000".parse().unwrap();
+        let server: SocketAddr = "127.0.0.1:3478".parse().unwrap();
+        let mut b = StunBinding::new("stun:127.0.0.1:3478".into(), local, server, now, Duration::from_secs(2));
+        b.handle_timeout(now);
+        assert!(b.poll_output().is_some());
+        let mut answer = Message::new();
+        answer
+            .build(&[
+                Box::new(b.transaction),
+                Box::new(BINDING_SUCCESS),
+                Box::new(XorMappedAddress {
+                    ip: "198.18.0.7".parse().unwrap(),
+                    port: 40000,
+                }),
+            ])
+            .unwrap();
+        // Wrong sender: not consumed.
+        assert!(!b.handle_packet(local, "127.0.0.1:1".parse().unwrap(), &answer.raw));
+        assert!(b.handle_packet(local, server, &answer.raw));
+        match b.poll_output() {
+            Some(SourceOutput::Candidate(c)) => {
+                assert!(c.candidate.contains("198.18.0.7 40000 typ srflx"), "{}", c.candidate);
+            }
+            other => panic!("expected a candidate, got {other:?}"),
+        }
+        assert!(b.is_done_for_test());
+    }
+
+    impl StunBinding {
+        fn is_done_for_test(&self) -> bool {
+            self.done
+        }
+    }
+}

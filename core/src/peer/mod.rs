@@ -1,0 +1,503 @@
+//! The WebRTC peer layer: Proxim's own tokio driver over webrtc-rs's sans-IO core `rtc`.
+//!
+//! [`Connection::establish`] binds one UDP socket per usable local IP, spawns one driver task
+//! that owns them and the `RTCPeerConnection`, runs offer/answer and trickle ICE over a
+//! [`SignalLink`], and resolves once the default channel [`DEFAULT_CHANNEL`] (reliable,
+//! ordered) is open. More channels come from [`Connection::open_channel`] or arrive as
+//! [`ConnectionEvent::ChannelOpened`].
+//!
+//! # The run-loop rule
+//! After any input — a batch of datagrams, a batch of commands, a signal, a timer — the driver
+//! drains rtc's outputs (`poll_write`, then `poll_event`, then `poll_read`) until none produces
+//! anything, and only then asks for the next timeout. Packets go out in the turn that produced
+//! them.
+//!
+//! # Candidates
+//! Host candidates for every socket go into the description and are trickled; server-reflexive
+//! candidates come from STUN Binding requests sent from the same sockets and are trickled as
+//! they arrive. A silent STUN server never delays a connection host candidates can make: it is
+//! given up after [`PeerConfig::stun_timeout`].
+//!
+//! # Flow control
+//! See [`channel`](self#flow-control-details): `send` waits above a high-water mark of buffered
+//! bytes; a full receive queue makes the driver hold back data packets, so nothing is dropped
+//! and memory stays bounded.
+//!
+//! # Flow-control details
+//! - Send: a channel's buffered amount is what `send` accepted and SCTP has not released.
+//!   `send` waits while it is at or above [`SEND_HIGH_WATER`] (1 MiB) and resumes below
+//!   [`SEND_LOW_WATER`].
+//! - Receive: each channel queues up to [`RECV_QUEUE_MESSAGES`] messages. When one is full,
+//!   the driver keeps the messages it already decoded (at most what the peer's SCTP window
+//!   lets it have in flight) and stops feeding data packets to rtc — it still answers ICE
+//!   checks and runs timers — holding back at most 4 MiB of datagrams before it stops reading
+//!   the sockets. Once the application reads, delivery resumes in order.
+
+use std::fmt;
+use std::net::{IpAddr, SocketAddr};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use proxim_protocol::IceServer;
+use rtc::peer_connection::RTCPeerConnectionBuilder;
+use rtc::peer_connection::configuration::RTCConfigurationBuilder;
+use rtc::peer_connection::configuration::setting_engine::SettingEngineBuilder;
+use tokio::sync::{mpsc, oneshot, watch};
+use tracing::Instrument;
+
+use crate::link::SignalLink;
+
+mod channel;
+mod driver;
+mod gather;
+mod stats;
+
+pub use channel::{
+    ChannelSender, DataChannel, RECV_QUEUE_MESSAGES, SEND_HIGH_WATER, SEND_LOW_WATER,
+};
+use driver::{Command, Driver, DriverParts};
+
+/// Label of the channel every connection opens first.
+pub const DEFAULT_CHANNEL: &str = "proxim";
+
+/// Which side of the offer/answer exchange this peer plays.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum PeerRole {
+    /// Creates the default channel and the offer (the phone).
+    Offerer,
+    /// Waits for the offer and answers it (the desktop).
+    Answerer,
+}
+
+/// How to set up one peer connection.
+#[derive(Debug, Clone)]
+pub struct PeerConfig {
+    /// Offerer or answerer.
+    pub role: PeerRole,
+    /// STUN/TURN servers, as received from the signaling server.
+    pub ice_servers: Vec<IceServer>,
+    /// How long [`Connection::establish`] may take before it fails.
+    pub connect_timeout: Duration,
+    /// How long to wait for a STUN server before giving up on it (never delays connecting).
+    pub stun_timeout: Duration,
+    /// Requested `SO_RCVBUF`/`SO_SNDBUF` for each UDP socket.
+    pub udp_buffer_bytes: usize,
+    /// Whether to offer loopback host candidates.
+    pub include_loopback: bool,
+    /// Use relay candidates only; fails when there are none.
+    pub force_relay: bool,
+    /// Bind only these local addresses (tests, pinning an interface); `None`: every usable
+    /// interface address (plus loopback when [`Self::include_loopback`]).
+    pub local_ips: Option<Vec<IpAddr>>,
+}
+
+impl PeerConfig {
+    /// The defaults: 15 s connect timeout, 2 s STUN timeout, 8 MiB socket buffers, loopback on.
+    pub fn new(role: PeerRole, ice_servers: Vec<IceServer>) -> Self {
+        PeerConfig {
+            role,
+            ice_servers,
+            connect_timeout: Duration::from_secs(15),
+            stun_timeout: Duration::from_secs(2),
+            udp_buffer_bytes: 8 * 1024 * 1024,
+            include_loopback: true,
+            force_relay: false,
+            local_ips: None,
+        }
+    }
+}
+
+/// Why a peer operation failed.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum PeerError {
+    /// The signaling link went away before the connection was up.
+    #[error("signaling lost before the connection was established")]
+    SignalingLost,
+    /// The other device left the session before the connection was up.
+    #[error("the peer left before the connection was established")]
+    PeerLeft,
+    /// ICE could not find a working path.
+    #[error("ICE failed: {reason}")]
+    IceFailed {
+        /// Why.
+        reason: String,
+    },
+    /// The connection was not established within the connect timeout.
+    #[error("connection not established within {after:?}: {reason}")]
+    Timeout {
+        /// The connect timeout.
+        after: Duration,
+        /// What did not happen in time ("no candidate pair succeeded"...).
+        reason: String,
+    },
+    /// The operation needs an established connection.
+    #[error("not connected")]
+    NotConnected,
+    /// The message is larger than the connection accepts.
+    #[error("message of {size} bytes exceeds the maximum of {max}")]
+    MessageTooLarge {
+        /// The message size.
+        size: usize,
+        /// The maximum message size.
+        max: usize,
+    },
+    /// The channel is closed.
+    #[error("data channel closed")]
+    ChannelClosed,
+    /// The connection is closed (or its driver stopped).
+    #[error("connection closed")]
+    Closed,
+    /// The remote side sent something unusable over signaling.
+    #[error("bad signal from the peer: {0}")]
+    BadSignal(String),
+    /// The WebRTC core reported an error.
+    #[error("webrtc: {0}")]
+    Rtc(String),
+    /// A local socket operation failed.
+    #[error("I/O error: {0}")]
+    Io(String),
+}
+
+impl From<std::io::Error> for PeerError {
+    fn from(e: std::io::Error) -> Self {
+        PeerError::Io(e.to_string())
+    }
+}
+
+/// The state of a peer connection, as the app sees it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum ConnectionState {
+    /// Created, nothing happened yet.
+    New,
+    /// Offer/answer and ICE in progress.
+    Connecting,
+    /// ICE, DTLS and SCTP are up.
+    Connected,
+    /// Consent lost; it may come back.
+    Disconnected,
+    /// It failed and will not come back.
+    Failed,
+    /// Closed by either side.
+    Closed,
+}
+
+impl fmt::Display for ConnectionState {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            ConnectionState::New => "new",
+            ConnectionState::Connecting => "connecting",
+            ConnectionState::Connected => "connected",
+            ConnectionState::Disconnected => "disconnected",
+            ConnectionState::Failed => "failed",
+            ConnectionState::Closed => "closed",
+        })
+    }
+}
+
+/// Delivery guarantees of a data channel.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct ChannelOptions {
+    /// In-order delivery.
+    pub ordered: bool,
+    /// Give up on a message after this many retransmits (`None`: reliable).
+    pub max_retransmits: Option<u16>,
+    /// Give up on a message after this many milliseconds (`None`: reliable).
+    pub max_packet_life_time: Option<u16>,
+}
+
+impl Default for ChannelOptions {
+    /// Reliable and ordered.
+    fn default() -> Self {
+        ChannelOptions {
+            ordered: true,
+            max_retransmits: None,
+            max_packet_life_time: None,
+        }
+    }
+}
+
+impl ChannelOptions {
+    /// Unordered, no retransmits: datagram-like.
+    pub fn unreliable() -> Self {
+        ChannelOptions {
+            ordered: false,
+            max_retransmits: Some(0),
+            max_packet_life_time: None,
+        }
+    }
+
+    /// Whether every message is delivered.
+    pub fn is_reliable(&self) -> bool {
+        self.max_retransmits.is_none() && self.max_packet_life_time.is_none()
+    }
+}
+
+/// One data channel message.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Payload {
+    /// A text message (UTF-8).
+    Text(String),
+    /// A binary message.
+    Binary(Bytes),
+}
+
+impl Payload {
+    /// The size of the message in bytes.
+    pub fn len(&self) -> usize {
+        match self {
+            Payload::Text(t) => t.len(),
+            Payload::Binary(b) => b.len(),
+        }
+    }
+
+    /// Whether the message is empty.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+/// What kind of ICE candidate.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum CandidateKind {
+    /// A local interface address.
+    Host,
+    /// The address a STUN server saw (server reflexive).
+    Srflx,
+    /// An address learned from a connectivity check (peer reflexive).
+    Prflx,
+    /// An address on a TURN relay.
+    Relay,
+}
+
+/// One end of the selected candidate pair.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CandidateInfo {
+    /// Host, srflx, prflx or relay.
+    pub kind: CandidateKind,
+    /// Its address.
+    pub address: SocketAddr,
+    /// `udp` or `tcp`.
+    pub protocol: String,
+}
+
+/// A snapshot of a connection's statistics.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConnectionStats {
+    /// The local end of the selected pair.
+    pub local: CandidateInfo,
+    /// The remote end of the selected pair.
+    pub remote: CandidateInfo,
+    /// The latest round-trip time measured by ICE, if any.
+    pub rtt: Option<Duration>,
+    /// Data channel payload bytes sent.
+    pub bytes_sent: u64,
+    /// Data channel payload bytes received.
+    pub bytes_received: u64,
+    /// Data channel messages sent.
+    pub messages_sent: u64,
+    /// Data channel messages received.
+    pub messages_received: u64,
+}
+
+impl ConnectionStats {
+    /// The kind of path: relay if either side is relayed, else srflx/prflx, else host.
+    pub fn path(&self) -> CandidateKind {
+        use CandidateKind::*;
+        match (self.local.kind, self.remote.kind) {
+            (Relay, _) | (_, Relay) => Relay,
+            (Srflx, _) | (_, Srflx) => Srflx,
+            (Prflx, _) | (_, Prflx) => Prflx,
+            _ => Host,
+        }
+    }
+}
+
+/// What [`Connection::establish`] gives: the connection, its default channel, its events.
+#[derive(Debug)]
+pub struct Established {
+    /// The connection handle.
+    pub connection: Connection,
+    /// The default channel [`DEFAULT_CHANNEL`], reliable and ordered, open on both sides.
+    pub channel: DataChannel,
+    /// State changes, channels opened by the remote side, the end.
+    pub events: ConnectionEvents,
+}
+
+/// Something that happened to a connection.
+#[derive(Debug)]
+#[non_exhaustive]
+pub enum ConnectionEvent {
+    /// The connection state changed.
+    StateChanged {
+        /// Before.
+        old: ConnectionState,
+        /// After.
+        new: ConnectionState,
+    },
+    /// The remote side opened a channel.
+    ChannelOpened(DataChannel),
+    /// The connection is closed; the driver has stopped. The last event.
+    Closed {
+        /// Why.
+        reason: String,
+    },
+}
+
+/// The stream of [`ConnectionEvent`]s of one connection.
+#[derive(Debug)]
+pub struct ConnectionEvents {
+    rx: mpsc::UnboundedReceiver<ConnectionEvent>,
+}
+
+impl ConnectionEvents {
+    /// The next event; `None` after [`ConnectionEvent::Closed`].
+    pub async fn next(&mut self) -> Option<ConnectionEvent> {
+        self.rx.recv().await
+    }
+}
+
+/// A cheap, cloneable handle to one peer connection's driver task.
+#[derive(Debug, Clone)]
+pub struct Connection {
+    commands: mpsc::UnboundedSender<Command>,
+    state: watch::Receiver<ConnectionState>,
+}
+
+impl Connection {
+    /// Connect to the device at the other end of `link`.
+    ///
+    /// Resolves once ICE, DTLS and SCTP are up and the default channel [`DEFAULT_CHANNEL`] is
+    /// open, or fails within [`PeerConfig::connect_timeout`] with a reason. Dropping the future
+    /// cancels the attempt and releases the sockets.
+    pub async fn establish(config: PeerConfig, link: SignalLink) -> Result<Established, PeerError> {
+        let span = tracing::info_span!("peer", role = ?config.role);
+        let started = Instant::now();
+        let (driver, commands, state, events, ready) = {
+            let _entered = span.enter();
+            prepare(config, link)?
+        };
+        tokio::spawn(driver.run().instrument(span.clone()));
+        let channel = match ready.await {
+            Ok(result) => result?,
+            Err(_) => return Err(PeerError::Closed),
+        };
+        span.in_scope(|| {
+            tracing::debug!(
+                elapsed_ms = started.elapsed().as_secs_f64() * 1000.0,
+                "establish resolved"
+            );
+        });
+        Ok(Established {
+            connection: Connection { commands, state },
+            channel,
+            events: ConnectionEvents { rx: events },
+        })
+    }
+
+    /// Open another channel; resolves once it is open.
+    pub async fn open_channel(
+        &self,
+        label: &str,
+        options: ChannelOptions,
+    ) -> Result<DataChannel, PeerError> {
+        let (reply, rx) = oneshot::channel();
+        self.commands
+            .send(Command::OpenChannel {
+                label: label.to_owned(),
+                options,
+                reply,
+            })
+            .map_err(|_| PeerError::Closed)?;
+        rx.await.map_err(|_| PeerError::Closed)?
+    }
+
+    /// The selected path, round-trip time and traffic so far.
+    pub async fn stats(&self) -> Result<ConnectionStats, PeerError> {
+        let (reply, rx) = oneshot::channel();
+        self.commands
+            .send(Command::Stats { reply })
+            .map_err(|_| PeerError::Closed)?;
+        rx.await.map_err(|_| PeerError::Closed)?
+    }
+
+    /// The current state.
+    pub fn state(&self) -> ConnectionState {
+        *self.state.borrow()
+    }
+
+    /// Close channels and the connection, stop the driver, release the sockets. Idempotent;
+    /// returns once the driver has stopped.
+    pub async fn close(&self) {
+        let _ = self.commands.send(Command::Close);
+        let mut state = self.state.clone();
+        // The driver drops its state sender when it ends.
+        while state.changed().await.is_ok() {}
+    }
+}
+
+type Prepared = (
+    Driver,
+    mpsc::UnboundedSender<Command>,
+    watch::Receiver<ConnectionState>,
+    mpsc::UnboundedReceiver<ConnectionEvent>,
+    oneshot::Receiver<Result<DataChannel, PeerError>>,
+);
+
+/// Build the peer connection and bind the sockets; the failures here are local and immediate.
+fn prepare(config: PeerConfig, link: SignalLink) -> Result<Prepared, PeerError> {
+    if config.force_relay {
+        return Err(PeerError::IceFailed {
+            reason: "relay-only was asked for, but no relay candidates can be gathered \
+                     (TURN is not supported yet)"
+                .into(),
+        });
+    }
+    let mut sockets = Vec::new();
+    let ips = match &config.local_ips {
+        Some(ips) => ips.clone(),
+        None => gather::local_ips(config.include_loopback),
+    };
+    for ip in ips {
+        match gather::bind_udp(ip, config.udp_buffer_bytes) {
+            Ok(s) => sockets.push(s),
+            Err(e) => tracing::debug!(%ip, error = %e, "cannot bind"),
+        }
+    }
+    if sockets.is_empty() {
+        return Err(PeerError::Io("no usable local address to bind".into()));
+    }
+    let settings = SettingEngineBuilder::new()
+        // Direct paths are preferred by priority anyway; do not sit on a working relay or
+        // reflexive pair for seconds when it is all there is.
+        .with_srflx_acceptance_min_wait(Some(Duration::from_millis(100)))
+        .with_prflx_acceptance_min_wait(Some(Duration::from_millis(200)))
+        .with_relay_acceptance_min_wait(Some(Duration::from_millis(500)))
+        // Checks every 50 ms, for up to 2 s per pair.
+        .with_ice_connection_attempts(Some(Duration::from_millis(50)), Some(40))
+        .build();
+    let rtc_config = RTCConfigurationBuilder::new().build();
+    let pc = RTCPeerConnectionBuilder::new()
+        .with_configuration(rtc_config)
+        .with_setting_engine(settings)
+        .build(Instant::now())
+        .map_err(|e| PeerError::Rtc(e.to_string()))?;
+    let (commands, command_rx) = mpsc::unbounded_channel();
+    let (state_tx, state_rx) = watch::channel(ConnectionState::New);
+    let (event_tx, event_rx) = mpsc::unbounded_channel();
+    let (ready_tx, ready_rx) = oneshot::channel();
+    let parts = DriverParts {
+        config,
+        link,
+        commands: command_rx,
+        command_sender: commands.downgrade(),
+        state: state_tx,
+        events: event_tx,
+        ready: ready_tx,
+    };
+    Ok((Driver::new(parts, pc, sockets), commands, state_rx, event_rx, ready_rx))
+}

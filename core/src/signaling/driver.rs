@@ -1,0 +1,378 @@
+//! The async driver of [`SignalingSession`]: one task owning the WebSocket.
+//!
+//! One `select!` over the application's commands, the socket, the pending connect attempt and
+//! the machine's timer. After every input the driver drains the machine — messages to write,
+//! outputs to carry out — before waiting again.
+
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant};
+
+use futures_util::{SinkExt, StreamExt};
+use proxim_protocol::{ClientMessage, MAX_FRAME_BYTES, PairOutcome, ServerMessage};
+use tokio::net::TcpStream;
+use tokio::sync::{mpsc, oneshot};
+use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
+use tokio_tungstenite::tungstenite::{Error as WsError, Message};
+use tokio_tungstenite::{MaybeTlsStream, WebSocketStream, connect_async_with_config};
+use tracing::{debug, warn};
+
+use super::session::{Output, SignalingSession};
+use super::{
+    Route, Shared, SignalingConfig, SignalingError, SignalingEvent, Welcome, lock, short,
+};
+use crate::LinkEvent;
+use crate::link::SIGNAL_QUEUE;
+
+/// What a [`super::SignalingClient`] asks of the driver.
+#[derive(Debug)]
+pub(super) enum Command {
+    /// Write a message (dropped if the connection is down by the time it is written).
+    Send(ClientMessage),
+    /// Say bye, close, and acknowledge.
+    Close(oneshot::Sender<()>),
+}
+
+type Socket = WebSocketStream<MaybeTlsStream<TcpStream>>;
+type Connecting = Pin<Box<dyn Future<Output = Result<Socket, SignalingError>> + Send>>;
+
+/// How long a graceful WebSocket close may take.
+const CLOSE_TIMEOUT: Duration = Duration::from_secs(1);
+
+/// Run the connection until it is closed. `ready` gets the first welcome or the first error.
+pub(super) async fn run(
+    config: SignalingConfig,
+    mut commands: mpsc::Receiver<Command>,
+    events: mpsc::Sender<SignalingEvent>,
+    shared: Arc<Shared>,
+    ready: oneshot::Sender<Result<Welcome, SignalingError>>,
+) {
+    let mut machine =
+        SignalingSession::new(&config.client_name, config.connect_timeout, config.backoff);
+    let mut driver = Driver {
+        config,
+        events,
+        shared,
+        ready: Some(ready),
+    };
+    let mut socket: Option<Socket> = None;
+    let mut connecting: Option<Connecting> = None;
+    let mut close_waiters = Vec::new();
+
+    loop {
+        driver
+            .drain(&mut machine, &mut socket, &mut connecting)
+            .await;
+        if machine.is_closed() {
+            break;
+        }
+        if !machine.wants_socket() && socket.is_some() {
+            debug!("dropping the socket");
+            socket = None;
+        }
+        let deadline = machine.poll_timeout();
+        tokio::select! {
+            command = commands.recv() => match command {
+                Some(Command::Send(message)) => {
+                    if machine.is_open() {
+                        write(&mut machine, &mut socket, message).await;
+                    } else {
+                        debug!(kind = message.kind(), "not connected; message dropped");
+                    }
+                }
+                Some(Command::Close(done)) => {
+                    close_waiters.push(done);
+                    machine.close("closed by the application");
+                }
+                None => machine.close("every handle dropped"),
+            },
+            frame = next_frame(&mut socket) => handle_frame(&mut machine, &mut socket, frame),
+            result = finish_connecting(&mut connecting) => match result {
+                Ok(ws) => {
+                    socket = Some(ws);
+                    machine.handle_connected(now());
+                }
+                Err(error) => machine.handle_connect_failed(now(), error),
+            },
+            () = sleep_until(deadline) => machine.handle_timeout(now()),
+        }
+    }
+
+    // Closed: the bye (if any) went out in the last drain; close the socket politely.
+    if let Some(mut ws) = socket.take() {
+        let _ = tokio::time::timeout(CLOSE_TIMEOUT, ws.close(None)).await;
+    }
+    driver.shared.connected.store(false, Ordering::Release);
+    driver.lose_routes();
+    driver.emit(SignalingEvent::Closed).await;
+    for done in close_waiters {
+        let _ = done.send(());
+    }
+    debug!("signaling driver stopped");
+}
+
+/// What the driver owns besides the socket.
+struct Driver {
+    config: SignalingConfig,
+    events: mpsc::Sender<SignalingEvent>,
+    shared: Arc<Shared>,
+    ready: Option<oneshot::Sender<Result<Welcome, SignalingError>>>,
+}
+
+impl Driver {
+    /// Carry out everything the machine asks for, until it asks for nothing.
+    async fn drain(
+        &mut self,
+        machine: &mut SignalingSession,
+        socket: &mut Option<Socket>,
+        connecting: &mut Option<Connecting>,
+    ) {
+        loop {
+            let mut progressed = false;
+            while let Some(message) = machine.poll_transmit() {
+                progressed = true;
+                write(machine, socket, message).await;
+            }
+            while let Some(output) = machine.poll_output() {
+                progressed = true;
+                self.handle_output(output, connecting).await;
+            }
+            if !progressed {
+                break;
+            }
+        }
+        self.shared
+            .malformed
+            .store(machine.malformed_frames(), Ordering::Relaxed);
+    }
+
+    async fn handle_output(&mut self, output: Output, connecting: &mut Option<Connecting>) {
+        match output {
+            Output::Connect => {
+                let url = self.config.url.clone();
+                let timeout = self.config.connect_timeout;
+                *connecting = Some(Box::pin(open_socket(url, timeout)));
+            }
+            Output::Opened {
+                welcome,
+                reconnected,
+            } => {
+                *lock(&self.shared.welcome) = Some(welcome.clone());
+                self.shared.connected.store(true, Ordering::Release);
+                if let Some(ready) = self.ready.take() {
+                    let _ = ready.send(Ok(welcome));
+                } else if reconnected {
+                    self.emit(SignalingEvent::Reconnected(welcome)).await;
+                }
+            }
+            Output::Message(message) => self.route(message).await,
+            Output::Lost(error) => {
+                warn!(%error, "signaling connection lost");
+                self.shared.connected.store(false, Ordering::Release);
+                self.lose_routes();
+                self.emit(SignalingEvent::Disconnected { error }).await;
+            }
+            Output::Reconnecting { attempt, delay } => {
+                debug!(attempt, ?delay, "reconnecting");
+                self.emit(SignalingEvent::Reconnecting { attempt, delay })
+                    .await;
+            }
+            Output::Failed(error) => {
+                let was_connected = self.shared.connected.swap(false, Ordering::AcqRel);
+                if let Some(ready) = self.ready.take() {
+                    let _ = ready.send(Err(error));
+                } else {
+                    warn!(%error, "signaling gave up");
+                    self.lose_routes();
+                    if was_connected {
+                        self.emit(SignalingEvent::Disconnected { error }).await;
+                    }
+                }
+            }
+        }
+    }
+
+    /// Hand a server message to its session link, or to the application.
+    async fn route(&mut self, message: ServerMessage) {
+        let unrouted = {
+            let mut routes = lock(&self.shared.routes);
+            match message {
+                ServerMessage::Signal { session, signal } => match routes.get(&session) {
+                    Some(route) => {
+                        if deliver(route, LinkEvent::Signal(signal)) {
+                            None
+                        } else {
+                            routes.remove(&session);
+                            None
+                        }
+                    }
+                    None => Some(ServerMessage::Signal { session, signal }),
+                },
+                ServerMessage::SessionEnded { session, reason } => match routes.remove(&session) {
+                    Some(route) => {
+                        deliver(&route, LinkEvent::Ended(reason));
+                        None
+                    }
+                    None => Some(ServerMessage::SessionEnded { session, reason }),
+                },
+                ServerMessage::PairResult {
+                    session: Some(session),
+                    outcome: PairOutcome::Accepted,
+                    peer,
+                    auth,
+                } => {
+                    // Signals may follow the result before anyone calls `open_session`:
+                    // buffer them in the session's link from now on.
+                    routes.entry(session.clone()).or_insert_with(|| {
+                        let (tx, rx) = mpsc::channel(SIGNAL_QUEUE);
+                        Route {
+                            tx,
+                            unclaimed: Some(rx),
+                        }
+                    });
+                    Some(ServerMessage::PairResult {
+                        session: Some(session),
+                        outcome: PairOutcome::Accepted,
+                        peer,
+                        auth,
+                    })
+                }
+                other => Some(other),
+            }
+        };
+        if let Some(message) = unrouted {
+            self.emit(SignalingEvent::Message(message)).await;
+        }
+    }
+
+    /// Tell every session link the connection is gone and stop routing.
+    fn lose_routes(&self) {
+        let routes = std::mem::take(&mut *lock(&self.shared.routes));
+        for (session, route) in routes {
+            debug!(session = %short(&session), "session link lost");
+            let _ = route.tx.try_send(LinkEvent::Lost);
+        }
+    }
+
+    async fn emit(&self, event: SignalingEvent) {
+        if self.events.send(event).await.is_err() {
+            debug!("application dropped its signaling events");
+        }
+    }
+}
+
+/// Put an event on a session link without ever blocking the shared connection. Returns false
+/// when the link is gone.
+fn deliver(route: &Route, event: LinkEvent) -> bool {
+    match route.tx.try_send(event) {
+        Ok(()) => true,
+        Err(mpsc::error::TrySendError::Full(_)) => {
+            warn!("session link is full; signal dropped");
+            true
+        }
+        Err(mpsc::error::TrySendError::Closed(_)) => false,
+    }
+}
+
+/// Write one message; a failed write is a lost socket.
+async fn write(machine: &mut SignalingSession, socket: &mut Option<Socket>, message: ClientMessage) {
+    let Some(ws) = socket.as_mut() else {
+        debug!(kind = message.kind(), "no socket; message dropped");
+        return;
+    };
+    if let Err(error) = ws.send(Message::text(message.encode())).await {
+        *socket = None;
+        machine.handle_socket_closed(now(), SignalingError::ConnectionLost(error.to_string()));
+    }
+}
+
+fn handle_frame(
+    machine: &mut SignalingSession,
+    socket: &mut Option<Socket>,
+    frame: Option<Result<Message, WsError>>,
+) {
+    let now = now();
+    match frame {
+        Some(Ok(Message::Text(text))) => machine.handle_frame(now, text.as_str()),
+        Some(Ok(Message::Binary(_))) => machine.handle_unexpected_frame(now, "binary frame"),
+        Some(Ok(Message::Ping(_) | Message::Pong(_) | Message::Frame(_))) => {
+            machine.handle_activity(now);
+        }
+        Some(Ok(Message::Close(frame))) => {
+            *socket = None;
+            let reason = frame.map_or_else(|| "no reason".to_owned(), |f| f.to_string());
+            machine.handle_socket_closed(
+                now,
+                SignalingError::ConnectionLost(format!("server closed the socket: {reason}")),
+            );
+        }
+        Some(Err(error)) => {
+            *socket = None;
+            machine.handle_socket_closed(now, SignalingError::ConnectionLost(error.to_string()));
+        }
+        None => {
+            *socket = None;
+            machine.handle_socket_closed(
+                now,
+                SignalingError::ConnectionLost("socket closed".to_owned()),
+            );
+        }
+    }
+}
+
+/// Open the WebSocket, with the protocol's frame limit.
+async fn open_socket(url: String, timeout: Duration) -> Result<Socket, SignalingError> {
+    let config = WebSocketConfig::default()
+        .max_frame_size(Some(MAX_FRAME_BYTES))
+        .max_message_size(Some(MAX_FRAME_BYTES));
+    match tokio::time::timeout(
+        timeout,
+        connect_async_with_config(url.as_str(), Some(config), true),
+    )
+    .await
+    {
+        Err(_) => Err(SignalingError::Unreachable(format!(
+            "no connection within {timeout:?}"
+        ))),
+        Ok(Ok((ws, _response))) => Ok(ws),
+        Ok(Err(WsError::Io(error))) => Err(SignalingError::Unreachable(error.to_string())),
+        Ok(Err(WsError::Url(error))) => Err(SignalingError::InvalidUrl(error.to_string())),
+        Ok(Err(WsError::Http(response))) => Err(SignalingError::Handshake(format!(
+            "server answered HTTP {}",
+            response.status()
+        ))),
+        Ok(Err(error)) => Err(SignalingError::Handshake(error.to_string())),
+    }
+}
+
+async fn next_frame(socket: &mut Option<Socket>) -> Option<Result<Message, WsError>> {
+    match socket {
+        Some(ws) => ws.next().await,
+        None => std::future::pending().await,
+    }
+}
+
+async fn finish_connecting(connecting: &mut Option<Connecting>) -> Result<Socket, SignalingError> {
+    match connecting {
+        Some(attempt) => {
+            let result = attempt.await;
+            *connecting = None;
+            result
+        }
+        None => std::future::pending().await,
+    }
+}
+
+async fn sleep_until(deadline: Option<Instant>) {
+    match deadline {
+        Some(deadline) => tokio::time::sleep_until(tokio::time::Instant::from_std(deadline)).await,
+        None => std::future::pending().await,
+    }
+}
+
+/// The machine's clock: tokio's, so paused-time tests work.
+fn now() -> Instant {
+    tokio::time::Instant::now().into_std()
+}

@@ -1,0 +1,62 @@
+//! Shared helpers for the peer tests: two real peers in one process over loopback UDP.
+#![allow(dead_code, unreachable_pub)]
+
+use std::time::{Duration, Instant};
+
+use proxim_core::SignalLink;
+use proxim_core::peer::{Connection, Established, PeerConfig, PeerError, PeerRole};
+use proxim_protocol::IceServer;
+
+/// Bound for any single wait in a test.
+pub const WAIT: Duration = Duration::from_secs(20);
+
+pub fn init_tracing() {
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
+        )
+        .with_test_writer()
+        .try_init();
+}
+
+/// Loopback-only configs (no LAN addresses), as the tests must stay on 127.0.0.1.
+pub fn config(role: PeerRole, ice_servers: Vec<IceServer>) -> PeerConfig {
+    let mut config = PeerConfig::new(role, ice_servers);
+    config.include_loopback = true;
+    config.local_ips = Some(vec![std::net::Ipv4Addr::LOCALHOST.into()]);
+    config
+}
+
+/// Establish both sides concurrently; returns (offerer, answerer, time to establish).
+pub async fn connect_with(
+    offerer: PeerConfig,
+    answerer: PeerConfig,
+) -> Result<(Established, Established, Duration), PeerError> {
+    let (a, b) = SignalLink::pair();
+    let started = Instant::now();
+    let (x, y) = tokio::time::timeout(
+        WAIT,
+        async { tokio::join!(Connection::establish(offerer, a), Connection::establish(answerer, b)) },
+    )
+    .await
+    .expect("establish did not finish in time");
+    let elapsed = started.elapsed();
+    Ok((x?, y?, elapsed))
+}
+
+pub async fn connect() -> (Established, Established) {
+    let (x, y, _) = connect_with(
+        config(PeerRole::Offerer, vec![]),
+        config(PeerRole::Answerer, vec![]),
+    )
+    .await
+    .expect("connect");
+    (x, y)
+}
+
+pub async fn within<T>(what: &str, f: impl std::future::Future<Output = T>) -> T {
+    tokio::time::timeout(WAIT, f)
+        .await
+        .unwrap_or_else(|_| panic!("timed out: {what}"))
+}

@@ -1,0 +1,267 @@
+//! File transfer between two real peers over loopback, wired with `SignalLink::pair()`.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use proxim_core::SignalLink;
+use proxim_core::peer::{
+    Connection, ConnectionEvent, ConnectionEvents, DataChannel, Established, PeerConfig, PeerRole,
+};
+use proxim_core::transfer::{
+    ReceivedFile, TransferError, TransferProgress, is_transfer_channel, receive_file, send_file,
+};
+use rand::RngCore;
+use sha2::{Digest, Sha256};
+
+const TEST_TIMEOUT: Duration = Duration::from_secs(120);
+
+async fn connected_pair() -> (Established, Established) {
+    let (a, b) = SignalLink::pair();
+    let (offerer, answerer) = tokio::join!(
+        Connection::establish(PeerConfig::new(PeerRole::Offerer, vec![]), a),
+        Connection::establish(PeerConfig::new(PeerRole::Answerer, vec![]), b),
+    );
+    (offerer.expect("offerer"), answerer.expect("answerer"))
+}
+
+/// Wait for the remote to open a transfer channel.
+async fn next_transfer_channel(events: &mut ConnectionEvents) -> DataChannel {
+    loop {
+        match events.next().await.expect("events ended") {
+            ConnectionEvent::ChannelOpened(channel) if is_transfer_channel(channel.label()) => {
+                return channel;
+            }
+            _ => {}
+        }
+    }
+}
+
+fn sha256_file(path: &Path) -> String {
+    hex::encode(Sha256::digest(std::fs::read(path).expect("read")))
+}
+
+fn files_in(dir: &Path) -> Vec<String> {
+    let mut names: Vec<String> = std::fs::read_dir(dir)
+        .expect("read_dir")
+        .map(|entry| {
+            entry
+                .expect("entry")
+                .file_name()
+                .to_string_lossy()
+                .into_owned()
+        })
+        .collect();
+    names.sort();
+    names
+}
+
+/// Send `path` from the offerer, receive into `dir` on the answerer; both progress logs.
+async fn transfer(
+    path: &Path,
+    dir: &Path,
+) -> (
+    proxim_core::transfer::FileReport,
+    ReceivedFile,
+    Vec<TransferProgress>,
+    Vec<TransferProgress>,
+) {
+    let (offerer, mut answerer) = connected_pair().await;
+    let dir = dir.to_owned();
+    let receiving = tokio::spawn(async move {
+        let channel = next_transfer_channel(&mut answerer.events).await;
+        let mut progress = Vec::new();
+        let received = receive_file(channel, &dir, |p| progress.push(p))
+            .await
+            .expect("receive_file");
+        answerer.connection.close().await;
+        (received, progress)
+    });
+    let mut sent_progress = Vec::new();
+    let report = send_file(&offerer.connection, path, |p| sent_progress.push(p))
+        .await
+        .expect("send_file");
+    let (received, received_progress) = receiving.await.expect("receiver task");
+    offerer.connection.close().await;
+    (report, received, sent_progress, received_progress)
+}
+
+fn assert_progress(progress: &[TransferProgress], total: u64) {
+    let last = progress.last().expect("at least the final progress event");
+    assert_eq!(last.bytes_done, total);
+    assert_eq!(last.total, total);
+    assert!(
+        progress
+            .windows(2)
+            .all(|w| w[0].bytes_done <= w[1].bytes_done),
+        "progress not monotonic"
+    );
+    assert!(progress.iter().all(|p| p.total == total));
+    // Throttled: at most one event per 1 % plus time-based ones, never one per chunk.
+    assert!(progress.len() <= 300, "{} progress events", progress.len());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sixty_four_mib_file_arrives_identical() {
+    tokio::time::timeout(TEST_TIMEOUT, async {
+        let src = tempfile::tempdir().unwrap();
+        let dst = tempfile::tempdir().unwrap();
+        let path = src.path().join("random.bin");
+        let mut data = vec![0_u8; 64 * 1024 * 1024 + 12_345];
+        rand::rng().fill_bytes(&mut data);
+        std::fs::write(&path, &data).unwrap();
+        drop(data);
+        let total = std::fs::metadata(&path).unwrap().len();
+
+        let (report, received, sent, got) = transfer(&path, dst.path()).await;
+
+        let expected = sha256_file(&path);
+        assert_eq!(report.sha256, expected);
+        assert_eq!(report.bytes, total);
+        assert_eq!(received.sha256, expected);
+        assert!(received.verified);
+        assert_eq!(received.path, dst.path().join("random.bin"));
+        assert_eq!(sha256_file(&received.path), expected);
+        assert_eq!(files_in(dst.path()), ["random.bin"], "no part file left");
+        assert_progress(&sent, total);
+        assert_progress(&got, total);
+        assert!(sent.len() > 5 && got.len() > 5, "progress along the way");
+        let mib_s = total as f64 / (1024.0 * 1024.0) / report.elapsed.as_secs_f64();
+        eprintln!("64 MiB in {:?} ({mib_s:.1} MiB/s)", report.elapsed);
+    })
+    .await
+    .expect("test timed out");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn empty_file() {
+    tokio::time::timeout(TEST_TIMEOUT, async {
+        let src = tempfile::tempdir().unwrap();
+        let dst = tempfile::tempdir().unwrap();
+        let path = src.path().join("empty.txt");
+        std::fs::write(&path, b"").unwrap();
+
+        let (report, received, sent, got) = transfer(&path, dst.path()).await;
+
+        let empty_hash = hex::encode(Sha256::digest(b""));
+        assert_eq!(report.bytes, 0);
+        assert_eq!(report.sha256, empty_hash);
+        assert_eq!(received.sha256, empty_hash);
+        assert_eq!(std::fs::metadata(&received.path).unwrap().len(), 0);
+        assert_eq!(files_in(dst.path()), ["empty.txt"]);
+        assert_progress(&sent, 0);
+        assert_progress(&got, 0);
+    })
+    .await
+    .expect("test timed out");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hostile_names_land_inside_the_directory_without_overwriting() {
+    tokio::time::timeout(TEST_TIMEOUT, async {
+        let root = tempfile::tempdir().unwrap();
+        let dst = root.path().join("inbox");
+        std::fs::create_dir(&dst).unwrap();
+        // A file the hostile name points at, and one with the same sanitized name.
+        std::fs::create_dir_all(root.path().join("etc")).unwrap();
+        std::fs::write(root.path().join("etc/passwd"), b"root:x:0:0").unwrap();
+        std::fs::write(dst.join("passwd"), b"already here").unwrap();
+
+        let (offerer, mut answerer) = connected_pair().await;
+        let receiving = {
+            let dst = dst.clone();
+            tokio::spawn(async move {
+                let mut stored: Vec<PathBuf> = Vec::new();
+                for _ in 0..2 {
+                    let channel = next_transfer_channel(&mut answerer.events).await;
+                    let received = receive_file(channel, &dst, |_| {}).await.expect("receive");
+                    stored.push(received.path);
+                }
+                answerer.connection.close().await;
+                stored
+            })
+        };
+        // send_file sends the path's file name; a hostile sender puts anything in the
+        // header, so drive the name through a file whose name is itself hostile-ish…
+        let src = tempfile::tempdir().unwrap();
+        let dotted = src.path().join("..hidden");
+        std::fs::write(&dotted, b"dots").unwrap();
+        send_file(&offerer.connection, &dotted, |_| {})
+            .await
+            .expect("send dotted");
+        // …and the real "../../etc/passwd" header through the raw protocol.
+        let hostile = raw_send(&offerer.connection, "../../etc/passwd", b"evil").await;
+        assert!(hostile.contains(r#""ok":true"#), "{hostile}");
+
+        let stored = receiving.await.unwrap();
+        let dst = dst.canonicalize().unwrap();
+        for path in &stored {
+            assert_eq!(path.parent().unwrap().canonicalize().unwrap(), dst);
+        }
+        assert_eq!(stored[0].file_name().unwrap(), "hidden");
+        assert_eq!(stored[1].file_name().unwrap(), "passwd (1)");
+        assert_eq!(std::fs::read(&stored[1]).unwrap(), b"evil");
+        assert_eq!(std::fs::read(dst.join("passwd")).unwrap(), b"already here");
+        assert_eq!(
+            std::fs::read(root.path().join("etc/passwd")).unwrap(),
+            b"root:x:0:0"
+        );
+        assert_eq!(files_in(&dst), ["hidden", "passwd", "passwd (1)"]);
+        offerer.connection.close().await;
+    })
+    .await
+    .expect("test timed out");
+}
+
+/// Speak the transfer protocol by hand (a sender that lies about the name); returns the ack.
+async fn raw_send(conn: &Connection, name: &str, content: &[u8]) -> String {
+    use proxim_core::peer::{ChannelOptions, Payload};
+    let mut channel = conn
+        .open_channel("proxim-file/raw1", ChannelOptions::default())
+        .await
+        .unwrap();
+    let header =
+        serde_json::json!({"type": "header", "version": 1, "name": name, "size": content.len()});
+    channel
+        .send(Payload::Text(header.to_string()))
+        .await
+        .unwrap();
+    channel
+        .send(Payload::Binary(bytes::Bytes::copy_from_slice(content)))
+        .await
+        .unwrap();
+    let sha = hex::encode(Sha256::digest(content));
+    let trailer = serde_json::json!({"type": "trailer", "sha256": sha});
+    channel
+        .send(Payload::Text(trailer.to_string()))
+        .await
+        .unwrap();
+    let ack = match channel.recv().await {
+        Some(Payload::Text(text)) => text,
+        other => panic!("expected an ack, got {other:?}"),
+    };
+    channel.close().await;
+    ack
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn source_that_is_not_a_file_is_refused() {
+    tokio::time::timeout(TEST_TIMEOUT, async {
+        let (offerer, answerer) = connected_pair().await;
+        let dir = tempfile::tempdir().unwrap();
+        let error = send_file(&offerer.connection, dir.path(), |_| {})
+            .await
+            .unwrap_err();
+        assert!(
+            matches!(error, TransferError::BadName(_) | TransferError::Io(_)),
+            "{error:?}"
+        );
+        let missing = send_file(&offerer.connection, &dir.path().join("nope"), |_| {})
+            .await
+            .unwrap_err();
+        assert!(matches!(missing, TransferError::Io(_)), "{missing:?}");
+        offerer.connection.close().await;
+        answerer.connection.close().await;
+    })
+    .await
+    .expect("test timed out");
+}

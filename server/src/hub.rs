@@ -1,0 +1,1286 @@
+//! The hub: every connection, registered desktop and pairing session, as a sans-IO machine.
+//!
+//! The hub owns no sockets, no clock and no tasks. Its driver ([`crate::server`]) feeds it
+//! inputs — a connection opened, a frame arrived, a connection went away, time passed — each
+//! with an explicit `now`, then drains [`Hub::poll_output`] (messages to deliver, connections to
+//! close) and sleeps until [`Hub::poll_timeout`]. Timers (heartbeat deadlines, prompt expiry,
+//! code reservations) live in one min-heap with lazy deletion: an entry that no longer applies
+//! when it pops is dropped or re-armed.
+//!
+//! Routing rules, in short: `hello` first; a desktop registers once and gets a code; a phone's
+//! `pair_request` for a live code opens a pending session and prompts the desktop; the desktop
+//! accepts or rejects (or the prompt expires); signals flow only between the two members of an
+//! accepted session. Whoever leaves, disconnects or goes silent ends its sessions, and the other
+//! member is told why.
+
+use std::cmp::Reverse;
+use std::collections::{BTreeSet, BinaryHeap, HashMap, VecDeque};
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+
+use proxim_protocol::{
+    AuthPayload, ClientMessage, ConnectionId, DeviceId, DeviceName, ErrorCode, PROTOCOL_VERSION,
+    PairOutcome, PeerDevice, ROUTING_ALPHABET, RoutingCode, ServerMessage, SessionEndReason,
+    SessionId, ShortText, Signal,
+};
+use rand::rngs::StdRng;
+use rand::{Rng, SeedableRng};
+use serde::Serialize;
+
+use crate::config::{IceConfig, ServerConfig};
+
+/// The hub's handle on one connection.
+pub(crate) type ConnKey = u64;
+
+/// How many sessions one connection may take part in at once.
+///
+/// RATE LIMITS (later issue): per-connection message rates, pair attempts per phone and per IP,
+/// and per-IP connection caps belong next to this limit; see [`Hub::connect`] and
+/// [`Hub::handle_text`] for where they hook in.
+const MAX_SESSIONS_PER_CONNECTION: usize = 16;
+
+/// How many random codes to try before giving up on registering a desktop.
+const CODE_ATTEMPTS: usize = 64;
+
+/// Something the driver must do.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum Output {
+    /// Queue a message for a connection.
+    Send {
+        to: ConnKey,
+        message: ServerMessage,
+    },
+    /// Close a connection.
+    Close { conn: ConnKey, how: CloseHow },
+}
+
+/// How a connection is closed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum CloseHow {
+    /// After the messages already queued for it are written.
+    AfterQueued,
+    /// At once, dropping whatever is queued (slow readers).
+    Abort,
+}
+
+/// Why the driver reports a connection gone.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Gone {
+    /// The socket closed or failed.
+    Closed,
+    /// Its outbound queue was full.
+    SlowReader,
+}
+
+/// Counters and gauges for monitoring (`GET /api/stats`).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+#[non_exhaustive]
+pub struct Stats {
+    /// Connections open now.
+    pub connections_open: u64,
+    /// Connections accepted since start.
+    pub connections_total: u64,
+    /// Desktops registered now.
+    pub desktops: u64,
+    /// Sessions waiting for the desktop's answer now.
+    pub sessions_pending: u64,
+    /// Accepted sessions now.
+    pub sessions_active: u64,
+    /// Pair requests received.
+    pub pair_requests: u64,
+    /// Pairings accepted.
+    pub pairs_accepted: u64,
+    /// Pairings rejected.
+    pub pairs_rejected: u64,
+    /// Prompts that expired.
+    pub pairs_timed_out: u64,
+    /// Pair requests for a code no desktop holds.
+    pub unknown_codes: u64,
+    /// Signals relayed between session members.
+    pub signals_relayed: u64,
+    /// `error` messages sent.
+    pub errors_sent: u64,
+    /// Frames that did not decode (bad JSON, unknown type, too large, binary).
+    pub frames_malformed: u64,
+    /// Connections dropped for silence.
+    pub stale_dropped: u64,
+    /// Connections dropped because their outbound queue was full.
+    pub slow_readers_dropped: u64,
+}
+
+/// One session, as shown by `GET /api/sessions`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[non_exhaustive]
+pub struct SessionInfo {
+    /// The first 8 hex digits of the session id.
+    pub session: String,
+    /// `pending` or `active`.
+    pub state: &'static str,
+    /// Time since the pair request, in milliseconds.
+    pub age_ms: u64,
+    /// The desktop's name.
+    pub desktop: String,
+    /// The phone's name.
+    pub phone: String,
+}
+
+/// Timing and sizing the hub needs.
+#[derive(Debug, Clone)]
+pub(crate) struct HubConfig {
+    pub(crate) ice: IceConfig,
+    pub(crate) heartbeat_interval: Duration,
+    pub(crate) heartbeat_timeout: Duration,
+    pub(crate) prompt_timeout: Duration,
+    pub(crate) code_length: usize,
+    pub(crate) code_reservation: Duration,
+    pub(crate) max_frame_bytes: usize,
+}
+
+impl From<&ServerConfig> for HubConfig {
+    fn from(c: &ServerConfig) -> Self {
+        HubConfig {
+            ice: c.ice.clone(),
+            heartbeat_interval: c.heartbeat_interval,
+            heartbeat_timeout: c.heartbeat_timeout,
+            prompt_timeout: c.prompt_timeout,
+            code_length: c.code_length,
+            code_reservation: c.code_reservation,
+            max_frame_bytes: c.max_frame_bytes,
+        }
+    }
+}
+
+/// All connections, desktops and sessions.
+#[derive(Debug)]
+pub(crate) struct Hub {
+    config: HubConfig,
+    rng: StdRng,
+    next_key: ConnKey,
+    conns: HashMap<ConnKey, Conn>,
+    /// Live codes: the desktop connection holding each.
+    codes: HashMap<RoutingCode, ConnKey>,
+    /// The code each desktop device last had, kept for it while it is away.
+    reservations: HashMap<DeviceId, Reservation>,
+    /// Which device each live or reserved code belongs to.
+    code_owners: HashMap<RoutingCode, DeviceId>,
+    sessions: HashMap<SessionId, Session>,
+    timers: BinaryHeap<Reverse<(Instant, TimerKey)>>,
+    outputs: VecDeque<Output>,
+    stats: Stats,
+    shutting_down: bool,
+}
+
+#[derive(Debug)]
+struct Conn {
+    id: ConnectionId,
+    remote: SocketAddr,
+    last_seen: Instant,
+    greeted: bool,
+    role: Role,
+    sessions: BTreeSet<SessionId>,
+}
+
+#[derive(Debug, Clone)]
+enum Role {
+    /// Said hello (or not yet), neither desktop nor phone.
+    Unassigned,
+    /// Registered desktop holding `code`.
+    Desktop { device: PeerDevice, code: RoutingCode },
+    /// Sent at least one pair request.
+    Phone,
+}
+
+#[derive(Debug)]
+struct Session {
+    desktop: ConnKey,
+    phone: ConnKey,
+    desktop_device: PeerDevice,
+    phone_device: PeerDevice,
+    state: SessionState,
+    created: Instant,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum SessionState {
+    Pending { deadline: Instant },
+    Active,
+}
+
+impl SessionState {
+    fn name(&self) -> &'static str {
+        match self {
+            SessionState::Pending { .. } => "pending",
+            SessionState::Active => "active",
+        }
+    }
+}
+
+impl Session {
+    fn other(&self, conn: ConnKey) -> Option<ConnKey> {
+        if conn == self.desktop {
+            Some(self.phone)
+        } else if conn == self.phone {
+            Some(self.desktop)
+        } else {
+            None
+        }
+    }
+}
+
+#[derive(Debug)]
+struct Reservation {
+    code: RoutingCode,
+    /// `None` while a connection holds the code.
+    expires: Option<Instant>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
+enum TimerKey {
+    Heartbeat(ConnKey),
+    Prompt(SessionId),
+    Reservation(DeviceId),
+}
+
+/// Why a connection leaves the hub.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Departure {
+    /// It sent `bye`.
+    Bye,
+    /// Its socket closed.
+    Closed,
+    /// It went silent.
+    TimedOut,
+    /// It did not read its messages.
+    SlowReader,
+    /// It was refused (bad protocol version, frame too large).
+    Refused,
+    /// The server is stopping.
+    Shutdown,
+}
+
+/// Why a session ends.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum SessionEnd {
+    Rejected,
+    PromptExpired,
+    Left(ConnKey, Departure),
+}
+
+impl Hub {
+    /// A hub with ids and codes drawn from the operating system's CSPRNG.
+    pub(crate) fn new(config: HubConfig) -> Self {
+        Self::with_rng(config, StdRng::from_os_rng())
+    }
+
+    /// A hub with a given random generator (tests seed it).
+    pub(crate) fn with_rng(config: HubConfig, rng: StdRng) -> Self {
+        Hub {
+            config,
+            rng,
+            next_key: 1,
+            conns: HashMap::new(),
+            codes: HashMap::new(),
+            reservations: HashMap::new(),
+            code_owners: HashMap::new(),
+            sessions: HashMap::new(),
+            timers: BinaryHeap::new(),
+            outputs: VecDeque::new(),
+            stats: Stats::default(),
+            shutting_down: false,
+        }
+    }
+
+    /// A connection opened. `None` when the server is shutting down.
+    pub(crate) fn connect(
+        &mut self,
+        remote: SocketAddr,
+        now: Instant,
+    ) -> Option<(ConnKey, ConnectionId)> {
+        if self.shutting_down {
+            return None;
+        }
+        // RATE LIMITS (later issue): per-IP connection caps are checked here, on `remote`.
+        let id = ConnectionId::new(random_hex128(&mut self.rng)).ok()?;
+        let key = self.next_key;
+        self.next_key += 1;
+        self.conns.insert(
+            key,
+            Conn {
+                id: id.clone(),
+                remote,
+                last_seen: now,
+                greeted: false,
+                role: Role::Unassigned,
+                sessions: BTreeSet::new(),
+            },
+        );
+        self.stats.connections_total += 1;
+        self.arm(now + self.config.heartbeat_timeout, TimerKey::Heartbeat(key));
+        tracing::debug!(conn = %short(id.as_str()), %remote, "connection opened");
+        Some((key, id))
+    }
+
+    /// A text frame arrived.
+    pub(crate) fn handle_text(&mut self, conn: ConnKey, text: &str, now: Instant) {
+        if !self.touch(conn, now) {
+            return;
+        }
+        // RATE LIMITS (later issue): a per-connection message budget (token bucket) is charged
+        // here; over budget -> `error rate_limited`, persistent abuse -> close.
+        if text.len() > self.config.max_frame_bytes {
+            self.refuse_too_large(conn, text.len());
+            return;
+        }
+        match ClientMessage::decode(text) {
+            Ok(message) => self.handle_message(conn, message, now),
+            Err(e) => {
+                self.stats.frames_malformed += 1;
+                let code = e.code();
+                tracing::debug!(conn = %self.short_id(conn), error = %e, "undecodable frame");
+                self.send_error(conn, code, e.to_string());
+                if code == ErrorCode::FrameTooLarge {
+                    self.depart(conn, Departure::Refused, now);
+                }
+            }
+        }
+    }
+
+    /// A binary frame arrived: not part of the protocol.
+    pub(crate) fn handle_binary(&mut self, conn: ConnKey, len: usize, now: Instant) {
+        if !self.touch(conn, now) {
+            return;
+        }
+        if len > self.config.max_frame_bytes {
+            self.refuse_too_large(conn, len);
+            return;
+        }
+        self.stats.frames_malformed += 1;
+        self.send_error(
+            conn,
+            ErrorCode::BinaryFrame,
+            "binary frames are not part of the protocol; send JSON text frames",
+        );
+    }
+
+    /// A WebSocket control frame (ping/pong) arrived: the connection is alive.
+    pub(crate) fn handle_liveness(&mut self, conn: ConnKey, now: Instant) {
+        self.touch(conn, now);
+    }
+
+    /// The driver saw the connection go. A no-op for a connection the hub already closed.
+    pub(crate) fn handle_gone(&mut self, conn: ConnKey, gone: Gone, now: Instant) {
+        let departure = match gone {
+            Gone::Closed => Departure::Closed,
+            Gone::SlowReader => Departure::SlowReader,
+        };
+        self.depart(conn, departure, now);
+    }
+
+    /// Time passed: expire heartbeats, prompts and code reservations that are due.
+    pub(crate) fn handle_timeout(&mut self, now: Instant) {
+        while let Some(Reverse((due, _))) = self.timers.peek() {
+            if *due > now {
+                break;
+            }
+            let Some(Reverse((_, key))) = self.timers.pop() else {
+                break;
+            };
+            match key {
+                TimerKey::Heartbeat(conn) => {
+                    let Some(c) = self.conns.get(&conn) else {
+                        continue;
+                    };
+                    let deadline = c.last_seen + self.config.heartbeat_timeout;
+                    if deadline <= now {
+                        self.depart(conn, Departure::TimedOut, now);
+                    } else {
+                        self.arm(deadline, TimerKey::Heartbeat(conn));
+                    }
+                }
+                TimerKey::Prompt(session) => {
+                    let expired = matches!(
+                        self.sessions.get(&session).map(|s| s.state),
+                        Some(SessionState::Pending { deadline }) if deadline <= now
+                    );
+                    if expired {
+                        self.end_session(&session, SessionEnd::PromptExpired);
+                    }
+                }
+                TimerKey::Reservation(device) => {
+                    let expired = self
+                        .reservations
+                        .get(&device)
+                        .and_then(|r| r.expires)
+                        .is_some_and(|e| e <= now);
+                    if expired {
+                        if let Some(r) = self.reservations.remove(&device) {
+                            self.release_code_owner(&r.code, &device);
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    /// When [`Hub::handle_timeout`] must next be called.
+    pub(crate) fn poll_timeout(&self) -> Option<Instant> {
+        self.timers.peek().map(|Reverse((due, _))| *due)
+    }
+
+    /// The next thing the driver must do.
+    pub(crate) fn poll_output(&mut self) -> Option<Output> {
+        self.outputs.pop_front()
+    }
+
+    /// Stop: every connection gets `bye` and is closed; new connections are refused.
+    pub(crate) fn shutdown(&mut self, now: Instant) {
+        self.shutting_down = true;
+        let conns: Vec<ConnKey> = self.conns.keys().copied().collect();
+        for conn in conns {
+            self.depart(conn, Departure::Shutdown, now);
+        }
+    }
+
+    /// Current counters and gauges.
+    pub(crate) fn stats(&self) -> Stats {
+        let pending = self
+            .sessions
+            .values()
+            .filter(|s| matches!(s.state, SessionState::Pending { .. }))
+            .count() as u64;
+        Stats {
+            connections_open: self.conns.len() as u64,
+            desktops: self.codes.len() as u64,
+            sessions_pending: pending,
+            sessions_active: self.sessions.len() as u64 - pending,
+            ..self.stats.clone()
+        }
+    }
+
+    /// The sessions, oldest first, with shortened ids.
+    pub(crate) fn sessions(&self, now: Instant) -> Vec<SessionInfo> {
+        let mut list: Vec<(Instant, SessionInfo)> = self
+            .sessions
+            .iter()
+            .map(|(id, s)| {
+                (
+                    s.created,
+                    SessionInfo {
+                        session: short(id.as_str()).to_owned(),
+                        state: s.state.name(),
+                        age_ms: millis(now.saturating_duration_since(s.created)),
+                        desktop: s.desktop_device.device_name.to_string(),
+                        phone: s.phone_device.device_name.to_string(),
+                    },
+                )
+            })
+            .collect();
+        list.sort_by_key(|(created, _)| *created);
+        list.into_iter().map(|(_, info)| info).collect()
+    }
+
+    // -----------------------------------------------------------------------------------------
+    // Messages
+    // -----------------------------------------------------------------------------------------
+
+    fn handle_message(&mut self, conn: ConnKey, message: ClientMessage, now: Instant) {
+        let greeted = self.conns.get(&conn).is_some_and(|c| c.greeted);
+        if !greeted {
+            match message {
+                ClientMessage::Hello { version, client } => self.hello(conn, version, &client, now),
+                other => self.send_error(
+                    conn,
+                    ErrorCode::HelloRequired,
+                    format!("`hello` must come first, got `{}`", other.kind()),
+                ),
+            }
+            return;
+        }
+        match message {
+            ClientMessage::Hello { .. } => {
+                self.send_error(conn, ErrorCode::InvalidState, "`hello` was already received")
+            }
+            ClientMessage::RegisterDesktop {
+                device_id,
+                device_name,
+            } => self.register_desktop(conn, device_id, device_name, now),
+            ClientMessage::PairRequest {
+                code,
+                device_id,
+                device_name,
+                auth,
+            } => self.pair_request(conn, code, device_id, device_name, auth, now),
+            ClientMessage::PairResponse {
+                session,
+                accept,
+                auth,
+            } => self.pair_response(conn, session, accept, auth),
+            ClientMessage::Signal { session, signal } => self.signal(conn, session, signal),
+            ClientMessage::Leave { session } => self.leave(conn, session),
+            ClientMessage::Ping { seq } => self.send(conn, ServerMessage::Pong { seq }),
+            ClientMessage::Pong { .. } => {}
+            ClientMessage::Bye { reason } => {
+                tracing::debug!(
+                    conn = %self.short_id(conn),
+                    reason = reason.as_ref().map_or("", |r| r.as_str()),
+                    "client said bye"
+                );
+                self.depart(conn, Departure::Bye, now);
+            }
+            other => self.send_error(
+                conn,
+                ErrorCode::UnknownMessageType,
+                format!("`{}` is not handled by this server", other.kind()),
+            ),
+        }
+    }
+
+    fn hello(&mut self, conn: ConnKey, version: u16, client: &ShortText, now: Instant) {
+        if version != PROTOCOL_VERSION {
+            tracing::info!(
+                conn = %self.short_id(conn), version, client = %client,
+                "refusing unsupported protocol version"
+            );
+            self.send_error(
+                conn,
+                ErrorCode::UnsupportedVersion,
+                format!("this server speaks protocol version {PROTOCOL_VERSION}, not {version}"),
+            );
+            self.depart(conn, Departure::Refused, now);
+            return;
+        }
+        let Some(c) = self.conns.get_mut(&conn) else {
+            return;
+        };
+        c.greeted = true;
+        let connection_id = c.id.clone();
+        tracing::debug!(conn = %short(connection_id.as_str()), client = %client, "hello");
+        let welcome = ServerMessage::Welcome {
+            version: PROTOCOL_VERSION,
+            ice_servers: self.config.ice.ice_servers_for(&connection_id),
+            connection_id,
+            heartbeat_interval_ms: millis(self.config.heartbeat_interval),
+            heartbeat_timeout_ms: millis(self.config.heartbeat_timeout),
+        };
+        self.send(conn, welcome);
+    }
+
+    fn register_desktop(
+        &mut self,
+        conn: ConnKey,
+        device_id: DeviceId,
+        device_name: DeviceName,
+        now: Instant,
+    ) {
+        match self.conns.get(&conn).map(|c| &c.role) {
+            Some(Role::Unassigned) => {}
+            Some(Role::Desktop { .. }) => {
+                return self.send_error(
+                    conn,
+                    ErrorCode::AlreadyRegistered,
+                    "this connection is already registered as a desktop",
+                );
+            }
+            Some(Role::Phone) => {
+                return self.send_error(
+                    conn,
+                    ErrorCode::AlreadyRegistered,
+                    "this connection already sent pair requests as a phone",
+                );
+            }
+            None => return,
+        }
+        let reused = self
+            .reservations
+            .get(&device_id)
+            .filter(|r| r.expires.is_none_or(|e| e > now))
+            .map(|r| r.code.clone())
+            .filter(|code| !self.codes.contains_key(code));
+        let code = match reused {
+            Some(code) => code,
+            None => match self.fresh_code() {
+                Some(code) => code,
+                None => {
+                    tracing::error!("no free pairing code after {CODE_ATTEMPTS} attempts");
+                    return self.send_error(
+                        conn,
+                        ErrorCode::Overloaded,
+                        "no pairing code is free right now; try again",
+                    );
+                }
+            },
+        };
+        let reused = self
+            .reservations
+            .get(&device_id)
+            .is_some_and(|r| r.code == code);
+        if let Some(old) = self.reservations.insert(
+            device_id.clone(),
+            Reservation {
+                code: code.clone(),
+                expires: None,
+            },
+        ) {
+            if old.code != code && !self.codes.contains_key(&old.code) {
+                self.release_code_owner(&old.code, &device_id);
+            }
+        }
+        self.code_owners.insert(code.clone(), device_id.clone());
+        self.codes.insert(code.clone(), conn);
+        if let Some(c) = self.conns.get_mut(&conn) {
+            c.role = Role::Desktop {
+                device: PeerDevice {
+                    device_id,
+                    device_name,
+                },
+                code: code.clone(),
+            };
+        }
+        tracing::info!(
+            conn = %self.short_id(conn), code = %code.redacted(), reused,
+            "desktop registered"
+        );
+        self.send(conn, ServerMessage::Registered { code });
+    }
+
+    fn pair_request(
+        &mut self,
+        conn: ConnKey,
+        code: RoutingCode,
+        device_id: DeviceId,
+        device_name: DeviceName,
+        auth: Option<AuthPayload>,
+        now: Instant,
+    ) {
+        let Some(c) = self.conns.get(&conn) else {
+            return;
+        };
+        if matches!(c.role, Role::Desktop { .. }) {
+            return self.send_error(
+                conn,
+                ErrorCode::AlreadyRegistered,
+                "a registered desktop cannot send pair requests",
+            );
+        }
+        if c.sessions.len() >= MAX_SESSIONS_PER_CONNECTION {
+            return self.send_error(
+                conn,
+                ErrorCode::RateLimited,
+                format!("at most {MAX_SESSIONS_PER_CONNECTION} sessions per connection"),
+            );
+        }
+        // RATE LIMITS (later issue): pair attempts per phone and per IP are charged here, so
+        // codes cannot be guessed by brute force.
+        self.stats.pair_requests += 1;
+        let Some(&desktop) = self.codes.get(&code) else {
+            self.stats.unknown_codes += 1;
+            tracing::info!(conn = %self.short_id(conn), code = %code.redacted(), "unknown code");
+            return self.send(
+                conn,
+                ServerMessage::PairResult {
+                    session: None,
+                    outcome: PairOutcome::UnknownCode,
+                    peer: None,
+                    auth: None,
+                },
+            );
+        };
+        let Some(desktop_device) = self.conns.get(&desktop).and_then(|d| match &d.role {
+            Role::Desktop { device, .. } => Some(device.clone()),
+            _ => None,
+        }) else {
+            return self.send_error(conn, ErrorCode::Internal, "the code's desktop is gone");
+        };
+        if self
+            .conns
+            .get(&desktop)
+            .is_some_and(|d| d.sessions.len() >= MAX_SESSIONS_PER_CONNECTION)
+        {
+            return self.send_error(
+                conn,
+                ErrorCode::Overloaded,
+                "this desktop has too many pairing requests; try again later",
+            );
+        }
+        let Ok(session) = SessionId::new(random_hex128(&mut self.rng)) else {
+            return self.send_error(conn, ErrorCode::Internal, "could not create a session id");
+        };
+        let phone_device = PeerDevice {
+            device_id,
+            device_name,
+        };
+        let deadline = now + self.config.prompt_timeout;
+        self.sessions.insert(
+            session.clone(),
+            Session {
+                desktop,
+                phone: conn,
+                desktop_device,
+                phone_device: phone_device.clone(),
+                state: SessionState::Pending { deadline },
+                created: now,
+            },
+        );
+        for member in [conn, desktop] {
+            if let Some(m) = self.conns.get_mut(&member) {
+                m.sessions.insert(session.clone());
+            }
+        }
+        if let Some(c) = self.conns.get_mut(&conn) {
+            c.role = Role::Phone;
+        }
+        self.arm(deadline, TimerKey::Prompt(session.clone()));
+        tracing::info!(
+            session = %short(session.as_str()),
+            phone = %self.short_id(conn),
+            desktop = %self.short_id(desktop),
+            code = %code.redacted(),
+            "session: none -> pending (pair request)"
+        );
+        let expires_in_ms = millis(self.config.prompt_timeout);
+        self.send(
+            desktop,
+            ServerMessage::PairPrompt {
+                session: session.clone(),
+                peer: phone_device,
+                expires_in_ms,
+                auth,
+            },
+        );
+        self.send(
+            conn,
+            ServerMessage::PairPending {
+                session,
+                expires_in_ms,
+            },
+        );
+    }
+
+    fn pair_response(
+        &mut self,
+        conn: ConnKey,
+        session: SessionId,
+        accept: bool,
+        auth: Option<AuthPayload>,
+    ) {
+        let Some(s) = self.sessions.get_mut(&session) else {
+            return self.send_error(conn, ErrorCode::UnknownSession, "no such session");
+        };
+        if s.desktop != conn {
+            return self.send_error(
+                conn,
+                ErrorCode::NotSessionMember,
+                "only the session's desktop answers its prompt",
+            );
+        }
+        if s.state == SessionState::Active {
+            return self.send_error(
+                conn,
+                ErrorCode::InvalidState,
+                "the session was already accepted",
+            );
+        }
+        if !accept {
+            self.stats.pairs_rejected += 1;
+            return self.end_session(&session, SessionEnd::Rejected);
+        }
+        s.state = SessionState::Active;
+        let (phone, desktop) = (s.phone, s.desktop);
+        let (phone_device, desktop_device) = (s.phone_device.clone(), s.desktop_device.clone());
+        self.stats.pairs_accepted += 1;
+        tracing::info!(
+            session = %short(session.as_str()),
+            "session: pending -> active (accepted)"
+        );
+        self.send(
+            phone,
+            ServerMessage::PairResult {
+                session: Some(session.clone()),
+                outcome: PairOutcome::Accepted,
+                peer: Some(desktop_device),
+                auth,
+            },
+        );
+        self.send(
+            desktop,
+            ServerMessage::PairResult {
+                session: Some(session),
+                outcome: PairOutcome::Accepted,
+                peer: Some(phone_device),
+                auth: None,
+            },
+        );
+    }
+
+    fn signal(&mut self, conn: ConnKey, session: SessionId, signal: Signal) {
+        let Some(s) = self.sessions.get(&session) else {
+            return self.send_error(conn, ErrorCode::UnknownSession, "no such session");
+        };
+        let Some(other) = s.other(conn) else {
+            tracing::warn!(
+                conn = %self.short_id(conn), session = %short(session.as_str()),
+                "signal from a connection outside the session refused"
+            );
+            return self.send_error(
+                conn,
+                ErrorCode::NotSessionMember,
+                "this connection is not a member of that session",
+            );
+        };
+        if s.state != SessionState::Active {
+            return self.send_error(
+                conn,
+                ErrorCode::InvalidState,
+                "signals flow only after the desktop accepted",
+            );
+        }
+        self.stats.signals_relayed += 1;
+        self.send(other, ServerMessage::Signal { session, signal });
+    }
+
+    fn leave(&mut self, conn: ConnKey, session: SessionId) {
+        let Some(s) = self.sessions.get(&session) else {
+            return self.send_error(conn, ErrorCode::UnknownSession, "no such session");
+        };
+        if s.other(conn).is_none() {
+            return self.send_error(
+                conn,
+                ErrorCode::NotSessionMember,
+                "this connection is not a member of that session",
+            );
+        }
+        self.end_session(&session, SessionEnd::Left(conn, Departure::Bye));
+    }
+
+    // -----------------------------------------------------------------------------------------
+    // Endings
+    // -----------------------------------------------------------------------------------------
+
+    /// Remove a connection and end everything it took part in.
+    fn depart(&mut self, conn: ConnKey, departure: Departure, now: Instant) {
+        let Some(c) = self.conns.remove(&conn) else {
+            return;
+        };
+        for session in &c.sessions {
+            self.end_session(session, SessionEnd::Left(conn, departure));
+        }
+        if let Role::Desktop { device, code } = &c.role {
+            self.codes.remove(code);
+            let ours = self
+                .reservations
+                .get(&device.device_id)
+                .is_some_and(|r| r.code == *code);
+            if ours {
+                let expires = now + self.config.code_reservation;
+                if let Some(r) = self.reservations.get_mut(&device.device_id) {
+                    r.expires = Some(expires);
+                }
+                self.arm(expires, TimerKey::Reservation(device.device_id.clone()));
+            } else {
+                self.release_code_owner(code, &device.device_id);
+            }
+        }
+        let short_id = short(c.id.as_str()).to_owned();
+        let (close, bye) = match departure {
+            Departure::TimedOut => {
+                self.stats.stale_dropped += 1;
+                tracing::info!(conn = %short_id, remote = %c.remote, "dropping silent connection");
+                (CloseHow::AfterQueued, Some("heartbeat timeout"))
+            }
+            Departure::SlowReader => {
+                self.stats.slow_readers_dropped += 1;
+                tracing::warn!(
+                    conn = %short_id, remote = %c.remote,
+                    "dropping slow reader: its send queue is full"
+                );
+                (CloseHow::Abort, None)
+            }
+            Departure::Shutdown => (CloseHow::AfterQueued, Some("server shutting down")),
+            Departure::Bye | Departure::Closed | Departure::Refused => {
+                tracing::debug!(conn = %short_id, ?departure, "connection closed");
+                (CloseHow::AfterQueued, None)
+            }
+        };
+        if let Some(reason) = bye {
+            self.send(
+                conn,
+                ServerMessage::Bye {
+                    reason: Some(ShortText::truncated(reason)),
+                },
+            );
+        }
+        self.outputs.push_back(Output::Close { conn, how: close });
+    }
+
+    /// End a session, tell the members that need telling, log `old -> ended (reason)`.
+    fn end_session(&mut self, session: &SessionId, end: SessionEnd) {
+        let Some(s) = self.sessions.remove(session) else {
+            return;
+        };
+        for member in [s.desktop, s.phone] {
+            if let Some(m) = self.conns.get_mut(&member) {
+                m.sessions.remove(session);
+            }
+        }
+        let pending = matches!(s.state, SessionState::Pending { .. });
+        let pair_result = |outcome| ServerMessage::PairResult {
+            session: Some(session.clone()),
+            outcome,
+            peer: None,
+            auth: None,
+        };
+        let reason: &str = match end {
+            SessionEnd::Rejected => {
+                self.send(s.phone, pair_result(PairOutcome::Rejected));
+                self.send(s.desktop, pair_result(PairOutcome::Rejected));
+                "rejected"
+            }
+            SessionEnd::PromptExpired => {
+                self.stats.pairs_timed_out += 1;
+                self.send(s.phone, pair_result(PairOutcome::TimedOut));
+                self.send(s.desktop, pair_result(PairOutcome::TimedOut));
+                "prompt expired"
+            }
+            SessionEnd::Left(_, Departure::Shutdown) => "server shutting down",
+            SessionEnd::Left(leaver, departure) => {
+                let other = if leaver == s.desktop { s.phone } else { s.desktop };
+                if pending {
+                    if leaver == s.phone {
+                        self.send(other, pair_result(PairOutcome::Cancelled));
+                    } else {
+                        self.send(other, pair_result(PairOutcome::DesktopGone));
+                    }
+                } else {
+                    let reason = match departure {
+                        Departure::Bye => SessionEndReason::PeerLeft,
+                        Departure::TimedOut => SessionEndReason::PeerTimedOut,
+                        _ => SessionEndReason::PeerDisconnected,
+                    };
+                    self.send(
+                        other,
+                        ServerMessage::SessionEnded {
+                            session: session.clone(),
+                            reason,
+                        },
+                    );
+                }
+                match departure {
+                    Departure::Bye => "member left",
+                    Departure::TimedOut => "member timed out",
+                    Departure::SlowReader => "member dropped as slow reader",
+                    _ => "member disconnected",
+                }
+            }
+        };
+        tracing::info!(
+            session = %short(session.as_str()),
+            "session: {} -> ended ({reason})",
+            s.state.name()
+        );
+    }
+
+    // -----------------------------------------------------------------------------------------
+    // Helpers
+    // -----------------------------------------------------------------------------------------
+
+    /// Record liveness; `false` for a connection the hub no longer knows.
+    fn touch(&mut self, conn: ConnKey, now: Instant) -> bool {
+        match self.conns.get_mut(&conn) {
+            Some(c) => {
+                c.last_seen = now;
+                true
+            }
+            None => false,
+        }
+    }
+
+    fn refuse_too_large(&mut self, conn: ConnKey, size: usize) {
+        self.stats.frames_malformed += 1;
+        let max = self.config.max_frame_bytes;
+        self.send_error(
+            conn,
+            ErrorCode::FrameTooLarge,
+            format!("frame of {size} bytes exceeds the limit of {max} bytes"),
+        );
+        // The time of refusal does not matter: no timer is armed by a refusal.
+        if let Some(c) = self.conns.get(&conn) {
+            let now = c.last_seen;
+            self.depart(conn, Departure::Refused, now);
+        }
+    }
+
+    fn send(&mut self, to: ConnKey, message: ServerMessage) {
+        self.outputs.push_back(Output::Send { to, message });
+    }
+
+    fn send_error(&mut self, to: ConnKey, code: ErrorCode, message: impl Into<String>) {
+        self.stats.errors_sent += 1;
+        self.send(to, ServerMessage::error(code, message));
+    }
+
+    fn arm(&mut self, due: Instant, key: TimerKey) {
+        self.timers.push(Reverse((due, key)));
+    }
+
+    fn release_code_owner(&mut self, code: &RoutingCode, device: &DeviceId) {
+        if self.code_owners.get(code) == Some(device) {
+            self.code_owners.remove(code);
+        }
+    }
+
+    /// A random code that no desktop holds and no absent desktop has reserved.
+    fn fresh_code(&mut self) -> Option<RoutingCode> {
+        (0..CODE_ATTEMPTS).find_map(|_| {
+            let code = random_code(&mut self.rng, self.config.code_length)?;
+            (!self.codes.contains_key(&code) && !self.code_owners.contains_key(&code))
+                .then_some(code)
+        })
+    }
+
+    fn short_id(&self, conn: ConnKey) -> String {
+        self.conns
+            .get(&conn)
+            .map_or_else(|| format!("#{conn}"), |c| short(c.id.as_str()).to_owned())
+    }
+}
+
+/// 128 random bits as 32 lowercase hex digits.
+fn random_hex128(rng: &mut StdRng) -> String {
+    format!("{:032x}", rng.random::<u128>())
+}
+
+/// A random routing code of `len` characters from [`ROUTING_ALPHABET`].
+fn random_code(rng: &mut StdRng, len: usize) -> Option<RoutingCode> {
+    let alphabet = ROUTING_ALPHABET.as_bytes();
+    let code: String = (0..len)
+        .map(|_| char::from(alphabet[rng.random_range(0..alphabet.len())]))
+        .collect();
+    RoutingCode::new(code).ok()
+}
+
+/// The first 8 characters of an id, for logs.
+pub(crate) fn short(id: &str) -> &str {
+    id.get(..8).unwrap_or(id)
+}
+
+fn millis(d: Duration) -> u64 {
+    u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::HashSet;
+
+    fn config() -> HubConfig {
+        HubConfig::from(&ServerConfig::loopback())
+    }
+
+    fn hub() -> Hub {
+        Hub::with_rng(config(), StdRng::seed_from_u64(7))
+    }
+
+    fn remote() -> SocketAddr {
+        "127.0.0.1:5555".parse().unwrap()
+    }
+
+    fn drain(hub: &mut Hub) -> Vec<Output> {
+        std::iter::from_fn(|| hub.poll_output()).collect()
+    }
+
+    fn sent_to(outputs: &[Output], conn: ConnKey) -> Vec<ServerMessage> {
+        outputs
+            .iter()
+            .filter_map(|o| match o {
+                Output::Send { to, message } if *to == conn => Some(message.clone()),
+                _ => None,
+            })
+            .collect()
+    }
+
+    fn greeted(hub: &mut Hub, now: Instant) -> ConnKey {
+        let (key, _) = hub.connect(remote(), now).unwrap();
+        hub.handle_text(key, r#"{"type":"hello","version":1,"client":"t"}"#, now);
+        drain(hub);
+        key
+    }
+
+    fn register(hub: &mut Hub, conn: ConnKey, device: &str, now: Instant) -> RoutingCode {
+        hub.handle_text(
+            conn,
+            &format!(r#"{{"type":"register_desktop","device_id":"{device}","device_name":"D"}}"#),
+            now,
+        );
+        match sent_to(&drain(hub), conn).as_slice() {
+            [ServerMessage::Registered { code }] => code.clone(),
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn codes_use_the_alphabet_and_the_length() {
+        let mut rng = StdRng::seed_from_u64(1);
+        let mut seen = HashSet::new();
+        for _ in 0..2000 {
+            let code = random_code(&mut rng, 6).unwrap();
+            assert_eq!(code.as_str().len(), 6);
+            assert!(code.as_str().bytes().all(|b| ROUTING_ALPHABET.as_bytes().contains(&b)));
+            seen.insert(code);
+        }
+        // 30^6 codes: 2000 draws collide with probability ~0.3%; allow a couple.
+        assert!(seen.len() >= 1995, "{}", seen.len());
+        let long = random_code(&mut rng, 16).unwrap();
+        assert_eq!(long.as_str().len(), 16);
+    }
+
+    #[test]
+    fn ids_are_128_bit_lowercase_hex() {
+        let mut rng = StdRng::seed_from_u64(2);
+        let a = random_hex128(&mut rng);
+        let b = random_hex128(&mut rng);
+        assert_ne!(a, b);
+        ConnectionId::new(a.clone()).unwrap();
+        SessionId::new(b).unwrap();
+        assert_eq!(short(&a).len(), 8);
+    }
+
+    #[test]
+    fn registered_codes_are_unique_even_with_a_tiny_code_space() {
+        // With code length 4 there are 810_000 codes; register many desktops and check no
+        // two connections ever hold the same code.
+        let mut hub = Hub::with_rng(
+            HubConfig {
+                code_length: 4,
+                ..config()
+            },
+            StdRng::seed_from_u64(3),
+        );
+        let now = Instant::now();
+        let mut codes = HashSet::new();
+        for i in 0..500 {
+            let conn = greeted(&mut hub, now);
+            let code = register(&mut hub, conn, &format!("dev{i}"), now);
+            assert!(codes.insert(code));
+        }
+        assert_eq!(hub.stats().desktops, 500);
+    }
+
+    #[test]
+    fn a_returning_desktop_gets_its_code_back_and_others_do_not_take_it() {
+        let mut hub = hub();
+        let t0 = Instant::now();
+        let d1 = greeted(&mut hub, t0);
+        let code = register(&mut hub, d1, "desk", t0);
+        hub.handle_gone(d1, Gone::Closed, t0);
+        drain(&mut hub);
+        assert_eq!(hub.stats().desktops, 0);
+        // A pair request for the reserved code finds no desktop.
+        let phone = greeted(&mut hub, t0);
+        hub.handle_text(
+            phone,
+            &format!(
+                r#"{{"type":"pair_request","code":"{}","device_id":"p","device_name":"P"}}"#,
+                code.as_str()
+            ),
+            t0,
+        );
+        let out = sent_to(&drain(&mut hub), phone);
+        assert!(matches!(
+            out.as_slice(),
+            [ServerMessage::PairResult { outcome: PairOutcome::UnknownCode, session: None, .. }]
+        ));
+        let t1 = t0 + Duration::from_secs(60);
+        let d2 = greeted(&mut hub, t1);
+        assert_eq!(register(&mut hub, d2, "desk", t1), code);
+        // After the reservation lapses, a new registration gets a fresh code.
+        hub.handle_gone(d2, Gone::Closed, t1);
+        let t2 = t1 + Duration::from_secs(5 * 60 + 1);
+        hub.handle_timeout(t2);
+        assert!(hub.reservations.is_empty() && hub.code_owners.is_empty());
+    }
+
+    #[test]
+    fn timers_rearm_while_the_connection_talks() {
+        let mut hub = hub();
+        let t0 = Instant::now();
+        let c = greeted(&mut hub, t0);
+        let timeout = hub.config.heartbeat_timeout;
+        let t1 = t0 + timeout / 2;
+        hub.handle_text(c, r#"{"type":"ping","seq":1}"#, t1);
+        drain(&mut hub);
+        hub.handle_timeout(t0 + timeout);
+        assert!(drain(&mut hub).is_empty(), "dropped although it pinged");
+        assert_eq!(hub.poll_timeout(), Some(t1 + timeout));
+        hub.handle_timeout(t1 + timeout);
+        let out = drain(&mut hub);
+        assert!(matches!(
+            sent_to(&out, c).as_slice(),
+            [ServerMessage::Bye { reason: Some(_) }]
+        ));
+        assert_eq!(
+            out.last(),
+            Some(&Output::Close {
+                conn: c,
+                how: CloseHow::AfterQueued
+            })
+        );
+        assert_eq!(hub.stats().stale_dropped, 1);
+    }
+
+    #[test]
+    fn slow_reader_is_aborted_and_its_peer_told() {
+        let mut hub = hub();
+        let now = Instant::now();
+        let desk = greeted(&mut hub, now);
+        let code = register(&mut hub, desk, "desk", now);
+        let phone = greeted(&mut hub, now);
+        hub.handle_text(
+            phone,
+            &format!(
+                r#"{{"type":"pair_request","code":"{}","device_id":"p","device_name":"P"}}"#,
+                code.as_str()
+            ),
+            now,
+        );
+        let session = match sent_to(&drain(&mut hub), desk).as_slice() {
+            [ServerMessage::PairPrompt { session, .. }] => session.clone(),
+            other => panic!("{other:?}"),
+        };
+        hub.handle_text(
+            desk,
+            &format!(r#"{{"type":"pair_response","session":"{session}","accept":true}}"#),
+            now,
+        );
+        drain(&mut hub);
+        hub.handle_gone(phone, Gone::SlowReader, now);
+        let out = drain(&mut hub);
+        assert!(out.contains(&Output::Close {
+            conn: phone,
+            how: CloseHow::Abort
+        }));
+        assert!(matches!(
+            sent_to(&out, desk).as_slice(),
+            [ServerMessage::SessionEnded { reason: SessionEndReason::PeerDisconnected, .. }]
+        ));
+        assert_eq!(hub.stats().slow_readers_dropped, 1);
+        assert_eq!(hub.stats().sessions_active, 0);
+    }
+
+    #[test]
+    fn shutdown_says_bye_to_everyone_and_refuses_newcomers() {
+        let mut hub = hub();
+        let now = Instant::now();
+        let a = greeted(&mut hub, now);
+        let b = greeted(&mut hub, now);
+        hub.shutdown(now);
+        let out = drain(&mut hub);
+        for c in [a, b] {
+            assert!(matches!(
+                sent_to(&out, c).as_slice(),
+                [ServerMessage::Bye { .. }]
+            ));
+        }
+        assert!(hub.connect(remote(), now).is_none());
+        assert_eq!(hub.stats().connections_open, 0);
+    }
+}

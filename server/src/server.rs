@@ -1,0 +1,491 @@
+//! The async driver: HTTP routes, one task per WebSocket connection, one timer task.
+//!
+//! The [`Hub`] sits in one `std::sync::Mutex`, never held across an `.await`. Every input goes
+//! through [`Shared::with_hub`], which locks, feeds the hub with `now`, then drains every hub
+//! output before unlocking: messages go into the target connection's bounded queue with
+//! `try_send` (a full queue marks a slow reader, which is dropped — the hub never waits for a
+//! client), closes drop the connection's queue. If the hub's next deadline moved earlier, the
+//! timer task is woken so it re-arms.
+
+use std::collections::HashMap;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::Instant;
+
+use axum::Router;
+use axum::extract::ws::{CloseFrame, Message, WebSocket, WebSocketUpgrade, close_code};
+use axum::extract::{ConnectInfo, State};
+use axum::response::{IntoResponse, Json, Response};
+use axum::routing::get;
+use futures_util::{SinkExt, StreamExt};
+use proxim_protocol::{MAX_FRAME_BYTES, PROTOCOL_VERSION};
+use tokio::sync::{Notify, mpsc, oneshot};
+use tokio::task::JoinHandle;
+use tracing::Instrument;
+
+use crate::config::{ConfigError, ServerConfig};
+use crate::hub::{CloseHow, ConnKey, Gone, Hub, HubConfig, Output, SessionInfo, Stats, short};
+
+/// The signaling server.
+#[derive(Debug)]
+pub struct Server;
+
+impl Server {
+    /// Validate `config`, bind its address and start serving. Port 0 picks a free port; see
+    /// [`RunningServer::local_addr`].
+    pub async fn start(config: ServerConfig) -> Result<RunningServer, ServerError> {
+        config.validate()?;
+        let listener = tokio::net::TcpListener::bind(config.bind)
+            .await
+            .map_err(|source| ServerError::Bind {
+                addr: config.bind,
+                source,
+            })?;
+        let local_addr = listener.local_addr().map_err(ServerError::LocalAddr)?;
+        config.ice.log_capabilities();
+
+        let shared = Arc::new(Shared {
+            core: Mutex::new(Core {
+                hub: Hub::new(HubConfig::from(&config)),
+                pipes: HashMap::new(),
+                armed: None,
+            }),
+            wake: Notify::new(),
+            started: Instant::now(),
+            config,
+        });
+        let (alive_tx, alive_rx) = mpsc::channel::<()>(1);
+        let app = Router::new()
+            .route("/ws", get(ws_upgrade))
+            .route("/healthz", get(healthz))
+            .route("/api/stats", get(api_stats))
+            .route("/api/sessions", get(api_sessions))
+            .route("/api/config", get(api_config))
+            .with_state(AppState {
+                shared: shared.clone(),
+                alive: alive_tx,
+            });
+
+        let (stop_http_tx, stop_http_rx) = oneshot::channel::<()>();
+        let http = tokio::spawn(
+            async move {
+                let serve = axum::serve(
+                    listener,
+                    app.into_make_service_with_connect_info::<SocketAddr>(),
+                )
+                .with_graceful_shutdown(async move {
+                    let _ = stop_http_rx.await;
+                });
+                if let Err(e) = serve.await {
+                    tracing::error!(error = %e, "HTTP server failed");
+                }
+            }
+            .instrument(tracing::info_span!("http", %local_addr)),
+        );
+        let (stop_timer_tx, stop_timer_rx) = oneshot::channel::<()>();
+        let timer = tokio::spawn(
+            run_timer(shared.clone(), stop_timer_rx).instrument(tracing::info_span!("hub_timer")),
+        );
+        tracing::info!(%local_addr, version = PROTOCOL_VERSION, "signaling server listening");
+        Ok(RunningServer {
+            local_addr,
+            shared,
+            stop_http: Some(stop_http_tx),
+            stop_timer: Some(stop_timer_tx),
+            http: Some(http),
+            timer: Some(timer),
+            alive: Some(alive_rx),
+        })
+    }
+}
+
+/// Why the server could not start.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ServerError {
+    /// The configuration is invalid.
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    /// The listen address could not be bound.
+    #[error("cannot listen on {addr}: {source}")]
+    Bind {
+        /// The address.
+        addr: SocketAddr,
+        /// The I/O error.
+        source: std::io::Error,
+    },
+    /// The bound socket's address could not be read.
+    #[error("cannot read the listening address: {0}")]
+    LocalAddr(std::io::Error),
+}
+
+/// A server that is running. Dropping it stops the server without waiting; prefer
+/// [`RunningServer::shutdown`].
+#[derive(Debug)]
+pub struct RunningServer {
+    local_addr: SocketAddr,
+    shared: Arc<Shared>,
+    stop_http: Option<oneshot::Sender<()>>,
+    stop_timer: Option<oneshot::Sender<()>>,
+    http: Option<JoinHandle<()>>,
+    timer: Option<JoinHandle<()>>,
+    alive: Option<mpsc::Receiver<()>>,
+}
+
+impl RunningServer {
+    /// The address the server listens on (with the real port when bound to port 0).
+    pub fn local_addr(&self) -> SocketAddr {
+        self.local_addr
+    }
+
+    /// The WebSocket URL clients connect to, e.g. `ws://127.0.0.1:8787/ws`. An unspecified
+    /// bind address (`0.0.0.0`, `::`) is replaced by loopback.
+    pub fn ws_url(&self) -> String {
+        format!("ws://{}/ws", self.connectable_addr())
+    }
+
+    /// The base HTTP URL of the monitoring routes, e.g. `http://127.0.0.1:8787`.
+    pub fn http_url(&self) -> String {
+        format!("http://{}", self.connectable_addr())
+    }
+
+    /// Current counters and gauges (the body of `GET /api/stats`).
+    pub fn stats(&self) -> Stats {
+        self.shared.with_hub(|hub, _| hub.stats())
+    }
+
+    /// Current sessions (the body of `GET /api/sessions`).
+    pub fn sessions(&self) -> Vec<SessionInfo> {
+        self.shared.with_hub(|hub, now| hub.sessions(now))
+    }
+
+    /// Stop: every connection gets `bye {reason: "server shutting down"}` and is closed, the
+    /// listener stops, and this waits (at most the configured grace period) for connections
+    /// to finish.
+    pub async fn shutdown(mut self) {
+        tracing::info!(local_addr = %self.local_addr, "signaling server shutting down");
+        self.begin_shutdown();
+        let grace = self.shared.config.shutdown_grace;
+        let deadline = tokio::time::Instant::now() + grace;
+        if let Some(http) = self.http.take() {
+            let abort = http.abort_handle();
+            if tokio::time::timeout_at(deadline, http).await.is_err() {
+                abort.abort();
+            }
+        }
+        if let Some(mut alive) = self.alive.take() {
+            // Every connection task holds a sender; `None` means all of them have finished.
+            if tokio::time::timeout_at(deadline, alive.recv()).await.is_err() {
+                tracing::warn!("connections still open after the shutdown grace period");
+            }
+        }
+        if let Some(timer) = self.timer.take() {
+            let _ = timer.await;
+        }
+        tracing::info!("signaling server stopped");
+    }
+
+    fn begin_shutdown(&mut self) {
+        self.shared.with_hub(|hub, now| hub.shutdown(now));
+        if let Some(tx) = self.stop_http.take() {
+            let _ = tx.send(());
+        }
+        if let Some(tx) = self.stop_timer.take() {
+            let _ = tx.send(());
+        }
+    }
+
+    fn connectable_addr(&self) -> SocketAddr {
+        let ip = match self.local_addr.ip() {
+            IpAddr::V4(ip) if ip.is_unspecified() => IpAddr::V4(Ipv4Addr::LOCALHOST),
+            IpAddr::V6(ip) if ip.is_unspecified() => IpAddr::V6(Ipv6Addr::LOCALHOST),
+            ip => ip,
+        };
+        SocketAddr::new(ip, self.local_addr.port())
+    }
+}
+
+impl Drop for RunningServer {
+    fn drop(&mut self) {
+        if self.stop_http.is_some() {
+            self.begin_shutdown();
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Shared state
+// ---------------------------------------------------------------------------------------------
+
+#[derive(Debug)]
+struct Shared {
+    core: Mutex<Core>,
+    /// Wakes the timer task when the hub's next deadline moved earlier.
+    wake: Notify,
+    started: Instant,
+    config: ServerConfig,
+}
+
+#[derive(Debug)]
+struct Core {
+    hub: Hub,
+    /// The outbound queue of every open connection.
+    pipes: HashMap<ConnKey, Pipe>,
+    /// The deadline the timer task sleeps until.
+    armed: Option<Instant>,
+}
+
+#[derive(Debug)]
+struct Pipe {
+    tx: mpsc::Sender<String>,
+    /// Tells the connection task to close at once (slow reader).
+    kill: Arc<Notify>,
+}
+
+impl Shared {
+    /// Feed the hub one input, then deliver everything it produced.
+    fn with_hub<R>(&self, input: impl FnOnce(&mut Hub, Instant) -> R) -> R {
+        let now = tokio::time::Instant::now().into_std();
+        let mut core = self.core.lock().unwrap_or_else(PoisonError::into_inner);
+        let result = input(&mut core.hub, now);
+        core.pump(now);
+        if let Some(next) = core.hub.poll_timeout() {
+            if core.armed.is_none_or(|armed| next < armed) {
+                core.armed = Some(next);
+                self.wake.notify_one();
+            }
+        }
+        result
+    }
+
+    fn connect(
+        &self,
+        remote: SocketAddr,
+        tx: mpsc::Sender<String>,
+        kill: Arc<Notify>,
+    ) -> Option<(ConnKey, proxim_protocol::ConnectionId)> {
+        let now = tokio::time::Instant::now().into_std();
+        let mut core = self.core.lock().unwrap_or_else(PoisonError::into_inner);
+        let (key, id) = core.hub.connect(remote, now)?;
+        core.pipes.insert(key, Pipe { tx, kill });
+        if let Some(next) = core.hub.poll_timeout() {
+            if core.armed.is_none_or(|armed| next < armed) {
+                core.armed = Some(next);
+                self.wake.notify_one();
+            }
+        }
+        Some((key, id))
+    }
+}
+
+impl Core {
+    /// Deliver every hub output. Never blocks: a full queue drops its connection.
+    fn pump(&mut self, now: Instant) {
+        while let Some(output) = self.hub.poll_output() {
+            match output {
+                Output::Send { to, message } => {
+                    let Some(pipe) = self.pipes.get(&to) else {
+                        continue;
+                    };
+                    match pipe.tx.try_send(message.encode()) {
+                        Ok(()) => {}
+                        Err(mpsc::error::TrySendError::Full(_)) => {
+                            self.hub.handle_gone(to, Gone::SlowReader, now);
+                        }
+                        // The connection task is ending; it reports the loss itself.
+                        Err(mpsc::error::TrySendError::Closed(_)) => {}
+                    }
+                }
+                Output::Close { conn, how } => {
+                    if let Some(pipe) = self.pipes.remove(&conn) {
+                        if how == CloseHow::Abort {
+                            pipe.kill.notify_one();
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// Sleep until the hub's next deadline, feed it the time, repeat.
+async fn run_timer(shared: Arc<Shared>, mut stop: oneshot::Receiver<()>) {
+    loop {
+        let next = {
+            let mut core = shared.core.lock().unwrap_or_else(PoisonError::into_inner);
+            let next = core.hub.poll_timeout();
+            core.armed = next;
+            next
+        };
+        let sleep = async {
+            match next {
+                Some(due) => tokio::time::sleep_until(tokio::time::Instant::from_std(due)).await,
+                None => std::future::pending().await,
+            }
+        };
+        tokio::select! {
+            _ = &mut stop => return,
+            () = sleep => shared.with_hub(|hub, now| hub.handle_timeout(now)),
+            () = shared.wake.notified() => {}
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// HTTP routes
+// ---------------------------------------------------------------------------------------------
+
+#[derive(Debug, Clone)]
+struct AppState {
+    shared: Arc<Shared>,
+    /// Held by every connection task, so shutdown can wait for them all.
+    alive: mpsc::Sender<()>,
+}
+
+async fn ws_upgrade(
+    ws: WebSocketUpgrade,
+    ConnectInfo(remote): ConnectInfo<SocketAddr>,
+    State(app): State<AppState>,
+) -> Response {
+    // Accept frames up to twice the protocol limit, so a moderately oversized frame reaches
+    // the hub, which answers `frame_too_large` before closing.
+    let transport_limit = 2 * MAX_FRAME_BYTES;
+    ws.max_message_size(transport_limit)
+        .max_frame_size(transport_limit)
+        .on_upgrade(move |socket| run_connection(socket, remote, app))
+}
+
+async fn healthz(State(app): State<AppState>) -> Json<serde_json::Value> {
+    let connections = app.shared.with_hub(|hub, _| hub.stats().connections_open);
+    Json(serde_json::json!({
+        "status": "ok",
+        "uptime_s": app.shared.started.elapsed().as_secs(),
+        "connections": connections,
+    }))
+}
+
+async fn api_stats(State(app): State<AppState>) -> Json<Stats> {
+    Json(app.shared.with_hub(|hub, _| hub.stats()))
+}
+
+async fn api_sessions(State(app): State<AppState>) -> Json<serde_json::Value> {
+    let sessions = app.shared.with_hub(|hub, now| hub.sessions(now));
+    Json(serde_json::json!({ "sessions": sessions }))
+}
+
+async fn api_config(State(app): State<AppState>) -> impl IntoResponse {
+    let c = &app.shared.config;
+    let ms = |d: std::time::Duration| u64::try_from(d.as_millis()).unwrap_or(u64::MAX);
+    Json(serde_json::json!({
+        "protocol_version": PROTOCOL_VERSION,
+        "ice": c.ice.redacted_json(),
+        "heartbeat_interval_ms": ms(c.heartbeat_interval),
+        "heartbeat_timeout_ms": ms(c.heartbeat_timeout),
+        "prompt_timeout_ms": ms(c.prompt_timeout),
+        "limits": {
+            "send_queue_capacity": c.send_queue_capacity,
+            "max_frame_bytes": c.max_frame_bytes,
+            "code_length": c.code_length,
+            "code_reservation_s": c.code_reservation.as_secs(),
+        },
+    }))
+}
+
+// ---------------------------------------------------------------------------------------------
+// One WebSocket connection
+// ---------------------------------------------------------------------------------------------
+
+/// How a connection task ended.
+#[derive(Debug)]
+enum End {
+    /// The hub closed it (queue drained first).
+    ByServer,
+    /// The hub dropped it as a slow reader.
+    Killed,
+    /// The client closed, or the socket failed.
+    ByClient(Option<String>),
+}
+
+async fn run_connection(socket: WebSocket, remote: SocketAddr, app: AppState) {
+    let AppState { shared, alive } = app;
+    let (tx, mut rx) = mpsc::channel::<String>(shared.config.send_queue_capacity);
+    let kill = Arc::new(Notify::new());
+    let Some((key, id)) = shared.connect(remote, tx, kill.clone()) else {
+        // Shutting down: refuse politely.
+        let mut socket = socket;
+        let _ = socket
+            .send(Message::Close(Some(CloseFrame {
+                code: close_code::AWAY,
+                reason: "server shutting down".into(),
+            })))
+            .await;
+        return;
+    };
+    let span = tracing::info_span!("conn", id = %short(id.as_str()), %remote);
+    async move {
+        tracing::debug!("WebSocket open");
+        let write_timeout = shared.config.heartbeat_timeout;
+        let (mut sink, mut stream) = socket.split();
+        let end = loop {
+            tokio::select! {
+                biased;
+                () = kill.notified() => break End::Killed,
+                out = rx.recv() => {
+                    let Some(text) = out else { break End::ByServer };
+                    tokio::select! {
+                        () = kill.notified() => break End::Killed,
+                        sent = tokio::time::timeout(
+                            write_timeout,
+                            sink.send(Message::Text(text.into())),
+                        ) => match sent {
+                            Ok(Ok(())) => {}
+                            Ok(Err(e)) => break End::ByClient(Some(e.to_string())),
+                            Err(_) => break End::ByClient(Some("write timed out".to_owned())),
+                        },
+                    }
+                }
+                frame = stream.next() => match frame {
+                    Some(Ok(Message::Text(text))) => {
+                        shared.with_hub(|hub, now| hub.handle_text(key, text.as_str(), now));
+                    }
+                    Some(Ok(Message::Binary(bytes))) => {
+                        shared.with_hub(|hub, now| hub.handle_binary(key, bytes.len(), now));
+                    }
+                    Some(Ok(Message::Ping(_) | Message::Pong(_))) => {
+                        shared.with_hub(|hub, now| hub.handle_liveness(key, now));
+                    }
+                    Some(Ok(Message::Close(_))) | None => break End::ByClient(None),
+                    Some(Err(e)) => break End::ByClient(Some(e.to_string())),
+                },
+            }
+        };
+        match &end {
+            End::ByServer => {
+                let _ = tokio::time::timeout(
+                    std::time::Duration::from_secs(1),
+                    sink.send(Message::Close(Some(CloseFrame {
+                        code: close_code::NORMAL,
+                        reason: "".into(),
+                    }))),
+                )
+                .await;
+            }
+            End::Killed => {}
+            End::ByClient(error) => {
+                if let Some(error) = error {
+                    tracing::debug!(%error, "WebSocket failed");
+                }
+            }
+        }
+        let gone = match end {
+            End::Killed => Gone::SlowReader,
+            End::ByServer | End::ByClient(_) => Gone::Closed,
+        };
+        // A no-op when the hub already closed this connection.
+        shared.with_hub(|hub, now| hub.handle_gone(key, gone, now));
+        tracing::debug!(?end, "WebSocket closed");
+        drop(alive);
+    }
+    .instrument(span)
+    .await;
+}
