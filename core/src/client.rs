@@ -207,8 +207,6 @@ impl Desktop {
                 pairing::DesktopEvent::Reconnected => {
                     return Some(DesktopEvent::ServerReconnected);
                 }
-                #[allow(unreachable_patterns)]
-                _ => {}
             }
         }
     }
@@ -485,7 +483,6 @@ async fn pump(
                     let _ = tx.send(Event::Closed { reason }).await;
                     return;
                 }
-                Some(_) => continue,
                 None => {
                     let _ = tx.send(Event::Closed { reason: "connection dropped".into() }).await;
                     return;

@@ -15,6 +15,7 @@
 //! turn, never on the next timer.
 #![warn(missing_docs)]
 
+mod client;
 mod config;
 mod error;
 pub mod link;
@@ -23,6 +24,7 @@ pub mod peer;
 pub mod signaling;
 pub mod transfer;
 
+pub use client::{Connection, Desktop, DesktopEvent, Event, SetupTimings, pair};
 pub use config::ProximConfig;
 pub use error::ProximError;
 pub use link::{LinkEvent, SignalLink};

@@ -1,4 +1,5 @@
 //! The pairing drivers (`pair_as_phone`, `DesktopRegistration`) against scripted fake servers.
+#![allow(clippy::unwrap_used)]
 
 mod signaling_fake;
 
@@ -182,7 +183,10 @@ async fn phone_times_out_and_leaves_when_nobody_answers() {
     .unwrap();
     assert_eq!(outcome.err(), Some(PairingError::TimedOut));
     let took = started.elapsed();
-    assert!(took >= Duration::from_millis(300) && took < Duration::from_secs(2), "{took:?}");
+    assert!(
+        took >= Duration::from_millis(300) && took < Duration::from_secs(2),
+        "{took:?}"
+    );
     assert_eq!(
         timeout(WAIT, script).await.unwrap().unwrap(),
         ClientMessage::Leave {
@@ -345,8 +349,14 @@ async fn desktop_reject_and_prompt_timeout() {
     let (mut desktop, mut conn) = registered_desktop(&mut server).await;
     conn.send(&prompt(S1, 60_000)).await;
     conn.send(&prompt(S2, 200)).await;
-    assert!(matches!(next(&mut desktop).await, DesktopEvent::Prompt { .. }));
-    assert!(matches!(next(&mut desktop).await, DesktopEvent::Prompt { .. }));
+    assert!(matches!(
+        next(&mut desktop).await,
+        DesktopEvent::Prompt { .. }
+    ));
+    assert!(matches!(
+        next(&mut desktop).await,
+        DesktopEvent::Prompt { .. }
+    ));
     desktop.reject(&session(S1)).await.unwrap();
     assert_eq!(
         conn.recv_skip_pings().await,
@@ -358,14 +368,21 @@ async fn desktop_reject_and_prompt_timeout() {
     );
     // S2 expires by the local clock while nobody answers it.
     match next(&mut desktop).await {
-        DesktopEvent::PromptClosed { session: s, outcome } => {
+        DesktopEvent::PromptClosed {
+            session: s,
+            outcome,
+        } => {
             assert_eq!((s, outcome), (session(S2), PairOutcome::TimedOut));
         }
         other => panic!("expected S2 to time out, got {other:?}"),
     }
-    conn.send(&result(Some(S1), PairOutcome::Rejected, "")).await;
+    conn.send(&result(Some(S1), PairOutcome::Rejected, ""))
+        .await;
     match next(&mut desktop).await {
-        DesktopEvent::PromptClosed { session: s, outcome } => {
+        DesktopEvent::PromptClosed {
+            session: s,
+            outcome,
+        } => {
             assert_eq!((s, outcome), (session(S1), PairOutcome::Rejected));
         }
         other => panic!("expected S1 rejected, got {other:?}"),
@@ -378,15 +395,24 @@ async fn desktop_reregisters_after_losing_the_server() {
     let mut server = FakeServer::start().await;
     let (mut desktop, mut conn) = registered_desktop(&mut server).await;
     conn.send(&prompt(S1, 60_000)).await;
-    assert!(matches!(next(&mut desktop).await, DesktopEvent::Prompt { .. }));
+    assert!(matches!(
+        next(&mut desktop).await,
+        DesktopEvent::Prompt { .. }
+    ));
     drop(conn);
     match next(&mut desktop).await {
-        DesktopEvent::PromptClosed { session: s, outcome } => {
+        DesktopEvent::PromptClosed {
+            session: s,
+            outcome,
+        } => {
             assert_eq!((s, outcome), (session(S1), PairOutcome::DesktopGone));
         }
         other => panic!("expected the prompt to close, got {other:?}"),
     }
-    assert!(matches!(next(&mut desktop).await, DesktopEvent::Disconnected));
+    assert!(matches!(
+        next(&mut desktop).await,
+        DesktopEvent::Disconnected
+    ));
 
     // The server comes back; drive the desktop while scripting the new connection.
     let script = tokio::spawn(async move {
@@ -397,7 +423,10 @@ async fn desktop_reregisters_after_losing_the_server() {
             .await;
         (register, conn, server)
     });
-    assert!(matches!(next(&mut desktop).await, DesktopEvent::Reconnected));
+    assert!(matches!(
+        next(&mut desktop).await,
+        DesktopEvent::Reconnected
+    ));
     match next(&mut desktop).await {
         DesktopEvent::CodeChanged(new) => assert_eq!(new, code("WXYZ")),
         other => panic!("expected CodeChanged, got {other:?}"),

@@ -6,6 +6,7 @@ use bytes::Bytes;
 use peer_common::{connect, init_tracing, within};
 use proxim_core::peer::{
     CandidateKind, ChannelOptions, ConnectionEvent, ConnectionState, DEFAULT_CHANNEL, Payload,
+    PeerError,
 };
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -17,13 +18,22 @@ async fn text_and_binary_both_ways() {
     assert_eq!(a.channel.options(), &ChannelOptions::default());
     assert_eq!(a.connection.state(), ConnectionState::Connected);
 
-    a.channel.send(Payload::Text("hello from the phone".into())).await.unwrap();
+    a.channel
+        .send(Payload::Text("hello from the phone".into()))
+        .await
+        .unwrap();
     a.channel
         .send(Payload::Binary(Bytes::from_static(&[0, 1, 2, 255])))
         .await
         .unwrap();
-    b.channel.send(Payload::Text("hello from the desktop".into())).await.unwrap();
-    b.channel.send(Payload::Binary(Bytes::from(vec![7u8; 65536]))).await.unwrap();
+    b.channel
+        .send(Payload::Text("hello from the desktop".into()))
+        .await
+        .unwrap();
+    b.channel
+        .send(Payload::Binary(Bytes::from(vec![7u8; 65536])))
+        .await
+        .unwrap();
 
     assert_eq!(
         within("b recv", b.channel.recv()).await,
@@ -62,7 +72,10 @@ async fn ten_thousand_messages_arrive_intact_and_in_order() {
     let sender = a.channel.sender();
     let send = tokio::spawn(async move {
         for i in 0..N {
-            sender.send(Payload::Binary(Bytes::from(message(i)))).await.unwrap();
+            sender
+                .send(Payload::Binary(Bytes::from(message(i))))
+                .await
+                .unwrap();
         }
     });
     let started = std::time::Instant::now();
@@ -95,7 +108,8 @@ async fn second_channel_arrives_as_event_and_unreliable_works() {
 
     let mut files = within(
         "open",
-        a.connection.open_channel("files", ChannelOptions::default()),
+        a.connection
+            .open_channel("files", ChannelOptions::default()),
     )
     .await
     .unwrap();
@@ -113,25 +127,35 @@ async fn second_channel_arrives_as_event_and_unreliable_works() {
         within("recv", remote_files.recv()).await,
         Some(Payload::Text("on files".into()))
     );
-    remote_files.send(Payload::Text("back".into())).await.unwrap();
+    remote_files
+        .send(Payload::Text("back".into()))
+        .await
+        .unwrap();
     assert_eq!(
         within("recv", files.recv()).await,
         Some(Payload::Text("back".into()))
     );
 
+    // Closing a channel ends it on the other side; the connection stays up.
+    files.close().await;
+    files.close().await;
+    assert_eq!(within("channel end", remote_files.recv()).await, None);
+    assert!(matches!(
+        remote_files.send(Payload::Text("late".into())).await,
+        Err(PeerError::ChannelClosed)
+    ));
+
     // Unreliable, opened from the answerer side this time.
     let datagrams = within(
         "open",
-        b.connection.open_channel("datagrams", ChannelOptions::unreliable()),
+        b.connection
+            .open_channel("datagrams", ChannelOptions::unreliable()),
     )
     .await
     .unwrap();
-    let mut remote_datagrams = loop {
-        match within("event", a.events.next_channel()).await {
-            Some(c) => break c,
-            None => panic!("events ended"),
-        }
-    };
+    let mut remote_datagrams = within("event", a.events.next_channel())
+        .await
+        .expect("events ended before the channel opened");
     assert_eq!(remote_datagrams.label(), "datagrams");
     // rtc 0.21.1 reports only `ordered` for channels the remote side opened.
     assert!(!remote_datagrams.options().ordered);
@@ -145,7 +169,8 @@ async fn second_channel_arrives_as_event_and_unreliable_works() {
     // Loopback loses nothing in practice; require most of them.
     let mut got = 0;
     while got < 100 {
-        match tokio::time::timeout(std::time::Duration::from_secs(2), remote_datagrams.recv()).await {
+        match tokio::time::timeout(std::time::Duration::from_secs(2), remote_datagrams.recv()).await
+        {
             Ok(Some(Payload::Binary(b))) => {
                 assert_eq!(b.len(), 4);
                 got += 1;
@@ -156,7 +181,10 @@ async fn second_channel_arrives_as_event_and_unreliable_works() {
     assert!(got >= 90, "only {got} of 100 unreliable messages arrived");
 
     // The default channel still works alongside.
-    a.channel.send(Payload::Text("still here".into())).await.unwrap();
+    a.channel
+        .send(Payload::Text("still here".into()))
+        .await
+        .unwrap();
     assert_eq!(
         within("recv", b.channel.recv()).await,
         Some(Payload::Text("still here".into()))
@@ -170,7 +198,10 @@ async fn stats_after_exchanging_data() {
     init_tracing();
     let (a, mut b) = connect().await;
     for _ in 0..10 {
-        a.channel.send(Payload::Binary(Bytes::from(vec![1u8; 1000]))).await.unwrap();
+        a.channel
+            .send(Payload::Binary(Bytes::from(vec![1u8; 1000])))
+            .await
+            .unwrap();
     }
     for _ in 0..10 {
         within("recv", b.channel.recv()).await.unwrap();
@@ -214,4 +245,41 @@ impl NextChannel for proxim_core::peer::ConnectionEvents {
             }
         }
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bulk_throughput_one_way() {
+    init_tracing();
+    let (a, mut b) = connect().await;
+    const CHUNK: usize = 64 * 1024;
+    const TOTAL: usize = 64 * 1024 * 1024;
+    let sender = a.channel.sender();
+    let started = std::time::Instant::now();
+    let send = tokio::spawn(async move {
+        for i in 0..TOTAL / CHUNK {
+            let chunk = Bytes::from(vec![i as u8; CHUNK]);
+            sender.send(Payload::Binary(chunk)).await.unwrap();
+        }
+    });
+    let mut received = 0;
+    let mut n = 0usize;
+    while received < TOTAL {
+        match within("recv", b.channel.recv()).await {
+            Some(Payload::Binary(m)) => {
+                assert_eq!(m.len(), CHUNK);
+                assert_eq!(m[0], n as u8);
+                n += 1;
+                received += m.len();
+            }
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+    within("sender", send).await.unwrap();
+    let secs = started.elapsed().as_secs_f64();
+    println!(
+        "bulk: 64 MiB in 64 KiB messages in {secs:.2} s = {:.1} MB/s",
+        TOTAL as f64 / 1e6 / secs
+    );
+    a.connection.close().await;
+    b.connection.close().await;
 }

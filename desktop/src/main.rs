@@ -99,7 +99,9 @@ struct DemoArgs {
 
 fn main() -> Result<()> {
     let cli = Cli::parse();
-    init_tracing(cli.verbose);
+    // The demo prints its own report; the server and the interactive sides log their work.
+    let quiet = matches!(cli.command, Command::Demo(_));
+    init_tracing(cli.verbose, quiet);
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -114,10 +116,12 @@ fn main() -> Result<()> {
     })
 }
 
-fn init_tracing(verbose: u8) {
-    let default = match verbose {
-        0 => "warn,proxim=info,proxim_server=info",
-        1 => "info",
+fn init_tracing(verbose: u8, quiet: bool) {
+    // webrtc-rs logs routine conditions at warn; keep its crates at error unless asked.
+    let default = match (verbose, quiet) {
+        (0, true) => "error",
+        (0, false) => "warn,rtc=error,rtc_dtls=error,proxim_server=info",
+        (1, _) => "info,rtc=warn,rtc_dtls=error",
         _ => "debug,rtc=info,rtc_sctp=info,rtc_dtls=info,rtc_ice=info",
     };
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
@@ -125,6 +129,7 @@ fn init_tracing(verbose: u8) {
     tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
 }
 
@@ -394,7 +399,7 @@ async fn run_demo(args: &DemoArgs, work: &Path) -> Result<()> {
 
     let receiver = tokio::spawn(receive_one_file(desktop_connection));
     let report = send_with_progress(&phone_connection, &source).await?;
-    let received_file = receiver.await??;
+    let (desktop_connection, received_file) = receiver.await??;
     let received_hash = sha256_file(&received_file)?;
     println!(
         "  transfer             {:>10}  {} MiB in {:.2?}",
@@ -413,6 +418,7 @@ async fn run_demo(args: &DemoArgs, work: &Path) -> Result<()> {
         source_hash
     );
     phone_connection.close().await;
+    desktop_connection.close().await;
     desktop.close().await;
     server.shutdown().await;
     if !ok {
@@ -422,13 +428,12 @@ async fn run_demo(args: &DemoArgs, work: &Path) -> Result<()> {
     Ok(())
 }
 
-async fn receive_one_file(mut connection: proxim_core::Connection) -> Result<PathBuf> {
+async fn receive_one_file(
+    mut connection: proxim_core::Connection,
+) -> Result<(proxim_core::Connection, PathBuf)> {
     while let Some(event) = connection.next_event().await {
         match event {
-            Event::FileReceived(file) => {
-                connection.close().await;
-                return Ok(file.path);
-            }
+            Event::FileReceived(file) => return Ok((connection, file.path)),
             Event::FileFailed { error } => bail!("receiving failed: {error}"),
             Event::Closed { reason } => bail!("connection closed before the file arrived: {reason}"),
             _ => {}

@@ -39,7 +39,12 @@ pub struct ServeArgs {
     #[arg(long, env = "TURN_USERNAME", value_name = "NAME")]
     pub turn_username: Option<String>,
     /// TURN password (never logged).
-    #[arg(long, env = "TURN_PASSWORD", value_name = "PASSWORD", hide_env_values = true)]
+    #[arg(
+        long,
+        env = "TURN_PASSWORD",
+        value_name = "PASSWORD",
+        hide_env_values = true
+    )]
     pub turn_password: Option<String>,
     /// TOML file with the same settings (flags and environment variables win).
     #[arg(long, value_name = "FILE")]

@@ -349,7 +349,11 @@ impl fmt::Debug for IceConfig {
         f.debug_struct("IceConfig")
             .field(
                 "stun",
-                &self.stun.iter().map(ToString::to_string).collect::<Vec<_>>(),
+                &self
+                    .stun
+                    .iter()
+                    .map(ToString::to_string)
+                    .collect::<Vec<_>>(),
             )
             .field("turn", &self.turn)
             .finish()
@@ -362,7 +366,11 @@ impl fmt::Debug for TurnConfig {
         f.debug_struct("TurnConfig")
             .field(
                 "urls",
-                &self.urls.iter().map(ToString::to_string).collect::<Vec<_>>(),
+                &self
+                    .urls
+                    .iter()
+                    .map(ToString::to_string)
+                    .collect::<Vec<_>>(),
             )
             .field("username", username)
             .field("password", &REDACTED)
@@ -396,7 +404,8 @@ fn parse_list<'a>(
 ) -> Result<Vec<IceUrl>, ConfigError> {
     let mut parsed = Vec::new();
     for url in urls.map(str::trim).filter(|u| !u.is_empty()) {
-        let ice_url = IceUrl::parse(url).map_err(|source| ConfigError::BadIceUrl { list, source })?;
+        let ice_url =
+            IceUrl::parse(url).map_err(|source| ConfigError::BadIceUrl { list, source })?;
         let is_turn = matches!(ice_url.scheme, IceScheme::Turn | IceScheme::Turns);
         if is_turn != turn {
             return Err(ConfigError::WrongScheme {
@@ -430,9 +439,7 @@ pub(crate) fn parse_duration(text: &str) -> Result<Duration, String> {
         "" | "s" => Ok(Duration::from_secs(number)),
         "ms" => Ok(Duration::from_millis(number)),
         "m" | "min" => Ok(Duration::from_secs(number.saturating_mul(60))),
-        _ => Err(format!(
-            "`{text}` has an unknown unit (use ms, s or m)"
-        )),
+        _ => Err(format!("`{text}` has an unknown unit (use ms, s or m)")),
     }
 }
 
@@ -464,13 +471,23 @@ mod tests {
     fn refuses_inconsistent_timeouts_and_limits() {
         let mut c = ServerConfig::loopback();
         c.heartbeat_timeout = c.heartbeat_interval;
-        assert!(c.validate().unwrap_err().to_string().contains("heartbeat timeout"));
+        assert!(
+            c.validate()
+                .unwrap_err()
+                .to_string()
+                .contains("heartbeat timeout")
+        );
         let mut c = ServerConfig::loopback();
         c.send_queue_capacity = 0;
         assert!(c.validate().is_err());
         let mut c = ServerConfig::loopback();
         c.code_length = 3;
-        assert!(c.validate().unwrap_err().to_string().contains("code length"));
+        assert!(
+            c.validate()
+                .unwrap_err()
+                .to_string()
+                .contains("code length")
+        );
         let mut c = ServerConfig::loopback();
         c.max_frame_bytes = MAX_FRAME_BYTES + 1;
         assert!(c.validate().is_err());
@@ -482,8 +499,14 @@ mod tests {
     #[test]
     fn env_style_lists_are_split_trimmed_and_deduplicated() {
         let ice = IceConfig::from_lookup(env(&[
-            ("STUN_URLS", " stun:198.18.0.1:3478 , ,stuns:stun.example,stun:198.18.0.1:3478"),
-            ("TURN_URLS", "turn:198.18.0.2?transport=tcp,turns:relay.example:443"),
+            (
+                "STUN_URLS",
+                " stun:198.18.0.1:3478 , ,stuns:stun.example,stun:198.18.0.1:3478",
+            ),
+            (
+                "TURN_URLS",
+                "turn:198.18.0.2?transport=tcp,turns:relay.example:443",
+            ),
             ("TURN_USERNAME", "alice"),
             ("TURN_PASSWORD", "s3cret"),
         ]))
@@ -520,10 +543,17 @@ mod tests {
 
     #[test]
     fn bad_url_names_the_url_and_the_reason() {
-        let err = IceConfig::from_lookup(env(&[("STUN_URLS", "stun:ok.example,stun://bad.example")]))
-            .unwrap_err();
+        let err =
+            IceConfig::from_lookup(env(&[("STUN_URLS", "stun:ok.example,stun://bad.example")]))
+                .unwrap_err();
         let text = err.to_string();
-        assert!(matches!(err, ConfigError::BadIceUrl { list: "STUN_URLS", .. }));
+        assert!(matches!(
+            err,
+            ConfigError::BadIceUrl {
+                list: "STUN_URLS",
+                ..
+            }
+        ));
         assert!(text.contains("stun://bad.example"), "{text}");
         assert!(text.contains("no `//`"), "{text}");
         assert!(text.contains("STUN_URLS"), "{text}");
@@ -534,7 +564,10 @@ mod tests {
             ("TURN_PASSWORD", "p"),
         ]))
         .unwrap_err();
-        assert!(err.to_string().contains("turn:relay.example:99999"), "{err}");
+        assert!(
+            err.to_string().contains("turn:relay.example:99999"),
+            "{err}"
+        );
         assert!(err.to_string().contains("bad port"), "{err}");
     }
 
@@ -557,7 +590,9 @@ mod tests {
         let err = IceConfig::from_lookup(env(&[("TURN_URLS", "turn:relay.example")])).unwrap_err();
         assert!(matches!(
             err,
-            ConfigError::TurnWithoutCredentials { missing: "TURN_USERNAME" }
+            ConfigError::TurnWithoutCredentials {
+                missing: "TURN_USERNAME"
+            }
         ));
         let err = IceConfig::from_lookup(env(&[
             ("TURN_URLS", "turn:relay.example"),
@@ -567,7 +602,9 @@ mod tests {
         .unwrap_err();
         assert!(matches!(
             err,
-            ConfigError::TurnWithoutCredentials { missing: "TURN_PASSWORD" }
+            ConfigError::TurnWithoutCredentials {
+                missing: "TURN_PASSWORD"
+            }
         ));
         // Credentials without TURN URLs are harmless.
         IceConfig::from_lookup(env(&[("TURN_USERNAME", "u"), ("TURN_PASSWORD", "p")])).unwrap();

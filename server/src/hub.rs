@@ -46,10 +46,7 @@ const CODE_ATTEMPTS: usize = 64;
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) enum Output {
     /// Queue a message for a connection.
-    Send {
-        to: ConnKey,
-        message: ServerMessage,
-    },
+    Send { to: ConnKey, message: ServerMessage },
     /// Close a connection.
     Close { conn: ConnKey, how: CloseHow },
 }
@@ -185,7 +182,10 @@ enum Role {
     /// Said hello (or not yet), neither desktop nor phone.
     Unassigned,
     /// Registered desktop holding `code`.
-    Desktop { device: PeerDevice, code: RoutingCode },
+    Desktop {
+        device: PeerDevice,
+        code: RoutingCode,
+    },
     /// Sent at least one pair request.
     Phone,
 }
@@ -315,7 +315,10 @@ impl Hub {
             },
         );
         self.stats.connections_total += 1;
-        self.arm(now + self.config.heartbeat_timeout, TimerKey::Heartbeat(key));
+        self.arm(
+            now + self.config.heartbeat_timeout,
+            TimerKey::Heartbeat(key),
+        );
         tracing::debug!(conn = %short(id.as_str()), %remote, "connection opened");
         Some((key, id))
     }
@@ -412,10 +415,8 @@ impl Hub {
                         .get(&device)
                         .and_then(|r| r.expires)
                         .is_some_and(|e| e <= now);
-                    if expired {
-                        if let Some(r) = self.reservations.remove(&device) {
-                            self.release_code_owner(&r.code, &device);
-                        }
+                    if expired && let Some(r) = self.reservations.remove(&device) {
+                        self.release_code_owner(&r.code, &device);
                     }
                 }
             }
@@ -497,9 +498,11 @@ impl Hub {
             return;
         }
         match message {
-            ClientMessage::Hello { .. } => {
-                self.send_error(conn, ErrorCode::InvalidState, "`hello` was already received")
-            }
+            ClientMessage::Hello { .. } => self.send_error(
+                conn,
+                ErrorCode::InvalidState,
+                "`hello` was already received",
+            ),
             ClientMessage::RegisterDesktop {
                 device_id,
                 device_name,
@@ -614,16 +617,18 @@ impl Hub {
             .reservations
             .get(&device_id)
             .is_some_and(|r| r.code == code);
-        if let Some(old) = self.reservations.insert(
+        let previous = self.reservations.insert(
             device_id.clone(),
             Reservation {
                 code: code.clone(),
                 expires: None,
             },
-        ) {
-            if old.code != code && !self.codes.contains_key(&old.code) {
-                self.release_code_owner(&old.code, &device_id);
-            }
+        );
+        if let Some(old) = previous
+            && old.code != code
+            && !self.codes.contains_key(&old.code)
+        {
+            self.release_code_owner(&old.code, &device_id);
         }
         self.code_owners.insert(code.clone(), device_id.clone());
         self.codes.insert(code.clone(), conn);
@@ -943,7 +948,11 @@ impl Hub {
             }
             SessionEnd::Left(_, Departure::Shutdown) => "server shutting down",
             SessionEnd::Left(leaver, departure) => {
-                let other = if leaver == s.desktop { s.phone } else { s.desktop };
+                let other = if leaver == s.desktop {
+                    s.phone
+                } else {
+                    s.desktop
+                };
                 if pending {
                     if leaver == s.phone {
                         self.send(other, pair_result(PairOutcome::Cancelled));
@@ -1124,7 +1133,11 @@ mod tests {
         for _ in 0..2000 {
             let code = random_code(&mut rng, 6).unwrap();
             assert_eq!(code.as_str().len(), 6);
-            assert!(code.as_str().bytes().all(|b| ROUTING_ALPHABET.as_bytes().contains(&b)));
+            assert!(
+                code.as_str()
+                    .bytes()
+                    .all(|b| ROUTING_ALPHABET.as_bytes().contains(&b))
+            );
             seen.insert(code);
         }
         // 30^6 codes: 2000 draws collide with probability ~0.3%; allow a couple.
@@ -1187,7 +1200,11 @@ mod tests {
         let out = sent_to(&drain(&mut hub), phone);
         assert!(matches!(
             out.as_slice(),
-            [ServerMessage::PairResult { outcome: PairOutcome::UnknownCode, session: None, .. }]
+            [ServerMessage::PairResult {
+                outcome: PairOutcome::UnknownCode,
+                session: None,
+                ..
+            }]
         ));
         let t1 = t0 + Duration::from_secs(60);
         let d2 = greeted(&mut hub, t1);
@@ -1260,7 +1277,10 @@ mod tests {
         }));
         assert!(matches!(
             sent_to(&out, desk).as_slice(),
-            [ServerMessage::SessionEnded { reason: SessionEndReason::PeerDisconnected, .. }]
+            [ServerMessage::SessionEnded {
+                reason: SessionEndReason::PeerDisconnected,
+                ..
+            }]
         ));
         assert_eq!(hub.stats().slow_readers_dropped, 1);
         assert_eq!(hub.stats().sessions_active, 0);

@@ -175,7 +175,10 @@ impl RunningServer {
         }
         if let Some(mut alive) = self.alive.take() {
             // Every connection task holds a sender; `None` means all of them have finished.
-            if tokio::time::timeout_at(deadline, alive.recv()).await.is_err() {
+            if tokio::time::timeout_at(deadline, alive.recv())
+                .await
+                .is_err()
+            {
                 tracing::warn!("connections still open after the shutdown grace period");
             }
         }
@@ -249,12 +252,7 @@ impl Shared {
         let mut core = self.core.lock().unwrap_or_else(PoisonError::into_inner);
         let result = input(&mut core.hub, now);
         core.pump(now);
-        if let Some(next) = core.hub.poll_timeout() {
-            if core.armed.is_none_or(|armed| next < armed) {
-                core.armed = Some(next);
-                self.wake.notify_one();
-            }
-        }
+        self.rearm(&mut core);
         result
     }
 
@@ -268,13 +266,18 @@ impl Shared {
         let mut core = self.core.lock().unwrap_or_else(PoisonError::into_inner);
         let (key, id) = core.hub.connect(remote, now)?;
         core.pipes.insert(key, Pipe { tx, kill });
-        if let Some(next) = core.hub.poll_timeout() {
-            if core.armed.is_none_or(|armed| next < armed) {
-                core.armed = Some(next);
-                self.wake.notify_one();
-            }
-        }
+        self.rearm(&mut core);
         Some((key, id))
+    }
+
+    /// Wake the timer task when the hub's next deadline is earlier than the one it sleeps on.
+    fn rearm(&self, core: &mut Core) {
+        if let Some(next) = core.hub.poll_timeout()
+            && core.armed.is_none_or(|armed| next < armed)
+        {
+            core.armed = Some(next);
+            self.wake.notify_one();
+        }
     }
 }
 
@@ -297,10 +300,10 @@ impl Core {
                     }
                 }
                 Output::Close { conn, how } => {
-                    if let Some(pipe) = self.pipes.remove(&conn) {
-                        if how == CloseHow::Abort {
-                            pipe.kill.notify_one();
-                        }
+                    if let Some(pipe) = self.pipes.remove(&conn)
+                        && how == CloseHow::Abort
+                    {
+                        pipe.kill.notify_one();
                     }
                 }
             }

@@ -93,7 +93,12 @@ impl fmt::Display for State {
         match self {
             State::Registering { .. } => f.write_str("registering"),
             State::Registered { code, prompts } => {
-                write!(f, "registered({}, {} prompts)", code.redacted(), prompts.len())
+                write!(
+                    f,
+                    "registered({}, {} prompts)",
+                    code.redacted(),
+                    prompts.len()
+                )
             }
             State::Unregistered { .. } => f.write_str("unregistered"),
         }
@@ -209,7 +214,10 @@ impl DesktopPairing {
                 self.events.push_back(event);
                 Ok(())
             }
-            (State::Registered { prompts, .. }, ServerMessage::SessionEnded { session, reason }) => {
+            (
+                State::Registered { prompts, .. },
+                ServerMessage::SessionEnded { session, reason },
+            ) => {
                 // The phone left before the result (the server normally says pair_result
                 // cancelled first; this covers a server that only ends the session).
                 if prompts.remove(session).is_none() {
@@ -281,7 +289,10 @@ impl DesktopPairing {
             }
             State::Registering { previous } | State::Unregistered { previous } => previous.take(),
         };
-        self.transition(State::Unregistered { previous }, "signaling connection lost");
+        self.transition(
+            State::Unregistered { previous },
+            "signaling connection lost",
+        );
     }
 
     /// The signaling connection is back: register again (the server gives the same device the
@@ -438,7 +449,10 @@ mod tests {
         ));
         d.handle_message(t0, &ServerMessage::Registered { code: code("ABCD") })
             .unwrap();
-        assert_eq!(events(&mut d), vec![DesktopPairingEvent::Registered(code("ABCD"))]);
+        assert_eq!(
+            events(&mut d),
+            vec![DesktopPairingEvent::Registered(code("ABCD"))]
+        );
         d
     }
 
@@ -467,7 +481,8 @@ mod tests {
             })
         );
         assert!(d.accept(t1, &session(S1), None).is_err(), "answer once");
-        d.handle_message(t1, &result(S1, PairOutcome::Accepted)).unwrap();
+        d.handle_message(t1, &result(S1, PairOutcome::Accepted))
+            .unwrap();
         assert_eq!(
             events(&mut d),
             vec![DesktopPairingEvent::Paired {
@@ -496,7 +511,8 @@ mod tests {
             d.poll_transmit(),
             Some(ClientMessage::PairResponse { accept: false, .. })
         ));
-        d.handle_message(t0, &result(S1, PairOutcome::Rejected)).unwrap();
+        d.handle_message(t0, &result(S1, PairOutcome::Rejected))
+            .unwrap();
         assert_eq!(
             events(&mut d),
             vec![DesktopPairingEvent::PromptClosed {
@@ -516,7 +532,10 @@ mod tests {
         d.handle_timeout(t0 + Duration::from_secs(29));
         assert!(events(&mut d).is_empty());
         let late = t0 + Duration::from_secs(30);
-        assert_eq!(d.accept(late, &session(S1), None), Err(PairingError::TimedOut));
+        assert_eq!(
+            d.accept(late, &session(S1), None),
+            Err(PairingError::TimedOut)
+        );
         d.handle_timeout(late);
         assert_eq!(
             events(&mut d),
@@ -526,9 +545,10 @@ mod tests {
             }]
         );
         // The server's timed_out arriving afterwards is for a prompt already closed.
-        assert!(d
-            .handle_message(late, &result(S1, PairOutcome::TimedOut))
-            .is_err());
+        assert!(
+            d.handle_message(late, &result(S1, PairOutcome::TimedOut))
+                .is_err()
+        );
         assert!(events(&mut d).is_empty());
         assert_eq!(
             d.accept(late, &session(S1), None),
@@ -559,16 +579,26 @@ mod tests {
             .unwrap();
         d.handle_message(t0 + Duration::from_secs(2), &prompt(S3, 60_000))
             .unwrap();
-        assert!(d.handle_message(t0, &prompt(S2, 10_000)).is_err(), "duplicate prompt");
+        assert!(
+            d.handle_message(t0, &prompt(S2, 10_000)).is_err(),
+            "duplicate prompt"
+        );
         assert_eq!(events(&mut d).len(), 3);
         assert_eq!(d.poll_timeout(), Some(t0 + Duration::from_secs(11)));
-        d.accept(t0 + Duration::from_secs(3), &session(S3), None).unwrap();
+        d.accept(t0 + Duration::from_secs(3), &session(S3), None)
+            .unwrap();
         d.reject(t0 + Duration::from_secs(3), &session(S1)).unwrap();
         d.handle_timeout(t0 + Duration::from_secs(11));
-        d.handle_message(t0 + Duration::from_secs(12), &result(S3, PairOutcome::Accepted))
-            .unwrap();
-        d.handle_message(t0 + Duration::from_secs(12), &result(S1, PairOutcome::Rejected))
-            .unwrap();
+        d.handle_message(
+            t0 + Duration::from_secs(12),
+            &result(S3, PairOutcome::Accepted),
+        )
+        .unwrap();
+        d.handle_message(
+            t0 + Duration::from_secs(12),
+            &result(S1, PairOutcome::Rejected),
+        )
+        .unwrap();
         let got = events(&mut d);
         assert_eq!(
             got,
@@ -654,14 +684,20 @@ mod tests {
         // Same code back: Registered again, not CodeChanged.
         d.handle_message(t0, &ServerMessage::Registered { code: code("ABCD") })
             .unwrap();
-        assert_eq!(events(&mut d), vec![DesktopPairingEvent::Registered(code("ABCD"))]);
+        assert_eq!(
+            events(&mut d),
+            vec![DesktopPairingEvent::Registered(code("ABCD"))]
+        );
 
         // Another loss, and this time the server hands out a new code.
         d.handle_disconnected(t0 + Duration::from_secs(4));
         d.handle_reconnected(t0 + Duration::from_secs(5)).unwrap();
         d.handle_message(t0, &ServerMessage::Registered { code: code("WXYZ") })
             .unwrap();
-        assert_eq!(events(&mut d), vec![DesktopPairingEvent::CodeChanged(code("WXYZ"))]);
+        assert_eq!(
+            events(&mut d),
+            vec![DesktopPairingEvent::CodeChanged(code("WXYZ"))]
+        );
     }
 
     #[test]
@@ -675,10 +711,12 @@ mod tests {
         .unwrap();
         assert!(matches!(
             events(&mut d)[..],
-            [DesktopPairingEvent::RegistrationFailed(PairingError::Server {
-                code: ErrorCode::AlreadyRegistered,
-                ..
-            })]
+            [DesktopPairingEvent::RegistrationFailed(
+                PairingError::Server {
+                    code: ErrorCode::AlreadyRegistered,
+                    ..
+                }
+            )]
         ));
         assert_eq!(d.code(), None);
     }

@@ -160,14 +160,28 @@ pub struct DesktopRegistration {
     outgoing: VecDeque<ClientMessage>,
     /// Events ready for the application.
     ready: VecDeque<DesktopEvent>,
+    /// The span all of this registration's work is logged in.
+    span: tracing::Span,
 }
 
 impl DesktopRegistration {
     /// Register as `me`; resolves once the server assigned a code.
     pub async fn register(
         client: SignalingClient,
+        events: SignalingEvents,
+        me: PeerDevice,
+    ) -> Result<DesktopRegistration, PairingError> {
+        let span = info_span!("desktop", device = %me.device_id);
+        Self::register_in(client, events, me, span.clone())
+            .instrument(span)
+            .await
+    }
+
+    async fn register_in(
+        client: SignalingClient,
         mut events: SignalingEvents,
         me: PeerDevice,
+        span: tracing::Span,
     ) -> Result<DesktopRegistration, PairingError> {
         let mut machine = DesktopPairing::new(me, now());
         while let Some(message) = machine.poll_transmit() {
@@ -206,6 +220,7 @@ impl DesktopRegistration {
             code,
             outgoing: VecDeque::new(),
             ready: VecDeque::new(),
+            span,
         })
     }
 
@@ -216,6 +231,11 @@ impl DesktopRegistration {
 
     /// The next event; `None` once the signaling client is closed. Cancel-safe.
     pub async fn next(&mut self) -> Option<DesktopEvent> {
+        let span = self.span.clone();
+        self.next_in_span().instrument(span).await
+    }
+
+    async fn next_in_span(&mut self) -> Option<DesktopEvent> {
         loop {
             self.flush().await;
             self.collect();

@@ -29,7 +29,9 @@ use proxim_protocol::{ErrorCode, SessionId};
 use crate::signaling::SignalingError;
 
 pub use desktop::{ANSWER_GRACE, DesktopPairing, DesktopPairingEvent};
-pub use driver::{DesktopEvent, DesktopRegistration, PairedSession, REGISTER_TIMEOUT, pair_as_phone};
+pub use driver::{
+    DesktopEvent, DesktopRegistration, PairedSession, REGISTER_TIMEOUT, pair_as_phone,
+};
 pub use phone::{PhoneEvent, PhonePairing};
 
 /// Why pairing failed, or why an input was refused.

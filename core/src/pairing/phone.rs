@@ -238,7 +238,11 @@ impl PhonePairing {
         let _ = now;
         match &self.state {
             State::Requested { .. } => {
-                self.fail(PairingError::Cancelled, "cancelled before pair_pending", true);
+                self.fail(
+                    PairingError::Cancelled,
+                    "cancelled before pair_pending",
+                    true,
+                );
                 Ok(())
             }
             State::Pending { session, .. } => {
@@ -394,8 +398,11 @@ mod tests {
         let mut p = start(t0);
         p.handle_message(t0, &pending(S1)).unwrap();
         assert_eq!(p.session(), Some(&session(S1)));
-        p.handle_message(t0 + Duration::from_secs(3), &result(Some(S1), PairOutcome::Accepted))
-            .unwrap();
+        p.handle_message(
+            t0 + Duration::from_secs(3),
+            &result(Some(S1), PairOutcome::Accepted),
+        )
+        .unwrap();
         assert_eq!(
             p.poll_event(),
             Some(PhoneEvent::Paired {
@@ -421,7 +428,11 @@ mod tests {
             p.handle_message(t0, &pending(S1)).unwrap();
             p.handle_message(t0, &result(Some(S1), outcome)).unwrap();
             assert_eq!(p.poll_event(), Some(PhoneEvent::Failed(error)));
-            assert_eq!(p.poll_transmit(), None, "no leave after the server's verdict");
+            assert_eq!(
+                p.poll_transmit(),
+                None,
+                "no leave after the server's verdict"
+            );
         }
     }
 
@@ -457,9 +468,13 @@ mod tests {
             Some(PhoneEvent::Failed(PairingError::TimedOut))
         );
         // The server's own verdict arriving later changes nothing.
-        assert!(p
-            .handle_message(t0 + Duration::from_secs(91), &result(Some(S1), PairOutcome::TimedOut))
-            .is_err());
+        assert!(
+            p.handle_message(
+                t0 + Duration::from_secs(91),
+                &result(Some(S1), PairOutcome::TimedOut)
+            )
+            .is_err()
+        );
         assert_eq!(p.poll_event(), None);
     }
 
@@ -484,21 +499,31 @@ mod tests {
         // A result for someone else's session before our pair_pending: refused, not applied.
         // (Our session is not known yet, so a result naming a session is taken as ours; one
         // without a session that is not unknown_code is not.)
-        assert!(p
-            .handle_message(t0, &result(None, PairOutcome::Rejected))
-            .is_err());
+        assert!(
+            p.handle_message(t0, &result(None, PairOutcome::Rejected))
+                .is_err()
+        );
         p.handle_message(t0, &pending(S1)).unwrap();
-        assert!(p.handle_message(t0, &pending(S1)).is_err(), "duplicate pending");
+        assert!(
+            p.handle_message(t0, &pending(S1)).is_err(),
+            "duplicate pending"
+        );
         p.handle_message(t0, &result(Some(S1), PairOutcome::Accepted))
             .unwrap();
         assert!(matches!(p.poll_event(), Some(PhoneEvent::Paired { .. })));
-        assert!(p
-            .handle_message(t0, &result(Some(S1), PairOutcome::Accepted))
-            .is_err());
-        assert!(p
-            .handle_message(t0, &result(Some(S1), PairOutcome::Rejected))
-            .is_err());
-        assert_eq!(p.poll_event(), None, "a second result after Paired is ignored");
+        assert!(
+            p.handle_message(t0, &result(Some(S1), PairOutcome::Accepted))
+                .is_err()
+        );
+        assert!(
+            p.handle_message(t0, &result(Some(S1), PairOutcome::Rejected))
+                .is_err()
+        );
+        assert_eq!(
+            p.poll_event(),
+            None,
+            "a second result after Paired is ignored"
+        );
         assert_eq!(p.session(), Some(&session(S1)));
     }
 

@@ -52,7 +52,12 @@ pub(super) struct ChannelShared {
 }
 
 impl ChannelShared {
-    pub(super) fn new(id: usize, label: String, options: ChannelOptions, max_message_size: usize) -> Self {
+    pub(super) fn new(
+        id: usize,
+        label: String,
+        options: ChannelOptions,
+        max_message_size: usize,
+    ) -> Self {
         ChannelShared {
             id,
             label,
@@ -85,7 +90,10 @@ pub struct ChannelSender {
 }
 
 impl ChannelSender {
-    pub(super) fn new(shared: Arc<ChannelShared>, commands: mpsc::UnboundedSender<Command>) -> Self {
+    pub(super) fn new(
+        shared: Arc<ChannelShared>,
+        commands: mpsc::UnboundedSender<Command>,
+    ) -> Self {
         ChannelSender { shared, commands }
     }
 

@@ -28,7 +28,9 @@ use rtc::sansio::Protocol;
 use rtc::shared::{TaggedBytesMut, TransportContext, TransportProtocol};
 use tokio::sync::{mpsc, oneshot, watch};
 
-use super::channel::{ChannelSender, ChannelShared, DataChannel, PushError, RecvQueue, SEND_LOW_WATER};
+use super::channel::{
+    ChannelSender, ChannelShared, DataChannel, PushError, RecvQueue, SEND_LOW_WATER,
+};
 use super::gather::{CandidateSource, LocalSocket, SourceOutput};
 use super::stats::{Counters, collect_stats};
 use super::{
@@ -46,6 +48,8 @@ const MAX_DATAGRAM: usize = 2048;
 /// While a receive queue is full, data packets are held back up to this many bytes; past it the
 /// driver stops reading sockets.
 const DEFERRED_MAX_BYTES: usize = 4 * 1024 * 1024;
+/// Packets kept while the remote description is not known yet.
+const EARLY_PACKETS: usize = 32;
 /// Largest message rtc's default SCTP configuration accepts until the remote says otherwise.
 const DEFAULT_MAX_MESSAGE_SIZE: usize = 65536;
 
@@ -106,6 +110,9 @@ pub(super) struct Driver {
     sockets: Vec<LocalSocket>,
     next_socket: usize,
     sources: Vec<CandidateSource>,
+    /// STUN server names being resolved.
+    pending_dns: Option<oneshot::Receiver<Vec<(String, SocketAddr)>>>,
+    stun_timeout: Duration,
     end_of_candidates_sent: bool,
     link: SignalLink,
     link_open: bool,
@@ -125,6 +132,9 @@ pub(super) struct Driver {
     connect_deadline: Instant,
     deferred: VecDeque<(usize, SocketAddr, BytesMut)>,
     deferred_bytes: usize,
+    /// Connectivity checks that arrived before the remote description (the peer's checks can
+    /// overtake its answer); replayed once it is set instead of being refused.
+    early_packets: Vec<(usize, SocketAddr, BytesMut)>,
     recv_buf: BytesMut,
     counters: Counters,
     max_message_size: usize,
@@ -155,18 +165,26 @@ impl Driver {
     ) -> Self {
         let now = Instant::now();
         let addrs: Vec<SocketAddr> = sockets.iter().map(|s| s.addr).collect();
-        let sources = CandidateSource::for_servers(
-            &parts.config.ice_servers,
-            &addrs,
-            now,
-            parts.config.stun_timeout,
-        );
+        let servers = super::gather::stun_servers(&parts.config.ice_servers);
+        let sources =
+            CandidateSource::stun(&servers.resolved, &addrs, now, parts.config.stun_timeout);
+        // Names are resolved off the driver; their sources join when the answer comes.
+        let pending_dns = (!servers.by_name.is_empty()).then(|| {
+            let (tx, rx) = oneshot::channel();
+            let timeout = parts.config.stun_timeout;
+            tokio::spawn(async move {
+                let _ = tx.send(super::gather::resolve_names(servers.by_name, timeout).await);
+            });
+            rx
+        });
         Driver {
             role: parts.config.role,
             pc,
             sockets,
             next_socket: 0,
             sources,
+            pending_dns,
+            stun_timeout: parts.config.stun_timeout,
             end_of_candidates_sent: false,
             link: parts.link,
             link_open: true,
@@ -186,6 +204,7 @@ impl Driver {
             connect_deadline: now + parts.config.connect_timeout,
             deferred: VecDeque::new(),
             deferred_bytes: 0,
+            early_packets: Vec::new(),
             recv_buf: BytesMut::new(),
             counters: Counters::default(),
             max_message_size: DEFAULT_MAX_MESSAGE_SIZE,
@@ -206,7 +225,7 @@ impl Driver {
                 break;
             }
             let deadline = self.next_deadline();
-            let stalled_tx = self.stalled_sender();
+            let stalled = self.stalled_queue();
             let read_sockets = self.deferred_bytes < DEFERRED_MAX_BYTES;
             let start = self.next_socket;
             let sockets = &self.sockets;
@@ -225,7 +244,17 @@ impl Driver {
                     None => self.stop_with("every handle was dropped"),
                 },
                 event = self.link.incoming.recv(), if self.link_open => self.handle_link(event),
-                () = wait_for_room(stalled_tx.as_ref()), if stalled_tx.is_some() => {
+                resolved = resolved_names(&mut self.pending_dns), if self.pending_dns.is_some() => {
+                    self.pending_dns = None;
+                    let sockets: Vec<SocketAddr> = self.sockets.iter().map(|s| s.addr).collect();
+                    self.sources.extend(CandidateSource::stun(
+                        &resolved,
+                        &sockets,
+                        Instant::now(),
+                        self.stun_timeout,
+                    ));
+                }
+                () = wait_for_room(stalled.as_deref()), if stalled.is_some() => {
                     self.move_overflow();
                     self.replay_deferred().await;
                 },
@@ -250,7 +279,9 @@ impl Driver {
         let mut host_inits = Vec::new();
         for addr in hosts {
             let init = super::gather::host_candidate(addr).map_err(PeerError::Rtc)?;
-            self.pc.add_local_candidate(init.clone()).map_err(rtc_error)?;
+            self.pc
+                .add_local_candidate(init.clone())
+                .map_err(rtc_error)?;
             host_inits.push(init);
         }
         if self.role == PeerRole::Offerer {
@@ -261,7 +292,12 @@ impl Driver {
                 .map_err(rtc_error)?
                 .id();
             self.default_channel = Some(id);
-            self.add_slot(id, DEFAULT_CHANNEL.to_owned(), ChannelOptions::default(), None);
+            self.add_slot(
+                id,
+                DEFAULT_CHANNEL.to_owned(),
+                ChannelOptions::default(),
+                None,
+            );
             let offer = self.pc.create_offer(None).map_err(rtc_error)?;
             self.pc
                 .set_local_description(Instant::now(), offer.clone())
@@ -325,6 +361,7 @@ impl Driver {
                 let sdp = Sdp::new(answer.sdp).map_err(|e| PeerError::Rtc(e.to_string()))?;
                 self.signal(Signal::Answer { sdp });
                 self.add_early_candidates();
+                self.replay_early_packets();
             }
             Signal::Answer { sdp } => {
                 if self.role != PeerRole::Offerer || self.remote_description_set {
@@ -336,6 +373,7 @@ impl Driver {
                     .map_err(rtc_error)?;
                 self.remote_description_set = true;
                 self.add_early_candidates();
+                self.replay_early_packets();
             }
             Signal::Candidate {
                 candidate,
@@ -360,6 +398,12 @@ impl Driver {
             other => tracing::debug!(kind = ?other, "signal not for the peer layer"),
         }
         Ok(())
+    }
+
+    fn replay_early_packets(&mut self) {
+        for (index, from, packet) in std::mem::take(&mut self.early_packets) {
+            self.feed(index, from, packet);
+        }
     }
 
     fn add_early_candidates(&mut self) {
@@ -433,7 +477,10 @@ impl Driver {
                 Err(e) => tracing::debug!(error = %e, "local candidate refused"),
             }
         }
-        if !self.end_of_candidates_sent && self.sources.iter().all(CandidateSource::is_done) {
+        if !self.end_of_candidates_sent
+            && self.pending_dns.is_none()
+            && self.sources.iter().all(CandidateSource::is_done)
+        {
             self.end_of_candidates_sent = true;
             self.sources.clear();
             if let Err(e) = self.pc.add_local_candidate(RTCIceCandidateInit::default()) {
@@ -527,9 +574,11 @@ impl Driver {
             Ok(_) => {}
             Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
                 // The kernel buffer is full: wait for room (bounded, it drains at line rate).
-                let sent =
-                    tokio::time::timeout(Duration::from_secs(1), socket.socket.send_to(&packet.message, to))
-                        .await;
+                let sent = tokio::time::timeout(
+                    Duration::from_secs(1),
+                    socket.socket.send_to(&packet.message, to),
+                )
+                .await;
                 if !matches!(sent, Ok(Ok(_))) {
                     tracing::debug!(%to, "packet dropped: socket stayed full");
                 }
@@ -657,7 +706,7 @@ impl Driver {
             let _ = reply.send(Err(PeerError::ChannelClosed));
         }
         if slot.overflow.is_empty() {
-            slot.tx = None;
+            slot.queue.close();
         }
         if self.default_channel == Some(id)
             && let Some(ready) = self.ready.take()
@@ -673,14 +722,18 @@ impl Driver {
         options: ChannelOptions,
         reply: Option<oneshot::Sender<Result<DataChannel, PeerError>>>,
     ) {
-        let (tx, rx) = mpsc::channel(RECV_QUEUE_MESSAGES);
-        let shared = Arc::new(ChannelShared::new(id, label, options, self.max_message_size));
+        let shared = Arc::new(ChannelShared::new(
+            id,
+            label,
+            options,
+            self.max_message_size,
+        ));
         self.channels.insert(
             id,
             ChannelSlot {
                 shared,
-                tx: Some(tx),
-                rx: Some(rx),
+                queue: Arc::new(RecvQueue::default()),
+                handed_out: false,
                 overflow: VecDeque::new(),
                 reply,
                 open: false,
@@ -693,10 +746,13 @@ impl Driver {
     fn handle_for(&mut self, id: usize) -> Option<DataChannel> {
         let commands = self.command_sender.upgrade()?;
         let slot = self.channels.get_mut(&id)?;
-        let rx = slot.rx.take()?;
+        if slot.handed_out {
+            return None;
+        }
+        slot.handed_out = true;
         Some(DataChannel::new(
             ChannelSender::new(slot.shared.clone(), commands),
-            rx,
+            slot.queue.clone(),
         ))
     }
 
@@ -705,31 +761,33 @@ impl Driver {
     // -----------------------------------------------------------------------------------------
 
     fn deliver(&mut self, id: usize, payload: Payload) {
+        if !self.channels.contains_key(&id) {
+            // A remote channel's first message can be read before its open event is polled
+            // (both come out of the same pump): open it now, the event is then a no-op.
+            self.channel_opened(id);
+        }
         let Some(slot) = self.channels.get_mut(&id) else {
             tracing::debug!(channel = id, "message for an unknown channel dropped");
-            return;
-        };
-        let Some(tx) = &slot.tx else {
             return;
         };
         if !slot.overflow.is_empty() {
             slot.overflow.push_back(payload);
             return;
         }
-        match tx.try_send(payload) {
+        match slot.queue.push(payload) {
             Ok(()) => {}
-            Err(mpsc::error::TrySendError::Full(payload)) => slot.overflow.push_back(payload),
+            Err(PushError::Full(payload)) => slot.overflow.push_back(payload),
             // The app dropped the channel handle: nobody reads, nothing to keep.
-            Err(mpsc::error::TrySendError::Closed(_)) => {}
+            Err(PushError::Gone) => {}
         }
     }
 
-    /// A sender whose queue is full, if any: the driver waits for room in it.
-    fn stalled_sender(&self) -> Option<mpsc::Sender<Payload>> {
+    /// A queue that is full, if any: the driver waits for room in it.
+    fn stalled_queue(&self) -> Option<Arc<RecvQueue>> {
         self.channels
             .values()
             .find(|s| !s.overflow.is_empty())
-            .and_then(|s| s.tx.clone())
+            .map(|s| s.queue.clone())
     }
 
     fn is_stalled(&self) -> bool {
@@ -738,25 +796,21 @@ impl Driver {
 
     fn move_overflow(&mut self) {
         for slot in self.channels.values_mut() {
-            let Some(tx) = &slot.tx else {
-                slot.overflow.clear();
-                continue;
-            };
             while let Some(payload) = slot.overflow.pop_front() {
-                match tx.try_send(payload) {
+                match slot.queue.push(payload) {
                     Ok(()) => {}
-                    Err(mpsc::error::TrySendError::Full(payload)) => {
+                    Err(PushError::Full(payload)) => {
                         slot.overflow.push_front(payload);
                         break;
                     }
-                    Err(mpsc::error::TrySendError::Closed(_)) => {
+                    Err(PushError::Gone) => {
                         slot.overflow.clear();
                         break;
                     }
                 }
             }
             if slot.closing && slot.overflow.is_empty() {
-                slot.tx = None;
+                slot.queue.close();
             }
         }
     }
@@ -778,7 +832,10 @@ impl Driver {
             return;
         };
         for _ in 0..READ_BATCH {
-            self.recv_buf.reserve(MAX_DATAGRAM);
+            if self.recv_buf.capacity() < MAX_DATAGRAM {
+                // One allocation shared by a batch of datagrams (each is a `split` of it).
+                self.recv_buf = BytesMut::with_capacity(READ_BATCH * MAX_DATAGRAM);
+            }
             self.recv_buf.resize(MAX_DATAGRAM, 0);
             let result = self.sockets[index].socket.try_recv_from(&mut self.recv_buf);
             let (n, from) = match result {
@@ -799,6 +856,12 @@ impl Driver {
                     .iter_mut()
                     .any(|s| s.handle_packet(local, from, &packet))
             {
+                continue;
+            }
+            if !self.remote_description_set {
+                if self.early_packets.len() < EARLY_PACKETS {
+                    self.early_packets.push((index, from, packet));
+                }
                 continue;
             }
             if self.is_stalled() && !is_stun {
@@ -882,10 +945,6 @@ impl Driver {
                 options,
                 reply,
             } => {
-                if self.state != ConnectionState::Connected && self.ready.is_none() {
-                    let _ = reply.send(Err(PeerError::Closed));
-                    return;
-                }
                 let init = RTCDataChannelInit {
                     ordered: options.ordered,
                     max_retransmits: options.max_retransmits,
@@ -919,7 +978,9 @@ impl Driver {
                 .data_channel(*id)
                 .map(|dc| dc.outstanding_bytes())
                 .unwrap_or(0);
-            slot.shared.outstanding.store(outstanding, Ordering::Release);
+            slot.shared
+                .outstanding
+                .store(outstanding, Ordering::Release);
             if slot.shared.buffered() <= SEND_LOW_WATER {
                 slot.shared.writable.notify_waiters();
             }
@@ -1005,11 +1066,9 @@ impl Driver {
         let reason = self.stop.clone().unwrap_or_else(|| "closed".to_owned());
         let ids: Vec<usize> = self.channels.keys().copied().collect();
         for id in ids {
-            if let Some(mut dc) = self.pc.data_channel(id) {
-                let _ = dc.close();
-            }
             self.channel_closed(id, &reason);
         }
+        // Sends the SCTP ABORT (which ends every channel) and the DTLS close_notify.
         if let Err(e) = self.pc.close() {
             tracing::debug!(error = %e, "close failed");
         }
@@ -1027,9 +1086,11 @@ impl Driver {
             self.closed_event_sent = true;
             let _ = self.events.send(ConnectionEvent::Closed { reason });
         }
-        // Undelivered messages stay readable: the queues outlive the driver.
+        // Undelivered messages stay readable: the queues outlive the driver. What is still in
+        // `overflow` cannot be delivered any more (nobody would wait for room).
         for slot in self.channels.values_mut() {
-            slot.tx = None;
+            slot.overflow.clear();
+            slot.queue.close();
         }
         self.sockets.clear();
     }
@@ -1065,12 +1126,18 @@ fn poll_readable(
     Poll::Pending
 }
 
-async fn wait_for_room(tx: Option<&mpsc::Sender<Payload>>) {
-    match tx {
-        Some(tx) => {
-            // The permit is dropped at once: the room is used by `move_overflow`.
-            let _ = tx.reserve().await;
-        }
+async fn resolved_names(
+    pending: &mut Option<oneshot::Receiver<Vec<(String, SocketAddr)>>>,
+) -> Vec<(String, SocketAddr)> {
+    match pending {
+        Some(rx) => rx.await.unwrap_or_default(),
+        None => std::future::pending().await,
+    }
+}
+
+async fn wait_for_room(queue: Option<&RecvQueue>) {
+    match queue {
+        Some(queue) => queue.room.notified().await,
         None => std::future::pending().await,
     }
 }

@@ -10,14 +10,14 @@ use std::io;
 use std::net::{IpAddr, SocketAddr};
 use std::time::{Duration, Instant};
 
+use proxim_protocol::IceServer;
+use proxim_protocol::ice::{IceScheme, IceTransport, IceUrl};
 use rtc::peer_connection::transport::{
     CandidateConfig, CandidateHostConfig, CandidateServerReflexiveConfig, RTCIceCandidate,
     RTCIceCandidateInit,
 };
 use rtc::stun::message::{BINDING_REQUEST, BINDING_SUCCESS, Getter, Message, TransactionId};
 use rtc::stun::xoraddr::XorMappedAddress;
-use proxim_protocol::IceServer;
-use proxim_protocol::ice::{IceScheme, IceTransport, IceUrl};
 use socket2::{Domain, Protocol, Socket, Type};
 use tokio::net::UdpSocket;
 
@@ -59,7 +59,11 @@ pub(super) fn local_ips(include_loopback: bool) -> Vec<IpAddr> {
 
 /// Bind a non-blocking UDP socket on `ip` (any port) with enlarged kernel buffers.
 pub(super) fn bind_udp(ip: IpAddr, buffer_bytes: usize) -> io::Result<LocalSocket> {
-    let socket = Socket::new(Domain::for_address(SocketAddr::new(ip, 0)), Type::DGRAM, Some(Protocol::UDP))?;
+    let socket = Socket::new(
+        Domain::for_address(SocketAddr::new(ip, 0)),
+        Type::DGRAM,
+        Some(Protocol::UDP),
+    )?;
     if ip.is_ipv6() {
         socket.set_only_v6(true)?;
     }
@@ -156,46 +160,25 @@ pub(super) enum CandidateSource {
 }
 
 impl CandidateSource {
-    /// Sources for every usable `stun:` URL, one per (socket, server). Names are resolved here
-    /// (std's resolver, only for names that are not literal addresses).
-    pub(super) fn for_servers(
-        servers: &[IceServer],
+    /// One STUN Binding source per (socket, server) pair that can reach each other.
+    pub(super) fn stun(
+        servers: &[(String, SocketAddr)],
         sockets: &[SocketAddr],
         now: Instant,
         timeout: Duration,
     ) -> Vec<CandidateSource> {
         let mut sources = Vec::new();
-        for url in servers.iter().flat_map(|s| s.urls.iter()) {
-            let parsed = match IceUrl::parse(url) {
-                Ok(u) => u,
-                Err(e) => {
-                    tracing::debug!(error = %e, "ICE server URL skipped");
-                    continue;
-                }
-            };
-            match (parsed.scheme, parsed.transport) {
-                (IceScheme::Stun, IceTransport::Udp) => {}
-                _ => {
-                    // TURN relays and STUN over TLS come with the relay source.
-                    tracing::debug!(url = %parsed, "ICE server not used for gathering yet");
-                    continue;
-                }
-            }
-            let server = match resolve(&parsed) {
-                Some(a) => a,
-                None => {
-                    tracing::debug!(url = %parsed, "STUN server name does not resolve");
-                    continue;
-                }
-            };
+        for (url, server) in servers {
             for local in sockets {
-                if local.is_ipv4() != server.is_ipv4() || local.ip().is_loopback() != server.ip().is_loopback() {
+                if local.is_ipv4() != server.is_ipv4()
+                    || local.ip().is_loopback() != server.ip().is_loopback()
+                {
                     continue;
                 }
                 sources.push(CandidateSource::Stun(StunBinding::new(
-                    parsed.to_string(),
+                    url.clone(),
                     *local,
-                    server,
+                    *server,
                     now,
                     timeout,
                 )));
@@ -212,7 +195,12 @@ impl CandidateSource {
     }
 
     /// Offer an incoming datagram; returns true when the source consumed it.
-    pub(super) fn handle_packet(&mut self, local: SocketAddr, from: SocketAddr, data: &[u8]) -> bool {
+    pub(super) fn handle_packet(
+        &mut self,
+        local: SocketAddr,
+        from: SocketAddr,
+        data: &[u8],
+    ) -> bool {
         match self {
             CandidateSource::Stun(s) => s.handle_packet(local, from, data),
         }
@@ -240,12 +228,62 @@ impl CandidateSource {
     }
 }
 
-fn resolve(url: &IceUrl) -> Option<SocketAddr> {
-    if let Ok(ip) = url.host.parse::<IpAddr>() {
-        return Some(SocketAddr::new(ip, url.port));
+/// The `stun:` servers to gather from: those given as IP addresses, and those whose names
+/// must be resolved first (asynchronously, see [`resolve_names`]).
+#[derive(Debug, Default)]
+pub(super) struct StunServers {
+    /// `(url, address)` ready to use.
+    pub(super) resolved: Vec<(String, SocketAddr)>,
+    /// URLs with a host name.
+    pub(super) by_name: Vec<IceUrl>,
+}
+
+/// Sort the usable `stun:` URLs of `servers`. TURN relays and STUN over TLS come with the relay
+/// source; they are skipped here.
+pub(super) fn stun_servers(servers: &[IceServer]) -> StunServers {
+    let mut out = StunServers::default();
+    for url in servers.iter().flat_map(|s| s.urls.iter()) {
+        let parsed = match IceUrl::parse(url) {
+            Ok(u) => u,
+            Err(e) => {
+                tracing::debug!(error = %e, "ICE server URL skipped");
+                continue;
+            }
+        };
+        if (parsed.scheme, parsed.transport) != (IceScheme::Stun, IceTransport::Udp) {
+            tracing::debug!(url = %parsed, "ICE server not used for gathering yet");
+            continue;
+        }
+        match parsed.host.parse::<IpAddr>() {
+            Ok(ip) => out
+                .resolved
+                .push((parsed.to_string(), SocketAddr::new(ip, parsed.port))),
+            Err(_) => out.by_name.push(parsed),
+        }
     }
-    use std::net::ToSocketAddrs;
-    url.host_port().to_socket_addrs().ok()?.find(SocketAddr::is_ipv4)
+    out
+}
+
+/// Resolve STUN server names within `timeout`; names that fail are logged and left out.
+pub(super) async fn resolve_names(
+    urls: Vec<IceUrl>,
+    timeout: Duration,
+) -> Vec<(String, SocketAddr)> {
+    let mut out = Vec::new();
+    for url in urls {
+        let lookup = tokio::time::timeout(timeout, tokio::net::lookup_host(url.host_port())).await;
+        match lookup {
+            Ok(Ok(mut addrs)) => match addrs.find(SocketAddr::is_ipv4) {
+                Some(addr) => out.push((url.to_string(), addr)),
+                None => tracing::debug!(url = %url, "STUN server has no IPv4 address"),
+            },
+            Ok(Err(e)) => {
+                tracing::debug!(url = %url, error = %e, "STUN server name does not resolve")
+            }
+            Err(_) => tracing::debug!(url = %url, "STUN server name resolution timed out"),
+        }
+    }
+    out
 }
 
 /// Retransmit schedule of a Binding request, relative to the start: fast at first, since on a
@@ -268,7 +306,13 @@ pub(super) struct StunBinding {
 }
 
 impl StunBinding {
-    fn new(url: String, local: SocketAddr, server: SocketAddr, now: Instant, timeout: Duration) -> Self {
+    fn new(
+        url: String,
+        local: SocketAddr,
+        server: SocketAddr,
+        now: Instant,
+        timeout: Duration,
+    ) -> Self {
         let mut msg = Message::new();
         let transaction = TransactionId::new();
         let built = msg.build(&[Box::new(transaction), Box::new(BINDING_REQUEST)]);
@@ -369,7 +413,13 @@ mod tests {
         let now = Instant::now();
         let local: SocketAddr = "127.0.0.1:5000".parse().unwrap();
         let server: SocketAddr = "127.0.0.1:9".parse().unwrap();
-        let mut b = StunBinding::new("stun:127.0.0.1:9".into(), local, server, now, Duration::from_millis(500));
+        let mut b = StunBinding::new(
+            "stun:127.0.0.1:9".into(),
+            local,
+            server,
+            now,
+            Duration::from_millis(500),
+        );
         let mut sent = 0;
         let mut t = now;
         while !b.done {
@@ -393,7 +443,13 @@ mod tests {
         let now = Instant::now();
         let local: SocketAddr = "127.0.0.1:5000".parse().unwrap();
         let server: SocketAddr = "127.0.0.1:3478".parse().unwrap();
-        let mut b = StunBinding::new("stun:127.0.0.1:3478".into(), local, server, now, Duration::from_secs(2));
+        let mut b = StunBinding::new(
+            "stun:127.0.0.1:3478".into(),
+            local,
+            server,
+            now,
+            Duration::from_secs(2),
+        );
         b.handle_timeout(now);
         assert!(b.poll_output().is_some());
         let mut answer = Message::new();
@@ -412,7 +468,11 @@ mod tests {
         assert!(b.handle_packet(local, server, &answer.raw));
         match b.poll_output() {
             Some(SourceOutput::Candidate(c)) => {
-                assert!(c.candidate.contains("198.18.0.7 40000 typ srflx"), "{}", c.candidate);
+                assert!(
+                    c.candidate.contains("198.18.0.7 40000 typ srflx"),
+                    "{}",
+                    c.candidate
+                );
             }
             other => panic!("expected a candidate, got {other:?}"),
         }

@@ -25,8 +25,12 @@ pub(super) fn collect_stats(
 ) -> Result<ConnectionStats, PeerError> {
     let pair = pc
         .sctp()
-        .and_then(|sctp| sctp.transport().ice_transport().get_selected_candidate_pair())
-        .ok_or_else(|| PeerError::NotConnected)?;
+        .and_then(|sctp| {
+            sctp.transport()
+                .ice_transport()
+                .get_selected_candidate_pair()
+        })
+        .ok_or(PeerError::NotConnected)?;
     let local = candidate_info(pair.local())?;
     let remote = candidate_info(pair.remote())?;
     Ok(ConnectionStats {

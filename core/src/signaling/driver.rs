@@ -20,9 +20,7 @@ use tokio_tungstenite::{MaybeTlsStream, WebSocketStream, connect_async_with_conf
 use tracing::{debug, warn};
 
 use super::session::{Output, SignalingSession};
-use super::{
-    Route, Shared, SignalingConfig, SignalingError, SignalingEvent, Welcome, lock, short,
-};
+use super::{Route, Shared, SignalingConfig, SignalingError, SignalingEvent, Welcome, lock, short};
 use crate::LinkEvent;
 use crate::link::SIGNAL_QUEUE;
 
@@ -277,7 +275,11 @@ fn deliver(route: &Route, event: LinkEvent) -> bool {
 }
 
 /// Write one message; a failed write is a lost socket.
-async fn write(machine: &mut SignalingSession, socket: &mut Option<Socket>, message: ClientMessage) {
+async fn write(
+    machine: &mut SignalingSession,
+    socket: &mut Option<Socket>,
+    message: ClientMessage,
+) {
     let Some(ws) = socket.as_mut() else {
         debug!(kind = message.kind(), "no socket; message dropped");
         return;

@@ -277,7 +277,10 @@ impl SignalingClient {
     pub fn open_session(&self, session: SessionId) -> SignalLink {
         let incoming = {
             let mut routes = lock(&self.shared.routes);
-            match routes.get_mut(&session).and_then(|route| route.unclaimed.take()) {
+            match routes
+                .get_mut(&session)
+                .and_then(|route| route.unclaimed.take())
+            {
                 Some(rx) => rx,
                 None => {
                     let (tx, rx) = mpsc::channel(SIGNAL_QUEUE);
@@ -397,8 +400,18 @@ mod tests {
         let backoff = Backoff::default();
         let secs: Vec<f64> = (1..=12).map(|a| backoff.delay(a).as_secs_f64()).collect();
         let expected = [
-            1.0, 1.5, 2.25, 3.375, 5.0625, 7.59375, 11.390625, 17.0859375, 25.62890625, 30.0,
-            30.0, 30.0,
+            1.0,
+            1.5,
+            2.25,
+            3.375,
+            5.0625,
+            7.59375,
+            11.390625,
+            17.0859375,
+            25.62890625,
+            30.0,
+            30.0,
+            30.0,
         ];
         for (got, want) in secs.iter().zip(expected) {
             assert!((got - want).abs() < 1e-6, "{secs:?}");

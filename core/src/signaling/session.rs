@@ -162,7 +162,11 @@ impl SignalingSession {
     /// A frame that is not part of the protocol (a binary frame) arrived.
     pub(crate) fn handle_unexpected_frame(&mut self, now: Instant, what: &str) {
         self.malformed += 1;
-        warn!(what, malformed = self.malformed, "skipping unexpected server frame");
+        warn!(
+            what,
+            malformed = self.malformed,
+            "skipping unexpected server frame"
+        );
         self.handle_activity(now);
     }
 
@@ -299,7 +303,11 @@ impl SignalingSession {
             ) => {
                 let attempt = *attempt;
                 if version != PROTOCOL_VERSION {
-                    warn!(server = version, ours = PROTOCOL_VERSION, "unsupported version");
+                    warn!(
+                        server = version,
+                        ours = PROTOCOL_VERSION,
+                        "unsupported version"
+                    );
                     self.transmits.push_back(ClientMessage::Bye {
                         reason: Some(ShortText::truncated("unsupported protocol version")),
                     });
@@ -448,7 +456,10 @@ mod tests {
         let mut s = SignalingSession::new("test/1", Duration::from_secs(10), backoff());
         assert!(matches!(outputs(&mut s)[..], [Output::Connect]));
         s.handle_connected(t0);
-        assert!(matches!(transmits(&mut s)[..], [ClientMessage::Hello { version: 1, .. }]));
+        assert!(matches!(
+            transmits(&mut s)[..],
+            [ClientMessage::Hello { version: 1, .. }]
+        ));
         s.handle_frame(t0, &welcome_frame(PROTOCOL_VERSION));
         assert!(matches!(
             outputs(&mut s)[..],
@@ -475,7 +486,11 @@ mod tests {
         s.handle_timeout(t0 + Duration::from_millis(3500));
         assert!(s.is_open());
         let sent = transmits(&mut s);
-        assert_eq!(sent, vec![ClientMessage::Ping { seq: 2 }], "one ping, no burst");
+        assert_eq!(
+            sent,
+            vec![ClientMessage::Ping { seq: 2 }],
+            "one ping, no burst"
+        );
     }
 
     #[test]
@@ -493,25 +508,37 @@ mod tests {
         let mut s = open(t0);
         s.handle_timeout(t0 + Duration::from_secs(3));
         let out = outputs(&mut s);
-        assert!(matches!(out[0], Output::Lost(SignalingError::HeartbeatTimeout)));
-        assert!(matches!(out[1], Output::Reconnecting { attempt: 1, delay } if delay == Duration::from_secs(1)));
+        assert!(matches!(
+            out[0],
+            Output::Lost(SignalingError::HeartbeatTimeout)
+        ));
+        assert!(
+            matches!(out[1], Output::Reconnecting { attempt: 1, delay } if delay == Duration::from_secs(1))
+        );
         let t1 = t0 + Duration::from_secs(4);
         s.handle_timeout(t1);
         assert!(matches!(outputs(&mut s)[..], [Output::Connect]));
         s.handle_connect_failed(t1, SignalingError::Unreachable("refused".into()));
-        assert!(matches!(outputs(&mut s)[..], [Output::Reconnecting { attempt: 2, delay }] if delay == Duration::from_secs(2)));
+        assert!(
+            matches!(outputs(&mut s)[..], [Output::Reconnecting { attempt: 2, delay }] if delay == Duration::from_secs(2))
+        );
         let t2 = t1 + Duration::from_secs(2);
         s.handle_timeout(t2);
         assert!(matches!(outputs(&mut s)[..], [Output::Connect]));
         s.handle_connected(t2);
         // No welcome within the connect timeout: attempt 3.
         s.handle_timeout(t2 + Duration::from_secs(10));
-        assert!(matches!(outputs(&mut s)[..], [Output::Reconnecting { attempt: 3, delay }] if delay == Duration::from_secs(4)));
+        assert!(
+            matches!(outputs(&mut s)[..], [Output::Reconnecting { attempt: 3, delay }] if delay == Duration::from_secs(4))
+        );
         let t3 = t2 + Duration::from_secs(14);
         s.handle_timeout(t3);
         outputs(&mut s);
         s.handle_connect_failed(t3, SignalingError::Unreachable("refused".into()));
-        assert!(matches!(outputs(&mut s)[..], [Output::Failed(SignalingError::Unreachable(_))]));
+        assert!(matches!(
+            outputs(&mut s)[..],
+            [Output::Failed(SignalingError::Unreachable(_))]
+        ));
         assert!(s.is_closed());
         assert_eq!(s.poll_timeout(), None);
     }
@@ -524,7 +551,10 @@ mod tests {
         outputs(&mut s);
         s.handle_timeout(t0 + Duration::from_secs(1));
         s.handle_connected(t0 + Duration::from_secs(1));
-        s.handle_frame(t0 + Duration::from_secs(1), &welcome_frame(PROTOCOL_VERSION));
+        s.handle_frame(
+            t0 + Duration::from_secs(1),
+            &welcome_frame(PROTOCOL_VERSION),
+        );
         let out = outputs(&mut s);
         assert!(matches!(
             out[..],
@@ -544,7 +574,10 @@ mod tests {
         let mut s = SignalingSession::new("test/1", Duration::from_secs(10), backoff());
         outputs(&mut s);
         s.handle_connect_failed(t0, SignalingError::Unreachable("refused".into()));
-        assert!(matches!(outputs(&mut s)[..], [Output::Failed(SignalingError::Unreachable(_))]));
+        assert!(matches!(
+            outputs(&mut s)[..],
+            [Output::Failed(SignalingError::Unreachable(_))]
+        ));
         assert!(s.is_closed());
     }
 
@@ -555,7 +588,10 @@ mod tests {
         s.handle_connected(t0);
         s.handle_frame(t0, &welcome_frame(PROTOCOL_VERSION + 1));
         let out = outputs(&mut s);
-        assert!(matches!(out.last(), Some(Output::Failed(SignalingError::UnsupportedVersion(2)))));
+        assert!(matches!(
+            out.last(),
+            Some(Output::Failed(SignalingError::UnsupportedVersion(2)))
+        ));
 
         let mut s = SignalingSession::new("test/1", Duration::from_secs(10), backoff());
         s.handle_connected(t0);

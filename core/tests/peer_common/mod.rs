@@ -35,10 +35,12 @@ pub async fn connect_with(
 ) -> Result<(Established, Established, Duration), PeerError> {
     let (a, b) = SignalLink::pair();
     let started = Instant::now();
-    let (x, y) = tokio::time::timeout(
-        WAIT,
-        async { tokio::join!(Connection::establish(offerer, a), Connection::establish(answerer, b)) },
-    )
+    let (x, y) = tokio::time::timeout(WAIT, async {
+        tokio::join!(
+            Connection::establish(offerer, a),
+            Connection::establish(answerer, b)
+        )
+    })
     .await
     .expect("establish did not finish in time");
     let elapsed = started.elapsed();

@@ -1,6 +1,6 @@
 //! An in-process fake signaling server for the client's tests: a WebSocket listener on
 //! 127.0.0.1:0 whose connections the test scripts message by message.
-#![allow(dead_code, unreachable_pub)]
+#![allow(dead_code, unreachable_pub, clippy::unwrap_used)]
 
 use std::net::SocketAddr;
 use std::time::Duration;
@@ -146,10 +146,14 @@ impl FakeConn {
     /// The next client message, or `None` when the connection closed.
     pub async fn try_recv(&mut self) -> Option<ClientMessage> {
         loop {
-            let frame = timeout(WAIT, self.ws.next()).await.expect("no message in time");
+            let frame = timeout(WAIT, self.ws.next())
+                .await
+                .expect("no message in time");
             match frame {
                 Some(Ok(Message::Text(text))) => {
-                    return Some(ClientMessage::decode(text.as_str()).expect("client sent garbage"));
+                    return Some(
+                        ClientMessage::decode(text.as_str()).expect("client sent garbage"),
+                    );
                 }
                 Some(Ok(Message::Close(_))) | None | Some(Err(_)) => return None,
                 Some(Ok(_)) => continue,
@@ -185,7 +189,10 @@ impl FakeConn {
         while let Some(message) = self.try_recv().await {
             match message {
                 ClientMessage::Ping { seq } => {
-                    let _ = self.ws.send(Message::text(ServerMessage::Pong { seq }.encode())).await;
+                    let _ = self
+                        .ws
+                        .send(Message::text(ServerMessage::Pong { seq }.encode()))
+                        .await;
                 }
                 other => seen.push(other),
             }

@@ -1,5 +1,5 @@
 //! Test helpers: a real WebSocket client with bounded waits, and a server on 127.0.0.1:0.
-#![allow(dead_code)]
+#![allow(dead_code, clippy::unwrap_used)]
 
 use std::time::Duration;
 
@@ -112,7 +112,9 @@ impl TestClient {
             };
             match frame {
                 Some(Ok(Message::Text(text))) => {
-                    return Some(ServerMessage::decode(text.as_str()).expect("server frame decodes"));
+                    return Some(
+                        ServerMessage::decode(text.as_str()).expect("server frame decodes"),
+                    );
                 }
                 Some(Ok(Message::Ping(_) | Message::Pong(_))) => continue,
                 other => panic!("expected a text frame, got {other:?}"),
@@ -158,12 +160,15 @@ impl TestClient {
         }
     }
 
-    /// Send a ping and expect the pong.
+    /// Send a ping and expect its pong (pongs for earlier pings are skipped).
     pub(crate) async fn ping_pong(&mut self, seq: u64) {
         self.send(&ClientMessage::Ping { seq }).await;
-        match self.recv().await {
-            ServerMessage::Pong { seq: got } => assert_eq!(got, seq),
-            other => panic!("expected pong, got {other:?}"),
+        loop {
+            match self.recv().await {
+                ServerMessage::Pong { seq: got } if got < seq => continue,
+                ServerMessage::Pong { seq: got } => break assert_eq!(got, seq),
+                other => panic!("expected pong, got {other:?}"),
+            }
         }
     }
 
@@ -222,7 +227,9 @@ pub(crate) async fn pending_pair(server: &RunningServer) -> (TestClient, TestCli
     let mut desktop = TestClient::greeted(server).await;
     let code = desktop.register("desk-1", "Test desktop").await;
     let mut phone = TestClient::greeted(server).await;
-    phone.send(&pair_request(&code, Some("cGhvbmUtYXV0aA"))).await;
+    phone
+        .send(&pair_request(&code, Some("cGhvbmUtYXV0aA")))
+        .await;
     let session = match desktop.recv().await {
         ServerMessage::PairPrompt {
             session,
@@ -232,7 +239,10 @@ pub(crate) async fn pending_pair(server: &RunningServer) -> (TestClient, TestCli
         } => {
             assert_eq!(peer, phone_device());
             assert!(expires_in_ms > 0);
-            assert_eq!(auth.as_ref().map(AuthPayload::as_str), Some("cGhvbmUtYXV0aA"));
+            assert_eq!(
+                auth.as_ref().map(AuthPayload::as_str),
+                Some("cGhvbmUtYXV0aA")
+            );
             session
         }
         other => panic!("expected pair_prompt, got {other:?}"),

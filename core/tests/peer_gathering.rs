@@ -1,0 +1,110 @@
+//! What a peer trickles over signaling: the offer, host candidates, server-reflexive
+//! candidates from a (fake, loopback) STUN server, then end-of-candidates.
+
+mod peer_common;
+
+use std::time::Duration;
+
+use peer_common::{config, init_tracing, within};
+use proxim_core::peer::{Connection, PeerError, PeerRole};
+use proxim_core::{LinkEvent, SignalLink};
+use proxim_protocol::{IceServer, Signal};
+use rtc::stun::message::{BINDING_SUCCESS, Message};
+use rtc::stun::xoraddr::XorMappedAddress;
+use tokio::sync::mpsc;
+
+/// Answer one Binding request with a made-up mapped address (198.18.0.9:40000).
+async fn fake_stun_server(socket: tokio::net::UdpSocket) {
+    let mut buf = [0u8; 1500];
+    let (n, from) = socket.recv_from(&mut buf).await.expect("fake STUN server");
+    let mut request = Message {
+        raw: buf[..n].to_vec(),
+        ..Message::default()
+    };
+    request.decode().expect("fake STUN server");
+    let mut answer = Message::new();
+    answer
+        .build(&[
+            Box::new(request.transaction_id),
+            Box::new(BINDING_SUCCESS),
+            Box::new(XorMappedAddress {
+                ip: "198.18.0.9".parse().expect("fake STUN server"),
+                port: 40000,
+            }),
+        ])
+        .expect("fake STUN server");
+    socket
+        .send_to(&answer.raw, from)
+        .await
+        .expect("fake STUN server");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn host_then_srflx_candidates_then_end_of_candidates() {
+    init_tracing();
+    let stun = tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap();
+    // By name: exercises the asynchronous resolution path.
+    let stun_url = format!("stun:localhost:{}", stun.local_addr().unwrap().port());
+    let server = tokio::spawn(fake_stun_server(stun));
+
+    let (outgoing, mut sent) = mpsc::channel(64);
+    let (incoming_tx, incoming) = mpsc::channel(64);
+    let link = SignalLink { outgoing, incoming };
+    let mut offerer = config(
+        PeerRole::Offerer,
+        vec![IceServer {
+            urls: vec![stun_url, "turn:198.18.0.1:3478".to_owned()],
+            username: Some("u".into()),
+            credential: Some("p".into()),
+        }],
+    );
+    offerer.connect_timeout = Duration::from_secs(5);
+    let peer = tokio::spawn(Connection::establish(offerer, link));
+
+    let mut kinds = Vec::new();
+    let mut srflx = None;
+    loop {
+        let signal = within("signal", sent.recv()).await.expect("link open");
+        match &signal {
+            Signal::Offer { sdp } => {
+                assert!(
+                    sdp.as_str().contains("typ host"),
+                    "host candidates in the offer"
+                );
+                kinds.push("offer");
+            }
+            Signal::Candidate { candidate, .. } => {
+                let line = candidate.as_str();
+                if line.contains("typ srflx") {
+                    srflx = Some(line.to_owned());
+                    kinds.push("srflx");
+                } else {
+                    assert!(line.contains("typ host"), "{line}");
+                    kinds.push("host");
+                }
+            }
+            Signal::EndOfCandidates => {
+                kinds.push("end");
+                break;
+            }
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+    within("stun server", server).await.unwrap();
+    assert_eq!(kinds, ["offer", "host", "srflx", "end"]);
+    let srflx = srflx.unwrap();
+    assert!(
+        srflx.contains("198.18.0.9 40000 typ srflx raddr 127.0.0.1"),
+        "{srflx}"
+    );
+
+    // Nobody answers: the peer leaves, and establish says so.
+    incoming_tx
+        .send(LinkEvent::Ended(
+            proxim_protocol::SessionEndReason::PeerLeft,
+        ))
+        .await
+        .unwrap();
+    let result = within("establish", peer).await.unwrap();
+    assert!(matches!(result, Err(PeerError::PeerLeft)), "{result:?}");
+}

@@ -1,0 +1,187 @@
+#!/usr/bin/env bash
+# Kotlin tests of the Proxim bindings on the host JVM, against a real signaling server and real
+# desktop peers on loopback:
+#   1. installs what is missing (Kotlin compiler from npm into .kotlin-build/, JNA from Debian);
+#   2. builds libproxim.so and the pinned uniffi-bindgen, generates the Kotlin bindings;
+#   3. compiles bindings + bindings/kotlin-tests with `kotlinc -Werror`;
+#   4. starts `proxim serve` and three `proxim desktop`s (accepting+echoing, rejecting, silent);
+#   5. runs the suite on the JVM. The last line is `N passed, M failed`; non-zero exit on failure.
+# Only the processes started here are stopped (by PID). Usage: scripts/test-kotlin.sh [filter…]
+set -euo pipefail
+cd "$(dirname "$0")/.."
+ROOT=$PWD
+started_at=$(date +%s)
+
+KOTLIN_VERSION=2.4.20
+CACHE=$ROOT/.kotlin-build
+KOTLIN_HOME=$CACHE/kotlin-compiler-$KOTLIN_VERSION
+JNA_JAR=/usr/share/java/jna.jar
+BUILD=$CACHE/host
+TARGET_DIR=${CARGO_TARGET_DIR:-$ROOT/target}
+
+log() { echo "== $*" >&2; }
+die() {
+    echo "test-kotlin: $*" >&2
+    echo "0 passed, 1 failed"
+    exit 1
+}
+
+# ---------------------------------------------------------------------------------------------
+# Tools
+# ---------------------------------------------------------------------------------------------
+
+apt_updated=false
+apt_install() {
+    local sudo=""
+    [ "$(id -u)" -eq 0 ] || sudo="sudo"
+    if ! $apt_updated; then
+        $sudo apt-get update -qq
+        apt_updated=true
+    fi
+    DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq "$@" >/dev/null
+}
+
+ensure_tools() {
+    command -v java >/dev/null || { log "installing a JRE"; apt_install openjdk-17-jre-headless; }
+    if [ ! -f "$JNA_JAR" ]; then
+        log "installing JNA (libjna-java, libjna-jni)"
+        apt_install libjna-java libjna-jni
+    fi
+    if [ ! -x "$KOTLIN_HOME/bin/kotlinc" ]; then
+        command -v npm >/dev/null || { log "installing npm"; apt_install npm; }
+        log "installing the Kotlin compiler $KOTLIN_VERSION (npm kotlin-compiler) into $KOTLIN_HOME"
+        mkdir -p "$CACHE"
+        local tmp
+        tmp=$(mktemp -d "$CACHE/download.XXXXXX")
+        (cd "$tmp" && npm pack --silent "kotlin-compiler@$KOTLIN_VERSION" >/dev/null && tar xzf ./*.tgz)
+        rm -rf "$KOTLIN_HOME"
+        mv "$tmp/package" "$KOTLIN_HOME"
+        rm -rf "$tmp"
+        chmod +x "$KOTLIN_HOME"/bin/*
+    fi
+}
+
+# ---------------------------------------------------------------------------------------------
+# Processes started here, stopped on exit
+# ---------------------------------------------------------------------------------------------
+
+PIDS=()
+cleanup() {
+    local pid
+    for pid in "${PIDS[@]}"; do
+        kill "$pid" 2>/dev/null || true
+    done
+    for pid in "${PIDS[@]}"; do
+        wait "$pid" 2>/dev/null || true
+    done
+    PIDS=()
+    exec 7>&- 2>/dev/null || true
+}
+trap cleanup EXIT
+
+# wait_for FILE REGEX WHAT: wait (bounded) until FILE has a match of REGEX; print the first one.
+wait_for() {
+    local file=$1 regex=$2 what=$3 match i
+    for i in $(seq 1 300); do
+        match=$(grep -Eo "$regex" "$file" 2>/dev/null | head -n1 || true)
+        if [ -n "$match" ]; then
+            echo "$match"
+            return 0
+        fi
+        sleep 0.1
+    done
+    echo "test-kotlin: timed out waiting for $what; $file:" >&2
+    cat "$file" >&2 || true
+    return 1
+}
+
+# start_desktop NAME [flags…]: start a desktop peer in the background (its stdin is ours).
+start_desktop() {
+    local name=$1
+    shift
+    "$TARGET_DIR/debug/proxim" desktop --server "$SERVER_URL" --name "desk-$name" --no-qr \
+        --data-dir "$WORK/$name-data" "$@" >"$WORK/$name.out" 2>"$WORK/$name.err" &
+    PIDS+=($!)
+}
+
+# code_of NAME: the pairing code desktop NAME printed.
+code_of() {
+    wait_for "$WORK/$1.out" 'pairing code: [0-9A-Z]+' "the $1 desktop's pairing code" |
+        sed 's/pairing code: //'
+}
+
+# ---------------------------------------------------------------------------------------------
+# Build
+# ---------------------------------------------------------------------------------------------
+
+ensure_tools
+log "cargo build (bindings library + uniffi-bindgen, proxim CLI)"
+cargo build --locked -p proxim-bindings --features cli
+cargo build --locked -p proxim
+
+log "generating Kotlin bindings (library mode, host config)"
+rm -rf "$BUILD"
+mkdir -p "$BUILD/generated"
+"$TARGET_DIR/debug/uniffi-bindgen" generate --library "$TARGET_DIR/debug/libproxim.so" \
+    --language kotlin --config bindings/uniffi.toml --no-format --out-dir "$BUILD/generated"
+
+log "kotlinc -Werror (generated bindings + bindings/kotlin-tests)"
+LIBS=$JNA_JAR:$KOTLIN_HOME/lib/kotlinx-coroutines-core-jvm.jar:$KOTLIN_HOME/lib/kotlin-stdlib.jar
+mapfile -t SOURCES < <(find "$BUILD/generated" bindings/kotlin-tests -name '*.kt' | sort)
+"$KOTLIN_HOME/bin/kotlinc" -Werror -cp "$LIBS" "${SOURCES[@]}" -d "$BUILD/tests.jar" 2>&1 |
+    grep -v '^OpenJDK 64-Bit Server VM warning' >&2 || true
+[ -f "$BUILD/tests.jar" ] || die "kotlinc failed"
+
+# ---------------------------------------------------------------------------------------------
+# Peers
+# ---------------------------------------------------------------------------------------------
+
+WORK=$(mktemp -d "${TMPDIR:-/tmp}/proxim-kotlin.XXXXXX")
+log "starting proxim serve and three desktops (work dir $WORK)"
+"$TARGET_DIR/debug/proxim" serve --bind 127.0.0.1:0 >"$WORK/server.out" 2>"$WORK/server.err" &
+PIDS+=($!)
+ADDR=$(wait_for "$WORK/server.err" 'on 127\.0\.0\.1:[0-9]+' "the server's address") ||
+    die "the signaling server did not start"
+ADDR=${ADDR#on }
+SERVER_URL=ws://$ADDR/ws
+
+mkdir -p "$WORK/downloads"
+start_desktop accept --accept --echo --download-dir "$WORK/downloads"
+start_desktop reject --reject --download-dir "$WORK/reject-downloads"
+# The silent desktop asks on stdin; a FIFO held open here and never written keeps it waiting.
+mkfifo "$WORK/silent.in"
+exec 7<>"$WORK/silent.in"
+start_desktop silent --download-dir "$WORK/silent-downloads" <"$WORK/silent.in"
+ACCEPT_CODE=$(code_of accept) || die "the accepting desktop did not register"
+REJECT_CODE=$(code_of reject) || die "the rejecting desktop did not register"
+SILENT_CODE=$(code_of silent) || die "the silent desktop did not register"
+[ -n "$ACCEPT_CODE" ] && [ -n "$REJECT_CODE" ] && [ -n "$SILENT_CODE" ] || die "no pairing code"
+
+# ---------------------------------------------------------------------------------------------
+# Run
+# ---------------------------------------------------------------------------------------------
+
+log "running the Kotlin suite on the JVM"
+set +e
+PROXIM_SERVER=$SERVER_URL PROXIM_HTTP=http://$ADDR \
+    ACCEPT_CODE=$ACCEPT_CODE ACCEPT_DOWNLOADS=$WORK/downloads \
+    REJECT_CODE=$REJECT_CODE SILENT_CODE=$SILENT_CODE SILENT_LOG=$WORK/silent.out \
+    WORK_DIR=$WORK \
+    timeout 900 java -Djna.library.path="$TARGET_DIR/debug" -cp "$BUILD/tests.jar:$LIBS" \
+    ProximTestsKt "$@" | tee "$WORK/suite.out"
+status=${PIPESTATUS[0]}
+set -e
+
+cleanup
+summary=$(grep -E '^[0-9]+ passed, [0-9]+ failed$' "$WORK/suite.out" | tail -n1 || true)
+if [ "$status" -ne 0 ]; then
+    for f in server.err accept.out accept.err reject.out silent.out; do
+        echo "--- $f (last lines)" >&2
+        tail -n 15 "$WORK/$f" >&2 || true
+    done
+fi
+[ -n "$summary" ] || summary="0 passed, 1 failed"
+[ "$status" -eq 0 ] && rm -rf "$WORK"
+echo "test-kotlin: $(( $(date +%s) - started_at ))s" >&2
+echo "$summary"
+exit "$status"

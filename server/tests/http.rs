@@ -1,0 +1,110 @@
+//! Monitoring routes: `/healthz`, `/api/stats`, `/api/sessions`, `/api/config`.
+// Test helpers outside `#[test]` functions unwrap freely, like the tests themselves.
+#![allow(clippy::unwrap_used)]
+
+mod common;
+
+use common::{accepted_pair, get_json, http_get, pending_pair, start_server};
+use proxim_server::IceConfig;
+
+#[tokio::test]
+async fn healthz_reports_ok_and_connections() {
+    let server = start_server(|_| {}).await;
+    let body = get_json(&server, "/healthz").await;
+    assert_eq!(body["status"], "ok");
+    assert!(body["uptime_s"].is_u64());
+    assert_eq!(body["connections"], 0);
+    let _client = common::TestClient::greeted(&server).await;
+    let body = get_json(&server, "/healthz").await;
+    assert_eq!(body["connections"], 1);
+    server.shutdown().await;
+}
+
+#[tokio::test]
+async fn stats_and_sessions_follow_the_pairings() {
+    let server = start_server(|_| {}).await;
+    let (_d1, _p1, active) = accepted_pair(&server).await;
+    let (_d2, _p2, pending) = pending_pair(&server).await;
+    let stats = get_json(&server, "/api/stats").await;
+    for (key, want) in [
+        ("connections_open", 4),
+        ("connections_total", 4),
+        ("desktops", 2),
+        ("sessions_pending", 1),
+        ("sessions_active", 1),
+        ("pair_requests", 2),
+        ("pairs_accepted", 1),
+        ("pairs_rejected", 0),
+        ("pairs_timed_out", 0),
+        ("unknown_codes", 0),
+        ("signals_relayed", 0),
+        ("errors_sent", 0),
+        ("frames_malformed", 0),
+        ("stale_dropped", 0),
+        ("slow_readers_dropped", 0),
+    ] {
+        assert_eq!(stats[key], want, "{key} in {stats}");
+    }
+
+    let (status, body) = http_get(&server, "/api/sessions").await;
+    assert_eq!(status, 200);
+    // Only the first 8 hex digits of a session id are ever shown.
+    assert!(!body.contains(active.as_str()), "{body}");
+    assert!(!body.contains(pending.as_str()), "{body}");
+    let sessions: serde_json::Value = serde_json::from_str(&body).unwrap();
+    let list = sessions["sessions"].as_array().unwrap();
+    assert_eq!(list.len(), 2);
+    assert_eq!(list[0]["session"], &active.as_str()[..8]);
+    assert_eq!(list[0]["state"], "active");
+    assert_eq!(list[0]["desktop"], "Test desktop");
+    assert_eq!(list[0]["phone"], "Test phone");
+    assert!(list[0]["age_ms"].is_u64());
+    assert_eq!(list[1]["session"], &pending.as_str()[..8]);
+    assert_eq!(list[1]["state"], "pending");
+    server.shutdown().await;
+}
+
+#[tokio::test]
+async fn config_is_shown_without_the_turn_password() {
+    let server = start_server(|c| {
+        c.ice = IceConfig::new(
+            &["stun:127.0.0.1:3478"],
+            &["turn:127.0.0.1:3478?transport=tcp"],
+            Some("proxim".into()),
+            Some("s3cret".into()),
+        )
+        .unwrap();
+    })
+    .await;
+    let (status, body) = http_get(&server, "/api/config").await;
+    assert_eq!(status, 200);
+    assert!(!body.contains("s3cret"), "{body}");
+    let config: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(config["ice"]["turn"]["password"], "<redacted>");
+    assert_eq!(config["ice"]["turn"]["username"], "proxim");
+    assert_eq!(config["ice"]["stun_urls"][0], "stun:127.0.0.1:3478");
+    assert_eq!(config["heartbeat_interval_ms"], 500);
+    assert_eq!(config["heartbeat_timeout_ms"], 2000);
+    assert_eq!(config["prompt_timeout_ms"], 2000);
+    assert_eq!(config["limits"]["send_queue_capacity"], 256);
+    assert_eq!(
+        config["limits"]["max_frame_bytes"],
+        proxim_protocol::MAX_FRAME_BYTES
+    );
+    // The password reaches clients, and only them.
+    let (status, body) = http_get(&server, "/api/stats").await;
+    assert_eq!(status, 200);
+    assert!(!body.contains("s3cret"));
+    server.shutdown().await;
+}
+
+#[tokio::test]
+async fn unknown_routes_are_404() {
+    let server = start_server(|_| {}).await;
+    let (status, _) = http_get(&server, "/nope").await;
+    assert_eq!(status, 404);
+    // A plain GET on /ws without the upgrade headers is refused, not served.
+    let (status, _) = http_get(&server, "/ws").await;
+    assert!(status >= 400, "{status}");
+    server.shutdown().await;
+}

@@ -1,0 +1,105 @@
+//! ICE configuration through the public API: environment-style inputs, the `serve` arguments,
+//! and the messages an operator sees when something is wrong.
+
+use proxim_protocol::ConnectionId;
+use proxim_server::cli::ServeArgs;
+use proxim_server::{ConfigError, IceConfig, Server, ServerConfig, ServerError};
+
+fn env<'a>(vars: &'a [(&'a str, &'a str)]) -> impl Fn(&str) -> Option<String> + 'a {
+    move |name| {
+        vars.iter()
+            .find(|(k, _)| *k == name)
+            .map(|(_, v)| (*v).to_owned())
+    }
+}
+
+fn connection() -> ConnectionId {
+    ConnectionId::new("abcdefabcdefabcdefabcdefabcdef01").expect("valid id")
+}
+
+#[test]
+fn env_style_inputs_become_one_stun_and_one_turn_entry() {
+    let ice = IceConfig::from_lookup(env(&[
+        ("STUN_URLS", "stun:198.18.0.1:3478,stun:198.18.0.5"),
+        (
+            "TURN_URLS",
+            "turn:198.18.0.2:3478?transport=udp, turns:relay.example",
+        ),
+        ("TURN_USERNAME", "proxim"),
+        ("TURN_PASSWORD", "s3cret"),
+    ]))
+    .expect("valid config");
+    let servers = ice.ice_servers_for(&connection());
+    assert_eq!(servers.len(), 2);
+    assert_eq!(
+        servers[0].urls,
+        vec!["stun:198.18.0.1:3478", "stun:198.18.0.5:3478"]
+    );
+    assert!(servers[0].username.is_none() && servers[0].credential.is_none());
+    assert_eq!(
+        servers[1].urls,
+        vec!["turn:198.18.0.2:3478", "turns:relay.example:5349"]
+    );
+    assert_eq!(servers[1].username.as_deref(), Some("proxim"));
+    assert_eq!(servers[1].credential.as_deref(), Some("s3cret"));
+    assert!(!format!("{ice:?}").contains("s3cret"));
+    assert!(!format!("{servers:?}").contains("s3cret"));
+}
+
+#[test]
+fn stun_only_and_nothing_at_all() {
+    let ice = IceConfig::stun_only(vec!["stun:198.18.0.1"]).expect("valid");
+    assert_eq!(ice.ice_servers_for(&connection()).len(), 1);
+    assert!(!ice.has_turn());
+    let ice = IceConfig::from_lookup(env(&[])).expect("valid");
+    assert!(ice.ice_servers_for(&connection()).is_empty());
+}
+
+#[test]
+fn a_bad_url_is_named_with_the_reason() {
+    let err = IceConfig::from_lookup(env(&[("STUN_URLS", "stun:198.18.0.1,stun:[::1")]))
+        .expect_err("bad url");
+    let text = err.to_string();
+    assert!(text.contains("stun:[::1"), "{text}");
+    assert!(text.contains("unclosed `[`"), "{text}");
+
+    let err = IceConfig::stun_only(vec!["http://stun.example"]).expect_err("bad scheme");
+    assert!(err.to_string().contains("http://stun.example"), "{err}");
+}
+
+#[test]
+fn turn_without_credentials_is_refused() {
+    let err =
+        IceConfig::from_lookup(env(&[("TURN_URLS", "turn:198.18.0.2")])).expect_err("no creds");
+    assert!(
+        matches!(err, ConfigError::TurnWithoutCredentials { .. }),
+        "{err}"
+    );
+    assert!(err.to_string().contains("TURN_USERNAME"), "{err}");
+    let args = ServeArgs {
+        turn_urls: Some("turn:198.18.0.2".into()),
+        turn_password: Some("p".into()),
+        ..ServeArgs::default()
+    };
+    let err = args.into_config().expect_err("no username");
+    assert!(err.to_string().contains("TURN_USERNAME"), "{err}");
+}
+
+#[test]
+fn serve_args_reject_a_turn_url_in_the_stun_list() {
+    let args = ServeArgs {
+        stun_urls: Some("turn:198.18.0.2".into()),
+        ..ServeArgs::default()
+    };
+    let err = args.into_config().expect_err("wrong list");
+    assert!(err.to_string().contains("turn:198.18.0.2"), "{err}");
+    assert!(err.to_string().contains("stun:/stuns:"), "{err}");
+}
+
+#[tokio::test]
+async fn start_refuses_an_invalid_config() {
+    let mut config = ServerConfig::loopback();
+    config.heartbeat_timeout = config.heartbeat_interval / 2;
+    let err = Server::start(config).await.expect_err("invalid");
+    assert!(matches!(err, ServerError::Config(_)), "{err}");
+}
