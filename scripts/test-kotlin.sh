@@ -95,12 +95,14 @@ wait_for() {
     return 1
 }
 
-# start_desktop NAME [flags…]: start a desktop peer in the background (its stdin is ours).
+# start_desktop NAME [flags…]: start a desktop peer in the background; its stdin is
+# $DESKTOP_STDIN (default /dev/null, which makes a prompting desktop reject at once).
 start_desktop() {
     local name=$1
     shift
     "$TARGET_DIR/debug/proxim" desktop --server "$SERVER_URL" --name "desk-$name" --no-qr \
-        --data-dir "$WORK/$name-data" "$@" >"$WORK/$name.out" 2>"$WORK/$name.err" &
+        --data-dir "$WORK/$name-data" "$@" <"${DESKTOP_STDIN:-/dev/null}" \
+        >"$WORK/$name.out" 2>"$WORK/$name.err" &
     PIDS+=($!)
 }
 
@@ -147,15 +149,19 @@ SERVER_URL=ws://$ADDR/ws
 
 mkdir -p "$WORK/downloads"
 start_desktop accept --accept --echo --download-dir "$WORK/downloads"
+# The server takes at most 16 simultaneous pairing requests per desktop: the 20-phone test
+# spreads over two accepting desktops.
+start_desktop accept2 --accept --echo --download-dir "$WORK/downloads2"
 start_desktop reject --reject --download-dir "$WORK/reject-downloads"
 # The silent desktop asks on stdin; a FIFO held open here and never written keeps it waiting.
 mkfifo "$WORK/silent.in"
 exec 7<>"$WORK/silent.in"
-start_desktop silent --download-dir "$WORK/silent-downloads" <"$WORK/silent.in"
+DESKTOP_STDIN=$WORK/silent.in start_desktop silent --download-dir "$WORK/silent-downloads"
 ACCEPT_CODE=$(code_of accept) || die "the accepting desktop did not register"
+ACCEPT2_CODE=$(code_of accept2) || die "the second accepting desktop did not register"
 REJECT_CODE=$(code_of reject) || die "the rejecting desktop did not register"
 SILENT_CODE=$(code_of silent) || die "the silent desktop did not register"
-[ -n "$ACCEPT_CODE" ] && [ -n "$REJECT_CODE" ] && [ -n "$SILENT_CODE" ] || die "no pairing code"
+[ -n "$ACCEPT_CODE" ] && [ -n "$ACCEPT2_CODE" ] && [ -n "$REJECT_CODE" ] && [ -n "$SILENT_CODE" ] || die "no pairing code"
 
 # ---------------------------------------------------------------------------------------------
 # Run
@@ -164,7 +170,7 @@ SILENT_CODE=$(code_of silent) || die "the silent desktop did not register"
 log "running the Kotlin suite on the JVM"
 set +e
 PROXIM_SERVER=$SERVER_URL PROXIM_HTTP=http://$ADDR \
-    ACCEPT_CODE=$ACCEPT_CODE ACCEPT_DOWNLOADS=$WORK/downloads \
+    ACCEPT_CODE=$ACCEPT_CODE ACCEPT_DOWNLOADS=$WORK/downloads ACCEPT2_CODE=$ACCEPT2_CODE \
     REJECT_CODE=$REJECT_CODE SILENT_CODE=$SILENT_CODE SILENT_LOG=$WORK/silent.out \
     WORK_DIR=$WORK \
     timeout 900 java -Djna.library.path="$TARGET_DIR/debug" -cp "$BUILD/tests.jar:$LIBS" \

@@ -65,7 +65,8 @@ const EVENT_QUEUE: usize = 256;
 /// Resolves once the data channel is open. Dropping the future cancels the pairing: the desktop
 /// is told the request was withdrawn.
 pub async fn pair(config: &ProximConfig, code: &str) -> Result<Connection, ProximError> {
-    let code = RoutingCode::parse_typed(code).map_err(|e| ProximError::InvalidCode(e.to_string()))?;
+    let code =
+        RoutingCode::parse_typed(code).map_err(|e| ProximError::InvalidCode(e.to_string()))?;
     let me = config.device()?;
     let span = info_span!("pair", code = %code.redacted(), device = %me.device_id);
     async move {
@@ -238,23 +239,20 @@ impl Desktop {
         let ice_servers = self.registration.client().welcome().ice_servers;
         let tx = self.connected_tx.clone();
         let peer = paired.peer.clone();
-        let span = info_span!("connect", session = %short(&paired.session), peer = %peer.device_name);
+        let span =
+            info_span!("connect", session = %short(&paired.session), peer = %peer.device_name);
         tokio::spawn(
             async move {
-                let event = match Connection::establish(
-                    &config,
-                    PeerRole::Answerer,
-                    ice_servers,
-                    paired,
-                )
-                .await
-                {
-                    Ok(connection) => DesktopEvent::Connected(connection),
-                    Err(error) => {
-                        warn!(%error, "direct connection failed");
-                        DesktopEvent::ConnectionFailed { peer, error }
-                    }
-                };
+                let event =
+                    match Connection::establish(&config, PeerRole::Answerer, ice_servers, paired)
+                        .await
+                    {
+                        Ok(connection) => DesktopEvent::Connected(connection),
+                        Err(error) => {
+                            warn!(%error, "direct connection failed");
+                            DesktopEvent::ConnectionFailed { peer, error }
+                        }
+                    };
                 let _ = tx.send(event).await;
             }
             .instrument(span),

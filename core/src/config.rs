@@ -142,6 +142,9 @@ mod tests {
     #[test]
     fn a_bad_device_name_is_a_config_error() {
         let config = ProximConfig::new("ws://x/ws", "");
-        assert!(matches!(config.device(), Err(ProximError::InvalidConfig(_))));
+        assert!(matches!(
+            config.device(),
+            Err(ProximError::InvalidConfig(_))
+        ));
     }
 }

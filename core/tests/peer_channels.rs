@@ -35,6 +35,16 @@ async fn text_and_binary_both_ways() {
         .await
         .unwrap();
 
+    // Over the maximum message size (64 KiB): refused up front, nothing is sent.
+    assert!(matches!(
+        a.channel
+            .send(Payload::Binary(Bytes::from(vec![0u8; 65537])))
+            .await,
+        Err(PeerError::MessageTooLarge {
+            size: 65537,
+            max: 65536
+        })
+    ));
     assert_eq!(
         within("b recv", b.channel.recv()).await,
         Some(Payload::Text("hello from the phone".into()))

@@ -15,7 +15,11 @@ use tokio::io::AsyncBufReadExt;
 mod qr;
 
 #[derive(Debug, Parser)]
-#[command(name = "proxim", version, about = "Pair a phone with a desktop and talk to it directly")]
+#[command(
+    name = "proxim",
+    version,
+    about = "Pair a phone with a desktop and talk to it directly"
+)]
 struct Cli {
     /// More log output (-v: info, -vv: debug). RUST_LOG overrides.
     #[arg(short, long, action = clap::ArgAction::Count, global = true)]
@@ -141,14 +145,19 @@ async fn serve(args: proxim_server::cli::ServeArgs) -> Result<()> {
         server.local_addr(),
         server.ws_url()
     );
-    tokio::signal::ctrl_c().await.context("waiting for Ctrl-C")?;
+    tokio::signal::ctrl_c()
+        .await
+        .context("waiting for Ctrl-C")?;
     eprintln!("shutting down");
     server.shutdown().await;
     Ok(())
 }
 
 fn config_from(common: &CommonArgs, default_name: &str) -> ProximConfig {
-    let name = common.name.clone().unwrap_or_else(|| default_name.to_owned());
+    let name = common
+        .name
+        .clone()
+        .unwrap_or_else(|| default_name.to_owned());
     let mut config = ProximConfig::new(common.server.clone(), name);
     if let Some(dir) = &common.data_dir {
         config = config.with_data_dir(dir);
@@ -177,7 +186,11 @@ async fn desktop(args: DesktopArgs) -> Result<()> {
             bail!("the signaling connection closed");
         };
         match event {
-            DesktopEvent::Prompt { session, peer, expires_in } => {
+            DesktopEvent::Prompt {
+                session,
+                peer,
+                expires_in,
+            } => {
                 if args.accept {
                     println!("accepting {} ({})", peer.device_name, peer.device_id);
                     desktop.accept(&session).await?;
@@ -196,7 +209,9 @@ async fn desktop(args: DesktopArgs) -> Result<()> {
                 );
                 std::io::stdout().flush().ok();
                 let answer = stdin.next_line().await?.unwrap_or_default();
-                if answer.trim().eq_ignore_ascii_case("y") || answer.trim().eq_ignore_ascii_case("yes") {
+                if answer.trim().eq_ignore_ascii_case("y")
+                    || answer.trim().eq_ignore_ascii_case("yes")
+                {
                     desktop.accept(&session).await?;
                 } else {
                     desktop.reject(&session).await?;
@@ -239,10 +254,8 @@ async fn serve_connection(mut connection: proxim_core::Connection, echo: bool) -
                 }
             }
             Event::Message(Payload::Binary(bytes)) => println!("[{name}] <{} bytes>", bytes.len()),
-            Event::FileProgress(p) => {
-                if p.bytes_done == p.total || p.bytes_done == 0 {
-                    println!("[{name}] receiving {} ({} bytes)", p.name, p.total);
-                }
+            Event::FileProgress(p) if p.bytes_done == 0 => {
+                println!("[{name}] receiving {} ({} bytes)", p.name, p.total);
             }
             Event::FileReceived(file) => println!(
                 "[{name}] saved {} ({} bytes, sha256 {} verified)",
@@ -363,9 +376,10 @@ async fn run_demo(args: &DemoArgs, work: &Path) -> Result<()> {
     let source = work.join("demo-payload.bin");
     let source_hash = write_random_file(&source, size)?;
 
-    let mut desktop =
-        Desktop::register(ProximConfig::new(url.clone(), "Demo desktop").with_download_dir(&received))
-            .await?;
+    let mut desktop = Desktop::register(
+        ProximConfig::new(url.clone(), "Demo desktop").with_download_dir(&received),
+    )
+    .await?;
     let code = desktop.code().to_owned();
     println!("  pairing code {code}");
 
@@ -375,11 +389,16 @@ async fn run_demo(args: &DemoArgs, work: &Path) -> Result<()> {
     let desktop_connection = loop {
         match desktop.next_event().await {
             Some(DesktopEvent::Prompt { session, peer, .. }) => {
-                println!("  prompt       {} asks to pair: accepting", peer.device_name);
+                println!(
+                    "  prompt       {} asks to pair: accepting",
+                    peer.device_name
+                );
                 desktop.accept(&session).await?;
             }
             Some(DesktopEvent::Connected(connection)) => break connection,
-            Some(DesktopEvent::ConnectionFailed { error, .. }) => bail!("desktop side failed: {error}"),
+            Some(DesktopEvent::ConnectionFailed { error, .. }) => {
+                bail!("desktop side failed: {error}")
+            }
             Some(DesktopEvent::PromptClosed { outcome, .. }) => bail!("pairing ended: {outcome:?}"),
             Some(_) => {}
             None => bail!("desktop lost the server"),
@@ -403,7 +422,10 @@ async fn run_demo(args: &DemoArgs, work: &Path) -> Result<()> {
     let received_hash = sha256_file(&received_file)?;
     println!(
         "  transfer             {:>10}  {} MiB in {:.2?}",
-        format!("{:.1} MB/s", size as f64 / report.elapsed.as_secs_f64() / 1e6),
+        format!(
+            "{:.1} MB/s",
+            size as f64 / report.elapsed.as_secs_f64() / 1e6
+        ),
         args.size_mib,
         report.elapsed
     );
@@ -435,7 +457,9 @@ async fn receive_one_file(
         match event {
             Event::FileReceived(file) => return Ok((connection, file.path)),
             Event::FileFailed { error } => bail!("receiving failed: {error}"),
-            Event::Closed { reason } => bail!("connection closed before the file arrived: {reason}"),
+            Event::Closed { reason } => {
+                bail!("connection closed before the file arrived: {reason}")
+            }
             _ => {}
         }
     }

@@ -38,11 +38,15 @@ async fn desktop_until_connected(desktop: &mut Desktop, accept: bool) -> Option<
             .expect("desktop event in time")
             .expect("desktop still registered");
         match event {
-            DesktopEvent::Prompt { session, .. } if accept => desktop.accept(&session).await.unwrap(),
+            DesktopEvent::Prompt { session, .. } if accept => {
+                desktop.accept(&session).await.unwrap()
+            }
             DesktopEvent::Prompt { session, .. } => desktop.reject(&session).await.unwrap(),
             DesktopEvent::Connected(connection) => return Some(connection),
             DesktopEvent::PromptClosed { .. } => return None,
-            DesktopEvent::ConnectionFailed { error, .. } => panic!("desktop connection failed: {error}"),
+            DesktopEvent::ConnectionFailed { error, .. } => {
+                panic!("desktop connection failed: {error}")
+            }
             _ => {}
         }
     }
@@ -88,13 +92,22 @@ async fn pair_and_exchange_messages_both_ways() {
     assert_eq!(desk.peer_device().device_name.as_str(), "Test phone");
 
     phone.send_text("hello desktop").await.unwrap();
-    assert_eq!(next_message(&mut desk).await, Payload::Text("hello desktop".into()));
+    assert_eq!(
+        next_message(&mut desk).await,
+        Payload::Text("hello desktop".into())
+    );
     desk.send_bytes(vec![1u8, 2, 3]).await.unwrap();
-    assert_eq!(next_message(&mut phone).await, Payload::Binary(vec![1u8, 2, 3].into()));
+    assert_eq!(
+        next_message(&mut phone).await,
+        Payload::Binary(vec![1u8, 2, 3].into())
+    );
 
     let stats = phone.stats().await.unwrap();
     assert_eq!(stats.path(), CandidateKind::Host);
-    assert!(stats.bytes_sent > 0 && stats.bytes_received > 0, "{stats:?}");
+    assert!(
+        stats.bytes_sent > 0 && stats.bytes_received > 0,
+        "{stats:?}"
+    );
     println!(
         "pair: paired after {:?}, channel open after {:?}",
         phone.timings().paired,
@@ -183,7 +196,10 @@ async fn a_64_mib_file_arrives_byte_identical() {
     assert_eq!(sha256_file(&file.path), source_hash, "bytes on disk differ");
     assert!(file.path.starts_with(received.path()));
     assert_eq!(file.bytes, 64 * 1024 * 1024);
-    assert!(sent_progress.windows(2).all(|w| w[0].0 <= w[1].0), "sender progress is monotonic");
+    assert!(
+        sent_progress.windows(2).all(|w| w[0].0 <= w[1].0),
+        "sender progress is monotonic"
+    );
     assert_eq!(sent_progress.last().map(|p| p.0), Some(64 * 1024 * 1024));
     assert!(received_progress.windows(2).all(|w| w[0] <= w[1]));
     println!(
@@ -240,10 +256,18 @@ async fn a_wrong_code_fails_with_unknown_code() {
     let server = start_server(|_| {}).await;
     let _desktop = register(&server, None).await;
     let config = ProximConfig::new(server.ws_url(), "Test phone");
-    let result = tokio::time::timeout(STEP, pair(&config, "ZZZZZZ")).await.unwrap();
-    assert!(matches!(result, Err(ProximError::UnknownCode)), "{result:?}");
+    let result = tokio::time::timeout(STEP, pair(&config, "ZZZZZZ"))
+        .await
+        .unwrap();
+    assert!(
+        matches!(result, Err(ProximError::UnknownCode)),
+        "{result:?}"
+    );
     let result = pair(&config, "not a code!").await;
-    assert!(matches!(result, Err(ProximError::InvalidCode(_))), "{result:?}");
+    assert!(
+        matches!(result, Err(ProximError::InvalidCode(_))),
+        "{result:?}"
+    );
     server.shutdown().await;
 }
 
@@ -257,7 +281,11 @@ async fn an_unanswered_prompt_times_out_on_both_sides() {
     // The desktop sees the prompt, ignores it, and then sees it close as timed out.
     let mut saw_prompt = false;
     loop {
-        match tokio::time::timeout(STEP, desktop.next_event()).await.unwrap().unwrap() {
+        match tokio::time::timeout(STEP, desktop.next_event())
+            .await
+            .unwrap()
+            .unwrap()
+        {
             DesktopEvent::Prompt { .. } => saw_prompt = true,
             DesktopEvent::PromptClosed { outcome, .. } => {
                 assert_eq!(outcome, PairOutcome::TimedOut);
@@ -268,7 +296,10 @@ async fn an_unanswered_prompt_times_out_on_both_sides() {
     }
     assert!(saw_prompt);
     let result = tokio::time::timeout(STEP, phone).await.unwrap().unwrap();
-    assert!(matches!(result, Err(ProximError::TimedOut(_))), "{result:?}");
+    assert!(
+        matches!(result, Err(ProximError::TimedOut(_))),
+        "{result:?}"
+    );
     server.shutdown().await;
 }
 
@@ -280,20 +311,24 @@ async fn cancelling_pair_ends_the_prompt_on_the_desktop() {
     let code = desktop.code().to_owned();
     let phone = tokio::spawn(async move { pair(&config, &code).await });
     loop {
-        if let DesktopEvent::Prompt { .. } =
-            tokio::time::timeout(STEP, desktop.next_event()).await.unwrap().unwrap()
+        if let DesktopEvent::Prompt { .. } = tokio::time::timeout(STEP, desktop.next_event())
+            .await
+            .unwrap()
+            .unwrap()
         {
             break;
         }
     }
     phone.abort();
     loop {
-        match tokio::time::timeout(STEP, desktop.next_event()).await.unwrap().unwrap() {
-            DesktopEvent::PromptClosed { outcome, .. } => {
-                assert_eq!(outcome, PairOutcome::Cancelled);
-                break;
-            }
-            _ => {}
+        if let DesktopEvent::PromptClosed { outcome, .. } =
+            tokio::time::timeout(STEP, desktop.next_event())
+                .await
+                .unwrap()
+                .unwrap()
+        {
+            assert_eq!(outcome, PairOutcome::Cancelled);
+            break;
         }
     }
     server.shutdown().await;
@@ -302,10 +337,19 @@ async fn cancelling_pair_ends_the_prompt_on_the_desktop() {
 #[tokio::test]
 async fn an_unreachable_server_is_reported_as_such() {
     // A port nobody listens on: bind, take the port, close.
-    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
     let config = ProximConfig::new(format!("ws://127.0.0.1:{port}/ws"), "Test phone");
-    let result = tokio::time::timeout(STEP, pair(&config, "K7P2QX")).await.unwrap();
-    assert!(matches!(result, Err(ProximError::ServerUnreachable(_))), "{result:?}");
+    let result = tokio::time::timeout(STEP, pair(&config, "K7P2QX"))
+        .await
+        .unwrap();
+    assert!(
+        matches!(result, Err(ProximError::ServerUnreachable(_))),
+        "{result:?}"
+    );
 }
 
 fn write_random_file(path: &Path, size: usize) -> String {
