@@ -194,11 +194,11 @@ impl Drop for Connection {
         let id = self.id;
         spawn_detached(async move {
             shared.close().await;
-            if let Some(mut pump) = pump {
-                if tokio::time::timeout(PUMP_DRAIN_TIMEOUT, &mut pump).await.is_err() {
-                    debug!(connection = id, "event pump still busy after close; stopping it");
-                    pump.abort();
-                }
+            if let Some(mut pump) = pump
+                && tokio::time::timeout(PUMP_DRAIN_TIMEOUT, &mut pump).await.is_err()
+            {
+                debug!(connection = id, "event pump still busy after close; stopping it");
+                pump.abort();
             }
         });
     }

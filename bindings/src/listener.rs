@@ -71,10 +71,10 @@ impl Dispatcher {
 
     /// Report a pairing state (from any thread; dropped only if the listener is 256 behind).
     pub(crate) fn pairing(&self, state: PairingState) {
-        if let Some(tx) = &self.tx {
-            if tx.try_send(Callback::Pairing(state)).is_err() {
-                tracing::warn!("listener queue full; a pairing state was dropped");
-            }
+        if let Some(tx) = &self.tx
+            && tx.try_send(Callback::Pairing(state)).is_err()
+        {
+            tracing::warn!("listener queue full; a pairing state was dropped");
         }
     }
 
@@ -130,10 +130,10 @@ mod tests {
 
         fn on_connection_event(&self, id: u64, event: ConnectionEvent) {
             self.seen.lock().unwrap().push(format!("{id} {event:?}"));
-            if matches!(event, ConnectionEvent::Closed { .. }) {
-                if let Some(done) = self.done.lock().unwrap().take() {
-                    done.send(()).unwrap();
-                }
+            if matches!(event, ConnectionEvent::Closed { .. })
+                && let Some(done) = self.done.lock().unwrap().take()
+            {
+                done.send(()).unwrap();
             }
         }
     }

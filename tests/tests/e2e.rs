@@ -350,6 +350,15 @@ async fn an_unreachable_server_is_reported_as_such() {
         matches!(result, Err(ProximError::ServerUnreachable(_))),
         "{result:?}"
     );
+    // TLS is compiled in: a wss:// URL is dialled, not refused as an unsupported scheme.
+    let config = ProximConfig::new(format!("wss://127.0.0.1:{port}/ws"), "Test phone");
+    let result = tokio::time::timeout(STEP, pair(&config, "K7P2QX"))
+        .await
+        .unwrap();
+    assert!(
+        matches!(result, Err(ProximError::ServerUnreachable(_))),
+        "{result:?}"
+    );
 }
 
 fn write_random_file(path: &Path, size: usize) -> String {

@@ -229,8 +229,9 @@ impl Driver {
             let read_sockets = self.deferred_bytes < DEFERRED_MAX_BYTES;
             let start = self.next_socket;
             let sockets = &self.sockets;
+            // Not `biased`: a steady stream of commands must not starve socket reads (acks) or
+            // the timer, nor the reverse; each branch handles a bounded batch.
             tokio::select! {
-                biased;
                 command = self.commands.recv() => match command {
                     Some(command) => {
                         self.handle_command(command);

@@ -15,7 +15,7 @@
 //! driver is one task that `select!`s over commands, the socket, the connect attempt and the
 //! machine's timer, and after every input drains all of the machine's outputs.
 //!
-//! Only `ws://` URLs are supported (no TLS backend is compiled in).
+//! `ws://` and `wss://` URLs are supported (`wss://` through rustls with the webpki roots).
 
 mod driver;
 mod session;
