@@ -4,7 +4,7 @@
 #   1. installs what is missing (Kotlin compiler from npm into .kotlin-build/, JNA from Debian);
 #   2. builds libproxim.so and the pinned uniffi-bindgen, generates the Kotlin bindings;
 #   3. compiles bindings + bindings/kotlin-tests with `kotlinc -Werror`;
-#   4. starts `proxim serve` and three `proxim desktop`s (accepting+echoing, rejecting, silent);
+#   4. starts `proxim serve` and four `proxim desktop`s (2 accepting+echoing, rejecting, silent);
 #   5. runs the suite on the JVM. The last line is `N passed, M failed`; non-zero exit on failure.
 # Only the processes started here are stopped (by PID). Usage: scripts/test-kotlin.sh [filter…]
 set -euo pipefail
@@ -75,7 +75,7 @@ cleanup() {
         wait "$pid" 2>/dev/null || true
     done
     PIDS=()
-    exec 7>&- 2>/dev/null || true
+    exec 7>&-
 }
 trap cleanup EXIT
 
@@ -125,7 +125,7 @@ log "generating Kotlin bindings (library mode, host config)"
 rm -rf "$BUILD"
 mkdir -p "$BUILD/generated"
 "$TARGET_DIR/debug/uniffi-bindgen" generate --library "$TARGET_DIR/debug/libproxim.so" \
-    --language kotlin --config bindings/uniffi.toml --no-format --out-dir "$BUILD/generated"
+    --language kotlin --no-format --out-dir "$BUILD/generated" # config: bindings/uniffi.toml
 
 log "kotlinc -Werror (generated bindings + bindings/kotlin-tests)"
 LIBS=$JNA_JAR:$KOTLIN_HOME/lib/kotlinx-coroutines-core-jvm.jar:$KOTLIN_HOME/lib/kotlin-stdlib.jar
@@ -139,7 +139,7 @@ mapfile -t SOURCES < <(find "$BUILD/generated" bindings/kotlin-tests -name '*.kt
 # ---------------------------------------------------------------------------------------------
 
 WORK=$(mktemp -d "${TMPDIR:-/tmp}/proxim-kotlin.XXXXXX")
-log "starting proxim serve and three desktops (work dir $WORK)"
+log "starting proxim serve and four desktops (work dir $WORK)"
 "$TARGET_DIR/debug/proxim" serve --bind 127.0.0.1:0 >"$WORK/server.out" 2>"$WORK/server.err" &
 PIDS+=($!)
 ADDR=$(wait_for "$WORK/server.err" 'on 127\.0\.0\.1:[0-9]+' "the server's address") ||

@@ -14,6 +14,7 @@ use tokio::sync::{Notify, OwnedRwLockReadGuard, RwLock};
 use tokio::task::JoinHandle;
 use tracing::{Instrument, debug, info_span, warn};
 
+use crate::ProximException;
 use crate::error::millis;
 use crate::listener::Dispatcher;
 use crate::runtime::{run, spawn_detached};
@@ -21,7 +22,6 @@ use crate::types::{
     ConnectionEvent, ConnectionState, ConnectionStats, FileReport, TransferDirection,
     TransferProgress,
 };
-use crate::ProximException;
 
 /// How long closing may take before the connection is dropped anyway.
 const CLOSE_TIMEOUT: Duration = Duration::from_secs(5);
@@ -151,17 +151,14 @@ impl Connection {
 }
 
 impl Connection {
-    /// Wrap an open core connection and start delivering its events to the listener.
-    pub(crate) fn start(
-        connection: proxim_core::Connection,
-        events: Dispatcher,
-    ) -> Result<Arc<Connection>, ProximException> {
-        let id = NEXT_ID.fetch_add(1, Ordering::Relaxed);
+    /// Wrap an open core connection. Its events reach the listener once [`Self::start_events`]
+    /// is called (after the caller reported the connection, so the order stays valid).
+    pub(crate) fn new(connection: proxim_core::Connection, events: Dispatcher) -> Connection {
         let peer = connection.peer_device();
         let timings = connection.timings();
         let state = connection.state().into();
-        let wrapper = Connection {
-            id,
+        Connection {
+            id: NEXT_ID.fetch_add(1, Ordering::Relaxed),
             peer_name: peer.device_name.to_string(),
             peer_device_id: peer.device_id.to_string(),
             pairing_ms: millis(timings.paired),
@@ -174,15 +171,19 @@ impl Connection {
                 closed: AtomicBool::new(false),
             }),
             pump: Mutex::new(None),
-            events: events.clone(),
-        };
-        let pump = pump(wrapper.shared.clone(), id, events)
-            .instrument(info_span!("connection", id, peer = %wrapper.peer_name));
+            events,
+        }
+    }
+
+    /// Start delivering this connection's events to the listener. Call once.
+    pub(crate) fn start_events(&self) -> Result<(), ProximException> {
+        let pump = pump(self.shared.clone(), self.id, self.events.clone())
+            .instrument(info_span!("connection", id = self.id, peer = %self.peer_name));
         let pump = crate::runtime::handle()?.spawn(pump);
-        if let Ok(mut slot) = wrapper.pump.lock() {
+        if let Ok(mut slot) = self.pump.lock() {
             *slot = Some(pump);
         }
-        Ok(Arc::new(wrapper))
+        Ok(())
     }
 }
 
@@ -195,9 +196,14 @@ impl Drop for Connection {
         spawn_detached(async move {
             shared.close().await;
             if let Some(mut pump) = pump
-                && tokio::time::timeout(PUMP_DRAIN_TIMEOUT, &mut pump).await.is_err()
+                && tokio::time::timeout(PUMP_DRAIN_TIMEOUT, &mut pump)
+                    .await
+                    .is_err()
             {
-                debug!(connection = id, "event pump still busy after close; stopping it");
+                debug!(
+                    connection = id,
+                    "event pump still busy after close; stopping it"
+                );
                 pump.abort();
             }
         });

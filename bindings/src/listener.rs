@@ -148,15 +148,12 @@ mod tests {
         let dispatcher = Dispatcher::start(Some(recorder.clone())).unwrap();
         dispatcher.pairing(PairingState::Pairing);
         dispatcher.pairing(PairingState::Cancelled);
-        let rt = tokio::runtime::Builder::new_current_thread().build().unwrap();
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .build()
+            .unwrap();
         rt.block_on(async {
             dispatcher
-                .connection(
-                    3,
-                    ConnectionEvent::TextReceived {
-                        text: "hi".into(),
-                    },
-                )
+                .connection(3, ConnectionEvent::TextReceived { text: "hi".into() })
                 .await;
             dispatcher
                 .connection(

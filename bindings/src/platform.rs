@@ -55,9 +55,15 @@ mod android {
     static JAVA_VM: OnceLock<JavaVM> = OnceLock::new();
 
     /// Called by the JVM when the app runs `System.loadLibrary("proxim")`.
+    ///
+    /// # Safety
+    /// Only the JVM calls this, with a valid `JavaVM` pointer that lives as long as the process.
     #[allow(unsafe_code)]
     #[unsafe(no_mangle)]
-    pub extern "system" fn JNI_OnLoad(vm: *mut jni::sys::JavaVM, _reserved: *mut c_void) -> jint {
+    pub unsafe extern "system" fn JNI_OnLoad(
+        vm: *mut jni::sys::JavaVM,
+        _reserved: *mut c_void,
+    ) -> jint {
         // SAFETY: the JVM passes a valid, process-lifetime JavaVM pointer to JNI_OnLoad.
         if let Ok(vm) = unsafe { JavaVM::from_raw(vm) } {
             let _ = JAVA_VM.set(vm);
@@ -68,10 +74,10 @@ mod android {
     /// Attach this thread to the JVM for its whole life, so that JNA callbacks from it find an
     /// attached thread (and do not attach and detach on every call).
     pub(super) fn attach_current_thread() {
-        if let Some(vm) = JAVA_VM.get() {
-            if let Err(error) = vm.attach_current_thread_permanently() {
-                tracing::warn!(%error, "cannot attach a Proxim thread to the JVM");
-            }
+        if let Some(vm) = JAVA_VM.get()
+            && let Err(error) = vm.attach_current_thread_permanently()
+        {
+            tracing::warn!(%error, "cannot attach a Proxim thread to the JVM");
         }
     }
 

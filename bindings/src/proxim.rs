@@ -58,12 +58,14 @@ impl ProximCore {
             let mut outcome = PairingOutcome::new(&events);
             match proxim_core::pair(&config, &code).await {
                 Ok(connection) => {
-                    let connection = Connection::start(connection, events.clone())?;
+                    let connection = Connection::new(connection, events.clone());
+                    // Connected first, then the connection's own events.
                     outcome.report(PairingState::Connected {
                         connection_id: connection.id(),
                         peer_name: connection.peer_name(),
                     });
-                    Ok(connection)
+                    connection.start_events()?;
+                    Ok(Arc::new(connection))
                 }
                 Err(error) => {
                     let error = ProximException::from(error);

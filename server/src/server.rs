@@ -69,6 +69,13 @@ impl Server {
         let (stop_http_tx, stop_http_rx) = oneshot::channel::<()>();
         let http = tokio::spawn(
             async move {
+                // Signaling is many small frames: without TCP_NODELAY, Nagle's algorithm and
+                // delayed ACKs hold each reply back ~40 ms.
+                let listener = axum::serve::ListenerExt::tap_io(listener, |tcp| {
+                    if let Err(e) = tcp.set_nodelay(true) {
+                        tracing::debug!(error = %e, "could not set TCP_NODELAY");
+                    }
+                });
                 let serve = axum::serve(
                     listener,
                     app.into_make_service_with_connect_info::<SocketAddr>(),
