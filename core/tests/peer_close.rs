@@ -16,9 +16,9 @@ async fn next_channel(events: &mut ConnectionEvents) -> Option<DataChannel> {
     }
 }
 
-/// Each channel is opened right after the previous one was closed: with in-band stream ids the
-/// new channel gets the stream id that is still being reset. Every one must open, carry its
-/// message both ways and end cleanly on the remote side.
+/// Each channel is opened right after the previous one was closed: rtc hands the new channel
+/// the stream id whose reset is still in flight. Every one must open, carry its message both
+/// ways and end cleanly on the remote side.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn fifty_channels_in_a_row_on_one_connection() {
     init_tracing();
@@ -57,6 +57,13 @@ async fn fifty_channels_in_a_row_on_one_connection() {
             "channel {i}"
         );
         channel.close().await;
+        // Wait until the close took effect here: the stream reset is then on its way, and the
+        // next channel is created while it is (most likely) not yet answered.
+        assert_eq!(
+            within("local end", channel.recv()).await,
+            None,
+            "channel {i}"
+        );
     }
     let (labels, b) = within("echo task", echo).await.expect("echo task");
     let expected: Vec<String> = (0..CHANNELS).map(|i| format!("seq/{i}")).collect();
@@ -143,10 +150,7 @@ async fn connection_close_right_after_send_delivers_everything() {
         .await
         .expect("events ended");
     for i in 0..N {
-        other
-            .send(Payload::Binary(message(i)))
-            .await
-            .expect("send");
+        other.send(Payload::Binary(message(i))).await.expect("send");
     }
     a.channel
         .send(Payload::Text("last words".into()))

@@ -221,9 +221,6 @@ async fn hostile_names_land_inside_the_directory_without_overwriting() {
 
 /// Several files over one connection, one after the other.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "peer layer: a channel opened right after another closed can inherit its stream id \
-            and be closed by the old channel's late close (open_channel -> ChannelClosed); \
-            reported to the peer owner"]
 async fn files_in_a_row_on_one_connection() {
     tokio::time::timeout(TEST_TIMEOUT, async {
         let src = tempfile::tempdir().expect("test setup");

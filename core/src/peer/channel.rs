@@ -214,11 +214,17 @@ impl DataChannel {
         self.sender.shared.closed.load(Ordering::Acquire)
     }
 
-    /// Close the channel (both directions). Idempotent; queued messages can still be read.
+    /// Close the channel (both directions). Idempotent; received messages can still be read.
+    ///
+    /// The channel is closing from now on: `send` fails with [`PeerError::ChannelClosed`], but
+    /// what was sent before is still delivered. It closes once SCTP has released all of it
+    /// (acknowledged), or after 10 s or when the connection ends, whichever comes first; the
+    /// other side reads every message, then `recv` gives `None`.
     pub async fn close(&self) {
-        if self.sender.shared.closed.load(Ordering::Acquire) {
+        if self.sender.shared.closed.swap(true, Ordering::AcqRel) {
             return;
         }
+        self.sender.shared.writable.notify_waiters();
         let _ = self.sender.commands.send(Command::CloseChannel {
             channel: self.sender.shared.id,
         });

@@ -52,6 +52,12 @@ const DEFERRED_MAX_BYTES: usize = 4 * 1024 * 1024;
 const EARLY_PACKETS: usize = 32;
 /// Largest message rtc's default SCTP configuration accepts until the remote says otherwise.
 const DEFAULT_MAX_MESSAGE_SIZE: usize = 65536;
+/// How long a closing channel (or connection) waits for what it already sent to be acknowledged
+/// before it closes anyway.
+const CLOSE_FLUSH_TIMEOUT: Duration = Duration::from_secs(10);
+/// How many times a locally opened channel is created again when it closed before it opened
+/// (see [`Driver::reopen`]).
+const OPEN_ATTEMPTS: u32 = 8;
 
 /// What handles ask of the driver.
 #[derive(Debug)]
@@ -88,7 +94,12 @@ struct ChannelSlot {
     overflow: VecDeque<Payload>,
     /// `open_channel` waiting for the channel to open.
     reply: Option<oneshot::Sender<Result<DataChannel, PeerError>>>,
+    /// How many times this channel was created (see [`Driver::reopen`]).
+    open_attempts: u32,
     open: bool,
+    /// The app asked to close: the channel closes once SCTP has released everything it was
+    /// given, or at this deadline.
+    close_by: Option<Instant>,
     closing: bool,
 }
 
@@ -143,6 +154,9 @@ pub(super) struct Driver {
     closed_event_sent: bool,
     /// Run rtc's `handle_timeout` in this turn (see [`Driver::flush`]).
     kick: bool,
+    /// `Connection::close` was asked for: the driver stops once every channel's sent data is
+    /// acknowledged, or at this deadline.
+    close_by: Option<Instant>,
 }
 
 impl std::fmt::Debug for Driver {
@@ -211,6 +225,7 @@ impl Driver {
             stop: None,
             closed_event_sent: false,
             kick: false,
+            close_by: None,
         }
     }
 
@@ -537,10 +552,13 @@ impl Driver {
                 }
             }
             if !progressed {
+                self.update_send_accounting();
+                if self.finish_closes() {
+                    continue;
+                }
                 break;
             }
         }
-        self.update_send_accounting();
         self.check_transport_closed();
     }
 
@@ -639,6 +657,8 @@ impl Driver {
     fn handle_channel_event(&mut self, event: RTCDataChannelEvent) {
         match event {
             RTCDataChannelEvent::OnOpen(id) => self.channel_opened(id),
+            // A channel this side opened may be closed before it opened: see `reopen`.
+            RTCDataChannelEvent::OnClose(id) if self.reopen(id) => {}
             RTCDataChannelEvent::OnClose(id) => self.channel_closed(id, "closed"),
             RTCDataChannelEvent::OnError(id) => tracing::debug!(channel = id, "data channel error"),
             _ => {}
@@ -694,6 +714,55 @@ impl Driver {
         }
     }
 
+    /// A channel this side opened closed before it opened: create it again, up to
+    /// [`OPEN_ATTEMPTS`] times. Returns whether it did.
+    ///
+    /// rtc frees a channel's SCTP stream id as soon as the channel is closed locally, while the
+    /// stream itself stays in the association until the peer answers the reset with its own
+    /// (RFC 8831 §6.7). A channel created in between gets that stream id; its DCEP open is
+    /// refused locally ("stream already exists") and never reaches the peer, and when the
+    /// peer's reset arrives rtc closes whichever channel holds the id by then — the new one.
+    /// That close is exactly the moment the id becomes usable, so creating the channel again
+    /// then succeeds. The peer never saw the failed attempt.
+    fn reopen(&mut self, id: usize) -> bool {
+        let retry = self.channels.get(&id).is_some_and(|s| {
+            s.reply.is_some()
+                && !s.open
+                && !s.closing
+                && s.close_by.is_none()
+                && s.open_attempts < OPEN_ATTEMPTS
+        });
+        if !retry {
+            return false;
+        }
+        let Some(old) = self.channels.remove(&id) else {
+            return false;
+        };
+        let label = old.shared.label.clone();
+        let options = old.shared.options.clone();
+        tracing::debug!(
+            channel = id,
+            %label,
+            attempt = old.open_attempts,
+            "channel closed before it opened (its stream id was still being reset); opening again"
+        );
+        let init = channel_init(&options);
+        let new_id = match self.pc.create_data_channel(&label, Some(init)) {
+            Ok(dc) => dc.id(),
+            Err(e) => {
+                if let Some(reply) = old.reply {
+                    let _ = reply.send(Err(rtc_error(e)));
+                }
+                return true;
+            }
+        };
+        self.add_slot(new_id, label, options, old.reply);
+        if let Some(slot) = self.channels.get_mut(&new_id) {
+            slot.open_attempts = old.open_attempts + 1;
+        }
+        true
+    }
+
     fn channel_closed(&mut self, id: usize, why: &str) {
         let Some(slot) = self.channels.get_mut(&id) else {
             return;
@@ -737,7 +806,9 @@ impl Driver {
                 handed_out: false,
                 overflow: VecDeque::new(),
                 reply,
+                open_attempts: 1,
                 open: false,
+                close_by: None,
                 closing: false,
             },
         );
@@ -933,25 +1004,23 @@ impl Driver {
                     }
                 }
             }
+            // Closing: nothing more is accepted, what was accepted is still delivered; the
+            // channel closes in `finish_closes` once SCTP has released it all.
             Command::CloseChannel { channel } => {
-                if let Some(mut dc) = self.pc.data_channel(channel)
-                    && let Err(e) = dc.close()
+                if let Some(slot) = self.channels.get_mut(&channel)
+                    && !slot.closing
+                    && slot.close_by.is_none()
                 {
-                    tracing::debug!(channel, error = %e, "channel close failed");
+                    slot.shared.mark_closed();
+                    slot.close_by = Some(Instant::now() + CLOSE_FLUSH_TIMEOUT);
                 }
-                self.channel_closed(channel, "closed locally");
             }
             Command::OpenChannel {
                 label,
                 options,
                 reply,
             } => {
-                let init = RTCDataChannelInit {
-                    ordered: options.ordered,
-                    max_retransmits: options.max_retransmits,
-                    max_packet_life_time: options.max_packet_life_time,
-                    ..Default::default()
-                };
+                let init = channel_init(&options);
                 match self.pc.create_data_channel(&label, Some(init)) {
                     Ok(dc) => {
                         let id = dc.id();
@@ -966,9 +1035,65 @@ impl Driver {
                 let stats = collect_stats(&mut self.pc, &self.counters);
                 let _ = reply.send(stats);
             }
-            // `Connection::close` waits for the driver to end (its state sender is dropped).
-            Command::Close => self.stop_with("closed locally"),
+            // `Connection::close` waits for the driver to end (its state sender is dropped);
+            // the driver ends once what was sent is acknowledged (see `finish_closes`).
+            Command::Close => {
+                if self.close_by.is_none() {
+                    tracing::debug!("closing: flushing what the channels hold");
+                    self.close_by = Some(Instant::now() + CLOSE_FLUSH_TIMEOUT);
+                    for slot in self.channels.values() {
+                        slot.shared.mark_closed();
+                    }
+                }
+            }
         }
+    }
+
+    /// Close the channels (and the connection) whose close was asked for, once SCTP has
+    /// released everything they were given or their deadline passed. Returns whether a channel
+    /// was closed (which produces packets: the caller drains again).
+    fn finish_closes(&mut self) -> bool {
+        let now = Instant::now();
+        // Disconnected may come back: keep waiting (bounded by the deadline) unless it ended.
+        let alive = matches!(
+            self.state,
+            ConnectionState::Connected | ConnectionState::Disconnected
+        );
+        let ready: Vec<(usize, bool)> = self
+            .channels
+            .iter()
+            .filter(|(_, s)| !s.closing)
+            .filter_map(|(id, s)| {
+                let deadline = s.close_by?;
+                let timed_out = now >= deadline;
+                (timed_out || !alive || s.shared.buffered() == 0).then_some((*id, timed_out))
+            })
+            .collect();
+        let closed_any = !ready.is_empty();
+        for (id, timed_out) in ready {
+            if timed_out {
+                tracing::debug!(channel = id, "channel close: unacknowledged data given up");
+            }
+            if let Some(mut dc) = self.pc.data_channel(id)
+                && let Err(e) = dc.close()
+            {
+                tracing::debug!(channel = id, error = %e, "channel close failed");
+            }
+            self.channel_closed(id, "closed locally");
+        }
+        if let Some(deadline) = self.close_by {
+            let flushed = self
+                .channels
+                .values()
+                .all(|s| s.closing || s.shared.buffered() == 0);
+            if flushed || now >= deadline || self.ready.is_some() || !alive {
+                if !flushed {
+                    tracing::debug!("connection close: unacknowledged data given up");
+                }
+                self.stop_with("closed locally");
+            }
+        }
+        closed_any
     }
 
     /// Publish how much each channel holds and wake senders below the low-water mark.
@@ -1004,6 +1129,10 @@ impl Driver {
         }
         if self.ready.is_some() {
             deadline = deadline.min(self.connect_deadline);
+        }
+        let closes = self.channels.values().filter_map(|s| s.close_by);
+        for close_by in closes.chain(self.close_by) {
+            deadline = deadline.min(close_by);
         }
         deadline
     }
@@ -1094,6 +1223,15 @@ impl Driver {
             slot.queue.close();
         }
         self.sockets.clear();
+    }
+}
+
+fn channel_init(options: &ChannelOptions) -> RTCDataChannelInit {
+    RTCDataChannelInit {
+        ordered: options.ordered,
+        max_retransmits: options.max_retransmits,
+        max_packet_life_time: options.max_packet_life_time,
+        ..Default::default()
     }
 }
 

@@ -444,6 +444,10 @@ impl Connection {
 
     /// Close channels and the connection, stop the driver, release the sockets. Idempotent;
     /// returns once the driver has stopped.
+    ///
+    /// Sends fail from now on, but what the channels accepted before is still delivered: the
+    /// connection closes once SCTP has acknowledged all of it, after at most 10 s (or at once
+    /// when the connection is not up).
     pub async fn close(&self) {
         let _ = self.commands.send(Command::Close);
         let mut state = self.state.clone();
