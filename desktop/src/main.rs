@@ -1,6 +1,7 @@
 //! `proxim`: the signaling server, the desktop side, the phone side from a computer, and a demo
 //! that runs the whole job in one process.
 
+use std::collections::VecDeque;
 use std::io::Write as _;
 use std::path::{Path, PathBuf};
 
@@ -9,8 +10,10 @@ use clap::{Args, Parser, Subcommand};
 use indicatif::{ProgressBar, ProgressStyle};
 use proxim_core::peer::Payload;
 use proxim_core::{Desktop, DesktopEvent, Event, ProximConfig, pair};
+use proxim_protocol::{PeerDevice, SessionId};
 use sha2::{Digest, Sha256};
 use tokio::io::AsyncBufReadExt;
+use tokio::sync::mpsc;
 
 mod qr;
 
@@ -180,45 +183,56 @@ async fn desktop(args: DesktopArgs) -> Result<()> {
         .with_context(|| format!("creating {}", args.download_dir.display()))?;
     let mut desktop = Desktop::register(config).await?;
     print_code(&args.common.server, desktop.code(), !args.no_qr);
-    let mut stdin = tokio::io::BufReader::new(tokio::io::stdin()).lines();
+    let interactive = !args.accept && !args.reject;
+    let mut answers = read_answers(interactive);
+    // Prompts waiting for the user, oldest first; the question shown is for the first one.
+    let mut pending: VecDeque<(SessionId, PeerDevice)> = VecDeque::new();
     loop {
-        let Some(event) = desktop.next_event().await else {
+        let event = tokio::select! {
+            event = desktop.next_event() => event,
+            answer = answers.recv(), if !pending.is_empty() => {
+                let Some((session, peer)) = pending.pop_front() else { continue };
+                match answer {
+                    Some(answer) if is_yes(&answer) => desktop.accept(&session).await?,
+                    Some(_) => {
+                        desktop.reject(&session).await?;
+                        println!("rejected {}", peer.device_name);
+                    }
+                    None => {
+                        println!("stdin closed: prompts will time out (use --accept or --reject for unattended use)");
+                        pending.clear();
+                    }
+                }
+                ask(pending.front());
+                continue;
+            }
+        };
+        let Some(event) = event else {
             bail!("the signaling connection closed");
         };
         match event {
-            DesktopEvent::Prompt {
-                session,
-                peer,
-                expires_in,
-            } => {
-                if args.accept {
-                    println!("accepting {} ({})", peer.device_name, peer.device_id);
-                    desktop.accept(&session).await?;
-                    continue;
-                }
-                if args.reject {
-                    println!("rejecting {} ({})", peer.device_name, peer.device_id);
-                    desktop.reject(&session).await?;
-                    continue;
-                }
-                print!(
-                    "{} ({}) wants to pair. Accept? [y/N] (expires in {}s) ",
-                    peer.device_name,
-                    peer.device_id,
-                    expires_in.as_secs()
-                );
-                std::io::stdout().flush().ok();
-                let answer = stdin.next_line().await?.unwrap_or_default();
-                if answer.trim().eq_ignore_ascii_case("y")
-                    || answer.trim().eq_ignore_ascii_case("yes")
-                {
-                    desktop.accept(&session).await?;
-                } else {
-                    desktop.reject(&session).await?;
-                    println!("rejected");
+            DesktopEvent::Prompt { session, peer, .. } if args.accept => {
+                println!("accepting {} ({})", peer.device_name, peer.device_id);
+                desktop.accept(&session).await?;
+            }
+            DesktopEvent::Prompt { session, peer, .. } if args.reject => {
+                println!("rejecting {} ({})", peer.device_name, peer.device_id);
+                desktop.reject(&session).await?;
+            }
+            DesktopEvent::Prompt { session, peer, .. } => {
+                pending.push_back((session, peer));
+                if pending.len() == 1 {
+                    ask(pending.front());
                 }
             }
-            DesktopEvent::PromptClosed { outcome, .. } => println!("pairing ended: {outcome:?}"),
+            DesktopEvent::PromptClosed { session, outcome } => {
+                let was_asked = pending.front().is_some_and(|(s, _)| *s == session);
+                pending.retain(|(s, _)| *s != session);
+                println!("\npairing ended: {outcome:?}");
+                if was_asked {
+                    ask(pending.front());
+                }
+            }
             DesktopEvent::Connected(connection) => {
                 println!(
                     "connected to {} in {:?}",
@@ -240,6 +254,37 @@ async fn desktop(args: DesktopArgs) -> Result<()> {
             _ => {}
         }
     }
+}
+
+/// Lines the user types, read off the event loop so prompts can close while the user thinks.
+fn read_answers(interactive: bool) -> mpsc::Receiver<String> {
+    let (tx, rx) = mpsc::channel(4);
+    if interactive {
+        tokio::spawn(async move {
+            let mut lines = tokio::io::BufReader::new(tokio::io::stdin()).lines();
+            while let Ok(Some(line)) = lines.next_line().await {
+                if tx.send(line).await.is_err() {
+                    break;
+                }
+            }
+        });
+    }
+    rx
+}
+
+fn ask(prompt: Option<&(SessionId, PeerDevice)>) {
+    if let Some((_, peer)) = prompt {
+        print!(
+            "{} ({}) wants to pair. Accept? [y/N] ",
+            peer.device_name, peer.device_id
+        );
+        std::io::stdout().flush().ok();
+    }
+}
+
+fn is_yes(answer: &str) -> bool {
+    let answer = answer.trim();
+    answer.eq_ignore_ascii_case("y") || answer.eq_ignore_ascii_case("yes")
 }
 
 /// Print what arrives on a desktop-side connection until it closes.
