@@ -33,7 +33,8 @@ async fn setup(params: Params) -> anyhow::Result<Outcome> {
         while let Some(event) = desktop.next_event().await {
             match event {
                 DesktopEvent::Prompt { session, .. } => {
-                    if desktop.accept(&session).await.is_err() {
+                    let answered = desktop.accept(&session).await;
+                    if answered.is_err() {
                         break;
                     }
                 }

@@ -176,7 +176,6 @@ async fn hostile_names_land_inside_the_directory_without_overwriting() {
         let (_, hidden, _, _) = transfer(&dotted, &dst).await;
 
         // …and a "../../etc/passwd" header from a sender that speaks the protocol by hand.
-        // (One connection per file: see `files_in_a_row_on_one_connection`.)
         let (offerer, mut answerer) = connected_pair().await;
         let receiving = {
             let dst = dst.clone();

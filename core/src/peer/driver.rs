@@ -8,7 +8,7 @@
 
 use std::collections::{HashMap, VecDeque};
 use std::future::poll_fn;
-use std::io;
+use std::io::{self, IoSliceMut};
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
@@ -26,6 +26,7 @@ use rtc::peer_connection::state::RTCPeerConnectionState;
 use rtc::peer_connection::transport::{RTCDtlsTransportState, RTCIceCandidateInit};
 use rtc::sansio::Protocol;
 use rtc::shared::{TaggedBytesMut, TransportContext, TransportProtocol};
+use tokio::io::Interest;
 use tokio::sync::{mpsc, oneshot, watch};
 
 use super::channel::{
@@ -39,12 +40,21 @@ use super::{
 };
 use crate::link::{LinkEvent, SignalLink};
 
-/// Datagrams read from one socket before the outputs are drained.
-const READ_BATCH: usize = 64;
+/// Batched reads (each up to [`RX_BUFFERS`] buffers) from one socket before the outputs are
+/// drained.
+const READ_CALLS: usize = 4;
+/// Buffers per batched read.
+const RX_BUFFERS: usize = if quinn_udp::BATCH_SIZE < 8 {
+    quinn_udp::BATCH_SIZE
+} else {
+    8
+};
+/// One receive buffer: a datagram, or with GRO several coalesced ones.
+const RX_BUFFER: usize = 64 * 1024;
+/// Largest GSO send (a UDP payload over IPv4 is at most 65,507 bytes).
+const MAX_GSO_BYTES: usize = 65_000;
 /// Commands taken from the queue before the outputs are drained.
 const COMMAND_BATCH: usize = 256;
-/// Largest datagram read.
-const MAX_DATAGRAM: usize = 2048;
 /// While a receive queue is full, data packets are held back up to this many bytes; past it the
 /// driver stops reading sockets.
 const DEFERRED_MAX_BYTES: usize = 4 * 1024 * 1024;
@@ -146,7 +156,13 @@ pub(super) struct Driver {
     /// Connectivity checks that arrived before the remote description (the peer's checks can
     /// overtake its answer); replayed once it is set instead of being refused.
     early_packets: Vec<(usize, SocketAddr, BytesMut)>,
-    recv_buf: BytesMut,
+    /// Receive buffers for batched reads, allocated once.
+    rx_area: Vec<u8>,
+    rx_meta: Vec<quinn_udp::RecvMeta>,
+    /// Packets rtc produced in this turn, sent by [`Self::send_outgoing`].
+    outgoing: Vec<TaggedBytesMut>,
+    /// Where a GSO batch is assembled.
+    gso_buf: Vec<u8>,
     counters: Counters,
     max_message_size: usize,
     /// Set once the driver is to stop, with the reason given to the app.
@@ -219,7 +235,10 @@ impl Driver {
             deferred: VecDeque::new(),
             deferred_bytes: 0,
             early_packets: Vec::new(),
-            recv_buf: BytesMut::new(),
+            rx_area: Vec::new(),
+            rx_meta: vec![quinn_udp::RecvMeta::default(); RX_BUFFERS],
+            outgoing: Vec::new(),
+            gso_buf: Vec::new(),
             counters: Counters::default(),
             max_message_size: DEFAULT_MAX_MESSAGE_SIZE,
             stop: None,
@@ -520,7 +539,10 @@ impl Driver {
             let mut progressed = false;
             while let Some(packet) = self.pc.poll_write() {
                 progressed = true;
-                self.transmit(packet).await;
+                self.outgoing.push(packet);
+            }
+            if !self.outgoing.is_empty() {
+                self.send_outgoing().await;
             }
             while let Some(event) = self.pc.poll_event() {
                 progressed = true;
@@ -582,28 +604,57 @@ impl Driver {
         }
     }
 
-    async fn transmit(&mut self, packet: TaggedBytesMut) {
-        let to = packet.transport.peer_addr;
-        let from = packet.transport.local_addr;
-        let Some(socket) = self.sockets.iter().find(|s| s.addr == from) else {
-            tracing::debug!(%from, %to, "packet for an unknown local address dropped");
-            return;
-        };
-        match socket.socket.try_send_to(&packet.message, to) {
-            Ok(_) => {}
-            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
-                // The kernel buffer is full: wait for room (bounded, it drains at line rate).
-                let sent = tokio::time::timeout(
-                    Duration::from_secs(1),
-                    socket.socket.send_to(&packet.message, to),
-                )
-                .await;
-                if !matches!(sent, Ok(Ok(_))) {
-                    tracing::debug!(%to, "packet dropped: socket stayed full");
+    /// Send the packets rtc produced (in [`Self::outgoing`]), in order. Runs of packets on
+    /// the same path with the same size (the last may be shorter) go out as one GSO send where
+    /// the OS has it (one system call for up to 64 KiB), otherwise one by one.
+    async fn send_outgoing(&mut self) {
+        let packets = std::mem::take(&mut self.outgoing);
+        let mut gso = std::mem::take(&mut self.gso_buf);
+        let mut i = 0;
+        while let Some(first) = packets.get(i) {
+            let from = first.transport.local_addr;
+            let to = first.transport.peer_addr;
+            let Some(socket) = self.sockets.iter().find(|s| s.addr == from) else {
+                tracing::debug!(%from, %to, "packet for an unknown local address dropped");
+                i += 1;
+                continue;
+            };
+            let segment = first.message.len();
+            let max_segments = socket.state.max_gso_segments();
+            let mut end = i + 1;
+            let mut total = segment;
+            while let Some(next) = packets.get(end) {
+                let len = next.message.len();
+                if segment == 0
+                    || end - i >= max_segments
+                    || next.transport.local_addr != from
+                    || next.transport.peer_addr != to
+                    || len > segment
+                    || total + len > MAX_GSO_BYTES
+                {
+                    break;
+                }
+                total += len;
+                end += 1;
+                if len < segment {
+                    break;
                 }
             }
-            Err(e) => tracing::debug!(error = %e, %to, "send failed"),
+            let (contents, segment_size): (&[u8], _) = if end - i == 1 {
+                (&first.message, None)
+            } else {
+                gso.clear();
+                for p in &packets[i..end] {
+                    gso.extend_from_slice(&p.message);
+                }
+                (&gso, Some(segment))
+            };
+            send_datagrams(socket, to, contents, segment_size).await;
+            i = end;
         }
+        self.gso_buf = gso;
+        self.outgoing = packets;
+        self.outgoing.clear();
     }
 
     fn handle_rtc_event(&mut self, event: RTCPeerConnectionEvent) {
@@ -899,19 +950,29 @@ impl Driver {
         }
     }
 
+    /// Read what the socket holds: up to [`READ_CALLS`] batched reads (`recvmmsg`, with GRO
+    /// several datagrams per buffer), each datagram handed on as it is split off.
     fn read_batch(&mut self, index: usize) {
         let Some(local) = self.sockets.get(index).map(|s| s.addr) else {
             return;
         };
-        for _ in 0..READ_BATCH {
-            if self.recv_buf.capacity() < MAX_DATAGRAM {
-                // One allocation shared by a batch of datagrams (each is a `split` of it).
-                self.recv_buf = BytesMut::with_capacity(READ_BATCH * MAX_DATAGRAM);
-            }
-            self.recv_buf.resize(MAX_DATAGRAM, 0);
-            let result = self.sockets[index].socket.try_recv_from(&mut self.recv_buf);
-            let (n, from) = match result {
-                Ok(r) => r,
+        let mut area = std::mem::take(&mut self.rx_area);
+        if area.len() < RX_BUFFERS * RX_BUFFER {
+            area = vec![0; RX_BUFFERS * RX_BUFFER];
+        }
+        'calls: for _ in 0..READ_CALLS {
+            let result = {
+                let socket = &self.sockets[index];
+                let mut iovs: Vec<IoSliceMut<'_>> =
+                    area.chunks_mut(RX_BUFFER).map(IoSliceMut::new).collect();
+                socket.socket.try_io(Interest::READABLE, || {
+                    socket
+                        .state
+                        .recv((&socket.socket).into(), &mut iovs, &mut self.rx_meta)
+                })
+            };
+            let received = match result {
+                Ok(n) => n,
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
                 Err(e) => {
                     // ICMP errors (port unreachable) surface here on some systems; not fatal.
@@ -919,34 +980,58 @@ impl Driver {
                     continue;
                 }
             };
-            self.recv_buf.truncate(n);
-            let packet = self.recv_buf.split();
-            let is_stun = rtc::stun::message::is_stun_message(&packet);
-            if is_stun
-                && self
-                    .sources
-                    .iter_mut()
-                    .any(|s| s.handle_packet(local, from, &packet))
-            {
-                continue;
-            }
-            if !self.remote_description_set {
-                if self.early_packets.len() < EARLY_PACKETS {
-                    self.early_packets.push((index, from, packet));
+            for k in 0..received {
+                let meta = self.rx_meta[k];
+                let Some(data) = area.get(k * RX_BUFFER..k * RX_BUFFER + meta.len) else {
+                    continue;
+                };
+                // With GRO one buffer holds several datagrams of `stride` bytes (the last may
+                // be shorter).
+                for datagram in data.chunks(meta.stride.max(1)) {
+                    if !self.take_datagram(index, local, meta.addr, BytesMut::from(datagram)) {
+                        break 'calls;
+                    }
                 }
-                continue;
             }
-            if self.is_stalled() && !is_stun {
-                self.deferred_bytes += packet.len();
-                self.deferred.push_back((index, from, packet));
-                if self.deferred_bytes >= DEFERRED_MAX_BYTES {
-                    break;
-                }
-                continue;
+            if received < RX_BUFFERS {
+                break;
             }
-            self.feed(index, from, packet);
         }
-        self.recv_buf.clear();
+        self.rx_area = area;
+    }
+
+    /// One received datagram: STUN answers for the candidate sources, early checks kept, data
+    /// held back while a receive queue is full, the rest fed to rtc. Returns `false` once the
+    /// held-back data reached its bound (stop reading).
+    fn take_datagram(
+        &mut self,
+        index: usize,
+        local: SocketAddr,
+        from: SocketAddr,
+        packet: BytesMut,
+    ) -> bool {
+        let is_stun = rtc::stun::message::is_stun_message(&packet);
+        if is_stun
+            && self
+                .sources
+                .iter_mut()
+                .any(|s| s.handle_packet(local, from, &packet))
+        {
+            return true;
+        }
+        if !self.remote_description_set {
+            if self.early_packets.len() < EARLY_PACKETS {
+                self.early_packets.push((index, from, packet));
+            }
+            return true;
+        }
+        if self.is_stalled() && !is_stun {
+            self.deferred_bytes += packet.len();
+            self.deferred.push_back((index, from, packet));
+            return self.deferred_bytes < DEFERRED_MAX_BYTES;
+        }
+        self.feed(index, from, packet);
+        true
     }
 
     fn feed(&mut self, index: usize, from: SocketAddr, packet: BytesMut) {
@@ -1203,8 +1288,9 @@ impl Driver {
             tracing::debug!(error = %e, "close failed");
         }
         while let Some(packet) = self.pc.poll_write() {
-            self.transmit(packet).await;
+            self.outgoing.push(packet);
         }
+        self.send_outgoing().await;
         while self.pc.poll_event().is_some() {}
         if let Some(ready) = self.ready.take() {
             let _ = ready.send(Err(PeerError::Closed));
@@ -1263,6 +1349,45 @@ fn poll_readable(
         }
     }
     Poll::Pending
+}
+
+/// One send: a datagram, or with `segment_size` several of that size in one GSO buffer. Waits
+/// (bounded: the buffer drains at line rate) while the kernel buffer is full.
+async fn send_datagrams(
+    socket: &LocalSocket,
+    to: SocketAddr,
+    contents: &[u8],
+    segment_size: Option<usize>,
+) {
+    let transmit = quinn_udp::Transmit {
+        destination: to,
+        ecn: None,
+        contents,
+        segment_size,
+        src_ip: None,
+    };
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(1);
+    loop {
+        let sent = socket.socket.try_io(Interest::WRITABLE, || {
+            socket.state.try_send((&socket.socket).into(), &transmit)
+        });
+        match sent {
+            Ok(()) => return,
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                if tokio::time::timeout_at(deadline, socket.socket.writable())
+                    .await
+                    .is_err()
+                {
+                    tracing::debug!(%to, "packets dropped: socket stayed full");
+                    return;
+                }
+            }
+            Err(e) => {
+                tracing::debug!(error = %e, %to, "send failed");
+                return;
+            }
+        }
+    }
 }
 
 async fn resolved_names(

@@ -28,6 +28,8 @@ pub(super) struct LocalSocket {
     pub(super) addr: SocketAddr,
     /// The socket.
     pub(super) socket: UdpSocket,
+    /// Batched I/O on it: GSO/GRO and `sendmmsg`/`recvmmsg` where the OS has them.
+    pub(super) state: quinn_udp::UdpSocketState,
 }
 
 /// The local IP addresses to bind to: every IPv4 interface address that is up, loopback when
@@ -80,9 +82,11 @@ pub(super) fn bind_udp(ip: IpAddr, buffer_bytes: usize) -> io::Result<LocalSocke
     let std_socket: std::net::UdpSocket = socket.into();
     let addr = std_socket.local_addr()?;
     tracing::debug!(%addr, requested = buffer_bytes, rcvbuf, sndbuf, "udp socket bound");
+    let state = quinn_udp::UdpSocketState::new((&std_socket).into())?;
     Ok(LocalSocket {
         addr,
         socket: UdpSocket::from_std(std_socket)?,
+        state,
     })
 }
 

@@ -30,6 +30,18 @@
 //!   SCTP stops acknowledging, the peer's window closes and its `send` waits. Once the
 //!   application reads, delivery resumes in order. Nothing is dropped; memory stays bounded.
 //!
+//! # Socket I/O
+//! Through `quinn-udp`: reads are batched (`recvmmsg`, and with GRO one buffer holds many
+//! datagrams); the packets one turn produced are sent in order, runs of same-size packets on
+//! one path as a single GSO send where the OS supports it. On loopback this halves the CPU
+//! per byte (most of it was one `sendto`/`recvfrom` per 1200-byte packet).
+//!
+//! # Closing
+//! [`DataChannel::close`] and [`Connection::close`] first let SCTP deliver (get acknowledged)
+//! what was already sent, bounded by 10 s, then close. A channel this side opens while rtc hands
+//! it a stream id whose reset is still in flight is created again once the reset completes (see
+//! `Driver::reopen`): sequential channels on one connection always open.
+//!
 //! # Setup latency
 //! rtc's defaults are tuned down for fast setup: ICE checks every 50 ms (40 attempts), and the
 //! acceptance waits for reflexive/relay pairs are 100 ms/200 ms/500 ms instead of up to 2 s.
