@@ -16,6 +16,7 @@
 #![warn(missing_docs)]
 
 mod client;
+mod clock;
 mod config;
 mod error;
 pub mod link;

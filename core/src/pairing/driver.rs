@@ -5,7 +5,7 @@
 //! the next input or the machine's next timeout.
 
 use std::collections::VecDeque;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use proxim_protocol::{
     AuthPayload, ClientMessage, PairOutcome, PeerDevice, RoutingCode, SessionId,
@@ -16,6 +16,7 @@ use super::desktop::{DesktopPairing, DesktopPairingEvent};
 use super::phone::{PhoneEvent, PhonePairing};
 use super::{PairingError, short};
 use crate::SignalLink;
+use crate::clock::{now, sleep_until};
 use crate::signaling::{SignalingClient, SignalingError, SignalingEvent, SignalingEvents};
 
 /// How long [`DesktopRegistration::register`] waits for the server's `registered`.
@@ -371,16 +372,4 @@ impl DesktopRegistration {
             self.ready.push_back(event);
         }
     }
-}
-
-async fn sleep_until(deadline: Option<Instant>) {
-    match deadline {
-        Some(deadline) => tokio::time::sleep_until(tokio::time::Instant::from_std(deadline)).await,
-        None => std::future::pending().await,
-    }
-}
-
-/// The machines' clock: tokio's, so paused-time tests work.
-fn now() -> Instant {
-    tokio::time::Instant::now().into_std()
 }

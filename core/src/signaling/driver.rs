@@ -7,8 +7,10 @@
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
+
+use crate::clock::{now, sleep_until};
 use std::sync::atomic::Ordering;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use futures_util::{SinkExt, StreamExt};
 use proxim_protocol::{ClientMessage, MAX_FRAME_BYTES, PairOutcome, ServerMessage};
@@ -365,16 +367,4 @@ async fn finish_connecting(connecting: &mut Option<Connecting>) -> Result<Socket
         }
         None => std::future::pending().await,
     }
-}
-
-async fn sleep_until(deadline: Option<Instant>) {
-    match deadline {
-        Some(deadline) => tokio::time::sleep_until(tokio::time::Instant::from_std(deadline)).await,
-        None => std::future::pending().await,
-    }
-}
-
-/// The machine's clock: tokio's, so paused-time tests work.
-fn now() -> Instant {
-    tokio::time::Instant::now().into_std()
 }
