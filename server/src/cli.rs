@@ -9,6 +9,13 @@
 //! turn_urls = "turn:relay.example.net:3478"
 //! turn_username = "proxim"
 //! turn_password = "…"
+//! # or, instead of turn_username/turn_password (coturn use-auth-secret):
+//! # turn_secret = "…"
+//! # turn_ttl = "86400s"
+//! # turn_realm = "proxim.example.net"
+//! stun_bind = "0.0.0.0:3478"   # the embedded STUN responder
+//! no_stun = false
+//! public_host = "proxim.example.net"
 //! heartbeat_interval = "15s"
 //! heartbeat_timeout = "45s"
 //! prompt_timeout = "60s"
@@ -21,10 +28,12 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
-use crate::config::{ConfigError, IceConfig, ServerConfig, parse_duration, split_list};
+use crate::config::{
+    ConfigError, DEFAULT_STUN_BIND, IceConfig, ServerConfig, TurnAuth, parse_duration, split_list,
+};
 
-/// Arguments of the `serve` command.
-#[derive(Debug, Clone, Default, clap::Args)]
+/// Arguments of the `serve` command. `Debug` hides the TURN password and secret.
+#[derive(Clone, Default, clap::Args)]
 pub struct ServeArgs {
     /// Address to listen on [default: 0.0.0.0:8787].
     #[arg(long, env = "PROXIM_BIND", value_name = "ADDR")]
@@ -46,6 +55,33 @@ pub struct ServeArgs {
         hide_env_values = true
     )]
     pub turn_password: Option<String>,
+    /// TURN REST shared secret (coturn `use-auth-secret` / `static-auth-secret`): each client
+    /// gets its own time-limited credentials. Excludes a TURN username and password. Never
+    /// logged.
+    #[arg(
+        long,
+        env = "TURN_SECRET",
+        value_name = "SECRET",
+        hide_env_values = true
+    )]
+    pub turn_secret: Option<String>,
+    /// How long minted TURN credentials stay valid, e.g. `86400` or `90m` [default: 86400s].
+    #[arg(long, env = "TURN_TTL", value_name = "DURATION", value_parser = parse_duration)]
+    pub turn_ttl: Option<Duration>,
+    /// The TURN relay's realm (informational: shown in /api/config).
+    #[arg(long, env = "TURN_REALM", value_name = "REALM")]
+    pub turn_realm: Option<String>,
+    /// UDP address of the embedded STUN responder [default: 0.0.0.0:3478].
+    #[arg(long, env = "PROXIM_STUN_BIND", value_name = "ADDR")]
+    pub stun_bind: Option<SocketAddr>,
+    /// Do not run the embedded STUN responder (wins over --stun-bind).
+    #[arg(long, env = "PROXIM_NO_STUN")]
+    pub no_stun: bool,
+    /// Host name or address clients reach this server at, advertised in the embedded STUN
+    /// responder's `stun:` URL [default: the STUN bind address, or the WebSocket's Host
+    /// header when that is 0.0.0.0/::].
+    #[arg(long, env = "PROXIM_PUBLIC_HOST", value_name = "HOST")]
+    pub public_host: Option<String>,
     /// TOML file with the same settings (flags and environment variables win).
     #[arg(long, value_name = "FILE")]
     pub config: Option<PathBuf>,
@@ -62,6 +98,30 @@ pub struct ServeArgs {
     /// [default: 256].
     #[arg(long, value_name = "MESSAGES")]
     pub send_queue: Option<usize>,
+}
+
+impl std::fmt::Debug for ServeArgs {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let hide = |v: &Option<String>| v.as_ref().map(|_| crate::config::REDACTED);
+        f.debug_struct("ServeArgs")
+            .field("bind", &self.bind)
+            .field("stun_urls", &self.stun_urls)
+            .field("turn_urls", &self.turn_urls)
+            .field("turn_username", &self.turn_username)
+            .field("turn_password", &hide(&self.turn_password))
+            .field("turn_secret", &hide(&self.turn_secret))
+            .field("turn_ttl", &self.turn_ttl)
+            .field("turn_realm", &self.turn_realm)
+            .field("stun_bind", &self.stun_bind)
+            .field("no_stun", &self.no_stun)
+            .field("public_host", &self.public_host)
+            .field("config", &self.config)
+            .field("heartbeat_interval", &self.heartbeat_interval)
+            .field("heartbeat_timeout", &self.heartbeat_timeout)
+            .field("prompt_timeout", &self.prompt_timeout)
+            .field("send_queue", &self.send_queue)
+            .finish()
+    }
 }
 
 impl ServeArgs {
@@ -83,14 +143,32 @@ impl ServeArgs {
             .map(|s| split_list(&s))
             .or(file.turn_urls.map(UrlList::into_vec))
             .unwrap_or_default();
-        let ice = IceConfig::new(
-            &stun,
-            &turn,
-            self.turn_username.or(file.turn_username),
-            self.turn_password.or(file.turn_password),
-        )?;
         let file_duration = |what: &'static str, value: Option<DurationValue>| {
             value.map(|v| v.into_duration(what)).transpose()
+        };
+        let turn_ttl = match self.turn_ttl {
+            Some(d) => Some(d),
+            None => file_duration("turn_ttl", file.turn_ttl)?,
+        };
+        let ice = IceConfig::with_turn_auth(
+            &stun,
+            &turn,
+            TurnAuth {
+                username: self.turn_username.or(file.turn_username),
+                password: self.turn_password.or(file.turn_password),
+                secret: self.turn_secret.or(file.turn_secret),
+                ttl: turn_ttl,
+                realm: self.turn_realm.or(file.turn_realm),
+            },
+        )?;
+        let stun_responder = if self.no_stun || file.no_stun == Some(true) {
+            None
+        } else {
+            Some(
+                self.stun_bind
+                    .or(file.stun_bind)
+                    .unwrap_or(DEFAULT_STUN_BIND),
+            )
         };
         let config = ServerConfig {
             bind: self.bind.or(file.bind).unwrap_or(defaults.bind),
@@ -114,6 +192,8 @@ impl ServeArgs {
                 .send_queue
                 .or(file.send_queue)
                 .unwrap_or(defaults.send_queue_capacity),
+            stun: stun_responder,
+            public_host: self.public_host.or(file.public_host),
             ..defaults
         };
         config.validate()?;
@@ -130,6 +210,12 @@ struct FileConfig {
     turn_urls: Option<UrlList>,
     turn_username: Option<String>,
     turn_password: Option<String>,
+    turn_secret: Option<String>,
+    turn_ttl: Option<DurationValue>,
+    turn_realm: Option<String>,
+    stun_bind: Option<SocketAddr>,
+    no_stun: Option<bool>,
+    public_host: Option<String>,
     heartbeat_interval: Option<DurationValue>,
     heartbeat_timeout: Option<DurationValue>,
     prompt_timeout: Option<DurationValue>,
@@ -296,6 +382,109 @@ prompt_timeout = "2m"
         assert!(matches!(err, ConfigError::ParseFile { .. }), "{err}");
         assert!(err.to_string().contains("unknown_key"), "{err}");
         std::fs::remove_dir_all(&dir).ok();
+    }
+
+    #[test]
+    fn stun_responder_is_on_by_default_and_can_be_moved_or_turned_off() {
+        let config = parse(&[]).into_config().unwrap();
+        assert_eq!(config.stun, Some(DEFAULT_STUN_BIND));
+        assert_eq!(config.public_host, None);
+        let config = parse(&[
+            "--stun-bind",
+            "127.0.0.1:3479",
+            "--public-host",
+            "198.18.0.9",
+        ])
+        .into_config()
+        .unwrap();
+        assert_eq!(config.stun, Some("127.0.0.1:3479".parse().unwrap()));
+        assert_eq!(config.public_host.as_deref(), Some("198.18.0.9"));
+        let config = parse(&["--no-stun", "--stun-bind", "127.0.0.1:3479"])
+            .into_config()
+            .unwrap();
+        assert_eq!(config.stun, None);
+        let err = parse(&["--public-host", "not a host"])
+            .into_config()
+            .unwrap_err();
+        assert!(err.to_string().contains("not a host"), "{err}");
+    }
+
+    #[test]
+    fn turn_secret_flags_and_their_mistakes() {
+        let config = parse(&[
+            "--turn-urls",
+            "turn:198.18.0.2",
+            "--turn-secret",
+            "shh",
+            "--turn-ttl",
+            "90m",
+            "--turn-realm",
+            "relay.example",
+        ])
+        .into_config()
+        .unwrap();
+        assert_eq!(config.ice.turn_credentials_kind(), Some("rest"));
+        let json = config.ice.redacted_json().to_string();
+        assert!(json.contains("\"ttl_s\":5400"), "{json}");
+        assert!(json.contains("relay.example"), "{json}");
+        assert!(!json.contains("shh"), "{json}");
+
+        let err = parse(&[
+            "--turn-urls",
+            "turn:198.18.0.2",
+            "--turn-secret",
+            "shh",
+            "--turn-username",
+            "u",
+        ])
+        .into_config()
+        .unwrap_err();
+        assert!(
+            matches!(err, ConfigError::ConflictingTurnCredentials),
+            "{err}"
+        );
+        let err = parse(&[
+            "--turn-urls",
+            "turn:198.18.0.2",
+            "--turn-secret",
+            "shh",
+            "--turn-ttl",
+            "0",
+        ])
+        .into_config()
+        .unwrap_err();
+        assert!(err.to_string().contains("TURN_TTL"), "{err}");
+        let err = parse(&["--turn-urls", "turn:198.18.0.2", "--turn-secret", " "])
+            .into_config()
+            .unwrap_err();
+        assert!(
+            err.to_string().contains("TURN_SECRET: it is set but empty"),
+            "{err}"
+        );
+        let args = parse(&[
+            "--turn-secret",
+            "shh-secret",
+            "--turn-password",
+            "pw-secret",
+        ]);
+        let debug = format!("{args:?}");
+        assert!(
+            !debug.contains("shh-secret") && !debug.contains("pw-secret"),
+            "{debug}"
+        );
+    }
+
+    #[test]
+    fn file_turn_secret_and_stun_keys() {
+        let f = FileConfig::parse(
+            "turn_secret = \"s\"\nturn_ttl = 600\nturn_realm = \"r\"\nstun_bind = \"127.0.0.1:1\"\nno_stun = true\npublic_host = \"h\"",
+        )
+        .unwrap();
+        assert_eq!(f.turn_secret.as_deref(), Some("s"));
+        assert_eq!(f.no_stun, Some(true));
+        assert_eq!(f.stun_bind, Some("127.0.0.1:1".parse().unwrap()));
+        assert_eq!(f.public_host.as_deref(), Some("h"));
+        assert!(f.turn_ttl.is_some() && f.turn_realm.is_some());
     }
 
     #[test]

@@ -5,7 +5,10 @@
 
 use std::fmt;
 use std::net::{Ipv4Addr, SocketAddr};
-use std::time::Duration;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use base64::Engine as _;
+use hmac::{Hmac, Mac};
 
 use proxim_protocol::ice::{IceScheme, IceUrl};
 use proxim_protocol::{ConnectionId, IceServer, MAX_FRAME_BYTES};
@@ -35,6 +38,15 @@ pub struct ServerConfig {
     pub max_frame_bytes: usize,
     /// How long [`crate::RunningServer::shutdown`] waits for connections to close. Default 5 s.
     pub shutdown_grace: Duration,
+    /// Where the embedded STUN responder listens (UDP); `None` turns it off. Off in
+    /// [`ServerConfig::default`] and [`ServerConfig::loopback`]; `proxim serve` turns it on at
+    /// [`DEFAULT_STUN_BIND`] unless given `--no-stun`.
+    pub stun: Option<SocketAddr>,
+    /// The host name or address clients can reach this server's STUN responder at, used in
+    /// the `stun:` URL advertised in `welcome`. When `None`, the responder's bind address is
+    /// used, or, when that is unspecified (`0.0.0.0`, `::`), the host the client used to reach
+    /// the WebSocket (its HTTP `Host` header).
+    pub public_host: Option<String>,
 }
 
 impl Default for ServerConfig {
@@ -51,12 +63,21 @@ impl Default for ServerConfig {
             code_reservation: Duration::from_secs(5 * 60),
             max_frame_bytes: MAX_FRAME_BYTES,
             shutdown_grace: Duration::from_secs(5),
+            stun: None,
+            public_host: None,
         }
     }
 }
 
 /// The port the server listens on unless told otherwise.
 pub const DEFAULT_PORT: u16 = 8787;
+
+/// Where `proxim serve` runs the embedded STUN responder unless told otherwise.
+pub const DEFAULT_STUN_BIND: SocketAddr =
+    SocketAddr::new(std::net::IpAddr::V4(Ipv4Addr::UNSPECIFIED), 3478);
+
+/// How long minted TURN REST credentials stay valid unless told otherwise: one day.
+pub const DEFAULT_TURN_TTL: Duration = Duration::from_secs(86_400);
 
 impl ServerConfig {
     /// The defaults, but listening on `127.0.0.1` on a free port: for tests and the demo.
@@ -103,8 +124,36 @@ impl ServerConfig {
                 ),
             );
         }
+        if let Some(host) = &self.public_host {
+            stun_url_for_host(host, 3478).ok_or_else(|| ConfigError::Invalid {
+                what: "public host (--public-host / PROXIM_PUBLIC_HOST)",
+                why: format!("`{host}` is not a host name or IP address"),
+            })?;
+        }
         Ok(())
     }
+}
+
+/// The `stun:` URL for `host` (a name, an IPv4 address, or an IPv6 address with or without
+/// brackets) and `port`; `None` when `host` is not a usable host.
+pub(crate) fn stun_url_for_host(host: &str, port: u16) -> Option<IceUrl> {
+    let host = host.trim();
+    if host.is_empty() {
+        return None;
+    }
+    let url = if host.contains(':') && !host.starts_with('[') {
+        host.parse::<std::net::Ipv6Addr>().ok()?;
+        format!("stun:[{host}]:{port}")
+    } else if let Some(inner) = host.strip_prefix('[') {
+        inner
+            .strip_suffix(']')?
+            .parse::<std::net::Ipv6Addr>()
+            .ok()?;
+        format!("stun:{host}:{port}")
+    } else {
+        format!("stun:{host}:{port}")
+    };
+    IceUrl::parse(&url).ok()
 }
 
 /// Why a configuration is refused.
@@ -129,12 +178,22 @@ pub enum ConfigError {
         /// What the list accepts (`stun:/stuns:` or `turn:/turns:`).
         expected: &'static str,
     },
-    /// TURN URLs were given without both a username and a password.
-    #[error("TURN_URLS are set but {missing} is missing: a TURN relay needs credentials")]
+    /// TURN URLs were given without credentials (a username and a password, or a secret).
+    #[error(
+        "TURN_URLS are set but {missing} is missing: a TURN relay needs credentials \
+         (TURN_USERNAME and TURN_PASSWORD, or TURN_SECRET for coturn's use-auth-secret)"
+    )]
     TurnWithoutCredentials {
         /// Which of `TURN_USERNAME`/`TURN_PASSWORD` is missing.
         missing: &'static str,
     },
+    /// Both a TURN REST secret and a static TURN username or password were given.
+    #[error(
+        "TURN_SECRET cannot be combined with TURN_USERNAME/TURN_PASSWORD: the relay either \
+         checks time-limited credentials minted from the shared secret (coturn use-auth-secret) \
+         or static long-term users, not both; unset one of them"
+    )]
+    ConflictingTurnCredentials,
     /// A setting has a bad value.
     #[error("invalid {what}: {why}")]
     Invalid {
@@ -168,11 +227,12 @@ pub enum ConfigError {
 /// The ICE servers the server hands to its clients.
 ///
 /// Built once at startup from validated URLs. Clients get their list from
-/// [`IceConfig::ice_servers_for`], called at every `welcome`: today that is the same list for
-/// everyone, but the per-connection call is where TURN REST credentials (`TURN_SECRET`, an
-/// HMAC over an expiring username) will be minted for each client.
+/// [`IceConfig::ice_servers_at`], called at every `welcome`: with static TURN credentials that
+/// is the same list for everyone; with a TURN REST secret (`TURN_SECRET`, coturn's
+/// `use-auth-secret`) each client gets a fresh username `<unix expiry>:<connection id>` and the
+/// password `base64(HMAC-SHA1(secret, username))`.
 ///
-/// `Debug` never shows the TURN password.
+/// `Debug` never shows the TURN password or secret.
 #[derive(Clone, PartialEq, Eq)]
 pub struct IceConfig {
     stun: Vec<IceUrl>,
@@ -191,8 +251,45 @@ struct TurnConfig {
 enum TurnCredentials {
     /// One long-term username and password shared by every client.
     Static { username: String, password: String },
-    // A later issue adds `Rest { secret, ttl }`: per-client `<expiry>:<connection id>` usernames
-    // with `base64(HMAC-SHA1(secret, username))` passwords, minted in `ice_servers_for`.
+    /// TURN REST credentials: per-client `<expiry>:<connection id>` usernames with
+    /// `base64(HMAC-SHA1(secret, username))` passwords, valid for `ttl`.
+    Rest {
+        secret: String,
+        ttl: Duration,
+        realm: Option<String>,
+    },
+}
+
+/// The TURN credential settings, as given (environment, flags or file), before validation.
+///
+/// Either `username` and `password` (static long-term credentials), or `secret` (TURN REST
+/// credentials; coturn `use-auth-secret` with the same `static-auth-secret`). `Debug` never
+/// shows the password or the secret.
+#[derive(Clone, Default)]
+pub struct TurnAuth {
+    /// `TURN_USERNAME`.
+    pub username: Option<String>,
+    /// `TURN_PASSWORD`.
+    pub password: Option<String>,
+    /// `TURN_SECRET`.
+    pub secret: Option<String>,
+    /// `TURN_TTL`: how long minted credentials stay valid (default [`DEFAULT_TURN_TTL`]).
+    pub ttl: Option<Duration>,
+    /// `TURN_REALM`: the relay's realm, shown in monitoring and logs.
+    pub realm: Option<String>,
+}
+
+impl fmt::Debug for TurnAuth {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let hide = |v: &Option<String>| v.as_ref().map(|_| REDACTED);
+        f.debug_struct("TurnAuth")
+            .field("username", &self.username)
+            .field("password", &hide(&self.password))
+            .field("secret", &hide(&self.secret))
+            .field("ttl", &self.ttl)
+            .field("realm", &self.realm)
+            .finish()
+    }
 }
 
 /// The placeholder shown instead of a secret.
@@ -223,6 +320,24 @@ impl IceConfig {
         turn_username: Option<String>,
         turn_password: Option<String>,
     ) -> Result<Self, ConfigError> {
+        let auth = TurnAuth {
+            username: turn_username,
+            password: turn_password,
+            ..TurnAuth::default()
+        };
+        Self::with_turn_auth(stun_urls, turn_urls, auth)
+    }
+
+    /// Build from URL lists and TURN credential settings, static or REST.
+    ///
+    /// As [`IceConfig::new`], and: a secret excludes a username or password
+    /// ([`ConfigError::ConflictingTurnCredentials`]); a secret that is set must not be blank; a
+    /// TTL must be more than zero.
+    pub fn with_turn_auth<S: AsRef<str>, T: AsRef<str>>(
+        stun_urls: &[S],
+        turn_urls: &[T],
+        auth: TurnAuth,
+    ) -> Result<Self, ConfigError> {
         let stun = parse_list(
             STUN_URLS,
             stun_urls.iter().map(AsRef::as_ref),
@@ -235,25 +350,66 @@ impl IceConfig {
             true,
             "turn:/turns:",
         )?;
+        let TurnAuth {
+            username,
+            password,
+            secret,
+            ttl,
+            realm,
+        } = auth;
+        let ttl = ttl.unwrap_or(DEFAULT_TURN_TTL);
+        if ttl.as_secs() == 0 {
+            return Err(ConfigError::Invalid {
+                what: TURN_TTL,
+                why: format!(
+                    "{ttl:?} is too short: minted TURN credentials must stay valid for at least \
+                     one second (default {}s)",
+                    DEFAULT_TURN_TTL.as_secs()
+                ),
+            });
+        }
+        let (username, password) = (non_blank(username), non_blank(password));
+        if let Some(secret) = &secret {
+            if secret.trim().is_empty() {
+                return Err(ConfigError::Invalid {
+                    what: TURN_SECRET,
+                    why: "it is set but empty: give the relay's static-auth-secret, or unset it"
+                        .into(),
+                });
+            }
+            if username.is_some() || password.is_some() {
+                return Err(ConfigError::ConflictingTurnCredentials);
+            }
+        }
         let turn = if turn_urls.is_empty() {
             None
         } else {
-            let username = non_blank(turn_username).ok_or(ConfigError::TurnWithoutCredentials {
-                missing: TURN_USERNAME,
-            })?;
-            let password = non_blank(turn_password).ok_or(ConfigError::TurnWithoutCredentials {
-                missing: TURN_PASSWORD,
-            })?;
+            let credentials = match secret {
+                Some(secret) => TurnCredentials::Rest {
+                    secret,
+                    ttl,
+                    realm: non_blank(realm),
+                },
+                None => TurnCredentials::Static {
+                    username: username.ok_or(ConfigError::TurnWithoutCredentials {
+                        missing: TURN_USERNAME,
+                    })?,
+                    password: password.ok_or(ConfigError::TurnWithoutCredentials {
+                        missing: TURN_PASSWORD,
+                    })?,
+                },
+            };
             Some(TurnConfig {
                 urls: turn_urls,
-                credentials: TurnCredentials::Static { username, password },
+                credentials,
             })
         };
         Ok(IceConfig { stun, turn })
     }
 
-    /// Read `STUN_URLS`, `TURN_URLS` (comma-separated), `TURN_USERNAME` and `TURN_PASSWORD`
-    /// from the process environment.
+    /// Read `STUN_URLS`, `TURN_URLS` (comma-separated), `TURN_USERNAME`, `TURN_PASSWORD`,
+    /// `TURN_SECRET`, `TURN_TTL` (e.g. `86400` or `90m`) and `TURN_REALM` from the process
+    /// environment.
     pub fn from_env() -> Result<Self, ConfigError> {
         Self::from_lookup(|name| std::env::var(name).ok())
     }
@@ -263,32 +419,79 @@ impl IceConfig {
     pub fn from_lookup(lookup: impl Fn(&str) -> Option<String>) -> Result<Self, ConfigError> {
         let stun = split_list(lookup(STUN_URLS).as_deref().unwrap_or(""));
         let turn = split_list(lookup(TURN_URLS).as_deref().unwrap_or(""));
-        Self::new(&stun, &turn, lookup(TURN_USERNAME), lookup(TURN_PASSWORD))
+        let ttl = match lookup(TURN_TTL).filter(|t| !t.trim().is_empty()) {
+            Some(text) => Some(parse_duration(&text).map_err(|why| ConfigError::Invalid {
+                what: TURN_TTL,
+                why,
+            })?),
+            None => None,
+        };
+        let auth = TurnAuth {
+            username: lookup(TURN_USERNAME),
+            password: lookup(TURN_PASSWORD),
+            secret: lookup(TURN_SECRET),
+            ttl,
+            realm: lookup(TURN_REALM),
+        };
+        Self::with_turn_auth(&stun, &turn, auth)
     }
 
-    /// The ICE servers for one client, sent in its `welcome`: one entry for all STUN URLs and
-    /// one for the TURN URLs with their credentials. Empty when nothing is configured.
+    /// The ICE servers for one client at the current wall-clock time; see
+    /// [`IceConfig::ice_servers_at`].
     pub fn ice_servers_for(&self, connection_id: &ConnectionId) -> Vec<IceServer> {
-        // Static credentials are the same for everyone; per-client REST credentials will use
-        // the connection id here.
-        let _ = connection_id;
+        self.ice_servers_at(connection_id, SystemTime::now(), None)
+    }
+
+    /// The ICE servers for one client, sent in its `welcome`: one entry for the STUN URLs
+    /// (`embedded_stun`, this server's own responder, first) and one for the TURN URLs with
+    /// their credentials. Empty when nothing is configured.
+    ///
+    /// With a TURN secret the credentials are minted here: username
+    /// `<now + ttl as unix seconds>:<connection id>`, password
+    /// `base64(HMAC-SHA1(secret, username))`.
+    pub fn ice_servers_at(
+        &self,
+        connection_id: &ConnectionId,
+        now: SystemTime,
+        embedded_stun: Option<&IceUrl>,
+    ) -> Vec<IceServer> {
         let mut servers = Vec::with_capacity(2);
-        if !self.stun.is_empty() {
+        let stun: Vec<String> = embedded_stun
+            .into_iter()
+            .chain(self.stun.iter().filter(|u| Some(*u) != embedded_stun))
+            .map(ToString::to_string)
+            .collect();
+        if !stun.is_empty() {
             servers.push(IceServer {
-                urls: self.stun.iter().map(ToString::to_string).collect(),
+                urls: stun,
                 username: None,
                 credential: None,
             });
         }
         if let Some(turn) = &self.turn {
-            let TurnCredentials::Static { username, password } = &turn.credentials;
+            let (username, credential) = match &turn.credentials {
+                TurnCredentials::Static { username, password } => {
+                    (username.clone(), password.clone())
+                }
+                TurnCredentials::Rest { secret, ttl, .. } => {
+                    mint_turn_credentials(secret, *ttl, connection_id.as_str(), now)
+                }
+            };
             servers.push(IceServer {
                 urls: turn.urls.iter().map(ToString::to_string).collect(),
-                username: Some(username.clone()),
-                credential: Some(password.clone()),
+                username: Some(username),
+                credential: Some(credential),
             });
         }
         servers
+    }
+
+    /// `"rest"`, `"static"`, or `None` without TURN.
+    pub fn turn_credentials_kind(&self) -> Option<&'static str> {
+        self.turn.as_ref().map(|t| match t.credentials {
+            TurnCredentials::Static { .. } => "static",
+            TurnCredentials::Rest { .. } => "rest",
+        })
     }
 
     /// The STUN URLs.
@@ -312,6 +515,18 @@ impl IceConfig {
         if self.turn.is_none() {
             tracing::warn!("no TURN relay configured: peers behind symmetric NAT will not connect");
         }
+        if let Some(TurnConfig {
+            credentials: TurnCredentials::Rest { secret, .. },
+            ..
+        }) = &self.turn
+            && secret.len() < 16
+        {
+            tracing::warn!(
+                secret_len = secret.len(),
+                "TURN_SECRET is short: anyone who guesses it can mint relay credentials; use \
+                 at least 32 random characters (e.g. `openssl rand -hex 32`)"
+            );
+        }
         if self.stun.is_empty() && self.turn.is_none() {
             tracing::warn!(
                 "no STUN server configured either: clients get an empty ICE server list and \
@@ -321,6 +536,7 @@ impl IceConfig {
         tracing::info!(
             stun = ?self.stun_urls().iter().map(ToString::to_string).collect::<Vec<_>>(),
             turn = ?self.turn_urls().iter().map(ToString::to_string).collect::<Vec<_>>(),
+            turn_credentials = self.turn_credentials_kind().unwrap_or("none"),
             "ICE servers"
         );
     }
@@ -329,13 +545,26 @@ impl IceConfig {
     /// [`REDACTED`].
     pub fn redacted_json(&self) -> serde_json::Value {
         let turn = self.turn.as_ref().map(|turn| {
-            let TurnCredentials::Static { username, .. } = &turn.credentials;
-            serde_json::json!({
-                "urls": turn.urls.iter().map(ToString::to_string).collect::<Vec<_>>(),
-                "credentials": "static",
-                "username": username,
-                "password": REDACTED,
-            })
+            let urls = turn
+                .urls
+                .iter()
+                .map(ToString::to_string)
+                .collect::<Vec<_>>();
+            match &turn.credentials {
+                TurnCredentials::Static { username, .. } => serde_json::json!({
+                    "urls": urls,
+                    "credentials": "static",
+                    "username": username,
+                    "password": REDACTED,
+                }),
+                TurnCredentials::Rest { ttl, realm, .. } => serde_json::json!({
+                    "urls": urls,
+                    "credentials": "rest",
+                    "secret": REDACTED,
+                    "ttl_s": ttl.as_secs(),
+                    "realm": realm,
+                }),
+            }
         });
         serde_json::json!({
             "stun_urls": self.stun.iter().map(ToString::to_string).collect::<Vec<_>>(),
@@ -362,19 +591,25 @@ impl fmt::Debug for IceConfig {
 
 impl fmt::Debug for TurnConfig {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let TurnCredentials::Static { username, .. } = &self.credentials;
-        f.debug_struct("TurnConfig")
-            .field(
-                "urls",
-                &self
-                    .urls
-                    .iter()
-                    .map(ToString::to_string)
-                    .collect::<Vec<_>>(),
-            )
-            .field("username", username)
-            .field("password", &REDACTED)
-            .finish()
+        let mut d = f.debug_struct("TurnConfig");
+        d.field(
+            "urls",
+            &self
+                .urls
+                .iter()
+                .map(ToString::to_string)
+                .collect::<Vec<_>>(),
+        );
+        match &self.credentials {
+            TurnCredentials::Static { username, .. } => {
+                d.field("username", username).field("password", &REDACTED)
+            }
+            TurnCredentials::Rest { ttl, realm, .. } => d
+                .field("secret", &REDACTED)
+                .field("ttl", ttl)
+                .field("realm", realm),
+        };
+        d.finish()
     }
 }
 
@@ -386,6 +621,39 @@ pub const TURN_URLS: &str = "TURN_URLS";
 pub const TURN_USERNAME: &str = "TURN_USERNAME";
 /// Environment variable: TURN password.
 pub const TURN_PASSWORD: &str = "TURN_PASSWORD";
+/// Environment variable: TURN REST shared secret (coturn `static-auth-secret`).
+pub const TURN_SECRET: &str = "TURN_SECRET";
+/// Environment variable: lifetime of minted TURN REST credentials (seconds, or `90m`).
+pub const TURN_TTL: &str = "TURN_TTL";
+/// Environment variable: TURN realm (informational).
+pub const TURN_REALM: &str = "TURN_REALM";
+
+/// Mint TURN REST credentials (draft-uberti-behave-turn-rest, coturn `use-auth-secret`):
+/// username `<expiry>:<user>` with expiry = `now + ttl` in unix seconds, password
+/// `base64(HMAC-SHA1(secret, username))` with standard padded base64.
+pub fn mint_turn_credentials(
+    secret: &str,
+    ttl: Duration,
+    user: &str,
+    now: SystemTime,
+) -> (String, String) {
+    let now_s = now.duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs());
+    let expiry = now_s.saturating_add(ttl.as_secs());
+    let username = format!("{expiry}:{user}");
+    let password = turn_rest_password(secret, &username);
+    (username, password)
+}
+
+/// `base64(HMAC-SHA1(secret, username))`.
+fn turn_rest_password(secret: &str, username: &str) -> String {
+    // HMAC accepts keys of any length, so `new_from_slice` cannot fail.
+    let mut mac = match Hmac::<sha1::Sha1>::new_from_slice(secret.as_bytes()) {
+        Ok(mac) => mac,
+        Err(_) => unreachable!("HMAC takes keys of any length"),
+    };
+    mac.update(username.as_bytes());
+    base64::engine::general_purpose::STANDARD.encode(mac.finalize().into_bytes())
+}
 
 /// Split a comma-separated list, trimming entries and dropping blank ones.
 pub(crate) fn split_list(list: &str) -> Vec<String> {
@@ -630,6 +898,169 @@ mod tests {
             ..ServerConfig::loopback()
         };
         assert!(!format!("{config:?}").contains("s3cret"));
+    }
+
+    fn rest_env() -> Vec<(&'static str, &'static str)> {
+        vec![
+            ("TURN_URLS", "turn:198.18.0.2"),
+            ("TURN_SECRET", "proxim-test-secret"),
+        ]
+    }
+
+    #[test]
+    fn turn_rest_password_matches_an_independent_hmac() {
+        // Computed with Python's hmac module:
+        // base64.b64encode(hmac.new(b'proxim-test-secret',
+        //     b'1700086400:0123456789abcdef0123456789abcdef', hashlib.sha1).digest())
+        let now = UNIX_EPOCH + Duration::from_secs(1_700_000_000);
+        let (username, password) = mint_turn_credentials(
+            "proxim-test-secret",
+            Duration::from_secs(86_400),
+            "0123456789abcdef0123456789abcdef",
+            now,
+        );
+        assert_eq!(username, "1700086400:0123456789abcdef0123456789abcdef");
+        assert_eq!(password, "1+/ku5Y4B+PnW0Adiczb1LTBLis=");
+        // RFC 2202 test case 2 for HMAC-SHA1: key "Jefe", data "what do ya want for nothing?",
+        // digest effcdf6ae5eb2fa2d27416d5f184df9c259a7c79.
+        assert_eq!(
+            turn_rest_password("Jefe", "what do ya want for nothing?"),
+            "7/zfauXrL6LSdBbV8YTfnCWafHk="
+        );
+    }
+
+    #[test]
+    fn rest_credentials_are_minted_per_client_with_expiry_now_plus_ttl() {
+        let mut vars = rest_env();
+        vars.push(("TURN_TTL", "600"));
+        vars.push(("STUN_URLS", "stun:198.18.0.1"));
+        let ice = IceConfig::from_lookup(env(&vars)).unwrap();
+        assert_eq!(ice.turn_credentials_kind(), Some("rest"));
+        let now = UNIX_EPOCH + Duration::from_secs(1_000);
+        let servers = ice.ice_servers_at(&id(), now, None);
+        assert_eq!(servers.len(), 2);
+        let turn = &servers[1];
+        let username = turn.username.as_deref().unwrap();
+        assert_eq!(username, format!("1600:{}", id().as_str()));
+        assert_eq!(
+            turn.credential.as_deref().unwrap(),
+            turn_rest_password("proxim-test-secret", username)
+        );
+        let other = ConnectionId::new("fedcba9876543210fedcba9876543210").unwrap();
+        let later = ice.ice_servers_at(&other, now + Duration::from_secs(5), None);
+        assert_eq!(
+            later[1].username.as_deref(),
+            Some("1605:fedcba9876543210fedcba9876543210")
+        );
+        assert_ne!(later[1].credential, turn.credential);
+    }
+
+    #[test]
+    fn embedded_stun_comes_first_and_is_not_repeated() {
+        let ice = IceConfig::stun_only(vec!["stun:198.18.0.1", "stun:127.0.0.1:3478"]).unwrap();
+        let own = IceUrl::parse("stun:127.0.0.1:3478").unwrap();
+        let servers = ice.ice_servers_at(&id(), SystemTime::now(), Some(&own));
+        assert_eq!(
+            servers[0].urls,
+            vec!["stun:127.0.0.1:3478", "stun:198.18.0.1:3478"]
+        );
+        let servers = IceConfig::none().ice_servers_at(&id(), SystemTime::now(), Some(&own));
+        assert_eq!(servers.len(), 1);
+        assert_eq!(servers[0].urls, vec!["stun:127.0.0.1:3478"]);
+    }
+
+    #[test]
+    fn turn_secret_mistakes_are_refused_clearly() {
+        let mut vars = rest_env();
+        vars.push(("TURN_USERNAME", "alice"));
+        let err = IceConfig::from_lookup(env(&vars)).unwrap_err();
+        assert!(matches!(err, ConfigError::ConflictingTurnCredentials));
+        assert!(
+            err.to_string().contains("TURN_SECRET cannot be combined"),
+            "{err}"
+        );
+        let mut vars = rest_env();
+        vars.push(("TURN_PASSWORD", "p"));
+        assert!(matches!(
+            IceConfig::from_lookup(env(&vars)).unwrap_err(),
+            ConfigError::ConflictingTurnCredentials
+        ));
+        let err = IceConfig::from_lookup(env(&[("TURN_URLS", "turn:x"), ("TURN_SECRET", "  ")]))
+            .unwrap_err();
+        assert!(
+            err.to_string().contains("TURN_SECRET: it is set but empty"),
+            "{err}"
+        );
+        let mut vars = rest_env();
+        vars.push(("TURN_TTL", "0"));
+        let err = IceConfig::from_lookup(env(&vars)).unwrap_err();
+        assert!(err.to_string().contains("invalid TURN_TTL"), "{err}");
+        let mut vars = rest_env();
+        vars.push(("TURN_TTL", "500ms"));
+        assert!(IceConfig::from_lookup(env(&vars)).is_err());
+        let mut vars = rest_env();
+        vars.push(("TURN_TTL", "soon"));
+        assert!(IceConfig::from_lookup(env(&vars)).is_err());
+        // Without any credential source TURN stays refused, and the message names both ways.
+        let err = IceConfig::from_lookup(env(&[("TURN_URLS", "turn:x")])).unwrap_err();
+        assert!(err.to_string().contains("TURN_SECRET"), "{err}");
+    }
+
+    #[test]
+    fn secret_is_never_shown() {
+        let mut vars = rest_env();
+        vars.push(("TURN_REALM", "relay.example"));
+        let ice = IceConfig::from_lookup(env(&vars)).unwrap();
+        let debug = format!("{ice:?}");
+        assert!(!debug.contains("proxim-test-secret"), "{debug}");
+        assert!(debug.contains(REDACTED), "{debug}");
+        let json = ice.redacted_json();
+        let text = json.to_string();
+        assert!(!text.contains("proxim-test-secret"), "{text}");
+        assert_eq!(json["turn"]["credentials"], "rest");
+        assert_eq!(json["turn"]["secret"], REDACTED);
+        assert_eq!(json["turn"]["ttl_s"], 86_400);
+        assert_eq!(json["turn"]["realm"], "relay.example");
+        let auth = TurnAuth {
+            secret: Some("proxim-test-secret".into()),
+            password: Some("pw-123".into()),
+            ..TurnAuth::default()
+        };
+        let debug = format!("{auth:?}");
+        assert!(
+            !debug.contains("proxim-test-secret") && !debug.contains("pw-123"),
+            "{debug}"
+        );
+    }
+
+    #[test]
+    fn public_host_must_be_a_host() {
+        for good in [
+            "198.18.0.9",
+            "proxim.example.net",
+            "2001:db8::1",
+            "[2001:db8::1]",
+        ] {
+            let c = ServerConfig {
+                public_host: Some(good.into()),
+                ..ServerConfig::loopback()
+            };
+            c.validate().unwrap();
+            assert!(stun_url_for_host(good, 3478).is_some(), "{good}");
+        }
+        assert_eq!(
+            stun_url_for_host("2001:db8::1", 3478).unwrap().to_string(),
+            "stun:[2001:db8::1]:3478"
+        );
+        for bad in ["", "a b", "host/path", "h:1:2", "[h:1]", "[::1"] {
+            let c = ServerConfig {
+                public_host: Some(bad.into()),
+                ..ServerConfig::loopback()
+            };
+            assert!(c.validate().is_err(), "{bad:?}");
+        }
+        assert_eq!(ServerConfig::loopback().stun, None);
+        assert_eq!(ServerConfig::default().stun, None);
     }
 
     #[test]

@@ -16,8 +16,9 @@
 use std::cmp::Reverse;
 use std::collections::{BTreeSet, BinaryHeap, HashMap, VecDeque};
 use std::net::SocketAddr;
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime};
 
+use proxim_protocol::ice::IceUrl;
 use proxim_protocol::{
     AuthPayload, ClientMessage, ConnectionId, DeviceId, DeviceName, ErrorCode, PROTOCOL_VERSION,
     PairOutcome, PeerDevice, ROUTING_ALPHABET, RoutingCode, ServerMessage, SessionEndReason,
@@ -103,6 +104,10 @@ pub struct Stats {
     pub stale_dropped: u64,
     /// Connections dropped because their outbound queue was full.
     pub slow_readers_dropped: u64,
+    /// STUN Binding requests answered by the embedded STUN responder.
+    pub stun_requests: u64,
+    /// Datagrams the embedded STUN responder dropped as not well-formed STUN.
+    pub stun_malformed: u64,
 }
 
 /// One session, as shown by `GET /api/sessions`.
@@ -131,6 +136,9 @@ pub(crate) struct HubConfig {
     pub(crate) code_length: usize,
     pub(crate) code_reservation: Duration,
     pub(crate) max_frame_bytes: usize,
+    /// One instant of the hub's clock and the wall-clock time it corresponds to: the hub
+    /// derives wall-clock time (TURN credential expiry) from its `now` inputs with it.
+    pub(crate) wall_anchor: (Instant, SystemTime),
 }
 
 impl From<&ServerConfig> for HubConfig {
@@ -143,6 +151,7 @@ impl From<&ServerConfig> for HubConfig {
             code_length: c.code_length,
             code_reservation: c.code_reservation,
             max_frame_bytes: c.max_frame_bytes,
+            wall_anchor: (Instant::now(), SystemTime::now()),
         }
     }
 }
@@ -171,6 +180,8 @@ pub(crate) struct Hub {
 struct Conn {
     id: ConnectionId,
     remote: SocketAddr,
+    /// This server's STUN responder as this client can reach it, advertised in `welcome`.
+    embedded_stun: Option<IceUrl>,
     last_seen: Instant,
     greeted: bool,
     role: Role,
@@ -290,10 +301,12 @@ impl Hub {
         }
     }
 
-    /// A connection opened. `None` when the server is shutting down.
+    /// A connection opened; `embedded_stun` is this server's STUN responder as that client can
+    /// reach it. `None` when the server is shutting down.
     pub(crate) fn connect(
         &mut self,
         remote: SocketAddr,
+        embedded_stun: Option<IceUrl>,
         now: Instant,
     ) -> Option<(ConnKey, ConnectionId)> {
         if self.shutting_down {
@@ -308,6 +321,7 @@ impl Hub {
             Conn {
                 id: id.clone(),
                 remote,
+                embedded_stun,
                 last_seen: now,
                 greeted: false,
                 role: Role::Unassigned,
@@ -558,9 +572,15 @@ impl Hub {
         c.greeted = true;
         let connection_id = c.id.clone();
         tracing::debug!(conn = %short(connection_id.as_str()), client = %client, "hello");
+        let (anchor, anchor_wall) = self.config.wall_anchor;
+        let wall = anchor_wall + now.saturating_duration_since(anchor);
+        let ice_servers =
+            self.config
+                .ice
+                .ice_servers_at(&connection_id, wall, c.embedded_stun.as_ref());
         let welcome = ServerMessage::Welcome {
             version: PROTOCOL_VERSION,
-            ice_servers: self.config.ice.ice_servers_for(&connection_id),
+            ice_servers,
             connection_id,
             heartbeat_interval_ms: millis(self.config.heartbeat_interval),
             heartbeat_timeout_ms: millis(self.config.heartbeat_timeout),
@@ -1108,7 +1128,7 @@ mod tests {
     }
 
     fn greeted(hub: &mut Hub, now: Instant) -> ConnKey {
-        let (key, _) = hub.connect(remote(), now).unwrap();
+        let (key, _) = hub.connect(remote(), None, now).unwrap();
         hub.handle_text(key, r#"{"type":"hello","version":1,"client":"t"}"#, now);
         drain(hub);
         key
@@ -1300,7 +1320,7 @@ mod tests {
                 [ServerMessage::Bye { .. }]
             ));
         }
-        assert!(hub.connect(remote(), now).is_none());
+        assert!(hub.connect(remote(), None, now).is_none());
         assert_eq!(hub.stats().connections_open, 0);
     }
 }

@@ -6,6 +6,11 @@
 //! else. Monitoring routes: `GET /healthz`, `GET /api/stats`, `GET /api/sessions`,
 //! `GET /api/config` (credentials redacted).
 //!
+//! For NAT traversal the server hands each client ICE servers in `welcome`: configured STUN
+//! URLs, an optional embedded STUN responder ([`ServerConfig::stun`], RFC 5389 Binding only),
+//! and a TURN relay with static credentials or, with `TURN_SECRET`, per-client time-limited
+//! TURN REST credentials (coturn `use-auth-secret`; see [`mint_turn_credentials`]).
+//!
 //! ```no_run
 //! # async fn run() -> Result<(), proxim_server::ServerError> {
 //! let mut config = proxim_server::ServerConfig::loopback();
@@ -30,10 +35,12 @@ pub mod cli;
 mod config;
 mod hub;
 mod server;
+mod stun;
 
 pub use config::{
-    ConfigError, DEFAULT_PORT, IceConfig, REDACTED, STUN_URLS, ServerConfig, TURN_PASSWORD,
-    TURN_URLS, TURN_USERNAME,
+    ConfigError, DEFAULT_PORT, DEFAULT_STUN_BIND, DEFAULT_TURN_TTL, IceConfig, REDACTED, STUN_URLS,
+    ServerConfig, TURN_PASSWORD, TURN_REALM, TURN_SECRET, TURN_TTL, TURN_URLS, TURN_USERNAME,
+    TurnAuth, mint_turn_credentials,
 };
 pub use hub::{SessionInfo, Stats};
 pub use server::{RunningServer, Server, ServerError};

@@ -9,30 +9,35 @@
 
 use std::collections::HashMap;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
-use std::time::Instant;
+use std::time::{Instant, SystemTime};
 
 use axum::Router;
 use axum::extract::ws::{CloseFrame, Message, WebSocket, WebSocketUpgrade, close_code};
 use axum::extract::{ConnectInfo, State};
+use axum::http::HeaderMap;
 use axum::response::{IntoResponse, Json, Response};
 use axum::routing::get;
 use futures_util::{SinkExt, StreamExt};
+use proxim_protocol::ice::IceUrl;
 use proxim_protocol::{MAX_FRAME_BYTES, PROTOCOL_VERSION};
 use tokio::sync::{Notify, mpsc, oneshot};
 use tokio::task::JoinHandle;
 use tracing::Instrument;
 
-use crate::config::{ConfigError, ServerConfig};
+use crate::config::{ConfigError, ServerConfig, stun_url_for_host};
 use crate::hub::{CloseHow, ConnKey, Gone, Hub, HubConfig, Output, SessionInfo, Stats, short};
+use crate::stun;
 
 /// The signaling server.
 #[derive(Debug)]
 pub struct Server;
 
 impl Server {
-    /// Validate `config`, bind its address and start serving. Port 0 picks a free port; see
-    /// [`RunningServer::local_addr`].
+    /// Validate `config`, bind its address (and the STUN responder's, when on) and start
+    /// serving. Port 0 picks a free port; see [`RunningServer::local_addr`] and
+    /// [`RunningServer::stun_addr`].
     pub async fn start(config: ServerConfig) -> Result<RunningServer, ServerError> {
         config.validate()?;
         let listener = tokio::net::TcpListener::bind(config.bind)
@@ -42,18 +47,46 @@ impl Server {
                 source,
             })?;
         let local_addr = listener.local_addr().map_err(ServerError::LocalAddr)?;
+        let stun_socket = match config.stun {
+            Some(addr) => {
+                let socket = tokio::net::UdpSocket::bind(addr)
+                    .await
+                    .map_err(|source| ServerError::StunBind { addr, source })?;
+                let bound = socket.local_addr().map_err(ServerError::LocalAddr)?;
+                Some((socket, bound))
+            }
+            None => None,
+        };
+        let stun_addr = stun_socket.as_ref().map(|(_, bound)| *bound);
         config.ice.log_capabilities();
 
+        let mut hub_config = HubConfig::from(&config);
+        hub_config.wall_anchor = (tokio::time::Instant::now().into_std(), SystemTime::now());
         let shared = Arc::new(Shared {
             core: Mutex::new(Core {
-                hub: Hub::new(HubConfig::from(&config)),
+                hub: Hub::new(hub_config),
                 pipes: HashMap::new(),
                 armed: None,
             }),
             wake: Notify::new(),
             started: Instant::now(),
+            stun_addr,
+            stun_requests: AtomicU64::new(0),
+            stun_malformed: AtomicU64::new(0),
             config,
         });
+        let (stop_stun, stun_task) = match stun_socket {
+            Some((socket, bound)) => {
+                let (tx, rx) = oneshot::channel::<()>();
+                let task = tokio::spawn(
+                    run_stun(socket, shared.clone(), rx)
+                        .instrument(tracing::info_span!("stun", %bound)),
+                );
+                tracing::info!(%bound, "STUN responder listening");
+                (Some(tx), Some(task))
+            }
+            None => (None, None),
+        };
         let (alive_tx, alive_rx) = mpsc::channel::<()>(1);
         let app = Router::new()
             .route("/ws", get(ws_upgrade))
@@ -99,8 +132,10 @@ impl Server {
             shared,
             stop_http: Some(stop_http_tx),
             stop_timer: Some(stop_timer_tx),
+            stop_stun,
             http: Some(http),
             timer: Some(timer),
+            stun: stun_task,
             alive: Some(alive_rx),
         })
     }
@@ -124,6 +159,14 @@ pub enum ServerError {
     /// The bound socket's address could not be read.
     #[error("cannot read the listening address: {0}")]
     LocalAddr(std::io::Error),
+    /// The embedded STUN responder's UDP address could not be bound.
+    #[error("cannot bind the STUN responder to {addr}: {source} — pass --no-stun or --stun-bind")]
+    StunBind {
+        /// The address.
+        addr: SocketAddr,
+        /// The I/O error.
+        source: std::io::Error,
+    },
 }
 
 /// A server that is running. Dropping it stops the server without waiting; prefer
@@ -134,8 +177,10 @@ pub struct RunningServer {
     shared: Arc<Shared>,
     stop_http: Option<oneshot::Sender<()>>,
     stop_timer: Option<oneshot::Sender<()>>,
+    stop_stun: Option<oneshot::Sender<()>>,
     http: Option<JoinHandle<()>>,
     timer: Option<JoinHandle<()>>,
+    stun: Option<JoinHandle<()>>,
     alive: Option<mpsc::Receiver<()>>,
 }
 
@@ -156,9 +201,15 @@ impl RunningServer {
         format!("http://{}", self.connectable_addr())
     }
 
+    /// The address the embedded STUN responder listens on (with the real port when bound to
+    /// port 0); `None` when it is off.
+    pub fn stun_addr(&self) -> Option<SocketAddr> {
+        self.shared.stun_addr
+    }
+
     /// Current counters and gauges (the body of `GET /api/stats`).
     pub fn stats(&self) -> Stats {
-        self.shared.with_hub(|hub, _| hub.stats())
+        self.shared.stats()
     }
 
     /// Current sessions (the body of `GET /api/sessions`).
@@ -192,6 +243,9 @@ impl RunningServer {
         if let Some(timer) = self.timer.take() {
             let _ = timer.await;
         }
+        if let Some(stun) = self.stun.take() {
+            let _ = stun.await;
+        }
         tracing::info!("signaling server stopped");
     }
 
@@ -201,6 +255,9 @@ impl RunningServer {
             let _ = tx.send(());
         }
         if let Some(tx) = self.stop_timer.take() {
+            let _ = tx.send(());
+        }
+        if let Some(tx) = self.stop_stun.take() {
             let _ = tx.send(());
         }
     }
@@ -233,6 +290,10 @@ struct Shared {
     /// Wakes the timer task when the hub's next deadline moved earlier.
     wake: Notify,
     started: Instant,
+    /// The STUN responder's bound address, when it runs.
+    stun_addr: Option<SocketAddr>,
+    stun_requests: AtomicU64,
+    stun_malformed: AtomicU64,
     config: ServerConfig,
 }
 
@@ -263,15 +324,48 @@ impl Shared {
         result
     }
 
+    /// The hub's counters plus the STUN responder's.
+    fn stats(&self) -> Stats {
+        let mut stats = self.with_hub(|hub, _| hub.stats());
+        stats.stun_requests = self.stun_requests.load(Ordering::Relaxed);
+        stats.stun_malformed = self.stun_malformed.load(Ordering::Relaxed);
+        stats
+    }
+
+    /// The `stun:` URL of the embedded responder as a client that reached the WebSocket
+    /// through `http_host` (its `Host` header) can reach it: `--public-host` when given, else
+    /// the responder's bind address when specific, else the `Host` header's host.
+    fn embedded_stun_url(&self, http_host: Option<&str>) -> Option<IceUrl> {
+        let bound = self.stun_addr?;
+        if let Some(host) = &self.config.public_host {
+            return stun_url_for_host(host, bound.port());
+        }
+        if !bound.ip().is_unspecified() {
+            return stun_url_for_host(&bound.ip().to_string(), bound.port());
+        }
+        let url = http_host
+            .and_then(host_without_port)
+            .and_then(|host| stun_url_for_host(host, bound.port()));
+        if url.is_none() {
+            tracing::warn!(
+                stun = %bound,
+                "not advertising the embedded STUN responder: no usable Host header and no \
+                 --public-host"
+            );
+        }
+        url
+    }
+
     fn connect(
         &self,
         remote: SocketAddr,
+        embedded_stun: Option<IceUrl>,
         tx: mpsc::Sender<String>,
         kill: Arc<Notify>,
     ) -> Option<(ConnKey, proxim_protocol::ConnectionId)> {
         let now = tokio::time::Instant::now().into_std();
         let mut core = self.core.lock().unwrap_or_else(PoisonError::into_inner);
-        let (key, id) = core.hub.connect(remote, now)?;
+        let (key, id) = core.hub.connect(remote, embedded_stun, now)?;
         core.pipes.insert(key, Pipe { tx, kill });
         self.rearm(&mut core);
         Some((key, id))
@@ -341,6 +435,62 @@ async fn run_timer(shared: Arc<Shared>, mut stop: oneshot::Receiver<()>) {
     }
 }
 
+/// Answer STUN Binding requests until told to stop. Anything else is dropped unanswered.
+async fn run_stun(
+    socket: tokio::net::UdpSocket,
+    shared: Arc<Shared>,
+    mut stop: oneshot::Receiver<()>,
+) {
+    // Larger than any datagram a Binding request needs; longer ones are truncated and then
+    // fail the length check.
+    let mut buf = vec![0u8; 1500];
+    loop {
+        let (len, from) = tokio::select! {
+            _ = &mut stop => return,
+            received = socket.recv_from(&mut buf) => match received {
+                Ok(r) => r,
+                Err(e) => {
+                    // ICMP port unreachable from an earlier reply shows up here on some
+                    // systems; it concerns one peer, not the socket.
+                    tracing::debug!(error = %e, "STUN receive failed");
+                    continue;
+                }
+            },
+        };
+        let datagram = buf.get(..len).unwrap_or_default();
+        match stun::answer(datagram, from) {
+            Ok(stun::Verdict::Answer(reply)) => {
+                shared.stun_requests.fetch_add(1, Ordering::Relaxed);
+                if let Err(e) = socket.send_to(&reply, from).await {
+                    tracing::debug!(%from, error = %e, "STUN reply failed");
+                }
+            }
+            Ok(stun::Verdict::Ignore) => {
+                tracing::trace!(%from, "ignoring a STUN message that is not a Binding request");
+            }
+            Err(why) => {
+                shared.stun_malformed.fetch_add(1, Ordering::Relaxed);
+                tracing::trace!(%from, %why, len, "dropping a malformed STUN datagram");
+            }
+        }
+    }
+}
+
+/// The host part of an HTTP `Host` header (`example.net:8787`, `[::1]:8787`, `10.0.0.2`).
+fn host_without_port(host: &str) -> Option<&str> {
+    let host = host.trim();
+    let host = if let Some(rest) = host.strip_prefix('[') {
+        let end = rest.find(']')?;
+        &host[..end + 2]
+    } else {
+        match host.split_once(':') {
+            Some((h, _)) => h,
+            None => host,
+        }
+    };
+    (!host.is_empty()).then_some(host)
+}
+
 // ---------------------------------------------------------------------------------------------
 // HTTP routes
 // ---------------------------------------------------------------------------------------------
@@ -355,14 +505,19 @@ struct AppState {
 async fn ws_upgrade(
     ws: WebSocketUpgrade,
     ConnectInfo(remote): ConnectInfo<SocketAddr>,
+    headers: HeaderMap,
     State(app): State<AppState>,
 ) -> Response {
+    let http_host = headers
+        .get(axum::http::header::HOST)
+        .and_then(|h| h.to_str().ok());
+    let embedded_stun = app.shared.embedded_stun_url(http_host);
     // Accept frames up to twice the protocol limit, so a moderately oversized frame reaches
     // the hub, which answers `frame_too_large` before closing.
     let transport_limit = 2 * MAX_FRAME_BYTES;
     ws.max_message_size(transport_limit)
         .max_frame_size(transport_limit)
-        .on_upgrade(move |socket| run_connection(socket, remote, app))
+        .on_upgrade(move |socket| run_connection(socket, remote, embedded_stun, app))
 }
 
 async fn healthz(State(app): State<AppState>) -> Json<serde_json::Value> {
@@ -375,7 +530,7 @@ async fn healthz(State(app): State<AppState>) -> Json<serde_json::Value> {
 }
 
 async fn api_stats(State(app): State<AppState>) -> Json<Stats> {
-    Json(app.shared.with_hub(|hub, _| hub.stats()))
+    Json(app.shared.stats())
 }
 
 async fn api_sessions(State(app): State<AppState>) -> Json<serde_json::Value> {
@@ -389,6 +544,10 @@ async fn api_config(State(app): State<AppState>) -> impl IntoResponse {
     Json(serde_json::json!({
         "protocol_version": PROTOCOL_VERSION,
         "ice": c.ice.redacted_json(),
+        "stun_responder": app.shared.stun_addr.map(|bound| serde_json::json!({
+            "bind": bound.to_string(),
+            "public_host": c.public_host,
+        })),
         "heartbeat_interval_ms": ms(c.heartbeat_interval),
         "heartbeat_timeout_ms": ms(c.heartbeat_timeout),
         "prompt_timeout_ms": ms(c.prompt_timeout),
@@ -416,11 +575,16 @@ enum End {
     ByClient(Option<String>),
 }
 
-async fn run_connection(socket: WebSocket, remote: SocketAddr, app: AppState) {
+async fn run_connection(
+    socket: WebSocket,
+    remote: SocketAddr,
+    embedded_stun: Option<IceUrl>,
+    app: AppState,
+) {
     let AppState { shared, alive } = app;
     let (tx, mut rx) = mpsc::channel::<String>(shared.config.send_queue_capacity);
     let kill = Arc::new(Notify::new());
-    let Some((key, id)) = shared.connect(remote, tx, kill.clone()) else {
+    let Some((key, id)) = shared.connect(remote, embedded_stun, tx, kill.clone()) else {
         // Shutting down: refuse politely.
         let mut socket = socket;
         let _ = socket
@@ -498,4 +662,20 @@ async fn run_connection(socket: WebSocket, remote: SocketAddr, app: AppState) {
     }
     .instrument(span)
     .await;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::host_without_port;
+
+    #[test]
+    fn host_header_loses_its_port() {
+        assert_eq!(host_without_port("example.net:8787"), Some("example.net"));
+        assert_eq!(host_without_port("10.0.0.2"), Some("10.0.0.2"));
+        assert_eq!(host_without_port("[::1]:8787"), Some("[::1]"));
+        assert_eq!(host_without_port("[2001:db8::1]"), Some("[2001:db8::1]"));
+        assert_eq!(host_without_port("[::1"), None);
+        assert_eq!(host_without_port(""), None);
+        assert_eq!(host_without_port(":80"), None);
+    }
 }
