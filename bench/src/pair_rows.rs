@@ -26,7 +26,8 @@ async fn setup(params: Params) -> anyhow::Result<Outcome> {
     let deadline = tokio::time::Instant::now() + params.row_limit;
     let server = Server::start(ServerConfig::loopback()).await?;
     let url = server.ws_url();
-    let mut desktop = Desktop::register(ProximConfig::new(url.clone(), "Bench desktop")).await?;
+    let mut desktop =
+        Desktop::register(ProximConfig::new(url.clone(), "Bench desktop").loopback_only()).await?;
     let code = desktop.code().to_owned();
     // The desktop accepts every prompt and closes each connection once it is open.
     let desktop_task = tokio::spawn(async move {
@@ -46,7 +47,7 @@ async fn setup(params: Params) -> anyhow::Result<Outcome> {
         }
     });
 
-    let phone = ProximConfig::new(url, "Bench phone");
+    let phone = ProximConfig::new(url, "Bench phone").loopback_only();
     let mut samples = Vec::new();
     let mut first_error = None;
     let mut timed_out = false;

@@ -415,6 +415,7 @@ impl Connection {
         let mut peer_config = PeerConfig::new(role, ice_servers);
         peer_config.connect_timeout = config.connect_timeout;
         peer_config.include_loopback = config.include_loopback;
+        peer_config.local_ips = config.local_ips.clone();
         let established = peer::Connection::establish(peer_config, link)
             .await
             .map_err(peer_error)?;

@@ -31,6 +31,8 @@ pub struct ProximConfig {
     pub server_timeout: Duration,
     /// Offer loopback host candidates (useful for two peers on one machine).
     pub include_loopback: bool,
+    /// Gather host candidates only on these local addresses (`None`: every usable interface).
+    pub local_ips: Option<Vec<std::net::IpAddr>>,
 }
 
 impl ProximConfig {
@@ -46,7 +48,16 @@ impl ProximConfig {
             connect_timeout: Duration::from_secs(15),
             server_timeout: Duration::from_secs(10),
             include_loopback: true,
+            local_ips: None,
         }
+    }
+
+    /// Use only the loopback interface: both devices on this machine, no traffic elsewhere
+    /// (demos, tests, benchmarks).
+    pub fn loopback_only(mut self) -> Self {
+        self.include_loopback = true;
+        self.local_ips = Some(vec![std::net::Ipv4Addr::LOCALHOST.into()]);
+        self
     }
 
     /// Set the data directory.

@@ -1,12 +1,11 @@
 //! File transfer between two real peers over loopback, wired with `SignalLink::pair()`.
 
+mod peer_common;
+
 use std::path::Path;
 use std::time::Duration;
 
-use proxim_core::SignalLink;
-use proxim_core::peer::{
-    Connection, ConnectionEvent, ConnectionEvents, DataChannel, Established, PeerConfig, PeerRole,
-};
+use proxim_core::peer::{Connection, ConnectionEvent, ConnectionEvents, DataChannel};
 use proxim_core::transfer::{
     ReceivedFile, TransferError, TransferProgress, is_transfer_channel, receive_file, send_file,
 };
@@ -14,15 +13,6 @@ use rand::RngCore;
 use sha2::{Digest, Sha256};
 
 const TEST_TIMEOUT: Duration = Duration::from_secs(120);
-
-async fn connected_pair() -> (Established, Established) {
-    let (a, b) = SignalLink::pair();
-    let (offerer, answerer) = tokio::join!(
-        Connection::establish(PeerConfig::new(PeerRole::Offerer, vec![]), a),
-        Connection::establish(PeerConfig::new(PeerRole::Answerer, vec![]), b),
-    );
-    (offerer.expect("offerer"), answerer.expect("answerer"))
-}
 
 /// Wait for the remote to open a transfer channel.
 async fn next_transfer_channel(events: &mut ConnectionEvents) -> DataChannel {
@@ -65,7 +55,7 @@ async fn transfer(
     Vec<TransferProgress>,
     Vec<TransferProgress>,
 ) {
-    let (offerer, mut answerer) = connected_pair().await;
+    let (offerer, mut answerer) = peer_common::connect().await;
     let dir = dir.to_owned();
     let receiving = tokio::spawn(async move {
         let channel = next_transfer_channel(&mut answerer.events).await;
@@ -176,7 +166,7 @@ async fn hostile_names_land_inside_the_directory_without_overwriting() {
         let (_, hidden, _, _) = transfer(&dotted, &dst).await;
 
         // …and a "../../etc/passwd" header from a sender that speaks the protocol by hand.
-        let (offerer, mut answerer) = connected_pair().await;
+        let (offerer, mut answerer) = peer_common::connect().await;
         let receiving = {
             let dst = dst.clone();
             tokio::spawn(async move {
@@ -224,7 +214,7 @@ async fn files_in_a_row_on_one_connection() {
     tokio::time::timeout(TEST_TIMEOUT, async {
         let src = tempfile::tempdir().expect("test setup");
         let dst = tempfile::tempdir().expect("test setup");
-        let (offerer, mut answerer) = connected_pair().await;
+        let (offerer, mut answerer) = peer_common::connect().await;
         let dir = dst.path().to_owned();
         let receiving = tokio::spawn(async move {
             let mut stored = Vec::new();
@@ -290,7 +280,7 @@ async fn raw_send(conn: &Connection, name: &str, content: &[u8]) -> String {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn source_that_is_not_a_file_is_refused() {
     tokio::time::timeout(TEST_TIMEOUT, async {
-        let (offerer, answerer) = connected_pair().await;
+        let (offerer, answerer) = peer_common::connect().await;
         let dir = tempfile::tempdir().expect("test setup");
         let error = send_file(&offerer.connection, dir.path(), |_| {})
             .await

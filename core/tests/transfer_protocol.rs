@@ -1,28 +1,17 @@
 //! The receiver against a misbehaving sender, over two real peers on loopback: every bad
 //! input ends in a typed error, an answer to the sender where one is due, and no file left.
 
+mod peer_common;
+
 use std::path::Path;
 use std::time::Duration;
 
 use bytes::Bytes;
-use proxim_core::SignalLink;
-use proxim_core::peer::{
-    ChannelOptions, Connection, ConnectionEvent, ConnectionEvents, DataChannel, Established,
-    Payload, PeerConfig, PeerRole,
-};
+use proxim_core::peer::{ChannelOptions, ConnectionEvent, ConnectionEvents, DataChannel, Payload};
 use proxim_core::transfer::{TransferError, is_transfer_channel, receive_file};
 use sha2::{Digest, Sha256};
 
 const TEST_TIMEOUT: Duration = Duration::from_secs(60);
-
-async fn connected_pair() -> (Established, Established) {
-    let (a, b) = SignalLink::pair();
-    let (offerer, answerer) = tokio::join!(
-        Connection::establish(PeerConfig::new(PeerRole::Offerer, vec![]), a),
-        Connection::establish(PeerConfig::new(PeerRole::Answerer, vec![]), b),
-    );
-    (offerer.expect("offerer"), answerer.expect("answerer"))
-}
 
 async fn next_transfer_channel(events: &mut ConnectionEvents) -> DataChannel {
     loop {
@@ -52,7 +41,7 @@ async fn scripted(
     Option<String>,
     bool,
 ) {
-    let (offerer, mut answerer) = connected_pair().await;
+    let (offerer, mut answerer) = peer_common::connect().await;
     let dir = tempfile::tempdir().expect("test setup");
     let dir_path = dir.path().to_owned();
     let receiver = tokio::spawn(async move {
@@ -198,7 +187,7 @@ async fn size_mismatch_and_overflow_are_protocol_errors() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sender_closing_midway_is_cancelled_and_leaves_nothing() {
     tokio::time::timeout(TEST_TIMEOUT, async {
-        let (offerer, mut answerer) = connected_pair().await;
+        let (offerer, mut answerer) = peer_common::connect().await;
         let dir = tempfile::tempdir().expect("test setup");
         let dir_path = dir.path().to_owned();
         let (progress_tx, mut progress_rx) = tokio::sync::mpsc::unbounded_channel();

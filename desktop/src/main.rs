@@ -422,13 +422,15 @@ async fn run_demo(args: &DemoArgs, work: &Path) -> Result<()> {
     let source_hash = write_random_file(&source, size)?;
 
     let mut desktop = Desktop::register(
-        ProximConfig::new(url.clone(), "Demo desktop").with_download_dir(&received),
+        ProximConfig::new(url.clone(), "Demo desktop")
+            .loopback_only()
+            .with_download_dir(&received),
     )
     .await?;
     let code = desktop.code().to_owned();
     println!("  pairing code {code}");
 
-    let phone_config = ProximConfig::new(url.clone(), "Demo phone");
+    let phone_config = ProximConfig::new(url.clone(), "Demo phone").loopback_only();
     let phone = tokio::spawn(async move { pair(&phone_config, &code).await });
 
     let desktop_connection = loop {

@@ -20,7 +20,7 @@ async fn start_server(configure: impl FnOnce(&mut ServerConfig)) -> RunningServe
 }
 
 async fn register(server: &RunningServer, dir: Option<&Path>) -> Desktop {
-    let mut config = ProximConfig::new(server.ws_url(), "Test desktop");
+    let mut config = ProximConfig::new(server.ws_url(), "Test desktop").loopback_only();
     if let Some(dir) = dir {
         config = config.with_download_dir(dir);
     }
@@ -54,7 +54,7 @@ async fn desktop_until_connected(desktop: &mut Desktop, accept: bool) -> Option<
 
 /// Pair a phone with the desktop and return both ends.
 async fn pair_both(server: &RunningServer, desktop: &mut Desktop) -> (Connection, Connection) {
-    let phone_config = ProximConfig::new(server.ws_url(), "Test phone");
+    let phone_config = ProximConfig::new(server.ws_url(), "Test phone").loopback_only();
     let code = desktop.code().to_owned();
     let phone = tokio::spawn(async move { pair(&phone_config, &code).await });
     let desk = desktop_until_connected(desktop, true)
@@ -242,7 +242,7 @@ async fn an_unreachable_stun_server_does_not_delay_the_connection() {
 async fn a_rejected_pairing_fails_with_rejected() {
     let server = start_server(|_| {}).await;
     let mut desktop = register(&server, None).await;
-    let config = ProximConfig::new(server.ws_url(), "Test phone");
+    let config = ProximConfig::new(server.ws_url(), "Test phone").loopback_only();
     let code = desktop.code().to_owned();
     let phone = tokio::spawn(async move { pair(&config, &code).await });
     assert!(desktop_until_connected(&mut desktop, false).await.is_none());
@@ -255,7 +255,7 @@ async fn a_rejected_pairing_fails_with_rejected() {
 async fn a_wrong_code_fails_with_unknown_code() {
     let server = start_server(|_| {}).await;
     let _desktop = register(&server, None).await;
-    let config = ProximConfig::new(server.ws_url(), "Test phone");
+    let config = ProximConfig::new(server.ws_url(), "Test phone").loopback_only();
     let result = tokio::time::timeout(STEP, pair(&config, "ZZZZZZ"))
         .await
         .unwrap();
@@ -275,7 +275,7 @@ async fn a_wrong_code_fails_with_unknown_code() {
 async fn an_unanswered_prompt_times_out_on_both_sides() {
     let server = start_server(|config| config.prompt_timeout = Duration::from_millis(500)).await;
     let mut desktop = register(&server, None).await;
-    let config = ProximConfig::new(server.ws_url(), "Test phone");
+    let config = ProximConfig::new(server.ws_url(), "Test phone").loopback_only();
     let code = desktop.code().to_owned();
     let phone = tokio::spawn(async move { pair(&config, &code).await });
     // The desktop sees the prompt, ignores it, and then sees it close as timed out.
@@ -307,7 +307,7 @@ async fn an_unanswered_prompt_times_out_on_both_sides() {
 async fn cancelling_pair_ends_the_prompt_on_the_desktop() {
     let server = start_server(|_| {}).await;
     let mut desktop = register(&server, None).await;
-    let config = ProximConfig::new(server.ws_url(), "Test phone");
+    let config = ProximConfig::new(server.ws_url(), "Test phone").loopback_only();
     let code = desktop.code().to_owned();
     let phone = tokio::spawn(async move { pair(&config, &code).await });
     loop {
