@@ -232,6 +232,48 @@ impl BulkMeter {
     }
 }
 
+/// A multi-thread tokio runtime for one row.
+pub(crate) fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| anyhow::anyhow!("building the tokio runtime: {e}"))
+}
+
+/// Run `params.setup_trials` setup trials within the row's time limit. `connect` is timed, each
+/// attempt bounded by `trial_timeout`; `finish` tears down what it made and is not timed.
+pub(crate) async fn repeat_setup<T>(
+    params: &Params,
+    trial_timeout: Duration,
+    mut connect: impl AsyncFnMut() -> anyhow::Result<T>,
+    mut finish: impl AsyncFnMut(T),
+) -> Outcome {
+    let deadline = tokio::time::Instant::now() + params.row_limit;
+    let mut samples = Vec::new();
+    let mut first_error = None;
+    let mut timed_out = false;
+    for _ in 0..params.setup_trials {
+        if tokio::time::Instant::now() >= deadline {
+            timed_out = true;
+            break;
+        }
+        let started = Instant::now();
+        match tokio::time::timeout(trial_timeout, connect()).await {
+            Ok(Ok(made)) => {
+                samples.push(started.elapsed());
+                finish(made).await;
+            }
+            Ok(Err(error)) => {
+                first_error.get_or_insert_with(|| format!("{error:#}"));
+            }
+            Err(_) => {
+                first_error.get_or_insert_with(|| format!("trial timed out ({trial_timeout:?})"));
+            }
+        }
+    }
+    setup_outcome(params.setup_trials, samples, timed_out, first_error)
+}
+
 /// Turn setup samples into an [`Outcome::Setup`].
 pub(crate) fn setup_outcome(
     trials: u32,

@@ -1,7 +1,7 @@
 //! Proxim's own peer layer: two [`Connection`]s in one process, wired back to back with
 //! [`SignalLink::pair`] (no server), talking over loopback.
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use anyhow::Context as _;
 use bytes::Bytes;
@@ -9,7 +9,7 @@ use proxim_core::SignalLink;
 use proxim_core::peer::{Connection, Established, Payload, PeerConfig, PeerRole};
 
 use crate::Params;
-use crate::measure::{BulkMeter, Moved, Outcome, setup_outcome};
+use crate::measure::{BulkMeter, Moved, Outcome, repeat_setup, runtime};
 
 /// One setup trial may take this long before it counts as failed.
 const TRIAL_TIMEOUT: Duration = Duration::from_secs(10);
@@ -22,13 +22,6 @@ pub(crate) fn run_bulk(params: &Params) -> anyhow::Result<Outcome> {
 /// Row: `Connection::establish` on both sides, repeated.
 pub(crate) fn run_setup(params: &Params) -> anyhow::Result<Outcome> {
     runtime()?.block_on(setup(*params))
-}
-
-fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
-    tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-        .context("building the tokio runtime")
 }
 
 /// Establish two connected peers over an in-memory signaling link.
@@ -92,33 +85,13 @@ async fn bulk(params: Params) -> anyhow::Result<Outcome> {
 }
 
 async fn setup(params: Params) -> anyhow::Result<Outcome> {
-    let deadline = tokio::time::Instant::now() + params.row_limit;
-    let mut samples = Vec::new();
-    let mut first_error = None;
-    let mut timed_out = false;
-    for _ in 0..params.setup_trials {
-        if tokio::time::Instant::now() >= deadline {
-            timed_out = true;
-            break;
-        }
-        let started = Instant::now();
-        match tokio::time::timeout(TRIAL_TIMEOUT, establish_pair()).await {
-            Ok(Ok((offerer, answerer))) => {
-                samples.push(started.elapsed());
-                tokio::join!(offerer.connection.close(), answerer.connection.close());
-            }
-            Ok(Err(error)) => {
-                first_error.get_or_insert_with(|| format!("{error:#}"));
-            }
-            Err(_) => {
-                first_error.get_or_insert_with(|| format!("trial timed out ({TRIAL_TIMEOUT:?})"));
-            }
-        }
-    }
-    Ok(setup_outcome(
-        params.setup_trials,
-        samples,
-        timed_out,
-        first_error,
-    ))
+    Ok(repeat_setup(
+        &params,
+        TRIAL_TIMEOUT,
+        async || establish_pair().await,
+        async |(offerer, answerer): (Established, Established)| {
+            tokio::join!(offerer.connection.close(), answerer.connection.close());
+        },
+    )
+    .await)
 }

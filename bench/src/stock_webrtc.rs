@@ -19,7 +19,7 @@ use webrtc::peer_connection::{
 use webrtc::runtime::Runtime;
 
 use crate::Params;
-use crate::measure::{BulkMeter, Moved, Outcome, setup_outcome};
+use crate::measure::{BulkMeter, Moved, Outcome, runtime, setup_outcome};
 
 const BUFFERED_LOW: u32 = 512 * 1024;
 const BUFFERED_HIGH: u32 = 1024 * 1024;
@@ -32,13 +32,6 @@ pub(crate) fn run_bulk(params: &Params) -> anyhow::Result<Outcome> {
 /// Row: offer to open, repeated.
 pub(crate) fn run_setup(params: &Params) -> anyhow::Result<Outcome> {
     runtime()?.block_on(setup(*params))
-}
-
-fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
-    tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-        .context("building the tokio runtime")
 }
 
 async fn bulk(params: Params) -> anyhow::Result<Outcome> {
