@@ -5,26 +5,14 @@ mod peer_common;
 use std::path::Path;
 use std::time::Duration;
 
-use proxim_core::peer::{Connection, ConnectionEvent, ConnectionEvents, DataChannel};
+use proxim_core::peer::Connection;
 use proxim_core::transfer::{
-    ReceivedFile, TransferError, TransferProgress, is_transfer_channel, receive_file, send_file,
+    ReceivedFile, TransferError, TransferProgress, receive_file, send_file,
 };
 use rand::RngCore;
 use sha2::{Digest, Sha256};
 
 const TEST_TIMEOUT: Duration = Duration::from_secs(120);
-
-/// Wait for the remote to open a transfer channel.
-async fn next_transfer_channel(events: &mut ConnectionEvents) -> DataChannel {
-    loop {
-        match events.next().await.expect("events ended") {
-            ConnectionEvent::ChannelOpened(channel) if is_transfer_channel(channel.label()) => {
-                return channel;
-            }
-            _ => {}
-        }
-    }
-}
 
 fn sha256_file(path: &Path) -> String {
     hex::encode(Sha256::digest(std::fs::read(path).expect("read")))
@@ -58,7 +46,7 @@ async fn transfer(
     let (offerer, mut answerer) = peer_common::connect().await;
     let dir = dir.to_owned();
     let receiving = tokio::spawn(async move {
-        let channel = next_transfer_channel(&mut answerer.events).await;
+        let channel = peer_common::next_transfer_channel(&mut answerer.events).await;
         let mut progress = Vec::new();
         let received = receive_file(channel, &dir, |p| progress.push(p))
             .await
@@ -170,7 +158,7 @@ async fn hostile_names_land_inside_the_directory_without_overwriting() {
         let receiving = {
             let dst = dst.clone();
             tokio::spawn(async move {
-                let channel = next_transfer_channel(&mut answerer.events).await;
+                let channel = peer_common::next_transfer_channel(&mut answerer.events).await;
                 let received = receive_file(channel, &dst, |_| {}).await.expect("receive");
                 answerer.connection.close().await;
                 received.path
@@ -219,7 +207,7 @@ async fn files_in_a_row_on_one_connection() {
         let receiving = tokio::spawn(async move {
             let mut stored = Vec::new();
             for _ in 0..5 {
-                let channel = next_transfer_channel(&mut answerer.events).await;
+                let channel = peer_common::next_transfer_channel(&mut answerer.events).await;
                 stored.push(
                     receive_file(channel, &dir, |_| {})
                         .await

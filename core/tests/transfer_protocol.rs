@@ -7,22 +7,11 @@ use std::path::Path;
 use std::time::Duration;
 
 use bytes::Bytes;
-use proxim_core::peer::{ChannelOptions, ConnectionEvent, ConnectionEvents, DataChannel, Payload};
-use proxim_core::transfer::{TransferError, is_transfer_channel, receive_file};
+use proxim_core::peer::{ChannelOptions, Payload};
+use proxim_core::transfer::{TransferError, receive_file};
 use sha2::{Digest, Sha256};
 
 const TEST_TIMEOUT: Duration = Duration::from_secs(60);
-
-async fn next_transfer_channel(events: &mut ConnectionEvents) -> DataChannel {
-    loop {
-        match events.next().await.expect("events ended") {
-            ConnectionEvent::ChannelOpened(channel) if is_transfer_channel(channel.label()) => {
-                return channel;
-            }
-            _ => {}
-        }
-    }
-}
 
 fn is_empty_dir(dir: &Path) -> bool {
     std::fs::read_dir(dir).expect("read_dir").next().is_none()
@@ -45,7 +34,7 @@ async fn scripted(
     let dir = tempfile::tempdir().expect("test setup");
     let dir_path = dir.path().to_owned();
     let receiver = tokio::spawn(async move {
-        let channel = next_transfer_channel(&mut answerer.events).await;
+        let channel = peer_common::next_transfer_channel(&mut answerer.events).await;
         let result = receive_file(channel, &dir_path, |_| {}).await;
         (result, answerer)
     });
@@ -192,7 +181,7 @@ async fn sender_closing_midway_is_cancelled_and_leaves_nothing() {
         let dir_path = dir.path().to_owned();
         let (progress_tx, mut progress_rx) = tokio::sync::mpsc::unbounded_channel();
         let receiver = tokio::spawn(async move {
-            let channel = next_transfer_channel(&mut answerer.events).await;
+            let channel = peer_common::next_transfer_channel(&mut answerer.events).await;
             let result = receive_file(channel, &dir_path, |p| {
                 let _ = progress_tx.send(p.bytes_done);
             })

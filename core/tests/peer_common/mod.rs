@@ -62,3 +62,19 @@ pub async fn within<T>(what: &str, f: impl std::future::Future<Output = T>) -> T
         .await
         .unwrap_or_else(|_| panic!("timed out: {what}"))
 }
+
+/// Wait for the remote to open a file-transfer channel.
+pub async fn next_transfer_channel(
+    events: &mut proxim_core::peer::ConnectionEvents,
+) -> proxim_core::peer::DataChannel {
+    loop {
+        match events.next().await.expect("events ended") {
+            proxim_core::peer::ConnectionEvent::ChannelOpened(channel)
+                if proxim_core::transfer::is_transfer_channel(channel.label()) =>
+            {
+                return channel;
+            }
+            _ => {}
+        }
+    }
+}
