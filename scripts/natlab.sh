@@ -498,7 +498,12 @@ attempt() {
     $HAS_JSON && pair+=(--json)
     local t0 t1 rc=0
     t0=$(date +%s%N)
-    "${pair[@]}" >"$dir/pair.out" 2>"$dir/pair.err" </dev/null || rc=$?
+    # In the background so that a signal to this script is handled at once (wait is interruptible).
+    "${pair[@]}" >"$dir/pair.out" 2>"$dir/pair.err" </dev/null &
+    local pair_pid=$!
+    PIDS+=("$pair_pid")
+    wait "$pair_pid" || rc=$?
+    forget "$pair_pid"
     t1=$(date +%s%N)
     local wall_ms=$(((t1 - t0) / 1000000))
 
