@@ -64,6 +64,10 @@ STATE=${NATLAB_STATE:-/run/proxim-natlab}
 TARGET_DIR=${CARGO_TARGET_DIR:-target}
 case $TARGET_DIR in /*) ;; *) TARGET_DIR=$ROOT/$TARGET_DIR ;; esac
 
+# Errors as one line (no anyhow backtrace even when CI sets RUST_BACKTRACE); info logs from the
+# peers (-v) land in the attempt's *.err files.
+export RUST_LIB_BACKTRACE=0
+
 log() { echo "== $*" >&2; }
 die() {
     echo "natlab: $*" >&2
@@ -133,15 +137,22 @@ ensure_proxim() {
         PROXIM=$TARGET_DIR/release/proxim
     fi
     [ -x "$PROXIM" ] || die "no proxim binary at $PROXIM"
-    # The lead's newer flags are used when this binary has them.
-    local help
+    # Newer flags (--json on pair; the others on desktop and pair) are used when the binary has
+    # them; without --json the human-readable lines are parsed.
+    local help dhelp
     help=$("$PROXIM" pair --help 2>&1 || true)
+    dhelp=$("$PROXIM" desktop --help 2>&1 || true)
     HAS_JSON=false HAS_FORCE_RELAY=false HAS_TURN_CA=false HAS_CONNECT_TIMEOUT=false
     grep -q -- '--json' <<<"$help" && HAS_JSON=true
-    grep -q -- '--force-relay' <<<"$help" && HAS_FORCE_RELAY=true
-    grep -q -- '--turn-ca' <<<"$help" && HAS_TURN_CA=true
-    grep -q -- '--connect-timeout' <<<"$help" && HAS_CONNECT_TIMEOUT=true
+    has_both --force-relay && HAS_FORCE_RELAY=true
+    has_both --turn-ca && HAS_TURN_CA=true
+    has_both --connect-timeout && HAS_CONNECT_TIMEOUT=true
     log "proxim: $PROXIM (json=$HAS_JSON force-relay=$HAS_FORCE_RELAY turn-ca=$HAS_TURN_CA connect-timeout=$HAS_CONNECT_TIMEOUT)"
+}
+
+# has_both FLAG: both `pair --help` ($help) and `desktop --help` ($dhelp) list FLAG.
+has_both() {
+    grep -q -- "$1" <<<"$help" && grep -q -- "$1" <<<"$dhelp"
 }
 
 # ---------------------------------------------------------------------------------------------
@@ -411,20 +422,20 @@ EOF
     fi
 }
 
-# start_server TURN_URLS: `proxim serve` in pxl-pub; STUN on 198.18.0.2 (its own responder) and
-# 198.18.0.3 (coturn); TURN REST credentials when TURN_URLS is not `-`.
+# start_server LOG TURN_URLS: `proxim serve` in pxl-pub (output in $WORK/LOG.*); STUN on
+# 198.18.0.2 (its own responder) and 198.18.0.3 (coturn); TURN REST credentials when TURN_URLS
+# is not `-`.
 start_server() {
-    local turn=$1 env_args=(env -u TURN_USERNAME -u TURN_PASSWORD -u TURN_TTL -u STUN_URLS
+    local name=$1 turn=$2 env_args=(env -u TURN_USERNAME -u TURN_PASSWORD -u TURN_TTL -u STUN_URLS
         -u TURN_URLS -u TURN_SECRET -u TURN_REALM -u PROXIM_STUN_BIND -u PROXIM_NO_STUN
         -u PROXIM_PUBLIC_HOST -u PROXIM_BIND "STUN_URLS=stun:$TURN_IP:$STUN_PORT")
     if [ "$turn" != - ]; then
         env_args+=("TURN_URLS=$turn" "TURN_SECRET=$TURN_SECRET" "TURN_REALM=$TURN_REALM")
     fi
-    : >"$WORK/server.err"
-    start server "$NS_PUB" "${env_args[@]}" "$PROXIM" serve --bind "$SERVER_IP:$SIGNAL_PORT" \
+    start "$name" "$NS_PUB" "${env_args[@]}" "$PROXIM" serve --bind "$SERVER_IP:$SIGNAL_PORT" \
         --stun-bind "$SERVER_IP:$STUN_PORT" --public-host "$SERVER_IP"
     SERVER_PID=$LAST_PID
-    if ! { wait_for "$WORK/server.err" 'proxim signaling server on' "proxim serve" >/dev/null &&
+    if ! { wait_for "$WORK/$name.err" 'proxim signaling server on' "proxim serve" >/dev/null &&
         wait_listen "$NS_PUB" u "$SERVER_IP:$STUN_PORT" "the embedded STUN responder"; }; then
         die "proxim serve did not start (TURN_URLS=$turn)"
     fi
@@ -478,7 +489,7 @@ attempt() {
         A_NOTE="proxim has no --force-relay"
     fi
 
-    start "$tag/desktop" "$NS_HA" "$PROXIM" desktop --accept --once --no-qr --name natlab-desktop \
+    start "$tag/desktop" "$NS_HA" "$PROXIM" -v desktop --accept --once --no-qr --name natlab-desktop \
         --server "$SERVER_URL" --download-dir "$dir/recv" --data-dir "$dir/desktop-data" "${flags[@]}"
     local desktop_pid=$LAST_PID code
     if ! code=$(wait_for "$dir/desktop.out" 'pairing code: [0-9A-Z]+' "the desktop's pairing code"); then
@@ -493,7 +504,7 @@ attempt() {
     head -c "$FILE_BYTES" /dev/urandom >"$file"
     sha=$(sha256sum "$file" | cut -d' ' -f1)
 
-    local pair=(timeout -k 5 "$PAIR_BOUND" ip netns exec "$NS_HB" "$PROXIM" pair "$code" --name natlab-phone
+    local pair=(timeout -k 5 "$PAIR_BOUND" ip netns exec "$NS_HB" "$PROXIM" -v pair "$code" --name natlab-phone
         --server "$SERVER_URL" --file "$file" --data-dir "$dir/phone-data" "${flags[@]}")
     $HAS_JSON && pair+=(--json)
     local t0 t1 rc=0
@@ -568,6 +579,7 @@ attempt() {
     for i in $(seq 1 30); do kill -0 "$desktop_pid" 2>/dev/null || break; sleep 0.1; done
     stop_pids "$desktop_pid"
     forget "$desktop_pid"
+    rm -rf "$file" "$dir/recv" # logs stay (in $WORK when the run fails); the payloads go
 
     if $ok; then
         A_GOT=$path
@@ -597,6 +609,13 @@ attempt() {
         fi
     fi
     log "$tag: expected $expected, got $A_GOT in ${A_MS:-?} ms${A_NOTE:+ ($A_NOTE)}"
+    if ! $A_OK && { [ "${CI:-}" = true ] || [ -n "${NATLAB_VERBOSE:-}" ]; }; then
+        local f
+        for f in pair.out pair.err desktop.out desktop.err; do
+            echo "--- $tag/$f (last lines)" >&2
+            tail -n 15 "$dir/$f" >&2 2>/dev/null || true
+        done
+    fi
 }
 
 # ---------------------------------------------------------------------------------------------
@@ -652,7 +671,7 @@ run_suite() {
         log "scenario $((idx + 1)) $name: NAT A $a, NAT B $b, TURN $turn, force relay $relay"
         set_nat "$NS_RA" "$HA_IP" "$a"
         set_nat "$NS_RB" "$HB_IP" "$b"
-        start_server "$turn"
+        start_server "server-s$((idx + 1))" "$turn"
         times=() got=() ok=true first="" notes=""
         for n in $(seq 1 "$repeat"); do
             attempt "s$((idx + 1))-$n" "$expected" "$relay"
@@ -701,7 +720,7 @@ cmd_up() {
     [ -z "$(lab_namespaces)" ] || die "the lab is up already (scripts/natlab.sh down)"
     WORK=$STATE
     lab_up
-    start_server "turn:$TURN_IP:$STUN_PORT,turn:$TURN_IP:$STUN_PORT?transport=tcp,turns:$TURN_IP:$TLS_PORT"
+    start_server server "turn:$TURN_IP:$STUN_PORT,turn:$TURN_IP:$STUN_PORT?transport=tcp,turns:$TURN_IP:$TLS_PORT"
     printf '%s\n' "${PIDS[@]}" >"$STATE/pids"
     KEEP_LAB=true
     cat >&2 <<EOF
