@@ -17,8 +17,9 @@
 #   down   stop what `up` started (by PID) and delete the pxl-* namespaces
 #   nat    switch a router of a lab that is up: cone, symmetric, fullcone or udp-blocked
 #   list   the scenarios
-#   run    a fresh lab, the scenarios (default: all; numbers or names), then down. Prints a table
-#          and, last, `N passed, M failed`; non-zero exit when any failed.
+#   run    a fresh lab, the scenarios (default: all; numbers or names), then down; refuses when
+#          a lab is up already. Prints a table and, last, `N passed, M failed`; non-zero exit
+#          when any failed.
 # Needs root; installs what is missing (coturn iptables iproute2 conntrack openssl jq). The proxim
 # binary is $PROXIM_BIN, else `cargo build --release --locked -p proxim`.
 set -euo pipefail
@@ -659,10 +660,9 @@ run_suite() {
 
     ensure_tools
     ensure_proxim
-    if [ -n "$(lab_namespaces)" ]; then
-        log "a lab is up: taking it down first"
-        lab_down
-    fi
+    # Another run (or `up`) may be using the lab: never take it over.
+    [ -z "$(lab_namespaces)" ] ||
+        die "a lab is up already (pxl-* namespaces: another run, or natlab.sh up); scripts/natlab.sh down ends it"
     WORK=$(mktemp -d "${TMPDIR:-/tmp}/proxim-natlab.XXXXXX")
     lab_up
 
