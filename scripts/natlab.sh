@@ -520,7 +520,7 @@ attempt() {
     t1=$(date +%s%N)
     local wall_ms=$(((t1 - t0) / 1000000))
 
-    local ok=false path="" relay_proto="" error="" message="" connect_ms=""
+    local ok=false path="" local_kind="" relay_proto="" error="" message="" connect_ms=""
     if [ "$rc" -eq 124 ] || [ "$rc" -eq 137 ]; then
         error=hung message="proxim pair did not finish within ${PAIR_BOUND}s"
     elif $HAS_JSON; then
@@ -529,6 +529,7 @@ attempt() {
         if [ -n "$json" ] && jq -e . >/dev/null 2>&1 <<<"$json"; then
             ok=$(jq -r '.ok == true' <<<"$json")
             path=$(jq -r '.path // ""' <<<"$json")
+            local_kind=$(jq -r '.local.kind // ""' <<<"$json")
             relay_proto=$(jq -r '.local.relay_protocol // ""' <<<"$json")
             connect_ms=$(jq -r '.connect_ms // "" | tostring' <<<"$json")
             error=$(jq -r '.error // ""' <<<"$json")
@@ -584,9 +585,16 @@ attempt() {
     rm -rf "$file" "$dir/recv" # logs stay (in $WORK when the run fails); the payloads go
 
     if $ok; then
+        # relay/tcp: this side's candidate is a relay reached over TCP; relay(peer): only the
+        # other side's candidate is a relay.
         A_GOT=$path
-        [ -n "$relay_proto" ] && A_GOT=$path/$relay_proto
-        A_MS=$connect_ms
+        if [ -n "$relay_proto" ]; then
+            A_GOT=$path/$relay_proto
+        elif [ "$path" = relay ] && [ -n "$local_kind" ] && [ "$local_kind" != relay ]; then
+            A_GOT="relay(peer)"
+        fi
+        A_MS=""
+        [ -z "$connect_ms" ] || A_MS=$(printf '%.1f' "$connect_ms")
         case $expected in
             direct) case $path in host | srflx | prflx) A_OK=true ;; esac ;;
             relay) [ "$path" = relay ] && A_OK=true ;;
@@ -602,7 +610,7 @@ attempt() {
         esac
     else
         A_GOT="fail:$error"
-        A_MS=$wall_ms
+        A_MS=$wall_ms.0
         [ -n "$message" ] && A_NOTE=${A_NOTE:+$A_NOTE; }$message
         if [ "$expected" = fail ]; then
             case $error in
@@ -697,9 +705,9 @@ run_suite() {
     local row c1 c2 c3 c4 c5 c6 c7 c8 c9
     for row in "${rows[@]}"; do
         IFS='|' read -r c1 c2 c3 c4 c5 c6 c7 c8 c9 <<<"$row"
-        printf '%-3s %-26s %-22s %-10s %-24s %10s %10s  %-6s %s\n' "$c1" "$c2" "$c3" "$c4" "$c5" "$c6" "$c7" "$c8" "${c9:0:120}"
+        printf '%-3s %-26s %-22s %-10s %-24s %10s %10s  %-6s %s\n' "$c1" "$c2" "$c3" "$c4" "$c5" "$c6" "$c7" "$c8" "$c9"
     done
-    echo "(CONNECT: time to an open data channel as proxim reports it, or to failure; P50 over --repeat $repeat)"
+    echo "(CONNECT: from starting proxim pair to an open data channel, or to the failure; P50: median of --repeat $repeat)"
     echo "$passed passed, $failed failed"
     [ "$failed" -eq 0 ]
 }
