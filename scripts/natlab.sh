@@ -734,9 +734,9 @@ cmd_up() {
     KEEP_LAB=true
     cat >&2 <<EOF
 == the lab is up (both routers: cone NAT); state and logs in $STATE
-   desktop: ip netns exec $NS_HA $PROXIM desktop --accept --no-qr --server $SERVER_URL --download-dir /tmp/natlab-recv
-   phone:   ip netns exec $NS_HB $PROXIM pair CODE --server $SERVER_URL --file FILE
-   TURN CA: $TURN_CA     down: scripts/natlab.sh down
+   desktop: ip netns exec $NS_HA $PROXIM desktop --accept --no-qr --server $SERVER_URL --turn-ca $TURN_CA --download-dir /tmp/natlab-recv
+   phone:   ip netns exec $NS_HB $PROXIM pair CODE --server $SERVER_URL --turn-ca $TURN_CA --file FILE --json
+   NAT:     scripts/natlab.sh nat A|B cone|symmetric|fullcone|udp-blocked     down: scripts/natlab.sh down
 EOF
 }
 
