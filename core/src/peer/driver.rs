@@ -1095,9 +1095,10 @@ impl Driver {
         {
             return true;
         }
-        if self.relays.handle_udp(local, from, &packet, Instant::now()) {
-            return self.take_relayed();
-        }
+        let packet = match self.relays.handle_udp(local, from, packet, Instant::now()) {
+            Ok(()) => return self.take_relayed(),
+            Err(packet) => packet,
+        };
         if !self.remote_description_set {
             if self.early_packets.len() < EARLY_PACKETS {
                 self.early_packets.push((local, from, packet));
@@ -1126,10 +1127,22 @@ impl Driver {
     /// turn their candidates into local candidates. Returns whether anything was received.
     async fn pump_relays(&mut self) -> bool {
         let transmits = self.relays.take_udp_transmits();
-        for t in transmits {
-            if let Some(socket) = self.sockets.iter().find(|s| s.addr == t.from) {
-                send_datagrams(socket, t.to, &t.data, None).await;
-            }
+        if !transmits.is_empty() {
+            // Through the same path as rtc's packets: runs of same-size ChannelData to the
+            // server go out as one GSO send.
+            let now = Instant::now();
+            self.outgoing
+                .extend(transmits.into_iter().map(|t| TaggedBytesMut {
+                    now,
+                    transport: TransportContext {
+                        local_addr: t.from,
+                        peer_addr: t.to,
+                        ecn: None,
+                        transport_protocol: TransportProtocol::UDP,
+                    },
+                    message: t.data,
+                }));
+            self.send_outgoing().await;
         }
         let received = self.relays.take_received();
         let any = !received.is_empty();

@@ -49,7 +49,8 @@
 //!
 //! # Setup latency
 //! rtc's defaults are tuned down for fast setup: ICE checks every 50 ms (40 attempts), and the
-//! acceptance waits for reflexive/relay pairs are 100 ms/200 ms/500 ms instead of up to 2 s.
+//! acceptance waits for srflx/prflx/relay pairs are 100 ms/200 ms/200 ms instead of up to 2 s
+//! (no wait for relay pairs when only relays are allowed).
 //! rtc queues the DTLS ClientHello where only `handle_timeout` releases it; the driver runs
 //! `handle_timeout` right after ICE changes state instead of waiting for the next tick
 //! (which cost ~50 ms per connection). Checks that overtake the answer are kept and replayed
@@ -506,12 +507,14 @@ fn prepare(config: PeerConfig, link: SignalLink) -> Result<Prepared, PeerError> 
     if sockets.is_empty() {
         return Err(PeerError::Io("no usable local address to bind".into()));
     }
+    // With relay candidates only, there is nothing better to wait for.
+    let relay_wait = if config.force_relay { 0 } else { 200 };
     let settings = SettingEngineBuilder::new()
         // Direct paths are preferred by priority anyway; do not sit on a working relay or
         // reflexive pair for seconds when it is all there is.
         .with_srflx_acceptance_min_wait(Some(Duration::from_millis(100)))
         .with_prflx_acceptance_min_wait(Some(Duration::from_millis(200)))
-        .with_relay_acceptance_min_wait(Some(Duration::from_millis(500)))
+        .with_relay_acceptance_min_wait(Some(Duration::from_millis(relay_wait)))
         // Checks every 50 ms, for up to 2 s per pair.
         .with_ice_connection_attempts(Some(Duration::from_millis(50)), Some(40))
         .build();

@@ -197,7 +197,7 @@ impl Relays {
                     ..
                 }) = self.entries.get_mut(id)
                 {
-                    alloc.handle_input(now, &data);
+                    alloc.handle_input(now, data);
                 }
             }
             RelayInput::Closed { id, reason } => {
@@ -216,32 +216,30 @@ impl Relays {
     }
 
     /// A datagram read from UDP socket `local`: the relay's if it comes from its server.
-    /// Returns whether it was consumed.
+    /// Returns the packet when it is not a relay's.
     pub(super) fn handle_udp(
         &mut self,
         local: SocketAddr,
         from: SocketAddr,
-        data: &[u8],
+        packet: BytesMut,
         now: Instant,
-    ) -> bool {
-        let mut consumed = false;
-        for entry in &mut self.entries {
-            if let Phase::Active {
-                alloc,
-                writer: None,
-            } = &mut entry.phase
-                && alloc.local() == local
-                && alloc.server() == from
-            {
-                alloc.handle_input(now, data);
-                consumed = true;
-                break;
-            }
-        }
-        if consumed {
-            self.collect(now);
-        }
-        consumed
+    ) -> Result<(), BytesMut> {
+        let owner = self
+            .entries
+            .iter_mut()
+            .find_map(|entry| match &mut entry.phase {
+                Phase::Active {
+                    alloc,
+                    writer: None,
+                } if alloc.local() == local && alloc.server() == from => Some(alloc),
+                _ => None,
+            });
+        let Some(alloc) = owner else {
+            return Err(packet);
+        };
+        alloc.handle_input(now, packet);
+        self.collect(now);
+        Ok(())
     }
 
     /// Whether `local` is one of the relayed addresses.

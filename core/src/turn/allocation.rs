@@ -10,6 +10,12 @@
 //! for one and waits, with the packets after it (bounded), until the server grants it; a
 //! refused permission drops them. Once a channel is bound (rtc's client binds one on first use)
 //! packets travel as 4-byte-header ChannelData instead of 36-byte Send indications.
+//!
+//! The data path is the hot one: once the server has sent ChannelData for a peer (proof that
+//! the binding is in place on both ends), packets to and from that peer are framed and
+//! unframed here without going through rtc's client, which copies each packet several times
+//! and clones the integrity key per send. One packet per peer still takes rtc's path every
+//! [`SLOW_PATH_EVERY`], which is where rtc refreshes the channel binding before it expires.
 
 use std::collections::{HashMap, VecDeque};
 use std::net::SocketAddr;
@@ -31,6 +37,11 @@ use super::{TurnError, TurnServer, TurnTransport};
 
 /// Packets kept per peer while its permission is being created.
 const PENDING_PER_PEER: usize = 64;
+/// How often a bound peer's packet goes through rtc's client anyway (it refreshes the binding
+/// once it is 5 minutes old; bindings last 10).
+const SLOW_PATH_EVERY: Duration = Duration::from_secs(30);
+/// ChannelData header: channel number and length.
+const CHANNEL_HEADER: usize = 4;
 /// How long the Allocate handshake may take.
 pub(crate) const ALLOCATE_TIMEOUT: Duration = Duration::from_secs(5);
 
@@ -72,6 +83,11 @@ pub(crate) struct Allocation {
     waiting: HashMap<SocketAddr, VecDeque<BytesMut>>,
     received: VecDeque<(SocketAddr, BytesMut)>,
     events: VecDeque<AllocationEvent>,
+    /// Messages for the server, in order.
+    out: VecDeque<BytesMut>,
+    /// Bound channels seen in use by the server: peer → (number, last send through rtc).
+    channels: HashMap<SocketAddr, (u16, Instant)>,
+    peers_by_channel: HashMap<u16, SocketAddr>,
     /// Largest refresh interval (keeps NAT bindings and the allocation fresh).
     _refresh_cap: Duration,
 }
@@ -140,6 +156,9 @@ impl Allocation {
             waiting: HashMap::new(),
             received: VecDeque::new(),
             events: VecDeque::new(),
+            out: VecDeque::new(),
+            channels: HashMap::new(),
+            peers_by_channel: HashMap::new(),
             _refresh_cap: refresh_cap,
         })
     }
@@ -173,12 +192,20 @@ impl Allocation {
     }
 
     /// One message from the server (a datagram, or one frame of a stream).
-    pub(crate) fn handle_input(&mut self, now: Instant, data: &[u8]) {
+    pub(crate) fn handle_input(&mut self, now: Instant, mut data: BytesMut) {
         if matches!(self.state, State::Failed | State::Released) {
             return;
         }
-        if is_stun_message(data) {
-            self.inspect_allocate_response(data);
+        if let Some((number, len)) = channel_header(&data)
+            && let Some(peer) = self.peers_by_channel.get(&number)
+        {
+            let _ = data.split_to(CHANNEL_HEADER);
+            data.truncate(len);
+            self.received.push_back((*peer, data));
+            return;
+        }
+        if is_stun_message(&data) {
+            self.inspect_allocate_response(&data);
         }
         let msg = TaggedBytesMut {
             now,
@@ -188,7 +215,7 @@ impl Allocation {
                 ecn: None,
                 transport_protocol: TransportProtocol::UDP,
             },
-            message: BytesMut::from(data),
+            message: data,
         };
         if let Err(e) = self.client.handle_read(msg) {
             tracing::debug!(server = %self.server, error = %e, "TURN message refused");
@@ -207,6 +234,17 @@ impl Allocation {
             }
             return;
         }
+        if let Some((number, slow_at)) = self.channels.get(&peer).copied()
+            && now.saturating_duration_since(slow_at) < SLOW_PATH_EVERY
+            && data.len() <= usize::from(u16::MAX)
+        {
+            self.out.push_back(channel_data(number, data));
+            return;
+        }
+        if let Some(entry) = self.channels.get_mut(&peer) {
+            entry.1 = now;
+        }
+        self.drain_writes();
         let Ok(mut relay) = self.client.relay(relayed) else {
             return;
         };
@@ -230,7 +268,15 @@ impl Allocation {
 
     /// The next message for the server.
     pub(crate) fn poll_transmit(&mut self) -> Option<BytesMut> {
-        self.client.poll_write().map(|t| t.message)
+        self.drain_writes();
+        self.out.pop_front()
+    }
+
+    /// Move what rtc's client queued behind what is already waiting, keeping the order.
+    fn drain_writes(&mut self) {
+        while let Some(t) = self.client.poll_write() {
+            self.out.push_back(t.message);
+        }
     }
 
     /// The next packet a peer sent through the relay: `(peer, data)`.
@@ -364,13 +410,40 @@ impl Allocation {
                         self.waiting.remove(&peer);
                     }
                 }
-                Event::DataIndicationOrChannelData(_, peer, data) => {
+                Event::DataIndicationOrChannelData(channel, peer, data) => {
+                    if let Some(number) = channel
+                        && !self.peers_by_channel.contains_key(&number.0)
+                    {
+                        tracing::debug!(%peer, channel = number.0, "TURN channel in use: fast path");
+                        self.peers_by_channel.insert(number.0, peer);
+                        self.channels.insert(peer, (number.0, now));
+                    }
                     self.received.push_back((peer, data));
                 }
                 _ => {}
             }
         }
     }
+}
+
+/// `(channel number, payload length)` of a well-formed ChannelData message.
+fn channel_header(data: &[u8]) -> Option<(u16, usize)> {
+    let header = data.get(..CHANNEL_HEADER)?;
+    let number = u16::from_be_bytes([header[0], header[1]]);
+    let len = usize::from(u16::from_be_bytes([header[2], header[3]]));
+    ((0x4000..=0x7FFF).contains(&number) && data.len() >= CHANNEL_HEADER + len)
+        .then_some((number, len))
+}
+
+/// A ChannelData message (padded to 4 bytes, as streams need and datagrams allow).
+fn channel_data(number: u16, payload: &[u8]) -> BytesMut {
+    let padded = (CHANNEL_HEADER + payload.len() + 3) & !3;
+    let mut out = BytesMut::with_capacity(padded);
+    out.extend_from_slice(&number.to_be_bytes());
+    out.extend_from_slice(&(payload.len() as u16).to_be_bytes());
+    out.extend_from_slice(payload);
+    out.resize(padded, 0);
+    out
 }
 
 #[cfg(test)]
@@ -450,11 +523,13 @@ mod tests {
         // The challenge: rtc's client answers with an authenticated Allocate.
         a.handle_input(
             now,
-            &error_response(
-                first.transaction_id,
-                CODE_UNAUTHORIZED,
-                "Unauthorized",
-                true,
+            BytesMut::from(
+                &error_response(
+                    first.transaction_id,
+                    CODE_UNAUTHORIZED,
+                    "Unauthorized",
+                    true,
+                )[..],
             ),
         );
         let second = decode(&a.poll_transmit().expect("authenticated Allocate"));
@@ -463,11 +538,13 @@ mod tests {
         // Refused again: the credentials are wrong.
         a.handle_input(
             now,
-            &error_response(
-                second.transaction_id,
-                CODE_UNAUTHORIZED,
-                "Unauthorized",
-                true,
+            BytesMut::from(
+                &error_response(
+                    second.transaction_id,
+                    CODE_UNAUTHORIZED,
+                    "Unauthorized",
+                    true,
+                )[..],
             ),
         );
         assert_eq!(
@@ -509,6 +586,31 @@ mod tests {
     }
 
     #[test]
+    fn channel_data_framing() {
+        assert_eq!(
+            channel_header(&[0x40, 0x01, 0x00, 0x02, 9, 9, 0, 0]),
+            Some((0x4001, 2))
+        );
+        assert_eq!(
+            channel_header(&[0x40, 0x01, 0x00, 0x05, 9, 9]),
+            None,
+            "short"
+        );
+        assert_eq!(
+            channel_header(&[0x80, 0x01, 0x00, 0x00]),
+            None,
+            "not a channel"
+        );
+        assert_eq!(channel_header(&[0x40]), None);
+        let framed = channel_data(0x4001, &[1, 2, 3, 4, 5]);
+        assert_eq!(
+            &framed[..],
+            &[0x40, 0x01, 0x00, 0x05, 1, 2, 3, 4, 5, 0, 0, 0]
+        );
+        assert_eq!(channel_header(&framed), Some((0x4001, 5)));
+    }
+
+    #[test]
     fn unrelated_and_malformed_input_is_ignored() {
         let now = Instant::now();
         let mut a = new_alloc(now);
@@ -517,10 +619,13 @@ mod tests {
         other
             .build(&[Box::new(TransactionId::new()), Box::new(BINDING_REQUEST)])
             .unwrap();
-        a.handle_input(now, &other.raw);
-        a.handle_input(now, &[0x00, 0x01, 0x00]);
-        a.handle_input(now, &[0x40, 0x00, 0x00, 0x04, 1, 2, 3, 4]);
-        a.handle_input(now, &[]);
+        a.handle_input(now, BytesMut::from(&other.raw[..]));
+        a.handle_input(now, BytesMut::from(&[0x00, 0x01, 0x00][..]));
+        a.handle_input(
+            now,
+            BytesMut::from(&[0x40, 0x00, 0x00, 0x04, 1, 2, 3, 4][..]),
+        );
+        a.handle_input(now, BytesMut::new());
         assert!(a.is_allocating());
         assert_eq!(a.poll_event(), None);
     }

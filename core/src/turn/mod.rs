@@ -262,7 +262,7 @@ async fn probe(
         tokio::select! {
             frame = transport.recv() => {
                 let frame = frame?;
-                alloc.handle_input(Instant::now(), &frame);
+                alloc.handle_input(Instant::now(), frame);
             }
             () = tokio::time::sleep_until(deadline.into()) => alloc.handle_timeout(Instant::now()),
         }
