@@ -34,7 +34,7 @@ pub(super) struct LocalSocket {
 
 /// The local IP addresses to bind to: every IPv4 interface address that is up, loopback when
 /// asked for, no link-local addresses. IPv6 plugs in here once the rest is tested with it.
-pub(super) fn local_ips(include_loopback: bool) -> Vec<IpAddr> {
+pub(crate) fn local_ips(include_loopback: bool) -> Vec<IpAddr> {
     let mut ips: Vec<IpAddr> = Vec::new();
     match if_addrs::get_if_addrs() {
         Ok(interfaces) => {
@@ -138,18 +138,18 @@ pub(super) fn srflx_candidate(
 
 /// A packet a candidate source wants sent.
 #[derive(Debug)]
-pub(super) struct SourceTransmit {
+pub(crate) struct SourceTransmit {
     /// The local socket to send from.
-    pub(super) from: SocketAddr,
+    pub(crate) from: SocketAddr,
     /// Where to.
-    pub(super) to: SocketAddr,
+    pub(crate) to: SocketAddr,
     /// The datagram.
-    pub(super) data: Vec<u8>,
+    pub(crate) data: Vec<u8>,
 }
 
 /// What a candidate source produced.
 #[derive(Debug)]
-pub(super) enum SourceOutput {
+pub(crate) enum SourceOutput {
     /// Send this packet.
     Transmit(SourceTransmit),
     /// A new local candidate.
@@ -296,7 +296,7 @@ const STUN_FIRST_RTO: Duration = Duration::from_millis(100);
 
 /// Sans-IO STUN Binding transaction: send, retransmit within the deadline, parse the answer.
 #[derive(Debug)]
-pub(super) struct StunBinding {
+pub(crate) struct StunBinding {
     url: String,
     local: SocketAddr,
     server: SocketAddr,
@@ -310,7 +310,7 @@ pub(super) struct StunBinding {
 }
 
 impl StunBinding {
-    fn new(
+    pub(crate) fn new(
         url: String,
         local: SocketAddr,
         server: SocketAddr,
@@ -338,7 +338,12 @@ impl StunBinding {
         }
     }
 
-    fn handle_packet(&mut self, local: SocketAddr, from: SocketAddr, data: &[u8]) -> bool {
+    pub(crate) fn handle_packet(
+        &mut self,
+        local: SocketAddr,
+        from: SocketAddr,
+        data: &[u8],
+    ) -> bool {
         if self.done || local != self.local || from != self.server {
             return false;
         }
@@ -371,7 +376,7 @@ impl StunBinding {
         true
     }
 
-    fn handle_timeout(&mut self, now: Instant) {
+    pub(crate) fn handle_timeout(&mut self, now: Instant) {
         if self.done {
             return;
         }
@@ -391,7 +396,7 @@ impl StunBinding {
         }
     }
 
-    fn poll_output(&mut self) -> Option<SourceOutput> {
+    pub(crate) fn poll_output(&mut self) -> Option<SourceOutput> {
         if self.pending.is_empty() {
             None
         } else {
@@ -399,7 +404,7 @@ impl StunBinding {
         }
     }
 
-    fn poll_timeout(&self) -> Option<Instant> {
+    pub(crate) fn poll_timeout(&self) -> Option<Instant> {
         if self.done {
             None
         } else {

@@ -72,7 +72,7 @@ use crate::link::SignalLink;
 
 mod channel;
 mod driver;
-mod gather;
+pub(crate) mod gather;
 mod stats;
 
 pub use channel::{
