@@ -244,8 +244,10 @@ async fn signaling_exchange(
     url: &str,
     timeout: Duration,
 ) -> Result<(SignalingOutcome, Vec<IceServer>), (SignalingFailure, String)> {
-    match url::Url::parse(url) {
-        Ok(parsed) if matches!(parsed.scheme(), "ws" | "wss") && parsed.host().is_some() => {}
+    let tls = match url::Url::parse(url) {
+        Ok(parsed) if matches!(parsed.scheme(), "ws" | "wss") && parsed.host().is_some() => {
+            parsed.scheme() == "wss"
+        }
         Ok(parsed) => {
             return Err((
                 SignalingFailure::InvalidUrl,
@@ -256,7 +258,7 @@ async fn signaling_exchange(
             ));
         }
         Err(e) => return Err((SignalingFailure::InvalidUrl, format!("`{url}`: {e}"))),
-    }
+    };
     let deadline = tokio::time::Instant::now() + timeout;
     let started = now();
     let config = WebSocketConfig::default()
@@ -270,7 +272,7 @@ async fn signaling_exchange(
                 format!("no WebSocket connection within {timeout:?}"),
             ));
         }
-        Ok(Err(e)) => return Err(classify_ws_error(e)),
+        Ok(Err(e)) => return Err(classify_ws_error(e, tls)),
         Ok(Ok((ws, _response))) => ws,
     };
     let connected = now();
@@ -313,7 +315,7 @@ async fn signaling_exchange(
                     format!("the server closed the WebSocket after hello ({reason})"),
                 ));
             }
-            Some(Err(e)) => break Err(classify_ws_error(e)),
+            Some(Err(e)) => break Err(classify_ws_error(e, tls)),
             None => {
                 break Err((
                     SignalingFailure::NotProxim,
@@ -363,8 +365,13 @@ async fn signaling_exchange(
     result
 }
 
-fn classify_ws_error(error: WsError) -> (SignalingFailure, String) {
+/// Name a WebSocket failure. Over `wss://`, rustls reports handshake and certificate failures
+/// as I/O errors of kind `InvalidData`.
+fn classify_ws_error(error: WsError, tls: bool) -> (SignalingFailure, String) {
     match error {
+        WsError::Io(e) if tls && e.kind() == std::io::ErrorKind::InvalidData => {
+            (SignalingFailure::Tls, e.to_string())
+        }
         WsError::Io(e) => (SignalingFailure::Unreachable, e.to_string()),
         WsError::Tls(e) => (SignalingFailure::Tls, e.to_string()),
         WsError::Url(e) => (SignalingFailure::InvalidUrl, e.to_string()),
@@ -1565,6 +1572,19 @@ mod tests {
             }
             other => panic!("{other:?}"),
         }
+
+        // wss:// to a port that speaks plain HTTP: the TLS handshake fails.
+        let (check, _) = check_signaling(&format!("wss://{at}/ws"), Duration::from_secs(2)).await;
+        assert!(
+            matches!(
+                check.outcome,
+                SignalingOutcome::Failed {
+                    failure: SignalingFailure::Tls,
+                    ..
+                }
+            ),
+            "{check:?}"
+        );
 
         // A TCP port that accepts and never speaks: the check times out within the bound.
         let quiet = tokio::net::TcpListener::bind((Ipv4Addr::LOCALHOST, 0))
