@@ -859,8 +859,10 @@ pub enum TurnOutcome {
 #[serde(rename_all = "snake_case")]
 #[non_exhaustive]
 pub enum TurnFailure {
-    /// The relay refused the credentials (or the allocation).
+    /// The relay refused the credentials (401).
     Refused,
+    /// The relay accepted the credentials but refused the allocation (quota, capacity, policy).
+    AllocationRefused,
     /// The relay could not be reached (name, route, connection refused).
     Unreachable,
     /// No answer within the timeout.
@@ -875,6 +877,7 @@ impl fmt::Display for TurnFailure {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(match self {
             TurnFailure::Refused => "credentials refused",
+            TurnFailure::AllocationRefused => "allocation refused",
             TurnFailure::Unreachable => "unreachable",
             TurnFailure::TimedOut => "timed out",
             TurnFailure::Tls => "TLS failed",

@@ -165,6 +165,9 @@ fn lines(report: &DoctorReport) -> Vec<String> {
                     human(*elapsed)
                 ),
             ),
+            TurnOutcome::Failed { failure, detail } if detail.starts_with(&failure.to_string()) => {
+                ("FAIL", detail.clone())
+            }
             TurnOutcome::Failed { failure, detail } => ("FAIL", format!("{failure}: {detail}")),
             TurnOutcome::NotChecked { reason } => ("skip", reason.clone()),
             _ => ("?", String::new()),
