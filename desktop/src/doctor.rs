@@ -193,3 +193,36 @@ fn human(duration: Duration) -> String {
         format!("{:.1} s", ms / 1e3)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations_read_well() {
+        assert_eq!(human(Duration::from_micros(420)), "0.4 ms");
+        assert_eq!(human(Duration::from_micros(12_400)), "12 ms");
+        assert_eq!(human(Duration::from_millis(1_500)), "1.5 s");
+    }
+
+    #[tokio::test]
+    async fn an_unreachable_server_prints_a_failure_and_the_verdict() {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let url = format!("ws://{}/ws", listener.local_addr().unwrap());
+        drop(listener);
+        let mut options = DoctorOptions::new(url.clone());
+        options.timeout = Duration::from_secs(2);
+        options.local_ip = Some("127.0.0.1".parse().unwrap());
+        let report = doctor::run(&options).await;
+        let lines = lines(&report);
+        assert!(
+            lines[0].starts_with(&format!("signaling  FAIL  {url}: unreachable: ")),
+            "{lines:?}"
+        );
+        assert_eq!(
+            lines.last().map(String::as_str),
+            Some("verdict          signaling server unreachable")
+        );
+        assert!(!report.path_works());
+    }
+}
