@@ -1,1 +1,5 @@
-//! End-to-end tests live in `tests/e2e_*.rs`; this library is empty.
+//! Test support shared by the end-to-end tests (`tests/*.rs`) and the core's TURN tests: a real
+//! coturn on loopback.
+#![allow(clippy::unwrap_used)]
+
+pub mod coturn;

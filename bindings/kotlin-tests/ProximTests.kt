@@ -61,6 +61,11 @@ suspend fun pairAndEcho() {
             check(stats.remote.address.substringAfterLast(':').toInt() > 0) { "remote ${stats.remote}" }
             check(stats.local.protocol == "udp") { "protocol ${stats.local.protocol}" }
             check(connection.state() == ConnectionState.CONNECTED) { "state ${connection.state()}" }
+            recorder.awaitConnectionEvent(connection.id()) { it is ConnectionEvent.PathChanged }
+            val path = recorder.connectionEvents(connection.id())
+                .filterIsInstance<ConnectionEvent.PathChanged>().first()
+            check(path.stats.path == PathType.HOST) { "PathChanged path ${path.stats.path}" }
+            check(path.stats.local.relayProtocol == null) { "relayProtocol ${path.stats.local.relayProtocol}" }
             connection.disconnect()
         }
     }

@@ -123,6 +123,13 @@ fn validate(config: &CoreConfig) -> Result<(), ProximException> {
             reason: "device name is empty".into(),
         });
     }
+    for ip in config.local_ips.iter().flatten() {
+        if ip.parse::<std::net::IpAddr>().is_err() {
+            return Err(ProximException::InvalidConfig {
+                reason: format!("local IP `{ip}` is not an IP address"),
+            });
+        }
+    }
     Ok(())
 }
 
@@ -138,6 +145,9 @@ mod tests {
             download_dir: None,
             pair_timeout_ms: None,
             connect_timeout_ms: None,
+            force_relay: false,
+            local_ips: None,
+            turn_roots_pem: None,
         }
     }
 
@@ -150,6 +160,12 @@ mod tests {
         assert!(matches!(
             ProximCore::new(config("ws://x/ws", " "), None),
             Err(ProximException::InvalidConfig { .. })
+        ));
+        let mut bad_ip = config("ws://x/ws", "Phone");
+        bad_ip.local_ips = Some(vec!["127.0.0.1".into(), "not-an-ip".into()]);
+        assert!(matches!(
+            ProximCore::new(bad_ip, None),
+            Err(ProximException::InvalidConfig { reason }) if reason.contains("not-an-ip")
         ));
         assert!(ProximCore::new(config("ws://127.0.0.1:1/ws", "Phone"), None).is_ok());
     }

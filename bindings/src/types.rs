@@ -30,6 +30,15 @@ pub struct CoreConfig {
     /// How long the direct connection may take after pairing. `None`: core's default (15 s).
     #[uniffi(default = None)]
     pub connect_timeout_ms: Option<u64>,
+    /// Connect through a TURN relay only (iceTransportPolicy `relay`).
+    #[uniffi(default = false)]
+    pub force_relay: bool,
+    /// Bind only these local IP addresses (e.g. `["127.0.0.1"]`). `None`: every interface.
+    #[uniffi(default = None)]
+    pub local_ips: Option<Vec<String>>,
+    /// Extra trusted root certificates (PEM text) for `turns:` relays with a private CA.
+    #[uniffi(default = None)]
+    pub turn_roots_pem: Option<String>,
 }
 
 impl CoreConfig {
@@ -47,6 +56,16 @@ impl CoreConfig {
         }
         if let Some(ms) = self.connect_timeout_ms {
             config = config.with_connect_timeout(Duration::from_millis(ms));
+        }
+        config = config.with_force_relay(self.force_relay);
+        if let Some(pem) = &self.turn_roots_pem {
+            config = config.with_turn_roots_pem(pem.as_bytes());
+        }
+        if let Some(ips) = &self.local_ips {
+            // Checked by `validate` when the core was created.
+            let parsed: Vec<std::net::IpAddr> =
+                ips.iter().filter_map(|ip| ip.parse().ok()).collect();
+            config = config.with_local_ips(parsed);
         }
         config
     }
@@ -140,6 +159,9 @@ pub struct CandidateInfo {
     pub address: String,
     /// `udp` or `tcp`.
     pub protocol: String,
+    /// For a local relay candidate, how this device reaches the TURN server: `udp`, `tcp` or
+    /// `tls`.
+    pub relay_protocol: Option<String>,
 }
 
 impl From<peer::CandidateInfo> for CandidateInfo {
@@ -148,6 +170,7 @@ impl From<peer::CandidateInfo> for CandidateInfo {
             kind: info.kind.into(),
             address: info.address.to_string(),
             protocol: info.protocol,
+            relay_protocol: info.relay_protocol.map(|t| t.to_string()),
         }
     }
 }
@@ -304,6 +327,12 @@ pub enum ConnectionEvent {
         /// Why, in words.
         reason: String,
     },
+    /// The path in use changed (first once the connection is up): `stats.path` is HOST,
+    /// SRFLX, PRFLX or RELAY, `stats.local.relayProtocol` how a relay is reached.
+    PathChanged {
+        /// The connection's statistics at that moment.
+        stats: ConnectionStats,
+    },
     /// The other side opened an extra data channel (Proxim does not read it yet).
     ChannelOpened {
         /// Its label.
@@ -341,6 +370,9 @@ impl ConnectionEvent {
             Event::StateChanged { old, new } => ConnectionEvent::StateChanged {
                 old: old.into(),
                 new: new.into(),
+            },
+            Event::PathChanged(stats) => ConnectionEvent::PathChanged {
+                stats: stats.into(),
             },
             Event::Closed { reason } => ConnectionEvent::Closed { reason },
             _ => return None,

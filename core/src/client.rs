@@ -288,6 +288,9 @@ pub enum Event {
         /// The new state.
         new: ConnectionState,
     },
+    /// The path in use changed (first when the connection is up): host, srflx, prflx or
+    /// relay, the addresses, and for a relay how this side reaches it.
+    PathChanged(peer::ConnectionStats),
     /// The connection is closed; no more events follow.
     Closed {
         /// Why.
@@ -416,6 +419,8 @@ impl Connection {
         peer_config.connect_timeout = config.connect_timeout;
         peer_config.include_loopback = config.include_loopback;
         peer_config.local_ips = config.local_ips.clone();
+        peer_config.force_relay = config.force_relay;
+        peer_config.turn_roots_pem = config.turn_roots_pem.clone();
         let established = peer::Connection::establish(peer_config, link)
             .await
             .map_err(peer_error)?;
@@ -478,6 +483,7 @@ async fn pump(
                 }
                 Some(ConnectionEvent::ChannelOpened(incoming)) => Event::ChannelOpened(incoming),
                 Some(ConnectionEvent::StateChanged { old, new }) => Event::StateChanged { old, new },
+                Some(ConnectionEvent::PathChanged(stats)) => Event::PathChanged(stats),
                 Some(ConnectionEvent::Closed { reason }) => {
                     let _ = tx.send(Event::Closed { reason }).await;
                     return;

@@ -33,6 +33,11 @@ pub struct ProximConfig {
     pub include_loopback: bool,
     /// Gather host candidates only on these local addresses (`None`: every usable interface).
     pub local_ips: Option<Vec<std::net::IpAddr>>,
+    /// Connect through a TURN relay only (iceTransportPolicy `relay`): hides this device's
+    /// addresses from the peer; fails when the server offers no working relay.
+    pub force_relay: bool,
+    /// Extra trusted root certificates (PEM) for `turns:` relays with a private CA.
+    pub turn_roots_pem: Option<Vec<u8>>,
 }
 
 impl ProximConfig {
@@ -49,7 +54,27 @@ impl ProximConfig {
             server_timeout: Duration::from_secs(10),
             include_loopback: true,
             local_ips: None,
+            force_relay: false,
+            turn_roots_pem: None,
         }
+    }
+
+    /// Connect through a TURN relay only (see [`Self::force_relay`]).
+    pub fn with_force_relay(mut self, force_relay: bool) -> Self {
+        self.force_relay = force_relay;
+        self
+    }
+
+    /// Trust these PEM root certificates for `turns:` relays, beyond the webpki roots.
+    pub fn with_turn_roots_pem(mut self, pem: impl Into<Vec<u8>>) -> Self {
+        self.turn_roots_pem = Some(pem.into());
+        self
+    }
+
+    /// Gather host candidates only on these local addresses.
+    pub fn with_local_ips(mut self, ips: Vec<std::net::IpAddr>) -> Self {
+        self.local_ips = Some(ips);
+        self
     }
 
     /// Use only the loopback interface: both devices on this machine, no traffic elsewhere

@@ -26,6 +26,7 @@ pub mod pairing;
 pub mod peer;
 pub mod signaling;
 pub mod transfer;
+pub mod turn;
 
 pub use client::{Connection, Desktop, DesktopEvent, Event, SetupTimings, pair};
 pub use config::ProximConfig;

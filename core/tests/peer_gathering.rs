@@ -108,3 +108,91 @@ async fn host_then_srflx_candidates_then_end_of_candidates() {
     let result = within("establish", peer).await.unwrap();
     assert!(matches!(result, Err(PeerError::PeerLeft)), "{result:?}");
 }
+
+/// Answer Binding requests with the sender's real address (as a STUN server with no NAT in
+/// between sees it), until the test ends.
+async fn echo_stun_server(socket: tokio::net::UdpSocket) {
+    let mut buf = [0u8; 1500];
+    loop {
+        let Ok((n, from)) = socket.recv_from(&mut buf).await else {
+            return;
+        };
+        let mut request = Message {
+            raw: buf[..n].to_vec(),
+            ..Message::default()
+        };
+        if request.decode().is_err() {
+            continue;
+        }
+        let mut answer = Message::new();
+        let built = answer.build(&[
+            Box::new(request.transaction_id),
+            Box::new(BINDING_SUCCESS),
+            Box::new(XorMappedAddress {
+                ip: from.ip(),
+                port: from.port(),
+            }),
+        ]);
+        if built.is_ok() {
+            let _ = socket.send_to(&answer.raw, from).await;
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ipv6_host_and_server_reflexive_candidates_connect() {
+    init_tracing();
+    let stun = tokio::net::UdpSocket::bind("[::1]:0").await.unwrap();
+    let stun_url = format!("stun:[::1]:{}", stun.local_addr().unwrap().port());
+    let server = tokio::spawn(echo_stun_server(stun));
+    let servers = vec![IceServer {
+        urls: vec![stun_url],
+        username: None,
+        credential: None,
+    }];
+    let v6 = |role| {
+        let mut c = config(role, servers.clone());
+        c.local_ips = Some(vec![std::net::Ipv6Addr::LOCALHOST.into()]);
+        c
+    };
+
+    // The offerer's trickle: a host and a server-reflexive candidate, both IPv6.
+    let (outgoing, mut sent) = mpsc::channel(64);
+    let (_incoming_tx, incoming) = mpsc::channel(64);
+    let probe = tokio::spawn(Connection::establish(
+        v6(PeerRole::Offerer),
+        SignalLink { outgoing, incoming },
+    ));
+    let mut lines = Vec::new();
+    loop {
+        match within("signal", sent.recv()).await.expect("link open") {
+            Signal::Candidate { candidate, .. } => lines.push(candidate.as_str().to_owned()),
+            Signal::EndOfCandidates => break,
+            _ => {}
+        }
+    }
+    probe.abort();
+    assert!(
+        lines
+            .iter()
+            .any(|l| l.contains("::1") && l.contains("typ host")),
+        "{lines:?}"
+    );
+    assert!(
+        lines
+            .iter()
+            .any(|l| l.contains("typ srflx") && l.contains("raddr ::1")),
+        "{lines:?}"
+    );
+
+    // Two IPv6-only peers connect over ::1.
+    let (a, b, _) = peer_common::connect_with(v6(PeerRole::Offerer), v6(PeerRole::Answerer))
+        .await
+        .expect("IPv6 peers connect");
+    let stats = within("stats", a.connection.stats()).await.unwrap();
+    assert!(stats.local.address.is_ipv6(), "{stats:?}");
+    assert!(stats.remote.address.is_ipv6(), "{stats:?}");
+    a.connection.close().await;
+    b.connection.close().await;
+    server.abort();
+}

@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 use anyhow::{Context, Result, bail};
 use clap::{Args, Parser, Subcommand};
 use indicatif::{ProgressBar, ProgressStyle};
-use proxim_core::peer::Payload;
+use proxim_core::peer::{CandidateInfo, CandidateKind, ConnectionStats, Payload};
 use proxim_core::{Desktop, DesktopEvent, Event, ProximConfig, pair};
 use proxim_protocol::{PeerDevice, SessionId};
 use sha2::{Digest, Sha256};
@@ -57,6 +57,18 @@ struct CommonArgs {
     /// Where Proxim keeps its device id.
     #[arg(long, env = "PROXIM_DATA_DIR")]
     data_dir: Option<PathBuf>,
+    /// Connect through a TURN relay only (iceTransportPolicy relay).
+    #[arg(long, env = "PROXIM_FORCE_RELAY")]
+    force_relay: bool,
+    /// Extra trusted root certificate(s), PEM, for turns: relays with a private CA.
+    #[arg(long, env = "PROXIM_TURN_CA", value_name = "FILE")]
+    turn_ca: Option<PathBuf>,
+    /// Gather candidates only on this local address (repeatable; default: every interface).
+    #[arg(long = "local-ip", value_name = "IP")]
+    local_ips: Vec<std::net::IpAddr>,
+    /// How long the direct connection may take to come up after pairing, in seconds.
+    #[arg(long, value_name = "SECS", default_value_t = 15.0)]
+    connect_timeout: f64,
 }
 
 #[derive(Debug, Args)]
@@ -98,6 +110,9 @@ struct PairArgs {
     /// Stay connected and print what the desktop sends until Ctrl-C.
     #[arg(long)]
     wait: bool,
+    /// Print one JSON object at the end (result, path, timings) instead of the human report.
+    #[arg(long)]
+    json: bool,
 }
 
 #[derive(Debug, Args)]
@@ -160,16 +175,30 @@ async fn serve(args: proxim_server::cli::ServeArgs) -> Result<()> {
     Ok(())
 }
 
-fn config_from(common: &CommonArgs, default_name: &str) -> ProximConfig {
+fn config_from(common: &CommonArgs, default_name: &str) -> Result<ProximConfig> {
     let name = common
         .name
         .clone()
         .unwrap_or_else(|| default_name.to_owned());
-    let mut config = ProximConfig::new(common.server.clone(), name);
+    let timeout = std::time::Duration::try_from_secs_f64(common.connect_timeout)
+        .ok()
+        .filter(|t| !t.is_zero())
+        .context("--connect-timeout must be a positive number of seconds")?;
+    let mut config = ProximConfig::new(common.server.clone(), name)
+        .with_force_relay(common.force_relay)
+        .with_connect_timeout(timeout);
     if let Some(dir) = &common.data_dir {
         config = config.with_data_dir(dir);
     }
-    config
+    if let Some(path) = &common.turn_ca {
+        let pem = std::fs::read(path)
+            .with_context(|| format!("reading the TURN CA file {}", path.display()))?;
+        config = config.with_turn_roots_pem(pem);
+    }
+    if !common.local_ips.is_empty() {
+        config = config.with_local_ips(common.local_ips.clone());
+    }
+    Ok(config)
 }
 
 fn host_name() -> String {
@@ -181,7 +210,7 @@ fn host_name() -> String {
 }
 
 async fn desktop(args: DesktopArgs) -> Result<()> {
-    let config = config_from(&args.common, &host_name()).with_download_dir(&args.download_dir);
+    let config = config_from(&args.common, &host_name())?.with_download_dir(&args.download_dir);
     tokio::fs::create_dir_all(&args.download_dir)
         .await
         .with_context(|| format!("creating {}", args.download_dir.display()))?;
@@ -238,8 +267,12 @@ async fn desktop(args: DesktopArgs) -> Result<()> {
                 }
             }
             DesktopEvent::Connected(connection) => {
+                let path = match connection.stats().await {
+                    Ok(stats) => describe_path(&stats),
+                    Err(e) => format!("(no stats: {e})"),
+                };
                 println!(
-                    "connected to {} in {:?}",
+                    "connected to {} in {:?} via {path}",
                     connection.peer_device().device_name,
                     connection.timings().channel_open
                 );
@@ -336,31 +369,86 @@ fn print_code(server: &str, code: &str, qr: bool) {
 }
 
 async fn phone(args: PairArgs) -> Result<()> {
-    let config = config_from(&args.common, "proxim-phone");
+    let json = args.json;
+    let started = std::time::Instant::now();
+    let result = run_phone(args, started).await;
+    match result {
+        Ok(report) => {
+            if json {
+                println!("{report}");
+            }
+            Ok(())
+        }
+        Err(error) if json => {
+            let kind = error
+                .downcast_ref::<proxim_core::ProximError>()
+                .map_or("error", error_kind);
+            let report = serde_json::json!({
+                "ok": false,
+                "error": kind,
+                "message": format!("{error:#}"),
+                "elapsed_ms": ms(started.elapsed()),
+            });
+            println!("{report}");
+            std::process::exit(1);
+        }
+        Err(error) => Err(error),
+    }
+}
+
+/// Pair, report, send; returns the JSON report (printed with `--json`).
+async fn run_phone(args: PairArgs, started: std::time::Instant) -> Result<serde_json::Value> {
+    let config = config_from(&args.common, "proxim-phone")?;
     let mut connection = pair(&config, &args.code).await?;
+    let connect_ms = ms(started.elapsed());
     let stats = connection.stats().await?;
-    println!(
-        "connected to {} in {:?} via {:?} ({} -> {})",
-        connection.peer_device().device_name,
-        connection.timings().channel_open,
-        stats.path(),
-        stats.local.address,
-        stats.remote.address
-    );
+    if !args.json {
+        println!(
+            "connected to {} in {:?} via {} ({} -> {})",
+            connection.peer_device().device_name,
+            connection.timings().channel_open,
+            describe_path(&stats),
+            stats.local.address,
+            stats.remote.address
+        );
+    }
+    let mut report = serde_json::json!({
+        "ok": true,
+        "connect_ms": connect_ms,
+        "channel_open_ms": ms(connection.timings().channel_open),
+        "path": path_name(stats.path()),
+        "local": candidate_json(&stats.local),
+        "remote": candidate_json(&stats.remote),
+        "rtt_ms": stats.rtt.map(ms),
+    });
     for message in &args.messages {
         connection.send_text(message.clone()).await?;
-        println!("sent: {message}");
+        if !args.json {
+            println!("sent: {message}");
+        }
     }
     if let Some(path) = &args.file {
-        let report = send_with_progress(&connection, path).await?;
-        println!(
-            "sent {} ({} bytes) in {:.2?}: {:.1} MB/s, sha256 {} verified by the desktop",
-            report.name,
-            report.bytes,
-            report.elapsed,
-            report.bytes as f64 / report.elapsed.as_secs_f64() / 1e6,
-            report.sha256
-        );
+        let file = if args.json {
+            connection.send_file(path, |_| {}).await?
+        } else {
+            send_with_progress(&connection, path).await?
+        };
+        if !args.json {
+            println!(
+                "sent {} ({} bytes) in {:.2?}: {:.1} MB/s, sha256 {} verified by the desktop",
+                file.name,
+                file.bytes,
+                file.elapsed,
+                file.bytes as f64 / file.elapsed.as_secs_f64() / 1e6,
+                file.sha256
+            );
+        }
+        report["file"] = serde_json::json!({
+            "name": file.name,
+            "bytes": file.bytes,
+            "sha256": file.sha256,
+            "elapsed_ms": ms(file.elapsed),
+        });
     }
     if args.wait {
         loop {
@@ -375,8 +463,64 @@ async fn phone(args: PairArgs) -> Result<()> {
             }
         }
     }
+    if let Ok(stats) = connection.stats().await {
+        report["bytes_sent"] = stats.bytes_sent.into();
+        report["bytes_received"] = stats.bytes_received.into();
+    }
     connection.close().await;
-    Ok(())
+    Ok(report)
+}
+
+fn ms(d: std::time::Duration) -> f64 {
+    (d.as_secs_f64() * 1e6).round() / 1e3
+}
+
+fn path_name(kind: CandidateKind) -> &'static str {
+    match kind {
+        CandidateKind::Host => "host",
+        CandidateKind::Srflx => "srflx",
+        CandidateKind::Prflx => "prflx",
+        CandidateKind::Relay => "relay",
+        _ => "unknown",
+    }
+}
+
+/// `relay (tls)`, `srflx`, …: the selected path as a person reads it.
+fn describe_path(stats: &ConnectionStats) -> String {
+    let mut text = path_name(stats.path()).to_owned();
+    if let Some(relay) = stats.local.relay_protocol {
+        text.push_str(&format!(" (to the relay over {relay})"));
+    }
+    text
+}
+
+fn candidate_json(c: &CandidateInfo) -> serde_json::Value {
+    serde_json::json!({
+        "kind": path_name(c.kind),
+        "address": c.address.to_string(),
+        "protocol": c.protocol,
+        "relay_protocol": c.relay_protocol.map(|t| t.to_string()),
+    })
+}
+
+/// A stable name for each kind of failure, for scripts reading `--json`.
+fn error_kind(error: &proxim_core::ProximError) -> &'static str {
+    use proxim_core::ProximError as E;
+    match error {
+        E::InvalidConfig(_) => "invalid_config",
+        E::InvalidCode(_) => "invalid_code",
+        E::UnknownCode => "unknown_code",
+        E::Rejected => "rejected",
+        E::TimedOut(_) => "pair_timed_out",
+        E::DesktopGone => "desktop_gone",
+        E::Cancelled => "cancelled",
+        E::ServerUnreachable(_) => "server_unreachable",
+        E::Signaling(_) => "signaling",
+        E::ConnectionFailed(reason) if reason.contains("not established within") => "timed_out",
+        E::ConnectionFailed(_) => "ice_failed",
+        E::Transfer(_) => "transfer",
+        _ => "error",
+    }
 }
 
 async fn send_with_progress(

@@ -33,6 +33,7 @@ use super::channel::{
     ChannelSender, ChannelShared, DataChannel, PushError, RecvQueue, SEND_LOW_WATER,
 };
 use super::gather::{CandidateSource, LocalSocket, SourceOutput};
+use super::relay::{RelayEvent, Relays};
 use super::stats::{Counters, collect_stats};
 use super::{
     ChannelOptions, ConnectionEvent, ConnectionState, ConnectionStats, DEFAULT_CHANNEL, Payload,
@@ -131,6 +132,10 @@ pub(super) struct Driver {
     sockets: Vec<LocalSocket>,
     next_socket: usize,
     sources: Vec<CandidateSource>,
+    /// TURN relays: they outlive gathering (the relayed path runs through them).
+    relays: Relays,
+    /// Relay candidates only (iceTransportPolicy `relay`).
+    force_relay: bool,
     /// STUN server names being resolved.
     pending_dns: Option<oneshot::Receiver<Vec<(String, SocketAddr)>>>,
     stun_timeout: Duration,
@@ -151,11 +156,12 @@ pub(super) struct Driver {
     started: Instant,
     connect_timeout: Duration,
     connect_deadline: Instant,
-    deferred: VecDeque<(usize, SocketAddr, BytesMut)>,
+    /// `(local address, from, packet)`; the local address is a socket's or a relayed one.
+    deferred: VecDeque<(SocketAddr, SocketAddr, BytesMut)>,
     deferred_bytes: usize,
     /// Connectivity checks that arrived before the remote description (the peer's checks can
     /// overtake its answer); replayed once it is set instead of being refused.
-    early_packets: Vec<(usize, SocketAddr, BytesMut)>,
+    early_packets: Vec<(SocketAddr, SocketAddr, BytesMut)>,
     /// Receive buffers for batched reads, allocated once.
     rx_area: Vec<u8>,
     rx_meta: Vec<quinn_udp::RecvMeta>,
@@ -170,6 +176,8 @@ pub(super) struct Driver {
     closed_event_sent: bool,
     /// Run rtc's `handle_timeout` in this turn (see [`Driver::flush`]).
     kick: bool,
+    /// The selected pair last reported as [`ConnectionEvent::PathChanged`].
+    last_path: Option<(SocketAddr, SocketAddr)>,
     /// `Connection::close` was asked for: the driver stops once every channel's sent data is
     /// acknowledged, or at this deadline.
     close_by: Option<Instant>,
@@ -195,9 +203,22 @@ impl Driver {
     ) -> Self {
         let now = Instant::now();
         let addrs: Vec<SocketAddr> = sockets.iter().map(|s| s.addr).collect();
-        let servers = super::gather::stun_servers(&parts.config.ice_servers);
+        let force_relay = parts.config.force_relay;
+        let mut servers = super::gather::stun_servers(&parts.config.ice_servers);
+        if force_relay {
+            // No server-reflexive candidates: only relayed ones are offered.
+            servers = Default::default();
+        }
         let sources =
             CandidateSource::stun(&servers.resolved, &addrs, now, parts.config.stun_timeout);
+        let relays = Relays::start(
+            crate::turn::TurnServer::from_ice_servers(&parts.config.ice_servers),
+            addrs.clone(),
+            &crate::turn::TurnOptions {
+                extra_roots_pem: parts.config.turn_roots_pem.clone(),
+                local_ip: None,
+            },
+        );
         // Names are resolved off the driver; their sources join when the answer comes.
         let pending_dns = (!servers.by_name.is_empty()).then(|| {
             let (tx, rx) = oneshot::channel();
@@ -213,6 +234,8 @@ impl Driver {
             sockets,
             next_socket: 0,
             sources,
+            relays,
+            force_relay,
             pending_dns,
             stun_timeout: parts.config.stun_timeout,
             end_of_candidates_sent: false,
@@ -244,6 +267,7 @@ impl Driver {
             stop: None,
             closed_event_sent: false,
             kick: false,
+            last_path: None,
             close_by: None,
         }
     }
@@ -289,6 +313,11 @@ impl Driver {
                         self.stun_timeout,
                     ));
                 }
+                input = self.relays.recv(), if read_sockets => {
+                    if let Some(input) = input {
+                        self.relays.handle_input(input, Instant::now());
+                    }
+                }
                 () = wait_for_room(stalled.as_deref()), if stalled.is_some() => {
                     self.move_overflow();
                     self.replay_deferred().await;
@@ -310,7 +339,18 @@ impl Driver {
     fn start(&mut self) -> Result<(), PeerError> {
         self.set_state(ConnectionState::Connecting, "establishing");
         // Host candidates go into the description itself and are trickled too.
-        let hosts: Vec<SocketAddr> = self.sockets.iter().map(|s| s.addr).collect();
+        let hosts: Vec<SocketAddr> = if self.force_relay {
+            if self.relays.is_empty() {
+                return Err(PeerError::IceFailed {
+                    reason: "relay-only was asked for, but the signaling server handed out no \
+                             TURN server"
+                        .into(),
+                });
+            }
+            Vec::new()
+        } else {
+            self.sockets.iter().map(|s| s.addr).collect()
+        };
         let mut host_inits = Vec::new();
         for addr in hosts {
             let init = super::gather::host_candidate(addr).map_err(PeerError::Rtc)?;
@@ -436,8 +476,8 @@ impl Driver {
     }
 
     fn replay_early_packets(&mut self) {
-        for (index, from, packet) in std::mem::take(&mut self.early_packets) {
-            self.feed(index, from, packet);
+        for (local, from, packet) in std::mem::take(&mut self.early_packets) {
+            self.feed(local, from, packet);
         }
     }
 
@@ -506,6 +546,29 @@ impl Driver {
                 tracing::debug!(error = %e, to = %t.to, "STUN request not sent");
             }
         }
+        for event in self.relays.take_events() {
+            match event {
+                RelayEvent::Candidate { url, relayed, base } => {
+                    match super::gather::relay_candidate(relayed, base, &url) {
+                        Ok(init) => found.push(init),
+                        Err(e) => tracing::debug!(error = %e, "bad relay candidate"),
+                    }
+                }
+                RelayEvent::Failed => {
+                    if self.force_relay
+                        && self.ready.is_some()
+                        && self.relays.gathering_done()
+                        && !self.relays.any_ready()
+                    {
+                        let reason = format!(
+                            "relay-only was asked for, but no relay could be allocated: {}",
+                            self.relays.failures().join("; ")
+                        );
+                        self.fail(PeerError::IceFailed { reason });
+                    }
+                }
+            }
+        }
         for init in found {
             match self.pc.add_local_candidate(init.clone()) {
                 Ok(()) => self.signal_candidate(&init),
@@ -515,6 +578,7 @@ impl Driver {
         if !self.end_of_candidates_sent
             && self.pending_dns.is_none()
             && self.sources.iter().all(CandidateSource::is_done)
+            && self.relays.gathering_done()
         {
             self.end_of_candidates_sent = true;
             self.sources.clear();
@@ -543,6 +607,9 @@ impl Driver {
             }
             if !self.outgoing.is_empty() {
                 self.send_outgoing().await;
+            }
+            if self.pump_relays().await {
+                progressed = true;
             }
             while let Some(event) = self.pc.poll_event() {
                 progressed = true;
@@ -614,6 +681,11 @@ impl Driver {
         while let Some(first) = packets.get(i) {
             let from = first.transport.local_addr;
             let to = first.transport.peer_addr;
+            if self.relays.owns(from) {
+                self.relays.send(from, to, &first.message, Instant::now());
+                i += 1;
+                continue;
+            }
             let Some(socket) = self.sockets.iter().find(|s| s.addr == from) else {
                 tracing::debug!(%from, %to, "packet for an unknown local address dropped");
                 i += 1;
@@ -672,6 +744,7 @@ impl Driver {
                 self.set_state(new, "peer connection");
                 match new {
                     ConnectionState::Connected => {
+                        self.report_path();
                         if let Some(max) = self.pc.sctp().and_then(|s| s.max_message_size()) {
                             self.max_message_size = max as usize;
                             for slot in self.channels.values() {
@@ -681,9 +754,14 @@ impl Driver {
                             }
                         }
                     }
-                    ConnectionState::Failed => self.fail(PeerError::IceFailed {
-                        reason: "connectivity lost (ICE consent failed)".into(),
-                    }),
+                    ConnectionState::Failed => {
+                        let reason = if self.ready.is_some() {
+                            self.no_path_reason()
+                        } else {
+                            "connectivity lost (ICE consent failed)".to_owned()
+                        };
+                        self.fail(PeerError::IceFailed { reason });
+                    }
                     ConnectionState::Closed => self.stop_with("closed by the peer"),
                     _ => {}
                 }
@@ -697,6 +775,9 @@ impl Driver {
                         elapsed_ms = self.started.elapsed().as_millis() as u64,
                         "ICE connected"
                     );
+                }
+                if self.state == ConnectionState::Connected {
+                    self.report_path();
                 }
             }
             RTCPeerConnectionEvent::OnDataChannel(event) => self.handle_channel_event(event),
@@ -941,11 +1022,11 @@ impl Driver {
     /// Feed the packets held back while a queue was full, until a queue fills again.
     async fn replay_deferred(&mut self) {
         while !self.is_stalled() {
-            let Some((index, from, packet)) = self.deferred.pop_front() else {
+            let Some((local, from, packet)) = self.deferred.pop_front() else {
                 break;
             };
             self.deferred_bytes -= packet.len();
-            self.feed(index, from, packet);
+            self.feed(local, from, packet);
             self.flush().await;
         }
     }
@@ -988,7 +1069,7 @@ impl Driver {
                 // With GRO one buffer holds several datagrams of `stride` bytes (the last may
                 // be shorter).
                 for datagram in data.chunks(meta.stride.max(1)) {
-                    if !self.take_datagram(index, local, meta.addr, BytesMut::from(datagram)) {
+                    if !self.take_datagram(local, meta.addr, BytesMut::from(datagram)) {
                         break 'calls;
                     }
                 }
@@ -1000,16 +1081,11 @@ impl Driver {
         self.rx_area = area;
     }
 
-    /// One received datagram: STUN answers for the candidate sources, early checks kept, data
-    /// held back while a receive queue is full, the rest fed to rtc. Returns `false` once the
-    /// held-back data reached its bound (stop reading).
-    fn take_datagram(
-        &mut self,
-        index: usize,
-        local: SocketAddr,
-        from: SocketAddr,
-        packet: BytesMut,
-    ) -> bool {
+    /// One received datagram: STUN answers for the candidate sources, TURN messages for the
+    /// relays (what peers sent through them comes back here with the relayed address as
+    /// `local`), early checks kept, data held back while a receive queue is full, the rest fed
+    /// to rtc. Returns `false` once the held-back data reached its bound (stop reading).
+    fn take_datagram(&mut self, local: SocketAddr, from: SocketAddr, packet: BytesMut) -> bool {
         let is_stun = rtc::stun::message::is_stun_message(&packet);
         if is_stun
             && self
@@ -1019,25 +1095,52 @@ impl Driver {
         {
             return true;
         }
+        if self.relays.handle_udp(local, from, &packet, Instant::now()) {
+            return self.take_relayed();
+        }
         if !self.remote_description_set {
             if self.early_packets.len() < EARLY_PACKETS {
-                self.early_packets.push((index, from, packet));
+                self.early_packets.push((local, from, packet));
             }
             return true;
         }
         if self.is_stalled() && !is_stun {
             self.deferred_bytes += packet.len();
-            self.deferred.push_back((index, from, packet));
+            self.deferred.push_back((local, from, packet));
             return self.deferred_bytes < DEFERRED_MAX_BYTES;
         }
-        self.feed(index, from, packet);
+        self.feed(local, from, packet);
         true
     }
 
-    fn feed(&mut self, index: usize, from: SocketAddr, packet: BytesMut) {
-        let Some(local) = self.sockets.get(index).map(|s| s.addr) else {
-            return;
-        };
+    /// Take what peers sent through the relays like datagrams read from the relayed addresses.
+    fn take_relayed(&mut self) -> bool {
+        let mut keep_reading = true;
+        for (relayed, peer, packet) in self.relays.take_received() {
+            keep_reading &= self.take_datagram(relayed, peer, packet);
+        }
+        keep_reading
+    }
+
+    /// Send what the relays queued for their servers over UDP, take what they received, and
+    /// turn their candidates into local candidates. Returns whether anything was received.
+    async fn pump_relays(&mut self) -> bool {
+        let transmits = self.relays.take_udp_transmits();
+        for t in transmits {
+            if let Some(socket) = self.sockets.iter().find(|s| s.addr == t.from) {
+                send_datagrams(socket, t.to, &t.data, None).await;
+            }
+        }
+        let received = self.relays.take_received();
+        let any = !received.is_empty();
+        for (relayed, peer, packet) in received {
+            self.take_datagram(relayed, peer, packet);
+        }
+        self.pump_sources();
+        any
+    }
+
+    fn feed(&mut self, local: SocketAddr, from: SocketAddr, packet: BytesMut) {
         let result = self.pc.handle_read(TaggedBytesMut {
             now: Instant::now(),
             transport: TransportContext {
@@ -1117,7 +1220,7 @@ impl Driver {
                 }
             }
             Command::Stats { reply } => {
-                let stats = collect_stats(&mut self.pc, &self.counters);
+                let stats = collect_stats(&mut self.pc, &self.counters, &self.relays);
                 let _ = reply.send(stats);
             }
             // `Connection::close` waits for the driver to end (its state sender is dropped);
@@ -1212,6 +1315,9 @@ impl Driver {
                 deadline = deadline.min(t);
             }
         }
+        if let Some(t) = self.relays.poll_timeout() {
+            deadline = deadline.min(t);
+        }
         if self.ready.is_some() {
             deadline = deadline.min(self.connect_deadline);
         }
@@ -1234,11 +1340,12 @@ impl Driver {
                 source.handle_timeout(now);
             }
         }
+        self.relays.handle_timeout(now);
         if self.ready.is_some() && now >= self.connect_deadline {
             let reason = if !self.remote_description_set {
                 "no offer/answer from the peer".to_owned()
             } else if !self.ice_connected {
-                "no candidate pair succeeded".to_owned()
+                self.no_path_reason()
             } else {
                 "DTLS/SCTP setup or the default channel did not complete".to_owned()
             };
@@ -1247,6 +1354,44 @@ impl Driver {
                 reason,
             });
         }
+    }
+
+    /// Emit [`ConnectionEvent::PathChanged`] when the selected pair differs from the last one
+    /// reported, and log it.
+    fn report_path(&mut self) {
+        let Ok(stats) = collect_stats(&mut self.pc, &self.counters, &self.relays) else {
+            return;
+        };
+        let path = (stats.local.address, stats.remote.address);
+        if self.last_path == Some(path) {
+            return;
+        }
+        self.last_path = Some(path);
+        tracing::info!(
+            path = ?stats.path(),
+            local = %stats.local.address,
+            local_kind = ?stats.local.kind,
+            relay = ?stats.local.relay_protocol,
+            remote = %stats.remote.address,
+            remote_kind = ?stats.remote.kind,
+            "selected path"
+        );
+        let _ = self.events.send(ConnectionEvent::PathChanged(stats));
+    }
+
+    /// Why no candidate pair worked, with what gathering learned (relays that failed).
+    fn no_path_reason(&self) -> String {
+        let mut reason = "no candidate pair succeeded (no route between the devices".to_owned();
+        if self.relays.is_empty() {
+            reason.push_str("; the signaling server offers no TURN relay");
+        }
+        reason.push(')');
+        let failures = self.relays.failures();
+        if !failures.is_empty() {
+            reason.push_str(": ");
+            reason.push_str(&failures.join("; "));
+        }
+        reason
     }
 
     fn set_state(&mut self, new: ConnectionState, reason: &str) {
@@ -1291,6 +1436,13 @@ impl Driver {
             self.outgoing.push(packet);
         }
         self.send_outgoing().await;
+        // Give the allocations back (over a stream, the writer task sends it and ends).
+        self.relays.release_all(Instant::now());
+        for t in self.relays.take_udp_transmits() {
+            if let Some(socket) = self.sockets.iter().find(|s| s.addr == t.from) {
+                send_datagrams(socket, t.to, &t.data, None).await;
+            }
+        }
         while self.pc.poll_event().is_some() {}
         if let Some(ready) = self.ready.take() {
             let _ = ready.send(Err(PeerError::Closed));

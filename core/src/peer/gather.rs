@@ -3,8 +3,8 @@
 //!
 //! Gathering is a set of [`CandidateSource`]s, each with its own sans-IO state: it takes packets
 //! and time as inputs and yields packets to send and candidates found. The driver owns the
-//! sockets and feeds them. TURN relays will be one more variant (an `rtc-turn` client per
-//! socket and server) without changing the driver.
+//! sockets and feeds them. Relay candidates come from the TURN relays (`super::relay`), which
+//! outlive gathering because the relayed path runs through them.
 
 use std::io;
 use std::net::{IpAddr, SocketAddr};
@@ -13,8 +13,8 @@ use std::time::{Duration, Instant};
 use proxim_protocol::IceServer;
 use proxim_protocol::ice::{IceScheme, IceTransport, IceUrl};
 use rtc::peer_connection::transport::{
-    CandidateConfig, CandidateHostConfig, CandidateServerReflexiveConfig, RTCIceCandidate,
-    RTCIceCandidateInit,
+    CandidateConfig, CandidateHostConfig, CandidateRelayConfig, CandidateServerReflexiveConfig,
+    RTCIceCandidate, RTCIceCandidateInit,
 };
 use rtc::stun::message::{BINDING_REQUEST, BINDING_SUCCESS, Getter, Message, TransactionId};
 use rtc::stun::xoraddr::XorMappedAddress;
@@ -32,8 +32,9 @@ pub(super) struct LocalSocket {
     pub(super) state: quinn_udp::UdpSocketState,
 }
 
-/// The local IP addresses to bind to: every IPv4 interface address that is up, loopback when
-/// asked for, no link-local addresses. IPv6 plugs in here once the rest is tested with it.
+/// The local IP addresses to bind to: every IPv4 and IPv6 interface address that is up,
+/// loopback when asked for, no link-local addresses (they need a scope id no candidate
+/// carries). IPv4 first, loopback last.
 pub(crate) fn local_ips(include_loopback: bool) -> Vec<IpAddr> {
     let mut ips: Vec<IpAddr> = Vec::new();
     match if_addrs::get_if_addrs() {
@@ -42,7 +43,7 @@ pub(crate) fn local_ips(include_loopback: bool) -> Vec<IpAddr> {
                 let ip = interface.ip();
                 let usable = match ip {
                     IpAddr::V4(v4) => !v4.is_link_local() && !v4.is_unspecified(),
-                    IpAddr::V6(_) => false,
+                    IpAddr::V6(v6) => !v6.is_unicast_link_local() && !v6.is_unspecified(),
                 };
                 if usable && (include_loopback || !ip.is_loopback()) && !ips.contains(&ip) {
                     ips.push(ip);
@@ -55,7 +56,7 @@ pub(crate) fn local_ips(include_loopback: bool) -> Vec<IpAddr> {
         ips.push(IpAddr::V4(std::net::Ipv4Addr::LOCALHOST));
     }
     // Loopback last: on one machine it is the fastest path, elsewhere it is useless.
-    ips.sort_by_key(IpAddr::is_loopback);
+    ips.sort_by_key(|ip| (ip.is_loopback(), ip.is_ipv6()));
     ips
 }
 
@@ -128,6 +129,35 @@ pub(super) fn srflx_candidate(
         ..Default::default()
     }
     .new_candidate_server_reflexive()
+    .map_err(|e| e.to_string())?;
+    let mut init = RTCIceCandidate::from(&candidate)
+        .to_json()
+        .map_err(|e| e.to_string())?;
+    init.url = Some(url.to_owned());
+    Ok(init)
+}
+
+/// A relay candidate: `relayed` on the TURN server at `url`, reached from `base` (the address
+/// the server saw, or the local one).
+pub(super) fn relay_candidate(
+    relayed: SocketAddr,
+    base: SocketAddr,
+    url: &str,
+) -> Result<RTCIceCandidateInit, String> {
+    let candidate = CandidateRelayConfig {
+        base_config: CandidateConfig {
+            // A TURN allocation relays UDP, whatever carries it to the server.
+            network: "udp".to_owned(),
+            address: relayed.ip().to_string(),
+            port: relayed.port(),
+            component: 1,
+            ..Default::default()
+        },
+        rel_addr: base.ip().to_string(),
+        rel_port: base.port(),
+        url: Some(url.to_owned()),
+    }
+    .new_candidate_relay()
     .map_err(|e| e.to_string())?;
     let mut init = RTCIceCandidate::from(&candidate)
         .to_json()
@@ -277,10 +307,18 @@ pub(super) async fn resolve_names(
     for url in urls {
         let lookup = tokio::time::timeout(timeout, tokio::net::lookup_host(url.host_port())).await;
         match lookup {
-            Ok(Ok(mut addrs)) => match addrs.find(SocketAddr::is_ipv4) {
-                Some(addr) => out.push((url.to_string(), addr)),
-                None => tracing::debug!(url = %url, "STUN server has no IPv4 address"),
-            },
+            Ok(Ok(addrs)) => {
+                // One address per family: IPv4 sockets ask the first, IPv6 sockets the other.
+                let addrs: Vec<SocketAddr> = addrs.collect();
+                let v4 = addrs.iter().find(|a| a.is_ipv4());
+                let v6 = addrs.iter().find(|a| a.is_ipv6());
+                for addr in v4.into_iter().chain(v6) {
+                    out.push((url.to_string(), *addr));
+                }
+                if addrs.is_empty() {
+                    tracing::debug!(url = %url, "STUN server name has no address");
+                }
+            }
             Ok(Err(e)) => {
                 tracing::debug!(url = %url, error = %e, "STUN server name does not resolve")
             }

@@ -13,10 +13,15 @@
 //! them.
 //!
 //! # Candidates
-//! Host candidates for every socket go into the description and are trickled; server-reflexive
-//! candidates come from STUN Binding requests sent from the same sockets and are trickled as
-//! they arrive. A silent STUN server never delays a connection host candidates can make: it is
-//! given up after [`PeerConfig::stun_timeout`].
+//! Host candidates for every socket (IPv4 and IPv6) go into the description and are trickled;
+//! server-reflexive candidates come from STUN Binding requests sent from the same sockets and
+//! are trickled as they arrive. A silent STUN server never delays a connection host candidates
+//! can make: it is given up after [`PeerConfig::stun_timeout`]. Relay candidates come from one
+//! TURN allocation per `turn:`/`turns:` URL (over UDP from a host socket, or over its own TCP
+//! or TLS stream), trickled once allocated; the allocation is refreshed while the connection
+//! lives and released when it closes. With [`PeerConfig::force_relay`] only relay candidates
+//! are offered. When no pair works, the error names what failed (a relay that refused the
+//! credentials, one that could not be reached) within the connect timeout.
 //!
 //! # Flow control
 //! - Send: a channel's buffered amount is what `send` accepted and SCTP has not released yet.
@@ -53,8 +58,8 @@
 //! # Known limits
 //! - rtc 0.21.1 reports only `ordered` for channels the remote side opened:
 //!   `max_retransmits`/`max_packet_life_time` read `None` there.
-//! - Gathering: IPv4 host and server-reflexive candidates. TURN relays (a `CandidateSource`
-//!   variant over rtc-turn) and IPv6 come later.
+//! - TURN allocations relay UDP only (RFC 6062 TCP allocations are not implemented); the
+//!   client reaches the relay over UDP, TCP or TLS.
 
 use std::fmt;
 use std::net::{IpAddr, SocketAddr};
@@ -73,6 +78,7 @@ use crate::link::SignalLink;
 mod channel;
 mod driver;
 pub(crate) mod gather;
+mod relay;
 mod stats;
 
 pub use channel::{
@@ -114,6 +120,8 @@ pub struct PeerConfig {
     /// Bind only these local addresses (tests, pinning an interface); `None`: every usable
     /// interface address (plus loopback when [`Self::include_loopback`]).
     pub local_ips: Option<Vec<IpAddr>>,
+    /// Extra trusted root certificates (PEM) for `turns:` relays, beyond the webpki roots.
+    pub turn_roots_pem: Option<Vec<u8>>,
 }
 
 impl PeerConfig {
@@ -128,6 +136,7 @@ impl PeerConfig {
             include_loopback: true,
             force_relay: false,
             local_ips: None,
+            turn_roots_pem: None,
         }
     }
 }
@@ -307,6 +316,8 @@ pub struct CandidateInfo {
     pub address: SocketAddr,
     /// `udp` or `tcp`.
     pub protocol: String,
+    /// For a local relay candidate: how this side reaches the TURN server.
+    pub relay_protocol: Option<crate::turn::TurnTransport>,
 }
 
 /// A snapshot of a connection's statistics.
@@ -365,6 +376,9 @@ pub enum ConnectionEvent {
     },
     /// The remote side opened a channel.
     ChannelOpened(DataChannel),
+    /// ICE selected a (new) candidate pair: which path the connection uses now (host, srflx,
+    /// prflx or relay, and for a relay how this side reaches it).
+    PathChanged(ConnectionStats),
     /// The connection is closed; the driver has stopped. The last event.
     Closed {
         /// Why.
@@ -478,13 +492,6 @@ type Prepared = (
 
 /// Build the peer connection and bind the sockets; the failures here are local and immediate.
 fn prepare(config: PeerConfig, link: SignalLink) -> Result<Prepared, PeerError> {
-    if config.force_relay {
-        return Err(PeerError::IceFailed {
-            reason: "relay-only was asked for, but no relay candidates can be gathered \
-                     (TURN is not supported yet)"
-                .into(),
-        });
-    }
     let mut sockets = Vec::new();
     let ips = match &config.local_ips {
         Some(ips) => ips.clone(),

@@ -22,6 +22,7 @@ pub(super) struct Counters {
 pub(super) fn collect_stats(
     pc: &mut RTCPeerConnection,
     counters: &Counters,
+    relays: &super::relay::Relays,
 ) -> Result<ConnectionStats, PeerError> {
     let pair = pc
         .sctp()
@@ -31,7 +32,10 @@ pub(super) fn collect_stats(
                 .get_selected_candidate_pair()
         })
         .ok_or(PeerError::NotConnected)?;
-    let local = candidate_info(pair.local())?;
+    let mut local = candidate_info(pair.local())?;
+    if local.kind == CandidateKind::Relay {
+        local.relay_protocol = relays.transport_of(local.address);
+    }
     let remote = candidate_info(pair.remote())?;
     Ok(ConnectionStats {
         local,
@@ -59,6 +63,7 @@ fn candidate_info(c: &RTCIceCandidate) -> Result<CandidateInfo, PeerError> {
         kind,
         address: SocketAddr::new(ip, c.port),
         protocol: c.protocol.to_string(),
+        relay_protocol: None,
     })
 }
 

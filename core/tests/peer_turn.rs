@@ -1,0 +1,257 @@
+#![allow(clippy::unwrap_used)]
+//! TURN relays against a real coturn on loopback: relay candidates over UDP, TCP and TLS, the
+//! path they produce, data through them, and failures with readable reasons.
+
+mod peer_common;
+
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use peer_common::{config, connect_with, init_tracing, within};
+use proxim_core::peer::{
+    CandidateKind, ChannelSender, DataChannel, Payload, PeerConfig, PeerError, PeerRole,
+};
+use proxim_core::turn::{TurnError, TurnOptions, TurnTransport, probe_turn};
+use proxim_protocol::IceServer;
+use proxim_tests::coturn::{Coturn, CoturnAuth};
+
+const USER: &str = "alice";
+const PASS: &str = "wonderland";
+
+fn coturn() -> Coturn {
+    Coturn::start(CoturnAuth::Static {
+        username: USER.into(),
+        password: PASS.into(),
+    })
+}
+
+fn turn(url: String, password: &str) -> Vec<IceServer> {
+    vec![IceServer {
+        urls: vec![url],
+        username: Some(USER.into()),
+        credential: Some(password.into()),
+    }]
+}
+
+fn relay_only(role: PeerRole, servers: Vec<IceServer>, ca: &[u8]) -> PeerConfig {
+    let mut c = config(role, servers);
+    c.force_relay = true;
+    c.turn_roots_pem = Some(ca.to_vec());
+    c
+}
+
+/// Connect with the offerer relay-only through `url`, move 1 MiB both ways, check the path.
+async fn relayed_round_trip(coturn: &Coturn, url: String, expected: TurnTransport) {
+    let offerer = relay_only(PeerRole::Offerer, turn(url.clone(), PASS), &coturn.ca_pem);
+    let answerer = config(PeerRole::Answerer, vec![]);
+    let (a, b, elapsed) = connect_with(offerer, answerer)
+        .await
+        .unwrap_or_else(|e| panic!("{url}: {e}\ncoturn log:\n{}", coturn.log()));
+    let stats = within("stats", a.connection.stats()).await.unwrap();
+    assert_eq!(stats.local.kind, CandidateKind::Relay, "{url}: {stats:?}");
+    assert_eq!(stats.path(), CandidateKind::Relay);
+    assert_eq!(stats.local.relay_protocol, Some(expected), "{url}");
+    assert_eq!(stats.local.address.ip().to_string(), "127.0.0.1");
+    let remote = within("stats", b.connection.stats()).await.unwrap();
+    assert_eq!(
+        remote.remote.kind,
+        CandidateKind::Relay,
+        "answerer sees the relay: {remote:?}"
+    );
+    assert_eq!(remote.local.relay_protocol, None);
+
+    // 1 MiB in 16 KiB messages each way, byte-exact and in order.
+    let (mut a, mut b) = (a, b);
+    move_mib(a.channel.sender(), &mut b.channel).await;
+    move_mib(b.channel.sender(), &mut a.channel).await;
+    let stats = within("stats", a.connection.stats()).await.unwrap();
+    assert_eq!(stats.bytes_sent, 1 << 20);
+    assert_eq!(stats.bytes_received, 1 << 20);
+    eprintln!(
+        "{url}: relayed connection in {elapsed:?}, rtt {:?}",
+        stats.rtt
+    );
+    a.connection.close().await;
+    b.connection.close().await;
+}
+
+async fn move_mib(sender: ChannelSender, to: &mut DataChannel) {
+    let block = Bytes::from((0..16 * 1024).map(|i| (i % 251) as u8).collect::<Vec<u8>>());
+    let expected = block.clone();
+    let send = tokio::spawn(async move {
+        for _ in 0..64 {
+            sender.send(Payload::Binary(block.clone())).await.unwrap();
+        }
+    });
+    let mut got = 0usize;
+    while got < 64 * expected.len() {
+        match within("relayed data", to.recv()).await {
+            Some(Payload::Binary(bytes)) => {
+                assert_eq!(&bytes[..], &expected[..], "relayed bytes intact");
+                got += bytes.len();
+            }
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+    send.await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn relay_over_udp_carries_data() {
+    init_tracing();
+    let coturn = coturn();
+    relayed_round_trip(&coturn, coturn.udp_url(), TurnTransport::Udp).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn relay_over_tcp_carries_data() {
+    init_tracing();
+    let coturn = coturn();
+    relayed_round_trip(&coturn, coturn.tcp_url(), TurnTransport::Tcp).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn relay_over_tls_carries_data() {
+    init_tracing();
+    let coturn = coturn();
+    relayed_round_trip(&coturn, coturn.tls_url(), TurnTransport::Tls).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn both_sides_relayed() {
+    init_tracing();
+    let coturn = coturn();
+    let servers = turn(coturn.udp_url(), PASS);
+    let offerer = relay_only(PeerRole::Offerer, servers.clone(), &coturn.ca_pem);
+    let answerer = relay_only(PeerRole::Answerer, servers, &coturn.ca_pem);
+    let (a, mut b, _) = connect_with(offerer, answerer).await.unwrap();
+    let stats = within("stats", a.connection.stats()).await.unwrap();
+    assert_eq!(
+        (stats.local.kind, stats.remote.kind),
+        (CandidateKind::Relay, CandidateKind::Relay)
+    );
+    a.channel
+        .send(Payload::Text("through two relays".into()))
+        .await
+        .unwrap();
+    assert_eq!(
+        within("message", b.channel.recv()).await,
+        Some(Payload::Text("through two relays".into()))
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn relay_candidates_do_not_displace_a_direct_path() {
+    init_tracing();
+    let coturn = coturn();
+    let offerer = config(PeerRole::Offerer, turn(coturn.udp_url(), PASS));
+    let answerer = config(PeerRole::Answerer, turn(coturn.tcp_url(), PASS));
+    let (a, _b, _) = connect_with(offerer, answerer).await.unwrap();
+    let stats = within("stats", a.connection.stats()).await.unwrap();
+    assert_eq!(stats.path(), CandidateKind::Host, "{stats:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn refused_credentials_fail_fast_with_the_reason() {
+    init_tracing();
+    let coturn = coturn();
+    for url in [coturn.udp_url(), coturn.tcp_url(), coturn.tls_url()] {
+        let offerer = relay_only(
+            PeerRole::Offerer,
+            turn(url.clone(), "wrong"),
+            &coturn.ca_pem,
+        );
+        let answerer = config(PeerRole::Answerer, vec![]);
+        let started = Instant::now();
+        let result = connect_with(offerer, answerer).await;
+        match result {
+            Err(PeerError::IceFailed { reason }) => {
+                assert!(
+                    reason.contains("credentials refused (401"),
+                    "{url}: {reason}"
+                );
+                assert!(reason.contains(&url), "{reason}");
+            }
+            other => panic!("{url}: expected an ICE failure, got {other:?}"),
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(5),
+            "{url}: failed after {:?}",
+            started.elapsed()
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unreachable_relay_is_named_in_the_failure() {
+    init_tracing();
+    // A port nobody listens on: TCP is refused at once.
+    let port = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        l.local_addr().unwrap().port()
+    };
+    let url = format!("turn:127.0.0.1:{port}?transport=tcp");
+    let offerer = relay_only(PeerRole::Offerer, turn(url.clone(), PASS), b"");
+    let mut offerer = offerer;
+    offerer.turn_roots_pem = None;
+    let result = connect_with(offerer, config(PeerRole::Answerer, vec![])).await;
+    match result {
+        Err(PeerError::IceFailed { reason }) => {
+            assert!(reason.contains("unreachable"), "{reason}");
+            assert!(reason.contains(&url), "{reason}");
+        }
+        other => panic!("expected an ICE failure, got {other:?}"),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tls_relay_with_an_untrusted_certificate_fails() {
+    init_tracing();
+    let coturn = coturn();
+    let mut offerer = relay_only(PeerRole::Offerer, turn(coturn.tls_url(), PASS), b"");
+    offerer.turn_roots_pem = None; // webpki roots only: the test CA is not among them
+    let result = connect_with(offerer, config(PeerRole::Answerer, vec![])).await;
+    match result {
+        Err(PeerError::IceFailed { reason }) => {
+            assert!(reason.contains("TLS failed"), "{reason}")
+        }
+        other => panic!("expected an ICE failure, got {other:?}"),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn probe_reports_each_transport() {
+    init_tracing();
+    let coturn = coturn();
+    let options = TurnOptions {
+        extra_roots_pem: Some(coturn.ca_pem.clone()),
+        local_ip: None,
+    };
+    for (url, transport) in [
+        (coturn.udp_url(), TurnTransport::Udp),
+        (coturn.tcp_url(), TurnTransport::Tcp),
+        (coturn.tls_url(), TurnTransport::Tls),
+    ] {
+        let probe = probe_turn(&url, USER, PASS, &options, Duration::from_secs(5))
+            .await
+            .unwrap_or_else(|e| panic!("{url}: {e}"));
+        assert_eq!(probe.transport, transport);
+        assert_eq!(probe.relayed.ip().to_string(), "127.0.0.1");
+        assert!(
+            probe.mapped.is_some_and(|m| m.ip().is_loopback()),
+            "{probe:?}"
+        );
+        let refused = probe_turn(&url, USER, "nope", &options, Duration::from_secs(5)).await;
+        assert!(
+            matches!(refused, Err(TurnError::Refused { code: 401, .. })),
+            "{url}: {refused:?}"
+        );
+    }
+    // Silence on UDP: a bound socket that never answers.
+    let silent = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+    let url = format!("turn:{}", silent.local_addr().unwrap());
+    let started = Instant::now();
+    let result = probe_turn(&url, USER, PASS, &options, Duration::from_secs(2)).await;
+    assert!(matches!(result, Err(TurnError::TimedOut(_))), "{result:?}");
+    assert!(started.elapsed() < Duration::from_secs(3));
+}

@@ -1,0 +1,260 @@
+//! A real coturn (`turnserver`, Debian package `coturn`) on 127.0.0.1 for one test.
+//!
+//! Each instance picks free ports, writes its files (log, user database, TLS certificate made
+//! with `openssl`) into its own temporary directory, allows loopback peers (the test's peers
+//! are on 127.0.0.1) and is killed, by its PID, when dropped. Missing `turnserver` is a test
+//! failure with the install command, never a silent skip: `scripts/test.sh` installs it.
+
+use std::net::{Ipv4Addr, SocketAddr, TcpListener, TcpStream, UdpSocket};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicU16, Ordering};
+use std::time::{Duration, Instant};
+
+/// How coturn authenticates clients.
+#[derive(Debug, Clone)]
+pub enum CoturnAuth {
+    /// One static long-term user (`--lt-cred-mech --user`).
+    Static {
+        /// User name.
+        username: String,
+        /// Password.
+        password: String,
+    },
+    /// TURN REST credentials (`--use-auth-secret --static-auth-secret`).
+    Secret(String),
+}
+
+/// A running coturn.
+#[derive(Debug)]
+pub struct Coturn {
+    child: Child,
+    /// UDP and TCP listening port (`turn:` and `turn:…?transport=tcp`).
+    pub port: u16,
+    /// TLS listening port (`turns:`).
+    pub tls_port: u16,
+    /// The CA certificate (PEM) that signed the TLS certificate, for the client's trust store.
+    pub ca_pem: Vec<u8>,
+    dir: tempfile::TempDir,
+}
+
+impl Coturn {
+    /// Start coturn with `auth`; returns once it accepts TCP connections.
+    pub fn start(auth: CoturnAuth) -> Coturn {
+        let binary = which("turnserver").unwrap_or_else(|| {
+            panic!(
+                "coturn's `turnserver` is not installed: apt-get install coturn \
+                 (scripts/test.sh installs it)"
+            )
+        });
+        let dir = tempfile::tempdir().unwrap();
+        let ca_pem = make_certificates(dir.path());
+        let port = free_port();
+        let tls_port = free_port();
+        // Each instance its own relay port range, so instances in one test binary never
+        // compete for relay ports.
+        static NEXT_RANGE: AtomicU16 = AtomicU16::new(0);
+        let range = NEXT_RANGE.fetch_add(1, Ordering::Relaxed) % 150;
+        let relay_min = 30_000 + range * 100;
+        let mut cmd = Command::new(binary);
+        cmd.args([
+            "-n",
+            "--no-cli",
+            "--no-stdout-log",
+            "--simple-log",
+            "--fingerprint",
+        ])
+        .args(["--listening-ip", "127.0.0.1", "--relay-ip", "127.0.0.1"])
+        .args(["--listening-port", &port.to_string()])
+        .args(["--tls-listening-port", &tls_port.to_string()])
+        .args(["--min-port", &relay_min.to_string()])
+        .args(["--max-port", &(relay_min + 99).to_string()])
+        .args([
+            "--realm",
+            "proxim.test",
+            "--allow-loopback-peers",
+            "--no-dtls",
+        ])
+        .args([
+            "--no-multicast-peers",
+            "--no-rfc5780",
+            "--no-software-attribute",
+        ])
+        .arg("--cert")
+        .arg(dir.path().join("server.pem"))
+        .arg("--pkey")
+        .arg(dir.path().join("server.key"))
+        .arg("--log-file")
+        .arg(dir.path().join("turn.log"))
+        .arg("--userdb")
+        .arg(dir.path().join("turndb"))
+        .arg("--pidfile")
+        .arg(dir.path().join("turn.pid"));
+        match &auth {
+            CoturnAuth::Static { username, password } => {
+                cmd.args([
+                    "--lt-cred-mech",
+                    "--user",
+                    &format!("{username}:{password}"),
+                ]);
+            }
+            CoturnAuth::Secret(secret) => {
+                cmd.args(["--use-auth-secret", "--static-auth-secret", secret]);
+            }
+        }
+        let child = cmd
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("turnserver starts");
+        let coturn = Coturn {
+            child,
+            port,
+            tls_port,
+            ca_pem,
+            dir,
+        };
+        coturn.wait_ready();
+        coturn
+    }
+
+    /// `turn:127.0.0.1:PORT` (UDP).
+    pub fn udp_url(&self) -> String {
+        format!("turn:127.0.0.1:{}", self.port)
+    }
+
+    /// `turn:127.0.0.1:PORT?transport=tcp`.
+    pub fn tcp_url(&self) -> String {
+        format!("turn:127.0.0.1:{}?transport=tcp", self.port)
+    }
+
+    /// `turns:127.0.0.1:TLS_PORT`.
+    pub fn tls_url(&self) -> String {
+        format!("turns:127.0.0.1:{}", self.tls_port)
+    }
+
+    /// coturn's log so far (for failure messages).
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("turn.log")).unwrap_or_default()
+    }
+
+    fn wait_ready(&self) {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        let addrs = [
+            SocketAddr::from((Ipv4Addr::LOCALHOST, self.port)),
+            SocketAddr::from((Ipv4Addr::LOCALHOST, self.tls_port)),
+        ];
+        while Instant::now() < deadline {
+            if addrs
+                .iter()
+                .all(|a| TcpStream::connect_timeout(a, Duration::from_millis(200)).is_ok())
+            {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        panic!(
+            "coturn did not start listening within 10 s; log:\n{}",
+            self.log()
+        );
+    }
+}
+
+impl Drop for Coturn {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A port free for both TCP and UDP on 127.0.0.1 right now.
+fn free_port() -> u16 {
+    for _ in 0..100 {
+        let tcp = TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).unwrap();
+        let port = tcp.local_addr().unwrap().port();
+        if UdpSocket::bind((Ipv4Addr::LOCALHOST, port)).is_ok() {
+            return port;
+        }
+    }
+    panic!("no free port");
+}
+
+fn which(name: &str) -> Option<PathBuf> {
+    let path = std::env::var_os("PATH")?;
+    std::env::split_paths(&path)
+        .chain([PathBuf::from("/usr/bin"), PathBuf::from("/usr/sbin")])
+        .map(|dir| dir.join(name))
+        .find(|p| p.is_file())
+}
+
+/// A CA and a server certificate for 127.0.0.1 signed by it; returns the CA's PEM.
+fn make_certificates(dir: &Path) -> Vec<u8> {
+    let run = |args: &[&str]| {
+        let out = Command::new("openssl")
+            .args(args)
+            .current_dir(dir)
+            .stdin(Stdio::null())
+            .output()
+            .expect("openssl runs (apt-get install openssl)");
+        assert!(
+            out.status.success(),
+            "openssl {args:?} failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    };
+    std::fs::write(
+        dir.join("ext.cnf"),
+        "basicConstraints=CA:FALSE\nsubjectAltName=IP:127.0.0.1\nkeyUsage=digitalSignature,keyEncipherment\nextendedKeyUsage=serverAuth\n",
+    )
+    .unwrap();
+    run(&[
+        "req",
+        "-x509",
+        "-newkey",
+        "ec",
+        "-pkeyopt",
+        "ec_paramgen_curve:prime256v1",
+        "-nodes",
+        "-keyout",
+        "ca.key",
+        "-out",
+        "ca.pem",
+        "-days",
+        "2",
+        "-subj",
+        "/CN=Proxim test CA",
+    ]);
+    run(&[
+        "req",
+        "-newkey",
+        "ec",
+        "-pkeyopt",
+        "ec_paramgen_curve:prime256v1",
+        "-nodes",
+        "-keyout",
+        "server.key",
+        "-out",
+        "server.csr",
+        "-subj",
+        "/CN=127.0.0.1",
+    ]);
+    run(&[
+        "x509",
+        "-req",
+        "-in",
+        "server.csr",
+        "-CA",
+        "ca.pem",
+        "-CAkey",
+        "ca.key",
+        "-CAcreateserial",
+        "-out",
+        "server.pem",
+        "-days",
+        "2",
+        "-extfile",
+        "ext.cnf",
+    ]);
+    std::fs::read(dir.join("ca.pem")).unwrap()
+}
