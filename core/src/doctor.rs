@@ -33,6 +33,7 @@ use tracing::{Instrument, debug};
 
 use crate::clock::{now, sleep_until};
 use crate::peer::gather::{SourceOutput, StunBinding, local_ips};
+use crate::turn::{TurnError, TurnOptions};
 
 /// The default bound of each check.
 pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(5);
@@ -917,15 +918,46 @@ async fn check_one_turn(
     }
 }
 
-/// The one call site of the TURN client.
+/// The one call site of the TURN client: allocate (and release) with the welcome's credentials.
 async fn probe_turn(
-    _url: &str,
-    _username: &str,
-    _credential: &str,
-    _options: &DoctorOptions,
+    url: &str,
+    username: &str,
+    credential: &str,
+    options: &DoctorOptions,
 ) -> TurnOutcome {
-    TurnOutcome::NotChecked {
-        reason: "this build has no TURN client yet".to_owned(),
+    let turn_options = TurnOptions {
+        extra_roots_pem: options.turn_extra_roots_pem.clone(),
+        local_ip: options.local_ip,
+    };
+    match crate::turn::probe_turn(url, username, credential, &turn_options, options.timeout).await {
+        Ok(probe) => {
+            debug!(%url, relayed = %probe.relayed, elapsed = ?probe.elapsed, "TURN allocation ok");
+            TurnOutcome::Ok {
+                relayed: probe.relayed,
+                mapped: probe.mapped,
+                elapsed: probe.elapsed,
+            }
+        }
+        Err(TurnError::InvalidUrl(reason)) => TurnOutcome::NotChecked { reason },
+        Err(error) => {
+            debug!(%url, %error, "TURN allocation failed");
+            TurnOutcome::Failed {
+                failure: turn_failure(&error),
+                detail: error.to_string(),
+            }
+        }
+    }
+}
+
+/// The kind of a TURN client error.
+fn turn_failure(error: &TurnError) -> TurnFailure {
+    match error {
+        TurnError::Refused { code: 401, .. } => TurnFailure::Refused,
+        TurnError::Refused { .. } => TurnFailure::AllocationRefused,
+        TurnError::Resolve(_) | TurnError::Unreachable(_) => TurnFailure::Unreachable,
+        TurnError::TimedOut(_) => TurnFailure::TimedOut,
+        TurnError::Tls(_) => TurnFailure::Tls,
+        TurnError::InvalidUrl(_) | TurnError::Protocol(_) => TurnFailure::Protocol,
     }
 }
 
@@ -1374,6 +1406,33 @@ mod tests {
             VerdictKind::NoPath,
             false,
             "same-network connections only",
+        );
+    }
+
+    #[test]
+    fn turn_errors_map_to_failures() {
+        let refused = |code| TurnError::Refused {
+            code,
+            reason: "x".to_owned(),
+        };
+        assert_eq!(turn_failure(&refused(401)), TurnFailure::Refused);
+        assert_eq!(turn_failure(&refused(486)), TurnFailure::AllocationRefused);
+        assert_eq!(
+            turn_failure(&TurnError::Resolve("x".into())),
+            TurnFailure::Unreachable
+        );
+        assert_eq!(
+            turn_failure(&TurnError::Unreachable("x".into())),
+            TurnFailure::Unreachable
+        );
+        assert_eq!(
+            turn_failure(&TurnError::TimedOut(Duration::from_secs(1))),
+            TurnFailure::TimedOut
+        );
+        assert_eq!(turn_failure(&TurnError::Tls("x".into())), TurnFailure::Tls);
+        assert_eq!(
+            turn_failure(&TurnError::Protocol("x".into())),
+            TurnFailure::Protocol
         );
     }
 

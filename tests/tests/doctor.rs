@@ -6,9 +6,11 @@ use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::time::{Duration, Instant};
 
 use proxim_core::doctor::{
-    self, DoctorOptions, NatMapping, SignalingOutcome, StunOutcome, TurnOutcome, VerdictKind,
+    self, DoctorOptions, NatMapping, RelayTransport, SignalingOutcome, StunOutcome, TurnFailure,
+    TurnOutcome, VerdictKind,
 };
 use proxim_server::{IceConfig, RunningServer, Server, ServerConfig};
+use proxim_tests::coturn::{Coturn, CoturnAuth};
 use tokio::net::UdpSocket;
 
 const LOOPBACK: IpAddr = IpAddr::V4(Ipv4Addr::LOCALHOST);
@@ -150,9 +152,15 @@ async fn turn_urls_are_listed_without_their_password() {
     assert!(turn_server.has_credential);
     assert_eq!(report.turn.len(), 1);
     assert_eq!(report.turn[0].url, "turn:127.0.0.1:9?transport=tcp");
-    // Nothing listens on port 9: the allocation cannot succeed.
+    // Nothing listens on TCP port 9: the relay is unreachable.
     assert!(
-        !matches!(report.turn[0].outcome, TurnOutcome::Ok { .. }),
+        matches!(
+            report.turn[0].outcome,
+            TurnOutcome::Failed {
+                failure: TurnFailure::Unreachable,
+                ..
+            }
+        ),
         "{:?}",
         report.turn[0]
     );
@@ -188,4 +196,90 @@ async fn an_unreachable_signaling_server_is_a_quick_clear_failure() {
     );
     assert_eq!(report.verdict.summary, "signaling server unreachable");
     assert!(!report.path_works());
+}
+
+/// A server handing out coturn's three URLs with `password` for coturn's static user.
+async fn server_with_coturn(coturn: &Coturn, password: &str) -> RunningServer {
+    let urls = [coturn.udp_url(), coturn.tcp_url(), coturn.tls_url()];
+    let password = password.to_owned();
+    start_server(move |c| {
+        c.stun = loopback_stun();
+        c.ice = IceConfig::new(
+            &[] as &[&str],
+            &urls,
+            Some("doctor".to_owned()),
+            Some(password),
+        )
+        .unwrap();
+    })
+    .await
+}
+
+fn static_coturn() -> Coturn {
+    Coturn::start(CoturnAuth::Static {
+        username: "doctor".into(),
+        password: "relay-pass-31".into(),
+    })
+}
+
+#[tokio::test]
+async fn turn_allocations_over_udp_tcp_and_tls_work_with_the_welcome_credentials() {
+    let coturn = static_coturn();
+    let server = server_with_coturn(&coturn, "relay-pass-31").await;
+    let mut options = options(&server, Duration::from_secs(5));
+    options.turn_extra_roots_pem = Some(coturn.ca_pem.clone());
+    let report = tokio::time::timeout(TEST_BOUND, doctor::run(&options))
+        .await
+        .expect("doctor in time");
+    let transports: Vec<RelayTransport> = report.turn.iter().map(|t| t.transport).collect();
+    assert_eq!(
+        transports,
+        vec![
+            RelayTransport::Udp,
+            RelayTransport::Tcp,
+            RelayTransport::Tls
+        ]
+    );
+    for turn in &report.turn {
+        match &turn.outcome {
+            TurnOutcome::Ok { relayed, .. } => {
+                assert_eq!(relayed.ip(), LOOPBACK, "{}", turn.url);
+            }
+            other => panic!("{}: {other:?}\ncoturn log:\n{}", turn.url, coturn.log()),
+        }
+    }
+    assert_eq!(report.verdict.kind, VerdictKind::DirectLikely);
+    assert!(
+        report
+            .verdict
+            .summary
+            .ends_with("TURN/UDP, TURN/TCP, TURN/TLS work as a fallback"),
+        "{}",
+        report.verdict.summary
+    );
+    server.shutdown().await;
+}
+
+#[tokio::test]
+async fn wrong_turn_credentials_are_named_as_refused() {
+    let coturn = static_coturn();
+    let server = server_with_coturn(&coturn, "not-the-password").await;
+    let mut options = options(&server, Duration::from_secs(5));
+    options.turn_extra_roots_pem = Some(coturn.ca_pem.clone());
+    let report = tokio::time::timeout(TEST_BOUND, doctor::run(&options))
+        .await
+        .expect("doctor in time");
+    assert_eq!(report.turn.len(), 3);
+    for turn in &report.turn {
+        match &turn.outcome {
+            TurnOutcome::Failed { failure, detail } => {
+                assert_eq!(*failure, TurnFailure::Refused, "{}: {detail}", turn.url);
+                assert!(detail.contains("credentials refused"), "{detail}");
+            }
+            other => panic!("{}: {other:?}", turn.url),
+        }
+    }
+    let json = serde_json::to_string(&report).unwrap();
+    assert!(!json.contains("not-the-password"), "{json}");
+    server.shutdown().await;
 }
