@@ -1471,6 +1471,12 @@ mod tests {
 
     /// A STUN responder on 127.0.0.1 built with the `rtc` codec; answers every Binding request.
     async fn stun_responder() -> (SocketAddr, tokio::task::JoinHandle<()>) {
+        lying_stun_responder(0).await
+    }
+
+    /// A responder that reports the sender's port plus `port_offset`: what a symmetric NAT's
+    /// second mapping looks like from the client.
+    async fn lying_stun_responder(port_offset: u16) -> (SocketAddr, tokio::task::JoinHandle<()>) {
         let socket = UdpSocket::bind((Ipv4Addr::LOCALHOST, 0)).await.unwrap();
         let at = socket.local_addr().unwrap();
         let task = tokio::spawn(async move {
@@ -1490,7 +1496,7 @@ mod tests {
                         Box::new(BINDING_SUCCESS),
                         Box::new(XorMappedAddress {
                             ip: from.ip(),
-                            port: from.port(),
+                            port: from.port().wrapping_add(port_offset),
                         }),
                     ])
                     .unwrap();
@@ -1525,6 +1531,23 @@ mod tests {
         assert_eq!(check.mapping, NatMapping::NoNat);
         task_a.abort();
         task_b.abort();
+    }
+
+    #[tokio::test]
+    async fn doctor_stun_different_mappings_mean_symmetric_nat() {
+        let (a, task_a) = lying_stun_responder(1).await;
+        let (b, task_b) = lying_stun_responder(2).await;
+        let check = check_stun(&stun_urls(&[a, b]), Some(LOOPBACK), Duration::from_secs(3)).await;
+        assert_eq!(check.mapping, NatMapping::AddressPortDependent, "{check:?}");
+        let (c, task_c) = lying_stun_responder(7).await;
+        let (d, task_d) = lying_stun_responder(7).await;
+        let check = check_stun(&stun_urls(&[c, d]), Some(LOOPBACK), Duration::from_secs(3)).await;
+        assert_eq!(check.mapping, NatMapping::EndpointIndependent, "{check:?}");
+        // Both on 127.0.0.1: the caveat says so.
+        assert!(check.caveat.is_some());
+        for task in [task_a, task_b, task_c, task_d] {
+            task.abort();
+        }
     }
 
     #[tokio::test]

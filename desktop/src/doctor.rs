@@ -9,7 +9,7 @@ use std::time::Duration;
 use anyhow::{Context, Result, bail};
 use clap::Args;
 use proxim_core::doctor::{
-    self, DoctorOptions, DoctorReport, SignalingOutcome, StunOutcome, TurnOutcome,
+    self, DoctorOptions, DoctorReport, SignalingOutcome, StunOutcome, TurnFailure, TurnOutcome,
 };
 
 #[derive(Debug, Args)]
@@ -53,7 +53,7 @@ pub(crate) async fn doctor(args: DoctorArgs) -> Result<()> {
     if args.json {
         println!("{}", serde_json::to_string_pretty(&report)?);
     } else {
-        for line in lines(&report) {
+        for line in lines(&report, args.turn_ca.is_some()) {
             println!("{line}");
         }
     }
@@ -66,7 +66,7 @@ pub(crate) async fn doctor(args: DoctorArgs) -> Result<()> {
 }
 
 /// The report as lines: `check  status  details`.
-fn lines(report: &DoctorReport) -> Vec<String> {
+fn lines(report: &DoctorReport, turn_ca_given: bool) -> Vec<String> {
     let mut out = Vec::new();
     let mut line = |check: &str, status: &str, text: String| {
         out.push(format!("{check:<10} {status:<5} {text}"));
@@ -165,6 +165,13 @@ fn lines(report: &DoctorReport) -> Vec<String> {
                     human(*elapsed)
                 ),
             ),
+            TurnOutcome::Failed {
+                failure: TurnFailure::Tls,
+                detail,
+            } if !turn_ca_given => (
+                "FAIL",
+                format!("{detail} (a relay with a private CA? pass --turn-ca FILE)"),
+            ),
             TurnOutcome::Failed { failure, detail } if detail.starts_with(&failure.to_string()) => {
                 ("FAIL", detail.clone())
             }
@@ -214,7 +221,7 @@ mod tests {
         options.timeout = Duration::from_secs(2);
         options.local_ip = Some("127.0.0.1".parse().unwrap());
         let report = doctor::run(&options).await;
-        let lines = lines(&report);
+        let lines = lines(&report, false);
         assert!(
             lines[0].starts_with(&format!("signaling  FAIL  {url}: unreachable: ")),
             "{lines:?}"

@@ -283,3 +283,37 @@ async fn wrong_turn_credentials_are_named_as_refused() {
     assert!(!json.contains("not-the-password"), "{json}");
     server.shutdown().await;
 }
+
+#[tokio::test]
+async fn udp_blocked_but_turn_over_tcp_and_tls_works() {
+    // STUN goes to a silent socket (as if UDP were filtered); only TCP and TLS relays are
+    // advertised.
+    let silent = UdpSocket::bind((Ipv4Addr::LOCALHOST, 0)).await.unwrap();
+    let silent_at = silent.local_addr().unwrap();
+    let coturn = static_coturn();
+    let urls = [coturn.tcp_url(), coturn.tls_url()];
+    let server = start_server(move |c| {
+        c.stun = None;
+        c.ice = IceConfig::new(
+            &[format!("stun:{silent_at}")],
+            &urls,
+            Some("doctor".to_owned()),
+            Some("relay-pass-31".to_owned()),
+        )
+        .unwrap();
+    })
+    .await;
+    let mut options = options(&server, Duration::from_secs(1));
+    options.turn_extra_roots_pem = Some(coturn.ca_pem.clone());
+    let report = tokio::time::timeout(TEST_BOUND, doctor::run(&options))
+        .await
+        .expect("doctor in time");
+    assert_eq!(report.stun.as_ref().unwrap().mapping, NatMapping::Blocked);
+    assert_eq!(report.verdict.kind, VerdictKind::RelayOnly, "{report:?}");
+    assert_eq!(
+        report.verdict.summary,
+        "UDP blocked, TURN/TCP, TURN/TLS work"
+    );
+    assert!(report.path_works());
+    server.shutdown().await;
+}
