@@ -172,7 +172,7 @@ fn lines(report: &DoctorReport, turn_ca_given: bool) -> Vec<String> {
                 "FAIL",
                 format!("{detail} (a relay with a private CA? pass --turn-ca FILE)"),
             ),
-            TurnOutcome::Failed { failure, detail } if detail.starts_with(&failure.to_string()) => {
+            TurnOutcome::Failed { failure, detail } if detail.contains(&failure.to_string()) => {
                 ("FAIL", detail.clone())
             }
             TurnOutcome::Failed { failure, detail } => ("FAIL", format!("{failure}: {detail}")),
