@@ -11,9 +11,14 @@
 //!    addresses tell the NAT's mapping behaviour ([`classify_mapping`]).
 //! 4. **TURN** — one allocation per `turn:`/`turns:` URL with the welcome's credentials.
 //!
-//! The STUN and TURN checks run concurrently, each bounded by [`DoctorOptions::timeout`]; the
-//! whole run takes at most about two timeouts. [`verdict`] is a pure function over the results,
-//! and the whole [`DoctorReport`] serializes to JSON.
+//! Every step is bounded by [`DoctorOptions::timeout`]: the signaling check, then, concurrently,
+//! the STUN check (name resolution, then the Binding transactions, each within the timeout) and
+//! every TURN allocation (each within the timeout, name resolution included). The STUN driver
+//! follows the crate's run-loop rule: after every datagram or timer it drains every
+//! transaction's output before waiting again.
+//!
+//! [`verdict`] is a pure function over the results, and the whole [`DoctorReport`] serializes
+//! to JSON (durations in milliseconds).
 
 use std::collections::HashMap;
 use std::fmt;
@@ -529,7 +534,7 @@ pub fn classify_mapping(
     }
 }
 
-/// One resolved STUN target: which URL entries it answers for.
+/// One STUN server address and its Binding transaction (URLs resolving to it share it).
 #[derive(Debug)]
 struct StunTarget {
     server: SocketAddr,
@@ -551,7 +556,8 @@ async fn check_stun(ice: &[IceServer], local_ip: Option<IpAddr>, timeout: Durati
     for (url, resolution) in urls.iter().zip(resolved) {
         let (server, outcome) = match resolution {
             Resolution::NotStun => continue,
-            Resolution::Addr(addr) => (Some(addr), StunOutcome::BadAnswer),
+            // The outcome is set once the transactions end.
+            Resolution::Addr(addr) => (Some(addr), StunOutcome::TimedOut { after: timeout }),
             Resolution::Failed(outcome) => (None, outcome),
         };
         servers.push(StunServerCheck {
