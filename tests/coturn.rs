@@ -39,14 +39,18 @@ pub struct Coturn {
 }
 
 impl Coturn {
-    /// Start coturn with `auth`; returns once it accepts TCP connections.
+    /// Start coturn with `auth`; returns once it accepts TCP connections. Panics (a test
+    /// failure) when coturn is missing or does not start.
     pub fn start(auth: CoturnAuth) -> Coturn {
-        let binary = which("turnserver").unwrap_or_else(|| {
-            panic!(
-                "coturn's `turnserver` is not installed: apt-get install coturn \
-                 (scripts/test.sh installs it)"
-            )
-        });
+        Self::try_start(auth).unwrap_or_else(|e| panic!("{e}"))
+    }
+
+    /// [`Self::start`], with the reason it could not start as an error.
+    pub fn try_start(auth: CoturnAuth) -> Result<Coturn, String> {
+        let binary = which("turnserver").ok_or(
+            "coturn's `turnserver` is not installed: apt-get install coturn \
+             (scripts/test.sh installs it)",
+        )?;
         let dir = tempfile::tempdir().unwrap();
         let ca_pem = make_certificates(dir.path());
         let port = free_port();
@@ -107,7 +111,7 @@ impl Coturn {
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
-            .expect("turnserver starts");
+            .map_err(|e| format!("turnserver does not start: {e}"))?;
         let coturn = Coturn {
             child,
             port,
@@ -115,8 +119,8 @@ impl Coturn {
             ca_pem,
             dir,
         };
-        coturn.wait_ready();
-        coturn
+        coturn.wait_ready()?;
+        Ok(coturn)
     }
 
     /// `turn:127.0.0.1:PORT` (UDP).
@@ -139,7 +143,7 @@ impl Coturn {
         std::fs::read_to_string(self.dir.path().join("turn.log")).unwrap_or_default()
     }
 
-    fn wait_ready(&self) {
+    fn wait_ready(&self) -> Result<(), String> {
         let deadline = Instant::now() + Duration::from_secs(10);
         let addrs = [
             SocketAddr::from((Ipv4Addr::LOCALHOST, self.port)),
@@ -150,14 +154,14 @@ impl Coturn {
                 .iter()
                 .all(|a| TcpStream::connect_timeout(a, Duration::from_millis(200)).is_ok())
             {
-                return;
+                return Ok(());
             }
             std::thread::sleep(Duration::from_millis(50));
         }
-        panic!(
+        Err(format!(
             "coturn did not start listening within 10 s; log:\n{}",
             self.log()
-        );
+        ))
     }
 }
 

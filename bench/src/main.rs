@@ -14,6 +14,7 @@
 mod measure;
 mod pair_rows;
 mod proxim_rows;
+mod relay_rows;
 mod stock_webrtc;
 mod udp_pump;
 
@@ -119,6 +120,24 @@ const ROWS: &[RowSpec] = &[
         run: proxim_rows::run_bulk,
     },
     RowSpec {
+        name: "dc-bulk-proxim-relay-udp",
+        group: Group::Bulk,
+        label: "proxim peer via coturn (UDP)",
+        run: relay_rows::run_bulk_udp,
+    },
+    RowSpec {
+        name: "dc-bulk-proxim-relay-tcp",
+        group: Group::Bulk,
+        label: "proxim peer via coturn (TCP)",
+        run: relay_rows::run_bulk_tcp,
+    },
+    RowSpec {
+        name: "dc-bulk-proxim-relay-tls",
+        group: Group::Bulk,
+        label: "proxim peer via coturn (TLS)",
+        run: relay_rows::run_bulk_tls,
+    },
+    RowSpec {
         name: "setup-proxim-pair",
         group: Group::Setup,
         label: "proxim pair() -> channel open",
@@ -129,6 +148,12 @@ const ROWS: &[RowSpec] = &[
         group: Group::Setup,
         label: "proxim peer establish",
         run: proxim_rows::run_setup,
+    },
+    RowSpec {
+        name: "setup-proxim-relay",
+        group: Group::Setup,
+        label: "proxim establish via coturn (UDP)",
+        run: relay_rows::run_setup,
     },
     RowSpec {
         name: "setup-stock",
@@ -325,6 +350,39 @@ fn print_table(results: &[(&RowSpec, RowReport)]) {
     goal_line("DC-BULK >= 3x stock webrtc 0.21.1", stock_ratio, |r| {
         r >= 3.0
     });
+    let relay_ratio = |row: &str| {
+        let relayed = find(row).and_then(Outcome::complete_mb_per_s)?;
+        let direct = proxim?;
+        Some((
+            relayed / direct,
+            format!("{:.2}x ({relayed:.1} / {direct:.1} MB/s)", relayed / direct),
+        ))
+    };
+    goal_line(
+        "RELAY (UDP) >= 0.6x direct",
+        relay_ratio("dc-bulk-proxim-relay-udp"),
+        |r| r >= 0.6,
+    );
+    for (row, label) in [
+        ("dc-bulk-proxim-relay-tcp", "RELAY (TCP) vs direct"),
+        ("dc-bulk-proxim-relay-tls", "RELAY (TLS) vs direct"),
+    ] {
+        if let Some((_, text)) = relay_ratio(row) {
+            println!("  {label:<40} {text:<40} info");
+        }
+    }
+    let direct_p50 = find("setup-proxim-establish").and_then(Outcome::p50_ms);
+    goal_line(
+        "SETUP direct establish p50 <= 1 s",
+        direct_p50.map(|v| (v, format!("{v:.1} ms"))),
+        |v| v <= 1000.0,
+    );
+    let relay_p50 = find("setup-proxim-relay").and_then(Outcome::p50_ms);
+    goal_line(
+        "SETUP relay establish p50 <= 1 s",
+        relay_p50.map(|v| (v, format!("{v:.1} ms"))),
+        |v| v <= 1000.0,
+    );
 }
 
 fn goal_line(goal: &str, value: Option<(f64, String)>, pass: impl Fn(f64) -> bool) {

@@ -26,10 +26,21 @@ pub(crate) fn run_setup(params: &Params) -> anyhow::Result<Outcome> {
 
 /// Establish two connected peers over an in-memory signaling link.
 async fn establish_pair() -> anyhow::Result<(Established, Established)> {
+    establish_with(
+        PeerConfig::new(PeerRole::Offerer, vec![]),
+        PeerConfig::new(PeerRole::Answerer, vec![]),
+    )
+    .await
+}
+
+/// Establish two peers with the given configurations over an in-memory signaling link.
+pub(crate) async fn establish_with(
+    offerer: PeerConfig,
+    answerer: PeerConfig,
+) -> anyhow::Result<(Established, Established)> {
     let (offerer_link, answerer_link) = SignalLink::pair();
-    let offerer = Connection::establish(PeerConfig::new(PeerRole::Offerer, vec![]), offerer_link);
-    let answerer =
-        Connection::establish(PeerConfig::new(PeerRole::Answerer, vec![]), answerer_link);
+    let offerer = Connection::establish(offerer, offerer_link);
+    let answerer = Connection::establish(answerer, answerer_link);
     let (offerer, answerer) = tokio::join!(offerer, answerer);
     Ok((
         offerer.context("offerer establish")?,
@@ -39,9 +50,18 @@ async fn establish_pair() -> anyhow::Result<(Established, Established)> {
 
 async fn bulk(params: Params) -> anyhow::Result<Outcome> {
     let deadline = tokio::time::Instant::now() + params.row_limit;
-    let (offerer, answerer) = tokio::time::timeout_at(deadline, establish_pair())
+    let pair = tokio::time::timeout_at(deadline, establish_pair())
         .await
         .context("establish timed out")??;
+    bulk_over(params, deadline, pair).await
+}
+
+/// Move `params.bulk_bytes` from the offerer to the answerer over the default channel.
+pub(crate) async fn bulk_over(
+    params: Params,
+    deadline: tokio::time::Instant,
+    (offerer, answerer): (Established, Established),
+) -> anyhow::Result<Outcome> {
     let total = params.bulk_bytes;
     let moved = Moved::default();
     let meter = BulkMeter::start(total);
