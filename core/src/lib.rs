@@ -7,6 +7,7 @@
 //!   heartbeats, reconnect with backoff, per-session demultiplexing into [`SignalLink`]s).
 //! - [`peer`]: Proxim's own tokio driver over webrtc-rs's sans-IO core `rtc`, data channels,
 //!   file transfer and stats.
+//! - [`doctor`]: connectivity checks (signaling, STUN mapping behaviour, TURN) and a verdict.
 //!
 //! # The run-loop rule
 //! Every driver here follows one rule: after any input (a packet, a timer, a command, a
@@ -18,6 +19,7 @@
 mod client;
 mod clock;
 mod config;
+pub mod doctor;
 mod error;
 pub mod link;
 pub mod pairing;

@@ -15,6 +15,7 @@ use sha2::{Digest, Sha256};
 use tokio::io::AsyncBufReadExt;
 use tokio::sync::mpsc;
 
+mod doctor;
 mod qr;
 
 #[derive(Debug, Parser)]
@@ -41,6 +42,8 @@ enum Command {
     Pair(PairArgs),
     /// The whole job in one process: server, desktop and phone on loopback, a 64 MiB file.
     Demo(DemoArgs),
+    /// Check the signaling server, STUN (the NAT's mapping behaviour) and TURN from here.
+    Doctor(doctor::DoctorArgs),
 }
 
 #[derive(Debug, Args)]
@@ -134,6 +137,7 @@ fn main() -> Result<()> {
             Command::Desktop(args) => desktop(args).await,
             Command::Pair(args) => phone(args).await,
             Command::Demo(args) => demo(args).await,
+            Command::Doctor(args) => doctor::doctor(args).await,
         }
     })
 }

@@ -35,7 +35,7 @@ pub(super) struct LocalSocket {
 /// The local IP addresses to bind to: every IPv4 and IPv6 interface address that is up,
 /// loopback when asked for, no link-local addresses (they need a scope id no candidate
 /// carries). IPv4 first, loopback last.
-pub(super) fn local_ips(include_loopback: bool) -> Vec<IpAddr> {
+pub(crate) fn local_ips(include_loopback: bool) -> Vec<IpAddr> {
     let mut ips: Vec<IpAddr> = Vec::new();
     match if_addrs::get_if_addrs() {
         Ok(interfaces) => {
@@ -168,18 +168,18 @@ pub(super) fn relay_candidate(
 
 /// A packet a candidate source wants sent.
 #[derive(Debug)]
-pub(super) struct SourceTransmit {
+pub(crate) struct SourceTransmit {
     /// The local socket to send from.
-    pub(super) from: SocketAddr,
+    pub(crate) from: SocketAddr,
     /// Where to.
-    pub(super) to: SocketAddr,
+    pub(crate) to: SocketAddr,
     /// The datagram.
-    pub(super) data: Vec<u8>,
+    pub(crate) data: Vec<u8>,
 }
 
 /// What a candidate source produced.
 #[derive(Debug)]
-pub(super) enum SourceOutput {
+pub(crate) enum SourceOutput {
     /// Send this packet.
     Transmit(SourceTransmit),
     /// A new local candidate.
@@ -334,7 +334,7 @@ const STUN_FIRST_RTO: Duration = Duration::from_millis(100);
 
 /// Sans-IO STUN Binding transaction: send, retransmit within the deadline, parse the answer.
 #[derive(Debug)]
-pub(super) struct StunBinding {
+pub(crate) struct StunBinding {
     url: String,
     local: SocketAddr,
     server: SocketAddr,
@@ -348,7 +348,7 @@ pub(super) struct StunBinding {
 }
 
 impl StunBinding {
-    fn new(
+    pub(crate) fn new(
         url: String,
         local: SocketAddr,
         server: SocketAddr,
@@ -376,7 +376,12 @@ impl StunBinding {
         }
     }
 
-    fn handle_packet(&mut self, local: SocketAddr, from: SocketAddr, data: &[u8]) -> bool {
+    pub(crate) fn handle_packet(
+        &mut self,
+        local: SocketAddr,
+        from: SocketAddr,
+        data: &[u8],
+    ) -> bool {
         if self.done || local != self.local || from != self.server {
             return false;
         }
@@ -409,7 +414,7 @@ impl StunBinding {
         true
     }
 
-    fn handle_timeout(&mut self, now: Instant) {
+    pub(crate) fn handle_timeout(&mut self, now: Instant) {
         if self.done {
             return;
         }
@@ -429,7 +434,7 @@ impl StunBinding {
         }
     }
 
-    fn poll_output(&mut self) -> Option<SourceOutput> {
+    pub(crate) fn poll_output(&mut self) -> Option<SourceOutput> {
         if self.pending.is_empty() {
             None
         } else {
@@ -437,7 +442,7 @@ impl StunBinding {
         }
     }
 
-    fn poll_timeout(&self) -> Option<Instant> {
+    pub(crate) fn poll_timeout(&self) -> Option<Instant> {
         if self.done {
             None
         } else {

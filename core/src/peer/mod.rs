@@ -78,7 +78,7 @@ use crate::link::SignalLink;
 
 mod channel;
 mod driver;
-mod gather;
+pub(crate) mod gather;
 mod relay;
 mod stats;
 
