@@ -13,6 +13,7 @@
 # directly inside the namespaces, so nothing lands in the root namespace.
 #
 # Usage: scripts/natlab.sh up | down | nat A|B TYPE | list | run [--repeat N] [SCENARIO...]
+#        scripts/natlab.sh bench [PROXIM-BENCH ARGS...]
 #   up     build the lab (routers as cone NATs) with coturn and `proxim serve` running; leave it up
 #   down   stop what `up` started (by PID) and delete the pxl-* namespaces
 #   nat    switch a router of a lab that is up: cone, symmetric, fullcone or udp-blocked
@@ -20,6 +21,9 @@
 #   run    a fresh lab, the scenarios (default: all; numbers or names), then down; refuses when
 #          a lab is up already. Prints a table and, last, `N passed, M failed`; non-zero exit
 #          when any failed.
+#   bench  a fresh lab, then one `proxim-bench --only proxim` run inside pxl-pub: DC-BULK direct
+#          beside DC-BULK through the lab's coturn (UDP, TCP, TLS; REST credentials), and setup
+#          times, in one table; then down. $PROXIM_BENCH_BIN, else cargo build -p proxim-bench.
 # Needs root; installs what is missing (coturn iptables iproute2 conntrack openssl jq). The proxim
 # binary is $PROXIM_BIN, else `cargo build --release --locked -p proxim`.
 set -euo pipefail
@@ -769,6 +773,31 @@ cmd_down() {
     log "lab down"
 }
 
+# bench ARGS...: proxim-bench's Proxim rows inside pxl-pub, the relayed ones through the lab's
+# coturn with TURN REST credentials minted here from its secret.
+cmd_bench() {
+    ensure_tools
+    local bench=${PROXIM_BENCH_BIN:-}
+    if [ -z "$bench" ]; then
+        log "cargo build --release --locked -p proxim-bench"
+        cargo build --release --locked -p proxim-bench >&2 || die "cargo build failed"
+        bench=$TARGET_DIR/release/proxim-bench
+    fi
+    [ -x "$bench" ] || die "no proxim-bench binary at $bench"
+    [ -z "$(lab_namespaces)" ] ||
+        die "a lab is up already (pxl-* namespaces: another run, or natlab.sh up); scripts/natlab.sh down ends it"
+    WORK=$(mktemp -d "${TMPDIR:-/tmp}/proxim-natlab.XXXXXX")
+    lab_up
+    local user pass
+    user="$(($(date +%s) + 3600)):natlab-bench"
+    pass=$(printf '%s' "$user" | openssl dgst -sha1 -hmac "$TURN_SECRET" -binary | base64)
+    log "proxim-bench in $NS_PUB; relay rows through coturn on $TURN_IP"
+    nsx "$NS_PUB" env \
+        PROXIM_BENCH_TURN_URLS="turn:$TURN_IP:$STUN_PORT,turn:$TURN_IP:$STUN_PORT?transport=tcp,turns:$TURN_IP:$TLS_PORT" \
+        PROXIM_BENCH_TURN_USERNAME="$user" PROXIM_BENCH_TURN_PASSWORD="$pass" \
+        PROXIM_BENCH_TURN_CA="$TURN_CA" "$bench" --only proxim "$@"
+}
+
 # ---------------------------------------------------------------------------------------------
 
 main() {
@@ -791,7 +820,8 @@ main() {
         list) list_scenarios ;;
         nat) cmd_nat "${args[@]}" ;;
         run) run_suite "$repeat" "${args[@]}" ;;
-        *) die "unknown command '$cmd' (up, down, nat, list, run)" ;;
+        bench) cmd_bench "${args[@]}" ;;
+        *) die "unknown command '$cmd' (up, down, nat, list, run, bench)" ;;
     esac
 }
 

@@ -2,10 +2,10 @@
 //!
 //! The offerer may only use relay candidates (force-relay); the answerer is a plain peer. The
 //! relay is coturn: by default one this row starts on 127.0.0.1 (static credentials, loopback
-//! peers allowed); with `PROXIM_BENCH_TURN_URL` (+ `PROXIM_BENCH_TURN_USERNAME`,
-//! `PROXIM_BENCH_TURN_PASSWORD`, `PROXIM_BENCH_TURN_CA` for `turns:`) an existing relay, such
-//! as the NAT lab's (`scripts/natlab.sh bench`). Those variables pick the transport themselves,
-//! so the UDP row then runs over whatever URL they name.
+//! peers allowed); with `PROXIM_BENCH_TURN_URLS` (comma-separated; each row takes the URL of its
+//! transport) and `PROXIM_BENCH_TURN_USERNAME`, `PROXIM_BENCH_TURN_PASSWORD`,
+//! `PROXIM_BENCH_TURN_CA` (for `turns:`) an existing relay, such as the NAT lab's
+//! (`scripts/natlab.sh bench`).
 
 use std::time::Duration;
 
@@ -35,9 +35,26 @@ struct Relay {
     _coturn: Option<Coturn>,
 }
 
+impl Transport {
+    fn matches(self, url: &str) -> bool {
+        let tcp = url.ends_with("?transport=tcp");
+        match self {
+            Transport::Udp => url.starts_with("turn:") && !tcp,
+            Transport::Tcp => url.starts_with("turn:") && tcp,
+            Transport::Tls => url.starts_with("turns:"),
+        }
+    }
+}
+
 impl Relay {
     fn get(transport: Transport) -> anyhow::Result<Relay> {
-        if let Ok(url) = std::env::var("PROXIM_BENCH_TURN_URL") {
+        if let Ok(urls) = std::env::var("PROXIM_BENCH_TURN_URLS") {
+            let url = urls
+                .split(',')
+                .map(str::trim)
+                .find(|url| transport.matches(url))
+                .with_context(|| format!("no {transport:?} URL in PROXIM_BENCH_TURN_URLS={urls}"))?
+                .to_owned();
             let ca_pem = match std::env::var("PROXIM_BENCH_TURN_CA") {
                 Ok(path) => Some(std::fs::read(&path).with_context(|| format!("reading {path}"))?),
                 Err(_) => None,

@@ -13,8 +13,8 @@ use std::time::{Duration, Instant};
 use proxim_protocol::IceServer;
 use proxim_protocol::ice::{IceScheme, IceTransport, IceUrl};
 use rtc::peer_connection::transport::{
-    CandidateConfig, CandidateHostConfig, CandidateRelayConfig, CandidateServerReflexiveConfig,
-    RTCIceCandidate, RTCIceCandidateInit,
+    Candidate, CandidateConfig, CandidateHostConfig, CandidateRelayConfig,
+    CandidateServerReflexiveConfig, RTCIceCandidate, RTCIceCandidateInit,
 };
 use rtc::stun::message::{BINDING_REQUEST, BINDING_SUCCESS, Getter, Message, TransactionId};
 use rtc::stun::xoraddr::XorMappedAddress;
@@ -94,20 +94,12 @@ pub(super) fn bind_udp(ip: IpAddr, buffer_bytes: usize) -> io::Result<LocalSocke
 /// The host candidate for a bound socket, ready for `add_local_candidate` and for signaling.
 pub(super) fn host_candidate(addr: SocketAddr) -> Result<RTCIceCandidateInit, String> {
     let candidate = CandidateHostConfig {
-        base_config: CandidateConfig {
-            network: "udp".to_owned(),
-            address: addr.ip().to_string(),
-            port: addr.port(),
-            component: 1,
-            ..Default::default()
-        },
+        base_config: udp_candidate_config(addr),
         ..Default::default()
     }
     .new_candidate_host()
     .map_err(|e| e.to_string())?;
-    RTCIceCandidate::from(&candidate)
-        .to_json()
-        .map_err(|e| e.to_string())
+    candidate_init(&candidate, None)
 }
 
 /// A server-reflexive candidate: `mapped` as seen by the STUN server at `url`, based on `base`.
@@ -117,52 +109,52 @@ pub(super) fn srflx_candidate(
     url: &str,
 ) -> Result<RTCIceCandidateInit, String> {
     let candidate = CandidateServerReflexiveConfig {
-        base_config: CandidateConfig {
-            network: "udp".to_owned(),
-            address: mapped.ip().to_string(),
-            port: mapped.port(),
-            component: 1,
-            ..Default::default()
-        },
+        base_config: udp_candidate_config(mapped),
         rel_addr: base.ip().to_string(),
         rel_port: base.port(),
         ..Default::default()
     }
     .new_candidate_server_reflexive()
     .map_err(|e| e.to_string())?;
-    let mut init = RTCIceCandidate::from(&candidate)
-        .to_json()
-        .map_err(|e| e.to_string())?;
-    init.url = Some(url.to_owned());
-    Ok(init)
+    candidate_init(&candidate, Some(url))
 }
 
 /// A relay candidate: `relayed` on the TURN server at `url`, reached from `base` (the address
-/// the server saw, or the local one).
+/// the server saw, or the local one). A TURN allocation relays UDP, whatever carries it to the
+/// server.
 pub(super) fn relay_candidate(
     relayed: SocketAddr,
     base: SocketAddr,
     url: &str,
 ) -> Result<RTCIceCandidateInit, String> {
     let candidate = CandidateRelayConfig {
-        base_config: CandidateConfig {
-            // A TURN allocation relays UDP, whatever carries it to the server.
-            network: "udp".to_owned(),
-            address: relayed.ip().to_string(),
-            port: relayed.port(),
-            component: 1,
-            ..Default::default()
-        },
+        base_config: udp_candidate_config(relayed),
         rel_addr: base.ip().to_string(),
         rel_port: base.port(),
         url: Some(url.to_owned()),
     }
     .new_candidate_relay()
     .map_err(|e| e.to_string())?;
-    let mut init = RTCIceCandidate::from(&candidate)
+    candidate_init(&candidate, Some(url))
+}
+
+/// The part every candidate shares: a UDP address, component 1.
+fn udp_candidate_config(addr: SocketAddr) -> CandidateConfig {
+    CandidateConfig {
+        network: "udp".to_owned(),
+        address: addr.ip().to_string(),
+        port: addr.port(),
+        component: 1,
+        ..Default::default()
+    }
+}
+
+/// The signaling form of a candidate, with the URL of the server it came from.
+fn candidate_init(candidate: &Candidate, url: Option<&str>) -> Result<RTCIceCandidateInit, String> {
+    let mut init = RTCIceCandidate::from(candidate)
         .to_json()
         .map_err(|e| e.to_string())?;
-    init.url = Some(url.to_owned());
+    init.url = url.map(str::to_owned);
     Ok(init)
 }
 
