@@ -12,9 +12,10 @@ use std::time::{Duration, Instant};
 
 use proxim_protocol::IceServer;
 use proxim_protocol::ice::{IceScheme, IceTransport, IceUrl};
+use rtc::ice::candidate::Candidate;
 use rtc::peer_connection::transport::{
-    Candidate, CandidateConfig, CandidateHostConfig, CandidateRelayConfig,
-    CandidateServerReflexiveConfig, RTCIceCandidate, RTCIceCandidateInit,
+    CandidateConfig, CandidateHostConfig, CandidateRelayConfig, CandidateServerReflexiveConfig,
+    RTCIceCandidate, RTCIceCandidateInit,
 };
 use rtc::stun::message::{BINDING_REQUEST, BINDING_SUCCESS, Getter, Message, TransactionId};
 use rtc::stun::xoraddr::XorMappedAddress;
