@@ -45,8 +45,17 @@ impl Coturn {
         Self::try_start(auth).unwrap_or_else(|e| panic!("{e}"))
     }
 
+    /// [`Self::start`] with extra `turnserver` options (`--user-quota 1`…).
+    pub fn start_with(auth: CoturnAuth, extra: &[&str]) -> Coturn {
+        Self::try_start_with(auth, extra).unwrap_or_else(|e| panic!("{e}"))
+    }
+
     /// [`Self::start`], with the reason it could not start as an error.
     pub fn try_start(auth: CoturnAuth) -> Result<Coturn, String> {
+        Self::try_start_with(auth, &[])
+    }
+
+    fn try_start_with(auth: CoturnAuth, extra: &[&str]) -> Result<Coturn, String> {
         let binary = which("turnserver").ok_or(
             "coturn's `turnserver` is not installed: apt-get install coturn \
              (scripts/test.sh installs it)",
@@ -94,6 +103,7 @@ impl Coturn {
         .arg(dir.path().join("turndb"))
         .arg("--pidfile")
         .arg(dir.path().join("turn.pid"));
+        cmd.args(extra);
         match &auth {
             CoturnAuth::Static { username, password } => {
                 cmd.args([

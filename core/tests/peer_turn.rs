@@ -255,3 +255,41 @@ async fn probe_reports_each_transport() {
     assert!(matches!(result, Err(TurnError::TimedOut(_))), "{result:?}");
     assert!(started.elapsed() < Duration::from_secs(3));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn closing_releases_the_allocation() {
+    init_tracing();
+    // One allocation per user at a time: a second one is refused until the first is released.
+    let coturn = Coturn::start_with(
+        CoturnAuth::Static {
+            username: USER.into(),
+            password: PASS.into(),
+        },
+        &["--user-quota", "1"],
+    );
+    let url = coturn.udp_url();
+    let options = TurnOptions::default();
+    let offerer = relay_only(PeerRole::Offerer, turn(url.clone(), PASS), &coturn.ca_pem);
+    let (a, b, _) = connect_with(offerer, config(PeerRole::Answerer, vec![]))
+        .await
+        .unwrap();
+    let busy = probe_turn(&url, USER, PASS, &options, Duration::from_secs(3)).await;
+    assert!(
+        matches!(busy, Err(TurnError::Refused { code: 486, .. })),
+        "the open connection holds the user's one allocation: {busy:?}"
+    );
+    a.connection.close().await;
+    b.connection.close().await;
+    // The release (a Refresh with lifetime 0) went out on close: the quota is free again.
+    let deadline = Instant::now() + Duration::from_secs(3);
+    loop {
+        match probe_turn(&url, USER, PASS, &options, Duration::from_secs(3)).await {
+            Ok(_) => break,
+            Err(e) if Instant::now() < deadline => {
+                tracing::debug!(error = %e, "allocation not released yet");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+            Err(e) => panic!("allocation still held after close: {e}\n{}", coturn.log()),
+        }
+    }
+}
