@@ -293,3 +293,39 @@ async fn closing_releases_the_allocation() {
         }
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_allocation_is_refreshed_while_the_connection_lives() {
+    init_tracing();
+    // coturn tells the client a 4 s lifetime (it keeps the allocation longer itself, so the
+    // proof is its log): the client must refresh at half of it, and data keeps flowing.
+    let coturn = Coturn::start_with(
+        CoturnAuth::Static {
+            username: USER.into(),
+            password: PASS.into(),
+        },
+        &["--max-allocate-lifetime=4", "-v"],
+    );
+    let offerer = relay_only(
+        PeerRole::Offerer,
+        turn(coturn.udp_url(), PASS),
+        &coturn.ca_pem,
+    );
+    let (a, mut b, _) = connect_with(offerer, config(PeerRole::Answerer, vec![]))
+        .await
+        .unwrap();
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    a.channel
+        .send(Payload::Text("after the lifetime".into()))
+        .await
+        .unwrap();
+    assert_eq!(
+        within("message after the lifetime", b.channel.recv()).await,
+        Some(Payload::Text("after the lifetime".into()))
+    );
+    let log = coturn.log();
+    assert!(
+        log.contains("incoming packet REFRESH processed, success"),
+        "no refresh reached coturn:\n{log}"
+    );
+}
