@@ -255,3 +255,97 @@ async fn force_relay_without_relays_is_an_error() {
         "{result:?}"
     );
 }
+
+/// Forward signals from `from` to `to`, pointing every candidate at a port nobody listens on
+/// (and stripping the candidates from the descriptions): no pair can ever succeed.
+async fn blackhole_candidates(
+    mut from: tokio::sync::mpsc::Receiver<proxim_protocol::Signal>,
+    to: tokio::sync::mpsc::Sender<proxim_core::LinkEvent>,
+    dead_port: u16,
+) {
+    use proxim_protocol::{CandidateLine, Sdp, Signal};
+    while let Some(signal) = from.recv().await {
+        let signal = match signal {
+            Signal::Offer { sdp } => Signal::Offer {
+                sdp: Sdp::new(strip_candidates(sdp.as_str())).unwrap(),
+            },
+            Signal::Answer { sdp } => Signal::Answer {
+                sdp: Sdp::new(strip_candidates(sdp.as_str())).unwrap(),
+            },
+            Signal::Candidate {
+                candidate,
+                sdp_mid,
+                sdp_mline_index,
+            } => {
+                // candidate:<foundation> <component> udp <priority> <ip> <port> typ …
+                let mut fields: Vec<String> =
+                    candidate.as_str().split(' ').map(str::to_owned).collect();
+                fields[5] = dead_port.to_string();
+                Signal::Candidate {
+                    candidate: CandidateLine::new(fields.join(" ")).unwrap(),
+                    sdp_mid,
+                    sdp_mline_index,
+                }
+            }
+            other => other,
+        };
+        if to
+            .send(proxim_core::LinkEvent::Signal(signal))
+            .await
+            .is_err()
+        {
+            return;
+        }
+    }
+}
+
+fn strip_candidates(sdp: &str) -> String {
+    sdp.split("\r\n")
+        .filter(|line| !line.starts_with("a=candidate"))
+        .collect::<Vec<_>>()
+        .join("\r\n")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn no_working_pair_fails_fast_with_the_reason() {
+    init_tracing();
+    use tokio::sync::mpsc;
+    // A bound, silent socket: checks to it go nowhere.
+    let dead = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+    let dead_port = dead.local_addr().unwrap().port();
+    let (a_out, a_sent) = mpsc::channel(64);
+    let (b_out, b_sent) = mpsc::channel(64);
+    let (a_in_tx, a_in) = mpsc::channel(64);
+    let (b_in_tx, b_in) = mpsc::channel(64);
+    tokio::spawn(blackhole_candidates(a_sent, b_in_tx, dead_port));
+    tokio::spawn(blackhole_candidates(b_sent, a_in_tx, dead_port));
+    let a_link = SignalLink {
+        outgoing: a_out,
+        incoming: a_in,
+    };
+    let b_link = SignalLink {
+        outgoing: b_out,
+        incoming: b_in,
+    };
+    let started = Instant::now();
+    let offerer = config(PeerRole::Offerer, vec![]); // connect timeout: 15 s
+    let answerer = config(PeerRole::Answerer, vec![]);
+    let (a, _b) = within("both sides give up", async {
+        tokio::join!(
+            Connection::establish(offerer, a_link),
+            Connection::establish(answerer, b_link)
+        )
+    })
+    .await;
+    let elapsed = started.elapsed();
+    match a {
+        Err(PeerError::IceFailed { reason }) => {
+            assert!(reason.contains("no candidate pair succeeded"), "{reason}");
+            assert!(reason.contains("offers no TURN relay"), "{reason}");
+        }
+        other => panic!("expected an ICE failure, got {other:?}"),
+    }
+    // Every pair's checks give up after 2 s; the connect timeout (15 s) is not waited for.
+    assert!(elapsed < Duration::from_secs(6), "failed after {elapsed:?}");
+    drop(dead);
+}

@@ -66,6 +66,9 @@ const DEFAULT_MAX_MESSAGE_SIZE: usize = 65536;
 /// How long a closing channel (or connection) waits for what it already sent to be acknowledged
 /// before it closes anyway.
 const CLOSE_FLUSH_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long after the last candidate change, with both sides done gathering and not a packet
+/// from the peer, the connection is given up: every pair's checks have stopped by then.
+const NO_ANSWER_GIVE_UP: Duration = Duration::from_secs(3);
 /// How many times a locally opened channel is created again when it closed before it opened
 /// (see [`Driver::reopen`]).
 const OPEN_ATTEMPTS: u32 = 8;
@@ -140,6 +143,12 @@ pub(super) struct Driver {
     pending_dns: Option<oneshot::Receiver<Vec<(String, SocketAddr)>>>,
     stun_timeout: Duration,
     end_of_candidates_sent: bool,
+    /// The peer sent end-of-candidates.
+    remote_gathering_done: bool,
+    /// The last time a local or remote candidate (or end-of-candidates) arrived.
+    last_candidate_change: Instant,
+    /// Whether any packet from the peer reached rtc (a check, an answer to one, data).
+    heard_from_peer: bool,
     link: SignalLink,
     link_open: bool,
     remote_description_set: bool,
@@ -239,6 +248,9 @@ impl Driver {
             pending_dns,
             stun_timeout: parts.config.stun_timeout,
             end_of_candidates_sent: false,
+            remote_gathering_done: false,
+            last_candidate_change: now,
+            heard_from_peer: false,
             link: parts.link,
             link_open: true,
             remote_description_set: false,
@@ -461,6 +473,7 @@ impl Driver {
                     sdp_mline_index,
                     ..Default::default()
                 };
+                self.last_candidate_change = Instant::now();
                 if self.remote_description_set {
                     if let Err(e) = self.pc.add_remote_candidate(init) {
                         tracing::debug!(error = %e, "remote candidate refused");
@@ -469,7 +482,11 @@ impl Driver {
                     self.early_candidates.push(init);
                 }
             }
-            Signal::EndOfCandidates => tracing::debug!("remote gathering complete"),
+            Signal::EndOfCandidates => {
+                tracing::debug!("remote gathering complete");
+                self.remote_gathering_done = true;
+                self.last_candidate_change = Instant::now();
+            }
             other => tracing::debug!(kind = ?other, "signal not for the peer layer"),
         }
         Ok(())
@@ -568,6 +585,9 @@ impl Driver {
                     }
                 }
             }
+        }
+        if !found.is_empty() {
+            self.last_candidate_change = Instant::now();
         }
         for init in found {
             match self.pc.add_local_candidate(init.clone()) {
@@ -1154,6 +1174,7 @@ impl Driver {
     }
 
     fn feed(&mut self, local: SocketAddr, from: SocketAddr, packet: BytesMut) {
+        self.heard_from_peer = true;
         let result = self.pc.handle_read(TaggedBytesMut {
             now: Instant::now(),
             transport: TransportContext {
@@ -1331,6 +1352,9 @@ impl Driver {
         if let Some(t) = self.relays.poll_timeout() {
             deadline = deadline.min(t);
         }
+        if let Some(t) = self.no_answer_deadline() {
+            deadline = deadline.min(t);
+        }
         if self.ready.is_some() {
             deadline = deadline.min(self.connect_deadline);
         }
@@ -1354,6 +1378,11 @@ impl Driver {
             }
         }
         self.relays.handle_timeout(now);
+        if self.no_answer_deadline().is_some_and(|t| now >= t) {
+            let reason = self.no_path_reason();
+            self.fail(PeerError::IceFailed { reason });
+            return;
+        }
         if self.ready.is_some() && now >= self.connect_deadline {
             let reason = if !self.remote_description_set {
                 "no offer/answer from the peer".to_owned()
@@ -1390,6 +1419,19 @@ impl Driver {
             "selected path"
         );
         let _ = self.events.send(ConnectionEvent::PathChanged(stats));
+    }
+
+    /// When to give up because no pair can work: both sides have finished gathering, every
+    /// pair has had its checks (they stop after 40 × 50 ms), and not one packet from the peer
+    /// arrived on any candidate. `None` while that cannot be said (yet).
+    fn no_answer_deadline(&self) -> Option<Instant> {
+        (self.ready.is_some()
+            && self.remote_description_set
+            && !self.ice_connected
+            && !self.heard_from_peer
+            && self.end_of_candidates_sent
+            && self.remote_gathering_done)
+            .then_some(self.last_candidate_change + NO_ANSWER_GIVE_UP)
     }
 
     /// Why no candidate pair worked, with what gathering learned (relays that failed).

@@ -21,7 +21,9 @@
 //! or TLS stream), trickled once allocated; the allocation is refreshed while the connection
 //! lives and released when it closes. With [`PeerConfig::force_relay`] only relay candidates
 //! are offered. When no pair works, the error names what failed (a relay that refused the
-//! credentials, one that could not be reached) within the connect timeout.
+//! credentials, one that could not be reached): within the connect timeout, and 3 s after the
+//! last candidate when both sides finished gathering and not one packet came from the peer
+//! (every pair's checks have stopped by then).
 //!
 //! # Flow control
 //! - Send: a channel's buffered amount is what `send` accepted and SCTP has not released yet.
