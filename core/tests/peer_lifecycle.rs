@@ -267,10 +267,10 @@ async fn blackhole_candidates(
     while let Some(signal) = from.recv().await {
         let signal = match signal {
             Signal::Offer { sdp } => Signal::Offer {
-                sdp: Sdp::new(strip_candidates(sdp.as_str())).unwrap(),
+                sdp: Sdp::new(strip_candidates(sdp.as_str())).expect("valid SDP"),
             },
             Signal::Answer { sdp } => Signal::Answer {
-                sdp: Sdp::new(strip_candidates(sdp.as_str())).unwrap(),
+                sdp: Sdp::new(strip_candidates(sdp.as_str())).expect("valid SDP"),
             },
             Signal::Candidate {
                 candidate,
@@ -282,7 +282,7 @@ async fn blackhole_candidates(
                     candidate.as_str().split(' ').map(str::to_owned).collect();
                 fields[5] = dead_port.to_string();
                 Signal::Candidate {
-                    candidate: CandidateLine::new(fields.join(" ")).unwrap(),
+                    candidate: CandidateLine::new(fields.join(" ")).expect("valid candidate"),
                     sdp_mid,
                     sdp_mline_index,
                 }
