@@ -34,13 +34,15 @@
 pub mod cli;
 mod config;
 mod hub;
+mod limits;
+mod proxy;
 mod server;
 mod stun;
 
 pub use config::{
     ConfigError, DEFAULT_PORT, DEFAULT_STUN_BIND, DEFAULT_TURN_TTL, IceConfig, REDACTED, STUN_URLS,
     ServerConfig, TURN_PASSWORD, TURN_REALM, TURN_SECRET, TURN_TTL, TURN_URLS, TURN_USERNAME,
-    TurnAuth, mint_turn_credentials,
+    TrustedProxies, TurnAuth, mint_turn_credentials,
 };
 pub use hub::{SessionInfo, Stats};
 pub use server::{RunningServer, Server, ServerError};
