@@ -12,6 +12,10 @@
 //! accepts or rejects (or the prompt expires); signals flow only between the two members of an
 //! accepted session. Whoever leaves, disconnects or goes silent ends its sessions, and the other
 //! member is told why.
+//!
+//! Abuse limits are charged here too, with the same `now`: every frame takes a token from its
+//! connection's budget before it is decoded, every pair request counts against its code's
+//! window, and the driver reserves a per-IP slot ([`Hub::reserve_ip`]) before it upgrades.
 
 use std::cmp::Reverse;
 use std::collections::{BTreeSet, BinaryHeap, HashMap, VecDeque};

@@ -132,12 +132,10 @@ async fn a_short_burst_over_the_budget_is_answered_rate_limited_but_not_cut_off(
         .filter(|m| is_error(m, ErrorCode::RateLimited))
         .count();
     assert!(limited >= 2, "{replies:?}");
-    match replies.last() {
-        Some(ServerMessage::Error { message, .. }) => {
-            assert!(message.as_str().contains("1 messages/s"), "{message:?}");
-        }
-        other => panic!("{other:?}"),
-    }
+    let explained = replies.iter().any(|m| {
+        matches!(m, ServerMessage::Error { message, .. } if message.as_str().contains("1 messages/s"))
+    });
+    assert!(explained, "the error names the limit: {replies:?}");
     // After a pause the connection is served again.
     tokio::time::sleep(Duration::from_millis(1100)).await;
     client.ping_pong(100).await;
@@ -290,7 +288,7 @@ async fn expect_prompt(desktop: &mut TestClient) -> SessionId {
 
 #[tokio::test]
 async fn pair_attempts_per_code_are_limited_and_the_desktop_is_told() {
-    let window = Duration::from_millis(1500);
+    let window = Duration::from_secs(3);
     let server = start_server(|c| {
         c.pair_attempts = 3;
         c.pair_window = window;
