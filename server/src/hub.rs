@@ -1129,14 +1129,18 @@ impl Hub {
                 conn,
                 ErrorCode::RateLimited,
                 format!(
-                    "{strikes} frames over the limit of {rate} messages/s (burst {burst});                      closing the connection"
+                    "{strikes} frames over the limit of {rate} messages/s (burst {burst}); \
+                     closing the connection"
                 ),
             );
             self.depart(conn, Departure::Flooding, now);
             return false;
         }
         if strikes == 1 {
-            tracing::info!(conn = %self.short_id(conn), rate, burst, "connection over its message budget");
+            tracing::info!(
+                conn = %self.short_id(conn), rate, burst,
+                "connection over its message budget; refusing frames"
+            );
         }
         self.send_error(
             conn,
@@ -1181,12 +1185,16 @@ impl Hub {
                 desktop,
                 ErrorCode::TooManyAttempts,
                 format!(
-                    "your code received {max} pairing requests within {}s; further requests                      are refused for {retry_s}s",
+                    "your code received {max} pairing requests within {}s; further requests \
+                     are refused for {retry_s}s",
                     window.as_secs()
                 ),
             );
         } else {
-            tracing::debug!(phone = %self.short_id(phone), code = %code.redacted(), "pair request refused: too many attempts");
+            tracing::debug!(
+                phone = %self.short_id(phone), code = %code.redacted(),
+                "pair request refused: too many attempts"
+            );
         }
         self.send_error(
             phone,
@@ -1567,6 +1575,13 @@ mod tests {
         hub.handle_text(c, ping, t2);
         let out = drain(&mut hub);
         assert_eq!(errors(&sent_to(&out, c), ErrorCode::RateLimited), 1);
+        match sent_to(&out, c).as_slice() {
+            [ServerMessage::Error { message, .. }] => assert_eq!(
+                message.as_str(),
+                "10 frames over the limit of 50 messages/s (burst 100); closing the connection"
+            ),
+            other => panic!("{other:?}"),
+        }
         assert_eq!(
             out.last(),
             Some(&Output::Close {
@@ -1661,6 +1676,14 @@ mod tests {
             1
         );
         assert_eq!(errors(&sent_to(&out, desk), ErrorCode::TooManyAttempts), 1);
+        match sent_to(&out, desk).as_slice() {
+            [ServerMessage::Error { message, .. }] => assert_eq!(
+                message.as_str(),
+                "your code received 3 pairing requests within 60s; further requests are refused \
+                 for 50s"
+            ),
+            other => panic!("{other:?}"),
+        }
         let fresh = greeted(&mut hub, t0);
         pair(&mut hub, fresh, &code, t0 + Duration::from_secs(20));
         let out = drain(&mut hub);
