@@ -59,8 +59,8 @@ pub struct ServerConfig {
     /// Frames over the budget after which a connection is disconnected, counted until its
     /// budget has fully refilled (the client paused long enough). Default 50.
     pub rate_strikes: u32,
-    /// Concurrent WebSocket connections per client IP; more are refused with HTTP 429 before
-    /// the upgrade. 0 turns the cap off. Default 32.
+    /// Concurrent WebSocket connections per client IP (IPv6: per /64); more are refused with
+    /// HTTP 429 before the upgrade. 0 turns the cap off. Default 32.
     pub max_connections_per_ip: u32,
     /// Pair requests one desktop code accepts within [`ServerConfig::pair_window`], whoever
     /// sends them; further ones get `error too_many_attempts`, and the desktop is told once per

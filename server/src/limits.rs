@@ -111,7 +111,9 @@ impl AttemptWindow {
     }
 }
 
-/// Open WebSocket connections per client IP, with a cap.
+/// Open WebSocket connections per client IP, with a cap. IPv6 clients are counted per /64 (one
+/// subscriber's network hands out addresses from its /64 freely); IPv4-mapped IPv6 addresses
+/// count as their IPv4 address.
 #[derive(Debug, Clone, Default)]
 pub(crate) struct ConnectionsPerIp {
     counts: HashMap<IpAddr, u32>,
@@ -124,28 +126,37 @@ impl ConnectionsPerIp {
         if max != 0 && self.open(ip) >= max {
             return false;
         }
-        *self.counts.entry(ip).or_insert(0) += 1;
+        *self.counts.entry(counted_as(ip)).or_insert(0) += 1;
         true
     }
 
     /// One connection from `ip` went away.
     pub(crate) fn release(&mut self, ip: IpAddr) {
-        if let Some(count) = self.counts.get_mut(&ip) {
+        let key = counted_as(ip);
+        if let Some(count) = self.counts.get_mut(&key) {
             *count = count.saturating_sub(1);
             if *count == 0 {
-                self.counts.remove(&ip);
+                self.counts.remove(&key);
             }
         }
     }
 
     /// Connections open from `ip`.
     pub(crate) fn open(&self, ip: IpAddr) -> u32 {
-        self.counts.get(&ip).copied().unwrap_or(0)
+        self.counts.get(&counted_as(ip)).copied().unwrap_or(0)
     }
 
-    /// How many distinct IPs have connections open.
+    /// How many distinct IPs (IPv6: /64 networks) have connections open.
     pub(crate) fn distinct(&self) -> usize {
         self.counts.len()
+    }
+}
+
+/// The key `ip` is counted under: an IPv4 address as itself, an IPv6 address as its /64.
+fn counted_as(ip: IpAddr) -> IpAddr {
+    match ip.to_canonical() {
+        IpAddr::V6(v6) => IpAddr::V6((u128::from(v6) & !u128::from(u64::MAX)).into()),
+        v4 => v4,
     }
 }
 
@@ -245,6 +256,17 @@ mod tests {
         c.release(b);
         c.release(b); // releasing more than acquired is harmless
         assert_eq!(c.distinct(), 0);
+        // IPv6 addresses of one /64 share a count; mapped IPv4 counts as IPv4.
+        let mut v6 = ConnectionsPerIp::default();
+        assert!(v6.try_acquire("2001:db8:1:2::1".parse().unwrap(), 2));
+        assert!(v6.try_acquire("2001:db8:1:2:ffff::9".parse().unwrap(), 2));
+        assert!(!v6.try_acquire("2001:db8:1:2::3".parse().unwrap(), 2));
+        assert!(v6.try_acquire("2001:db8:1:3::1".parse().unwrap(), 2));
+        v6.release("2001:db8:1:2::77".parse().unwrap());
+        assert_eq!(v6.open("2001:db8:1:2::".parse().unwrap()), 1);
+        assert!(v6.try_acquire("198.51.100.1".parse().unwrap(), 1));
+        assert!(!v6.try_acquire("::ffff:198.51.100.1".parse().unwrap(), 1));
+        assert_eq!(v6.distinct(), 3);
         // A cap of zero means no cap.
         for _ in 0..100 {
             assert!(c.try_acquire(a, 0));
