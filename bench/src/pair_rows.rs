@@ -18,7 +18,12 @@ pub(crate) fn run_setup(params: &Params) -> anyhow::Result<Outcome> {
 }
 
 async fn setup(params: Params) -> anyhow::Result<Outcome> {
-    let server = Server::start(ServerConfig::loopback()).await?;
+    // The bench pairs with one code over and over: lift the per-code attempt limit.
+    let config = ServerConfig {
+        pair_attempts: 0,
+        ..ServerConfig::loopback()
+    };
+    let server = Server::start(config).await?;
     let url = server.ws_url();
     let mut desktop =
         Desktop::register(ProximConfig::new(url.clone(), "Bench desktop").loopback_only()).await?;

@@ -318,6 +318,8 @@ pub enum ErrorCode {
     InvalidState,
     /// Too many messages or attempts.
     RateLimited,
+    /// Too many pairing attempts for one code within the server's window; try again later.
+    TooManyAttempts,
     /// The server is shedding load.
     Overloaded,
     /// An unexpected server failure.

@@ -261,6 +261,7 @@ fn every_error_code_round_trips() {
         (ErrorCode::NotSessionMember, "not_session_member"),
         (ErrorCode::InvalidState, "invalid_state"),
         (ErrorCode::RateLimited, "rate_limited"),
+        (ErrorCode::TooManyAttempts, "too_many_attempts"),
         (ErrorCode::Overloaded, "overloaded"),
         (ErrorCode::Internal, "internal"),
     ];

@@ -20,6 +20,13 @@
 //! heartbeat_timeout = "45s"
 //! prompt_timeout = "60s"
 //! send_queue = 256
+//! rate_limit = 50              # messages/s per connection (0: off)
+//! rate_burst = 100
+//! rate_strikes = 50            # refused frames before disconnecting
+//! max_connections_per_ip = 32  # 0: no cap
+//! pair_attempts = 5            # pair requests per code per window (0: off)
+//! pair_window = "60s"
+//! trusted_proxies = ["10.0.0.0/8"]   # or one comma-separated string
 //! ```
 
 use std::net::SocketAddr;
@@ -29,7 +36,8 @@ use std::time::Duration;
 use serde::Deserialize;
 
 use crate::config::{
-    ConfigError, DEFAULT_STUN_BIND, IceConfig, ServerConfig, TurnAuth, parse_duration, split_list,
+    ConfigError, DEFAULT_STUN_BIND, IceConfig, ServerConfig, TrustedProxies, TurnAuth,
+    parse_duration, split_list,
 };
 
 /// Arguments of the `serve` command. `Debug` hides the TURN password and secret.
@@ -98,6 +106,33 @@ pub struct ServeArgs {
     /// [default: 256].
     #[arg(long, value_name = "MESSAGES")]
     pub send_queue: Option<usize>,
+    /// Messages per second one connection may send, sustained; 0 turns the limit off
+    /// [default: 50].
+    #[arg(long, env = "PROXIM_RATE_LIMIT", value_name = "PER_SECOND")]
+    pub rate_limit: Option<u32>,
+    /// Messages one connection may send in a burst [default: 100].
+    #[arg(long, env = "PROXIM_RATE_BURST", value_name = "MESSAGES")]
+    pub rate_burst: Option<u32>,
+    /// Frames over the rate limit after which a connection is disconnected [default: 50].
+    #[arg(long, env = "PROXIM_RATE_STRIKES", value_name = "FRAMES")]
+    pub rate_strikes: Option<u32>,
+    /// Concurrent WebSocket connections per client IP; 0 turns the cap off [default: 32].
+    #[arg(
+        long,
+        env = "PROXIM_MAX_CONNECTIONS_PER_IP",
+        value_name = "CONNECTIONS"
+    )]
+    pub max_connections_per_ip: Option<u32>,
+    /// Pair requests one desktop code accepts per window; 0 turns the limit off [default: 5].
+    #[arg(long, env = "PROXIM_PAIR_ATTEMPTS", value_name = "REQUESTS")]
+    pub pair_attempts: Option<u32>,
+    /// The window of --pair-attempts, e.g. `60s` [default: 60s].
+    #[arg(long, env = "PROXIM_PAIR_WINDOW", value_name = "DURATION", value_parser = parse_duration)]
+    pub pair_window: Option<Duration>,
+    /// Comma-separated IPs/CIDRs of reverse proxies whose `Forwarded`/`X-Forwarded-For`
+    /// headers name the client address [default: none, the TCP peer is the client].
+    #[arg(long, env = "PROXIM_TRUSTED_PROXIES", value_name = "CIDRS")]
+    pub trusted_proxies: Option<String>,
 }
 
 impl std::fmt::Debug for ServeArgs {
@@ -120,6 +155,13 @@ impl std::fmt::Debug for ServeArgs {
             .field("heartbeat_timeout", &self.heartbeat_timeout)
             .field("prompt_timeout", &self.prompt_timeout)
             .field("send_queue", &self.send_queue)
+            .field("rate_limit", &self.rate_limit)
+            .field("rate_burst", &self.rate_burst)
+            .field("rate_strikes", &self.rate_strikes)
+            .field("max_connections_per_ip", &self.max_connections_per_ip)
+            .field("pair_attempts", &self.pair_attempts)
+            .field("pair_window", &self.pair_window)
+            .field("trusted_proxies", &self.trusted_proxies)
             .finish()
     }
 }
@@ -170,6 +212,17 @@ impl ServeArgs {
                     .unwrap_or(DEFAULT_STUN_BIND),
             )
         };
+        let trusted_proxies = match self.trusted_proxies {
+            Some(list) => TrustedProxies::parse(&list)?,
+            None => match file.trusted_proxies {
+                Some(list) => TrustedProxies::parse(&list.into_vec().join(","))?,
+                None => defaults.trusted_proxies.clone(),
+            },
+        };
+        let pair_window = match self.pair_window {
+            Some(d) => d,
+            None => file_duration("pair_window", file.pair_window)?.unwrap_or(defaults.pair_window),
+        };
         let config = ServerConfig {
             bind: self.bind.or(file.bind).unwrap_or(defaults.bind),
             ice,
@@ -194,6 +247,28 @@ impl ServeArgs {
                 .unwrap_or(defaults.send_queue_capacity),
             stun: stun_responder,
             public_host: self.public_host.or(file.public_host),
+            rate_limit: self
+                .rate_limit
+                .or(file.rate_limit)
+                .unwrap_or(defaults.rate_limit),
+            rate_burst: self
+                .rate_burst
+                .or(file.rate_burst)
+                .unwrap_or(defaults.rate_burst),
+            rate_strikes: self
+                .rate_strikes
+                .or(file.rate_strikes)
+                .unwrap_or(defaults.rate_strikes),
+            max_connections_per_ip: self
+                .max_connections_per_ip
+                .or(file.max_connections_per_ip)
+                .unwrap_or(defaults.max_connections_per_ip),
+            pair_attempts: self
+                .pair_attempts
+                .or(file.pair_attempts)
+                .unwrap_or(defaults.pair_attempts),
+            pair_window,
+            trusted_proxies,
             ..defaults
         };
         config.validate()?;
@@ -220,6 +295,13 @@ struct FileConfig {
     heartbeat_timeout: Option<DurationValue>,
     prompt_timeout: Option<DurationValue>,
     send_queue: Option<usize>,
+    rate_limit: Option<u32>,
+    rate_burst: Option<u32>,
+    rate_strikes: Option<u32>,
+    max_connections_per_ip: Option<u32>,
+    pair_attempts: Option<u32>,
+    pair_window: Option<DurationValue>,
+    trusted_proxies: Option<UrlList>,
 }
 
 impl FileConfig {
@@ -240,7 +322,7 @@ impl FileConfig {
     }
 }
 
-/// A URL list: an array of strings or one comma-separated string.
+/// A list (URLs, proxies): an array of strings or one comma-separated string.
 #[derive(Debug, Deserialize)]
 #[serde(untagged)]
 enum UrlList {
@@ -485,6 +567,70 @@ prompt_timeout = "2m"
         assert_eq!(f.stun_bind, Some("127.0.0.1:1".parse().unwrap()));
         assert_eq!(f.public_host.as_deref(), Some("h"));
         assert!(f.turn_ttl.is_some() && f.turn_realm.is_some());
+    }
+
+    #[test]
+    fn abuse_limits_come_from_flags_the_file_and_defaults() {
+        let config = parse(&[]).into_config().unwrap();
+        assert_eq!(
+            (config.rate_limit, config.rate_burst, config.rate_strikes),
+            (50, 100, 50)
+        );
+        assert_eq!(config.max_connections_per_ip, 32);
+        assert_eq!(config.pair_attempts, 5);
+        assert_eq!(config.pair_window, Duration::from_secs(60));
+        assert!(config.trusted_proxies.is_empty());
+
+        let config = parse(&[
+            "--rate-limit",
+            "10",
+            "--rate-burst",
+            "20",
+            "--rate-strikes",
+            "3",
+            "--max-connections-per-ip",
+            "4",
+            "--pair-attempts",
+            "2",
+            "--pair-window",
+            "5m",
+            "--trusted-proxies",
+            "10.0.0.0/8, 192.0.2.1",
+        ])
+        .into_config()
+        .unwrap();
+        assert_eq!(
+            (config.rate_limit, config.rate_burst, config.rate_strikes),
+            (10, 20, 3)
+        );
+        assert_eq!(config.max_connections_per_ip, 4);
+        assert_eq!(config.pair_attempts, 2);
+        assert_eq!(config.pair_window, Duration::from_secs(300));
+        assert!(config.trusted_proxies.contains("10.9.8.7".parse().unwrap()));
+        assert!(
+            config
+                .trusted_proxies
+                .contains("192.0.2.1".parse().unwrap())
+        );
+
+        let err = parse(&["--trusted-proxies", "10.0.0.0/40"])
+            .into_config()
+            .unwrap_err();
+        assert!(err.to_string().contains("10.0.0.0/40"), "{err}");
+        assert!(parse(&["--rate-burst", "0"]).into_config().is_err());
+
+        let f = FileConfig::parse(
+            "rate_limit = 7\nrate_burst = 8\nrate_strikes = 9\nmax_connections_per_ip = 0\n\
+             pair_attempts = 0\npair_window = \"30s\"\ntrusted_proxies = [\"127.0.0.1\", \"::1\"]",
+        )
+        .unwrap();
+        assert_eq!(f.rate_limit, Some(7));
+        assert_eq!(f.rate_strikes, Some(9));
+        assert_eq!(f.max_connections_per_ip, Some(0));
+        assert_eq!(
+            f.trusted_proxies.unwrap().into_vec(),
+            vec!["127.0.0.1", "::1"]
+        );
     }
 
     #[test]

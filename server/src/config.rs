@@ -13,6 +13,8 @@ use hmac::{Hmac, Mac};
 use proxim_protocol::ice::{IceScheme, IceUrl};
 use proxim_protocol::{ConnectionId, IceServer, MAX_FRAME_BYTES};
 
+pub use crate::proxy::TrustedProxies;
+
 /// Everything the signaling server needs to run.
 #[derive(Debug, Clone)]
 pub struct ServerConfig {
@@ -47,6 +49,28 @@ pub struct ServerConfig {
     /// used, or, when that is unspecified (`0.0.0.0`, `::`), the host the client used to reach
     /// the WebSocket (its HTTP `Host` header).
     pub public_host: Option<String>,
+    /// Messages (WebSocket frames of any kind) one connection may send per second, sustained;
+    /// frames over the budget are answered `error rate_limited` and dropped. 0 turns the limit
+    /// off. Default 50.
+    pub rate_limit: u32,
+    /// Messages one connection may send in a burst above [`ServerConfig::rate_limit`].
+    /// Default 100.
+    pub rate_burst: u32,
+    /// Frames over the budget after which a connection is disconnected, counted until its
+    /// budget has fully refilled (the client paused long enough). Default 50.
+    pub rate_strikes: u32,
+    /// Concurrent WebSocket connections per client IP (IPv6: per /64); more are refused with
+    /// HTTP 429 before the upgrade. 0 turns the cap off. Default 32.
+    pub max_connections_per_ip: u32,
+    /// Pair requests one desktop code accepts within [`ServerConfig::pair_window`], whoever
+    /// sends them; further ones get `error too_many_attempts`, and the desktop is told once per
+    /// lockout. 0 turns the limit off. Default 5.
+    pub pair_attempts: u32,
+    /// The sliding window of [`ServerConfig::pair_attempts`]. Default 60 s.
+    pub pair_window: Duration,
+    /// Reverse proxies whose `Forwarded` / `X-Forwarded-For` headers name the client address
+    /// (used by the per-IP cap). Empty by default: the TCP peer address is the client address.
+    pub trusted_proxies: TrustedProxies,
 }
 
 impl Default for ServerConfig {
@@ -65,6 +89,13 @@ impl Default for ServerConfig {
             shutdown_grace: Duration::from_secs(5),
             stun: None,
             public_host: None,
+            rate_limit: 50,
+            rate_burst: 100,
+            rate_strikes: 50,
+            max_connections_per_ip: 32,
+            pair_attempts: 5,
+            pair_window: Duration::from_secs(60),
+            trusted_proxies: TrustedProxies::none(),
         }
     }
 }
@@ -122,6 +153,24 @@ impl ServerConfig {
                     "{} is not between 1 and {MAX_FRAME_BYTES}",
                     self.max_frame_bytes
                 ),
+            );
+        }
+        if self.rate_limit > 0 && self.rate_burst == 0 {
+            return invalid(
+                "rate burst",
+                "must be at least 1 while the rate limit is on".into(),
+            );
+        }
+        if self.rate_limit > 0 && self.rate_strikes == 0 {
+            return invalid(
+                "rate strikes",
+                "must be at least 1 while the rate limit is on".into(),
+            );
+        }
+        if self.pair_attempts > 0 && self.pair_window.is_zero() {
+            return invalid(
+                "pair window",
+                "must be more than zero while pair attempts are limited".into(),
             );
         }
         if let Some(host) = &self.public_host {
@@ -762,6 +811,24 @@ mod tests {
         let mut c = ServerConfig::loopback();
         c.prompt_timeout = Duration::ZERO;
         assert!(c.validate().is_err());
+        let mut c = ServerConfig::loopback();
+        c.rate_burst = 0;
+        assert!(c.validate().unwrap_err().to_string().contains("rate burst"));
+        c.rate_limit = 0;
+        c.validate().unwrap();
+        let mut c = ServerConfig::loopback();
+        c.rate_strikes = 0;
+        assert!(c.validate().is_err());
+        let mut c = ServerConfig::loopback();
+        c.pair_window = Duration::ZERO;
+        assert!(
+            c.validate()
+                .unwrap_err()
+                .to_string()
+                .contains("pair window")
+        );
+        c.pair_attempts = 0;
+        c.validate().unwrap();
     }
 
     #[test]

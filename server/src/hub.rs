@@ -12,10 +12,14 @@
 //! accepts or rejects (or the prompt expires); signals flow only between the two members of an
 //! accepted session. Whoever leaves, disconnects or goes silent ends its sessions, and the other
 //! member is told why.
+//!
+//! Abuse limits are charged here too, with the same `now`: every frame takes a token from its
+//! connection's budget before it is decoded, every pair request counts against its code's
+//! window, and the driver reserves a per-IP slot ([`Hub::reserve_ip`]) before it upgrades.
 
 use std::cmp::Reverse;
 use std::collections::{BTreeSet, BinaryHeap, HashMap, VecDeque};
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::time::{Duration, Instant, SystemTime};
 
 use proxim_protocol::ice::IceUrl;
@@ -29,15 +33,16 @@ use rand::{Rng, SeedableRng};
 use serde::Serialize;
 
 use crate::config::{IceConfig, ServerConfig};
+use crate::limits::{AttemptWindow, AttemptsExhausted, ConnectionsPerIp, TokenBucket};
 
 /// The hub's handle on one connection.
 pub(crate) type ConnKey = u64;
 
 /// How many sessions one connection may take part in at once.
 ///
-/// RATE LIMITS (later issue): per-connection message rates, pair attempts per phone and per IP,
-/// and per-IP connection caps belong next to this limit; see [`Hub::connect`] and
-/// [`Hub::handle_text`] for where they hook in.
+/// The other abuse limits are configured ([`HubConfig`]): a message budget per connection
+/// (charged in [`Hub::handle_text`] and its siblings), pair attempts per code (charged in
+/// `pair_request`) and connections per client IP ([`Hub::reserve_ip`]).
 const MAX_SESSIONS_PER_CONNECTION: usize = 16;
 
 /// How many random codes to try before giving up on registering a desktop.
@@ -108,6 +113,17 @@ pub struct Stats {
     pub stun_requests: u64,
     /// Datagrams the embedded STUN responder dropped as not well-formed STUN.
     pub stun_malformed: u64,
+    /// Frames dropped (and answered `rate_limited`) because their connection was over its
+    /// message budget.
+    pub frames_rate_limited: u64,
+    /// Connections disconnected for flooding past the message budget.
+    pub rate_limit_disconnects: u64,
+    /// Distinct client IPs with connections open now.
+    pub client_ips: u64,
+    /// WebSocket upgrades refused (HTTP 429) because their client IP had too many connections.
+    pub connections_refused_per_ip: u64,
+    /// Pair requests refused (`too_many_attempts`) because their code had too many attempts.
+    pub pair_attempts_refused: u64,
 }
 
 /// One session, as shown by `GET /api/sessions`.
@@ -136,6 +152,16 @@ pub(crate) struct HubConfig {
     pub(crate) code_length: usize,
     pub(crate) code_reservation: Duration,
     pub(crate) max_frame_bytes: usize,
+    /// Sustained messages per second per connection; 0 is no limit.
+    pub(crate) rate_limit: u32,
+    pub(crate) rate_burst: u32,
+    /// Refused frames (without a full refill in between) before a connection is cut off.
+    pub(crate) rate_strikes: u32,
+    /// Concurrent connections per client IP; 0 is no cap.
+    pub(crate) max_connections_per_ip: u32,
+    /// Pair requests per code within `pair_window`; 0 is no limit.
+    pub(crate) pair_attempts: u32,
+    pub(crate) pair_window: Duration,
     /// One instant of the hub's clock and the wall-clock time it corresponds to: the hub
     /// derives wall-clock time (TURN credential expiry) from its `now` inputs with it.
     pub(crate) wall_anchor: (Instant, SystemTime),
@@ -151,6 +177,12 @@ impl From<&ServerConfig> for HubConfig {
             code_length: c.code_length,
             code_reservation: c.code_reservation,
             max_frame_bytes: c.max_frame_bytes,
+            rate_limit: c.rate_limit,
+            rate_burst: c.rate_burst,
+            rate_strikes: c.rate_strikes,
+            max_connections_per_ip: c.max_connections_per_ip,
+            pair_attempts: c.pair_attempts,
+            pair_window: c.pair_window,
             wall_anchor: (Instant::now(), SystemTime::now()),
         }
     }
@@ -173,6 +205,8 @@ pub(crate) struct Hub {
     timers: BinaryHeap<Reverse<(Instant, TimerKey)>>,
     outputs: VecDeque<Output>,
     stats: Stats,
+    /// Open (or opening) WebSocket connections per client IP.
+    per_ip: ConnectionsPerIp,
     shutting_down: bool,
 }
 
@@ -186,6 +220,10 @@ struct Conn {
     greeted: bool,
     role: Role,
     sessions: BTreeSet<SessionId>,
+    /// The message budget; `None` without a rate limit.
+    budget: Option<TokenBucket>,
+    /// Frames refused since the budget was last full.
+    strikes: u32,
 }
 
 #[derive(Debug, Clone)]
@@ -196,6 +234,8 @@ enum Role {
     Desktop {
         device: PeerDevice,
         code: RoutingCode,
+        /// Pair requests for `code` in the current window.
+        attempts: AttemptWindow,
     },
     /// Sent at least one pair request.
     Phone,
@@ -265,6 +305,8 @@ enum Departure {
     SlowReader,
     /// It was refused (bad protocol version, frame too large).
     Refused,
+    /// It kept sending past its message budget.
+    Flooding,
     /// The server is stopping.
     Shutdown,
 }
@@ -297,6 +339,7 @@ impl Hub {
             timers: BinaryHeap::new(),
             outputs: VecDeque::new(),
             stats: Stats::default(),
+            per_ip: ConnectionsPerIp::default(),
             shutting_down: false,
         }
     }
@@ -312,7 +355,6 @@ impl Hub {
         if self.shutting_down {
             return None;
         }
-        // RATE LIMITS (later issue): per-IP connection caps are checked here, on `remote`.
         let id = ConnectionId::new(random_hex128(&mut self.rng)).ok()?;
         let key = self.next_key;
         self.next_key += 1;
@@ -326,6 +368,9 @@ impl Hub {
                 greeted: false,
                 role: Role::Unassigned,
                 sessions: BTreeSet::new(),
+                budget: (self.config.rate_limit > 0)
+                    .then(|| TokenBucket::new(self.config.rate_limit, self.config.rate_burst, now)),
+                strikes: 0,
             },
         );
         self.stats.connections_total += 1;
@@ -339,11 +384,9 @@ impl Hub {
 
     /// A text frame arrived.
     pub(crate) fn handle_text(&mut self, conn: ConnKey, text: &str, now: Instant) {
-        if !self.touch(conn, now) {
+        if !self.touch(conn, now) || !self.charge_frame(conn, now) {
             return;
         }
-        // RATE LIMITS (later issue): a per-connection message budget (token bucket) is charged
-        // here; over budget -> `error rate_limited`, persistent abuse -> close.
         if text.len() > self.config.max_frame_bytes {
             self.refuse_too_large(conn, text.len());
             return;
@@ -364,7 +407,7 @@ impl Hub {
 
     /// A binary frame arrived: not part of the protocol.
     pub(crate) fn handle_binary(&mut self, conn: ConnKey, len: usize, now: Instant) {
-        if !self.touch(conn, now) {
+        if !self.touch(conn, now) || !self.charge_frame(conn, now) {
             return;
         }
         if len > self.config.max_frame_bytes {
@@ -381,7 +424,31 @@ impl Hub {
 
     /// A WebSocket control frame (ping/pong) arrived: the connection is alive.
     pub(crate) fn handle_liveness(&mut self, conn: ConnKey, now: Instant) {
-        self.touch(conn, now);
+        if self.touch(conn, now) {
+            self.charge_frame(conn, now);
+        }
+    }
+
+    /// A WebSocket upgrade from client `ip` is about to open a connection: count it, or refuse
+    /// it when that IP has [`HubConfig::max_connections_per_ip`] open already. Every `true`
+    /// must be matched by one [`Hub::release_ip`] when the connection (or the failed upgrade)
+    /// is gone.
+    pub(crate) fn reserve_ip(&mut self, ip: IpAddr) -> bool {
+        let max = self.config.max_connections_per_ip;
+        if self.per_ip.try_acquire(ip, max) {
+            return true;
+        }
+        self.stats.connections_refused_per_ip += 1;
+        tracing::warn!(
+            client = %ip, open = self.per_ip.open(ip), max,
+            "refusing a connection: too many from this client address"
+        );
+        false
+    }
+
+    /// A connection counted by [`Hub::reserve_ip`] is gone.
+    pub(crate) fn release_ip(&mut self, ip: IpAddr) {
+        self.per_ip.release(ip);
     }
 
     /// The driver saw the connection go. A no-op for a connection the hub already closed.
@@ -468,6 +535,7 @@ impl Hub {
             desktops: self.codes.len() as u64,
             sessions_pending: pending,
             sessions_active: self.sessions.len() as u64 - pending,
+            client_ips: self.per_ip.distinct() as u64,
             ..self.stats.clone()
         }
     }
@@ -659,6 +727,7 @@ impl Hub {
                     device_name,
                 },
                 code: code.clone(),
+                attempts: AttemptWindow::default(),
             };
         }
         tracing::info!(
@@ -694,8 +763,6 @@ impl Hub {
                 format!("at most {MAX_SESSIONS_PER_CONNECTION} sessions per connection"),
             );
         }
-        // RATE LIMITS (later issue): pair attempts per phone and per IP are charged here, so
-        // codes cannot be guessed by brute force.
         self.stats.pair_requests += 1;
         let Some(&desktop) = self.codes.get(&code) else {
             self.stats.unknown_codes += 1;
@@ -716,6 +783,9 @@ impl Hub {
         }) else {
             return self.send_error(conn, ErrorCode::Internal, "the code's desktop is gone");
         };
+        if let Err(exhausted) = self.charge_pair_attempt(desktop, now) {
+            return self.refuse_pair_attempt(conn, desktop, &code, exhausted);
+        }
         if self
             .conns
             .get(&desktop)
@@ -889,7 +959,7 @@ impl Hub {
         for session in &c.sessions {
             self.end_session(session, SessionEnd::Left(conn, departure));
         }
-        if let Role::Desktop { device, code } = &c.role {
+        if let Role::Desktop { device, code, .. } = &c.role {
             self.codes.remove(code);
             let ours = self
                 .reservations
@@ -921,6 +991,14 @@ impl Hub {
                 (CloseHow::Abort, None)
             }
             Departure::Shutdown => (CloseHow::AfterQueued, Some("server shutting down")),
+            Departure::Flooding => {
+                self.stats.rate_limit_disconnects += 1;
+                tracing::warn!(
+                    conn = %short_id, remote = %c.remote,
+                    "disconnecting a flooding client: over its message budget too often"
+                );
+                (CloseHow::AfterQueued, None)
+            }
             Departure::Bye | Departure::Closed | Departure::Refused => {
                 tracing::debug!(conn = %short_id, ?departure, "connection closed");
                 (CloseHow::AfterQueued, None)
@@ -997,6 +1075,7 @@ impl Hub {
                     Departure::Bye => "member left",
                     Departure::TimedOut => "member timed out",
                     Departure::SlowReader => "member dropped as slow reader",
+                    Departure::Flooding => "member dropped for flooding",
                     _ => "member disconnected",
                 }
             }
@@ -1021,6 +1100,107 @@ impl Hub {
             }
             None => false,
         }
+    }
+
+    /// Charge one frame to the connection's message budget. `false` when the frame is over
+    /// budget: it was answered `rate_limited` (and the connection closed when it keeps
+    /// flooding) and must be dropped unread.
+    fn charge_frame(&mut self, conn: ConnKey, now: Instant) -> bool {
+        let max_strikes = self.config.rate_strikes;
+        let Some(c) = self.conns.get_mut(&conn) else {
+            return false;
+        };
+        let Some(budget) = c.budget.as_mut() else {
+            return true;
+        };
+        budget.refill(now);
+        if budget.is_full() {
+            c.strikes = 0;
+        }
+        if budget.try_take() {
+            return true;
+        }
+        c.strikes = c.strikes.saturating_add(1);
+        let strikes = c.strikes;
+        self.stats.frames_rate_limited += 1;
+        let (rate, burst) = (self.config.rate_limit, self.config.rate_burst);
+        if strikes >= max_strikes {
+            self.send_error(
+                conn,
+                ErrorCode::RateLimited,
+                format!(
+                    "{strikes} frames over the limit of {rate} messages/s (burst {burst}); \
+                     closing the connection"
+                ),
+            );
+            self.depart(conn, Departure::Flooding, now);
+            return false;
+        }
+        if strikes == 1 {
+            tracing::info!(
+                conn = %self.short_id(conn), rate, burst,
+                "connection over its message budget; refusing frames"
+            );
+        }
+        self.send_error(
+            conn,
+            ErrorCode::RateLimited,
+            format!("over the limit of {rate} messages/s (burst {burst}); frame dropped"),
+        );
+        false
+    }
+
+    /// Record a pair request for `desktop`'s code.
+    fn charge_pair_attempt(
+        &mut self,
+        desktop: ConnKey,
+        now: Instant,
+    ) -> Result<(), AttemptsExhausted> {
+        let (max, window) = (self.config.pair_attempts, self.config.pair_window);
+        match self.conns.get_mut(&desktop).map(|d| &mut d.role) {
+            Some(Role::Desktop { attempts, .. }) => attempts.try_record(now, max, window),
+            _ => Ok(()),
+        }
+    }
+
+    /// Refuse a pair request from `phone` for `desktop`'s code, which had too many; tell the
+    /// desktop at the first refusal of a lockout.
+    fn refuse_pair_attempt(
+        &mut self,
+        phone: ConnKey,
+        desktop: ConnKey,
+        code: &RoutingCode,
+        exhausted: AttemptsExhausted,
+    ) {
+        self.stats.pair_attempts_refused += 1;
+        let (max, window) = (self.config.pair_attempts, self.config.pair_window);
+        let retry_s = exhausted.retry_after.as_secs_f64().ceil();
+        if exhausted.first_refusal {
+            tracing::warn!(
+                phone = %self.short_id(phone), desktop = %self.short_id(desktop),
+                code = %code.redacted(), max, window_s = window.as_secs(),
+                "too many pair requests for one code; refusing more"
+            );
+            self.send_error(
+                desktop,
+                ErrorCode::TooManyAttempts,
+                format!(
+                    "your code received {max} pairing requests within {}s; further requests \
+                     are refused for {retry_s}s",
+                    window.as_secs()
+                ),
+            );
+        } else {
+            tracing::debug!(
+                phone = %self.short_id(phone), code = %code.redacted(),
+                "pair request refused: too many attempts"
+            );
+        }
+        self.send_error(
+            phone,
+            ErrorCode::TooManyAttempts,
+            format!("too many pairing requests for this code; try again in {retry_s}s"),
+        );
     }
 
     fn refuse_too_large(&mut self, conn: ConnKey, size: usize) {
@@ -1322,5 +1502,239 @@ mod tests {
         }
         assert!(hub.connect(remote(), None, now).is_none());
         assert_eq!(hub.stats().connections_open, 0);
+    }
+
+    fn errors(messages: &[ServerMessage], want: ErrorCode) -> usize {
+        messages
+            .iter()
+            .filter(|m| matches!(m, ServerMessage::Error { code, .. } if *code == want))
+            .count()
+    }
+
+    #[test]
+    fn the_message_budget_refuses_excess_frames_and_cuts_off_a_flooder() {
+        let mut hub = Hub::with_rng(
+            HubConfig {
+                rate_limit: 50,
+                rate_burst: 100,
+                rate_strikes: 10,
+                ..config()
+            },
+            StdRng::seed_from_u64(11),
+        );
+        let t0 = Instant::now();
+        let c = greeted(&mut hub, t0); // the hello took one token
+        let ping = r#"{"type":"ping","seq":1}"#;
+        for _ in 0..99 {
+            hub.handle_text(c, ping, t0);
+        }
+        let out = sent_to(&drain(&mut hub), c);
+        assert_eq!(out.len(), 99);
+        assert!(out.iter().all(|m| matches!(m, ServerMessage::Pong { .. })));
+        // Over budget: answered `rate_limited`, not handled.
+        hub.handle_text(c, ping, t0);
+        let out = sent_to(&drain(&mut hub), c);
+        assert_eq!(errors(&out, ErrorCode::RateLimited), 1, "{out:?}");
+        assert_eq!(out.len(), 1);
+        // 50 messages/s: one token every 20 ms, so 1.5 tokens 30 ms later.
+        let t1 = t0 + Duration::from_millis(30);
+        hub.handle_text(c, ping, t1);
+        hub.handle_text(c, ping, t1);
+        let out = sent_to(&drain(&mut hub), c);
+        assert!(
+            matches!(
+                out.as_slice(),
+                [ServerMessage::Pong { .. }, ServerMessage::Error { .. }]
+            ),
+            "{out:?}"
+        );
+        assert_eq!(hub.stats().frames_rate_limited, 2);
+        // Binary frames and WebSocket pings are charged too.
+        hub.handle_binary(c, 3, t1);
+        hub.handle_liveness(c, t1);
+        assert_eq!(hub.stats().frames_rate_limited, 4);
+        assert_eq!(
+            errors(&sent_to(&drain(&mut hub), c), ErrorCode::RateLimited),
+            2
+        );
+        // A pause that refills the whole budget forgives the strikes.
+        let t2 = t1 + Duration::from_secs(2);
+        for _ in 0..100 {
+            hub.handle_text(c, ping, t2);
+        }
+        for _ in 0..9 {
+            hub.handle_text(c, ping, t2);
+        }
+        let out = drain(&mut hub);
+        assert!(
+            !out.iter().any(|o| matches!(o, Output::Close { .. })),
+            "cut off too early"
+        );
+        assert_eq!(errors(&sent_to(&out, c), ErrorCode::RateLimited), 9);
+        // The tenth strike without a refill closes the connection, after its error.
+        hub.handle_text(c, ping, t2);
+        let out = drain(&mut hub);
+        assert_eq!(errors(&sent_to(&out, c), ErrorCode::RateLimited), 1);
+        match sent_to(&out, c).as_slice() {
+            [ServerMessage::Error { message, .. }] => assert_eq!(
+                message.as_str(),
+                "10 frames over the limit of 50 messages/s (burst 100); closing the connection"
+            ),
+            other => panic!("{other:?}"),
+        }
+        assert_eq!(
+            out.last(),
+            Some(&Output::Close {
+                conn: c,
+                how: CloseHow::AfterQueued
+            })
+        );
+        assert_eq!(hub.stats().rate_limit_disconnects, 1);
+        assert_eq!(hub.stats().connections_open, 0);
+        // Frames that were already in flight are ignored.
+        hub.handle_text(c, ping, t2);
+        assert!(drain(&mut hub).is_empty());
+    }
+
+    #[test]
+    fn a_flooder_does_not_spend_another_connections_budget() {
+        let mut hub = Hub::with_rng(
+            HubConfig {
+                rate_limit: 1,
+                rate_burst: 2,
+                rate_strikes: 3,
+                ..config()
+            },
+            StdRng::seed_from_u64(12),
+        );
+        let t0 = Instant::now();
+        let flooder = greeted(&mut hub, t0);
+        let calm = greeted(&mut hub, t0);
+        for _ in 0..5 {
+            hub.handle_text(flooder, r#"{"type":"ping","seq":1}"#, t0);
+        }
+        hub.handle_text(calm, r#"{"type":"ping","seq":2}"#, t0);
+        let out = drain(&mut hub);
+        assert!(out.contains(&Output::Close {
+            conn: flooder,
+            how: CloseHow::AfterQueued
+        }));
+        assert_eq!(sent_to(&out, calm), vec![ServerMessage::Pong { seq: 2 }]);
+        // No limit at all with a rate of 0.
+        let mut hub = Hub::with_rng(
+            HubConfig {
+                rate_limit: 0,
+                ..config()
+            },
+            StdRng::seed_from_u64(13),
+        );
+        let c = greeted(&mut hub, t0);
+        for _ in 0..10_000 {
+            hub.handle_text(c, r#"{"type":"ping","seq":1}"#, t0);
+        }
+        assert_eq!(sent_to(&drain(&mut hub), c).len(), 10_000);
+    }
+
+    fn pair(hub: &mut Hub, phone: ConnKey, code: &RoutingCode, now: Instant) {
+        hub.handle_text(
+            phone,
+            &format!(
+                r#"{{"type":"pair_request","code":"{}","device_id":"p","device_name":"P"}}"#,
+                code.as_str()
+            ),
+            now,
+        );
+    }
+
+    #[test]
+    fn pair_attempts_per_code_are_limited_in_a_sliding_window() {
+        let mut hub = Hub::with_rng(
+            HubConfig {
+                pair_attempts: 3,
+                pair_window: Duration::from_secs(60),
+                ..config()
+            },
+            StdRng::seed_from_u64(14),
+        );
+        let t0 = Instant::now();
+        let desk = greeted(&mut hub, t0);
+        let code = register(&mut hub, desk, "desk", t0);
+        let other_desk = greeted(&mut hub, t0);
+        let other_code = register(&mut hub, other_desk, "other", t0);
+        // Three phones, one attempt each: all prompt the desktop.
+        let phones: Vec<ConnKey> = (0..3).map(|_| greeted(&mut hub, t0)).collect();
+        for (i, phone) in phones.iter().enumerate() {
+            pair(&mut hub, *phone, &code, t0 + Duration::from_secs(i as u64));
+        }
+        let out = drain(&mut hub);
+        assert_eq!(sent_to(&out, desk).len(), 3);
+        // The fourth, from a phone that already tried, is refused; the desktop is told once.
+        pair(&mut hub, phones[0], &code, t0 + Duration::from_secs(10));
+        let out = drain(&mut hub);
+        assert_eq!(
+            errors(&sent_to(&out, phones[0]), ErrorCode::TooManyAttempts),
+            1
+        );
+        assert_eq!(errors(&sent_to(&out, desk), ErrorCode::TooManyAttempts), 1);
+        match sent_to(&out, desk).as_slice() {
+            [ServerMessage::Error { message, .. }] => assert_eq!(
+                message.as_str(),
+                "your code received 3 pairing requests within 60s; further requests are refused \
+                 for 50s"
+            ),
+            other => panic!("{other:?}"),
+        }
+        let fresh = greeted(&mut hub, t0);
+        pair(&mut hub, fresh, &code, t0 + Duration::from_secs(20));
+        let out = drain(&mut hub);
+        assert_eq!(errors(&sent_to(&out, fresh), ErrorCode::TooManyAttempts), 1);
+        assert!(sent_to(&out, desk).is_empty(), "told twice: {out:?}");
+        assert_eq!(hub.stats().pair_attempts_refused, 2);
+        // Another desktop's code is not affected.
+        pair(&mut hub, fresh, &other_code, t0 + Duration::from_secs(20));
+        assert!(matches!(
+            sent_to(&drain(&mut hub), other_desk).as_slice(),
+            [ServerMessage::PairPrompt { .. }]
+        ));
+        // Once the first attempt is 60 s old, one more gets through.
+        let late = greeted(&mut hub, t0);
+        pair(&mut hub, late, &code, t0 + Duration::from_secs(60));
+        assert!(matches!(
+            sent_to(&drain(&mut hub), late).as_slice(),
+            [ServerMessage::PairPending { .. }]
+        ));
+    }
+
+    #[test]
+    fn connections_per_ip_are_capped() {
+        let mut hub = Hub::with_rng(
+            HubConfig {
+                max_connections_per_ip: 2,
+                ..config()
+            },
+            StdRng::seed_from_u64(15),
+        );
+        let a: IpAddr = "198.51.100.1".parse().unwrap();
+        let b: IpAddr = "198.51.100.2".parse().unwrap();
+        assert!(hub.reserve_ip(a) && hub.reserve_ip(a));
+        assert!(!hub.reserve_ip(a));
+        assert!(hub.reserve_ip(b));
+        assert_eq!(hub.stats().connections_refused_per_ip, 1);
+        assert_eq!(hub.stats().client_ips, 2);
+        hub.release_ip(a);
+        assert!(hub.reserve_ip(a));
+    }
+
+    #[test]
+    fn ids_come_from_the_operating_systems_generator() {
+        // Two hubs made with `new` must not share a seed: their first ids differ.
+        let now = Instant::now();
+        let (_, a) = Hub::new(config()).connect(remote(), None, now).unwrap();
+        let (_, b) = Hub::new(config()).connect(remote(), None, now).unwrap();
+        assert_ne!(a, b);
+        for id in [&a, &b] {
+            assert_eq!(id.as_str().len(), 32);
+            u128::from_str_radix(id.as_str(), 16).unwrap();
+        }
     }
 }

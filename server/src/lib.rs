@@ -29,18 +29,30 @@
 //! drains every hub output before doing anything else, so a message produced while handling
 //! an input is queued in the same turn. Each connection has a bounded outbound queue; a client
 //! that does not read its messages is dropped, never waited for.
+//!
+//! # Abuse limits
+//!
+//! All configurable ([`ServerConfig`]) and counted in `/api/stats`: a message budget per
+//! connection (a token bucket; frames over it are answered `rate_limited`, a connection that
+//! keeps flooding is closed), concurrent connections per client IP (HTTP 429 before the
+//! upgrade), and pair requests per desktop code within a sliding window (`too_many_attempts`
+//! to the phone, and once per lockout to the desktop). The client IP is the TCP peer, or, when
+//! that peer is a [`TrustedProxies`] entry, the client it names in `Forwarded` /
+//! `X-Forwarded-For`.
 #![warn(missing_docs)]
 
 pub mod cli;
 mod config;
 mod hub;
+mod limits;
+mod proxy;
 mod server;
 mod stun;
 
 pub use config::{
     ConfigError, DEFAULT_PORT, DEFAULT_STUN_BIND, DEFAULT_TURN_TTL, IceConfig, REDACTED, STUN_URLS,
     ServerConfig, TURN_PASSWORD, TURN_REALM, TURN_SECRET, TURN_TTL, TURN_URLS, TURN_USERNAME,
-    TurnAuth, mint_turn_credentials,
+    TrustedProxies, TurnAuth, mint_turn_credentials,
 };
 pub use hub::{SessionInfo, Stats};
 pub use server::{RunningServer, Server, ServerError};

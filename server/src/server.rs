@@ -16,7 +16,7 @@ use std::time::{Instant, SystemTime};
 use axum::Router;
 use axum::extract::ws::{CloseFrame, Message, WebSocket, WebSocketUpgrade, close_code};
 use axum::extract::{ConnectInfo, State};
-use axum::http::HeaderMap;
+use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Json, Response};
 use axum::routing::get;
 use futures_util::{SinkExt, StreamExt};
@@ -28,6 +28,7 @@ use tracing::Instrument;
 
 use crate::config::{ConfigError, ServerConfig, stun_url_for_host};
 use crate::hub::{CloseHow, ConnKey, Gone, Hub, HubConfig, Output, SessionInfo, Stats, short};
+use crate::proxy::client_ip;
 use crate::stun;
 
 /// The signaling server.
@@ -371,6 +372,14 @@ impl Shared {
         Some((key, id))
     }
 
+    /// Count a connection from client `ip`; `None` when that IP has too many open.
+    fn reserve_ip(self: &Arc<Self>, ip: IpAddr) -> Option<IpSlot> {
+        self.with_hub(|hub, _| hub.reserve_ip(ip)).then(|| IpSlot {
+            shared: self.clone(),
+            ip,
+        })
+    }
+
     /// Wake the timer task when the hub's next deadline is earlier than the one it sleeps on.
     fn rearm(&self, core: &mut Core) {
         if let Some(next) = core.hub.poll_timeout()
@@ -379,6 +388,21 @@ impl Shared {
             core.armed = Some(next);
             self.wake.notify_one();
         }
+    }
+}
+
+/// One connection counted against its client IP's cap; dropping it (connection over, or the
+/// upgrade failed) releases the count.
+#[derive(Debug)]
+struct IpSlot {
+    shared: Arc<Shared>,
+    ip: IpAddr,
+}
+
+impl Drop for IpSlot {
+    fn drop(&mut self) {
+        let ip = self.ip;
+        self.shared.with_hub(|hub, _| hub.release_ip(ip));
     }
 }
 
@@ -512,12 +536,20 @@ async fn ws_upgrade(
         .get(axum::http::header::HOST)
         .and_then(|h| h.to_str().ok());
     let embedded_stun = app.shared.embedded_stun_url(http_host);
+    let client = client_ip(remote.ip(), &headers, &app.shared.config.trusted_proxies);
+    let Some(slot) = app.shared.reserve_ip(client) else {
+        return (
+            StatusCode::TOO_MANY_REQUESTS,
+            "too many connections from this address\n",
+        )
+            .into_response();
+    };
     // Accept frames up to twice the protocol limit, so a moderately oversized frame reaches
     // the hub, which answers `frame_too_large` before closing.
     let transport_limit = 2 * MAX_FRAME_BYTES;
     ws.max_message_size(transport_limit)
         .max_frame_size(transport_limit)
-        .on_upgrade(move |socket| run_connection(socket, remote, embedded_stun, app))
+        .on_upgrade(move |socket| run_connection(socket, remote, slot, embedded_stun, app))
 }
 
 async fn healthz(State(app): State<AppState>) -> Json<serde_json::Value> {
@@ -556,6 +588,13 @@ async fn api_config(State(app): State<AppState>) -> impl IntoResponse {
             "max_frame_bytes": c.max_frame_bytes,
             "code_length": c.code_length,
             "code_reservation_s": c.code_reservation.as_secs(),
+            "rate_limit": c.rate_limit,
+            "rate_burst": c.rate_burst,
+            "rate_strikes": c.rate_strikes,
+            "max_connections_per_ip": c.max_connections_per_ip,
+            "pair_attempts": c.pair_attempts,
+            "pair_window_s": c.pair_window.as_secs(),
+            "trusted_proxies": c.trusted_proxies.to_string(),
         },
     }))
 }
@@ -578,6 +617,7 @@ enum End {
 async fn run_connection(
     socket: WebSocket,
     remote: SocketAddr,
+    slot: IpSlot,
     embedded_stun: Option<IceUrl>,
     app: AppState,
 ) {
@@ -595,7 +635,7 @@ async fn run_connection(
             .await;
         return;
     };
-    let span = tracing::info_span!("conn", id = %short(id.as_str()), %remote);
+    let span = tracing::info_span!("conn", id = %short(id.as_str()), %remote, client = %slot.ip);
     async move {
         tracing::debug!("WebSocket open");
         let write_timeout = shared.config.heartbeat_timeout;
@@ -658,6 +698,7 @@ async fn run_connection(
         // A no-op when the hub already closed this connection.
         shared.with_hub(|hub, now| hub.handle_gone(key, gone, now));
         tracing::debug!(?end, "WebSocket closed");
+        drop(slot);
         drop(alive);
     }
     .instrument(span)

@@ -58,6 +58,42 @@ impl TestClient {
         TestClient { ws }
     }
 
+    /// Open the WebSocket with extra request headers; `Err(status)` when the server refuses the
+    /// upgrade with an HTTP status.
+    pub(crate) async fn try_connect_with(
+        server: &RunningServer,
+        headers: &[(&'static str, &str)],
+    ) -> Result<Self, u16> {
+        use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+        let mut request = server.ws_url().into_client_request().unwrap();
+        for (name, value) in headers {
+            request.headers_mut().append(*name, value.parse().unwrap());
+        }
+        let connected = tokio::time::timeout(WAIT, tokio_tungstenite::connect_async(request))
+            .await
+            .expect("connect in time");
+        match connected {
+            Ok((ws, _)) => Ok(TestClient { ws }),
+            Err(tokio_tungstenite::tungstenite::Error::Http(response)) => {
+                Err(response.status().as_u16())
+            }
+            Err(e) => panic!("connect failed: {e}"),
+        }
+    }
+
+    /// Like [`TestClient::greeted`], with extra request headers.
+    pub(crate) async fn greeted_with(
+        server: &RunningServer,
+        headers: &[(&'static str, &str)],
+    ) -> Result<Self, u16> {
+        let mut client = Self::try_connect_with(server, headers).await?;
+        client.send(&hello(PROTOCOL_VERSION)).await;
+        match client.recv().await {
+            ServerMessage::Welcome { .. } => Ok(client),
+            other => panic!("expected welcome, got {other:?}"),
+        }
+    }
+
     /// Connect, say hello, and check the welcome.
     pub(crate) async fn greeted(server: &RunningServer) -> Self {
         let mut client = Self::connect(server).await;
@@ -85,6 +121,14 @@ impl TestClient {
             .await
             .expect("send in time")
             .expect("send");
+    }
+
+    /// Send a text frame; `false` when the socket is closed or failed (no panic).
+    pub(crate) async fn try_send_text(&mut self, text: &str) -> bool {
+        matches!(
+            tokio::time::timeout(WAIT, self.ws.send(Message::text(text))).await,
+            Ok(Ok(()))
+        )
     }
 
     pub(crate) async fn send_binary(&mut self, bytes: Vec<u8>) {
