@@ -434,7 +434,9 @@ EOF
 start_server() {
     local name=$1 turn=$2 env_args=(env -u TURN_USERNAME -u TURN_PASSWORD -u TURN_TTL -u STUN_URLS
         -u TURN_URLS -u TURN_SECRET -u TURN_REALM -u PROXIM_STUN_BIND -u PROXIM_NO_STUN
-        -u PROXIM_PUBLIC_HOST -u PROXIM_BIND "STUN_URLS=stun:$TURN_IP:$STUN_PORT")
+        -u PROXIM_PUBLIC_HOST -u PROXIM_BIND "STUN_URLS=stun:$TURN_IP:$STUN_PORT"
+        # --repeat N pairs N times with one desktop's code: no per-code pairing limit.
+        "PROXIM_PAIR_ATTEMPTS=0")
     if [ "$turn" != - ]; then
         env_args+=("TURN_URLS=$turn" "TURN_SECRET=$TURN_SECRET" "TURN_REALM=$TURN_REALM")
     fi
