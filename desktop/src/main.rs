@@ -35,7 +35,7 @@ struct Cli {
 #[derive(Debug, Subcommand)]
 enum Command {
     /// Run the signaling server.
-    Serve(proxim_server::cli::ServeArgs),
+    Serve(Box<proxim_server::cli::ServeArgs>),
     /// Register as a desktop, show the pairing code, accept phones, receive messages and files.
     Desktop(DesktopArgs),
     /// Pair with a desktop as the phone side and send a message or a file.
@@ -133,7 +133,7 @@ fn main() -> Result<()> {
         .context("starting the async runtime")?;
     runtime.block_on(async move {
         match cli.command {
-            Command::Serve(args) => serve(args).await,
+            Command::Serve(args) => serve(*args).await,
             Command::Desktop(args) => desktop(args).await,
             Command::Pair(args) => phone(args).await,
             Command::Demo(args) => demo(args).await,
