@@ -18,7 +18,7 @@ use bytes::BytesMut;
 use tokio::sync::mpsc;
 
 use crate::turn::allocation::{Allocation, AllocationEvent};
-use crate::turn::stream::{RelayInput, TurnStream, resolve};
+use crate::turn::stream::{ReaderGuard, RelayInput, TurnStream, resolve};
 use crate::turn::{TurnError, TurnOptions, TurnServer, TurnTransport};
 
 /// Inputs from relay tasks queued before their tasks wait (back-pressure onto TCP).
@@ -55,6 +55,8 @@ enum Phase {
         alloc: Box<Allocation>,
         /// `None` for UDP (the base socket is `alloc.local()`); the stream's writer otherwise.
         writer: Option<mpsc::Sender<BytesMut>>,
+        /// The stream's reader task, stopped with the relay.
+        _reader: Option<ReaderGuard>,
     },
     Failed(TurnError),
 }
@@ -172,10 +174,17 @@ impl Relays {
                 };
                 match Allocation::new(&entry.server, server_addr, local, now, REFRESH_CAP) {
                     Ok(alloc) => {
-                        let writer = stream.map(|s| s.spawn(id, self.tx.clone()));
+                        let (writer, reader) = match stream {
+                            Some(s) => {
+                                let (writer, reader) = s.spawn(id, self.tx.clone());
+                                (Some(writer), Some(reader))
+                            }
+                            None => (None, None),
+                        };
                         entry.phase = Phase::Active {
                             alloc: Box::new(alloc),
                             writer,
+                            _reader: reader,
                         };
                     }
                     Err(error) => {
@@ -231,6 +240,7 @@ impl Relays {
                 Phase::Active {
                     alloc,
                     writer: None,
+                    ..
                 } if alloc.local() == local && alloc.server() == from => Some(alloc),
                 _ => None,
             });
@@ -338,7 +348,7 @@ impl Relays {
     /// Move what the allocations produced into the driver-facing queues.
     fn collect(&mut self, _now: Instant) {
         for entry in &mut self.entries {
-            let Phase::Active { alloc, writer } = &mut entry.phase else {
+            let Phase::Active { alloc, writer, .. } = &mut entry.phase else {
                 continue;
             };
             while let Some(data) = alloc.poll_transmit() {

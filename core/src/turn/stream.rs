@@ -185,12 +185,13 @@ impl TurnStream {
 
     /// Hand the stream to two tasks: frames read are sent to `inbound` tagged with `id`, and
     /// the returned sender takes frames to write. When the stream ends either way, `inbound`
-    /// gets [`RelayInput::Closed`].
+    /// gets [`RelayInput::Closed`]. Dropping the sender lets the writer flush what is queued
+    /// and close the stream; dropping the guard stops the reader.
     pub(crate) fn spawn(
         self,
         id: usize,
         inbound: mpsc::Sender<RelayInput>,
-    ) -> mpsc::Sender<BytesMut> {
+    ) -> (mpsc::Sender<BytesMut>, ReaderGuard) {
         let (tx, mut rx) = mpsc::channel::<BytesMut>(WRITE_QUEUE_FRAMES);
         let TurnStream {
             mut read,
@@ -212,11 +213,21 @@ impl TurnStream {
             }
             let _ = write.shutdown().await;
         });
-        tokio::spawn(async move {
+        let reader = tokio::spawn(async move {
             let reason = read_frames(&mut read, id, &inbound).await;
             let _ = inbound.send(RelayInput::Closed { id, reason }).await;
         });
-        tx
+        (tx, ReaderGuard(reader))
+    }
+}
+
+/// Stops a stream's reader task when dropped (with the relay that owns it).
+#[derive(Debug)]
+pub(crate) struct ReaderGuard(tokio::task::JoinHandle<()>);
+
+impl Drop for ReaderGuard {
+    fn drop(&mut self) {
+        self.0.abort();
     }
 }
 
