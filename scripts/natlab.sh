@@ -408,7 +408,9 @@ no-multicast-peers
 denied-peer-ip=0.0.0.0-0.255.255.255
 denied-peer-ip=127.0.0.0-127.255.255.255
 denied-peer-ip=::1
-user-quota=12
+# coturn frees a user's quota only a moment after a release: the bench's 50 back-to-back
+# relayed setups (one REST user) need room.
+user-quota=64
 total-quota=1200
 no-cli
 no-rfc5780
