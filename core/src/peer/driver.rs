@@ -1146,6 +1146,9 @@ impl Driver {
     /// Send what the relays queued for their servers over UDP, take what they received, and
     /// turn their candidates into local candidates. Returns whether anything was received.
     async fn pump_relays(&mut self) -> bool {
+        if self.relays.is_empty() {
+            return false;
+        }
         let transmits = self.relays.take_udp_transmits();
         if !transmits.is_empty() {
             // Through the same path as rtc's packets: runs of same-size ChannelData to the
