@@ -265,7 +265,7 @@ async fn registered_desktop(server: &mut FakeServer) -> (DesktopRegistration, Fa
             }
             other => panic!("expected register_desktop, got {other:?}"),
         }
-        conn.send(&ServerMessage::Registered { code: code("ABCD") })
+        conn.send(&ServerMessage::Registered { code: code("ABCD"), expires_in_ms: None })
             .await;
         conn
     });
@@ -419,7 +419,7 @@ async fn desktop_reregisters_after_losing_the_server() {
         let mut conn = server.accept().await;
         conn.handshake(1_000, 5_000).await;
         let register = conn.recv_skip_pings().await;
-        conn.send(&ServerMessage::Registered { code: code("WXYZ") })
+        conn.send(&ServerMessage::Registered { code: code("WXYZ"), expires_in_ms: None })
             .await;
         (register, conn, server)
     });

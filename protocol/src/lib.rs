@@ -12,8 +12,10 @@
 //!   |     welcome {connection_id, ice_servers,|
 //!   |      heartbeat_interval_ms, version}    |
 //!   |<----------------------------------------|
-//! desktop: register_desktop -> registered {code}
+//! desktop: register_desktop -> registered {code, expires_in_ms}
+//!          renew_code -> registered {code}        (after a code was used or burned)
 //! phone:   pair_request {code} -> pair_pending {session}
+//!          connect_request {desktop} -> pair_pending {session}   (a trusted device, no code)
 //! desktop: pair_prompt {session} -> pair_response {accept}
 //!          both: pair_result {session, outcome}
 //! both:    signal {session, signal: offer | answer | candidate | end_of_candidates | auth}
@@ -88,6 +90,24 @@ pub enum ClientMessage {
         #[serde(default, skip_serializing_if = "Option::is_none")]
         auth: Option<AuthPayload>,
     },
+    /// Reconnect to a desktop this phone paired with before, by its device id, without a code.
+    /// The server routes it like a `pair_request`; the devices authenticate each other with
+    /// the identity keys they remembered (in `auth`).
+    ConnectRequest {
+        /// The device id of the desktop to reach.
+        desktop: DeviceId,
+        /// Stable id of the phone device.
+        device_id: DeviceId,
+        /// Name shown to the desktop user.
+        device_name: DeviceName,
+        /// Opaque authentication payload relayed to the desktop.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        auth: Option<AuthPayload>,
+    },
+    /// The desktop's code was used (or burned by a failed attempt): retire it and assign a
+    /// fresh one, answered with `registered`. Phones that try the old code are told
+    /// [`PairOutcome::CodeUsed`].
+    RenewCode,
     /// The desktop user's answer to a [`ServerMessage::PairPrompt`].
     PairResponse {
         /// The session of the prompt being answered.
@@ -148,8 +168,12 @@ pub enum ServerMessage {
     },
     /// The desktop is registered; it shows `code` to the user.
     Registered {
-        /// The routing code the desktop displays (with its own secret appended, if any).
+        /// The routing code the desktop displays (with its own secret appended).
         code: RoutingCode,
+        /// How long the code stays valid, in milliseconds; the server then retires it and
+        /// sends a new `registered`. Absent: no expiry.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        expires_in_ms: Option<u64>,
     },
     /// The phone's request reached the desktop, which is now asking its user. The phone can
     /// withdraw the request with `leave {session}`.
@@ -272,6 +296,13 @@ pub enum PairOutcome {
     TimedOut,
     /// No desktop owns this code.
     UnknownCode,
+    /// The code expired; the desktop shows a new one.
+    CodeExpired,
+    /// The code was used by a pairing, or burned by a failed attempt; the desktop shows a new
+    /// one.
+    CodeUsed,
+    /// The desktop named in a `connect_request` is not connected to this server.
+    DesktopOffline,
     /// The desktop disconnected before answering.
     DesktopGone,
     /// The phone withdrew the request before the desktop answered.
@@ -382,6 +413,8 @@ const CLIENT_TYPES: &[&str] = &[
     "hello",
     "register_desktop",
     "pair_request",
+    "connect_request",
+    "renew_code",
     "pair_response",
     "signal",
     "leave",
@@ -422,6 +455,8 @@ impl ClientMessage {
             ClientMessage::Hello { .. } => "hello",
             ClientMessage::RegisterDesktop { .. } => "register_desktop",
             ClientMessage::PairRequest { .. } => "pair_request",
+            ClientMessage::ConnectRequest { .. } => "connect_request",
+            ClientMessage::RenewCode => "renew_code",
             ClientMessage::PairResponse { .. } => "pair_response",
             ClientMessage::Signal { .. } => "signal",
             ClientMessage::Leave { .. } => "leave",

@@ -93,6 +93,16 @@ fn golden_client_messages() {
         ClientMessage::Leave { session: session() },
         r#"{"type":"leave","session":"0123456789abcdef0123456789abcdef"}"#,
     );
+    client_golden(
+        ClientMessage::ConnectRequest {
+            desktop: DeviceId::new("desk-1").unwrap(),
+            device_id: DeviceId::new("phone-1").unwrap(),
+            device_name: DeviceName::new("Pixel").unwrap(),
+            auth: Some(auth()),
+        },
+        r#"{"type":"connect_request","desktop":"desk-1","device_id":"phone-1","device_name":"Pixel","auth":"c2VjcmV0LWZyZWU"}"#,
+    );
+    client_golden(ClientMessage::RenewCode, r#"{"type":"renew_code"}"#);
     client_golden(ClientMessage::Ping { seq: 7 }, r#"{"type":"ping","seq":7}"#);
     client_golden(ClientMessage::Pong { seq: 8 }, r#"{"type":"pong","seq":8}"#);
     client_golden(
@@ -130,8 +140,16 @@ fn golden_server_messages() {
     server_golden(
         ServerMessage::Registered {
             code: RoutingCode::new("K7P2QX").unwrap(),
+            expires_in_ms: None,
         },
         r#"{"type":"registered","code":"K7P2QX"}"#,
+    );
+    server_golden(
+        ServerMessage::Registered {
+            code: RoutingCode::new("K7P2QX").unwrap(),
+            expires_in_ms: Some(600_000),
+        },
+        r#"{"type":"registered","code":"K7P2QX","expires_in_ms":600000}"#,
     );
     server_golden(
         ServerMessage::PairPending {
@@ -172,6 +190,9 @@ fn golden_server_messages() {
         (PairOutcome::TimedOut, "timed_out"),
         (PairOutcome::DesktopGone, "desktop_gone"),
         (PairOutcome::Cancelled, "cancelled"),
+        (PairOutcome::CodeExpired, "code_expired"),
+        (PairOutcome::CodeUsed, "code_used"),
+        (PairOutcome::DesktopOffline, "desktop_offline"),
     ] {
         server_golden(
             ServerMessage::PairResult {

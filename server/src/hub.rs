@@ -734,7 +734,7 @@ impl Hub {
             conn = %self.short_id(conn), code = %code.redacted(), reused,
             "desktop registered"
         );
-        self.send(conn, ServerMessage::Registered { code });
+        self.send(conn, ServerMessage::Registered { code, expires_in_ms: None });
     }
 
     fn pair_request(
@@ -1321,7 +1321,7 @@ mod tests {
             now,
         );
         match sent_to(&drain(hub), conn).as_slice() {
-            [ServerMessage::Registered { code }] => code.clone(),
+            [ServerMessage::Registered { code, .. }] => code.clone(),
             other => panic!("{other:?}"),
         }
     }

@@ -126,7 +126,7 @@ impl DesktopPairing {
         message: &ServerMessage,
     ) -> Result<(), PairingError> {
         match (&mut self.state, message) {
-            (State::Registering { previous }, ServerMessage::Registered { code }) => {
+            (State::Registering { previous }, ServerMessage::Registered { code, .. }) => {
                 let event = match previous {
                     Some(old) if old != code => DesktopPairingEvent::CodeChanged(code.clone()),
                     _ => DesktopPairingEvent::Registered(code.clone()),
@@ -447,7 +447,7 @@ mod tests {
             d.poll_transmit(),
             Some(ClientMessage::RegisterDesktop { .. })
         ));
-        d.handle_message(t0, &ServerMessage::Registered { code: code("ABCD") })
+        d.handle_message(t0, &ServerMessage::Registered { code: code("ABCD"), expires_in_ms: None })
             .unwrap();
         assert_eq!(
             events(&mut d),
@@ -634,10 +634,10 @@ mod tests {
                 "answering a prompt while registering".into()
             ))
         );
-        d.handle_message(t0, &ServerMessage::Registered { code: code("ABCD") })
+        d.handle_message(t0, &ServerMessage::Registered { code: code("ABCD"), expires_in_ms: None })
             .unwrap();
         assert!(
-            d.handle_message(t0, &ServerMessage::Registered { code: code("WXYZ") })
+            d.handle_message(t0, &ServerMessage::Registered { code: code("WXYZ"), expires_in_ms: None })
                 .is_err(),
             "second registered"
         );
@@ -682,7 +682,7 @@ mod tests {
         ));
         assert!(d.handle_reconnected(t0).is_err(), "already registering");
         // Same code back: Registered again, not CodeChanged.
-        d.handle_message(t0, &ServerMessage::Registered { code: code("ABCD") })
+        d.handle_message(t0, &ServerMessage::Registered { code: code("ABCD"), expires_in_ms: None })
             .unwrap();
         assert_eq!(
             events(&mut d),
@@ -692,7 +692,7 @@ mod tests {
         // Another loss, and this time the server hands out a new code.
         d.handle_disconnected(t0 + Duration::from_secs(4));
         d.handle_reconnected(t0 + Duration::from_secs(5)).unwrap();
-        d.handle_message(t0, &ServerMessage::Registered { code: code("WXYZ") })
+        d.handle_message(t0, &ServerMessage::Registered { code: code("WXYZ"), expires_in_ms: None })
             .unwrap();
         assert_eq!(
             events(&mut d),

@@ -224,7 +224,7 @@ impl TestClient {
         })
         .await;
         match self.recv().await {
-            ServerMessage::Registered { code } => code,
+            ServerMessage::Registered { code, .. } => code,
             other => panic!("expected registered, got {other:?}"),
         }
     }
