@@ -18,7 +18,8 @@ pub struct ProximConfig {
     /// A stable device id. When `None`, it is read from (or created in) `data_dir`, or made up
     /// for this process when there is no data directory.
     pub device_id: Option<String>,
-    /// Where Proxim keeps what must persist (the device id; later, trusted devices).
+    /// Where Proxim keeps what must persist: the device id, the identity key and the trusted
+    /// devices. Without one, nothing is remembered and every connection needs a code.
     pub data_dir: Option<PathBuf>,
     /// Where received files are saved. Defaults to `<data_dir>/received`, else the current
     /// directory.
@@ -130,6 +131,24 @@ impl ProximConfig {
             device_id,
             device_name,
         })
+    }
+
+    /// This device's identity key: from the data directory (created on first use), or a
+    /// fresh in-memory one when there is none (then nothing is remembered).
+    pub fn identity(&self) -> Result<crate::auth::Identity, ProximError> {
+        match &self.data_dir {
+            Some(dir) => crate::auth::Identity::load_or_create(dir)
+                .map_err(|e| ProximError::Io(e.to_string())),
+            None => Ok(crate::auth::Identity::ephemeral()),
+        }
+    }
+
+    /// The trusted-device list in the data directory (remembers nothing without one).
+    pub fn trust_store(&self) -> crate::auth::TrustStore {
+        match &self.data_dir {
+            Some(dir) => crate::auth::TrustStore::open(dir),
+            None => crate::auth::TrustStore::none(),
+        }
     }
 
     /// The directory received files go to.

@@ -18,6 +18,25 @@ pub enum ProximError {
     /// No desktop owns this pairing code (mistyped, or the desktop is gone).
     #[error("no desktop is showing this pairing code")]
     UnknownCode,
+    /// The code expired; the desktop shows a new one.
+    #[error("the pairing code expired; use the code the desktop shows now")]
+    CodeExpired,
+    /// The code was already used by a pairing, or burned by a failed attempt.
+    #[error(
+        "the pairing code was already used (or burned by a failed attempt); use the code the \
+         desktop shows now"
+    )]
+    CodeUsed,
+    /// The other device could not be authenticated, or what it sent does not match what it
+    /// authenticated: the connection may have been intercepted. Never retried silently.
+    #[error("the connection may have been intercepted: {0}")]
+    Intercepted(String),
+    /// The other device does not trust this one (never paired, or revoked): pair with a code.
+    #[error("not trusted: {0}")]
+    NotTrusted(String),
+    /// The desktop asked for is not connected to the signaling server.
+    #[error("the desktop is not connected to the signaling server")]
+    DesktopOffline,
     /// The desktop user rejected the pairing.
     #[error("the desktop rejected the pairing")]
     Rejected,

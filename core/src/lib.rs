@@ -19,6 +19,7 @@
 mod client;
 mod clock;
 mod config;
+pub mod auth;
 pub mod doctor;
 mod error;
 pub mod link;
@@ -28,7 +29,11 @@ pub mod signaling;
 pub mod transfer;
 pub mod turn;
 
-pub use client::{Connection, Desktop, DesktopEvent, Event, SetupTimings, pair};
+pub use auth::{AuthMethod, TrustedDevice};
+pub use client::{
+    Connection, Desktop, DesktopEvent, Event, SetupTimings, connect, pair, revoke_device,
+    trusted_devices,
+};
 pub use config::ProximConfig;
 pub use error::ProximError;
 pub use link::{LinkEvent, SignalLink};

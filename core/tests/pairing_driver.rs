@@ -6,7 +6,9 @@ mod signaling_fake;
 use std::time::{Duration, Instant};
 
 use proxim_core::LinkEvent;
-use proxim_core::pairing::{DesktopEvent, DesktopRegistration, PairingError, pair_as_phone};
+use proxim_core::pairing::{
+    DesktopEvent, DesktopRegistration, PairTarget, PairingError, pair_as_phone,
+};
 use proxim_core::signaling::{Backoff, SignalingClient, SignalingConfig, SignalingEvents};
 use proxim_protocol::{ClientMessage, PairOutcome, ServerMessage, Signal};
 use signaling_fake::*;
@@ -90,7 +92,7 @@ async fn phone_is_accepted_and_gets_a_working_link() {
     });
     let paired = timeout(
         WAIT,
-        pair_as_phone(&client, &mut events, code("ABCD"), device("phone"), WAIT),
+        pair_as_phone(&client, &mut events, PairTarget::Code(code("ABCD")), device("phone"), None, WAIT),
     )
     .await
     .unwrap()
@@ -130,7 +132,7 @@ async fn phone_is_rejected() {
     });
     let outcome = timeout(
         WAIT,
-        pair_as_phone(&client, &mut events, code("ABCD"), device("phone"), WAIT),
+        pair_as_phone(&client, &mut events, PairTarget::Code(code("ABCD")), device("phone"), None, WAIT),
     )
     .await
     .unwrap();
@@ -150,7 +152,7 @@ async fn phone_with_an_unknown_code() {
     });
     let outcome = timeout(
         WAIT,
-        pair_as_phone(&client, &mut events, code("ABCD"), device("phone"), WAIT),
+        pair_as_phone(&client, &mut events, PairTarget::Code(code("ABCD")), device("phone"), None, WAIT),
     )
     .await
     .unwrap();
@@ -174,8 +176,9 @@ async fn phone_times_out_and_leaves_when_nobody_answers() {
         pair_as_phone(
             &client,
             &mut events,
-            code("ABCD"),
+            PairTarget::Code(code("ABCD")),
             device("phone"),
+            None,
             Duration::from_millis(300),
         ),
     )
@@ -208,7 +211,7 @@ async fn dropping_the_phone_future_leaves_the_session() {
         conn.recv_skip_pings().await
     });
     {
-        let pairing = pair_as_phone(&client, &mut events, code("ABCD"), device("phone"), WAIT);
+        let pairing = pair_as_phone(&client, &mut events, PairTarget::Code(code("ABCD")), device("phone"), None, WAIT);
         tokio::pin!(pairing);
         // Drive the pairing until the server said pair_pending, then a little more so the
         // phone reads it, then drop it.
@@ -240,7 +243,7 @@ async fn phone_fails_when_the_server_goes_away() {
     });
     let outcome = timeout(
         WAIT,
-        pair_as_phone(&client, &mut events, code("ABCD"), device("phone"), WAIT),
+        pair_as_phone(&client, &mut events, PairTarget::Code(code("ABCD")), device("phone"), None, WAIT),
     )
     .await
     .unwrap();
@@ -300,6 +303,7 @@ async fn desktop_prompt_accept_paired() {
             session: s,
             peer,
             expires_in,
+            ..
         } => {
             assert_eq!(s, session(S1));
             assert_eq!(peer, device("phone"));

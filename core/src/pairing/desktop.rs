@@ -230,6 +230,17 @@ impl DesktopPairing {
                 });
                 Ok(())
             }
+            (State::Registered { code, .. }, ServerMessage::Registered { code: new, .. }) => {
+                // The server retired the code (expired, or renewed after a use) and assigned a
+                // new one; open prompts stay.
+                if new != code {
+                    info!(old = %code.redacted(), new = %new.redacted(), "code replaced");
+                    *code = new.clone();
+                    self.events
+                        .push_back(DesktopPairingEvent::CodeChanged(new.clone()));
+                }
+                Ok(())
+            }
             (state, message) => Err(PairingError::InvalidState(format!(
                 "`{}` while {state}",
                 message.kind()
@@ -251,6 +262,29 @@ impl DesktopPairing {
     /// The user rejects a pending prompt: `pair_response {accept: false}`.
     pub fn reject(&mut self, now: Instant, session: &SessionId) -> Result<(), PairingError> {
         self.answer(now, session, false, None)
+    }
+
+    /// Reject a pending prompt with a reason for the phone in `auth`.
+    pub fn reject_with(
+        &mut self,
+        now: Instant,
+        session: &SessionId,
+        auth: AuthPayload,
+    ) -> Result<(), PairingError> {
+        self.answer(now, session, false, Some(auth))
+    }
+
+    /// The code was used (or burned by a failed attempt): ask the server for a new one.
+    /// [`DesktopPairingEvent::CodeChanged`] follows.
+    pub fn renew_code(&mut self) -> Result<(), PairingError> {
+        if !matches!(self.state, State::Registered { .. }) {
+            return Err(PairingError::InvalidState(format!(
+                "renewing the code while {}",
+                self.state
+            )));
+        }
+        self.transmits.push_back(ClientMessage::RenewCode);
+        Ok(())
     }
 
     /// Let time pass: unanswered prompts expire, answered ones give up waiting for a result.

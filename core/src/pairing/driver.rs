@@ -13,7 +13,7 @@ use proxim_protocol::{
 use tracing::{Instrument, debug, info_span, warn};
 
 use super::desktop::{DesktopPairing, DesktopPairingEvent};
-use super::phone::{PhoneEvent, PhonePairing};
+use super::phone::{PairTarget, PhoneEvent, PhonePairing};
 use super::{PairingError, short};
 use crate::SignalLink;
 use crate::clock::{now, sleep_until};
@@ -44,13 +44,17 @@ pub struct PairedSession {
 pub async fn pair_as_phone(
     client: &SignalingClient,
     events: &mut SignalingEvents,
-    code: RoutingCode,
+    target: PairTarget,
     me: PeerDevice,
+    auth: Option<AuthPayload>,
     timeout: Duration,
 ) -> Result<PairedSession, PairingError> {
-    let span = info_span!("pair-as-phone", code = %code.redacted());
+    let span = match &target {
+        PairTarget::Code(code) => info_span!("pair-as-phone", code = %code.redacted()),
+        PairTarget::Device(desktop) => info_span!("pair-as-phone", %desktop),
+    };
     async move {
-        let mut machine = PhonePairing::new(code, me, timeout, now());
+        let mut machine = PhonePairing::with_auth(target, me, auth, timeout, now());
         let mut guard = AbandonGuard {
             client,
             session: None,
@@ -131,6 +135,8 @@ pub enum DesktopEvent {
         peer: PeerDevice,
         /// How long the user has to answer.
         expires_in: Duration,
+        /// The phone's opaque authentication payload, if any.
+        auth: Option<AuthPayload>,
     },
     /// A phone paired; its session link is open.
     Paired(PairedSession),
@@ -283,7 +289,33 @@ impl DesktopRegistration {
 
     /// Accept a prompt; [`DesktopEvent::Paired`] follows from [`DesktopRegistration::next`].
     pub async fn accept(&mut self, session: &SessionId) -> Result<(), PairingError> {
-        self.machine.accept(now(), session, None)?;
+        self.accept_with(session, None).await
+    }
+
+    /// Accept a prompt with an authentication payload for the phone.
+    pub async fn accept_with(
+        &mut self,
+        session: &SessionId,
+        auth: Option<AuthPayload>,
+    ) -> Result<(), PairingError> {
+        self.machine.accept(now(), session, auth)?;
+        self.flush_checked().await
+    }
+
+    /// Reject a prompt with a reason for the phone in `auth`.
+    pub async fn reject_with(
+        &mut self,
+        session: &SessionId,
+        auth: AuthPayload,
+    ) -> Result<(), PairingError> {
+        self.machine.reject_with(now(), session, auth)?;
+        self.flush_checked().await
+    }
+
+    /// Ask the server for a new code (the current one was used or burned);
+    /// [`DesktopEvent::CodeChanged`] follows.
+    pub async fn renew_code(&mut self) -> Result<(), PairingError> {
+        self.machine.renew_code()?;
         self.flush_checked().await
     }
 
@@ -334,11 +366,12 @@ impl DesktopRegistration {
                     session,
                     peer,
                     expires_at,
-                    ..
+                    auth,
                 } => DesktopEvent::Prompt {
                     session,
                     peer,
                     expires_in: expires_at.saturating_duration_since(now()),
+                    auth,
                 },
                 DesktopPairingEvent::Paired {
                     session,

@@ -24,7 +24,7 @@ mod desktop;
 mod driver;
 mod phone;
 
-use proxim_protocol::{ErrorCode, SessionId};
+use proxim_protocol::{AuthPayload, ErrorCode, SessionId};
 
 use crate::signaling::SignalingError;
 
@@ -32,7 +32,7 @@ pub use desktop::{ANSWER_GRACE, DesktopPairing, DesktopPairingEvent};
 pub use driver::{
     DesktopEvent, DesktopRegistration, PairedSession, REGISTER_TIMEOUT, pair_as_phone,
 };
-pub use phone::{PhoneEvent, PhonePairing};
+pub use phone::{PairTarget, PhoneEvent, PhonePairing};
 
 /// Why pairing failed, or why an input was refused.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -41,6 +41,19 @@ pub enum PairingError {
     /// The desktop user rejected the request.
     #[error("the desktop rejected the pairing")]
     Rejected,
+    /// The desktop refused, with its reason in an authentication payload (e.g. it no longer
+    /// trusts this device).
+    #[error("the desktop refused the connection")]
+    Refused(AuthPayload),
+    /// The code expired; the desktop shows a new one.
+    #[error("the pairing code expired")]
+    CodeExpired,
+    /// The code was already used, or burned by a failed attempt.
+    #[error("the pairing code was already used")]
+    CodeUsed,
+    /// The desktop asked for by device id is not connected to the server.
+    #[error("the desktop is not connected to the signaling server")]
+    DesktopOffline,
     /// Nobody answered in time.
     #[error("pairing timed out")]
     TimedOut,

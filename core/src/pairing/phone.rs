@@ -5,11 +5,22 @@ use std::fmt;
 use std::time::{Duration, Instant};
 
 use proxim_protocol::{
-    AuthPayload, ClientMessage, PairOutcome, PeerDevice, RoutingCode, ServerMessage, SessionId,
+    AuthPayload, ClientMessage, DeviceId, PairOutcome, PeerDevice, RoutingCode, ServerMessage,
+    SessionId,
 };
 use tracing::{debug, info};
 
 use super::{PairingError, short};
+
+/// Which desktop a phone asks for.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum PairTarget {
+    /// The desktop showing this code (`pair_request`).
+    Code(RoutingCode),
+    /// A desktop paired before, by its device id (`connect_request`, no code).
+    Device(DeviceId),
+}
 
 /// What the phone's pairing machine reports.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -77,25 +88,38 @@ impl fmt::Display for State {
 impl PhonePairing {
     /// Start pairing with the desktop showing `code`; `pair_request` is ready to transmit.
     pub fn new(code: RoutingCode, me: PeerDevice, timeout: Duration, now: Instant) -> Self {
-        Self::with_auth(code, me, None, timeout, now)
+        Self::with_auth(PairTarget::Code(code), me, None, timeout, now)
     }
 
     /// Like [`PhonePairing::new`], with an opaque payload relayed to the desktop.
     pub fn with_auth(
-        code: RoutingCode,
+        target: PairTarget,
         me: PeerDevice,
         auth: Option<AuthPayload>,
         timeout: Duration,
         now: Instant,
     ) -> Self {
-        info!(code = %code.redacted(), ?timeout, "pairing as phone");
         let mut transmits = VecDeque::new();
-        transmits.push_back(ClientMessage::PairRequest {
-            code,
-            device_id: me.device_id,
-            device_name: me.device_name,
-            auth,
-        });
+        match target {
+            PairTarget::Code(code) => {
+                info!(code = %code.redacted(), ?timeout, "pairing as phone");
+                transmits.push_back(ClientMessage::PairRequest {
+                    code,
+                    device_id: me.device_id,
+                    device_name: me.device_name,
+                    auth,
+                });
+            }
+            PairTarget::Device(desktop) => {
+                info!(%desktop, ?timeout, "connecting to a trusted desktop");
+                transmits.push_back(ClientMessage::ConnectRequest {
+                    desktop,
+                    device_id: me.device_id,
+                    device_name: me.device_name,
+                    auth,
+                });
+            }
+        }
         PhonePairing {
             state: State::Requested {
                 deadline: now + timeout,
@@ -320,7 +344,13 @@ impl PhonePairing {
                 self.transition(State::Paired { session }, "accepted");
                 return;
             }
-            PairOutcome::Rejected => PairingError::Rejected,
+            PairOutcome::Rejected => match auth {
+                Some(auth) => PairingError::Refused(auth),
+                None => PairingError::Rejected,
+            },
+            PairOutcome::CodeExpired => PairingError::CodeExpired,
+            PairOutcome::CodeUsed => PairingError::CodeUsed,
+            PairOutcome::DesktopOffline => PairingError::DesktopOffline,
             PairOutcome::TimedOut => PairingError::TimedOut,
             PairOutcome::UnknownCode => PairingError::UnknownCode,
             PairOutcome::DesktopGone => PairingError::DesktopGone,

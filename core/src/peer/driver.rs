@@ -139,6 +139,8 @@ pub(super) struct Driver {
     relays: Relays,
     /// Relay candidates only (iceTransportPolicy `relay`).
     force_relay: bool,
+    /// The authenticated DTLS fingerprint of the other side, checked against its SDP.
+    expected_remote_fingerprint: Option<crate::auth::Fingerprint>,
     /// STUN server names being resolved.
     pending_dns: Option<oneshot::Receiver<Vec<(String, SocketAddr)>>>,
     stun_timeout: Duration,
@@ -245,6 +247,7 @@ impl Driver {
             sources,
             relays,
             force_relay,
+            expected_remote_fingerprint: parts.config.expected_remote_fingerprint,
             pending_dns,
             stun_timeout: parts.config.stun_timeout,
             end_of_candidates_sent: false,
@@ -436,6 +439,9 @@ impl Driver {
                 if self.role != PeerRole::Answerer || self.remote_description_set {
                     return Err(PeerError::BadSignal("unexpected offer".into()));
                 }
+                if let Some(expected) = &self.expected_remote_fingerprint {
+                    super::check_fingerprints(sdp.as_str(), expected)?;
+                }
                 let offer = RTCSessionDescription::offer(sdp.into_string()).map_err(rtc_error)?;
                 self.pc
                     .set_remote_description(Instant::now(), offer)
@@ -453,6 +459,9 @@ impl Driver {
             Signal::Answer { sdp } => {
                 if self.role != PeerRole::Offerer || self.remote_description_set {
                     return Err(PeerError::BadSignal("unexpected answer".into()));
+                }
+                if let Some(expected) = &self.expected_remote_fingerprint {
+                    super::check_fingerprints(sdp.as_str(), expected)?;
                 }
                 let answer = RTCSessionDescription::answer(sdp.into_string()).map_err(rtc_error)?;
                 self.pc

@@ -71,11 +71,14 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use proxim_protocol::IceServer;
 use rtc::peer_connection::RTCPeerConnectionBuilder;
+use rtc::crypto::SignatureScheme;
+use rtc::peer_connection::certificate::{CertificateParams, RTCCertificate};
 use rtc::peer_connection::configuration::RTCConfigurationBuilder;
 use rtc::peer_connection::configuration::setting_engine::SettingEngineBuilder;
 use tokio::sync::{mpsc, oneshot, watch};
 use tracing::Instrument;
 
+use crate::auth::Fingerprint;
 use crate::link::SignalLink;
 
 mod channel;
@@ -125,6 +128,68 @@ pub struct PeerConfig {
     pub local_ips: Option<Vec<IpAddr>>,
     /// Extra trusted root certificates (PEM) for `turns:` relays, beyond the webpki roots.
     pub turn_roots_pem: Option<Vec<u8>>,
+    /// This side's DTLS certificate, made beforehand with [`generate_certificate`] so its
+    /// fingerprint could be authenticated. `None`: rtc makes one.
+    pub certificate: Option<Certificate>,
+    /// The DTLS fingerprint the other side authenticated. When set, a remote SDP whose
+    /// fingerprints are not exactly this one is refused with [`PeerError::Intercepted`]
+    /// (rtc then checks the DTLS certificate against the SDP).
+    pub expected_remote_fingerprint: Option<Fingerprint>,
+}
+
+/// A DTLS certificate for [`PeerConfig::certificate`].
+#[derive(Clone)]
+pub struct Certificate(pub(crate) RTCCertificate);
+
+impl fmt::Debug for Certificate {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("Certificate")
+    }
+}
+
+/// Make a DTLS certificate (ECDSA P-256, as browsers do) and its SHA-256 fingerprint.
+pub fn generate_certificate() -> Result<(Certificate, Fingerprint), PeerError> {
+    let provider = rtc::crypto::default_provider().map_err(|e| PeerError::Rtc(e.to_string()))?;
+    let params = CertificateParams::new(vec!["proxim".to_owned()])
+        .map_err(|e| PeerError::Rtc(e.to_string()))?;
+    let certificate =
+        RTCCertificate::generate(provider.crypto(), SignatureScheme::EcdsaP256Sha256, params)
+            .map_err(|e| PeerError::Rtc(e.to_string()))?;
+    let fingerprints = certificate
+        .get_fingerprints(provider.crypto())
+        .map_err(|e| PeerError::Rtc(e.to_string()))?;
+    let fingerprint = fingerprints
+        .first()
+        .and_then(|fp| Fingerprint::from_sdp_value(&fp.value))
+        .ok_or_else(|| PeerError::Rtc("the certificate has no SHA-256 fingerprint".into()))?;
+    Ok((Certificate(certificate), fingerprint))
+}
+
+/// Check that every DTLS fingerprint in `sdp` is `expected` (and there is at least one).
+pub(crate) fn check_fingerprints(sdp: &str, expected: &Fingerprint) -> Result<(), PeerError> {
+    let mut seen = 0usize;
+    for line in sdp.lines() {
+        let Some(value) = line.trim_end().strip_prefix("a=fingerprint:") else {
+            continue;
+        };
+        seen += 1;
+        let (algorithm, value) = value.split_once(' ').unwrap_or((value, ""));
+        let found = Fingerprint::from_sdp_value(value);
+        if !algorithm.eq_ignore_ascii_case("sha-256") || found.as_ref() != Some(expected) {
+            return Err(PeerError::Intercepted(format!(
+                "the other device's DTLS fingerprint in the SDP ({algorithm} {}) is not the one \
+                 it authenticated ({})",
+                value.get(..23).unwrap_or(value),
+                &expected.to_sdp_value()[..23]
+            )));
+        }
+    }
+    if seen == 0 {
+        return Err(PeerError::Intercepted(
+            "the SDP carries no DTLS fingerprint".into(),
+        ));
+    }
+    Ok(())
 }
 
 impl PeerConfig {
@@ -140,6 +205,8 @@ impl PeerConfig {
             force_relay: false,
             local_ips: None,
             turn_roots_pem: None,
+            certificate: None,
+            expected_remote_fingerprint: None,
         }
     }
 }
@@ -185,6 +252,10 @@ pub enum PeerError {
     /// The connection is closed (or its driver stopped).
     #[error("connection closed")]
     Closed,
+    /// The other side's DTLS fingerprint is not the one it authenticated: someone between the
+    /// devices (the signaling server, or whoever controls it) may be intercepting.
+    #[error("the connection may have been intercepted: {0}")]
+    Intercepted(String),
     /// The remote side sent something unusable over signaling.
     #[error("bad signal from the peer: {0}")]
     BadSignal(String),
@@ -520,7 +591,11 @@ fn prepare(config: PeerConfig, link: SignalLink) -> Result<Prepared, PeerError> 
         // Checks every 50 ms, for up to 2 s per pair.
         .with_ice_connection_attempts(Some(Duration::from_millis(50)), Some(40))
         .build();
-    let rtc_config = RTCConfigurationBuilder::new().build();
+    let mut rtc_config = RTCConfigurationBuilder::new();
+    if let Some(certificate) = &config.certificate {
+        rtc_config = rtc_config.with_certificates(vec![certificate.0.clone()]);
+    }
+    let rtc_config = rtc_config.build();
     let pc = RTCPeerConnectionBuilder::new()
         .with_configuration(rtc_config)
         .with_setting_engine(settings)
