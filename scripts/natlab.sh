@@ -502,7 +502,7 @@ attempt() {
     start "$tag/desktop" "$NS_HA" "$PROXIM" -v desktop --accept --once --no-qr --name natlab-desktop \
         --server "$SERVER_URL" --download-dir "$dir/recv" --data-dir "$dir/desktop-data" "${flags[@]}"
     local desktop_pid=$LAST_PID code
-    if ! code=$(wait_for "$dir/desktop.out" 'pairing code: [0-9A-Z]+' "the desktop's pairing code"); then
+    if ! code=$(wait_for "$dir/desktop.out" 'pairing code: [0-9A-Z]+-[0-9A-Z]+' "the desktop's pairing code"); then
         A_GOT="no code" A_NOTE="the desktop did not register"
         stop_pids "$desktop_pid"
         forget "$desktop_pid"

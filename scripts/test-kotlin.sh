@@ -108,7 +108,7 @@ start_desktop() {
 
 # code_of NAME: the pairing code desktop NAME printed.
 code_of() {
-    wait_for "$WORK/$1.out" 'pairing code: [0-9A-Z]+' "the $1 desktop's pairing code" |
+    wait_for "$WORK/$1.out" 'pairing code: [0-9A-Z]+-[0-9A-Z]+' "the $1 desktop's pairing code" |
         sed 's/pairing code: //'
 }
 

@@ -192,7 +192,7 @@ mod tests {
             .enable_all()
             .build()
             .unwrap();
-        let result = local.block_on(core.pair("ABCDEF".into()));
+        let result = local.block_on(core.pair("ABCDEF-ABCDE".into()));
         assert!(
             matches!(result, Err(ProximException::ServerUnreachable { .. })),
             "{result:?}"

@@ -256,7 +256,7 @@ async fn a_wrong_code_fails_with_unknown_code() {
     let server = start_server(|_| {}).await;
     let _desktop = register(&server, None).await;
     let config = ProximConfig::new(server.ws_url(), "Test phone").loopback_only();
-    let result = tokio::time::timeout(STEP, pair(&config, "ZZZZZZ"))
+    let result = tokio::time::timeout(STEP, pair(&config, "ZZZZZZ-ZZZZZ"))
         .await
         .unwrap();
     assert!(
@@ -343,7 +343,7 @@ async fn an_unreachable_server_is_reported_as_such() {
         .unwrap()
         .port();
     let config = ProximConfig::new(format!("ws://127.0.0.1:{port}/ws"), "Test phone");
-    let result = tokio::time::timeout(STEP, pair(&config, "K7P2QX"))
+    let result = tokio::time::timeout(STEP, pair(&config, "K7P2QX-4HT9M"))
         .await
         .unwrap();
     assert!(
@@ -352,7 +352,7 @@ async fn an_unreachable_server_is_reported_as_such() {
     );
     // TLS is compiled in: a wss:// URL is dialled, not refused as an unsupported scheme.
     let config = ProximConfig::new(format!("wss://127.0.0.1:{port}/ws"), "Test phone");
-    let result = tokio::time::timeout(STEP, pair(&config, "K7P2QX"))
+    let result = tokio::time::timeout(STEP, pair(&config, "K7P2QX-4HT9M"))
         .await
         .unwrap();
     assert!(
