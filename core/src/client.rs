@@ -361,8 +361,9 @@ pub struct Desktop {
     prompts: HashMap<SessionId, PhoneHello>,
     /// Accepted sessions waiting for the server's result, with their handshake.
     answered: HashMap<SessionId, (DesktopHandshake, Certificate)>,
-    connected_tx: mpsc::Sender<DesktopEvent>,
-    connected_rx: mpsc::Receiver<DesktopEvent>,
+    /// Results of the background connects; `true` when the attempt burns the code.
+    connected_tx: mpsc::Sender<(DesktopEvent, bool)>,
+    connected_rx: mpsc::Receiver<(DesktopEvent, bool)>,
 }
 
 impl Desktop {
@@ -424,7 +425,12 @@ impl Desktop {
     pub async fn next_event(&mut self) -> Option<DesktopEvent> {
         loop {
             let event = tokio::select! {
-                Some(ready) = self.connected_rx.recv() => return Some(ready),
+                Some((ready, burn)) = self.connected_rx.recv() => {
+                    if burn {
+                        self.burn_code("the phone did not verify").await;
+                    }
+                    return Some(ready);
+                }
                 event = self.registration.next() => event?,
             };
             match event {
@@ -440,7 +446,12 @@ impl Desktop {
                 }
                 pairing::DesktopEvent::PromptClosed { session, outcome } => {
                     self.prompts.remove(&session);
-                    self.answered.remove(&session);
+                    if let Some((handshake, _)) = self.answered.remove(&session)
+                        && handshake.is_code_pairing()
+                    {
+                        // Answered but never paired: the reply may have reached the phone.
+                        self.burn_code("an answered prompt closed without pairing").await;
+                    }
                     return Some(DesktopEvent::PromptClosed { session, outcome });
                 }
                 pairing::DesktopEvent::Paired(paired) => self.spawn_connect(paired),
@@ -535,7 +546,8 @@ impl Desktop {
     }
 
     /// Accept a prompt; a [`DesktopEvent::Connected`] follows once the phone proved it knows
-    /// the code and the channel is open. The code is burned either way: a new one follows in
+    /// the code and the channel is open. An attempt that does not end verified (a wrong code,
+    /// a phone that never confirms, an interception) burns the code: a new one follows in
     /// [`DesktopEvent::CodeChanged`].
     pub async fn accept(&mut self, session: &SessionId) -> Result<(), ProximError> {
         let Some(hello) = self.prompts.remove(session) else {
@@ -544,21 +556,16 @@ impl Desktop {
                 short(session)
             )));
         };
-        let Some(secrets) = self.secrets.take() else {
+        let Some(secrets) = &self.secrets else {
+            let _ = self
+                .registration
+                .reject_with(session, handshake::refusal_payload(RefuseReason::CodeUsed))
+                .await;
             return Err(ProximError::CodeUsed);
         };
         let (party, certificate) = self.local_party()?;
-        let answer = DesktopHandshake::respond_pake(
-            &secrets,
-            &self.routing,
-            session,
-            &hello,
-            &party,
-        );
-        // One PAKE run per code: whatever happens next, this code's secret is spent.
-        if let Err(error) = self.registration.renew_code().await {
-            warn!(%error, "could not ask for a new code");
-        }
+        let answer =
+            DesktopHandshake::respond_pake(secrets, &self.routing, session, &hello, &party);
         let (handshake, reply) = match answer {
             Ok(answer) => answer,
             Err(error) => {
@@ -575,6 +582,18 @@ impl Desktop {
             .accept_with(session, Some(reply))
             .await
             .map_err(|e| pairing_error(e, self.config.pair_timeout))
+    }
+
+    /// A code pairing attempt ended without a verified phone: its secret may have been
+    /// guessed at, so it is spent. Ask the server for a new code; until it comes, code
+    /// requests are refused.
+    async fn burn_code(&mut self, why: &str) {
+        if self.secrets.take().is_some() {
+            warn!(code = %self.routing.redacted(), why, "burning the pairing code");
+            if let Err(error) = self.registration.renew_code().await {
+                warn!(%error, "could not ask for a new code");
+            }
+        }
     }
 
     /// Reject a prompt.
@@ -616,23 +635,29 @@ impl Desktop {
             info_span!("connect", session = %short(&paired.session), peer = %peer.device_name);
         tokio::spawn(
             async move {
+                let code_pairing = answered
+                    .as_ref()
+                    .is_some_and(|(handshake, _)| handshake.is_code_pairing());
                 let result = match answered {
                     Some((handshake, certificate)) => {
                         desktop_connect(&config, &client, ice_servers, paired, handshake, certificate)
                             .await
                     }
-                    None => Err(ProximError::Intercepted(
-                        "the server paired a session this desktop did not accept".into(),
+                    None => Err((
+                        ProximError::Intercepted(
+                            "the server paired a session this desktop did not accept".into(),
+                        ),
+                        true,
                     )),
                 };
-                let event = match result {
-                    Ok(connection) => DesktopEvent::Connected(connection),
-                    Err(error) => {
+                let (event, burn) = match result {
+                    Ok(connection) => (DesktopEvent::Connected(connection), false),
+                    Err((error, unverified)) => {
                         warn!(%error, "direct connection failed");
-                        DesktopEvent::ConnectionFailed { peer, error }
+                        (DesktopEvent::ConnectionFailed { peer, error }, code_pairing && unverified)
                     }
                 };
-                let _ = tx.send(event).await;
+                let _ = tx.send((event, burn)).await;
             }
             .instrument(span),
         );
@@ -640,7 +665,8 @@ impl Desktop {
 }
 
 /// The desktop's side after accepting: wait for the phone's confirmation (it comes before the
-/// offer), verify it, connect to the authenticated fingerprint.
+/// offer), verify it, connect to the authenticated fingerprint. The error says whether the
+/// phone was left unverified (then a code pairing burns its code).
 async fn desktop_connect(
     config: &ProximConfig,
     client: &SignalingClient,
@@ -648,7 +674,7 @@ async fn desktop_connect(
     mut paired: PairedSession,
     handshake: DesktopHandshake,
     certificate: Certificate,
-) -> Result<Connection, ProximError> {
+) -> Result<Connection, (ProximError, bool)> {
     let first = tokio::time::timeout(config.connect_timeout, paired.link.incoming.recv()).await;
     let verified = match first {
         Ok(Some(LinkEvent::Signal(Signal::Auth { payload }))) => handshake.on_confirm(&payload),
@@ -658,13 +684,19 @@ async fn desktop_connect(
         })),
         Ok(Some(LinkEvent::Ended(_))) => {
             client.close_session(&paired.session);
-            return Err(ProximError::ConnectionFailed(
-                "the phone left before confirming the pairing".into(),
+            return Err((
+                ProximError::ConnectionFailed(
+                    "the phone left before confirming the pairing".into(),
+                ),
+                true,
             ));
         }
         Ok(Some(LinkEvent::Lost) | None) => {
-            return Err(ProximError::ConnectionFailed(
-                "lost the signaling server before the phone confirmed".into(),
+            return Err((
+                ProximError::ConnectionFailed(
+                    "lost the signaling server before the phone confirmed".into(),
+                ),
+                true,
             ));
         }
         Err(_) => Err(AuthError::Missing("the phone's confirmation (none in time)")),
@@ -678,7 +710,7 @@ async fn desktop_connect(
                 let _ = paired.link.outgoing.send(Signal::Auth { payload: abort }).await;
             }
             client.close_session(&paired.session);
-            return Err(auth_error(error));
+            return Err((auth_error(error), true));
         }
     };
     info!(peer = %verified.peer_name, method = ?verified.method, "phone verified; connecting");
@@ -690,7 +722,13 @@ async fn desktop_connect(
         certificate,
         verified,
     )
-    .await?;
+    .await
+    .map_err(|error| {
+        // A verified phone whose SDP then carries another fingerprint: someone is in the
+        // middle; the code is spent too.
+        let intercepted = matches!(error, ProximError::Intercepted(_));
+        (error, intercepted)
+    })?;
     remember(config, &connection, DeviceRole::Phone);
     Ok(connection)
 }

@@ -474,6 +474,11 @@ impl DesktopHandshake {
         Ok((handshake, reply.encode()))
     }
 
+    /// Whether this is a code pairing (whose failure burns the code).
+    pub fn is_code_pairing(&self) -> bool {
+        self.verified.method == AuthMethod::Code
+    }
+
     /// The phone's confirmation arrived: verify it.
     pub fn on_confirm(self, confirm: &AuthPayload) -> Result<Verified, AuthError> {
         let message = AuthMessage::decode(confirm).map_err(AuthError::Malformed)?;
