@@ -47,8 +47,8 @@ use tracing::{Instrument, debug, info, info_span, warn};
 
 use crate::auth::handshake::{self, AuthMethod};
 use crate::auth::{
-    self, AuthError, CodeSecrets, DesktopHandshake, DeviceRole, Identity, LocalParty,
-    PairingCode, PhoneHandshake, PhoneHello, RefuseReason, TrustedDevice, Verified,
+    self, AuthError, CodeSecrets, DesktopHandshake, DeviceRole, Identity, LocalParty, PairingCode,
+    PhoneHandshake, PhoneHello, RefuseReason, TrustedDevice, Verified,
 };
 use crate::link::LinkEvent;
 use crate::pairing::{self, DesktopRegistration, PairTarget, PairedSession, PairingError};
@@ -131,7 +131,10 @@ pub async fn connect(config: &ProximConfig, desktop: &str) -> Result<Connection,
             ))
         })?;
     let key = record.identity().ok_or_else(|| {
-        ProximError::Io(format!("the trust entry of `{}` is damaged", record.device_id))
+        ProximError::Io(format!(
+            "the trust entry of `{}` is damaged",
+            record.device_id
+        ))
     })?;
     let desktop_id =
         DeviceId::new(record.device_id.clone()).map_err(|e| ProximError::Io(e.to_string()))?;
@@ -208,7 +211,11 @@ async fn phone_connect(
         Err(error) => {
             warn!(%error, "the desktop's answer does not verify; giving up");
             let abort = handshake::abort_payload(&error);
-            let _ = paired.link.outgoing.send(Signal::Auth { payload: abort }).await;
+            let _ = paired
+                .link
+                .outgoing
+                .send(Signal::Auth { payload: abort })
+                .await;
             client.close_session(&paired.session);
             client.close().await;
             return Err(auth_error(error));
@@ -450,7 +457,8 @@ impl Desktop {
                         && handshake.is_code_pairing()
                     {
                         // Answered but never paired: the reply may have reached the phone.
-                        self.burn_code("an answered prompt closed without pairing").await;
+                        self.burn_code("an answered prompt closed without pairing")
+                            .await;
                     }
                     return Some(DesktopEvent::PromptClosed { session, outcome });
                 }
@@ -499,7 +507,11 @@ impl Desktop {
                 let PhoneHello::Trusted { identity, .. } = &hello else {
                     return None;
                 };
-                match self.config.trust_store().find_key(identity, DeviceRole::Phone) {
+                match self
+                    .config
+                    .trust_store()
+                    .find_key(identity, DeviceRole::Phone)
+                {
                     Ok(Some(device)) => {
                         info!(phone = %device.name, "trusted phone reconnecting");
                         match self.answer_trusted(&session, &hello).await {
@@ -571,7 +583,10 @@ impl Desktop {
             Err(error) => {
                 let _ = self
                     .registration
-                    .reject_with(session, handshake::refusal_payload(RefuseReason::BadRequest))
+                    .reject_with(
+                        session,
+                        handshake::refusal_payload(RefuseReason::BadRequest),
+                    )
                     .await;
                 return Err(auth_error(error));
             }
@@ -640,8 +655,15 @@ impl Desktop {
                     .is_some_and(|(handshake, _)| handshake.is_code_pairing());
                 let result = match answered {
                     Some((handshake, certificate)) => {
-                        desktop_connect(&config, &client, ice_servers, paired, handshake, certificate)
-                            .await
+                        desktop_connect(
+                            &config,
+                            &client,
+                            ice_servers,
+                            paired,
+                            handshake,
+                            certificate,
+                        )
+                        .await
                     }
                     None => Err((
                         ProximError::Intercepted(
@@ -654,7 +676,10 @@ impl Desktop {
                     Ok(connection) => (DesktopEvent::Connected(connection), false),
                     Err((error, unverified)) => {
                         warn!(%error, "direct connection failed");
-                        (DesktopEvent::ConnectionFailed { peer, error }, code_pairing && unverified)
+                        (
+                            DesktopEvent::ConnectionFailed { peer, error },
+                            code_pairing && unverified,
+                        )
                     }
                 };
                 let _ = tx.send((event, burn)).await;
@@ -699,7 +724,9 @@ async fn desktop_connect(
                 true,
             ));
         }
-        Err(_) => Err(AuthError::Missing("the phone's confirmation (none in time)")),
+        Err(_) => Err(AuthError::Missing(
+            "the phone's confirmation (none in time)",
+        )),
     };
     let verified = match verified {
         Ok(verified) => verified,
@@ -707,7 +734,11 @@ async fn desktop_connect(
             warn!(%error, "the phone does not verify; refusing it");
             if !matches!(error, AuthError::PeerAborted(_)) {
                 let abort = handshake::abort_payload(&error);
-                let _ = paired.link.outgoing.send(Signal::Auth { payload: abort }).await;
+                let _ = paired
+                    .link
+                    .outgoing
+                    .send(Signal::Auth { payload: abort })
+                    .await;
             }
             client.close_session(&paired.session);
             return Err((auth_error(error), true));

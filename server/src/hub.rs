@@ -734,7 +734,13 @@ impl Hub {
             conn = %self.short_id(conn), code = %code.redacted(), reused,
             "desktop registered"
         );
-        self.send(conn, ServerMessage::Registered { code, expires_in_ms: None });
+        self.send(
+            conn,
+            ServerMessage::Registered {
+                code,
+                expires_in_ms: None,
+            },
+        );
     }
 
     fn pair_request(

@@ -481,8 +481,14 @@ mod tests {
             d.poll_transmit(),
             Some(ClientMessage::RegisterDesktop { .. })
         ));
-        d.handle_message(t0, &ServerMessage::Registered { code: code("ABCD"), expires_in_ms: None })
-            .unwrap();
+        d.handle_message(
+            t0,
+            &ServerMessage::Registered {
+                code: code("ABCD"),
+                expires_in_ms: None,
+            },
+        )
+        .unwrap();
         assert_eq!(
             events(&mut d),
             vec![DesktopPairingEvent::Registered(code("ABCD"))]
@@ -668,11 +674,23 @@ mod tests {
                 "answering a prompt while registering".into()
             ))
         );
-        d.handle_message(t0, &ServerMessage::Registered { code: code("ABCD"), expires_in_ms: None })
-            .unwrap();
+        d.handle_message(
+            t0,
+            &ServerMessage::Registered {
+                code: code("ABCD"),
+                expires_in_ms: None,
+            },
+        )
+        .unwrap();
         assert!(
-            d.handle_message(t0, &ServerMessage::Registered { code: code("WXYZ"), expires_in_ms: None })
-                .is_err(),
+            d.handle_message(
+                t0,
+                &ServerMessage::Registered {
+                    code: code("WXYZ"),
+                    expires_in_ms: None
+                }
+            )
+            .is_err(),
             "second registered"
         );
         assert_eq!(d.code(), Some(&code("ABCD")));
@@ -716,8 +734,14 @@ mod tests {
         ));
         assert!(d.handle_reconnected(t0).is_err(), "already registering");
         // Same code back: Registered again, not CodeChanged.
-        d.handle_message(t0, &ServerMessage::Registered { code: code("ABCD"), expires_in_ms: None })
-            .unwrap();
+        d.handle_message(
+            t0,
+            &ServerMessage::Registered {
+                code: code("ABCD"),
+                expires_in_ms: None,
+            },
+        )
+        .unwrap();
         assert_eq!(
             events(&mut d),
             vec![DesktopPairingEvent::Registered(code("ABCD"))]
@@ -726,8 +750,14 @@ mod tests {
         // Another loss, and this time the server hands out a new code.
         d.handle_disconnected(t0 + Duration::from_secs(4));
         d.handle_reconnected(t0 + Duration::from_secs(5)).unwrap();
-        d.handle_message(t0, &ServerMessage::Registered { code: code("WXYZ"), expires_in_ms: None })
-            .unwrap();
+        d.handle_message(
+            t0,
+            &ServerMessage::Registered {
+                code: code("WXYZ"),
+                expires_in_ms: None,
+            },
+        )
+        .unwrap();
         assert_eq!(
             events(&mut d),
             vec![DesktopPairingEvent::CodeChanged(code("WXYZ"))]

@@ -70,8 +70,8 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use proxim_protocol::IceServer;
-use rtc::peer_connection::RTCPeerConnectionBuilder;
 use rtc::crypto::SignatureScheme;
+use rtc::peer_connection::RTCPeerConnectionBuilder;
 use rtc::peer_connection::certificate::{CertificateParams, RTCCertificate};
 use rtc::peer_connection::configuration::RTCConfigurationBuilder;
 use rtc::peer_connection::configuration::setting_engine::SettingEngineBuilder;
