@@ -8,8 +8,8 @@ use std::time::Duration;
 use proxim_core::auth::DeviceRole;
 use proxim_core::peer::Payload;
 use proxim_core::{
-    AuthMethod, Connection, Desktop, DesktopEvent, Event, ProximConfig, ProximError, connect,
-    pair, revoke_device, trusted_devices,
+    AuthMethod, Connection, Desktop, DesktopEvent, Event, ProximConfig, ProximError, connect, pair,
+    revoke_device, trusted_devices,
 };
 use proxim_server::{RunningServer, Server, ServerConfig};
 
@@ -43,7 +43,10 @@ async fn register(config: ProximConfig) -> Desktop {
 }
 
 /// Drive the desktop (accepting every prompt) until `until` says stop; returns what it saw.
-async fn drive(desktop: &mut Desktop, mut until: impl FnMut(&DesktopEvent) -> bool) -> DesktopEvent {
+async fn drive(
+    desktop: &mut Desktop,
+    mut until: impl FnMut(&DesktopEvent) -> bool,
+) -> DesktopEvent {
     loop {
         let event = tokio::time::timeout(STEP, desktop.next_event())
             .await
@@ -77,7 +80,11 @@ async fn connected(desktop: &mut Desktop) -> Connection {
 async fn echo_once(phone: &mut Connection, desk: &mut Connection, text: &str) {
     phone.send_text(text).await.unwrap();
     loop {
-        match tokio::time::timeout(STEP, desk.next_event()).await.unwrap().unwrap() {
+        match tokio::time::timeout(STEP, desk.next_event())
+            .await
+            .unwrap()
+            .unwrap()
+        {
             Event::Message(Payload::Text(got)) => {
                 assert_eq!(got, text);
                 return;
@@ -93,8 +100,7 @@ async fn echo_once(phone: &mut Connection, desk: &mut Connection, text: &str) {
 /// device; once the desktop revokes it, it cannot, and once the phone forgets the desktop it
 /// cannot either.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn a_trusted_device_reconnects_without_a_code_after_both_restart_and_a_revoked_one_cannot()
-{
+async fn a_trusted_device_reconnects_without_a_code_after_both_restart_and_a_revoked_one_cannot() {
     let server = start_server(|_| {}).await;
     let desk_dir = tempfile::tempdir().unwrap();
     let phone_dir = tempfile::tempdir().unwrap();
@@ -106,10 +112,17 @@ async fn a_trusted_device_reconnects_without_a_code_after_both_restart_and_a_rev
     let config = phone_config(&server, Some(phone_dir.path()));
     let phone = tokio::spawn(async move { pair(&config, &code).await });
     let mut desk = connected(&mut desktop).await;
-    let mut phone = tokio::time::timeout(STEP, phone).await.unwrap().unwrap().unwrap();
+    let mut phone = tokio::time::timeout(STEP, phone)
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
     assert_eq!(phone.auth_method(), AuthMethod::Code);
     assert_eq!(desk.auth_method(), AuthMethod::Code);
-    let comparison = phone.comparison_code().expect("a comparison code").to_owned();
+    let comparison = phone
+        .comparison_code()
+        .expect("a comparison code")
+        .to_owned();
     assert_eq!(desk.comparison_code(), Some(comparison.as_str()));
     assert_eq!(comparison.len(), 7, "{comparison}");
     echo_once(&mut phone, &mut desk, "first, with the code").await;
@@ -135,12 +148,19 @@ async fn a_trusted_device_reconnects_without_a_code_after_both_restart_and_a_rev
     let target = desktop_id.clone();
     let phone = tokio::spawn(async move { connect(&config, &target).await });
     // No prompt for a trusted phone: the next desktop event is the connection.
-    let event = tokio::time::timeout(STEP, desktop.next_event()).await.unwrap().unwrap();
+    let event = tokio::time::timeout(STEP, desktop.next_event())
+        .await
+        .unwrap()
+        .unwrap();
     let mut desk = match event {
         DesktopEvent::Connected(connection) => connection,
         other => panic!("expected a connection without a prompt, got {other:?}"),
     };
-    let mut phone = tokio::time::timeout(STEP, phone).await.unwrap().unwrap().unwrap();
+    let mut phone = tokio::time::timeout(STEP, phone)
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
     assert_eq!(phone.auth_method(), AuthMethod::Trusted);
     assert_eq!(desk.auth_method(), AuthMethod::Trusted);
     assert_eq!(phone.comparison_code(), None);
@@ -160,22 +180,38 @@ async fn a_trusted_device_reconnects_without_a_code_after_both_restart_and_a_rev
     };
     assert!(reason.contains("not a trusted device"), "{reason}");
     let result = tokio::time::timeout(STEP, phone).await.unwrap().unwrap();
-    assert!(matches!(result, Err(ProximError::NotTrusted(_))), "{result:?}");
+    assert!(
+        matches!(result, Err(ProximError::NotTrusted(_))),
+        "{result:?}"
+    );
 
     // The phone forgets the desktop: it cannot even ask.
-    let removed = revoke_device(&phone_config(&server, Some(phone_dir.path())), &desktop_id).unwrap();
+    let removed =
+        revoke_device(&phone_config(&server, Some(phone_dir.path())), &desktop_id).unwrap();
     assert_eq!(removed.len(), 1);
     let result = connect(&phone_config(&server, Some(phone_dir.path())), &desktop_id).await;
-    assert!(matches!(result, Err(ProximError::NotTrusted(_))), "{result:?}");
+    assert!(
+        matches!(result, Err(ProximError::NotTrusted(_))),
+        "{result:?}"
+    );
 
     // A new pairing with the code makes it trusted again.
     let code = desktop.code().to_owned();
     let config = phone_config(&server, Some(phone_dir.path()));
     let phone = tokio::spawn(async move { pair(&config, &code).await });
     let desk = connected(&mut desktop).await;
-    let phone = tokio::time::timeout(STEP, phone).await.unwrap().unwrap().unwrap();
+    let phone = tokio::time::timeout(STEP, phone)
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
     assert_eq!(phone.auth_method(), AuthMethod::Code);
-    assert_eq!(trusted_devices(&desktop_config(&server, desk_dir.path())).unwrap().len(), 1);
+    assert_eq!(
+        trusted_devices(&desktop_config(&server, desk_dir.path()))
+            .unwrap()
+            .len(),
+        1
+    );
     phone.close().await;
     desk.close().await;
     server.shutdown().await;
@@ -200,7 +236,10 @@ async fn a_wrong_code_fails_and_burns_the_code() {
 
     let config = phone_config(&server, None);
     let phone = tokio::spawn(async move { pair(&config, &wrong).await });
-    let failed = drive(&mut desktop, |e| matches!(e, DesktopEvent::ConnectionFailed { .. })).await;
+    let failed = drive(&mut desktop, |e| {
+        matches!(e, DesktopEvent::ConnectionFailed { .. })
+    })
+    .await;
     let DesktopEvent::ConnectionFailed { error, .. } = failed else {
         unreachable!()
     };
@@ -219,7 +258,11 @@ async fn a_wrong_code_fails_and_burns_the_code() {
         unreachable!()
     };
     assert_ne!(new_code, good);
-    assert_ne!(new_code.split_once('-').unwrap().0, routing, "the routing part changes too");
+    assert_ne!(
+        new_code.split_once('-').unwrap().0,
+        routing,
+        "the routing part changes too"
+    );
     assert_eq!(desktop.code(), new_code);
 
     // The old code, with its right secret, is refused as used.
@@ -231,7 +274,11 @@ async fn a_wrong_code_fails_and_burns_the_code() {
     let code = new_code.clone();
     let phone = tokio::spawn(async move { pair(&config, &code).await });
     let desk = connected(&mut desktop).await;
-    let phone = tokio::time::timeout(STEP, phone).await.unwrap().unwrap().unwrap();
+    let phone = tokio::time::timeout(STEP, phone)
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
     phone.close().await;
     desk.close().await;
     server.shutdown().await;
@@ -251,13 +298,20 @@ async fn an_expired_code_fails_with_its_own_error() {
     };
     assert_ne!(new_code, old);
     let result = pair(&phone_config(&server, None), &old).await;
-    assert!(matches!(result, Err(ProximError::CodeExpired)), "{result:?}");
+    assert!(
+        matches!(result, Err(ProximError::CodeExpired)),
+        "{result:?}"
+    );
 
     let config = phone_config(&server, None);
     let code = desktop.code().to_owned();
     let phone = tokio::spawn(async move { pair(&config, &code).await });
     let desk = connected(&mut desktop).await;
-    let phone = tokio::time::timeout(STEP, phone).await.unwrap().unwrap().unwrap();
+    let phone = tokio::time::timeout(STEP, phone)
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
     phone.close().await;
     desk.close().await;
     server.shutdown().await;
@@ -272,11 +326,18 @@ async fn pairing_with_the_qr_link_uses_its_server_and_secret() {
     let mut desktop = register(desktop_config(&server, dir.path())).await;
     let link = desktop.qr_uri();
     assert!(link.starts_with("proxim://pair?"), "{link}");
-    assert!(!link.contains(desktop.code().split_once('-').unwrap().1), "{link}");
+    assert!(
+        !link.contains(desktop.code().split_once('-').unwrap().1),
+        "{link}"
+    );
     let config = ProximConfig::new("ws://127.0.0.1:1/ws", "QR phone").loopback_only();
     let phone = tokio::spawn(async move { pair(&config, &link).await });
     let desk = connected(&mut desktop).await;
-    let phone = tokio::time::timeout(STEP, phone).await.unwrap().unwrap().unwrap();
+    let phone = tokio::time::timeout(STEP, phone)
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
     assert_eq!(phone.comparison_code(), desk.comparison_code());
     phone.close().await;
     desk.close().await;
@@ -295,11 +356,18 @@ async fn connecting_to_an_offline_trusted_desktop_says_so() {
     let config = phone_config(&server, Some(phone_dir.path()));
     let phone = tokio::spawn(async move { pair(&config, &code).await });
     let desk = connected(&mut desktop).await;
-    let phone = tokio::time::timeout(STEP, phone).await.unwrap().unwrap().unwrap();
+    let phone = tokio::time::timeout(STEP, phone)
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
     phone.close().await;
     desk.close().await;
     desktop.close().await;
     let result = connect(&phone_config(&server, Some(phone_dir.path())), &desktop_id).await;
-    assert!(matches!(result, Err(ProximError::DesktopOffline)), "{result:?}");
+    assert!(
+        matches!(result, Err(ProximError::DesktopOffline)),
+        "{result:?}"
+    );
     server.shutdown().await;
 }

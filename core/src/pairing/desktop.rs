@@ -682,19 +682,36 @@ mod tests {
             },
         )
         .unwrap();
-        assert!(
-            d.handle_message(
-                t0,
-                &ServerMessage::Registered {
-                    code: code("WXYZ"),
-                    expires_in_ms: None
-                }
-            )
-            .is_err(),
-            "second registered"
-        );
-        assert_eq!(d.code(), Some(&code("ABCD")));
         d.handle_message(t0, &prompt(S1, 60_000)).unwrap();
+        while d.poll_event().is_some() {}
+        // A later `registered` replaces the code (expired, or renewed after a use); the open
+        // prompt stays.
+        d.handle_message(
+            t0,
+            &ServerMessage::Registered {
+                code: code("WXYZ"),
+                expires_in_ms: Some(1000),
+            },
+        )
+        .unwrap();
+        assert_eq!(d.code(), Some(&code("WXYZ")));
+        assert_eq!(
+            d.poll_event(),
+            Some(DesktopPairingEvent::CodeChanged(code("WXYZ")))
+        );
+        assert_eq!(d.pending_prompts(), vec![session(S1)]);
+        // The same code again changes nothing.
+        d.handle_message(
+            t0,
+            &ServerMessage::Registered {
+                code: code("WXYZ"),
+                expires_in_ms: None,
+            },
+        )
+        .unwrap();
+        assert_eq!(d.poll_event(), None);
+        assert_eq!(d.renew_code(), Ok(()));
+        assert_eq!(d.poll_transmit(), Some(ClientMessage::RenewCode));
         assert_eq!(
             d.handle_message(t0, &result(S2, PairOutcome::Accepted)),
             Err(PairingError::UnknownSession(session(S2)))
