@@ -489,6 +489,14 @@ impl Desktop {
         let refuse = |reason: RefuseReason, why: String| (reason, why);
         let refusal = match PhoneHello::decode(auth.as_ref()) {
             Ok(hello @ PhoneHello::Pake { .. }) => {
+                let expired = self
+                    .registration
+                    .code_expires_at()
+                    .is_some_and(|at| tokio::time::Instant::now() >= at);
+                if expired {
+                    // The server should have replaced it; do not trust it to.
+                    self.burn_code("the code is past its expiry").await;
+                }
                 if self.secrets.is_none() {
                     refuse(
                         RefuseReason::CodeUsed,

@@ -1,3 +1,4 @@
+#![allow(clippy::unwrap_used)]
 //! The peer driver's fingerprint binding: with an authenticated fingerprint set, a remote SDP
 //! naming any other fingerprint is refused as an interception, and an SDP that names the right
 //! fingerprint over a different DTLS certificate fails in DTLS (rtc checks the certificate).

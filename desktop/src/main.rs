@@ -465,8 +465,8 @@ fn devices(args: &DevicesArgs) -> Result<()> {
     }
     println!("{title}:");
     println!(
-        "{:<8} {:<34} {:<24} {:<20} {}",
-        "ROLE", "DEVICE ID", "NAME", "KEY", "LAST SEEN"
+        "{:<8} {:<34} {:<24} {:<20} LAST SEEN",
+        "ROLE", "DEVICE ID", "NAME", "KEY"
     );
     for d in &list {
         let key = d

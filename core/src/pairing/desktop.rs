@@ -60,6 +60,8 @@ pub enum DesktopPairingEvent {
 #[derive(Debug)]
 pub struct DesktopPairing {
     me: PeerDevice,
+    /// When the current code expires, by the server's word (`None`: never).
+    code_expires_at: Option<Instant>,
     state: State,
     transmits: VecDeque<ClientMessage>,
     events: VecDeque<DesktopPairingEvent>,
@@ -111,6 +113,7 @@ impl DesktopPairing {
         let _ = now;
         let mut machine = DesktopPairing {
             me,
+            code_expires_at: None,
             state: State::Registering { previous: None },
             transmits: VecDeque::new(),
             events: VecDeque::new(),
@@ -125,6 +128,13 @@ impl DesktopPairing {
         now: Instant,
         message: &ServerMessage,
     ) -> Result<(), PairingError> {
+        if let (
+            State::Registering { .. } | State::Registered { .. },
+            ServerMessage::Registered { expires_in_ms, .. },
+        ) = (&self.state, message)
+        {
+            self.code_expires_at = expires_in_ms.map(|ms| now + Duration::from_millis(ms));
+        }
         match (&mut self.state, message) {
             (State::Registering { previous }, ServerMessage::Registered { code, .. }) => {
                 let event = match previous {
@@ -369,6 +379,11 @@ impl DesktopPairing {
             State::Registered { code, .. } => Some(code),
             _ => None,
         }
+    }
+
+    /// When the code being shown expires (`None`: it does not).
+    pub fn code_expires_at(&self) -> Option<Instant> {
+        self.code_expires_at
     }
 
     /// The sessions of the prompts still open.
