@@ -237,6 +237,7 @@ async fn phone_connect(
             "lost the signaling server before confirming".into(),
         ));
     }
+    let session = paired.session.clone();
     let connection = Connection::establish(
         config,
         PeerRole::Offerer,
@@ -246,6 +247,11 @@ async fn phone_connect(
         verified,
     )
     .await;
+    if let Err(ProximError::Intercepted(_)) = &connection
+        && let Some(abort) = local_interception(&connection)
+    {
+        tell_abort(&client, &session, abort).await;
+    }
     // The direct path does not need the server any more.
     client.close().await;
     drop(events);
@@ -753,6 +759,7 @@ async fn desktop_connect(
         }
     };
     info!(peer = %verified.peer_name, method = ?verified.method, "phone verified; connecting");
+    let session = paired.session.clone();
     let connection = Connection::establish(
         config,
         PeerRole::Answerer,
@@ -761,8 +768,11 @@ async fn desktop_connect(
         certificate,
         verified,
     )
-    .await
-    .map_err(|error| {
+    .await;
+    if let Some(abort) = local_interception(&connection) {
+        tell_abort(client, &session, abort).await;
+    }
+    let connection = connection.map_err(|error| {
         // A verified phone whose SDP then carries another fingerprint: someone is in the
         // middle; the code is spent too.
         let intercepted = matches!(error, ProximError::Intercepted(_));
@@ -1104,6 +1114,36 @@ fn pairing_error(error: PairingError, timeout: Duration) -> ProximError {
     }
 }
 
+/// Tell the other device, on the signaling connection, that this one gives up and why. Sent
+/// directly (not through the session link), so it goes out before a `leave` that follows.
+async fn tell_abort(
+    client: &SignalingClient,
+    session: &SessionId,
+    payload: proxim_protocol::AuthPayload,
+) {
+    let message = proxim_protocol::ClientMessage::Signal {
+        session: session.clone(),
+        signal: Signal::Auth { payload },
+    };
+    if let Err(error) = client.send(message).await {
+        debug!(%error, "could not tell the other device why");
+    }
+}
+
+/// The abort to send when this side detected an interception itself (not when the other side
+/// refused first).
+fn local_interception<T>(result: &Result<T, ProximError>) -> Option<proxim_protocol::AuthPayload> {
+    match result {
+        Err(ProximError::Intercepted(reason)) if !reason.starts_with(REFUSED_BY_PEER) => {
+            Some(handshake::abort_payload_for(auth::AbortReason::Fingerprint))
+        }
+        _ => None,
+    }
+}
+
+/// How a refusal by the other device starts, to tell it from a local detection.
+const REFUSED_BY_PEER: &str = "the other device refused";
+
 fn auth_error(error: AuthError) -> ProximError {
     match error {
         AuthError::NotTrusted => ProximError::NotTrusted(error.to_string()),
@@ -1119,6 +1159,7 @@ fn peer_error(error: PeerError) -> ProximError {
     match error {
         PeerError::ChannelClosed => ProximError::Closed,
         PeerError::Intercepted(reason) => ProximError::Intercepted(reason),
+        PeerError::RefusedByPeer(reason) => ProximError::Intercepted(reason),
         other => ProximError::ConnectionFailed(other.to_string()),
     }
 }

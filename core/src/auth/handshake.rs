@@ -287,6 +287,11 @@ pub fn abort_payload(error: &AuthError) -> AuthPayload {
     AuthMessage::Abort { reason }.encode()
 }
 
+/// The payload telling the other side this one gives up for `reason`.
+pub fn abort_payload_for(reason: AbortReason) -> AuthPayload {
+    AuthMessage::Abort { reason }.encode()
+}
+
 /// The payload of a refusal.
 pub fn refusal_payload(reason: RefuseReason) -> AuthPayload {
     AuthMessage::Refused { reason }.encode()

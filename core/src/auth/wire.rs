@@ -120,6 +120,8 @@ pub enum AbortReason {
     Identity,
     /// The other side's message was malformed.
     Malformed,
+    /// The other side's SDP carried a DTLS fingerprint it had not authenticated.
+    Fingerprint,
 }
 
 /// One authentication message.
