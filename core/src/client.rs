@@ -210,12 +210,7 @@ async fn phone_connect(
         Ok(ok) => ok,
         Err(error) => {
             warn!(%error, "the desktop's answer does not verify; giving up");
-            let abort = handshake::abort_payload(&error);
-            let _ = paired
-                .link
-                .outgoing
-                .send(Signal::Auth { payload: abort })
-                .await;
+            tell_abort(&client, &paired.session, handshake::abort_payload(&error)).await;
             client.close_session(&paired.session);
             client.close().await;
             return Err(auth_error(error));
@@ -747,12 +742,7 @@ async fn desktop_connect(
         Err(error) => {
             warn!(%error, "the phone does not verify; refusing it");
             if !matches!(error, AuthError::PeerAborted(_)) {
-                let abort = handshake::abort_payload(&error);
-                let _ = paired
-                    .link
-                    .outgoing
-                    .send(Signal::Auth { payload: abort })
-                    .await;
+                tell_abort(client, &paired.session, handshake::abort_payload(&error)).await;
             }
             client.close_session(&paired.session);
             return Err((auth_error(error), true));
