@@ -424,7 +424,7 @@ async fn reconnecting_through_a_malicious_server_fails_with_the_interception_err
         .find_map(|e| match e.frame.as_client() {
             Some(ClientMessage::PairResponse { auth: Some(a), .. })
                 if matches!(
-                    proxim_core::auth::AuthMessage::decode(a),
+                    proxim_core::auth::AuthMessage::decode_str(a.as_str()),
                     Ok(proxim_core::auth::AuthMessage::TrustedReply { .. })
                 ) =>
             {
