@@ -191,6 +191,20 @@ impl Desk {
     }
 }
 
+async fn phone_pair(
+    config: ProximConfig,
+    code: String,
+) -> Result<proxim_core::Connection, ProximError> {
+    pair(&config, &code).await
+}
+
+async fn phone_connect(
+    config: ProximConfig,
+    desktop: String,
+) -> Result<proxim_core::Connection, ProximError> {
+    connect(&config, &desktop).await
+}
+
 fn config(url: &str, name: &str, dir: Option<&std::path::Path>) -> ProximConfig {
     let config = ProximConfig::new(url, name).loopback_only();
     match dir {
@@ -212,7 +226,7 @@ async fn rewritten_fingerprints_fail_pairing_with_the_interception_error_every_t
     for round in 0..ROUNDS {
         *mode.lock().unwrap() = Mode::RewriteFingerprints(random_fingerprint());
         let mut desk = Desk::start(config(&proxy.ws_url(), "Desk", None)).await;
-        let phone = pair(&config(&proxy.ws_url(), "Phone", None), &desk.code());
+        let phone = phone_pair(config(&proxy.ws_url(), "Phone", None), desk.code());
         let (phone, desk_result) = tokio::join!(tokio::time::timeout(STEP, phone), desk.outcome());
         let phone = phone.unwrap();
         assert_intercepted(&format!("phone, round {round}"), &phone);
@@ -242,7 +256,7 @@ async fn a_server_answering_with_its_own_desktop_fails_with_the_interception_err
             from: victim.routing(),
             to: impostor.routing(),
         };
-        let phone = pair(&config(&proxy.ws_url(), "Phone", None), &victim.code());
+        let phone = phone_pair(config(&proxy.ws_url(), "Phone", None), victim.code());
         let (phone, impostor_result) =
             tokio::join!(tokio::time::timeout(STEP, phone), impostor.outcome());
         let phone = phone.unwrap();
@@ -317,7 +331,7 @@ async fn replayed_pake_messages_from_an_earlier_session_fail() {
 
     // Session 1, honest, recorded by the server.
     let code = desk.code();
-    let phone = pair(&config(&proxy.ws_url(), "Phone", None), &code);
+    let phone = phone_pair(config(&proxy.ws_url(), "Phone", None), code);
     let (phone, desk_result) = tokio::join!(tokio::time::timeout(STEP, phone), desk.outcome());
     let (phone, desk_conn) = (phone.unwrap().unwrap(), desk_result.unwrap());
     phone.close().await;
@@ -389,7 +403,7 @@ async fn replayed_pake_messages_from_an_earlier_session_fail() {
     for round in 0..ROUNDS {
         let phone = tokio::time::timeout(
             STEP,
-            pair(&config(&proxy.ws_url(), "Phone", None), &desk.code()),
+            phone_pair(config(&proxy.ws_url(), "Phone", None), desk.code()),
         )
         .await
         .unwrap();
@@ -410,12 +424,12 @@ async fn reconnecting_through_a_malicious_server_fails_with_the_interception_err
     let phone_config = config(&proxy.ws_url(), "Phone", Some(phone_dir.path()));
 
     // First pairing, honest: both remember each other.
-    let phone = pair(&phone_config, &desk.code());
+    let phone = phone_pair(phone_config.clone(), desk.code());
     let (phone, desk_result) = tokio::join!(tokio::time::timeout(STEP, phone), desk.outcome());
     phone.unwrap().unwrap().close().await;
     desk_result.unwrap().close().await;
     // An honest reconnect works and is recorded.
-    let phone = connect(&phone_config, &desk.device_id);
+    let phone = phone_connect(phone_config.clone(), desk.device_id.clone());
     let (phone, desk_result) = tokio::join!(tokio::time::timeout(STEP, phone), desk.outcome());
     phone.unwrap().unwrap().close().await;
     desk_result.unwrap().close().await;
@@ -437,7 +451,7 @@ async fn reconnecting_through_a_malicious_server_fails_with_the_interception_err
     // (a) Rewritten fingerprints.
     for round in 0..ROUNDS {
         *mode.lock().unwrap() = Mode::RewriteFingerprints(random_fingerprint());
-        let phone = connect(&phone_config, &desk.device_id);
+        let phone = phone_connect(phone_config.clone(), desk.device_id.clone());
         let (phone, desk_result) = tokio::join!(tokio::time::timeout(STEP, phone), desk.outcome());
         assert_intercepted(&format!("phone, rewritten, round {round}"), &phone.unwrap());
         assert_intercepted(&format!("desktop, rewritten, round {round}"), &desk_result);
@@ -465,7 +479,7 @@ async fn reconnecting_through_a_malicious_server_fails_with_the_interception_err
         to: DeviceId::new(impostor.device_id.clone()).unwrap(),
     };
     for round in 0..ROUNDS {
-        let phone = connect(&phone_config, &desk.device_id);
+        let phone = phone_connect(phone_config.clone(), desk.device_id.clone());
         let (phone, impostor_result) =
             tokio::join!(tokio::time::timeout(STEP, phone), impostor.outcome());
         match phone.unwrap() {
@@ -483,7 +497,7 @@ async fn reconnecting_through_a_malicious_server_fails_with_the_interception_err
     // (c) A trusted reply recorded earlier, replayed into a new reconnect.
     *mode.lock().unwrap() = Mode::ReplayReply(trusted_reply);
     for round in 0..ROUNDS {
-        let phone = connect(&phone_config, &desk.device_id);
+        let phone = phone_connect(phone_config.clone(), desk.device_id.clone());
         let (phone, desk_result) = tokio::join!(tokio::time::timeout(STEP, phone), desk.outcome());
         assert_intercepted(&format!("phone, replayed, round {round}"), &phone.unwrap());
         assert!(desk_result.is_err(), "round {round}: {desk_result:?}");
@@ -491,7 +505,7 @@ async fn reconnecting_through_a_malicious_server_fails_with_the_interception_err
 
     // Honest again: the trusted reconnect still works (nothing was corrupted).
     *mode.lock().unwrap() = Mode::Honest;
-    let phone = connect(&phone_config, &desk.device_id);
+    let phone = phone_connect(phone_config.clone(), desk.device_id.clone());
     let (phone, desk_result) = tokio::join!(tokio::time::timeout(STEP, phone), desk.outcome());
     phone.unwrap().unwrap().close().await;
     desk_result.unwrap().close().await;
