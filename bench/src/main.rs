@@ -11,8 +11,8 @@
 //!
 //! Adding a row: write a `fn(&Params) -> anyhow::Result<Outcome>` and list it in [`ROWS`].
 
-mod measure;
 mod auth_rows;
+mod measure;
 mod pair_rows;
 mod proxim_rows;
 mod relay_rows;
