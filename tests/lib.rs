@@ -3,3 +3,4 @@
 #![allow(clippy::unwrap_used)]
 
 pub mod coturn;
+pub mod mitm;

@@ -47,8 +47,8 @@ use tracing::{Instrument, debug, info, info_span, warn};
 
 use crate::auth::handshake::{self, AuthMethod};
 use crate::auth::{
-    self, AuthError, CodeSecrets, DesktopHandshake, DeviceRole, Identity, LocalParty,
-    PairingCode, PhoneHandshake, PhoneHello, RefuseReason, TrustedDevice, Verified,
+    self, AuthError, CodeSecrets, DesktopHandshake, DeviceRole, Identity, LocalParty, PairingCode,
+    PhoneHandshake, PhoneHello, RefuseReason, TrustedDevice, Verified,
 };
 use crate::link::LinkEvent;
 use crate::pairing::{self, DesktopRegistration, PairTarget, PairedSession, PairingError};
@@ -131,7 +131,10 @@ pub async fn connect(config: &ProximConfig, desktop: &str) -> Result<Connection,
             ))
         })?;
     let key = record.identity().ok_or_else(|| {
-        ProximError::Io(format!("the trust entry of `{}` is damaged", record.device_id))
+        ProximError::Io(format!(
+            "the trust entry of `{}` is damaged",
+            record.device_id
+        ))
     })?;
     let desktop_id =
         DeviceId::new(record.device_id.clone()).map_err(|e| ProximError::Io(e.to_string()))?;
@@ -207,8 +210,7 @@ async fn phone_connect(
         Ok(ok) => ok,
         Err(error) => {
             warn!(%error, "the desktop's answer does not verify; giving up");
-            let abort = handshake::abort_payload(&error);
-            let _ = paired.link.outgoing.send(Signal::Auth { payload: abort }).await;
+            tell_abort(&client, &paired.session, handshake::abort_payload(&error)).await;
             client.close_session(&paired.session);
             client.close().await;
             return Err(auth_error(error));
@@ -230,6 +232,7 @@ async fn phone_connect(
             "lost the signaling server before confirming".into(),
         ));
     }
+    let session = paired.session.clone();
     let connection = Connection::establish(
         config,
         PeerRole::Offerer,
@@ -239,6 +242,11 @@ async fn phone_connect(
         verified,
     )
     .await;
+    if let Err(ProximError::Intercepted(_)) = &connection
+        && let Some(abort) = local_interception(&connection)
+    {
+        tell_abort(&client, &session, abort).await;
+    }
     // The direct path does not need the server any more.
     client.close().await;
     drop(events);
@@ -450,7 +458,8 @@ impl Desktop {
                         && handshake.is_code_pairing()
                     {
                         // Answered but never paired: the reply may have reached the phone.
-                        self.burn_code("an answered prompt closed without pairing").await;
+                        self.burn_code("an answered prompt closed without pairing")
+                            .await;
                     }
                     return Some(DesktopEvent::PromptClosed { session, outcome });
                 }
@@ -481,6 +490,14 @@ impl Desktop {
         let refuse = |reason: RefuseReason, why: String| (reason, why);
         let refusal = match PhoneHello::decode(auth.as_ref()) {
             Ok(hello @ PhoneHello::Pake { .. }) => {
+                let expired = self
+                    .registration
+                    .code_expires_at()
+                    .is_some_and(|at| tokio::time::Instant::now() >= at);
+                if expired {
+                    // The server should have replaced it; do not trust it to.
+                    self.burn_code("the code is past its expiry").await;
+                }
                 if self.secrets.is_none() {
                     refuse(
                         RefuseReason::CodeUsed,
@@ -499,7 +516,11 @@ impl Desktop {
                 let PhoneHello::Trusted { identity, .. } = &hello else {
                     return None;
                 };
-                match self.config.trust_store().find_key(identity, DeviceRole::Phone) {
+                match self
+                    .config
+                    .trust_store()
+                    .find_key(identity, DeviceRole::Phone)
+                {
                     Ok(Some(device)) => {
                         info!(phone = %device.name, "trusted phone reconnecting");
                         match self.answer_trusted(&session, &hello).await {
@@ -571,7 +592,10 @@ impl Desktop {
             Err(error) => {
                 let _ = self
                     .registration
-                    .reject_with(session, handshake::refusal_payload(RefuseReason::BadRequest))
+                    .reject_with(
+                        session,
+                        handshake::refusal_payload(RefuseReason::BadRequest),
+                    )
                     .await;
                 return Err(auth_error(error));
             }
@@ -640,8 +664,15 @@ impl Desktop {
                     .is_some_and(|(handshake, _)| handshake.is_code_pairing());
                 let result = match answered {
                     Some((handshake, certificate)) => {
-                        desktop_connect(&config, &client, ice_servers, paired, handshake, certificate)
-                            .await
+                        desktop_connect(
+                            &config,
+                            &client,
+                            ice_servers,
+                            paired,
+                            handshake,
+                            certificate,
+                        )
+                        .await
                     }
                     None => Err((
                         ProximError::Intercepted(
@@ -654,7 +685,10 @@ impl Desktop {
                     Ok(connection) => (DesktopEvent::Connected(connection), false),
                     Err((error, unverified)) => {
                         warn!(%error, "direct connection failed");
-                        (DesktopEvent::ConnectionFailed { peer, error }, code_pairing && unverified)
+                        (
+                            DesktopEvent::ConnectionFailed { peer, error },
+                            code_pairing && unverified,
+                        )
                     }
                 };
                 let _ = tx.send((event, burn)).await;
@@ -699,21 +733,23 @@ async fn desktop_connect(
                 true,
             ));
         }
-        Err(_) => Err(AuthError::Missing("the phone's confirmation (none in time)")),
+        Err(_) => Err(AuthError::Missing(
+            "the phone's confirmation (none in time)",
+        )),
     };
     let verified = match verified {
         Ok(verified) => verified,
         Err(error) => {
             warn!(%error, "the phone does not verify; refusing it");
             if !matches!(error, AuthError::PeerAborted(_)) {
-                let abort = handshake::abort_payload(&error);
-                let _ = paired.link.outgoing.send(Signal::Auth { payload: abort }).await;
+                tell_abort(client, &paired.session, handshake::abort_payload(&error)).await;
             }
             client.close_session(&paired.session);
             return Err((auth_error(error), true));
         }
     };
     info!(peer = %verified.peer_name, method = ?verified.method, "phone verified; connecting");
+    let session = paired.session.clone();
     let connection = Connection::establish(
         config,
         PeerRole::Answerer,
@@ -722,8 +758,11 @@ async fn desktop_connect(
         certificate,
         verified,
     )
-    .await
-    .map_err(|error| {
+    .await;
+    if let Some(abort) = local_interception(&connection) {
+        tell_abort(client, &session, abort).await;
+    }
+    let connection = connection.map_err(|error| {
         // A verified phone whose SDP then carries another fingerprint: someone is in the
         // middle; the code is spent too.
         let intercepted = matches!(error, ProximError::Intercepted(_));
@@ -1065,6 +1104,36 @@ fn pairing_error(error: PairingError, timeout: Duration) -> ProximError {
     }
 }
 
+/// Tell the other device, on the signaling connection, that this one gives up and why. Sent
+/// directly (not through the session link), so it goes out before a `leave` that follows.
+async fn tell_abort(
+    client: &SignalingClient,
+    session: &SessionId,
+    payload: proxim_protocol::AuthPayload,
+) {
+    let message = proxim_protocol::ClientMessage::Signal {
+        session: session.clone(),
+        signal: Signal::Auth { payload },
+    };
+    if let Err(error) = client.send(message).await {
+        debug!(%error, "could not tell the other device why");
+    }
+}
+
+/// The abort to send when this side detected an interception itself (not when the other side
+/// refused first).
+fn local_interception<T>(result: &Result<T, ProximError>) -> Option<proxim_protocol::AuthPayload> {
+    match result {
+        Err(ProximError::Intercepted(reason)) if !reason.starts_with(REFUSED_BY_PEER) => {
+            Some(handshake::abort_payload_for(auth::AbortReason::Fingerprint))
+        }
+        _ => None,
+    }
+}
+
+/// How a refusal by the other device starts, to tell it from a local detection.
+const REFUSED_BY_PEER: &str = "the other device refused";
+
 fn auth_error(error: AuthError) -> ProximError {
     match error {
         AuthError::NotTrusted => ProximError::NotTrusted(error.to_string()),
@@ -1080,6 +1149,7 @@ fn peer_error(error: PeerError) -> ProximError {
     match error {
         PeerError::ChannelClosed => ProximError::Closed,
         PeerError::Intercepted(reason) => ProximError::Intercepted(reason),
+        PeerError::RefusedByPeer(reason) => ProximError::Intercepted(reason),
         other => ProximError::ConnectionFailed(other.to_string()),
     }
 }

@@ -16,10 +16,10 @@
 //! turn, never on the next timer.
 #![warn(missing_docs)]
 
+pub mod auth;
 mod client;
 mod clock;
 mod config;
-pub mod auth;
 pub mod doctor;
 mod error;
 pub mod link;

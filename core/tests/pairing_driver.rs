@@ -92,7 +92,14 @@ async fn phone_is_accepted_and_gets_a_working_link() {
     });
     let paired = timeout(
         WAIT,
-        pair_as_phone(&client, &mut events, PairTarget::Code(code("ABCD")), device("phone"), None, WAIT),
+        pair_as_phone(
+            &client,
+            &mut events,
+            PairTarget::Code(code("ABCD")),
+            device("phone"),
+            None,
+            WAIT,
+        ),
     )
     .await
     .unwrap()
@@ -132,7 +139,14 @@ async fn phone_is_rejected() {
     });
     let outcome = timeout(
         WAIT,
-        pair_as_phone(&client, &mut events, PairTarget::Code(code("ABCD")), device("phone"), None, WAIT),
+        pair_as_phone(
+            &client,
+            &mut events,
+            PairTarget::Code(code("ABCD")),
+            device("phone"),
+            None,
+            WAIT,
+        ),
     )
     .await
     .unwrap();
@@ -152,7 +166,14 @@ async fn phone_with_an_unknown_code() {
     });
     let outcome = timeout(
         WAIT,
-        pair_as_phone(&client, &mut events, PairTarget::Code(code("ABCD")), device("phone"), None, WAIT),
+        pair_as_phone(
+            &client,
+            &mut events,
+            PairTarget::Code(code("ABCD")),
+            device("phone"),
+            None,
+            WAIT,
+        ),
     )
     .await
     .unwrap();
@@ -211,7 +232,14 @@ async fn dropping_the_phone_future_leaves_the_session() {
         conn.recv_skip_pings().await
     });
     {
-        let pairing = pair_as_phone(&client, &mut events, PairTarget::Code(code("ABCD")), device("phone"), None, WAIT);
+        let pairing = pair_as_phone(
+            &client,
+            &mut events,
+            PairTarget::Code(code("ABCD")),
+            device("phone"),
+            None,
+            WAIT,
+        );
         tokio::pin!(pairing);
         // Drive the pairing until the server said pair_pending, then a little more so the
         // phone reads it, then drop it.
@@ -243,7 +271,14 @@ async fn phone_fails_when_the_server_goes_away() {
     });
     let outcome = timeout(
         WAIT,
-        pair_as_phone(&client, &mut events, PairTarget::Code(code("ABCD")), device("phone"), None, WAIT),
+        pair_as_phone(
+            &client,
+            &mut events,
+            PairTarget::Code(code("ABCD")),
+            device("phone"),
+            None,
+            WAIT,
+        ),
     )
     .await
     .unwrap();
@@ -268,8 +303,11 @@ async fn registered_desktop(server: &mut FakeServer) -> (DesktopRegistration, Fa
             }
             other => panic!("expected register_desktop, got {other:?}"),
         }
-        conn.send(&ServerMessage::Registered { code: code("ABCD"), expires_in_ms: None })
-            .await;
+        conn.send(&ServerMessage::Registered {
+            code: code("ABCD"),
+            expires_in_ms: None,
+        })
+        .await;
         conn
     });
     let desktop = timeout(
@@ -423,8 +461,11 @@ async fn desktop_reregisters_after_losing_the_server() {
         let mut conn = server.accept().await;
         conn.handshake(1_000, 5_000).await;
         let register = conn.recv_skip_pings().await;
-        conn.send(&ServerMessage::Registered { code: code("WXYZ"), expires_in_ms: None })
-            .await;
+        conn.send(&ServerMessage::Registered {
+            code: code("WXYZ"),
+            expires_in_ms: None,
+        })
+        .await;
         (register, conn, server)
     });
     assert!(matches!(

@@ -325,8 +325,11 @@ async fn sessions_are_demultiplexed() {
         })
         .await;
     }
-    conn.send(&ServerMessage::Registered { code: code("ABCD"), expires_in_ms: None })
-        .await;
+    conn.send(&ServerMessage::Registered {
+        code: code("ABCD"),
+        expires_in_ms: None,
+    })
+    .await;
     conn.send(&ServerMessage::SessionEnded {
         session: session(S2),
         reason: SessionEndReason::PeerLeft,
@@ -359,7 +362,10 @@ async fn sessions_are_demultiplexed() {
     );
     assert_eq!(
         next(&mut events).await,
-        SignalingEvent::Message(ServerMessage::Registered { code: code("ABCD"), expires_in_ms: None })
+        SignalingEvent::Message(ServerMessage::Registered {
+            code: code("ABCD"),
+            expires_in_ms: None
+        })
     );
 
     // Outgoing signals are wrapped with their session.
@@ -407,8 +413,11 @@ async fn signals_right_after_an_accepted_result_are_kept_for_the_link() {
         signal: offer(),
     })
     .await;
-    conn.send(&ServerMessage::Registered { code: code("WXYZ"), expires_in_ms: None })
-        .await;
+    conn.send(&ServerMessage::Registered {
+        code: code("WXYZ"),
+        expires_in_ms: None,
+    })
+    .await;
     assert!(matches!(
         next(&mut events).await,
         SignalingEvent::Message(ServerMessage::PairResult { .. })
@@ -436,11 +445,17 @@ async fn malformed_frames_are_skipped() {
     conn.send_raw(Message::text(r#"{"type":"registered","code":"lowercase"}"#))
         .await;
     conn.send_raw(Message::binary(vec![1u8, 2, 3])).await;
-    conn.send(&ServerMessage::Registered { code: code("ABCD"), expires_in_ms: None })
-        .await;
+    conn.send(&ServerMessage::Registered {
+        code: code("ABCD"),
+        expires_in_ms: None,
+    })
+    .await;
     assert_eq!(
         next(&mut events).await,
-        SignalingEvent::Message(ServerMessage::Registered { code: code("ABCD"), expires_in_ms: None })
+        SignalingEvent::Message(ServerMessage::Registered {
+            code: code("ABCD"),
+            expires_in_ms: None
+        })
     );
     assert_eq!(client.malformed_frames(), 4);
     assert!(client.is_connected());

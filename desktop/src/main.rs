@@ -40,6 +40,10 @@ enum Command {
     Desktop(DesktopArgs),
     /// Pair with a desktop as the phone side and send a message or a file.
     Pair(PairArgs),
+    /// Reconnect to a desktop paired before (a trusted device), without a code.
+    Connect(ConnectArgs),
+    /// List or revoke the devices this one trusts (in its --data-dir).
+    Devices(DevicesArgs),
     /// The whole job in one process: server, desktop and phone on loopback, a 64 MiB file.
     Demo(DemoArgs),
     /// Check the signaling server, STUN (the NAT's mapping behaviour) and TURN from here.
@@ -54,7 +58,8 @@ struct CommonArgs {
     /// This device's name, shown to the other side.
     #[arg(long)]
     name: Option<String>,
-    /// Where Proxim keeps its device id.
+    /// Where Proxim keeps its device id, identity key and trusted devices. Without it,
+    /// nothing is remembered: every connection needs a code.
     #[arg(long, env = "PROXIM_DATA_DIR")]
     data_dir: Option<PathBuf>,
     /// Connect through a TURN relay only (iceTransportPolicy relay).
@@ -97,8 +102,46 @@ struct DesktopArgs {
 
 #[derive(Debug, Args)]
 struct PairArgs {
-    /// The pairing code the desktop shows.
+    /// The pairing code the desktop shows (`K7P2QX-4HT9M`), or its pairing link
+    /// (`proxim://pair?…`, what the QR code holds).
     code: String,
+    #[command(flatten)]
+    phone: PhoneArgs,
+}
+
+#[derive(Debug, Args)]
+struct ConnectArgs {
+    /// The desktop's device id (or a unique prefix), as `proxim devices` lists it.
+    desktop: String,
+    #[command(flatten)]
+    phone: PhoneArgs,
+}
+
+#[derive(Debug, Args)]
+struct DevicesArgs {
+    /// Where the trusted devices are kept.
+    #[arg(long, env = "PROXIM_DATA_DIR")]
+    data_dir: PathBuf,
+    /// Print JSON.
+    #[arg(long)]
+    json: bool,
+    #[command(subcommand)]
+    action: Option<DevicesAction>,
+}
+
+#[derive(Debug, Subcommand)]
+enum DevicesAction {
+    /// List the trusted devices (the default).
+    List,
+    /// Forget a device (by id or unique prefix): it needs a new pairing with a code.
+    Revoke {
+        /// The device id or a unique prefix.
+        id: String,
+    },
+}
+
+#[derive(Debug, Args)]
+struct PhoneArgs {
     #[command(flatten)]
     common: CommonArgs,
     /// Send this text message (repeatable).
@@ -135,7 +178,9 @@ fn main() -> Result<()> {
         match cli.command {
             Command::Serve(args) => serve(*args).await,
             Command::Desktop(args) => desktop(args).await,
-            Command::Pair(args) => phone(args).await,
+            Command::Pair(args) => phone(Target::Code(args.code), args.phone).await,
+            Command::Connect(args) => phone(Target::Trusted(args.desktop), args.phone).await,
+            Command::Devices(args) => devices(&args),
             Command::Demo(args) => demo(args).await,
             Command::Doctor(args) => doctor::doctor(args).await,
         }
@@ -215,7 +260,12 @@ async fn desktop(args: DesktopArgs) -> Result<()> {
         .await
         .with_context(|| format!("creating {}", args.download_dir.display()))?;
     let mut desktop = Desktop::register(config).await?;
-    print_code(&args.common.server, desktop.code(), !args.no_qr);
+    println!(
+        "desktop id: {}  identity: {}",
+        desktop.device_id(),
+        desktop.identity()
+    );
+    print_code(&desktop, !args.no_qr);
     let interactive = !args.accept && !args.reject;
     let mut answers = read_answers(interactive);
     // Prompts waiting for the user, oldest first; the question shown is for the first one.
@@ -272,9 +322,10 @@ async fn desktop(args: DesktopArgs) -> Result<()> {
                     Err(e) => format!("(no stats: {e})"),
                 };
                 println!(
-                    "connected to {} in {:?} via {path}",
+                    "connected to {} in {:?} via {path}; {}",
                     connection.peer_device().device_name,
-                    connection.timings().channel_open
+                    connection.timings().channel_open,
+                    describe_auth(&connection)
                 );
                 let finished = tokio::spawn(serve_connection(connection, args.echo));
                 if args.once {
@@ -285,7 +336,13 @@ async fn desktop(args: DesktopArgs) -> Result<()> {
             DesktopEvent::ConnectionFailed { peer, error } => {
                 eprintln!("connection to {} failed: {error}", peer.device_name);
             }
-            DesktopEvent::CodeChanged(code) => print_code(&args.common.server, &code, !args.no_qr),
+            DesktopEvent::CodeChanged(_) => print_code(&desktop, !args.no_qr),
+            DesktopEvent::Refused { peer, reason } => {
+                println!(
+                    "refused {} ({}): {reason}",
+                    peer.device_name, peer.device_id
+                );
+            }
             DesktopEvent::ServerLost => eprintln!("signaling server lost; reconnecting…"),
             DesktopEvent::ServerReconnected => eprintln!("signaling server back"),
             _ => {}
@@ -356,22 +413,103 @@ async fn serve_connection(mut connection: proxim_core::Connection, echo: bool) -
     Ok(())
 }
 
-fn print_code(server: &str, code: &str, qr: bool) {
+/// Show the code, its link and (optionally) the link as a QR code. The secret part is only
+/// ever shown here, never logged.
+fn print_code(desktop: &Desktop, qr: bool) {
+    let code = desktop.code();
+    let link = desktop.qr_uri();
     println!("pairing code: {code}");
-    if qr {
-        let uri = format!("proxim://pair?server={server}&code={code}");
-        match qr::render(&uri) {
+    println!("pairing link: {link}");
+    if qr && !link.is_empty() {
+        match qr::render(&link) {
             Ok(art) => println!("{art}"),
             Err(e) => eprintln!("(no QR code: {e})"),
         }
     }
-    println!("on the phone side: proxim pair {code} --server {server}");
+    println!("on the phone side: proxim pair {code} --server <this server>");
 }
 
-async fn phone(args: PairArgs) -> Result<()> {
+/// How the other device was authenticated, for the connected line.
+fn describe_auth(connection: &proxim_core::Connection) -> String {
+    match (connection.auth_method(), connection.comparison_code()) {
+        (proxim_core::AuthMethod::Trusted, _) => {
+            format!("trusted device {} verified", connection.peer_identity())
+        }
+        (_, Some(comparison)) => format!("paired with the code; comparison code {comparison}"),
+        _ => "verified".to_owned(),
+    }
+}
+
+/// `proxim devices`: list or revoke trusted devices.
+fn devices(args: &DevicesArgs) -> Result<()> {
+    let config = ProximConfig::new("ws://127.0.0.1:1/ws", "proxim").with_data_dir(&args.data_dir);
+    let (title, list) = match &args.action {
+        None | Some(DevicesAction::List) => {
+            ("trusted devices", proxim_core::trusted_devices(&config)?)
+        }
+        Some(DevicesAction::Revoke { id }) => {
+            let removed = proxim_core::revoke_device(&config, id)?;
+            if removed.is_empty() {
+                bail!("no trusted device `{id}` in {}", args.data_dir.display());
+            }
+            ("revoked", removed)
+        }
+    };
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&list)?);
+        return Ok(());
+    }
+    if list.is_empty() {
+        println!("no {title} in {}", args.data_dir.display());
+        return Ok(());
+    }
+    println!("{title}:");
+    println!(
+        "{:<8} {:<34} {:<24} {:<20} LAST SEEN",
+        "ROLE", "DEVICE ID", "NAME", "KEY"
+    );
+    for d in &list {
+        let key = d
+            .identity()
+            .map_or_else(|| "(damaged)".to_owned(), |k| k.short());
+        let role = match d.role {
+            proxim_core::auth::DeviceRole::Phone => "phone",
+            proxim_core::auth::DeviceRole::Desktop => "desktop",
+        };
+        println!(
+            "{role:<8} {:<34} {:<24} {key:<20} {}",
+            d.device_id,
+            d.name,
+            ago(d.last_seen)
+        );
+    }
+    Ok(())
+}
+
+fn ago(unix: u64) -> String {
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs());
+    match now.saturating_sub(unix) {
+        s if s < 60 => format!("{s} s ago"),
+        s if s < 3600 => format!("{} min ago", s / 60),
+        s if s < 86_400 => format!("{} h ago", s / 3600),
+        s => format!("{} days ago", s / 86_400),
+    }
+}
+
+/// What the phone side connects to.
+enum Target {
+    /// A desktop showing this code or link.
+    Code(String),
+    /// A trusted desktop, by device id.
+    Trusted(String),
+}
+
+async fn phone(target: Target, args: PhoneArgs) -> Result<()> {
     let json = args.json;
     let started = std::time::Instant::now();
-    let result = run_phone(args, started).await;
+    let result = run_phone(target, args, started).await;
     match result {
         Ok(report) => {
             if json {
@@ -397,23 +535,45 @@ async fn phone(args: PairArgs) -> Result<()> {
 }
 
 /// Pair, report, send; returns the JSON report (printed with `--json`).
-async fn run_phone(args: PairArgs, started: std::time::Instant) -> Result<serde_json::Value> {
+async fn run_phone(
+    target: Target,
+    args: PhoneArgs,
+    started: std::time::Instant,
+) -> Result<serde_json::Value> {
     let config = config_from(&args.common, "proxim-phone")?;
-    let mut connection = pair(&config, &args.code).await?;
+    let mut connection = match &target {
+        Target::Code(code) => pair(&config, code).await?,
+        Target::Trusted(desktop) => proxim_core::connect(&config, desktop).await?,
+    };
     let connect_ms = ms(started.elapsed());
     let stats = connection.stats().await?;
     if !args.json {
         println!(
-            "connected to {} in {:?} via {} ({} -> {})",
+            "connected to {} in {:?} via {} ({} -> {}); {}",
             connection.peer_device().device_name,
             connection.timings().channel_open,
             describe_path(&stats),
             stats.local.address,
-            stats.remote.address
+            stats.remote.address,
+            describe_auth(&connection)
         );
+        if config.data_dir.is_some() && matches!(target, Target::Code(_)) {
+            println!(
+                "remembered {} ({}): next time, proxim connect {}",
+                connection.peer_device().device_name,
+                connection.peer_device().device_id,
+                connection.peer_device().device_id
+            );
+        }
     }
     let mut report = serde_json::json!({
         "ok": true,
+        "auth": match connection.auth_method() {
+            proxim_core::AuthMethod::Trusted => "trusted",
+            _ => "code",
+        },
+        "comparison_code": connection.comparison_code(),
+        "desktop_id": connection.peer_device().device_id.as_str(),
         "connect_ms": connect_ms,
         "channel_open_ms": ms(connection.timings().channel_open),
         "path": path_name(stats.path()),
@@ -510,6 +670,11 @@ fn error_kind(error: &proxim_core::ProximError) -> &'static str {
         E::InvalidConfig(_) => "invalid_config",
         E::InvalidCode(_) => "invalid_code",
         E::UnknownCode => "unknown_code",
+        E::CodeExpired => "code_expired",
+        E::CodeUsed => "code_used",
+        E::Intercepted(_) => "intercepted",
+        E::NotTrusted(_) => "not_trusted",
+        E::DesktopOffline => "desktop_offline",
         E::Rejected => "rejected",
         E::TimedOut(_) => "pair_timed_out",
         E::DesktopGone => "desktop_gone",
@@ -610,6 +775,21 @@ async fn run_demo(args: &DemoArgs, work: &Path) -> Result<()> {
         stats.local.address,
         stats.remote.address
     );
+    let (phone_check, desktop_check) = (
+        phone_connection.comparison_code().unwrap_or("-"),
+        desktop_connection.comparison_code().unwrap_or("-"),
+    );
+    println!(
+        "  verified             {:>10}  SPAKE2 over the code's secret; comparison code {phone_check} (phone) = {desktop_check} (desktop)",
+        if phone_check == desktop_check {
+            "yes"
+        } else {
+            "NO"
+        }
+    );
+    if phone_check != desktop_check {
+        bail!("the comparison codes differ");
+    }
 
     let receiver = tokio::spawn(receive_one_file(desktop_connection));
     let report = send_with_progress(&phone_connection, &source).await?;

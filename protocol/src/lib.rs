@@ -382,7 +382,8 @@ pub enum DecodeError {
     /// The object has no string `type` field.
     #[error("message has no `type` field")]
     MissingType,
-    /// The `type` is not a message this side accepts.
+    /// The `type` is not a message this side accepts (as logged: control characters escaped,
+    /// at most [`MAX_TEXT_CHARS`] characters).
     #[error("unknown message type `{0}`")]
     UnknownType(String),
     /// The `type` is known but the fields are wrong.
@@ -390,7 +391,7 @@ pub enum DecodeError {
     Invalid {
         /// The message type.
         kind: String,
-        /// What was wrong.
+        /// What was wrong (control characters escaped, at most [`MAX_TEXT_CHARS`] characters).
         detail: String,
     },
 }
@@ -528,14 +529,28 @@ fn classify(frame: &str, known: &[&str], typed_error: &serde_json::Error) -> Dec
     };
     match object.get("type").and_then(|t| t.as_str()) {
         None => DecodeError::MissingType,
-        Some(kind) if !known.contains(&kind) => {
-            DecodeError::UnknownType(ShortText::truncated(kind).into_string())
-        }
+        Some(kind) if !known.contains(&kind) => DecodeError::UnknownType(loggable(kind)),
         Some(kind) => DecodeError::Invalid {
             kind: kind.to_owned(),
-            detail: typed_error.to_string(),
+            detail: loggable(&typed_error.to_string()),
         },
     }
+}
+
+/// Text from a frame made safe for one log line: control characters escaped (a sender cannot
+/// start a forged line), cut at [`MAX_TEXT_CHARS`] characters (serde's messages quote the
+/// offending value, which may be 64 KiB long).
+fn loggable(text: &str) -> String {
+    text.chars()
+        .flat_map(|c| {
+            let (escaped, plain) = match c.is_control() {
+                true => (Some(c.escape_default()), None),
+                false => (None, Some(c)),
+            };
+            escaped.into_iter().flatten().chain(plain)
+        })
+        .take(MAX_TEXT_CHARS)
+        .collect()
 }
 
 fn encode<T: Serialize>(message: &T) -> String {

@@ -373,6 +373,24 @@ fn value_types_are_validated_while_decoding() {
 }
 
 #[test]
+fn decode_errors_are_short_single_lines() {
+    // Found by the mutation test: serde quotes the offending value, which made error texts of
+    // 64 KiB, and unknown names carried raw newlines into the log line.
+    let long = format!(r#"{{"type":"ping","seq":"{}"}}"#, "x".repeat(60_000));
+    let forged = r#"{"type":"ping","seq":1,"x\n2026-01-01 ERROR forged":1}"#;
+    let unknown = r#"{"type":"\u001b[2Jping\n"}"#;
+    for frame in [long.as_str(), forged, unknown] {
+        let text = ClientMessage::decode(frame).unwrap_err().to_string();
+        assert!(text.chars().count() <= MAX_TEXT_CHARS + 64, "{text}");
+        assert!(!text.chars().any(char::is_control), "{text:?}");
+    }
+    assert_eq!(
+        ClientMessage::decode(unknown),
+        Err(DecodeError::UnknownType(r"\u{1b}[2Jping\n".into()))
+    );
+}
+
+#[test]
 fn oversized_frames_are_refused_before_parsing() {
     let big = format!(
         r#"{{"type":"bye","reason":"{}"}}"#,

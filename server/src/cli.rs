@@ -19,12 +19,13 @@
 //! heartbeat_interval = "15s"
 //! heartbeat_timeout = "45s"
 //! prompt_timeout = "60s"
+//! code_ttl = "10m"             # how long a pairing code is valid (0: forever)
 //! send_queue = 256
 //! rate_limit = 50              # messages/s per connection (0: off)
 //! rate_burst = 100
 //! rate_strikes = 50            # refused frames before disconnecting
 //! max_connections_per_ip = 32  # 0: no cap
-//! pair_attempts = 5            # pair requests per code per window (0: off)
+//! pair_attempts = 5            # pair/connect requests per desktop per window (0: off)
 //! pair_window = "60s"
 //! trusted_proxies = ["10.0.0.0/8"]   # or one comma-separated string
 //! ```
@@ -102,6 +103,10 @@ pub struct ServeArgs {
     /// How long a desktop has to answer a pairing prompt, e.g. `60s` [default: 60s].
     #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
     pub prompt_timeout: Option<Duration>,
+    /// How long a desktop's pairing code is valid before the server replaces it, e.g. `10m`;
+    /// 0: codes never expire [default: 10m].
+    #[arg(long, env = "PROXIM_CODE_TTL", value_name = "DURATION", value_parser = parse_duration)]
+    pub code_ttl: Option<Duration>,
     /// Messages that may wait for one client before it is dropped as a slow reader
     /// [default: 256].
     #[arg(long, value_name = "MESSAGES")]
@@ -123,7 +128,8 @@ pub struct ServeArgs {
         value_name = "CONNECTIONS"
     )]
     pub max_connections_per_ip: Option<u32>,
-    /// Pair requests one desktop code accepts per window; 0 turns the limit off [default: 5].
+    /// Pair and connect requests one desktop accepts per window; 0 turns the limit off
+    /// [default: 5].
     #[arg(long, env = "PROXIM_PAIR_ATTEMPTS", value_name = "REQUESTS")]
     pub pair_attempts: Option<u32>,
     /// The window of --pair-attempts, e.g. `60s` [default: 60s].
@@ -154,6 +160,7 @@ impl std::fmt::Debug for ServeArgs {
             .field("heartbeat_interval", &self.heartbeat_interval)
             .field("heartbeat_timeout", &self.heartbeat_timeout)
             .field("prompt_timeout", &self.prompt_timeout)
+            .field("code_ttl", &self.code_ttl)
             .field("send_queue", &self.send_queue)
             .field("rate_limit", &self.rate_limit)
             .field("rate_burst", &self.rate_burst)
@@ -241,6 +248,10 @@ impl ServeArgs {
                 None => file_duration("prompt_timeout", file.prompt_timeout)?
                     .unwrap_or(defaults.prompt_timeout),
             },
+            code_ttl: match self.code_ttl {
+                Some(d) => d,
+                None => file_duration("code_ttl", file.code_ttl)?.unwrap_or(defaults.code_ttl),
+            },
             send_queue_capacity: self
                 .send_queue
                 .or(file.send_queue)
@@ -294,6 +305,7 @@ struct FileConfig {
     heartbeat_interval: Option<DurationValue>,
     heartbeat_timeout: Option<DurationValue>,
     prompt_timeout: Option<DurationValue>,
+    code_ttl: Option<DurationValue>,
     send_queue: Option<usize>,
     rate_limit: Option<u32>,
     rate_burst: Option<u32>,
@@ -630,6 +642,30 @@ prompt_timeout = "2m"
         assert_eq!(
             f.trusted_proxies.unwrap().into_vec(),
             vec!["127.0.0.1", "::1"]
+        );
+    }
+
+    #[test]
+    fn code_ttl_comes_from_the_flag_the_file_or_the_default() {
+        assert_eq!(
+            parse(&[]).into_config().unwrap().code_ttl,
+            Duration::from_secs(600)
+        );
+        let config = parse(&["--code-ttl", "90s"]).into_config().unwrap();
+        assert_eq!(config.code_ttl, Duration::from_secs(90));
+        let config = parse(&["--code-ttl", "0"]).into_config().unwrap();
+        assert_eq!(config.code_ttl, Duration::ZERO);
+        let err = parse(&["--code-ttl", "5ms"]).into_config().unwrap_err();
+        assert!(err.to_string().contains("PROXIM_CODE_TTL"), "{err}");
+        let f = FileConfig::parse("code_ttl = \"2m\"").unwrap();
+        assert_eq!(
+            f.code_ttl.unwrap().into_duration("code_ttl").unwrap(),
+            Duration::from_secs(120)
+        );
+        let f = FileConfig::parse("code_ttl = 0").unwrap();
+        assert_eq!(
+            f.code_ttl.unwrap().into_duration("code_ttl").unwrap(),
+            Duration::ZERO
         );
     }
 

@@ -33,6 +33,10 @@ pub struct ServerConfig {
     pub send_queue_capacity: usize,
     /// Length of the routing codes handed to desktops (4 to 16). Default 6.
     pub code_length: usize,
+    /// How long a desktop's code is valid; then the server retires it (phones typing it are
+    /// told `code_expired`) and sends the desktop a fresh one. Zero: codes never expire.
+    /// Otherwise between [`MIN_CODE_TTL`] and [`MAX_CODE_TTL`]. Default 10 min.
+    pub code_ttl: Duration,
     /// How long a disconnected desktop's code stays reserved for its device id. Default 5 min.
     pub code_reservation: Duration,
     /// Largest accepted text frame, in bytes. Default and maximum:
@@ -62,9 +66,9 @@ pub struct ServerConfig {
     /// Concurrent WebSocket connections per client IP (IPv6: per /64); more are refused with
     /// HTTP 429 before the upgrade. 0 turns the cap off. Default 32.
     pub max_connections_per_ip: u32,
-    /// Pair requests one desktop code accepts within [`ServerConfig::pair_window`], whoever
-    /// sends them; further ones get `error too_many_attempts`, and the desktop is told once per
-    /// lockout. 0 turns the limit off. Default 5.
+    /// Pair and connect requests one desktop accepts within [`ServerConfig::pair_window`],
+    /// whoever sends them; further ones get `error too_many_attempts`, and the desktop is told
+    /// once per lockout. 0 turns the limit off. Default 5.
     pub pair_attempts: u32,
     /// The sliding window of [`ServerConfig::pair_attempts`]. Default 60 s.
     pub pair_window: Duration,
@@ -84,6 +88,7 @@ impl Default for ServerConfig {
             prompt_timeout: Duration::from_secs(60),
             send_queue_capacity: 256,
             code_length: 6,
+            code_ttl: Duration::from_secs(10 * 60),
             code_reservation: Duration::from_secs(5 * 60),
             max_frame_bytes: MAX_FRAME_BYTES,
             shutdown_grace: Duration::from_secs(5),
@@ -106,6 +111,12 @@ pub const DEFAULT_PORT: u16 = 8787;
 /// Where `proxim serve` runs the embedded STUN responder unless told otherwise.
 pub const DEFAULT_STUN_BIND: SocketAddr =
     SocketAddr::new(std::net::IpAddr::V4(Ipv4Addr::UNSPECIFIED), 3478);
+
+/// The shortest non-zero [`ServerConfig::code_ttl`].
+pub const MIN_CODE_TTL: Duration = Duration::from_millis(100);
+
+/// The longest [`ServerConfig::code_ttl`] (zero, for codes that never expire, aside).
+pub const MAX_CODE_TTL: Duration = Duration::from_secs(7 * 24 * 60 * 60);
 
 /// How long minted TURN REST credentials stay valid unless told otherwise: one day.
 pub const DEFAULT_TURN_TTL: Duration = Duration::from_secs(86_400);
@@ -144,6 +155,16 @@ impl ServerConfig {
             return invalid(
                 "code length",
                 format!("{} is not between 4 and 16", self.code_length),
+            );
+        }
+        if !self.code_ttl.is_zero() && !(MIN_CODE_TTL..=MAX_CODE_TTL).contains(&self.code_ttl) {
+            return invalid(
+                "code ttl (--code-ttl / PROXIM_CODE_TTL)",
+                format!(
+                    "{:?} is not between {MIN_CODE_TTL:?} and {MAX_CODE_TTL:?} (0: codes never \
+                     expire)",
+                    self.code_ttl
+                ),
             );
         }
         if self.max_frame_bytes == 0 || self.max_frame_bytes > MAX_FRAME_BYTES {
@@ -805,6 +826,15 @@ mod tests {
                 .to_string()
                 .contains("code length")
         );
+        let mut c = ServerConfig::loopback();
+        c.code_ttl = Duration::from_millis(99);
+        assert!(c.validate().unwrap_err().to_string().contains("code ttl"));
+        c.code_ttl = MAX_CODE_TTL + Duration::from_secs(1);
+        assert!(c.validate().unwrap_err().to_string().contains("code ttl"));
+        for ok in [Duration::ZERO, MIN_CODE_TTL, MAX_CODE_TTL] {
+            c.code_ttl = ok;
+            c.validate().unwrap();
+        }
         let mut c = ServerConfig::loopback();
         c.max_frame_bytes = MAX_FRAME_BYTES + 1;
         assert!(c.validate().is_err());

@@ -4,14 +4,20 @@
 //! inputs — a connection opened, a frame arrived, a connection went away, time passed — each
 //! with an explicit `now`, then drains [`Hub::poll_output`] (messages to deliver, connections to
 //! close) and sleeps until [`Hub::poll_timeout`]. Timers (heartbeat deadlines, prompt expiry,
-//! code reservations) live in one min-heap with lazy deletion: an entry that no longer applies
-//! when it pops is dropped or re-armed.
+//! code expiry, code reservations) live in one min-heap with lazy deletion: an entry that no
+//! longer applies when it pops is dropped or re-armed.
 //!
 //! Routing rules, in short: `hello` first; a desktop registers once and gets a code; a phone's
-//! `pair_request` for a live code opens a pending session and prompts the desktop; the desktop
-//! accepts or rejects (or the prompt expires); signals flow only between the two members of an
-//! accepted session. Whoever leaves, disconnects or goes silent ends its sessions, and the other
-//! member is told why.
+//! `pair_request` for a live code, or its `connect_request` naming a connected desktop's device
+//! id, opens a pending session and prompts the desktop; the desktop accepts or rejects (or the
+//! prompt expires); signals flow only between the two members of an accepted session. Whoever
+//! leaves, disconnects or goes silent ends its sessions, and the other member is told why.
+//!
+//! Codes: a desktop's code lives `code_ttl` (when set), then the hub retires it and sends the
+//! desktop a fresh one in a new `registered`; `renew_code` does the same at once. Retired codes
+//! are remembered for a while ([`RetiredCodes`]): a phone asking for one is told `code_expired`
+//! or `code_used`, and no desktop gets it meanwhile. A desktop that goes away keeps its code
+//! reserved for `code_reservation` and gets it back, with the time it had left, when it returns.
 //!
 //! Abuse limits are charged here too, with the same `now`: every frame takes a token from its
 //! connection's budget before it is decoded, every pair request counts against its code's
@@ -34,6 +40,7 @@ use serde::Serialize;
 
 use crate::config::{IceConfig, ServerConfig};
 use crate::limits::{AttemptWindow, AttemptsExhausted, ConnectionsPerIp, TokenBucket};
+use crate::retired::{RetireReason, RetiredCodes};
 
 /// The hub's handle on one connection.
 pub(crate) type ConnKey = u64;
@@ -47,6 +54,15 @@ const MAX_SESSIONS_PER_CONNECTION: usize = 16;
 
 /// How many random codes to try before giving up on registering a desktop.
 const CODE_ATTEMPTS: usize = 64;
+
+/// How long a retired code is remembered (answered `code_expired`/`code_used`, not reissued).
+const RETIRED_CODE_RETENTION: Duration = Duration::from_secs(60 * 60);
+
+/// How many retired codes are remembered at most; beyond that the oldest are forgotten.
+const MAX_RETIRED_CODES: usize = 100_000;
+
+/// When a code expires and no fresh code is free, how long it stays before the next try.
+const CODE_RETRY: Duration = Duration::from_secs(1);
 
 /// Something the driver must do.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -99,6 +115,16 @@ pub struct Stats {
     pub pairs_timed_out: u64,
     /// Pair requests for a code no desktop holds.
     pub unknown_codes: u64,
+    /// Pair requests for a code that expired (answered `code_expired`).
+    pub expired_codes: u64,
+    /// Pair requests for a code its desktop renewed (answered `code_used`).
+    pub used_codes: u64,
+    /// Codes retired since start, because they expired or their desktop renewed them.
+    pub codes_retired: u64,
+    /// Connect requests (a phone reaching a desktop by device id) received.
+    pub connect_requests: u64,
+    /// Connect requests for a desktop that is not connected (answered `desktop_offline`).
+    pub desktops_offline: u64,
     /// Signals relayed between session members.
     pub signals_relayed: u64,
     /// `error` messages sent.
@@ -150,7 +176,15 @@ pub(crate) struct HubConfig {
     pub(crate) heartbeat_timeout: Duration,
     pub(crate) prompt_timeout: Duration,
     pub(crate) code_length: usize,
+    /// The characters codes are drawn from: [`ROUTING_ALPHABET`], or fewer of them in tests
+    /// that need a small code space.
+    pub(crate) code_alphabet: &'static str,
+    /// How long a code lives; zero is forever.
+    pub(crate) code_ttl: Duration,
     pub(crate) code_reservation: Duration,
+    /// How long retired codes are remembered, and how many at most.
+    pub(crate) retired_retention: Duration,
+    pub(crate) max_retired_codes: usize,
     pub(crate) max_frame_bytes: usize,
     /// Sustained messages per second per connection; 0 is no limit.
     pub(crate) rate_limit: u32,
@@ -175,7 +209,11 @@ impl From<&ServerConfig> for HubConfig {
             heartbeat_timeout: c.heartbeat_timeout,
             prompt_timeout: c.prompt_timeout,
             code_length: c.code_length,
+            code_alphabet: ROUTING_ALPHABET,
+            code_ttl: c.code_ttl,
             code_reservation: c.code_reservation,
+            retired_retention: RETIRED_CODE_RETENTION,
+            max_retired_codes: MAX_RETIRED_CODES,
             max_frame_bytes: c.max_frame_bytes,
             rate_limit: c.rate_limit,
             rate_burst: c.rate_burst,
@@ -201,6 +239,10 @@ pub(crate) struct Hub {
     reservations: HashMap<DeviceId, Reservation>,
     /// Which device each live or reserved code belongs to.
     code_owners: HashMap<RoutingCode, DeviceId>,
+    /// Codes that expired or were renewed, remembered for a while.
+    retired: RetiredCodes,
+    /// The connections registered as each desktop device, oldest registration first.
+    desktop_conns: HashMap<DeviceId, Vec<ConnKey>>,
     sessions: HashMap<SessionId, Session>,
     timers: BinaryHeap<Reverse<(Instant, TimerKey)>>,
     outputs: VecDeque<Output>,
@@ -234,7 +276,10 @@ enum Role {
     Desktop {
         device: PeerDevice,
         code: RoutingCode,
-        /// Pair requests for `code` in the current window.
+        /// When `code` expires; `None`: never.
+        code_expires: Option<Instant>,
+        /// Pair and connect requests for this desktop in the current window (kept when the
+        /// code changes: the limit is per desktop).
         attempts: AttemptWindow,
     },
     /// Sent at least one pair request.
@@ -283,6 +328,8 @@ struct Reservation {
     code: RoutingCode,
     /// `None` while a connection holds the code.
     expires: Option<Instant>,
+    /// When the code itself expires (kept across a reconnect); `None`: never.
+    code_expires: Option<Instant>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
@@ -290,6 +337,27 @@ enum TimerKey {
     Heartbeat(ConnKey),
     Prompt(SessionId),
     Reservation(DeviceId),
+    /// A live or reserved code's lifetime ends.
+    CodeExpiry(RoutingCode),
+}
+
+/// How a phone names the desktop it wants: for logs.
+#[derive(Debug, Clone, Copy)]
+enum Via<'a> {
+    /// A `pair_request` with this code.
+    Code(&'a RoutingCode),
+    /// A `connect_request` naming the desktop's device id (not logged: it addresses the
+    /// desktop like a code does).
+    Device,
+}
+
+impl std::fmt::Display for Via<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Via::Code(code) => write!(f, "pair request, code {}", code.redacted()),
+            Via::Device => f.write_str("connect request"),
+        }
+    }
 }
 
 /// Why a connection leaves the hub.
@@ -312,9 +380,10 @@ enum Departure {
 }
 
 /// Why a session ends.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 enum SessionEnd {
-    Rejected,
+    /// The desktop said no; its `auth` goes to the phone.
+    Rejected(Option<AuthPayload>),
     PromptExpired,
     Left(ConnKey, Departure),
 }
@@ -327,6 +396,7 @@ impl Hub {
 
     /// A hub with a given random generator (tests seed it).
     pub(crate) fn with_rng(config: HubConfig, rng: StdRng) -> Self {
+        let retired = RetiredCodes::new(config.retired_retention, config.max_retired_codes);
         Hub {
             config,
             rng,
@@ -335,6 +405,8 @@ impl Hub {
             codes: HashMap::new(),
             reservations: HashMap::new(),
             code_owners: HashMap::new(),
+            retired,
+            desktop_conns: HashMap::new(),
             sessions: HashMap::new(),
             timers: BinaryHeap::new(),
             outputs: VecDeque::new(),
@@ -460,8 +532,10 @@ impl Hub {
         self.depart(conn, departure, now);
     }
 
-    /// Time passed: expire heartbeats, prompts and code reservations that are due.
+    /// Time passed: expire heartbeats, prompts, codes, code reservations and retired codes
+    /// that are due.
     pub(crate) fn handle_timeout(&mut self, now: Instant) {
+        self.retired.prune(now);
         while let Some(Reverse((due, _))) = self.timers.peek() {
             if *due > now {
                 break;
@@ -500,13 +574,18 @@ impl Hub {
                         self.release_code_owner(&r.code, &device);
                     }
                 }
+                TimerKey::CodeExpiry(code) => self.expire_code(&code, now),
             }
         }
     }
 
     /// When [`Hub::handle_timeout`] must next be called.
     pub(crate) fn poll_timeout(&self) -> Option<Instant> {
-        self.timers.peek().map(|Reverse((due, _))| *due)
+        let timer = self.timers.peek().map(|Reverse((due, _))| *due);
+        match (timer, self.retired.next_lapse()) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        }
     }
 
     /// The next thing the driver must do.
@@ -595,6 +674,13 @@ impl Hub {
                 device_name,
                 auth,
             } => self.pair_request(conn, code, device_id, device_name, auth, now),
+            ClientMessage::ConnectRequest {
+                desktop,
+                device_id,
+                device_name,
+                auth,
+            } => self.connect_request(conn, desktop, device_id, device_name, auth, now),
+            ClientMessage::RenewCode => self.renew_code(conn, now),
             ClientMessage::PairResponse {
                 session,
                 accept,
@@ -681,24 +767,20 @@ impl Hub {
             }
             None => return,
         }
+        // A reserved code that expired while its desktop was away is retired, not handed back
+        // (its timer may not have fired yet).
+        self.retire_reserved_if_expired(&device_id, now);
         let reused = self
             .reservations
             .get(&device_id)
             .filter(|r| r.expires.is_none_or(|e| e > now))
-            .map(|r| r.code.clone())
-            .filter(|code| !self.codes.contains_key(code));
-        let code = match reused {
-            Some(code) => code,
+            .filter(|r| !self.codes.contains_key(&r.code))
+            .map(|r| (r.code.clone(), r.code_expires));
+        let (code, code_expires) = match reused {
+            Some(reused) => reused,
             None => match self.fresh_code() {
-                Some(code) => code,
-                None => {
-                    tracing::error!("no free pairing code after {CODE_ATTEMPTS} attempts");
-                    return self.send_error(
-                        conn,
-                        ErrorCode::Overloaded,
-                        "no pairing code is free right now; try again",
-                    );
-                }
+                Some(code) => (code, self.code_expiry(now)),
+                None => return self.refuse_no_free_code(conn),
             },
         };
         let reused = self
@@ -710,6 +792,7 @@ impl Hub {
             Reservation {
                 code: code.clone(),
                 expires: None,
+                code_expires,
             },
         );
         if let Some(old) = previous
@@ -720,6 +803,14 @@ impl Hub {
         }
         self.code_owners.insert(code.clone(), device_id.clone());
         self.codes.insert(code.clone(), conn);
+        if !reused && let Some(expires) = code_expires {
+            // A reused code's expiry timer is still in the heap from when it was issued.
+            self.arm(expires, TimerKey::CodeExpiry(code.clone()));
+        }
+        self.desktop_conns
+            .entry(device_id.clone())
+            .or_default()
+            .push(conn);
         if let Some(c) = self.conns.get_mut(&conn) {
             c.role = Role::Desktop {
                 device: PeerDevice {
@@ -727,6 +818,7 @@ impl Hub {
                     device_name,
                 },
                 code: code.clone(),
+                code_expires,
                 attempts: AttemptWindow::default(),
             };
         }
@@ -734,7 +826,26 @@ impl Hub {
             conn = %self.short_id(conn), code = %code.redacted(), reused,
             "desktop registered"
         );
-        self.send(conn, ServerMessage::Registered { code, expires_in_ms: None });
+        self.send_registered(conn, code, code_expires, now);
+    }
+
+    /// `renew_code`: the desktop's code was used or burned; retire it and hand out a fresh one.
+    /// The desktop's pending prompts and sessions are not affected.
+    fn renew_code(&mut self, conn: ConnKey, now: Instant) {
+        match self.conns.get(&conn).map(|c| &c.role) {
+            Some(Role::Desktop { .. }) => {}
+            Some(_) => {
+                return self.send_error(
+                    conn,
+                    ErrorCode::InvalidState,
+                    "only a registered desktop has a code to renew",
+                );
+            }
+            None => return,
+        }
+        if !self.replace_code(conn, RetireReason::Used, now) {
+            self.refuse_no_free_code(conn);
+        }
     }
 
     fn pair_request(
@@ -746,45 +857,131 @@ impl Hub {
         auth: Option<AuthPayload>,
         now: Instant,
     ) {
-        let Some(c) = self.conns.get(&conn) else {
+        if !self.may_ask_to_pair(conn, "pair requests") {
             return;
-        };
-        if matches!(c.role, Role::Desktop { .. }) {
-            return self.send_error(
-                conn,
-                ErrorCode::AlreadyRegistered,
-                "a registered desktop cannot send pair requests",
-            );
-        }
-        if c.sessions.len() >= MAX_SESSIONS_PER_CONNECTION {
-            return self.send_error(
-                conn,
-                ErrorCode::RateLimited,
-                format!("at most {MAX_SESSIONS_PER_CONNECTION} sessions per connection"),
-            );
         }
         self.stats.pair_requests += 1;
         let Some(&desktop) = self.codes.get(&code) else {
-            self.stats.unknown_codes += 1;
-            tracing::info!(conn = %self.short_id(conn), code = %code.redacted(), "unknown code");
+            let outcome = match self.retired.get(&code, now) {
+                Some(RetireReason::Expired) => {
+                    self.stats.expired_codes += 1;
+                    PairOutcome::CodeExpired
+                }
+                Some(RetireReason::Used) => {
+                    self.stats.used_codes += 1;
+                    PairOutcome::CodeUsed
+                }
+                None => {
+                    self.stats.unknown_codes += 1;
+                    PairOutcome::UnknownCode
+                }
+            };
+            tracing::info!(
+                conn = %self.short_id(conn), code = %code.redacted(), ?outcome,
+                "pair request for a code no desktop holds"
+            );
             return self.send(
                 conn,
                 ServerMessage::PairResult {
                     session: None,
-                    outcome: PairOutcome::UnknownCode,
+                    outcome,
                     peer: None,
                     auth: None,
                 },
             );
         };
+        let phone_device = PeerDevice {
+            device_id,
+            device_name,
+        };
+        self.open_session(conn, desktop, phone_device, auth, Via::Code(&code), now);
+    }
+
+    /// `connect_request`: a phone reaching a desktop it paired with before, by the desktop's
+    /// device id. Routed to the latest live registration of that device, then handled like a
+    /// pair request.
+    fn connect_request(
+        &mut self,
+        conn: ConnKey,
+        desktop: DeviceId,
+        device_id: DeviceId,
+        device_name: DeviceName,
+        auth: Option<AuthPayload>,
+        now: Instant,
+    ) {
+        if !self.may_ask_to_pair(conn, "connect requests") {
+            return;
+        }
+        self.stats.connect_requests += 1;
+        let Some(target) = self
+            .desktop_conns
+            .get(&desktop)
+            .and_then(|conns| conns.last())
+            .copied()
+        else {
+            self.stats.desktops_offline += 1;
+            tracing::info!(conn = %self.short_id(conn), "connect request for a desktop that is offline");
+            return self.send(
+                conn,
+                ServerMessage::PairResult {
+                    session: None,
+                    outcome: PairOutcome::DesktopOffline,
+                    peer: None,
+                    auth: None,
+                },
+            );
+        };
+        let phone_device = PeerDevice {
+            device_id,
+            device_name,
+        };
+        self.open_session(conn, target, phone_device, auth, Via::Device, now);
+    }
+
+    /// Whether `conn` may ask a desktop to pair (`what`: pair or connect requests); when not,
+    /// it was told why.
+    fn may_ask_to_pair(&mut self, conn: ConnKey, what: &str) -> bool {
+        let Some(c) = self.conns.get(&conn) else {
+            return false;
+        };
+        if matches!(c.role, Role::Desktop { .. }) {
+            self.send_error(
+                conn,
+                ErrorCode::AlreadyRegistered,
+                format!("a registered desktop cannot send {what}"),
+            );
+            return false;
+        }
+        if c.sessions.len() >= MAX_SESSIONS_PER_CONNECTION {
+            self.send_error(
+                conn,
+                ErrorCode::RateLimited,
+                format!("at most {MAX_SESSIONS_PER_CONNECTION} sessions per connection"),
+            );
+            return false;
+        }
+        true
+    }
+
+    /// Open a pending session between the phone `conn` and the registered desktop `desktop`:
+    /// charge the desktop's attempt window, prompt it, tell the phone to wait.
+    fn open_session(
+        &mut self,
+        conn: ConnKey,
+        desktop: ConnKey,
+        phone_device: PeerDevice,
+        auth: Option<AuthPayload>,
+        via: Via<'_>,
+        now: Instant,
+    ) {
         let Some(desktop_device) = self.conns.get(&desktop).and_then(|d| match &d.role {
             Role::Desktop { device, .. } => Some(device.clone()),
             _ => None,
         }) else {
-            return self.send_error(conn, ErrorCode::Internal, "the code's desktop is gone");
+            return self.send_error(conn, ErrorCode::Internal, "the desktop is gone");
         };
         if let Err(exhausted) = self.charge_pair_attempt(desktop, now) {
-            return self.refuse_pair_attempt(conn, desktop, &code, exhausted);
+            return self.refuse_pair_attempt(conn, desktop, via, exhausted);
         }
         if self
             .conns
@@ -799,10 +996,6 @@ impl Hub {
         }
         let Ok(session) = SessionId::new(random_hex128(&mut self.rng)) else {
             return self.send_error(conn, ErrorCode::Internal, "could not create a session id");
-        };
-        let phone_device = PeerDevice {
-            device_id,
-            device_name,
         };
         let deadline = now + self.config.prompt_timeout;
         self.sessions.insert(
@@ -829,8 +1022,7 @@ impl Hub {
             session = %short(session.as_str()),
             phone = %self.short_id(conn),
             desktop = %self.short_id(desktop),
-            code = %code.redacted(),
-            "session: none -> pending (pair request)"
+            "session: none -> pending ({via})"
         );
         let expires_in_ms = millis(self.config.prompt_timeout);
         self.send(
@@ -877,7 +1069,7 @@ impl Hub {
         }
         if !accept {
             self.stats.pairs_rejected += 1;
-            return self.end_session(&session, SessionEnd::Rejected);
+            return self.end_session(&session, SessionEnd::Rejected(auth));
         }
         s.state = SessionState::Active;
         let (phone, desktop) = (s.phone, s.desktop);
@@ -959,8 +1151,20 @@ impl Hub {
         for session in &c.sessions {
             self.end_session(session, SessionEnd::Left(conn, departure));
         }
-        if let Role::Desktop { device, code, .. } = &c.role {
+        if let Role::Desktop {
+            device,
+            code,
+            code_expires,
+            ..
+        } = &c.role
+        {
             self.codes.remove(code);
+            if let Some(conns) = self.desktop_conns.get_mut(&device.device_id) {
+                conns.retain(|&k| k != conn);
+                if conns.is_empty() {
+                    self.desktop_conns.remove(&device.device_id);
+                }
+            }
             let ours = self
                 .reservations
                 .get(&device.device_id)
@@ -969,6 +1173,7 @@ impl Hub {
                 let expires = now + self.config.code_reservation;
                 if let Some(r) = self.reservations.get_mut(&device.device_id) {
                     r.expires = Some(expires);
+                    r.code_expires = *code_expires;
                 }
                 self.arm(expires, TimerKey::Reservation(device.device_id.clone()));
             } else {
@@ -1033,8 +1238,16 @@ impl Hub {
             auth: None,
         };
         let reason: &str = match end {
-            SessionEnd::Rejected => {
-                self.send(s.phone, pair_result(PairOutcome::Rejected));
+            SessionEnd::Rejected(auth) => {
+                self.send(
+                    s.phone,
+                    ServerMessage::PairResult {
+                        session: Some(session.clone()),
+                        outcome: PairOutcome::Rejected,
+                        peer: None,
+                        auth,
+                    },
+                );
                 self.send(s.desktop, pair_result(PairOutcome::Rejected));
                 "rejected"
             }
@@ -1163,13 +1376,13 @@ impl Hub {
         }
     }
 
-    /// Refuse a pair request from `phone` for `desktop`'s code, which had too many; tell the
-    /// desktop at the first refusal of a lockout.
+    /// Refuse a pair or connect request from `phone` for `desktop`, which had too many; tell
+    /// the desktop at the first refusal of a lockout.
     fn refuse_pair_attempt(
         &mut self,
         phone: ConnKey,
         desktop: ConnKey,
-        code: &RoutingCode,
+        via: Via<'_>,
         exhausted: AttemptsExhausted,
     ) {
         self.stats.pair_attempts_refused += 1;
@@ -1178,28 +1391,28 @@ impl Hub {
         if exhausted.first_refusal {
             tracing::warn!(
                 phone = %self.short_id(phone), desktop = %self.short_id(desktop),
-                code = %code.redacted(), max, window_s = window.as_secs(),
-                "too many pair requests for one code; refusing more"
+                max, window_s = window.as_secs(),
+                "too many pair requests for one desktop ({via}); refusing more"
             );
             self.send_error(
                 desktop,
                 ErrorCode::TooManyAttempts,
                 format!(
-                    "your code received {max} pairing requests within {}s; further requests \
+                    "this desktop received {max} pairing requests within {}s; further requests \
                      are refused for {retry_s}s",
                     window.as_secs()
                 ),
             );
         } else {
             tracing::debug!(
-                phone = %self.short_id(phone), code = %code.redacted(),
-                "pair request refused: too many attempts"
+                phone = %self.short_id(phone),
+                "{via} refused: too many attempts"
             );
         }
         self.send_error(
             phone,
             ErrorCode::TooManyAttempts,
-            format!("too many pairing requests for this code; try again in {retry_s}s"),
+            format!("too many pairing requests for this desktop; try again in {retry_s}s"),
         );
     }
 
@@ -1237,13 +1450,141 @@ impl Hub {
         }
     }
 
-    /// A random code that no desktop holds and no absent desktop has reserved.
+    /// A random code that no desktop holds, no absent desktop has reserved and that was not
+    /// retired recently.
     fn fresh_code(&mut self) -> Option<RoutingCode> {
+        let (alphabet, len) = (self.config.code_alphabet, self.config.code_length);
         (0..CODE_ATTEMPTS).find_map(|_| {
-            let code = random_code(&mut self.rng, self.config.code_length)?;
-            (!self.codes.contains_key(&code) && !self.code_owners.contains_key(&code))
-                .then_some(code)
+            let code = random_code(&mut self.rng, alphabet, len)?;
+            (!self.codes.contains_key(&code)
+                && !self.code_owners.contains_key(&code)
+                && !self.retired.contains(&code))
+            .then_some(code)
         })
+    }
+
+    /// When a code issued at `now` expires; `None` without a code lifetime.
+    fn code_expiry(&self, now: Instant) -> Option<Instant> {
+        let ttl = self.config.code_ttl;
+        (!ttl.is_zero()).then(|| now.checked_add(ttl)).flatten()
+    }
+
+    /// Tell a desktop its code and how long it has left.
+    fn send_registered(
+        &mut self,
+        conn: ConnKey,
+        code: RoutingCode,
+        expires: Option<Instant>,
+        now: Instant,
+    ) {
+        let expires_in_ms = expires.map(|e| millis(e.saturating_duration_since(now)));
+        self.send(
+            conn,
+            ServerMessage::Registered {
+                code,
+                expires_in_ms,
+            },
+        );
+    }
+
+    fn refuse_no_free_code(&mut self, conn: ConnKey) {
+        tracing::error!("no free pairing code after {CODE_ATTEMPTS} attempts");
+        self.send_error(
+            conn,
+            ErrorCode::Overloaded,
+            "no pairing code is free right now; try again",
+        );
+    }
+
+    /// Retire `conn`'s code for `reason` and give the desktop a fresh one, announced with
+    /// `registered`. `false` when no fresh code is free: the desktop keeps the one it has.
+    fn replace_code(&mut self, conn: ConnKey, reason: RetireReason, now: Instant) -> bool {
+        let Some(fresh) = self.fresh_code() else {
+            return false;
+        };
+        let fresh_expires = self.code_expiry(now);
+        let Some(Role::Desktop {
+            device,
+            code,
+            code_expires,
+            ..
+        }) = self.conns.get_mut(&conn).map(|c| &mut c.role)
+        else {
+            return false;
+        };
+        let old = std::mem::replace(code, fresh.clone());
+        *code_expires = fresh_expires;
+        let device_id = device.device_id.clone();
+        self.codes.remove(&old);
+        self.codes.insert(fresh.clone(), conn);
+        self.release_code_owner(&old, &device_id);
+        self.code_owners.insert(fresh.clone(), device_id.clone());
+        if let Some(r) = self.reservations.get_mut(&device_id)
+            && r.code == old
+        {
+            r.code = fresh.clone();
+            r.code_expires = fresh_expires;
+        }
+        if let Some(expires) = fresh_expires {
+            self.arm(expires, TimerKey::CodeExpiry(fresh.clone()));
+        }
+        self.retire(old, reason, now);
+        tracing::info!(
+            conn = %self.short_id(conn), code = %fresh.redacted(),
+            "desktop has a fresh code"
+        );
+        self.send_registered(conn, fresh, fresh_expires, now);
+        true
+    }
+
+    /// A code's expiry timer fired: retire it if it is still live or reserved and due.
+    fn expire_code(&mut self, code: &RoutingCode, now: Instant) {
+        let Some(&conn) = self.codes.get(code) else {
+            if let Some(device) = self.code_owners.get(code).cloned() {
+                self.retire_reserved_if_expired(&device, now);
+            }
+            return;
+        };
+        let due = matches!(
+            self.conns.get(&conn).map(|c| &c.role),
+            Some(Role::Desktop { code: held, code_expires: Some(e), .. })
+                if held == code && *e <= now
+        );
+        if !due || self.replace_code(conn, RetireReason::Expired, now) {
+            return;
+        }
+        // No fresh code is free: keep this one a little longer and try again.
+        tracing::error!(
+            conn = %self.short_id(conn),
+            "no free pairing code after {CODE_ATTEMPTS} attempts; the expired code stays for now"
+        );
+        let retry = now + CODE_RETRY;
+        if let Some(Role::Desktop { code_expires, .. }) =
+            self.conns.get_mut(&conn).map(|c| &mut c.role)
+        {
+            *code_expires = Some(retry);
+        }
+        self.arm(retry, TimerKey::CodeExpiry(code.clone()));
+    }
+
+    /// Retire the code reserved for the absent desktop `device` if it expired by `now`.
+    fn retire_reserved_if_expired(&mut self, device: &DeviceId, now: Instant) {
+        let due = self.reservations.get(device).is_some_and(|r| {
+            r.expires.is_some()
+                && r.code_expires.is_some_and(|e| e <= now)
+                && !self.codes.contains_key(&r.code)
+        });
+        if due && let Some(r) = self.reservations.remove(device) {
+            self.release_code_owner(&r.code, device);
+            self.retire(r.code, RetireReason::Expired, now);
+        }
+    }
+
+    /// Remember a code as retired, so phones asking for it are told and nobody gets it soon.
+    fn retire(&mut self, code: RoutingCode, reason: RetireReason, now: Instant) {
+        tracing::info!(code = %code.redacted(), reason = reason.name(), "code retired");
+        self.stats.codes_retired += 1;
+        self.retired.insert(code, reason, now);
     }
 
     fn short_id(&self, conn: ConnKey) -> String {
@@ -1258,9 +1599,13 @@ fn random_hex128(rng: &mut StdRng) -> String {
     format!("{:032x}", rng.random::<u128>())
 }
 
-/// A random routing code of `len` characters from [`ROUTING_ALPHABET`].
-fn random_code(rng: &mut StdRng, len: usize) -> Option<RoutingCode> {
-    let alphabet = ROUTING_ALPHABET.as_bytes();
+/// A random routing code of `len` characters from `alphabet` (a subset of
+/// [`ROUTING_ALPHABET`]).
+fn random_code(rng: &mut StdRng, alphabet: &str, len: usize) -> Option<RoutingCode> {
+    let alphabet = alphabet.as_bytes();
+    if alphabet.is_empty() {
+        return None;
+    }
     let code: String = (0..len)
         .map(|_| char::from(alphabet[rng.random_range(0..alphabet.len())]))
         .collect();
@@ -1331,7 +1676,7 @@ mod tests {
         let mut rng = StdRng::seed_from_u64(1);
         let mut seen = HashSet::new();
         for _ in 0..2000 {
-            let code = random_code(&mut rng, 6).unwrap();
+            let code = random_code(&mut rng, ROUTING_ALPHABET, 6).unwrap();
             assert_eq!(code.as_str().len(), 6);
             assert!(
                 code.as_str()
@@ -1342,7 +1687,7 @@ mod tests {
         }
         // 30^6 codes: 2000 draws collide with probability ~0.3%; allow a couple.
         assert!(seen.len() >= 1995, "{}", seen.len());
-        let long = random_code(&mut rng, 16).unwrap();
+        let long = random_code(&mut rng, ROUTING_ALPHABET, 16).unwrap();
         assert_eq!(long.as_str().len(), 16);
     }
 
@@ -1679,7 +2024,7 @@ mod tests {
         match sent_to(&out, desk).as_slice() {
             [ServerMessage::Error { message, .. }] => assert_eq!(
                 message.as_str(),
-                "your code received 3 pairing requests within 60s; further requests are refused \
+                "this desktop received 3 pairing requests within 60s; further requests are refused \
                  for 50s"
             ),
             other => panic!("{other:?}"),
@@ -1736,5 +2081,473 @@ mod tests {
             assert_eq!(id.as_str().len(), 32);
             u128::from_str_radix(id.as_str(), 16).unwrap();
         }
+    }
+
+    // -----------------------------------------------------------------------------------------
+    // Code lifetime, renewal, retired codes, connect requests
+    // -----------------------------------------------------------------------------------------
+
+    const TEN_MIN: Duration = Duration::from_secs(10 * 60);
+
+    fn with_config(config: HubConfig, seed: u64) -> Hub {
+        Hub::with_rng(config, StdRng::seed_from_u64(seed))
+    }
+
+    /// Codes living ten minutes, and connections that stay while the clock jumps ahead.
+    fn timed() -> HubConfig {
+        HubConfig {
+            code_ttl: TEN_MIN,
+            heartbeat_timeout: Duration::from_secs(24 * 3600),
+            ..config()
+        }
+    }
+
+    /// The `registered` messages `conn` got: code and remaining lifetime.
+    fn registered(outputs: &[Output], conn: ConnKey) -> Vec<(RoutingCode, Option<u64>)> {
+        sent_to(outputs, conn)
+            .into_iter()
+            .filter_map(|m| match m {
+                ServerMessage::Registered {
+                    code,
+                    expires_in_ms,
+                } => Some((code, expires_in_ms)),
+                _ => None,
+            })
+            .collect()
+    }
+
+    /// Register and return the code with its remaining lifetime.
+    fn register_timed(
+        hub: &mut Hub,
+        conn: ConnKey,
+        device: &str,
+        now: Instant,
+    ) -> (RoutingCode, Option<u64>) {
+        hub.handle_text(
+            conn,
+            &format!(r#"{{"type":"register_desktop","device_id":"{device}","device_name":"D"}}"#),
+            now,
+        );
+        match registered(&drain(hub), conn).as_slice() {
+            [one] => one.clone(),
+            other => panic!("{other:?}"),
+        }
+    }
+
+    /// A fresh phone's pair request for `code`: the outcome of a `pair_result` without a
+    /// session, or `None` when the request went through (`pair_pending`).
+    fn try_code(hub: &mut Hub, code: &RoutingCode, now: Instant) -> Option<PairOutcome> {
+        let phone = greeted(hub, now);
+        pair(hub, phone, code, now);
+        match sent_to(&drain(hub), phone).as_slice() {
+            [
+                ServerMessage::PairResult {
+                    session: None,
+                    outcome,
+                    ..
+                },
+            ] => Some(*outcome),
+            [ServerMessage::PairPending { .. }] => None,
+            other => panic!("{other:?}"),
+        }
+    }
+
+    fn renew(hub: &mut Hub, conn: ConnKey, now: Instant) -> Vec<Output> {
+        hub.handle_text(conn, r#"{"type":"renew_code"}"#, now);
+        drain(hub)
+    }
+
+    fn connect(hub: &mut Hub, phone: ConnKey, desktop: &str, now: Instant) {
+        hub.handle_text(
+            phone,
+            &format!(
+                r#"{{"type":"connect_request","desktop":"{desktop}","device_id":"p","device_name":"P","auth":"cGhvbmU"}}"#
+            ),
+            now,
+        );
+    }
+
+    #[test]
+    fn an_expired_code_is_replaced_and_then_answers_code_expired() {
+        let mut hub = with_config(timed(), 21);
+        let t0 = Instant::now();
+        let desk = greeted(&mut hub, t0);
+        let (old, expires_in_ms) = register_timed(&mut hub, desk, "desk", t0);
+        assert_eq!(expires_in_ms, Some(600_000));
+        // A pending prompt from before the expiry survives it.
+        let early = greeted(&mut hub, t0);
+        pair(
+            &mut hub,
+            early,
+            &old,
+            t0 + TEN_MIN - Duration::from_secs(30),
+        );
+        drain(&mut hub);
+        assert!(hub.poll_timeout().is_some_and(|t| t <= t0 + TEN_MIN));
+        hub.handle_timeout(t0 + TEN_MIN - Duration::from_millis(1));
+        assert!(
+            registered(&drain(&mut hub), desk).is_empty(),
+            "expired early"
+        );
+        hub.handle_timeout(t0 + TEN_MIN);
+        let (fresh, expires_in_ms) = match registered(&drain(&mut hub), desk).as_slice() {
+            [one] => one.clone(),
+            other => panic!("{other:?}"),
+        };
+        assert_ne!(fresh, old);
+        assert_eq!(expires_in_ms, Some(600_000));
+        let t1 = t0 + TEN_MIN + Duration::from_secs(1);
+        assert_eq!(try_code(&mut hub, &old, t1), Some(PairOutcome::CodeExpired));
+        assert_eq!(try_code(&mut hub, &fresh, t1), None);
+        let stats = hub.stats();
+        assert_eq!(
+            (
+                stats.expired_codes,
+                stats.codes_retired,
+                stats.unknown_codes
+            ),
+            (1, 1, 0)
+        );
+        assert_eq!(stats.sessions_pending, 2);
+        // The fresh code expires in turn, ten minutes after it was issued.
+        hub.handle_timeout(t0 + 2 * TEN_MIN);
+        assert_eq!(registered(&drain(&mut hub), desk).len(), 1);
+    }
+
+    #[test]
+    fn without_a_code_ttl_codes_never_expire() {
+        let mut hub = with_config(
+            HubConfig {
+                code_ttl: Duration::ZERO,
+                ..timed()
+            },
+            22,
+        );
+        let t0 = Instant::now();
+        let desk = greeted(&mut hub, t0);
+        let (code, expires_in_ms) = register_timed(&mut hub, desk, "desk", t0);
+        assert_eq!(expires_in_ms, None);
+        let late = t0 + Duration::from_secs(3600);
+        hub.handle_timeout(late);
+        assert!(registered(&drain(&mut hub), desk).is_empty());
+        assert_eq!(try_code(&mut hub, &code, late), None);
+    }
+
+    #[test]
+    fn a_returning_desktop_keeps_the_time_its_code_had_left() {
+        let mut hub = with_config(
+            HubConfig {
+                code_reservation: Duration::from_secs(5 * 60),
+                ..timed()
+            },
+            23,
+        );
+        let t0 = Instant::now();
+        let min = |m: u64| t0 + Duration::from_secs(60 * m);
+        let d1 = greeted(&mut hub, t0);
+        let (code, _) = register_timed(&mut hub, d1, "desk", t0);
+        hub.handle_gone(d1, Gone::Closed, min(2));
+        drain(&mut hub);
+        let d2 = greeted(&mut hub, min(4));
+        assert_eq!(
+            register_timed(&mut hub, d2, "desk", min(4)),
+            (code.clone(), Some(6 * 60 * 1000))
+        );
+        // It expires at the original time, on the new connection.
+        hub.handle_timeout(min(10));
+        let (fresh, left) = match registered(&drain(&mut hub), d2).as_slice() {
+            [one] => one.clone(),
+            other => panic!("{other:?}"),
+        };
+        assert_ne!(fresh, code);
+        assert_eq!(left, Some(600_000));
+        assert_eq!(
+            try_code(&mut hub, &code, min(10)),
+            Some(PairOutcome::CodeExpired)
+        );
+
+        // The fresh code expires at min(20); its desktop leaves at min(18) and returns at
+        // min(21), within its reservation but after the code's end: it gets a new code, and
+        // the reserved one, retired, answers code_expired (no timer ran in between).
+        hub.handle_gone(d2, Gone::Closed, min(18));
+        drain(&mut hub);
+        let d3 = greeted(&mut hub, min(21));
+        let (third, left) = register_timed(&mut hub, d3, "desk", min(21));
+        assert!(third != fresh && third != code);
+        assert_eq!(left, Some(600_000));
+        assert_eq!(
+            try_code(&mut hub, &fresh, min(21)),
+            Some(PairOutcome::CodeExpired)
+        );
+
+        // A reserved code whose timer fires while its desktop is away is retired then.
+        hub.handle_gone(d3, Gone::Closed, min(29));
+        drain(&mut hub);
+        hub.handle_timeout(min(31));
+        assert_eq!(
+            try_code(&mut hub, &third, min(31)),
+            Some(PairOutcome::CodeExpired)
+        );
+        assert!(hub.reservations.is_empty() && hub.code_owners.is_empty());
+        assert_eq!(hub.stats().codes_retired, 3);
+    }
+
+    #[test]
+    fn renew_code_retires_the_code_as_used_and_keeps_pending_prompts() {
+        let mut hub = with_config(timed(), 24);
+        let t0 = Instant::now();
+        let desk = greeted(&mut hub, t0);
+        let (old, _) = register_timed(&mut hub, desk, "desk", t0);
+        let phone = greeted(&mut hub, t0);
+        pair(&mut hub, phone, &old, t0);
+        let session = match sent_to(&drain(&mut hub), desk).as_slice() {
+            [ServerMessage::PairPrompt { session, .. }] => session.clone(),
+            other => panic!("{other:?}"),
+        };
+        let t1 = t0 + Duration::from_secs(60);
+        let out = renew(&mut hub, desk, t1);
+        let (fresh, left) = match registered(&out, desk).as_slice() {
+            [one] => one.clone(),
+            other => panic!("{other:?}"),
+        };
+        assert_ne!(fresh, old);
+        assert_eq!(left, Some(600_000), "a renewed code gets a full lifetime");
+        assert!(sent_to(&out, phone).is_empty());
+        assert_eq!(try_code(&mut hub, &old, t1), Some(PairOutcome::CodeUsed));
+        assert_eq!(hub.stats().used_codes, 1);
+        // The prompt from before the renewal can still be accepted.
+        hub.handle_text(
+            desk,
+            &format!(r#"{{"type":"pair_response","session":"{session}","accept":true}}"#),
+            t1,
+        );
+        assert!(matches!(
+            sent_to(&drain(&mut hub), phone).as_slice(),
+            [ServerMessage::PairResult {
+                outcome: PairOutcome::Accepted,
+                ..
+            }]
+        ));
+        // The old code's expiry timer no longer applies; the fresh code's does.
+        hub.handle_timeout(t0 + TEN_MIN);
+        assert!(registered(&drain(&mut hub), desk).is_empty());
+        hub.handle_timeout(t1 + TEN_MIN);
+        assert_eq!(registered(&drain(&mut hub), desk).len(), 1);
+        // Only a registered desktop can renew.
+        let stranger = greeted(&mut hub, t1);
+        for conn in [stranger, phone] {
+            let out = renew(&mut hub, conn, t1);
+            assert_eq!(errors(&sent_to(&out, conn), ErrorCode::InvalidState), 1);
+        }
+    }
+
+    #[test]
+    fn retired_codes_are_never_reissued_until_their_retention_lapses() {
+        // Codes of 4 characters from 2: a code space of 16.
+        let mut hub = with_config(
+            HubConfig {
+                code_alphabet: "23",
+                code_length: 4,
+                code_ttl: Duration::ZERO,
+                retired_retention: Duration::from_secs(60),
+                ..timed()
+            },
+            25,
+        );
+        let t0 = Instant::now();
+        let desk = greeted(&mut hub, t0);
+        let (first, _) = register_timed(&mut hub, desk, "desk", t0);
+        let mut seen = HashSet::from([first.clone()]);
+        for i in 1..16 {
+            let out = renew(&mut hub, desk, t0 + Duration::from_secs(i));
+            let [(code, None)] = &registered(&out, desk)[..] else {
+                panic!("renewal {i}: {out:?}");
+            };
+            assert!(seen.insert(code.clone()), "renewal {i} reissued {code:?}");
+        }
+        assert_eq!(seen.len(), 16);
+        // All 16 are live or retired: nothing is free for a renewal or another desktop.
+        let out = renew(&mut hub, desk, t0 + Duration::from_secs(20));
+        assert_eq!(errors(&sent_to(&out, desk), ErrorCode::Overloaded), 1);
+        assert!(registered(&out, desk).is_empty());
+        let other = greeted(&mut hub, t0);
+        hub.handle_text(
+            other,
+            r#"{"type":"register_desktop","device_id":"other","device_name":"O"}"#,
+            t0 + Duration::from_secs(20),
+        );
+        assert_eq!(
+            errors(&sent_to(&drain(&mut hub), other), ErrorCode::Overloaded),
+            1
+        );
+        assert_eq!(
+            try_code(&mut hub, &first, t0 + Duration::from_secs(30)),
+            Some(PairOutcome::CodeUsed)
+        );
+        // One minute after the first renewal, the first code is forgotten: unknown, and free.
+        let t1 = t0 + Duration::from_secs(61);
+        assert!(hub.poll_timeout().is_some_and(|t| t <= t1));
+        hub.handle_timeout(t1);
+        assert_eq!(
+            try_code(&mut hub, &first, t1),
+            Some(PairOutcome::UnknownCode)
+        );
+        let out = renew(&mut hub, desk, t1);
+        assert_eq!(registered(&out, desk), vec![(first, None)]);
+    }
+
+    #[test]
+    fn connect_request_reaches_the_latest_registration_of_the_device() {
+        let mut hub = hub();
+        let t0 = Instant::now();
+        let a = greeted(&mut hub, t0);
+        register(&mut hub, a, "desk", t0);
+        let phone = greeted(&mut hub, t0);
+        connect(&mut hub, phone, "desk", t0);
+        let out = drain(&mut hub);
+        let session = match sent_to(&out, a).as_slice() {
+            [
+                ServerMessage::PairPrompt {
+                    session,
+                    peer,
+                    auth,
+                    ..
+                },
+            ] => {
+                assert_eq!(peer.device_id.as_str(), "p");
+                assert_eq!(auth.as_ref().map(AuthPayload::as_str), Some("cGhvbmU"));
+                session.clone()
+            }
+            other => panic!("{other:?}"),
+        };
+        assert!(matches!(
+            sent_to(&out, phone).as_slice(),
+            [ServerMessage::PairPending { session: s, .. }] if *s == session
+        ));
+        // A second live registration of the same device takes the routing.
+        let b = greeted(&mut hub, t0);
+        register(&mut hub, b, "desk", t0);
+        connect(&mut hub, phone, "desk", t0);
+        let out = drain(&mut hub);
+        assert!(sent_to(&out, a).is_empty());
+        assert!(matches!(
+            sent_to(&out, b).as_slice(),
+            [ServerMessage::PairPrompt { .. }]
+        ));
+        // When it leaves, the earlier one is reached again; when both left, the desktop is
+        // offline.
+        hub.handle_gone(b, Gone::Closed, t0);
+        drain(&mut hub);
+        connect(&mut hub, phone, "desk", t0);
+        assert!(matches!(
+            sent_to(&drain(&mut hub), a).as_slice(),
+            [ServerMessage::PairPrompt { .. }]
+        ));
+        hub.handle_gone(a, Gone::Closed, t0);
+        drain(&mut hub);
+        for device in ["desk", "nobody"] {
+            let phone = greeted(&mut hub, t0);
+            connect(&mut hub, phone, device, t0);
+            assert!(matches!(
+                sent_to(&drain(&mut hub), phone).as_slice(),
+                [ServerMessage::PairResult {
+                    session: None,
+                    outcome: PairOutcome::DesktopOffline,
+                    ..
+                }]
+            ));
+        }
+        let stats = hub.stats();
+        assert_eq!((stats.connect_requests, stats.desktops_offline), (5, 2));
+        assert_eq!(stats.pair_requests, 0);
+        // A desktop cannot send one.
+        let c = greeted(&mut hub, t0);
+        register(&mut hub, c, "desk2", t0);
+        connect(&mut hub, c, "desk2", t0);
+        assert_eq!(
+            errors(&sent_to(&drain(&mut hub), c), ErrorCode::AlreadyRegistered),
+            1
+        );
+    }
+
+    #[test]
+    fn connect_requests_count_against_the_desktops_pair_attempts() {
+        let mut hub = with_config(
+            HubConfig {
+                pair_attempts: 2,
+                pair_window: Duration::from_secs(60),
+                ..config()
+            },
+            26,
+        );
+        let t0 = Instant::now();
+        let desk = greeted(&mut hub, t0);
+        let code = register(&mut hub, desk, "desk", t0);
+        let phone = greeted(&mut hub, t0);
+        pair(&mut hub, phone, &code, t0);
+        connect(&mut hub, phone, "desk", t0);
+        assert_eq!(sent_to(&drain(&mut hub), desk).len(), 2);
+        connect(&mut hub, phone, "desk", t0);
+        let out = drain(&mut hub);
+        assert_eq!(errors(&sent_to(&out, phone), ErrorCode::TooManyAttempts), 1);
+        assert_eq!(errors(&sent_to(&out, desk), ErrorCode::TooManyAttempts), 1);
+        pair(&mut hub, phone, &code, t0);
+        assert_eq!(
+            errors(
+                &sent_to(&drain(&mut hub), phone),
+                ErrorCode::TooManyAttempts
+            ),
+            1
+        );
+        // Renewing the code does not reset the desktop's window.
+        let out = renew(&mut hub, desk, t0);
+        let [(fresh, _)] = &registered(&out, desk)[..] else {
+            panic!("{out:?}");
+        };
+        pair(&mut hub, phone, fresh, t0 + Duration::from_secs(1));
+        assert_eq!(
+            errors(
+                &sent_to(&drain(&mut hub), phone),
+                ErrorCode::TooManyAttempts
+            ),
+            1
+        );
+        assert_eq!(hub.stats().pair_attempts_refused, 3);
+    }
+
+    #[test]
+    fn a_rejection_relays_the_desktops_auth_to_the_phone() {
+        let mut hub = hub();
+        let now = Instant::now();
+        let desk = greeted(&mut hub, now);
+        let code = register(&mut hub, desk, "desk", now);
+        let phone = greeted(&mut hub, now);
+        pair(&mut hub, phone, &code, now);
+        let session = match sent_to(&drain(&mut hub), desk).as_slice() {
+            [ServerMessage::PairPrompt { session, .. }] => session.clone(),
+            other => panic!("{other:?}"),
+        };
+        hub.handle_text(
+            desk,
+            &format!(
+                r#"{{"type":"pair_response","session":"{session}","accept":false,"auth":"bm8"}}"#
+            ),
+            now,
+        );
+        let out = drain(&mut hub);
+        let result = |conn| match sent_to(&out, conn).as_slice() {
+            [
+                ServerMessage::PairResult {
+                    session: Some(s),
+                    outcome: PairOutcome::Rejected,
+                    auth,
+                    ..
+                },
+            ] if *s == session => auth.as_ref().map(|a| a.as_str().to_owned()),
+            other => panic!("{other:?}"),
+        };
+        assert_eq!(result(phone).as_deref(), Some("bm8"));
+        assert_eq!(result(desk), None);
+        assert_eq!(hub.stats().pairs_rejected, 1);
     }
 }

@@ -3,7 +3,8 @@
 //! Clients speak the [`proxim_protocol`] over one WebSocket at `GET /ws`. Desktops register
 //! and get a routing code; a phone asks for that code; the desktop's user accepts or rejects;
 //! then the server relays WebRTC signals between exactly those two connections, and nobody
-//! else. Monitoring routes: `GET /healthz`, `GET /api/stats`, `GET /api/sessions`,
+//! else. Codes expire ([`ServerConfig::code_ttl`]) or are renewed by their desktop; a phone
+//! that paired before reaches its desktop by device id (`connect_request`), without a code. Monitoring routes: `GET /healthz`, `GET /api/stats`, `GET /api/sessions`,
 //! `GET /api/config` (credentials redacted).
 //!
 //! For NAT traversal the server hands each client ICE servers in `welcome`: configured STUN
@@ -46,13 +47,14 @@ mod config;
 mod hub;
 mod limits;
 mod proxy;
+mod retired;
 mod server;
 mod stun;
 
 pub use config::{
-    ConfigError, DEFAULT_PORT, DEFAULT_STUN_BIND, DEFAULT_TURN_TTL, IceConfig, REDACTED, STUN_URLS,
-    ServerConfig, TURN_PASSWORD, TURN_REALM, TURN_SECRET, TURN_TTL, TURN_URLS, TURN_USERNAME,
-    TrustedProxies, TurnAuth, mint_turn_credentials,
+    ConfigError, DEFAULT_PORT, DEFAULT_STUN_BIND, DEFAULT_TURN_TTL, IceConfig, MAX_CODE_TTL,
+    MIN_CODE_TTL, REDACTED, STUN_URLS, ServerConfig, TURN_PASSWORD, TURN_REALM, TURN_SECRET,
+    TURN_TTL, TURN_URLS, TURN_USERNAME, TrustedProxies, TurnAuth, mint_turn_credentials,
 };
 pub use hub::{SessionInfo, Stats};
 pub use server::{RunningServer, Server, ServerError};

@@ -587,6 +587,7 @@ async fn api_config(State(app): State<AppState>) -> impl IntoResponse {
             "send_queue_capacity": c.send_queue_capacity,
             "max_frame_bytes": c.max_frame_bytes,
             "code_length": c.code_length,
+            "code_ttl_ms": ms(c.code_ttl),
             "code_reservation_s": c.code_reservation.as_secs(),
             "rate_limit": c.rate_limit,
             "rate_burst": c.rate_burst,

@@ -140,10 +140,7 @@ fn parse_short(typed: &str) -> Result<PairingCode, CodeError> {
         .filter(|c| !c.is_whitespace() && *c != '-')
         .map(|c| c.to_ascii_uppercase())
         .collect();
-    if let Some(bad) = normalized
-        .chars()
-        .find(|c| !ROUTING_ALPHABET.contains(*c))
-    {
+    if let Some(bad) = normalized.chars().find(|c| !ROUTING_ALPHABET.contains(*c)) {
         let hint = match bad {
             '0' | 'O' => " (codes have no 0 or O)",
             '1' | 'I' | 'L' => " (codes have no 1, I or L)",
@@ -177,9 +174,14 @@ fn parse_short(typed: &str) -> Result<PairingCode, CodeError> {
 fn parse_uri(input: &str) -> Result<PairingCode, CodeError> {
     let url = url::Url::parse(input).map_err(|e| CodeError::Qr(e.to_string()))?;
     if !url.scheme().eq_ignore_ascii_case(QR_SCHEME) {
-        return Err(CodeError::Qr(format!("scheme `{}` is not proxim", url.scheme())));
+        return Err(CodeError::Qr(format!(
+            "scheme `{}` is not proxim",
+            url.scheme()
+        )));
     }
-    let target = url.host_str().unwrap_or_else(|| url.path().trim_matches('/'));
+    let target = url
+        .host_str()
+        .unwrap_or_else(|| url.path().trim_matches('/'));
     if target != "pair" {
         return Err(CodeError::Qr(format!("`{target}` is not a pairing link")));
     }
@@ -206,7 +208,9 @@ fn parse_uri(input: &str) -> Result<PairingCode, CodeError> {
     let server = server.ok_or_else(|| CodeError::Qr("no server".into()))?;
     let parsed = url::Url::parse(&server).map_err(|e| CodeError::Qr(format!("server: {e}")))?;
     if !matches!(parsed.scheme(), "ws" | "wss") {
-        return Err(CodeError::Qr("the server must be a ws:// or wss:// URL".into()));
+        return Err(CodeError::Qr(
+            "the server must be a ws:// or wss:// URL".into(),
+        ));
     }
     let code = code.ok_or_else(|| CodeError::Qr("no code".into()))?;
     let routing = RoutingCode::new(code).map_err(|e| CodeError::Qr(e.to_string()))?;
@@ -371,14 +375,32 @@ mod tests {
             ("K7P2QX-4HT0M", "not a character"),
             ("K7P2QX-4HTIM", "no 1, I or L"),
             ("K7P2QXK7P2QXK7P2QX-4HT9M", "4 to 16"),
-            ("proxim://pair?v=2&server=ws://a/ws&code=K7P2QX&key=AA", "version 2"),
+            (
+                "proxim://pair?v=2&server=ws://a/ws&code=K7P2QX&key=AA",
+                "version 2",
+            ),
             ("proxim://pair?v=1&code=K7P2QX&key=AA", "no server"),
-            ("proxim://pair?v=1&server=http://a/&code=K7P2QX&key=AA", "ws://"),
-            ("proxim://pair?v=1&server=ws://a/ws&code=K7P2QX&key=AA", "bytes"),
-            ("proxim://pair?v=1&server=ws://a/ws&code=K7P2QX&key=%%%", "base64url"),
-            ("proxim://pair?v=1&v=1&server=ws://a/ws&code=K7P2QX", "twice"),
+            (
+                "proxim://pair?v=1&server=http://a/&code=K7P2QX&key=AA",
+                "ws://",
+            ),
+            (
+                "proxim://pair?v=1&server=ws://a/ws&code=K7P2QX&key=AA",
+                "bytes",
+            ),
+            (
+                "proxim://pair?v=1&server=ws://a/ws&code=K7P2QX&key=%%%",
+                "base64url",
+            ),
+            (
+                "proxim://pair?v=1&v=1&server=ws://a/ws&code=K7P2QX",
+                "twice",
+            ),
             ("proxim://other?v=1", "not a pairing link"),
-            ("proxim://pair?v=1&server=ws://a/ws&code=k0&key=AA", "pairing code"),
+            (
+                "proxim://pair?v=1&server=ws://a/ws&code=k0&key=AA",
+                "pairing code",
+            ),
         ] {
             let error = PairingCode::parse(input).unwrap_err().to_string();
             assert!(error.contains(needle), "{input:?}: {error}");

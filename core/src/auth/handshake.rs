@@ -32,10 +32,10 @@ use proxim_protocol::{AuthPayload, DeviceId, RoutingCode, SessionId};
 use sha2::{Digest, Sha256};
 use spake2::{Ed25519Group, Identity as PakeId, Password, Spake2};
 
+use super::AuthError;
 use super::code::{CodeSecret, CodeSecrets, PairingCode, SecretKind};
 use super::identity::{Identity, PublicIdentity};
 use super::wire::{AUTH_VERSION, AbortReason, AuthMessage, Bytes, Fingerprint, RefuseReason};
-use super::AuthError;
 
 const PAKE_ID_PHONE: &[u8] = b"proxim phone";
 const PAKE_ID_DESKTOP: &[u8] = b"proxim desktop";
@@ -194,7 +194,11 @@ impl PhoneHandshake {
                     kind,
                     pake_a: &pake_a,
                     pake_b: &pake.0,
-                    phone: (&self.me.identity.public(), &self.me.name, &self.me.fingerprint),
+                    phone: (
+                        &self.me.identity.public(),
+                        &self.me.name,
+                        &self.me.fingerprint,
+                    ),
                     desktop: (&PublicIdentity(id.0), &name, &fp),
                 }
                 .hash();
@@ -234,7 +238,12 @@ impl PhoneHandshake {
                 let transcript = TrustedTranscript {
                     session,
                     desktop_id: &desktop_id,
-                    phone: (&self.me.identity.public(), &nonce, &self.me.name, &self.me.fingerprint),
+                    phone: (
+                        &self.me.identity.public(),
+                        &nonce,
+                        &self.me.name,
+                        &self.me.fingerprint,
+                    ),
                     desktop: (&desktop_key, &desktop_nonce.0, &name, &fp),
                 }
                 .hash();
@@ -275,6 +284,11 @@ pub fn abort_payload(error: &AuthError) -> AuthPayload {
         }
         _ => AbortReason::Malformed,
     };
+    AuthMessage::Abort { reason }.encode()
+}
+
+/// The payload telling the other side this one gives up for `reason`.
+pub fn abort_payload_for(reason: AbortReason) -> AuthPayload {
     AuthMessage::Abort { reason }.encode()
 }
 
@@ -352,8 +366,14 @@ impl std::fmt::Debug for DesktopHandshake {
 }
 
 enum Expected {
-    Mac { key: [u8; 32], transcript: [u8; 32] },
-    Signature { key: PublicIdentity, message: Vec<u8> },
+    Mac {
+        key: [u8; 32],
+        transcript: [u8; 32],
+    },
+    Signature {
+        key: PublicIdentity,
+        message: Vec<u8>,
+    },
 }
 
 impl DesktopHandshake {
@@ -382,9 +402,9 @@ impl DesktopHandshake {
             return Err(AuthError::Unexpected("trusted_hello"));
         };
         let (spake, pake_b) = start(secrets.get(*kind), routing, Side::Desktop);
-        let key = spake
-            .finish(&pake_a.0)
-            .map_err(|_| AuthError::Malformed(super::wire::WireError("bad SPAKE2 message".into())))?;
+        let key = spake.finish(&pake_a.0).map_err(|_| {
+            AuthError::Malformed(super::wire::WireError("bad SPAKE2 message".into()))
+        })?;
         let phone_key = PublicIdentity(id.0);
         let transcript = PakeTranscript {
             session,
@@ -513,7 +533,11 @@ enum Side {
     Desktop,
 }
 
-fn start(secret: &CodeSecret, routing: &RoutingCode, side: Side) -> (Spake2<Ed25519Group>, [u8; 33]) {
+fn start(
+    secret: &CodeSecret,
+    routing: &RoutingCode,
+    side: Side,
+) -> (Spake2<Ed25519Group>, [u8; 33]) {
     let password = Password::new(secret.password(routing));
     let (phone, desktop) = (PakeId::new(PAKE_ID_PHONE), PakeId::new(PAKE_ID_DESKTOP));
     let (spake, message) = match side {
@@ -560,8 +584,18 @@ impl PakeTranscript<'_> {
 struct TrustedTranscript<'a> {
     session: &'a SessionId,
     desktop_id: &'a DeviceId,
-    phone: (&'a PublicIdentity, &'a [u8; 32], &'a String, &'a Fingerprint),
-    desktop: (&'a PublicIdentity, &'a [u8; 32], &'a String, &'a Fingerprint),
+    phone: (
+        &'a PublicIdentity,
+        &'a [u8; 32],
+        &'a String,
+        &'a Fingerprint,
+    ),
+    desktop: (
+        &'a PublicIdentity,
+        &'a [u8; 32],
+        &'a String,
+        &'a Fingerprint,
+    ),
 }
 
 impl TrustedTranscript<'_> {
@@ -681,7 +715,10 @@ mod tests {
         secrets: &CodeSecrets,
         phone: LocalParty,
         desk: &LocalParty,
-    ) -> (Result<Verified, AuthError>, Option<Result<Verified, AuthError>>) {
+    ) -> (
+        Result<Verified, AuthError>,
+        Option<Result<Verified, AuthError>>,
+    ) {
         let s = session(1);
         let (hs, hello) = PhoneHandshake::pake(phone_code, phone);
         let hello = PhoneHello::decode(Some(&hello)).unwrap();
@@ -719,7 +756,12 @@ mod tests {
     fn a_wrong_secret_fails_key_confirmation_on_the_phone() {
         let secrets = CodeSecrets::generate();
         let other = CodeSecrets::generate();
-        let (p, d) = pake_run(&typed(&other), &secrets, party("Phone", 1), &party("Desk", 2));
+        let (p, d) = pake_run(
+            &typed(&other),
+            &secrets,
+            party("Phone", 1),
+            &party("Desk", 2),
+        );
         assert_eq!(p.unwrap_err(), AuthError::KeyConfirmation);
         assert!(d.is_none());
     }
@@ -805,7 +847,10 @@ mod tests {
         let (desk2, _) =
             DesktopHandshake::respond_pake(&secrets, &routing(), &session(2), &decoded1, &desk)
                 .unwrap();
-        assert_eq!(desk2.on_confirm(&confirm1).unwrap_err(), AuthError::KeyConfirmation);
+        assert_eq!(
+            desk2.on_confirm(&confirm1).unwrap_err(),
+            AuthError::KeyConfirmation
+        );
 
         // The attacker replays the desktop's reply to a new phone run.
         let (hs3, _) = PhoneHandshake::pake(&typed(&secrets), phone.clone());
@@ -838,7 +883,10 @@ mod tests {
 
         // Replays into a new session fail both ways.
         let (_, dhs2, _) = run(&session(2), &desk);
-        assert_eq!(dhs2.on_confirm(&confirm).unwrap_err(), AuthError::BadSignature);
+        assert_eq!(
+            dhs2.on_confirm(&confirm).unwrap_err(),
+            AuthError::BadSignature
+        );
         let (hs3, _, _) = run(&session(3), &desk);
         assert_eq!(
             hs3.on_reply(&session(3), Some(&reply)).unwrap_err(),
@@ -860,7 +908,8 @@ mod tests {
             fp.0.0[0] ^= 1;
         }
         assert_eq!(
-            hs5.on_reply(&session(5), Some(&message.encode())).unwrap_err(),
+            hs5.on_reply(&session(5), Some(&message.encode()))
+                .unwrap_err(),
             AuthError::BadSignature
         );
     }
@@ -873,7 +922,10 @@ mod tests {
         assert!(matches!(hs.on_reply(&s, None), Err(AuthError::Missing(_))));
         let (hs, _) = PhoneHandshake::pake(&typed(&secrets), party("Phone", 1));
         let junk = AuthPayload::new("e30").unwrap();
-        assert!(matches!(hs.on_reply(&s, Some(&junk)), Err(AuthError::Malformed(_))));
+        assert!(matches!(
+            hs.on_reply(&s, Some(&junk)),
+            Err(AuthError::Malformed(_))
+        ));
         let (hs, _) = PhoneHandshake::pake(&typed(&secrets), party("Phone", 1));
         let refusal = refusal_payload(RefuseReason::NotTrusted);
         assert_eq!(
@@ -881,7 +933,10 @@ mod tests {
             AuthError::Unexpected("refused")
         );
         assert_eq!(refusal_reason(&refusal), Some(RefuseReason::NotTrusted));
-        assert!(matches!(PhoneHello::decode(None), Err(AuthError::Missing(_))));
+        assert!(matches!(
+            PhoneHello::decode(None),
+            Err(AuthError::Missing(_))
+        ));
         assert!(matches!(
             PhoneHello::decode(Some(&refusal)),
             Err(AuthError::Unexpected("refused"))

@@ -49,9 +49,10 @@ impl Identity {
         let path = dir.join(IDENTITY_FILE);
         match std::fs::read_to_string(&path) {
             Ok(text) => {
-                let bytes = Zeroizing::new(hex::decode(text.trim()).map_err(|_| {
-                    StoreError(format!("{} is not a hex key", path.display()))
-                })?);
+                let bytes = Zeroizing::new(
+                    hex::decode(text.trim())
+                        .map_err(|_| StoreError(format!("{} is not a hex key", path.display())))?,
+                );
                 let seed: [u8; 32] = bytes.as_slice().try_into().map_err(|_| {
                     StoreError(format!("{} does not hold a 32-byte key", path.display()))
                 })?;
@@ -103,7 +104,13 @@ impl PublicIdentity {
     pub fn short(&self) -> String {
         let digest = Sha256::digest(self.0);
         let hex = hex::encode(&digest[..8]);
-        format!("{}-{}-{}-{}", &hex[..4], &hex[4..8], &hex[8..12], &hex[12..])
+        format!(
+            "{}-{}-{}-{}",
+            &hex[..4],
+            &hex[4..8],
+            &hex[8..12],
+            &hex[12..]
+        )
     }
 
     /// Whether `signature` is this key's signature of `message`.
@@ -415,24 +422,46 @@ mod tests {
         assert!(store.list().unwrap().is_empty());
         let k1 = Identity::ephemeral().public();
         let k2 = Identity::ephemeral().public();
-        store.add(device("dev-aaaa1111", &k1, DeviceRole::Phone)).unwrap();
-        store.add(device("dev-bbbb2222", &k2, DeviceRole::Desktop)).unwrap();
+        store
+            .add(device("dev-aaaa1111", &k1, DeviceRole::Phone))
+            .unwrap();
+        store
+            .add(device("dev-bbbb2222", &k2, DeviceRole::Desktop))
+            .unwrap();
         assert_eq!(store.list().unwrap().len(), 2);
         assert!(store.find_key(&k1, DeviceRole::Phone).unwrap().is_some());
         assert!(store.find_key(&k1, DeviceRole::Desktop).unwrap().is_none());
         assert_eq!(
-            store.find_id("dev-bbbb", DeviceRole::Desktop).unwrap().unwrap().device_id,
+            store
+                .find_id("dev-bbbb", DeviceRole::Desktop)
+                .unwrap()
+                .unwrap()
+                .device_id,
             "dev-bbbb2222"
         );
         store.touch(&k1, DeviceRole::Phone).unwrap();
-        assert!(store.find_key(&k1, DeviceRole::Phone).unwrap().unwrap().last_seen > 100);
+        assert!(
+            store
+                .find_key(&k1, DeviceRole::Phone)
+                .unwrap()
+                .unwrap()
+                .last_seen
+                > 100
+        );
 
         // Re-adding the same key keeps one entry and its first pairing time.
         let mut again = device("dev-aaaa1111", &k1, DeviceRole::Phone);
         again.paired_at = 999;
         store.add(again).unwrap();
         assert_eq!(store.list().unwrap().len(), 2);
-        assert_eq!(store.find_key(&k1, DeviceRole::Phone).unwrap().unwrap().paired_at, 100);
+        assert_eq!(
+            store
+                .find_key(&k1, DeviceRole::Phone)
+                .unwrap()
+                .unwrap()
+                .paired_at,
+            100
+        );
 
         let removed = store.revoke("dev-aaaa").unwrap();
         assert_eq!(removed.len(), 1);
@@ -446,10 +475,27 @@ mod tests {
     fn ambiguous_prefixes_are_refused() {
         let dir = tempfile::tempdir().unwrap();
         let store = TrustStore::open(dir.path());
-        store.add(device("dev-abc1", &Identity::ephemeral().public(), DeviceRole::Phone)).unwrap();
-        store.add(device("dev-abc2", &Identity::ephemeral().public(), DeviceRole::Phone)).unwrap();
+        store
+            .add(device(
+                "dev-abc1",
+                &Identity::ephemeral().public(),
+                DeviceRole::Phone,
+            ))
+            .unwrap();
+        store
+            .add(device(
+                "dev-abc2",
+                &Identity::ephemeral().public(),
+                DeviceRole::Phone,
+            ))
+            .unwrap();
         assert!(store.revoke("dev-abc").unwrap_err().0.contains("matches 2"));
-        assert!(store.find_id("dev-abc", DeviceRole::Phone).unwrap().is_none());
+        assert!(
+            store
+                .find_id("dev-abc", DeviceRole::Phone)
+                .unwrap()
+                .is_none()
+        );
         assert_eq!(store.list().unwrap().len(), 2);
     }
 
@@ -459,6 +505,14 @@ mod tests {
         std::fs::write(dir.path().join(TRUST_FILE), "{").unwrap();
         let store = TrustStore::open(dir.path());
         assert!(store.list().unwrap_err().0.contains("damaged"));
-        assert!(store.add(device("x", &Identity::ephemeral().public(), DeviceRole::Phone)).is_err());
+        assert!(
+            store
+                .add(device(
+                    "x",
+                    &Identity::ephemeral().public(),
+                    DeviceRole::Phone
+                ))
+                .is_err()
+        );
     }
 }

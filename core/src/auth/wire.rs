@@ -49,9 +49,9 @@ impl<'de, const N: usize> Deserialize<'de> for Bytes<N> {
         let bytes = URL_SAFE_NO_PAD
             .decode(text.as_bytes())
             .map_err(|_| serde::de::Error::custom("not base64url"))?;
-        let array: [u8; N] = bytes
-            .try_into()
-            .map_err(|v: Vec<u8>| serde::de::Error::custom(format!("{} bytes, expected {N}", v.len())))?;
+        let array: [u8; N] = bytes.try_into().map_err(|v: Vec<u8>| {
+            serde::de::Error::custom(format!("{} bytes, expected {N}", v.len()))
+        })?;
         Ok(Bytes(array))
     }
 }
@@ -120,6 +120,8 @@ pub enum AbortReason {
     Identity,
     /// The other side's message was malformed.
     Malformed,
+    /// The other side's SDP carried a DTLS fingerprint it had not authenticated.
+    Fingerprint,
 }
 
 /// One authentication message.
@@ -265,7 +267,9 @@ impl AuthMessage {
         if let Some(name) = name {
             let chars = name.chars().count();
             if chars == 0 || chars > MAX_NAME_CHARS || name.chars().any(char::is_control) {
-                return Err(WireError("the device name is empty, too long or has control characters".into()));
+                return Err(WireError(
+                    "the device name is empty, too long or has control characters".into(),
+                ));
             }
         }
         Ok(())
@@ -297,7 +301,9 @@ mod tests {
                 fp: fp(0xcd),
                 mac: Bytes([3; 32]),
             },
-            AuthMessage::PakeConfirm { mac: Bytes([4; 32]) },
+            AuthMessage::PakeConfirm {
+                mac: Bytes([4; 32]),
+            },
             AuthMessage::TrustedHello {
                 v: AUTH_VERSION,
                 id: Bytes([1; 32]),
@@ -312,7 +318,9 @@ mod tests {
                 fp: fp(2),
                 sig: Bytes([9; 64]),
             },
-            AuthMessage::TrustedConfirm { sig: Bytes([9; 64]) },
+            AuthMessage::TrustedConfirm {
+                sig: Bytes([9; 64]),
+            },
             AuthMessage::Refused {
                 reason: RefuseReason::NotTrusted,
             },
@@ -332,7 +340,10 @@ mod tests {
 
     #[test]
     fn the_json_is_pinned() {
-        let payload = AuthMessage::PakeConfirm { mac: Bytes([0; 32]) }.encode();
+        let payload = AuthMessage::PakeConfirm {
+            mac: Bytes([0; 32]),
+        }
+        .encode();
         let json = URL_SAFE_NO_PAD.decode(payload.as_str()).unwrap();
         assert_eq!(
             String::from_utf8(json).unwrap(),
@@ -352,11 +363,19 @@ mod tests {
             (b64("not json"), "expected"),
             (b64(r#"{"t":"pake_confirm"}"#), "missing field"),
             (b64(r#"{"t":"nope"}"#), "unknown variant"),
-            (b64(&format!(r#"{{"t":"pake_confirm","mac":"{good_mac}","x":1}}"#)), "unknown field"),
+            (
+                b64(&format!(
+                    r#"{{"t":"pake_confirm","mac":"{good_mac}","x":1}}"#
+                )),
+                "unknown field",
+            ),
             (b64(r#"{"t":"pake_confirm","mac":"AAAA"}"#), "expected 32"),
             (b64(r#"{"t":"pake_confirm","mac":"!!"}"#), "base64url"),
             (b64(r#"{"t":"pake_confirm","mac":7}"#), "invalid type"),
-            (b64(r#"{"t":"refused","reason":"because"}"#), "unknown variant"),
+            (
+                b64(r#"{"t":"refused","reason":"because"}"#),
+                "unknown variant",
+            ),
             ("A".repeat(MAX_AUTH_PAYLOAD_CHARS + 1), "too long"),
         ] {
             let error = AuthMessage::decode_str(&text).unwrap_err().to_string();
@@ -370,7 +389,9 @@ mod tests {
         if let AuthMessage::PakeHello { v, .. } = &mut hello {
             *v = 9;
         }
-        let error = AuthMessage::decode(&hello.encode()).unwrap_err().to_string();
+        let error = AuthMessage::decode(&hello.encode())
+            .unwrap_err()
+            .to_string();
         assert!(error.contains("version 9"), "{error}");
         let mut hello = samples().remove(0);
         if let AuthMessage::PakeHello { name, .. } = &mut hello {

@@ -60,6 +60,8 @@ pub enum DesktopPairingEvent {
 #[derive(Debug)]
 pub struct DesktopPairing {
     me: PeerDevice,
+    /// When the current code expires, by the server's word (`None`: never).
+    code_expires_at: Option<Instant>,
     state: State,
     transmits: VecDeque<ClientMessage>,
     events: VecDeque<DesktopPairingEvent>,
@@ -111,6 +113,7 @@ impl DesktopPairing {
         let _ = now;
         let mut machine = DesktopPairing {
             me,
+            code_expires_at: None,
             state: State::Registering { previous: None },
             transmits: VecDeque::new(),
             events: VecDeque::new(),
@@ -125,6 +128,13 @@ impl DesktopPairing {
         now: Instant,
         message: &ServerMessage,
     ) -> Result<(), PairingError> {
+        if let (
+            State::Registering { .. } | State::Registered { .. },
+            ServerMessage::Registered { expires_in_ms, .. },
+        ) = (&self.state, message)
+        {
+            self.code_expires_at = expires_in_ms.map(|ms| now + Duration::from_millis(ms));
+        }
         match (&mut self.state, message) {
             (State::Registering { previous }, ServerMessage::Registered { code, .. }) => {
                 let event = match previous {
@@ -371,6 +381,11 @@ impl DesktopPairing {
         }
     }
 
+    /// When the code being shown expires (`None`: it does not).
+    pub fn code_expires_at(&self) -> Option<Instant> {
+        self.code_expires_at
+    }
+
     /// The sessions of the prompts still open.
     pub fn pending_prompts(&self) -> Vec<SessionId> {
         match &self.state {
@@ -481,8 +496,14 @@ mod tests {
             d.poll_transmit(),
             Some(ClientMessage::RegisterDesktop { .. })
         ));
-        d.handle_message(t0, &ServerMessage::Registered { code: code("ABCD"), expires_in_ms: None })
-            .unwrap();
+        d.handle_message(
+            t0,
+            &ServerMessage::Registered {
+                code: code("ABCD"),
+                expires_in_ms: None,
+            },
+        )
+        .unwrap();
         assert_eq!(
             events(&mut d),
             vec![DesktopPairingEvent::Registered(code("ABCD"))]
@@ -668,15 +689,44 @@ mod tests {
                 "answering a prompt while registering".into()
             ))
         );
-        d.handle_message(t0, &ServerMessage::Registered { code: code("ABCD"), expires_in_ms: None })
-            .unwrap();
-        assert!(
-            d.handle_message(t0, &ServerMessage::Registered { code: code("WXYZ"), expires_in_ms: None })
-                .is_err(),
-            "second registered"
-        );
-        assert_eq!(d.code(), Some(&code("ABCD")));
+        d.handle_message(
+            t0,
+            &ServerMessage::Registered {
+                code: code("ABCD"),
+                expires_in_ms: None,
+            },
+        )
+        .unwrap();
         d.handle_message(t0, &prompt(S1, 60_000)).unwrap();
+        while d.poll_event().is_some() {}
+        // A later `registered` replaces the code (expired, or renewed after a use); the open
+        // prompt stays.
+        d.handle_message(
+            t0,
+            &ServerMessage::Registered {
+                code: code("WXYZ"),
+                expires_in_ms: Some(1000),
+            },
+        )
+        .unwrap();
+        assert_eq!(d.code(), Some(&code("WXYZ")));
+        assert_eq!(
+            d.poll_event(),
+            Some(DesktopPairingEvent::CodeChanged(code("WXYZ")))
+        );
+        assert_eq!(d.pending_prompts(), vec![session(S1)]);
+        // The same code again changes nothing.
+        d.handle_message(
+            t0,
+            &ServerMessage::Registered {
+                code: code("WXYZ"),
+                expires_in_ms: None,
+            },
+        )
+        .unwrap();
+        assert_eq!(d.poll_event(), None);
+        assert_eq!(d.renew_code(), Ok(()));
+        assert_eq!(d.poll_transmit(), Some(ClientMessage::RenewCode));
         assert_eq!(
             d.handle_message(t0, &result(S2, PairOutcome::Accepted)),
             Err(PairingError::UnknownSession(session(S2)))
@@ -716,8 +766,14 @@ mod tests {
         ));
         assert!(d.handle_reconnected(t0).is_err(), "already registering");
         // Same code back: Registered again, not CodeChanged.
-        d.handle_message(t0, &ServerMessage::Registered { code: code("ABCD"), expires_in_ms: None })
-            .unwrap();
+        d.handle_message(
+            t0,
+            &ServerMessage::Registered {
+                code: code("ABCD"),
+                expires_in_ms: None,
+            },
+        )
+        .unwrap();
         assert_eq!(
             events(&mut d),
             vec![DesktopPairingEvent::Registered(code("ABCD"))]
@@ -726,8 +782,14 @@ mod tests {
         // Another loss, and this time the server hands out a new code.
         d.handle_disconnected(t0 + Duration::from_secs(4));
         d.handle_reconnected(t0 + Duration::from_secs(5)).unwrap();
-        d.handle_message(t0, &ServerMessage::Registered { code: code("WXYZ"), expires_in_ms: None })
-            .unwrap();
+        d.handle_message(
+            t0,
+            &ServerMessage::Registered {
+                code: code("WXYZ"),
+                expires_in_ms: None,
+            },
+        )
+        .unwrap();
         assert_eq!(
             events(&mut d),
             vec![DesktopPairingEvent::CodeChanged(code("WXYZ"))]

@@ -236,6 +236,13 @@ impl DesktopRegistration {
         &self.code
     }
 
+    /// When the code expires, by the server's word (`None`: it does not).
+    pub fn code_expires_at(&self) -> Option<tokio::time::Instant> {
+        self.machine
+            .code_expires_at()
+            .map(tokio::time::Instant::from_std)
+    }
+
     /// The next event; `None` once the signaling client is closed. Cancel-safe.
     pub async fn next(&mut self) -> Option<DesktopEvent> {
         let span = self.span.clone();

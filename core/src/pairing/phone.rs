@@ -174,11 +174,24 @@ impl PhonePairing {
                 State::Requested { .. },
                 ServerMessage::PairResult {
                     session: None,
-                    outcome: PairOutcome::UnknownCode,
+                    outcome,
                     ..
                 },
-            ) => {
-                self.fail(PairingError::UnknownCode, "unknown code", false);
+            ) if matches!(
+                outcome,
+                PairOutcome::UnknownCode
+                    | PairOutcome::CodeExpired
+                    | PairOutcome::CodeUsed
+                    | PairOutcome::DesktopOffline
+            ) =>
+            {
+                let error = match outcome {
+                    PairOutcome::CodeExpired => PairingError::CodeExpired,
+                    PairOutcome::CodeUsed => PairingError::CodeUsed,
+                    PairOutcome::DesktopOffline => PairingError::DesktopOffline,
+                    _ => PairingError::UnknownCode,
+                };
+                self.fail(error, "refused without a session", false);
                 Ok(())
             }
             (
@@ -463,6 +476,21 @@ mod tests {
                 None,
                 "no leave after the server's verdict"
             );
+        }
+    }
+
+    #[test]
+    fn refusals_without_a_session_map_to_their_errors() {
+        let t0 = Instant::now();
+        for (outcome, error) in [
+            (PairOutcome::CodeExpired, PairingError::CodeExpired),
+            (PairOutcome::CodeUsed, PairingError::CodeUsed),
+            (PairOutcome::DesktopOffline, PairingError::DesktopOffline),
+        ] {
+            let mut p = start(t0);
+            p.handle_message(t0, &result(None, outcome)).unwrap();
+            assert_eq!(p.poll_event(), Some(PhoneEvent::Failed(error)));
+            assert!(p.is_finished());
         }
     }
 

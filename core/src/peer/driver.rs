@@ -39,6 +39,7 @@ use super::{
     ChannelOptions, ConnectionEvent, ConnectionState, ConnectionStats, DEFAULT_CHANNEL, Payload,
     PeerConfig, PeerError, PeerRole,
 };
+use crate::auth::AuthMessage;
 use crate::link::{LinkEvent, SignalLink};
 
 /// Batched reads (each up to [`RX_BUFFERS`] buffers) from one socket before the outputs are
@@ -439,9 +440,7 @@ impl Driver {
                 if self.role != PeerRole::Answerer || self.remote_description_set {
                     return Err(PeerError::BadSignal("unexpected offer".into()));
                 }
-                if let Some(expected) = &self.expected_remote_fingerprint {
-                    super::check_fingerprints(sdp.as_str(), expected)?;
-                }
+                self.check_remote_fingerprint(sdp.as_str())?;
                 let offer = RTCSessionDescription::offer(sdp.into_string()).map_err(rtc_error)?;
                 self.pc
                     .set_remote_description(Instant::now(), offer)
@@ -460,9 +459,7 @@ impl Driver {
                 if self.role != PeerRole::Offerer || self.remote_description_set {
                     return Err(PeerError::BadSignal("unexpected answer".into()));
                 }
-                if let Some(expected) = &self.expected_remote_fingerprint {
-                    super::check_fingerprints(sdp.as_str(), expected)?;
-                }
+                self.check_remote_fingerprint(sdp.as_str())?;
                 let answer = RTCSessionDescription::answer(sdp.into_string()).map_err(rtc_error)?;
                 self.pc
                     .set_remote_description(Instant::now(), answer)
@@ -496,9 +493,31 @@ impl Driver {
                 self.remote_gathering_done = true;
                 self.last_candidate_change = Instant::now();
             }
+            Signal::Auth { payload } => {
+                // The only authentication message for the peer layer: the other side refusing
+                // the connection because of what it received (e.g. another fingerprint).
+                if let Ok(AuthMessage::Abort { reason }) = AuthMessage::decode(&payload) {
+                    return Err(PeerError::RefusedByPeer(format!(
+                        "the other device refused the connection ({reason:?}): what it received \
+                         over signaling was not what this device sent"
+                    )));
+                }
+                tracing::debug!("authentication signal ignored by the peer layer");
+            }
             other => tracing::debug!(kind = ?other, "signal not for the peer layer"),
         }
         Ok(())
+    }
+
+    /// With an authenticated remote fingerprint, refuse an SDP that names another. (The
+    /// layer above tells the other side why, on the signaling connection it owns.)
+    fn check_remote_fingerprint(&self, sdp: &str) -> Result<(), PeerError> {
+        let Some(expected) = &self.expected_remote_fingerprint else {
+            return Ok(());
+        };
+        super::check_fingerprints(sdp, expected).inspect_err(|error| {
+            tracing::warn!(%error, "remote SDP refused");
+        })
     }
 
     fn replay_early_packets(&mut self) {

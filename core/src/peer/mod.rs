@@ -70,8 +70,8 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use proxim_protocol::IceServer;
-use rtc::peer_connection::RTCPeerConnectionBuilder;
 use rtc::crypto::SignatureScheme;
+use rtc::peer_connection::RTCPeerConnectionBuilder;
 use rtc::peer_connection::certificate::{CertificateParams, RTCCertificate};
 use rtc::peer_connection::configuration::RTCConfigurationBuilder;
 use rtc::peer_connection::configuration::setting_engine::SettingEngineBuilder;
@@ -256,6 +256,10 @@ pub enum PeerError {
     /// devices (the signaling server, or whoever controls it) may be intercepting.
     #[error("the connection may have been intercepted: {0}")]
     Intercepted(String),
+    /// The other device refused the connection: what it received over signaling was not what
+    /// this device sent (its side of an interception).
+    #[error("the connection may have been intercepted: {0}")]
+    RefusedByPeer(String),
     /// The remote side sent something unusable over signaling.
     #[error("bad signal from the peer: {0}")]
     BadSignal(String),

@@ -201,6 +201,7 @@ impl Driver {
             match message {
                 ServerMessage::Signal { session, signal } => match routes.get(&session) {
                     Some(route) => {
+                        tracing::trace!(session = %short(&session), "signal routed");
                         if deliver(route, LinkEvent::Signal(signal)) {
                             None
                         } else {
