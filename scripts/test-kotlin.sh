@@ -114,11 +114,10 @@ code_of() {
         sed 's/pairing code: //'
 }
 
-# link_of NAME: the QR link (`pairing link: proxim://…`) desktop NAME printed with its first
-# code, or nothing if this CLI prints none. Call after code_of NAME.
+# link_of NAME: the QR link desktop NAME printed with its first code (`pairing link: …`).
 link_of() {
-    grep -Eo -m1 'pairing link: proxim://[^[:space:]]+' "$WORK/$1.out" 2>/dev/null |
-        sed 's/pairing link: //' || true
+    wait_for "$WORK/$1.out" 'pairing link: proxim://[^[:space:]]+' "the $1 desktop's pairing link" |
+        sed 's/pairing link: //'
 }
 
 # ---------------------------------------------------------------------------------------------
@@ -181,8 +180,7 @@ WRONG_CODE=$(code_of wrong) || die "the wrong-secret desktop did not register"
 for code in "$ACCEPT_CODE" "$ACCEPT2_CODE" "$REJECT_CODE" "$SILENT_CODE" "$TRUST_CODE" "$WRONG_CODE"; do
     [ -n "$code" ] || die "no pairing code"
 done
-ACCEPT_LINK=$(link_of accept)
-[ -n "$ACCEPT_LINK" ] || log "the desktop prints no pairing link: the QR link test is skipped"
+ACCEPT_LINK=$(link_of accept) || die "the accepting desktop printed no pairing link"
 
 # ---------------------------------------------------------------------------------------------
 # Run
@@ -193,7 +191,8 @@ set +e
 PROXIM_SERVER=$SERVER_URL PROXIM_HTTP=http://$ADDR \
     ACCEPT_CODE=$ACCEPT_CODE ACCEPT_DOWNLOADS=$WORK/downloads ACCEPT2_CODE=$ACCEPT2_CODE \
     REJECT_CODE=$REJECT_CODE SILENT_CODE=$SILENT_CODE SILENT_LOG=$WORK/silent.out \
-    TRUST_CODE=$TRUST_CODE WRONG_CODE=$WRONG_CODE WRONG_LOG=$WORK/wrong.out \
+    TRUST_CODE=$TRUST_CODE TRUST_DATA=$WORK/trust-data PROXIM_BIN=$TARGET_DIR/debug/proxim \
+    WRONG_CODE=$WRONG_CODE WRONG_LOG=$WORK/wrong.out \
     ACCEPT_LINK=$ACCEPT_LINK WORK_DIR=$WORK \
     timeout 900 java -Djna.library.path="$TARGET_DIR/debug" -cp "$BUILD/tests.jar:$LIBS" \
     ProximTestsKt "$@" | tee "$WORK/suite.out"
