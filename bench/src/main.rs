@@ -12,6 +12,7 @@
 //! Adding a row: write a `fn(&Params) -> anyhow::Result<Outcome>` and list it in [`ROWS`].
 
 mod measure;
+mod auth_rows;
 mod pair_rows;
 mod proxim_rows;
 mod relay_rows;
@@ -148,6 +149,18 @@ const ROWS: &[RowSpec] = &[
         group: Group::Setup,
         label: "proxim peer establish",
         run: proxim_rows::run_setup,
+    },
+    RowSpec {
+        name: "setup-proxim-establish-bound",
+        group: Group::Setup,
+        label: "proxim establish, fingerprints bound",
+        run: auth_rows::run_establish,
+    },
+    RowSpec {
+        name: "setup-pake-handshake",
+        group: Group::Setup,
+        label: "SPAKE2 handshake, both sides + certs",
+        run: auth_rows::run_handshake,
     },
     RowSpec {
         name: "setup-proxim-relay",

@@ -10,6 +10,8 @@
 #[path = "../../protocol/tests/support/invariants.rs"]
 pub mod protocol;
 
+pub mod core;
+
 /// Run `check` on the fuzzer's bytes read as text (invalid UTF-8 becomes U+FFFD, so every
 /// input means something). A broken invariant panics: libFuzzer saves the input as a crash.
 pub fn check<T>(data: &[u8], check: impl FnOnce(&str) -> Result<T, String>) {

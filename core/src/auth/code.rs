@@ -207,11 +207,13 @@ fn parse_uri(input: &str) -> Result<PairingCode, CodeError> {
     }
     let server = server.ok_or_else(|| CodeError::Qr("no server".into()))?;
     let parsed = url::Url::parse(&server).map_err(|e| CodeError::Qr(format!("server: {e}")))?;
-    if !matches!(parsed.scheme(), "ws" | "wss") {
+    if !matches!(parsed.scheme(), "ws" | "wss") || parsed.host_str().is_none_or(str::is_empty) {
         return Err(CodeError::Qr(
             "the server must be a ws:// or wss:// URL".into(),
         ));
     }
+    // The normalized form: what the signaling client will dial, not a look-alike of it.
+    let server = parsed.to_string();
     let code = code.ok_or_else(|| CodeError::Qr("no code".into()))?;
     let routing = RoutingCode::new(code).map_err(|e| CodeError::Qr(e.to_string()))?;
     let key = key.ok_or_else(|| CodeError::Qr("no key".into()))?;
@@ -343,6 +345,19 @@ mod tests {
         assert!(!uri.contains(&secrets.short_code(&routing())));
     }
 
+    /// Found by the `pairing_code` fuzz target: `wss:o/…` parses as a URL; the code keeps the
+    /// normalized form (`wss://o/…`), so what is shown and what is dialled agree.
+    #[test]
+    fn qr_servers_are_normalized() {
+        let code = PairingCode::parse(
+            "proxim://pair?v=1&server=wss%3A%6F%2Fsignal.example.inval`d%2Fws&code=K7P2QX\
+             &key=AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA",
+        )
+        .unwrap();
+        let server = code.server.unwrap();
+        assert!(server.starts_with("wss://"), "{server}");
+    }
+
     #[test]
     fn secrets_differ_and_are_redacted() {
         let a = CodeSecrets::generate();
@@ -397,6 +412,10 @@ mod tests {
                 "twice",
             ),
             ("proxim://other?v=1", "not a pairing link"),
+            (
+                "proxim://pair?v=1&server=ws%3A&code=K7P2QX&key=AA",
+                "server",
+            ),
             (
                 "proxim://pair?v=1&server=ws://a/ws&code=k0&key=AA",
                 "pairing code",
