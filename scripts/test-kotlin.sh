@@ -4,7 +4,9 @@
 #   1. installs what is missing (Kotlin compiler from npm into .kotlin-build/, JNA from Debian);
 #   2. builds libproxim.so and the pinned uniffi-bindgen, generates the Kotlin bindings;
 #   3. compiles bindings + bindings/kotlin-tests with `kotlinc -Werror`;
-#   4. starts `proxim serve` and four `proxim desktop`s (2 accepting+echoing, rejecting, silent);
+#   4. starts `proxim serve` and six `proxim desktop`s, each with its own --data-dir (4 accepting
+#      and echoing: two shared, one for the trusted-reconnect tests, one whose code the
+#      wrong-secret test burns; rejecting; silent);
 #   5. runs the suite on the JVM. The last line is `N passed, M failed`; non-zero exit on failure.
 # Only the processes started here are stopped (by PID). Usage: scripts/test-kotlin.sh [filter…]
 set -euo pipefail
@@ -106,10 +108,16 @@ start_desktop() {
     PIDS+=($!)
 }
 
-# code_of NAME: the pairing code desktop NAME printed.
+# code_of NAME: the (first) pairing code desktop NAME printed.
 code_of() {
     wait_for "$WORK/$1.out" 'pairing code: [0-9A-Z]+-[0-9A-Z]+' "the $1 desktop's pairing code" |
         sed 's/pairing code: //'
+}
+
+# link_of NAME: the QR link desktop NAME printed with its first code (`pairing link: …`).
+link_of() {
+    wait_for "$WORK/$1.out" 'pairing link: proxim://[^[:space:]]+' "the $1 desktop's pairing link" |
+        sed 's/pairing link: //'
 }
 
 # ---------------------------------------------------------------------------------------------
@@ -139,7 +147,7 @@ mapfile -t SOURCES < <(find "$BUILD/generated" bindings/kotlin-tests -name '*.kt
 # ---------------------------------------------------------------------------------------------
 
 WORK=$(mktemp -d "${TMPDIR:-/tmp}/proxim-kotlin.XXXXXX")
-log "starting proxim serve and four desktops (work dir $WORK)"
+log "starting proxim serve and six desktops (work dir $WORK)"
 # The suite pairs many times with the same desktops (20 at once among them): no per-code
 # pairing limit here.
 "$TARGET_DIR/debug/proxim" serve --bind 127.0.0.1:0 --no-stun --pair-attempts 0 >"$WORK/server.out" 2>"$WORK/server.err" &
@@ -159,11 +167,20 @@ start_desktop reject --reject --download-dir "$WORK/reject-downloads"
 mkfifo "$WORK/silent.in"
 exec 7<>"$WORK/silent.in"
 DESKTOP_STDIN=$WORK/silent.in start_desktop silent --download-dir "$WORK/silent-downloads"
+# Trusted reconnects go to a desktop of their own, so its trust list holds only their phones.
+start_desktop trust --accept --echo --download-dir "$WORK/trust-downloads"
+# A wrong secret burns a desktop's code: that test gets a desktop the others do not use.
+start_desktop wrong --accept --echo --download-dir "$WORK/wrong-downloads"
 ACCEPT_CODE=$(code_of accept) || die "the accepting desktop did not register"
 ACCEPT2_CODE=$(code_of accept2) || die "the second accepting desktop did not register"
 REJECT_CODE=$(code_of reject) || die "the rejecting desktop did not register"
 SILENT_CODE=$(code_of silent) || die "the silent desktop did not register"
-[ -n "$ACCEPT_CODE" ] && [ -n "$ACCEPT2_CODE" ] && [ -n "$REJECT_CODE" ] && [ -n "$SILENT_CODE" ] || die "no pairing code"
+TRUST_CODE=$(code_of trust) || die "the trusted-reconnect desktop did not register"
+WRONG_CODE=$(code_of wrong) || die "the wrong-secret desktop did not register"
+for code in "$ACCEPT_CODE" "$ACCEPT2_CODE" "$REJECT_CODE" "$SILENT_CODE" "$TRUST_CODE" "$WRONG_CODE"; do
+    [ -n "$code" ] || die "no pairing code"
+done
+ACCEPT_LINK=$(link_of accept) || die "the accepting desktop printed no pairing link"
 
 # ---------------------------------------------------------------------------------------------
 # Run
@@ -174,7 +191,9 @@ set +e
 PROXIM_SERVER=$SERVER_URL PROXIM_HTTP=http://$ADDR \
     ACCEPT_CODE=$ACCEPT_CODE ACCEPT_DOWNLOADS=$WORK/downloads ACCEPT2_CODE=$ACCEPT2_CODE \
     REJECT_CODE=$REJECT_CODE SILENT_CODE=$SILENT_CODE SILENT_LOG=$WORK/silent.out \
-    WORK_DIR=$WORK \
+    TRUST_CODE=$TRUST_CODE TRUST_DATA=$WORK/trust-data PROXIM_BIN=$TARGET_DIR/debug/proxim \
+    WRONG_CODE=$WRONG_CODE WRONG_LOG=$WORK/wrong.out \
+    ACCEPT_LINK=$ACCEPT_LINK WORK_DIR=$WORK \
     timeout 900 java -Djna.library.path="$TARGET_DIR/debug" -cp "$BUILD/tests.jar:$LIBS" \
     ProximTestsKt "$@" | tee "$WORK/suite.out"
 status=${PIPESTATUS[0]}
@@ -183,7 +202,8 @@ set -e
 cleanup
 summary=$(grep -E '^[0-9]+ passed, [0-9]+ failed$' "$WORK/suite.out" | tail -n1 || true)
 if [ "$status" -ne 0 ]; then
-    for f in server.err accept.out accept.err reject.out silent.out; do
+    for f in server.err accept.out accept.err reject.out silent.out trust.out trust.err \
+        wrong.out wrong.err; do
         echo "--- $f (last lines)" >&2
         tail -n 15 "$WORK/$f" >&2 || true
     done

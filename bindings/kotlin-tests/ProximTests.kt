@@ -11,7 +11,16 @@
 //   REJECT_CODE         code of a desktop running --reject
 //   SILENT_CODE         code of a desktop that never answers (prompts on a stdin nobody writes)
 //   SILENT_LOG          that desktop's stdout
+//   TRUST_CODE          code of an --accept --echo desktop with its own --data-dir, for the
+//                       trusted-reconnect tests
+//   TRUST_DATA          that desktop's --data-dir
+//   PROXIM_BIN          the `proxim` CLI (`proxim devices --data-dir DIR revoke ID`)
+//   WRONG_CODE          code of an --accept --echo desktop whose code the wrong-secret test burns
+//   WRONG_LOG           that desktop's stdout (it prints `pairing code: …` on every new code)
+//   ACCEPT_LINK         the ACCEPT desktop's QR link (`pairing link: proxim://pair?…`)
 //   WORK_DIR            scratch directory
+//
+// Codes are `ROUTING-SECRET` (`K7P2QX-4HT9M`): the server sees only the routing part.
 //
 // Output: one `PASS name (ms)` / `FAIL name: why` line per test, then `N passed, M failed`.
 
@@ -36,6 +45,11 @@ val tests: List<Pair<String, suspend () -> Unit>> = listOf(
     "a file of a few MiB arrives byte-identical with progress" to ::fileTransfer,
     "a rejecting desktop maps to ProximException.Rejected" to ::rejected,
     "a malformed code maps to InvalidCode, an unknown one to UnknownCode" to ::wrongCode,
+    "a code pairing is remembered; a new core connect()s without a code" to ::pairThenConnect,
+    "after revokeDevice() connect() maps to NotTrusted" to ::revokeThenNotTrusted,
+    "a desktop that revoked this phone: connect() maps to NotTrusted" to ::revokedByDesktop,
+    "a wrong secret maps to Intercepted and burns the code (then CodeUsed)" to ::wrongSecret,
+    "pairing with the QR link uses the link's server" to ::pairWithLink,
     "an unreachable server maps to ServerUnreachable" to ::unreachableServer,
     "cancelling pair() withdraws the request and leaves nothing pending" to ::cancelPair,
     "20 ProximCore instances pair at once" to ::twentyAtOnce,
@@ -124,8 +138,166 @@ suspend fun wrongCode() {
     newCore("kt-wrong-code", null).use { core ->
         val malformed = expectThrows<ProximException> { core.pair("0O1!") }
         check(malformed is ProximException.InvalidCode) { "expected InvalidCode, got $malformed" }
+        // A routing part alone (the old code format) lacks the secret.
+        val noSecret = expectThrows<ProximException> { core.pair(env("ACCEPT_CODE").substringBefore('-').take(6)) }
+        check(noSecret is ProximException.InvalidCode) { "expected InvalidCode without a secret, got $noSecret" }
         val unknown = expectThrows<ProximException> { core.pair(unusedCode()) }
         check(unknown is ProximException.UnknownCode) { "expected UnknownCode, got $unknown" }
+    }
+}
+
+suspend fun pairThenConnect() {
+    val dataDir = newDataDir("kt-trust")
+    val recorder = Recorder()
+    var desktopId = ""
+    var identity = ""
+    coreAt("kt-trust", dataDir, recorder).use { core ->
+        check(core.trustedDevices().isEmpty()) { "a fresh data dir trusts ${core.trustedDevices()}" }
+        core.pair(env("TRUST_CODE")).use { connection ->
+            check(connection.authMethod() == AuthMethod.CODE) { "authMethod ${connection.authMethod()}" }
+            val comparison = connection.comparisonCode()
+            check(comparison != null && Regex("[0-9]{3} [0-9]{3}").matches(comparison)) {
+                "comparisonCode `$comparison`"
+            }
+            identity = connection.peerIdentity()
+            check(identity.isNotBlank()) { "no peer identity" }
+            desktopId = connection.peerDeviceId()
+            val trusted = core.trustedDevices()
+            check(trusted.size == 1) { "trusted devices $trusted" }
+            val desktop = trusted.single()
+            check(desktop.deviceId == desktopId) { "deviceId ${desktop.deviceId} != $desktopId" }
+            check(desktop.role == DeviceRole.DESKTOP) { "role ${desktop.role}" }
+            check(desktop.name == connection.peerName()) { "name ${desktop.name} != ${connection.peerName()}" }
+            check(Regex("[0-9a-f]{64}").matches(desktop.publicKey)) { "publicKey ${desktop.publicKey}" }
+            check(desktop.serverUrl == env("PROXIM_SERVER")) { "serverUrl ${desktop.serverUrl}" }
+            check(desktop.pairedAt > 0uL && desktop.lastSeen >= desktop.pairedAt) { "times $desktop" }
+            connection.disconnect()
+        }
+    }
+    // The app restarted: a new core with the same data dir reaches the desktop without a code.
+    val again = Recorder()
+    coreAt("kt-trust", dataDir, again).use { core ->
+        check(core.trustedDevices().map { it.deviceId } == listOf(desktopId)) {
+            "the new core trusts ${core.trustedDevices()}"
+        }
+        core.connect(desktopId).use { connection ->
+            check(connection.authMethod() == AuthMethod.TRUSTED) { "authMethod ${connection.authMethod()}" }
+            check(connection.comparisonCode() == null) { "comparisonCode ${connection.comparisonCode()}" }
+            check(connection.peerDeviceId() == desktopId) { "connected to ${connection.peerDeviceId()}" }
+            check(connection.peerIdentity() == identity) { "identity ${connection.peerIdentity()} != $identity" }
+            val text = "trusted hello ${randomTag()}"
+            connection.sendText(text)
+            again.awaitConnectionEvent(connection.id()) {
+                it is ConnectionEvent.TextReceived && it.text == text
+            }
+            connection.disconnect()
+        }
+    }
+    val states = again.pairingStates()
+    check(states.size == 2 && states[0] == PairingState.Pairing && states[1] is PairingState.Connected) {
+        "connect() states $states"
+    }
+}
+
+suspend fun revokeThenNotTrusted() {
+    val dataDir = newDataDir("kt-revoke")
+    var desktopId = ""
+    coreAt("kt-revoke", dataDir, null).use { core ->
+        core.pair(env("TRUST_CODE")).use { connection ->
+            desktopId = connection.peerDeviceId()
+            connection.disconnect()
+        }
+    }
+    val recorder = Recorder()
+    coreAt("kt-revoke", dataDir, recorder).use { core ->
+        val removed = core.revokeDevice(desktopId)
+        check(removed.map { it.deviceId } == listOf(desktopId)) { "revokeDevice removed $removed" }
+        check(core.trustedDevices().isEmpty()) { "still trusted: ${core.trustedDevices()}" }
+        check(core.revokeDevice(desktopId).isEmpty()) { "revoked twice" }
+        val error = expectThrows<ProximException> { core.connect(desktopId) }
+        check(error is ProximException.NotTrusted) { "expected NotTrusted, got $error" }
+    }
+    recorder.awaitPairing { it is PairingState.Failed }
+    check(recorder.pairingStates().first() == PairingState.Pairing) { "states ${recorder.pairingStates()}" }
+}
+
+suspend fun revokedByDesktop() {
+    val name = "kt-revoked-${randomTag()}"
+    val dataDir = newDataDir(name)
+    var desktopId = ""
+    coreAt(name, dataDir, null).use { core ->
+        core.pair(env("TRUST_CODE")).use { connection ->
+            desktopId = connection.peerDeviceId()
+            connection.disconnect()
+        }
+    }
+    // On the desktop: `proxim devices --data-dir DIR revoke PHONE` (the running desktop rereads
+    // its trust list on every request).
+    val phones = Regex("\\{[^{}]*\\}").findAll(proxim("devices", "--data-dir", env("TRUST_DATA"), "--json"))
+        .map { it.value }.filter { it.contains("\"name\": \"$name\"") }.toList()
+    check(phones.size == 1 && phones[0].contains("\"role\": \"phone\"")) { "the desktop lists $phones for $name" }
+    val phoneId = Regex("\"device_id\": \"([^\"]+)\"").find(phones[0])?.groupValues?.get(1)
+        ?: error("no device_id in ${phones[0]}")
+    proxim("devices", "--data-dir", env("TRUST_DATA"), "revoke", phoneId)
+    coreAt(name, dataDir, null).use { core ->
+        check(core.trustedDevices().map { it.deviceId } == listOf(desktopId)) { "the phone still trusts the desktop" }
+        val error = expectThrows<ProximException> { core.connect(desktopId) }
+        check(error is ProximException.NotTrusted) { "expected NotTrusted, got $error" }
+    }
+}
+
+suspend fun wrongSecret() {
+    val code = env("WRONG_CODE")
+    val routing = code.substringBefore('-')
+    val secret = code.substringAfter('-')
+    val wrong = "$routing-${differentSecret(secret)}"
+    val log = File(env("WRONG_LOG"))
+    val recorder = Recorder()
+    newCore("kt-wrong-secret", recorder).use { core ->
+        val error = expectThrows<ProximException> { core.pair(wrong) }
+        check(error is ProximException.Intercepted) { "expected Intercepted, got $error" }
+        recorder.awaitPairing { it is PairingState.Failed }
+        // The attempt burned the code: the desktop shows a new one, and the old one is used up.
+        // Usually within milliseconds (the phone's abort); should that be lost, the desktop
+        // burns it when its wait for the phone's confirmation times out (--connect-timeout, 15 s).
+        pollUntil("the desktop to show a new code", timeoutMs = 30_000) { codesShown(log).any { it != code } }
+        val fresh = codesShown(log).last()
+        check(fresh != code && fresh.substringBefore('-') != routing) { "new code $fresh after $code" }
+        val used = expectThrows<ProximException> { core.pair(code) }
+        check(used is ProximException.CodeUsed) { "expected CodeUsed for the burned code, got $used" }
+        // The new code works.
+        core.pair(fresh).use { connection ->
+            check(connection.authMethod() == AuthMethod.CODE) { "authMethod ${connection.authMethod()}" }
+            connection.disconnect()
+        }
+    }
+}
+
+suspend fun pairWithLink() {
+    val link = env("ACCEPT_LINK")
+    check(link.startsWith("proxim://pair?")) { "link $link" }
+    // The link names the server: the configured one is never contacted.
+    val config = CoreConfig(
+        serverUrl = "ws://127.0.0.1:1/ws",
+        deviceName = "kt-link",
+        dataDir = newDataDir("kt-link").path,
+        pairTimeoutMs = 30_000uL,
+    )
+    val recorder = Recorder()
+    ProximCore(config, recorder).use { core ->
+        core.pair(link).use { connection ->
+            check(connection.authMethod() == AuthMethod.CODE) { "authMethod ${connection.authMethod()}" }
+            check(connection.comparisonCode() != null) { "no comparison code" }
+            val text = "linked ${randomTag()}"
+            connection.sendText(text)
+            recorder.awaitConnectionEvent(connection.id()) {
+                it is ConnectionEvent.TextReceived && it.text == text
+            }
+            check(core.trustedDevices().single().serverUrl == env("PROXIM_SERVER")) {
+                "trusted ${core.trustedDevices()}"
+            }
+            connection.disconnect()
+        }
     }
 }
 
@@ -304,8 +476,12 @@ class Recorder : ProximListener {
 
 fun env(name: String): String = System.getenv(name) ?: error("environment variable $name is not set")
 
-fun newCore(name: String, listener: ProximListener?): ProximCore {
-    val dataDir = File(env("WORK_DIR"), "data-$name-${randomTag()}")
+fun newDataDir(name: String): File = File(env("WORK_DIR"), "data-$name-${randomTag()}")
+
+fun newCore(name: String, listener: ProximListener?): ProximCore =
+    coreAt(name, newDataDir(name), listener)
+
+fun coreAt(name: String, dataDir: File, listener: ProximListener?): ProximCore {
     return ProximCore(
         CoreConfig(
             serverUrl = env("PROXIM_SERVER"),
@@ -355,15 +531,47 @@ fun pendingSessions(phone: String): Int {
     }
 }
 
-/** A well-formed code no desktop shows. */
+const val CODE_ALPHABET = "23456789ABCDEFGHJKMNPQRSTVWXYZ"
+
+/** A well-formed code (`ROUTING-SECRET`) whose routing part no desktop shows. */
 fun unusedCode(): String {
-    val taken = setOf(env("ACCEPT_CODE"), env("ACCEPT2_CODE"), env("REJECT_CODE"), env("SILENT_CODE"))
-    val alphabet = "23456789ABCDEFGHJKMNPQRSTVWXYZ"
-    val random = Random()
+    val taken = listOf("ACCEPT_CODE", "ACCEPT2_CODE", "REJECT_CODE", "SILENT_CODE", "TRUST_CODE", "WRONG_CODE")
+        .map { env(it).substringBefore('-') }.toSet()
+    val length = env("ACCEPT_CODE").substringBefore('-').length
     while (true) {
-        val code = String(CharArray(env("ACCEPT_CODE").length) { alphabet[random.nextInt(alphabet.length)] })
-        if (code !in taken) return code
+        val routing = randomCodeChars(length)
+        if (routing !in taken) return "$routing-${randomCodeChars(5)}"
     }
+}
+
+/** A secret of the same length as `secret` that differs from it in every character. */
+fun differentSecret(secret: String): String =
+    String(CharArray(secret.length) { i ->
+        CODE_ALPHABET[(CODE_ALPHABET.indexOf(secret[i]) + 1 + Random().nextInt(CODE_ALPHABET.length - 1)) % CODE_ALPHABET.length]
+    })
+
+fun randomCodeChars(count: Int): String {
+    val random = Random()
+    return String(CharArray(count) { CODE_ALPHABET[random.nextInt(CODE_ALPHABET.length)] })
+}
+
+/** Every code a `proxim desktop` printed to `log` (`pairing code: …`), oldest first. */
+fun codesShown(log: File): List<String> =
+    if (log.exists()) {
+        Regex("pairing code: ([0-9A-Z]+-[0-9A-Z]+)").findAll(log.readText()).map { it.groupValues[1] }.toList()
+    } else {
+        emptyList()
+    }
+
+/** Run the `proxim` CLI; its stdout. Fails on a non-zero exit. */
+suspend fun proxim(vararg args: String): String = withContext(Dispatchers.IO) {
+    val process = ProcessBuilder(listOf(env("PROXIM_BIN")) + args)
+        .redirectError(ProcessBuilder.Redirect.INHERIT)
+        .start()
+    val out = process.inputStream.bufferedReader().readText()
+    val status = process.waitFor()
+    check(status == 0) { "proxim ${args.joinToString(" ")} exited with $status: $out" }
+    out
 }
 
 fun sha256(bytes: ByteArray): String =

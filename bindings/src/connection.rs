@@ -19,7 +19,7 @@ use crate::error::millis;
 use crate::listener::Dispatcher;
 use crate::runtime::{run, spawn_detached};
 use crate::types::{
-    ConnectionEvent, ConnectionState, ConnectionStats, FileReport, TransferDirection,
+    AuthMethod, ConnectionEvent, ConnectionState, ConnectionStats, FileReport, TransferDirection,
     TransferProgress,
 };
 
@@ -43,6 +43,9 @@ pub struct Connection {
     id: u64,
     peer_name: String,
     peer_device_id: String,
+    peer_identity: String,
+    auth_method: AuthMethod,
+    comparison_code: Option<String>,
     pairing_ms: u64,
     setup_ms: u64,
     shared: Arc<Shared>,
@@ -67,12 +70,30 @@ impl Connection {
         self.peer_device_id.clone()
     }
 
-    /// Milliseconds from `pair()` until the desktop accepted.
+    /// How the desktop was authenticated: `CODE` after `pair()`, `TRUSTED` after `connect()`.
+    pub fn auth_method(&self) -> AuthMethod {
+        self.auth_method
+    }
+
+    /// After a code pairing, six digits (`"123 456"`) both devices derive from the pairing
+    /// key: the desktop shows the same ones unless someone is in the middle. Show it to the
+    /// user. `null` after `connect()`.
+    pub fn comparison_code(&self) -> Option<String> {
+        self.comparison_code.clone()
+    }
+
+    /// The desktop's identity key, in a short form a user can compare with what the desktop
+    /// shows (`proxim devices`).
+    pub fn peer_identity(&self) -> String {
+        self.peer_identity.clone()
+    }
+
+    /// Milliseconds from `pair()` (or `connect()`) until the desktop accepted.
     pub fn pairing_time_ms(&self) -> u64 {
         self.pairing_ms
     }
 
-    /// Milliseconds from `pair()` until the data channel was open.
+    /// Milliseconds from `pair()` (or `connect()`) until the data channel was open.
     pub fn setup_time_ms(&self) -> u64 {
         self.setup_ms
     }
@@ -161,6 +182,9 @@ impl Connection {
             id: NEXT_ID.fetch_add(1, Ordering::Relaxed),
             peer_name: peer.device_name.to_string(),
             peer_device_id: peer.device_id.to_string(),
+            peer_identity: connection.peer_identity(),
+            auth_method: connection.auth_method().into(),
+            comparison_code: connection.comparison_code().map(str::to_owned),
             pairing_ms: millis(timings.paired),
             setup_ms: millis(timings.channel_open),
             shared: Arc::new(Shared {

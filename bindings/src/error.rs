@@ -21,6 +21,30 @@ pub enum ProximException {
     /// No desktop is showing this pairing code.
     #[error("no desktop is showing this pairing code")]
     UnknownCode,
+    /// The pairing code expired; the desktop shows a new one.
+    #[error("the pairing code expired; use the code the desktop shows now")]
+    CodeExpired,
+    /// The pairing code was already used, or burned by a failed attempt (a wrong secret); the
+    /// desktop shows a new one.
+    #[error("the pairing code was already used; use the code the desktop shows now")]
+    CodeUsed,
+    /// The other device could not be authenticated (a mistyped secret, someone in the middle,
+    /// a DTLS fingerprint that does not match). Show it to the user; never retry silently.
+    #[error("the connection may have been intercepted: {reason}")]
+    Intercepted {
+        /// What did not verify.
+        reason: String,
+    },
+    /// The desktop does not trust this device (it revoked it), or this device does not know
+    /// that desktop: pair again with a code.
+    #[error("not trusted: {reason}")]
+    NotTrusted {
+        /// Which side does not trust which.
+        reason: String,
+    },
+    /// The desktop asked for by `connect()` is not connected to the signaling server.
+    #[error("the desktop is not connected to the signaling server")]
+    DesktopOffline,
     /// The desktop user rejected the pairing.
     #[error("the desktop rejected the pairing")]
     Rejected,
@@ -83,6 +107,11 @@ impl From<ProximError> for ProximException {
             ProximError::InvalidConfig(reason) => ProximException::InvalidConfig { reason },
             ProximError::InvalidCode(reason) => ProximException::InvalidCode { reason },
             ProximError::UnknownCode => ProximException::UnknownCode,
+            ProximError::CodeExpired => ProximException::CodeExpired,
+            ProximError::CodeUsed => ProximException::CodeUsed,
+            ProximError::Intercepted(reason) => ProximException::Intercepted { reason },
+            ProximError::NotTrusted(reason) => ProximException::NotTrusted { reason },
+            ProximError::DesktopOffline => ProximException::DesktopOffline,
             ProximError::Rejected => ProximException::Rejected,
             ProximError::TimedOut(after) => ProximException::TimedOut {
                 after_ms: millis(after),
@@ -126,6 +155,30 @@ mod tests {
             ProximException::from(ProximError::ConnectionFailed("ice".into())),
             ProximException::ConnectionFailed {
                 reason: "ice".into()
+            }
+        );
+        assert_eq!(
+            ProximException::from(ProximError::CodeUsed),
+            ProximException::CodeUsed
+        );
+        assert_eq!(
+            ProximException::from(ProximError::CodeExpired),
+            ProximException::CodeExpired
+        );
+        assert_eq!(
+            ProximException::from(ProximError::DesktopOffline),
+            ProximException::DesktopOffline
+        );
+        assert_eq!(
+            ProximException::from(ProximError::Intercepted("mitm".into())),
+            ProximException::Intercepted {
+                reason: "mitm".into()
+            }
+        );
+        assert_eq!(
+            ProximException::from(ProximError::NotTrusted("revoked".into())),
+            ProximException::NotTrusted {
+                reason: "revoked".into()
             }
         );
     }

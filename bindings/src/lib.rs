@@ -7,11 +7,14 @@
 //! ```kotlin
 //! val core = ProximCore(CoreConfig(serverUrl = "wss://proxim.example/ws", deviceName = "Pixel",
 //!                                  dataDir = context.filesDir.path), listener)
-//! core.pair("K7M2QX").use { connection ->          // suspend; cancellable
+//! core.pair("K7P2QX-4HT9M").use { connection ->    // suspend; cancellable; or the QR link
+//!     println(connection.comparisonCode())           // "123 456": the desktop shows the same
 //!     connection.sendText("hello")
 //!     connection.sendFile("/sdcard/Download/photo.jpg")   // progress goes to the listener
 //!     println(connection.stats().path)               // HOST, SRFLX, PRFLX or RELAY
 //! }                                                  // closed here, deterministically
+//! val desktop = core.trustedDevices().first { it.role == DeviceRole.DESKTOP }
+//! core.connect(desktop.deviceId).use { it.sendText("again") }  // no code: trusted keys
 //! ```
 //!
 //! # Threads
@@ -41,6 +44,7 @@ pub use listener::ProximListener;
 pub use platform::init_logging;
 pub use proxim::ProximCore;
 pub use types::{
-    CandidateInfo, ConnectionEvent, ConnectionState, ConnectionStats, CoreConfig, FileReport,
-    PairingState, PathType, ReceivedFile, TransferDirection, TransferProgress,
+    AuthMethod, CandidateInfo, ConnectionEvent, ConnectionState, ConnectionStats, CoreConfig,
+    DeviceRole, FileReport, PairingState, PathType, ReceivedFile, TransferDirection,
+    TransferProgress, TrustedDevice,
 };

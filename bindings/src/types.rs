@@ -17,8 +17,9 @@ pub struct CoreConfig {
     pub server_url: String,
     /// The name the desktop shows for this device.
     pub device_name: String,
-    /// Where Proxim keeps what must persist (the device id). On Android: `context.filesDir`.
-    /// `None`: a new device id per process.
+    /// Where Proxim keeps what must persist: the device id, the identity key and the trusted
+    /// desktops (`connect()` needs it). On Android: `context.filesDir`. `None`: a new device id
+    /// and identity per process, nothing remembered.
     #[uniffi(default = None)]
     pub data_dir: Option<String>,
     /// Where received files are saved. `None`: `<data_dir>/received`.
@@ -74,22 +75,96 @@ impl CoreConfig {
 /// Where a pairing attempt is. Delivered to `ProximListener.onPairingState`.
 #[derive(Debug, Clone, PartialEq, Eq, uniffi::Enum)]
 pub enum PairingState {
-    /// `pair()` started: connecting to the server and waiting for the desktop user.
+    /// `pair()` or `connect()` started: reaching the desktop through the server (and, for a
+    /// code, waiting for its user).
     Pairing,
-    /// Paired and the data channel is open; `pair()` returns the connection.
+    /// Paired and the data channel is open; `pair()`/`connect()` returns the connection.
     Connected {
         /// The id `Connection.id()` returns; later connection events carry it.
         connection_id: u64,
         /// The desktop's name.
         peer_name: String,
     },
-    /// Pairing failed; `pair()` throws the matching `ProximException`.
+    /// Pairing failed; `pair()`/`connect()` throws the matching `ProximException`.
     Failed {
         /// Why, in words.
         reason: String,
     },
-    /// The coroutine calling `pair()` was cancelled; the desktop sees the request withdrawn.
+    /// The coroutine calling `pair()`/`connect()` was cancelled; the desktop sees the request
+    /// withdrawn.
     Cancelled,
+}
+
+/// How the desktop of a connection was authenticated.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, uniffi::Enum)]
+pub enum AuthMethod {
+    /// A first pairing with the desktop's code (SPAKE2 over its secret):
+    /// `Connection.comparisonCode()` is set.
+    Code,
+    /// A reconnect to a trusted desktop (`connect()`), by the identity keys of the first
+    /// pairing.
+    Trusted,
+}
+
+impl From<proxim_core::AuthMethod> for AuthMethod {
+    fn from(method: proxim_core::AuthMethod) -> Self {
+        match method {
+            proxim_core::AuthMethod::Trusted => AuthMethod::Trusted,
+            // `Code`, or a method added to core later: a first contact, not a remembered one.
+            _ => AuthMethod::Code,
+        }
+    }
+}
+
+/// Which side a trusted device is on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, uniffi::Enum)]
+pub enum DeviceRole {
+    /// A phone (seen from a desktop).
+    Phone,
+    /// A desktop (what a phone remembers).
+    Desktop,
+}
+
+impl From<proxim_core::auth::DeviceRole> for DeviceRole {
+    fn from(role: proxim_core::auth::DeviceRole) -> Self {
+        match role {
+            proxim_core::auth::DeviceRole::Phone => DeviceRole::Phone,
+            proxim_core::auth::DeviceRole::Desktop => DeviceRole::Desktop,
+        }
+    }
+}
+
+/// A device this one paired with, from `<dataDir>/trusted_devices.json`.
+#[derive(Debug, Clone, PartialEq, Eq, uniffi::Record)]
+pub struct TrustedDevice {
+    /// Its device id: what `ProximCore.connect()` takes (a unique prefix also works).
+    pub device_id: String,
+    /// Its name, as it authenticated itself during pairing.
+    pub name: String,
+    /// Its identity key, lowercase hex.
+    pub public_key: String,
+    /// `DESKTOP` for what a phone remembers.
+    pub role: DeviceRole,
+    /// The signaling server it was paired through, if known.
+    pub server_url: Option<String>,
+    /// When it was paired, seconds since the Unix epoch.
+    pub paired_at: u64,
+    /// When it last connected, seconds since the Unix epoch.
+    pub last_seen: u64,
+}
+
+impl From<proxim_core::TrustedDevice> for TrustedDevice {
+    fn from(device: proxim_core::TrustedDevice) -> Self {
+        TrustedDevice {
+            device_id: device.device_id,
+            name: device.name,
+            public_key: device.public_key,
+            role: device.role.into(),
+            server_url: device.server_url,
+            paired_at: device.paired_at,
+            last_seen: device.last_seen,
+        }
+    }
 }
 
 /// The state of a direct connection.

@@ -8,6 +8,7 @@ import androidx.lifecycle.viewModelScope
 import dev.proxim.Connection
 import dev.proxim.ConnectionEvent
 import dev.proxim.ConnectionState
+import dev.proxim.DeviceRole
 import dev.proxim.PairingState
 import dev.proxim.ProximCore
 import dev.proxim.ProximException
@@ -88,7 +89,10 @@ class MainViewModel(app: Application) : AndroidViewModel(app) {
         }
     }
 
-    /** Pair with the desktop showing [code]; a second tap while pairing cancels. */
+    /**
+     * Pair with the desktop showing [code] (or its QR link); with no code, reconnect to the
+     * desktop paired most recently, without a code. A second tap while pairing cancels.
+     */
     fun connectOrCancel(serverUrl: String, code: String) {
         if (pairJob?.isActive == true) {
             pairJob?.cancel() // drops the Rust future: the desktop's prompt closes as cancelled
@@ -99,10 +103,26 @@ class MainViewModel(app: Application) : AndroidViewModel(app) {
             _ui.update { it.copy(phase = Phase.PAIRING, state = "pairing") }
             try {
                 val core = coreFor(serverUrl.trim())
-                val opened = core.pair(code.trim())
+                val opened = if (code.isNotBlank()) {
+                    core.pair(code.trim())
+                } else {
+                    // The trust list is a file: read it off the main thread.
+                    val desktop = withContext(Dispatchers.IO) { core.trustedDevices() }
+                        .filter { it.role == DeviceRole.DESKTOP }
+                        .maxByOrNull { it.lastSeen }
+                    if (desktop == null) {
+                        note("enter the code the desktop shows")
+                        return@launch
+                    }
+                    note("reconnecting to ${desktop.name}…")
+                    core.connect(desktop.deviceId)
+                }
                 connection = opened
                 _ui.update { it.copy(phase = Phase.CONNECTED, state = opened.state().name.lowercase()) }
                 note("connected to ${opened.peerName()} in ${opened.setupTimeMs()} ms")
+                // After a code pairing both screens show these digits: different ones mean
+                // someone is in the middle.
+                opened.comparisonCode()?.let { note("the desktop should show $it") }
                 watchStats(opened)
             } catch (e: ProximException) {
                 note(describe(e))
@@ -219,6 +239,12 @@ class MainViewModel(app: Application) : AndroidViewModel(app) {
     private fun describe(e: ProximException): String = when (e) {
         is ProximException.InvalidCode -> "that is not a valid code"
         is ProximException.UnknownCode -> "no desktop shows this code"
+        is ProximException.CodeUsed, is ProximException.CodeExpired ->
+            "that code is no longer valid: enter the one the desktop shows now"
+        is ProximException.Intercepted ->
+            "could not verify the desktop (a mistyped code, or someone in between): ${e.reason}"
+        is ProximException.NotTrusted -> "not paired with that desktop any more: enter its code"
+        is ProximException.DesktopOffline -> "the desktop is not online"
         is ProximException.Rejected -> "the desktop said no"
         is ProximException.TimedOut -> "the desktop did not answer"
         is ProximException.ServerUnreachable -> "cannot reach the server: ${e.reason}"

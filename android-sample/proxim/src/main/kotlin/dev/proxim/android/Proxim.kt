@@ -32,8 +32,9 @@ object Proxim {
     }
 
     /**
-     * A [CoreConfig] with Android defaults: the device id persists in the app's files dir, and
-     * received files go to the app's external Downloads directory (no permission needed).
+     * A [CoreConfig] with Android defaults: the device id, identity key and trusted desktops
+     * persist in the app's files dir (so `connect()` works after a restart), and received files
+     * go to the app's external Downloads directory (no permission needed).
      */
     fun config(context: Context, serverUrl: String, deviceName: String = android.os.Build.MODEL): CoreConfig {
         val downloads = context.getExternalFilesDir(Environment.DIRECTORY_DOWNLOADS)
