@@ -211,9 +211,18 @@ impl Driver {
                     }
                     None => Some(ServerMessage::Signal { session, signal }),
                 },
-                ServerMessage::SessionEnded { session, reason } => match routes.remove(&session) {
-                    Some(route) => {
-                        deliver(&route, LinkEvent::Ended(reason));
+                ServerMessage::SessionEnded { session, reason } => match routes.get_mut(&session) {
+                    // Nobody opened the session's link yet: keep what it buffered (the peer's
+                    // last signals, e.g. why it gave up) for `open_session`.
+                    Some(route) if route.unclaimed.is_some() => {
+                        deliver(route, LinkEvent::Ended(reason));
+                        route.ended = true;
+                        None
+                    }
+                    Some(_) => {
+                        if let Some(route) = routes.remove(&session) {
+                            deliver(&route, LinkEvent::Ended(reason));
+                        }
                         None
                     }
                     None => Some(ServerMessage::SessionEnded { session, reason }),
@@ -231,6 +240,7 @@ impl Driver {
                         Route {
                             tx,
                             unclaimed: Some(rx),
+                            ended: false,
                         }
                     });
                     Some(ServerMessage::PairResult {

@@ -277,11 +277,16 @@ impl SignalingClient {
     pub fn open_session(&self, session: SessionId) -> SignalLink {
         let incoming = {
             let mut routes = lock(&self.shared.routes);
-            match routes
+            let claimed = routes
                 .get_mut(&session)
-                .and_then(|route| route.unclaimed.take())
-            {
-                Some(rx) => rx,
+                .and_then(|route| route.unclaimed.take().map(|rx| (rx, route.ended)));
+            match claimed {
+                Some((rx, ended)) => {
+                    if ended {
+                        routes.remove(&session);
+                    }
+                    rx
+                }
                 None => {
                     let (tx, rx) = mpsc::channel(SIGNAL_QUEUE);
                     routes.insert(
@@ -289,6 +294,7 @@ impl SignalingClient {
                         Route {
                             tx,
                             unclaimed: None,
+                            ended: false,
                         },
                     );
                     rx
@@ -357,6 +363,9 @@ struct Route {
     tx: mpsc::Sender<LinkEvent>,
     /// The receiving end, until `open_session` claims it (signals are buffered meanwhile).
     unclaimed: Option<mpsc::Receiver<LinkEvent>>,
+    /// The session ended while unclaimed: `open_session` hands out the buffer (ending with
+    /// `Ended`) and drops the route.
+    ended: bool,
 }
 
 fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
