@@ -19,7 +19,7 @@
 //!
 //! // Swap the DTLS fingerprint in every offer and answer; pass everything else unchanged.
 //! let fake = random_fingerprint();
-//! let proxy = MitmProxy::start(server_url, move |_ctx, _direction, _conn, frame: Frame| {
+//! let proxy = MitmProxy::start(server_url, move |_ctx, _direction, _conn, frame| {
 //!     if frame.sdp().is_some() {
 //!         vec![Action::Forward(frame.map_sdp(|sdp| rewrite_sdp_fingerprints(sdp, &fake)))]
 //!     } else {
@@ -215,7 +215,9 @@ impl Action {
 }
 
 /// The decision function of a [`MitmProxy`]: called once per frame, under one lock, with the
-/// frame's direction, its connection and the decoded frame.
+/// frame's direction, its connection and the decoded frame. Closures
+/// `FnMut(&mut ProxyCtx, Direction, ConnIndex, Frame) -> Vec<Action>` are rules
+/// ([`MitmProxy::start`] takes one directly).
 pub trait Rule: Send + 'static {
     /// Decide what happens to `frame`.
     fn intercept(
@@ -243,8 +245,9 @@ where
 }
 
 /// A rule that passes every frame unchanged.
-pub fn transparent() -> impl Rule {
-    |_: &mut ProxyCtx, _: Direction, _: ConnIndex, _: Frame| vec![Action::Pass]
+pub fn transparent()
+-> impl FnMut(&mut ProxyCtx, Direction, ConnIndex, Frame) -> Vec<Action> + Send + 'static {
+    |_, _, _, _| vec![Action::Pass]
 }
 
 /// What a [`Rule`] can see besides the frame.
@@ -409,8 +412,19 @@ pub struct MitmProxy {
 
 impl MitmProxy {
     /// Listen on `127.0.0.1:0` and proxy every client to `upstream_url` (the real server's
-    /// `ws://…/ws`) through `rule`.
-    pub async fn start(upstream_url: &str, rule: impl Rule) -> std::io::Result<MitmProxy> {
+    /// `ws://…/ws`) through the closure `rule`.
+    pub async fn start(
+        upstream_url: &str,
+        rule: impl FnMut(&mut ProxyCtx, Direction, ConnIndex, Frame) -> Vec<Action> + Send + 'static,
+    ) -> std::io::Result<MitmProxy> {
+        Self::start_with_rule(upstream_url, rule).await
+    }
+
+    /// [`MitmProxy::start`] with any [`Rule`] (a type that keeps its own state, say).
+    pub async fn start_with_rule(
+        upstream_url: &str,
+        rule: impl Rule,
+    ) -> std::io::Result<MitmProxy> {
         let listener = TcpListener::bind("127.0.0.1:0").await?;
         let local_addr = listener.local_addr()?;
         let log = FrameLog::new();

@@ -157,3 +157,144 @@ async fn the_log_records_the_offer_and_the_answer_both_ways() {
     proxy.shutdown();
     server.shutdown().await;
 }
+
+#[tokio::test]
+async fn rules_drop_rewrite_inject_and_redirect_frames() {
+    use futures_util::{SinkExt, StreamExt};
+    use proxim_protocol::{ErrorCode, PROTOCOL_VERSION, ShortText};
+    use proxim_tests::mitm::Action;
+    use tokio_tungstenite::tungstenite::Message;
+
+    let server = server().await;
+    // ping 1: dropped; ping 2: rewritten to 20; ping 3: passed, plus a forged error to the
+    // client and a ping 30 from connection 1 to the server; ping 4: connection 0 closed.
+    let proxy = MitmProxy::start(&server.ws_url(), |_ctx, direction, conn, frame| {
+        match (direction, frame.as_client()) {
+            (Direction::ToServer, Some(ClientMessage::Ping { seq: 1 })) => vec![],
+            (Direction::ToServer, Some(ClientMessage::Ping { seq: 2 })) => {
+                vec![Action::Forward(Frame::Client(ClientMessage::Ping {
+                    seq: 20,
+                }))]
+            }
+            (Direction::ToServer, Some(ClientMessage::Ping { seq: 3 })) => vec![
+                Action::Pass,
+                Action::to_client(
+                    conn,
+                    Frame::Server(ServerMessage::error(
+                        ErrorCode::Internal,
+                        "forged by the proxy",
+                    )),
+                ),
+                Action::to_server(ConnIndex(1), Frame::Client(ClientMessage::Ping { seq: 30 })),
+            ],
+            (Direction::ToServer, Some(ClientMessage::Ping { seq: 4 })) => {
+                vec![Action::Close(conn)]
+            }
+            _ => vec![Action::Pass],
+        }
+    })
+    .await
+    .unwrap();
+
+    let connect = || async {
+        let (mut ws, _) = tokio_tungstenite::connect_async(proxy.ws_url())
+            .await
+            .unwrap();
+        let hello = ClientMessage::Hello {
+            version: PROTOCOL_VERSION,
+            client: ShortText::truncated("mitm-test"),
+        };
+        ws.send(Message::text(hello.encode())).await.unwrap();
+        ws
+    };
+    let mut a = connect().await;
+    assert!(matches!(
+        recv(&mut a).await,
+        Some(ServerMessage::Welcome { .. })
+    ));
+    let mut b = connect().await;
+    assert!(matches!(
+        recv(&mut b).await,
+        Some(ServerMessage::Welcome { .. })
+    ));
+
+    for seq in [1, 2, 3] {
+        a.send(Message::text(ClientMessage::Ping { seq }.encode()))
+            .await
+            .unwrap();
+    }
+    // The forged error may overtake the server's pongs; the pongs keep their order.
+    let mut got = Vec::new();
+    for _ in 0..3 {
+        got.push(recv(&mut a).await.expect("a message"));
+    }
+    let pongs: Vec<&ServerMessage> = got
+        .iter()
+        .filter(|m| matches!(m, ServerMessage::Pong { .. }))
+        .collect();
+    assert_eq!(
+        pongs,
+        [
+            &ServerMessage::Pong { seq: 20 },
+            &ServerMessage::Pong { seq: 3 }
+        ],
+        "1 dropped, 2 rewritten, 3 passed: {got:?}"
+    );
+    assert!(
+        got.iter().any(|m| matches!(
+            m,
+            ServerMessage::Error { code: ErrorCode::Internal, message } if message.as_str() == "forged by the proxy"
+        )),
+        "{got:?}"
+    );
+    assert_eq!(
+        recv(&mut b).await,
+        Some(ServerMessage::Pong { seq: 30 }),
+        "redirected"
+    );
+
+    // The test itself can inject too.
+    assert!(proxy.inject(
+        ConnIndex(1),
+        Direction::ToClient,
+        Frame::Text("not even json".into())
+    ));
+    match tokio::time::timeout(STEP, b.next()).await.unwrap() {
+        Some(Ok(Message::Text(text))) => assert_eq!(text.as_str(), "not even json"),
+        other => panic!("expected the injected text, got {other:?}"),
+    }
+
+    a.send(Message::text(ClientMessage::Ping { seq: 4 }.encode()))
+        .await
+        .unwrap();
+    assert_eq!(recv(&mut a).await, None, "the proxy closed connection 0");
+    assert!(!proxy.inject(ConnIndex(0), Direction::ToServer, Frame::Text("x".into())));
+
+    // The log has what the peers sent and what the proxy emitted, in order.
+    let log = proxy.log();
+    let from_proxy: Vec<&'static str> = log
+        .filter(|e| e.origin == Origin::Proxy)
+        .iter()
+        .map(|e| e.frame.kind())
+        .collect();
+    assert_eq!(from_proxy, ["ping", "error", "ping", "text"]);
+    assert!(log.filter(|e| e.origin == Origin::Peer).len() >= 8);
+    proxy.shutdown();
+    server.shutdown().await;
+}
+
+type Ws =
+    tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
+
+/// The next server message, `None` when the socket closed.
+async fn recv(ws: &mut Ws) -> Option<ServerMessage> {
+    use futures_util::StreamExt;
+    use tokio_tungstenite::tungstenite::Message;
+    match tokio::time::timeout(STEP, ws.next())
+        .await
+        .expect("a frame in time")
+    {
+        Some(Ok(Message::Text(text))) => Some(ServerMessage::decode(text.as_str()).unwrap()),
+        _ => None,
+    }
+}
