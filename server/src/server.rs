@@ -684,6 +684,17 @@ async fn run_connection(
                     }))),
                 )
                 .await;
+                // Read (and discard) until the client's Close, for a moment: dropping a socket
+                // with unread input makes the kernel send a reset, which can destroy the
+                // replies and the Close still on their way to the client.
+                let _ = tokio::time::timeout(std::time::Duration::from_secs(1), async {
+                    while let Some(Ok(frame)) = stream.next().await {
+                        if matches!(frame, Message::Close(_)) {
+                            break;
+                        }
+                    }
+                })
+                .await;
             }
             End::Killed => {}
             End::ByClient(error) => {
