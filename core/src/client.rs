@@ -88,7 +88,7 @@ pub async fn pair(config: &ProximConfig, code: &str) -> Result<Connection, Proxi
         if let Some(server) = &code.server {
             config.server_url = server.clone();
         }
-        let party = local_party(&config, &me)?;
+        let party = local_party(config.identity()?, &me)?;
         let (handshake, hello) = PhoneHandshake::pake(&code, party.0.clone());
         let connection = phone_connect(
             &config,
@@ -141,7 +141,7 @@ pub async fn connect(config: &ProximConfig, desktop: &str) -> Result<Connection,
     let me = config.device()?;
     let span = info_span!("connect", desktop = %desktop_id, device = %me.device_id);
     async move {
-        let party = local_party(config, &me)?;
+        let party = local_party(config.identity()?, &me)?;
         let (handshake, hello) = PhoneHandshake::trusted(desktop_id.clone(), key, party.0.clone());
         let connection = phone_connect(
             config,
@@ -261,10 +261,9 @@ async fn phone_connect(
 
 /// This device's side of a handshake: identity, name, a fresh DTLS certificate.
 fn local_party(
-    config: &ProximConfig,
+    identity: Identity,
     me: &PeerDevice,
 ) -> Result<(LocalParty, Certificate), ProximError> {
-    let identity = config.identity()?;
     let (certificate, fingerprint) = peer::generate_certificate().map_err(peer_error)?;
     Ok((
         LocalParty {
@@ -635,15 +634,7 @@ impl Desktop {
     }
 
     fn local_party(&self) -> Result<(LocalParty, Certificate), ProximError> {
-        let (certificate, fingerprint) = peer::generate_certificate().map_err(peer_error)?;
-        Ok((
-            LocalParty {
-                identity: self.identity.clone(),
-                name: self.me.device_name.as_str().to_owned(),
-                fingerprint,
-            },
-            certificate,
-        ))
+        local_party(self.identity.clone(), &self.me)
     }
 
     /// Verify the phone's confirmation, then establish the direct connection in the
