@@ -418,7 +418,7 @@ impl Driver {
                 self.link_open = false;
                 if self.ready.is_some() {
                     tracing::info!(?reason, "peer left before the connection was established");
-                    self.fail(PeerError::PeerLeft);
+                    self.fail_after_link_end(PeerError::PeerLeft);
                 } else {
                     tracing::info!(?reason, "signaling session ended; the direct path stays up");
                 }
@@ -426,11 +426,26 @@ impl Driver {
             Some(LinkEvent::Lost) | None => {
                 self.link_open = false;
                 if self.ready.is_some() {
-                    self.fail(PeerError::SignalingLost);
+                    self.fail_after_link_end(PeerError::SignalingLost);
                 } else {
                     tracing::info!("signaling lost; the direct path stays up");
                 }
             }
+        }
+    }
+
+    /// The signaling link ended before the connection was up. When everything ICE needed was
+    /// exchanged (both descriptions, both sides' end-of-candidates) and not one packet came
+    /// from the peer, the real reason is that no candidate pair works: the other side most
+    /// likely left because it found the same (its own ICE failure). Report that, as the other
+    /// side does, instead of the link's end, whichever side gives up first.
+    fn fail_after_link_end(&mut self, link_error: PeerError) {
+        if self.no_answer_deadline().is_some() {
+            let reason = self.no_path_reason();
+            tracing::info!(%link_error, "signaling ended after ICE found no route");
+            self.fail(PeerError::IceFailed { reason });
+        } else {
+            self.fail(link_error);
         }
     }
 
