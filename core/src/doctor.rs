@@ -698,24 +698,11 @@ async fn drain_binding(socket: &UdpSocket, target: &mut StunTarget) {
                     target.send_error = Some(e.to_string());
                 }
             }
-            SourceOutput::Candidate(candidate) => {
-                target.mapped = mapped_address(&candidate.candidate);
-                if target.mapped.is_none() {
-                    debug!(candidate = %candidate.candidate, "unreadable srflx candidate");
-                }
-            }
+            SourceOutput::Mapped { mapped, .. } => target.mapped = Some(mapped),
         }
     }
 }
 
-/// The address of a candidate line: `candidate:… udp PRIORITY ADDRESS PORT typ srflx …`.
-fn mapped_address(candidate: &str) -> Option<SocketAddr> {
-    let fields: Vec<&str> = candidate.split_whitespace().collect();
-    let typ = fields.iter().position(|f| *f == "typ")?;
-    let ip: IpAddr = fields.get(typ.checked_sub(2)?)?.parse().ok()?;
-    let port: u16 = fields.get(typ.checked_sub(1)?)?.parse().ok()?;
-    Some(SocketAddr::new(ip, port))
-}
 
 fn mapping_caveat(
     mapping: NatMapping,
@@ -1192,19 +1179,6 @@ mod tests {
             mapping_caveat(NatMapping::EndpointIndependent, &local, &two_ips),
             None
         );
-    }
-
-    #[test]
-    fn mapped_address_reads_candidate_lines() {
-        assert_eq!(
-            mapped_address(
-                "candidate:1 1 udp 1694498815 198.18.0.7 40000 typ srflx raddr 0.0.0.0 rport 5"
-            ),
-            Some(addr("198.18.0.7:40000"))
-        );
-        assert_eq!(mapped_address("candidate:1 1 udp typ srflx"), None);
-        assert_eq!(mapped_address("garbage"), None);
-        assert_eq!(mapped_address(""), None);
     }
 
     // --- verdict ------------------------------------------------------------------------

@@ -2,16 +2,16 @@
 //!
 //! # Back-pressure
 //! Sending: every channel counts the bytes it has accepted and that SCTP has not yet released
-//! (acknowledged or abandoned) — the bytes still in the command queue to the driver plus rtc's
-//! `outstanding_bytes` for the channel. `send` waits while that count is above
-//! [`SEND_HIGH_WATER`] and resumes once the driver reports it below [`SEND_LOW_WATER`]. Memory on
-//! the sending side is therefore bounded by about one high-water mark per channel.
+//! (acknowledged or abandoned) — the bytes still in the command queue to the driver plus what
+//! SCTP holds for the channel. `send` waits while that count is above [`SEND_HIGH_WATER`] and
+//! resumes once the driver reports it below [`SEND_LOW_WATER`]. Memory on the sending side is
+//! therefore bounded by about one high-water mark per channel.
 //!
-//! Receiving: each channel has a bounded queue of [`RECV_QUEUE_MESSAGES`] messages or
-//! [`RECV_QUEUE_BYTES`] bytes, whichever comes first. When it is full the driver keeps what it has already decoded and stops feeding data packets to the
-//! connection (it still answers ICE checks and runs timers) until the application reads. SCTP
-//! then stops acknowledging, the remote sender's window closes and the remote `send` waits.
-//! Nothing is dropped and memory stays bounded.
+//! Receiving: what arrives waits in the channel's queue until the application reads it, and
+//! counts against the connection's SCTP receive window ([`RECV_QUEUE_BYTES`], each message
+//! charged 64 bytes more so floods of tiny messages are bounded too). When the application
+//! does not read, the window closes, the peer's SCTP stops sending and the peer's `send` waits.
+//! Reading reopens it. Nothing is dropped and memory stays bounded.
 
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
@@ -19,30 +19,31 @@ use std::sync::{Arc, Mutex, MutexGuard};
 
 use tokio::sync::{Notify, mpsc};
 
+use super::channels::ChannelId;
 use super::driver::Command;
 use super::{ChannelOptions, Payload, PeerError};
 
-/// `send` waits while more than this many bytes are queued on a channel.
-pub const SEND_HIGH_WATER: usize = 1024 * 1024;
-/// Waiting senders resume once the queued bytes fall to this.
-pub const SEND_LOW_WATER: usize = 512 * 1024;
-/// How many received messages a channel holds before the driver stops reading for it.
-pub const RECV_QUEUE_MESSAGES: usize = 1024;
-/// How many received bytes a channel holds before the driver stops reading for it.
-pub const RECV_QUEUE_BYTES: usize = 4 * 1024 * 1024;
+/// `send` waits while more than this many bytes are buffered on a channel: 4 MiB, enough to
+/// keep 160 Mbit/s in flight over a 200 ms round trip.
+pub const SEND_HIGH_WATER: usize = 4 * 1024 * 1024;
+/// Waiting senders resume once the buffered bytes fall to this.
+pub const SEND_LOW_WATER: usize = 2 * 1024 * 1024;
+/// The most received and unread data one connection holds (its SCTP receive window); past it
+/// the peer's sends wait.
+pub const RECV_QUEUE_BYTES: usize = 8 * 1024 * 1024;
 /// Bytes charged per message on top of its payload, so floods of tiny messages are bounded too.
 pub(super) const MESSAGE_OVERHEAD: usize = 64;
 
 /// State shared by a channel's handles and the driver.
 #[derive(Debug)]
 pub(super) struct ChannelShared {
-    /// rtc's connection-local id of the channel.
-    pub(super) id: usize,
+    /// The session's id of the channel.
+    pub(super) id: ChannelId,
     pub(super) label: String,
     pub(super) options: ChannelOptions,
     /// Bytes sent by handles that the driver has not yet handed to rtc.
     pub(super) queued: AtomicUsize,
-    /// Bytes rtc holds for this channel (its `outstanding_bytes`), updated by the driver.
+    /// Bytes SCTP holds for this channel (sent, not acknowledged), updated by the driver.
     pub(super) outstanding: AtomicUsize,
     /// The largest message the connection accepts.
     pub(super) max_message_size: AtomicUsize,
@@ -53,7 +54,7 @@ pub(super) struct ChannelShared {
 
 impl ChannelShared {
     pub(super) fn new(
-        id: usize,
+        id: ChannelId,
         label: String,
         options: ChannelOptions,
         max_message_size: usize,
@@ -153,9 +154,16 @@ pub struct DataChannel {
 
 impl Drop for DataChannel {
     fn drop(&mut self) {
-        // Nobody reads any more: the driver must not wait for room in this queue.
-        self.incoming.lock().reader_gone = true;
-        self.incoming.room.notify_one();
+        // Nobody reads any more: what waits (and whatever comes) is given back to the window.
+        let mut inner = self.incoming.lock();
+        inner.reader_gone = true;
+        let (bytes, messages) = inner
+            .queue
+            .drain(..)
+            .fold((0, 0), |(b, m), (_, charge)| (b + charge, m + 1));
+        inner.bytes = 0;
+        drop(inner);
+        self.incoming.consumed_many(bytes, messages);
     }
 }
 
@@ -184,10 +192,10 @@ impl DataChannel {
         loop {
             {
                 let mut inner = self.incoming.lock();
-                if let Some(payload) = inner.queue.pop_front() {
+                if let Some((payload, charge)) = inner.queue.pop_front() {
                     inner.bytes -= payload.len();
                     drop(inner);
-                    self.incoming.room.notify_one();
+                    self.incoming.consumed(charge);
                     return Some(payload);
                 }
                 if inner.closed {
@@ -231,53 +239,88 @@ impl DataChannel {
     }
 }
 
-/// A channel's receive queue, bounded in messages and bytes. One reader (the [`DataChannel`]),
-/// one writer (the driver).
-#[derive(Debug, Default)]
+/// A channel's receive queue. One reader (the [`DataChannel`]), one writer (the driver). Its
+/// size is bounded by the connection's SCTP receive window: every message read is reported back
+/// (through [`Consumption`]) so the window reopens.
+#[derive(Debug)]
 pub(super) struct RecvQueue {
     inner: Mutex<RecvInner>,
     /// Woken when a message is pushed or the queue closes.
     readable: Notify,
-    /// Woken when the reader takes a message (or goes away).
-    pub(super) room: Notify,
+    /// Where reads are reported, shared by the connection's channels.
+    consumption: Arc<Consumption>,
 }
 
 #[derive(Debug, Default)]
 pub(super) struct RecvInner {
-    queue: VecDeque<Payload>,
+    /// Messages and their charges against the receive window.
+    queue: VecDeque<(Payload, usize)>,
     bytes: usize,
     closed: bool,
     reader_gone: bool,
 }
 
+/// What the application read and the driver has not given back to SCTP yet.
+#[derive(Debug, Default)]
+pub(super) struct Consumption {
+    bytes: AtomicUsize,
+    messages: AtomicUsize,
+    /// Woken on every read: the driver reports it.
+    pub(super) notify: Notify,
+}
+
+impl Consumption {
+    /// Take what was read since the last call: `(bytes, messages)`.
+    pub(super) fn take(&self) -> (usize, usize) {
+        (
+            self.bytes.swap(0, Ordering::AcqRel),
+            self.messages.swap(0, Ordering::AcqRel),
+        )
+    }
+}
+
 /// Why [`RecvQueue::push`] did not take a message.
 #[derive(Debug)]
 pub(super) enum PushError {
-    /// The queue is full: try again after [`RecvQueue::room`] fires.
-    Full(Payload),
     /// Nobody will read it.
     Gone,
 }
 
 impl RecvQueue {
+    pub(super) fn new(consumption: Arc<Consumption>) -> Self {
+        RecvQueue {
+            inner: Mutex::default(),
+            readable: Notify::new(),
+            consumption,
+        }
+    }
+
     fn lock(&self) -> MutexGuard<'_, RecvInner> {
         // A panic while holding this lock leaves the queue consistent (push/pop are atomic).
         self.inner.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// Append a message unless the queue is full. An empty queue takes any one message.
-    pub(super) fn push(&self, payload: Payload) -> Result<(), PushError> {
+    fn consumed(&self, charge: usize) {
+        self.consumed_many(charge, 1);
+    }
+
+    fn consumed_many(&self, bytes: usize, messages: usize) {
+        if messages == 0 {
+            return;
+        }
+        self.consumption.bytes.fetch_add(bytes, Ordering::AcqRel);
+        self.consumption.messages.fetch_add(messages, Ordering::AcqRel);
+        self.consumption.notify.notify_one();
+    }
+
+    /// Append a message with its charge against the receive window.
+    pub(super) fn push(&self, payload: Payload, charge: usize) -> Result<(), PushError> {
         let mut inner = self.lock();
         if inner.reader_gone || inner.closed {
             return Err(PushError::Gone);
         }
-        let full = inner.queue.len() >= RECV_QUEUE_MESSAGES
-            || (!inner.queue.is_empty() && inner.bytes + payload.len() > RECV_QUEUE_BYTES);
-        if full {
-            return Err(PushError::Full(payload));
-        }
         inner.bytes += payload.len();
-        inner.queue.push_back(payload);
+        inner.queue.push_back((payload, charge));
         drop(inner);
         self.readable.notify_one();
         Ok(())

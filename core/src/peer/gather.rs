@@ -12,14 +12,9 @@ use std::time::{Duration, Instant};
 
 use proxim_protocol::IceServer;
 use proxim_protocol::ice::{IceScheme, IceTransport, IceUrl};
-use rtc::ice::candidate::Candidate;
-use rtc::peer_connection::transport::{
-    CandidateConfig, CandidateHostConfig, CandidateRelayConfig, CandidateServerReflexiveConfig,
-    RTCIceCandidate, RTCIceCandidateInit,
-};
-use rtc::stun::message::{BINDING_REQUEST, BINDING_SUCCESS, Getter, Message, TransactionId};
-use rtc::stun::xoraddr::XorMappedAddress;
 use socket2::{Domain, Protocol, Socket, Type};
+
+use super::ice::stun::{Class, StunMessage, StunWriter, TransactionId, new_transaction};
 use tokio::net::UdpSocket;
 
 /// A bound UDP socket the peer sends and receives on.
@@ -92,73 +87,6 @@ pub(super) fn bind_udp(ip: IpAddr, buffer_bytes: usize) -> io::Result<LocalSocke
     })
 }
 
-/// The host candidate for a bound socket, ready for `add_local_candidate` and for signaling.
-pub(super) fn host_candidate(addr: SocketAddr) -> Result<RTCIceCandidateInit, String> {
-    let candidate = CandidateHostConfig {
-        base_config: udp_candidate_config(addr),
-        ..Default::default()
-    }
-    .new_candidate_host()
-    .map_err(|e| e.to_string())?;
-    candidate_init(&candidate, None)
-}
-
-/// A server-reflexive candidate: `mapped` as seen by the STUN server at `url`, based on `base`.
-pub(super) fn srflx_candidate(
-    mapped: SocketAddr,
-    base: SocketAddr,
-    url: &str,
-) -> Result<RTCIceCandidateInit, String> {
-    let candidate = CandidateServerReflexiveConfig {
-        base_config: udp_candidate_config(mapped),
-        rel_addr: base.ip().to_string(),
-        rel_port: base.port(),
-        ..Default::default()
-    }
-    .new_candidate_server_reflexive()
-    .map_err(|e| e.to_string())?;
-    candidate_init(&candidate, Some(url))
-}
-
-/// A relay candidate: `relayed` on the TURN server at `url`, reached from `base` (the address
-/// the server saw, or the local one). A TURN allocation relays UDP, whatever carries it to the
-/// server.
-pub(super) fn relay_candidate(
-    relayed: SocketAddr,
-    base: SocketAddr,
-    url: &str,
-) -> Result<RTCIceCandidateInit, String> {
-    let candidate = CandidateRelayConfig {
-        base_config: udp_candidate_config(relayed),
-        rel_addr: base.ip().to_string(),
-        rel_port: base.port(),
-        url: Some(url.to_owned()),
-    }
-    .new_candidate_relay()
-    .map_err(|e| e.to_string())?;
-    candidate_init(&candidate, Some(url))
-}
-
-/// The part every candidate shares: a UDP address, component 1.
-fn udp_candidate_config(addr: SocketAddr) -> CandidateConfig {
-    CandidateConfig {
-        network: "udp".to_owned(),
-        address: addr.ip().to_string(),
-        port: addr.port(),
-        component: 1,
-        ..Default::default()
-    }
-}
-
-/// The signaling form of a candidate, with the URL of the server it came from.
-fn candidate_init(candidate: &Candidate, url: Option<&str>) -> Result<RTCIceCandidateInit, String> {
-    let mut init = RTCIceCandidate::from(candidate)
-        .to_json()
-        .map_err(|e| e.to_string())?;
-    init.url = url.map(str::to_owned);
-    Ok(init)
-}
-
 /// A packet a candidate source wants sent.
 #[derive(Debug)]
 pub(crate) struct SourceTransmit {
@@ -175,8 +103,12 @@ pub(crate) struct SourceTransmit {
 pub(crate) enum SourceOutput {
     /// Send this packet.
     Transmit(SourceTransmit),
-    /// A new local candidate.
-    Candidate(RTCIceCandidateInit),
+    /// The STUN server at `url` saw `base` as `mapped` (a server-reflexive address).
+    Mapped {
+        url: String,
+        base: SocketAddr,
+        mapped: SocketAddr,
+    },
 }
 
 /// One way of finding local candidates beyond the host ones. Each variant is sans-IO.
@@ -337,7 +269,7 @@ pub(crate) struct StunBinding {
     next_send: Instant,
     rto: Duration,
     pending: Vec<SourceOutput>,
-    done: bool,
+    pub(super) done: bool,
 }
 
 impl StunBinding {
@@ -348,24 +280,19 @@ impl StunBinding {
         now: Instant,
         timeout: Duration,
     ) -> Self {
-        let mut msg = Message::new();
-        let transaction = TransactionId::new();
-        let built = msg.build(&[Box::new(transaction), Box::new(BINDING_REQUEST)]);
-        let done = built.is_err();
-        if let Err(e) = built {
-            tracing::debug!(error = %e, "cannot build STUN request");
-        }
+        let transaction = new_transaction();
+        let request = StunWriter::new(Class::Request, &transaction).finish(None);
         StunBinding {
             url,
             local,
             server,
-            transaction: msg.transaction_id,
-            request: msg.raw,
+            transaction,
+            request,
             deadline: now + timeout,
             next_send: now,
             rto: STUN_FIRST_RTO,
             pending: Vec::new(),
-            done,
+            done: false,
         }
     }
 
@@ -378,32 +305,27 @@ impl StunBinding {
         if self.done || local != self.local || from != self.server {
             return false;
         }
-        if !rtc::stun::message::is_stun_message(data) {
+        let Ok(msg) = StunMessage::parse(data) else {
             return false;
-        }
-        let mut msg = Message {
-            raw: data.to_vec(),
-            ..Message::default()
         };
-        if msg.decode().is_err() || msg.transaction_id != self.transaction {
+        if msg.transaction != self.transaction {
             return false;
         }
         self.done = true;
-        if msg.typ != BINDING_SUCCESS {
-            tracing::debug!(url = %self.url, typ = %msg.typ, "STUN server refused the Binding request");
+        if msg.class != Class::Success {
+            tracing::debug!(url = %self.url, code = ?msg.error_code(), "STUN server refused the Binding request");
             return true;
         }
-        let mut mapped = XorMappedAddress::default();
-        if let Err(e) = mapped.get_from(&msg) {
-            tracing::debug!(url = %self.url, error = %e, "STUN answer without XOR-MAPPED-ADDRESS");
+        let Some(mapped) = msg.mapped_address() else {
+            tracing::debug!(url = %self.url, "STUN answer without XOR-MAPPED-ADDRESS");
             return true;
-        }
-        let mapped = SocketAddr::new(mapped.ip, mapped.port);
+        };
         tracing::debug!(url = %self.url, base = %self.local, %mapped, "server-reflexive address");
-        match srflx_candidate(mapped, self.local, &self.url) {
-            Ok(c) => self.pending.push(SourceOutput::Candidate(c)),
-            Err(e) => tracing::debug!(error = %e, "bad srflx candidate"),
-        }
+        self.pending.push(SourceOutput::Mapped {
+            url: self.url.clone(),
+            base: self.local,
+            mapped,
+        });
         true
     }
 
@@ -492,10 +414,13 @@ mod tests {
         );
         b.handle_timeout(now);
         assert!(b.poll_output().is_some());
+        // The answer as a STUN server (built by rtc's codec, another implementation) sends it.
+        use rtc::stun::message::{BINDING_SUCCESS, Message, TransactionId as RtcTransaction};
+        use rtc::stun::xoraddr::XorMappedAddress;
         let mut answer = Message::new();
         answer
             .build(&[
-                Box::new(b.transaction),
+                Box::new(RtcTransaction(b.transaction)),
                 Box::new(BINDING_SUCCESS),
                 Box::new(XorMappedAddress {
                     ip: "198.18.0.7".parse().unwrap(),
@@ -507,14 +432,11 @@ mod tests {
         assert!(!b.handle_packet(local, "127.0.0.1:1".parse().unwrap(), &answer.raw));
         assert!(b.handle_packet(local, server, &answer.raw));
         match b.poll_output() {
-            Some(SourceOutput::Candidate(c)) => {
-                assert!(
-                    c.candidate.contains("198.18.0.7 40000 typ srflx"),
-                    "{}",
-                    c.candidate
-                );
+            Some(SourceOutput::Mapped { mapped, base, .. }) => {
+                assert_eq!(mapped, "198.18.0.7:40000".parse::<SocketAddr>().unwrap());
+                assert_eq!(base, local);
             }
-            other => panic!("expected a candidate, got {other:?}"),
+            other => panic!("expected a mapped address, got {other:?}"),
         }
         assert!(b.is_done_for_test());
     }

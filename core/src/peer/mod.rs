@@ -1,68 +1,61 @@
-//! The WebRTC peer layer: Proxim's own tokio driver over webrtc-rs's sans-IO core `rtc`.
+//! The WebRTC peer layer: Proxim's own data stack — ICE, DTLS, SCTP and data channels —
+//! as one sans-IO [`session::PeerSession`] under one tokio driver.
 //!
-//! [`Connection::establish`] binds one UDP socket per usable local IP, spawns one driver task
-//! that owns them and the `RTCPeerConnection`, runs offer/answer and trickle ICE over a
-//! [`SignalLink`], and resolves once the default channel [`DEFAULT_CHANNEL`] (reliable,
+//! [`Connection::establish`] binds one UDP socket per usable local IP, starts the TURN relays,
+//! spawns one driver task that owns them and the session, runs offer/answer and trickle ICE
+//! over a [`SignalLink`], and resolves once the default channel [`DEFAULT_CHANNEL`] (reliable,
 //! ordered) is open. More channels come from [`Connection::open_channel`] or arrive as
 //! [`ConnectionEvent::ChannelOpened`].
 //!
+//! # The stack
+//! - **ICE** (`ice`): Proxim's own full agent. Host candidates for every socket (IPv4 and
+//!   IPv6), server-reflexive ones from STUN Binding requests sent from those sockets, relay
+//!   ones from one TURN allocation per `turn:`/`turns:` URL (over UDP, TCP or TLS to the
+//!   server). Checks are paced every 10 ms, retransmitted after 50 ms doubling to 400 ms, and a
+//!   pair fails after 2.5 s without an answer; the offerer nominates on its first success.
+//!   Consent checks every 2 s keep the path: 5 s of silence is `Disconnected`, 30 s without
+//!   consent `Failed`. With [`PeerConfig::force_relay`] only relay candidates are offered.
+//!   When no pair works the error says so within about 3 s of the last candidate, naming what
+//!   failed (a relay that refused the credentials, one that could not be reached).
+//! - **DTLS** (`dtls`): webrtc-rs's sans-IO `rtc-dtls`, the certificate checked against the
+//!   SDP's fingerprint (and the SDP against the authenticated one, see
+//!   [`PeerConfig::expected_remote_fingerprint`]). Handshake flights are retransmitted after
+//!   three ICE round trips, backing off to 1 s.
+//! - **SCTP** ([`proxim_sctp`]): Proxim's own association, with RACK loss detection, tail loss
+//!   probes, BBR congestion control and pacing (see that crate's docs).
+//! - **Data channels** (`dcep`, `channels`): RFC 8832 open/ack, RFC 8831 stream resets to
+//!   close, stream ids reused once both directions are reset.
+//!
 //! # The run-loop rule
 //! After any input — a batch of datagrams, a batch of commands, a signal, a timer — the driver
-//! drains rtc's outputs (`poll_write`, then `poll_event`, then `poll_read`) until none produces
-//! anything, and only then asks for the next timeout. Packets go out in the turn that produced
-//! them.
-//!
-//! # Candidates
-//! Host candidates for every socket (IPv4 and IPv6) go into the description and are trickled;
-//! server-reflexive candidates come from STUN Binding requests sent from the same sockets and
-//! are trickled as they arrive. A silent STUN server never delays a connection host candidates
-//! can make: it is given up after [`PeerConfig::stun_timeout`]. Relay candidates come from one
-//! TURN allocation per `turn:`/`turns:` URL (over UDP from a host socket, or over its own TCP
-//! or TLS stream), trickled once allocated; the allocation is refreshed while the connection
-//! lives and released when it closes. With [`PeerConfig::force_relay`] only relay candidates
-//! are offered. When no pair works, the error names what failed (a relay that refused the
-//! credentials, one that could not be reached): within the connect timeout, and 3 s after the
-//! last candidate when both sides finished gathering and not one packet came from the peer
-//! (every pair's checks have stopped by then).
+//! drains the session's outputs (datagrams, signals, events) until none produces anything,
+//! and only then asks for the next timeout. Packets go out in the turn that produced them.
 //!
 //! # Flow control
 //! - Send: a channel's buffered amount is what `send` accepted and SCTP has not released yet.
-//!   `send` waits while it is at or above [`SEND_HIGH_WATER`] (1 MiB) and resumes once it is
+//!   `send` waits while it is at or above [`SEND_HIGH_WATER`] (4 MiB) and resumes once it is
 //!   below [`SEND_LOW_WATER`]. Nothing buffers without bound on the sending side.
-//! - Receive: each channel queues up to [`RECV_QUEUE_MESSAGES`] messages or
-//!   [`RECV_QUEUE_BYTES`] bytes. When a queue is full the driver keeps the messages it already
-//!   decoded (at most what the peer's SCTP window lets it have in flight) and stops feeding data
-//!   packets to rtc — it still answers ICE checks and runs timers, so the path stays alive —
-//!   holding back at most 4 MiB of datagrams before it stops reading the sockets altogether.
-//!   SCTP stops acknowledging, the peer's window closes and its `send` waits. Once the
-//!   application reads, delivery resumes in order. Nothing is dropped; memory stays bounded.
+//! - Receive: what arrived and was not read counts against SCTP's receive window
+//!   ([`RECV_QUEUE_BYTES`], 8 MiB for the whole connection; each message costs 64 bytes more).
+//!   A reader that stops closes the window; the peer's SCTP then stops sending and its `send`
+//!   waits. Reading reopens it. Nothing is dropped; memory stays bounded.
 //!
 //! # Socket I/O
 //! Through `quinn-udp`: reads are batched (`recvmmsg`, and with GRO one buffer holds many
 //! datagrams); the packets one turn produced are sent in order, runs of same-size packets on
-//! one path as a single GSO send where the OS supports it. On loopback this halves the CPU
-//! per byte (most of it was one `sendto`/`recvfrom` per 1200-byte packet).
+//! one path as a single GSO send where the OS supports it.
 //!
 //! # Closing
-//! [`DataChannel::close`] and [`Connection::close`] first let SCTP deliver (get acknowledged)
-//! what was already sent, bounded by 10 s, then close. A channel this side opens while rtc hands
-//! it a stream id whose reset is still in flight is created again once the reset completes (see
-//! `Driver::reopen`): sequential channels on one connection always open.
-//!
-//! # Setup latency
-//! rtc's defaults are tuned down for fast setup: ICE checks every 50 ms (40 attempts), and the
-//! acceptance waits for srflx/prflx/relay pairs are 100 ms/200 ms/200 ms instead of up to 2 s
-//! (no wait for relay pairs when only relays are allowed).
-//! rtc queues the DTLS ClientHello where only `handle_timeout` releases it; the driver runs
-//! `handle_timeout` right after ICE changes state instead of waiting for the next tick
-//! (which cost ~50 ms per connection). Checks that overtake the answer are kept and replayed
-//! once the answer is set.
+//! [`DataChannel::close`] resets the channel's stream after what was sent (the peer resets
+//! its direction once it received all of it); [`Connection::close`] waits until every
+//! channel's data is acknowledged, bounded by 10 s, then sends SCTP ABORT and DTLS
+//! close_notify.
 //!
 //! # Known limits
-//! - rtc 0.21.1 reports only `ordered` for channels the remote side opened:
-//!   `max_retransmits`/`max_packet_life_time` read `None` there.
 //! - TURN allocations relay UDP only (RFC 6062 TCP allocations are not implemented); the
 //!   client reaches the relay over UDP, TCP or TLS.
+//! - mDNS (`.local`) candidates are not resolved: they are dropped with a log line, and the
+//!   peer's checks reach this side as peer-reflexive candidates instead.
 
 use std::fmt;
 use std::net::{IpAddr, SocketAddr};
@@ -71,10 +64,8 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use proxim_protocol::IceServer;
 use rtc::crypto::SignatureScheme;
-use rtc::peer_connection::RTCPeerConnectionBuilder;
 use rtc::peer_connection::certificate::{CertificateParams, RTCCertificate};
-use rtc::peer_connection::configuration::RTCConfigurationBuilder;
-use rtc::peer_connection::configuration::setting_engine::SettingEngineBuilder;
+use sha2::Digest;
 use tokio::sync::{mpsc, oneshot, watch};
 use tracing::Instrument;
 
@@ -82,16 +73,21 @@ use crate::auth::Fingerprint;
 use crate::link::SignalLink;
 
 mod channel;
+mod channels;
+mod dcep;
 mod driver;
+mod dtls;
 pub(crate) mod gather;
+pub(crate) mod ice;
 mod relay;
-mod stats;
+mod sdp;
+mod session;
 
 pub use channel::{
-    ChannelSender, DataChannel, RECV_QUEUE_BYTES, RECV_QUEUE_MESSAGES, SEND_HIGH_WATER,
-    SEND_LOW_WATER,
+    ChannelSender, DataChannel, RECV_QUEUE_BYTES, SEND_HIGH_WATER, SEND_LOW_WATER,
 };
 use driver::{Command, Driver, DriverParts};
+use session::{PeerSession, SessionConfig};
 
 /// Label of the channel every connection opens first.
 pub const DEFAULT_CHANNEL: &str = "proxim";
@@ -165,17 +161,22 @@ pub fn generate_certificate() -> Result<(Certificate, Fingerprint), PeerError> {
     Ok((Certificate(certificate), fingerprint))
 }
 
-/// Check that every DTLS fingerprint in `sdp` is `expected` (and there is at least one).
+/// Check that the SHA-256 DTLS fingerprints in `sdp` are `expected` (and there is at least
+/// one). Lines of other hash algorithms (aiortc adds sha-384 and sha-512) are not what was
+/// authenticated and are ignored: DTLS checks the certificate against the SHA-256 one.
 pub(crate) fn check_fingerprints(sdp: &str, expected: &Fingerprint) -> Result<(), PeerError> {
     let mut seen = 0usize;
     for line in sdp.lines() {
         let Some(value) = line.trim_end().strip_prefix("a=fingerprint:") else {
             continue;
         };
-        seen += 1;
         let (algorithm, value) = value.split_once(' ').unwrap_or((value, ""));
+        if !algorithm.eq_ignore_ascii_case("sha-256") {
+            continue;
+        }
+        seen += 1;
         let found = Fingerprint::from_sdp_value(value);
-        if !algorithm.eq_ignore_ascii_case("sha-256") || found.as_ref() != Some(expected) {
+        if found.as_ref() != Some(expected) {
             return Err(PeerError::Intercepted(format!(
                 "the other device's DTLS fingerprint in the SDP ({algorithm} {}) is not the one \
                  it authenticated ({})",
@@ -186,7 +187,7 @@ pub(crate) fn check_fingerprints(sdp: &str, expected: &Fingerprint) -> Result<()
     }
     if seen == 0 {
         return Err(PeerError::Intercepted(
-            "the SDP carries no DTLS fingerprint".into(),
+            "the SDP carries no SHA-256 DTLS fingerprint".into(),
         ));
     }
     Ok(())
@@ -415,6 +416,8 @@ pub struct ConnectionStats {
     pub messages_sent: u64,
     /// Data channel messages received.
     pub messages_received: u64,
+    /// How long after the answer (sent or received) the default channel opened.
+    pub open_after_answer: Option<Duration>,
 }
 
 impl ConnectionStats {
@@ -568,8 +571,10 @@ type Prepared = (
     oneshot::Receiver<Result<DataChannel, PeerError>>,
 );
 
-/// Build the peer connection and bind the sockets; the failures here are local and immediate.
+/// Bind the sockets, start the relays, build the session; the failures here are local and
+/// immediate.
 fn prepare(config: PeerConfig, link: SignalLink) -> Result<Prepared, PeerError> {
+    let now = Instant::now();
     let mut sockets = Vec::new();
     let ips = match &config.local_ips {
         Some(ips) => ips.clone(),
@@ -584,45 +589,92 @@ fn prepare(config: PeerConfig, link: SignalLink) -> Result<Prepared, PeerError> 
     if sockets.is_empty() {
         return Err(PeerError::Io("no usable local address to bind".into()));
     }
-    // With relay candidates only, there is nothing better to wait for.
-    let relay_wait = if config.force_relay { 0 } else { 200 };
-    let settings = SettingEngineBuilder::new()
-        // Direct paths are preferred by priority anyway; do not sit on a working relay or
-        // reflexive pair for seconds when it is all there is.
-        .with_srflx_acceptance_min_wait(Some(Duration::from_millis(100)))
-        .with_prflx_acceptance_min_wait(Some(Duration::from_millis(200)))
-        .with_relay_acceptance_min_wait(Some(Duration::from_millis(relay_wait)))
-        // Checks every 50 ms, for up to 2 s per pair.
-        .with_ice_connection_attempts(Some(Duration::from_millis(50)), Some(40))
-        .build();
-    let mut rtc_config = RTCConfigurationBuilder::new();
-    if let Some(certificate) = &config.certificate {
-        rtc_config = rtc_config.with_certificates(vec![certificate.0.clone()]);
+    let addrs: Vec<SocketAddr> = sockets.iter().map(|s| s.addr).collect();
+    let (certificate, fingerprint) = match &config.certificate {
+        Some(c) => (c.0.clone(), fingerprint_of(&c.0)?),
+        None => {
+            let (c, _) = generate_certificate()?;
+            let fp = fingerprint_of(&c.0)?;
+            (c.0, fp)
+        }
+    };
+    let turn_servers = crate::turn::TurnServer::from_ice_servers(&config.ice_servers);
+    let relays_offered = !turn_servers.is_empty();
+    let relays = relay::Relays::start(
+        turn_servers,
+        addrs.clone(),
+        &crate::turn::TurnOptions {
+            extra_roots_pem: config.turn_roots_pem.clone(),
+            local_ip: None,
+        },
+    );
+    let mut servers = gather::stun_servers(&config.ice_servers);
+    if config.force_relay {
+        // No server-reflexive candidates: only relayed ones are offered.
+        servers = Default::default();
     }
-    let rtc_config = rtc_config.build();
-    let pc = RTCPeerConnectionBuilder::new()
-        .with_configuration(rtc_config)
-        .with_setting_engine(settings)
-        .build(Instant::now())
-        .map_err(|e| PeerError::Rtc(e.to_string()))?;
+    // Names are resolved off the driver; their STUN bindings start when the answer comes.
+    let pending_dns = (!servers.by_name.is_empty()).then(|| {
+        let (tx, rx) = oneshot::channel();
+        let timeout = config.stun_timeout;
+        let names = std::mem::take(&mut servers.by_name);
+        tokio::spawn(async move {
+            let _ = tx.send(gather::resolve_names(names, timeout).await);
+        });
+        rx
+    });
+    let mut sctp = proxim_sctp::Config::default();
+    sctp.max_message_size = sdp::LOCAL_MAX_MESSAGE_SIZE;
+    sctp.receive_window = RECV_QUEUE_BYTES as u32;
+    let session_config = SessionConfig {
+        role: config.role,
+        force_relay: config.force_relay,
+        connect_timeout: config.connect_timeout,
+        stun_timeout: config.stun_timeout,
+        certificate: certificate.dtls_certificate.clone(),
+        fingerprint,
+        expected_remote_fingerprint: config.expected_remote_fingerprint,
+        relays_offered,
+        ice: ice::IceConfig::new(config.role == PeerRole::Offerer),
+        sctp,
+    };
+    let session = PeerSession::new(
+        now,
+        session_config,
+        &addrs,
+        &servers.resolved,
+        pending_dns.is_some(),
+    );
     let (commands, command_rx) = mpsc::unbounded_channel();
     let (state_tx, state_rx) = watch::channel(ConnectionState::New);
     let (event_tx, event_rx) = mpsc::unbounded_channel();
     let (ready_tx, ready_rx) = oneshot::channel();
     let parts = DriverParts {
-        config,
         link,
         commands: command_rx,
         command_sender: commands.downgrade(),
         state: state_tx,
         events: event_tx,
         ready: ready_tx,
+        sockets,
+        relays,
+        pending_dns,
     };
     Ok((
-        Driver::new(parts, pc, sockets),
+        Driver::new(session, parts),
         commands,
         state_rx,
         event_rx,
         ready_rx,
     ))
+}
+
+/// The SHA-256 of a certificate's DER.
+fn fingerprint_of(certificate: &RTCCertificate) -> Result<[u8; 32], PeerError> {
+    let der = certificate
+        .dtls_certificate
+        .certificate
+        .first()
+        .ok_or_else(|| PeerError::Rtc("the certificate is empty".into()))?;
+    Ok(sha2::Sha256::digest(der.as_ref()).into())
 }

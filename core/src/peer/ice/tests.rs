@@ -1,0 +1,194 @@
+//! Two agents on a virtual network, time stepped by hand.
+
+use super::*;
+
+fn host(addr: &str) -> LocalCandidate {
+    let address: SocketAddr = addr.parse().unwrap();
+    LocalCandidate {
+        kind: CandidateKind::Host,
+        address,
+        base: address,
+        priority: priority(CandidateKind::Host, 65535),
+        foundation: "1".into(),
+        related: None,
+        relay_protocol: None,
+    }
+}
+
+struct Net {
+    now: Instant,
+    a: IceAgent,
+    b: IceAgent,
+    /// Datagrams in flight: (arrival, to-b?, local(receiver), from, data).
+    wire: Vec<(Instant, bool, SocketAddr, SocketAddr, Vec<u8>)>,
+    delay: Duration,
+    /// Drop everything while set.
+    cut: bool,
+    a_addr: SocketAddr,
+    b_addr: SocketAddr,
+}
+
+impl Net {
+    fn new(remote_candidates_for_b: bool) -> Net {
+        let now = Instant::now();
+        let mut a = IceAgent::new(IceConfig::new(true), Credentials::random());
+        let mut b = IceAgent::new(IceConfig::new(false), Credentials::random());
+        let a_addr: SocketAddr = "198.18.1.1:5000".parse().unwrap();
+        let b_addr: SocketAddr = "198.18.1.2:6000".parse().unwrap();
+        a.add_local(now, host("198.18.1.1:5000"));
+        b.add_local(now, host("198.18.1.2:6000"));
+        a.set_remote_credentials(now, b.local_credentials().clone());
+        b.set_remote_credentials(now, a.local_credentials().clone());
+        a.add_remote_line(now, &b.local_candidates()[0].to_line()).unwrap();
+        if remote_candidates_for_b {
+            b.add_remote_line(now, &a.local_candidates()[0].to_line()).unwrap();
+        }
+        a.set_local_gathering_done();
+        b.set_local_gathering_done();
+        a.set_remote_gathering_done();
+        b.set_remote_gathering_done();
+        Net {
+            now,
+            a,
+            b,
+            wire: Vec::new(),
+            delay: Duration::from_millis(10),
+            cut: false,
+            a_addr,
+            b_addr,
+        }
+    }
+
+    fn step(&mut self) {
+        let now = self.now;
+        while let Some(t) = self.a.poll_transmit() {
+            assert_eq!(t.local, self.a_addr);
+            if !self.cut && t.to == self.b_addr {
+                self.wire.push((now + self.delay, true, t.to, t.local, t.data));
+            }
+        }
+        while let Some(t) = self.b.poll_transmit() {
+            if !self.cut && t.to == self.a_addr {
+                self.wire.push((now + self.delay, false, t.to, t.local, t.data));
+            }
+        }
+        let next = [
+            self.a.poll_timeout().map(|t| t.0),
+            self.b.poll_timeout().map(|t| t.0),
+            self.wire.iter().map(|w| w.0).min(),
+        ]
+        .into_iter()
+        .flatten()
+        .min();
+        let Some(next) = next else { return };
+        self.now = self.now.max(next);
+        let now = self.now;
+        let due: Vec<_> = self.wire.iter().filter(|w| w.0 <= now).cloned().collect();
+        self.wire.retain(|w| w.0 > now);
+        for (_, to_b, local, from, data) in due {
+            let agent = if to_b { &mut self.b } else { &mut self.a };
+            assert!(agent.handle_stun(now, local, from, &data));
+        }
+        self.a.handle_timeout(now);
+        self.b.handle_timeout(now);
+    }
+
+    fn run_until(&mut self, limit: Duration, done: impl Fn(&Net) -> bool) -> bool {
+        let end = self.now + limit;
+        while self.now < end {
+            if done(self) {
+                return true;
+            }
+            self.step();
+        }
+        done(self)
+    }
+}
+
+fn both_connected(n: &Net) -> bool {
+    n.a.state() == IceState::Connected && n.b.state() == IceState::Connected
+}
+
+#[test]
+fn two_agents_select_the_same_pair_within_a_round_trip_or_two() {
+    let mut n = Net::new(true);
+    let t0 = n.now;
+    assert!(n.run_until(Duration::from_secs(1), both_connected));
+    // Check, response, and the controlled side's own triggered check: ≤ 2 RTT of 20 ms.
+    assert!(n.now - t0 <= Duration::from_millis(45), "{:?}", n.now - t0);
+    assert_eq!(n.a.route(), Some((n.a_addr, n.b_addr)));
+    assert_eq!(n.b.route(), Some((n.b_addr, n.a_addr)));
+    let (_, _, pair) = n.a.selected().unwrap();
+    let rtt = pair.rtt.unwrap();
+    assert!(rtt >= Duration::from_millis(20) && rtt < Duration::from_millis(25), "{rtt:?}");
+}
+
+#[test]
+fn a_peer_without_our_candidates_learns_us_as_peer_reflexive() {
+    // B got no candidate from A (mDNS-hidden, say): A's checks teach B where A is.
+    let mut n = Net::new(false);
+    assert!(n.run_until(Duration::from_secs(1), both_connected));
+    let (_, remote, _) = n.b.selected().unwrap();
+    assert_eq!(remote.kind, CandidateKind::Prflx);
+    assert_eq!(remote.address, n.a_addr);
+}
+
+#[test]
+fn no_route_fails_once_every_pair_gave_up() {
+    let mut n = Net::new(true);
+    n.cut = true;
+    let t0 = n.now;
+    assert!(n.run_until(Duration::from_secs(10), |n| n.a.state() == IceState::Failed
+        && n.b.state() == IceState::Failed));
+    let took = n.now - t0;
+    assert!(took >= Duration::from_millis(2500) && took < Duration::from_secs(3), "{took:?}");
+    assert!(n.a.pairs().all(|(_, _, p)| p.state == PairState::Failed));
+}
+
+#[test]
+fn consent_lost_disconnects_then_fails_and_comes_back_in_between() {
+    let mut n = Net::new(true);
+    assert!(n.run_until(Duration::from_secs(1), both_connected));
+    n.cut = true;
+    let cut_at = n.now;
+    assert!(n.run_until(Duration::from_secs(10), |n| n.a.state() == IceState::Disconnected));
+    let took = n.now - cut_at;
+    assert!(took >= Duration::from_secs(5) && took < Duration::from_secs(6), "{took:?}");
+    n.cut = false;
+    assert!(n.run_until(Duration::from_secs(5), both_connected));
+    n.cut = true;
+    let cut_at = n.now;
+    assert!(n.run_until(Duration::from_secs(40), |n| n.a.state() == IceState::Failed));
+    let took = n.now - cut_at;
+    assert!(took >= Duration::from_secs(29) && took < Duration::from_secs(32), "{took:?}");
+}
+
+#[test]
+fn both_controlling_resolve_the_conflict() {
+    let now = Instant::now();
+    let mut n = Net::new(true);
+    // Make B controlling too.
+    n.b = IceAgent::new(IceConfig::new(true), n.b.local_credentials().clone());
+    n.b.add_local(now, host("198.18.1.2:6000"));
+    n.b.set_remote_credentials(now, n.a.local_credentials().clone());
+    n.b.add_remote_line(now, &n.a.local_candidates()[0].to_line()).unwrap();
+    assert!(n.run_until(Duration::from_secs(2), both_connected));
+    assert_ne!(n.a.is_controlling(), n.b.is_controlling());
+}
+
+#[test]
+fn checks_with_a_wrong_password_are_not_answered() {
+    let now = Instant::now();
+    let mut a = IceAgent::new(IceConfig::new(false), Credentials::random());
+    a.add_local(now, host("198.18.1.1:5000"));
+    let t = new_transaction();
+    let forged = StunWriter::new(Class::Request, &t)
+        .username(&format!("{}:x", a.local_credentials().ufrag))
+        .priority(1)
+        .controlling(1)
+        .finish(Some(b"not-the-password-at-all"));
+    let from: SocketAddr = "198.18.9.9:9".parse().unwrap();
+    assert!(a.handle_stun(now, "198.18.1.1:5000".parse().unwrap(), from, &forged));
+    assert!(a.poll_transmit().is_none());
+    assert!(!a.heard_from_peer());
+}

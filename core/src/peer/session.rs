@@ -1,0 +1,1405 @@
+//! [`PeerSession`]: one peer connection as a sans-IO state machine — signaling (offer/answer,
+//! trickle), ICE, DTLS, SCTP and data channels — with time as an input.
+//!
+//! Inputs: [`PeerSession::handle_signal`], [`PeerSession::handle_datagram`],
+//! [`PeerSession::handle_timeout`], the gathering results the driver learns
+//! ([`PeerSession::add_relay_candidate`], [`PeerSession::update_relays`],
+//! [`PeerSession::add_stun_servers`]) and the application's commands. Outputs:
+//! [`PeerSession::poll_transmit`], [`PeerSession::poll_signal`], [`PeerSession::poll_event`] and
+//! [`PeerSession::poll_timeout`] (with the reason of the next deadline). After any input, drain
+//! all outputs until each is empty, then wait for the next timeout.
+
+use std::collections::{HashMap, VecDeque};
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+
+use bytes::{Bytes, BytesMut};
+use proxim_protocol::{CandidateLine, Sdp, ShortText, Signal};
+use proxim_sctp::{Association, Event as SctpEvent, SendOptions};
+
+use super::channels::{ChannelId, ChannelPhase, Channels};
+use super::dcep::{self, DcepMessage};
+use super::dtls::{DtlsState, DtlsTransport};
+use super::gather::{SourceOutput, StunBinding};
+use super::ice::candidate::priority;
+use super::ice::{Credentials, IceAgent, IceConfig, IceEvent, IceState, LocalCandidate};
+use super::sdp::{LocalDescription, RemoteDescription, Setup, LOCAL_MAX_MESSAGE_SIZE};
+use super::{
+    CandidateInfo, CandidateKind, ChannelOptions, ConnectionState, ConnectionStats,
+    DEFAULT_CHANNEL, Payload, PeerError, PeerRole,
+};
+use crate::auth::{AuthMessage, Fingerprint};
+use crate::turn::TurnTransport;
+
+/// How long a closing channel or connection waits for what it sent to be acknowledged.
+pub(crate) const CLOSE_FLUSH_TIMEOUT: Duration = Duration::from_secs(10);
+/// With both sides done gathering and no pair to try, give up this long after the last
+/// candidate arrived.
+const NO_PAIR_GIVE_UP: Duration = Duration::from_secs(3);
+
+/// How one session is set up.
+#[derive(Debug, Clone)]
+pub(crate) struct SessionConfig {
+    pub(crate) role: PeerRole,
+    pub(crate) force_relay: bool,
+    pub(crate) connect_timeout: Duration,
+    pub(crate) stun_timeout: Duration,
+    pub(crate) certificate: rtc::dtls::crypto::Certificate,
+    /// SHA-256 of this side's certificate.
+    pub(crate) fingerprint: [u8; 32],
+    pub(crate) expected_remote_fingerprint: Option<Fingerprint>,
+    /// Whether the signaling server offered TURN relays.
+    pub(crate) relays_offered: bool,
+    pub(crate) ice: IceConfig,
+    pub(crate) sctp: proxim_sctp::Config,
+}
+
+/// A datagram to send from `local` (a socket's or a relayed address).
+#[derive(Debug)]
+pub(crate) struct Transmit {
+    pub(crate) local: SocketAddr,
+    pub(crate) to: SocketAddr,
+    pub(crate) data: BytesMut,
+}
+
+/// What the session reports to its driver.
+#[derive(Debug)]
+pub(crate) enum SessionEvent {
+    StateChanged {
+        old: ConnectionState,
+        new: ConnectionState,
+    },
+    /// The default channel is open: the connection is established.
+    Ready { channel: ChannelId },
+    /// A channel opened: one this side asked for, or one the peer opened.
+    ChannelOpened {
+        channel: ChannelId,
+        label: String,
+        options: ChannelOptions,
+        by_peer: bool,
+    },
+    ChannelOpenFailed {
+        channel: ChannelId,
+        error: PeerError,
+    },
+    /// A message; `charge` is what to report to [`PeerSession::consumed`] once read.
+    Message {
+        channel: ChannelId,
+        payload: Payload,
+        charge: usize,
+    },
+    ChannelClosed { channel: ChannelId },
+    PathChanged(ConnectionStats),
+    /// The connection failed (before or after it was established). Terminal.
+    Failed(PeerError),
+    /// The connection closed. Terminal.
+    Closed { reason: String },
+}
+
+/// What the driver knows of the TURN relays.
+#[derive(Debug, Clone, Default)]
+pub(crate) struct RelayStatus {
+    pub(crate) gathering_done: bool,
+    pub(crate) any_ready: bool,
+    pub(crate) failures: Vec<String>,
+}
+
+/// How the signaling link ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum LinkEnd {
+    /// The server says the other device left.
+    PeerLeft,
+    /// The signaling connection is gone.
+    Lost,
+}
+
+#[derive(Debug, Default, Clone, Copy)]
+struct Counters {
+    bytes_sent: u64,
+    bytes_received: u64,
+    messages_sent: u64,
+    messages_received: u64,
+}
+
+/// One peer connection, sans-IO.
+#[derive(Debug)]
+pub(crate) struct PeerSession {
+    config: SessionConfig,
+    started: Instant,
+    now: Instant,
+    ice: IceAgent,
+    sources: Vec<StunBinding>,
+    stun_names_pending: bool,
+    relays: RelayStatus,
+    remote: Option<RemoteDescription>,
+    /// Local candidate lines waiting for the answer (an answerer trickles only after it).
+    held_candidates: Vec<String>,
+    local_description_sent: bool,
+    end_of_candidates_sent: bool,
+    remote_gathering_done: bool,
+    last_candidate_change: Instant,
+    answer_at: Option<Instant>,
+    ready_at: Option<Instant>,
+    dtls: Option<DtlsTransport>,
+    /// Where DTLS answers go before ICE selected a pair (the ClientHello's path).
+    dtls_route: Option<(SocketAddr, SocketAddr)>,
+    sctp: Association,
+    sctp_started: bool,
+    sctp_connected: bool,
+    channels: Channels,
+    default_channel: Option<ChannelId>,
+    ready: bool,
+    state: ConnectionState,
+    /// Set once the session ended; no more input is taken.
+    ended: bool,
+    closing: Option<Instant>,
+    channel_deadlines: HashMap<ChannelId, Instant>,
+    remote_max_message: Option<usize>,
+    last_path: Option<(SocketAddr, SocketAddr)>,
+    counters: Counters,
+    transmits: VecDeque<Transmit>,
+    signals: VecDeque<Signal>,
+    events: VecDeque<SessionEvent>,
+    mdns_logged: bool,
+}
+
+impl PeerSession {
+    /// A session over these local sockets, with these STUN servers (already resolved;
+    /// `stun_names_pending` when more come from [`Self::add_stun_servers`]).
+    pub(crate) fn new(
+        now: Instant,
+        config: SessionConfig,
+        sockets: &[SocketAddr],
+        stun_servers: &[(String, SocketAddr)],
+        stun_names_pending: bool,
+    ) -> PeerSession {
+        let ice = IceAgent::new(config.ice.clone(), Credentials::random());
+        let sctp = Association::new(config.sctp.clone(), now);
+        let mut session = PeerSession {
+            started: now,
+            now,
+            ice,
+            sources: Vec::new(),
+            stun_names_pending: stun_names_pending && !config.force_relay,
+            relays: RelayStatus {
+                gathering_done: !config.relays_offered,
+                ..RelayStatus::default()
+            },
+            remote: None,
+            held_candidates: Vec::new(),
+            local_description_sent: false,
+            end_of_candidates_sent: false,
+            remote_gathering_done: false,
+            last_candidate_change: now,
+            answer_at: None,
+            ready_at: None,
+            dtls: None,
+            dtls_route: None,
+            sctp,
+            sctp_started: false,
+            sctp_connected: false,
+            channels: Channels::new(config.sctp.streams),
+            default_channel: None,
+            ready: false,
+            state: ConnectionState::New,
+            ended: false,
+            closing: None,
+            channel_deadlines: HashMap::new(),
+            remote_max_message: None,
+            last_path: None,
+            counters: Counters::default(),
+            transmits: VecDeque::new(),
+            signals: VecDeque::new(),
+            events: VecDeque::new(),
+            mdns_logged: false,
+            config,
+        };
+        session.start(now, sockets, stun_servers);
+        session
+    }
+
+    fn start(&mut self, now: Instant, sockets: &[SocketAddr], stun_servers: &[(String, SocketAddr)]) {
+        self.set_state(ConnectionState::Connecting, "establishing");
+        if self.config.force_relay && !self.config.relays_offered {
+            self.fail(PeerError::IceFailed {
+                reason: "relay-only was asked for, but the signaling server handed out no TURN \
+                         server"
+                    .into(),
+            });
+            return;
+        }
+        if !self.config.force_relay {
+            for (i, addr) in sockets.iter().enumerate() {
+                // Earlier sockets (IPv4, LAN before loopback) are preferred.
+                let local_pref = 65535u16.saturating_sub(i as u16 * 256);
+                self.add_local(
+                    now,
+                    LocalCandidate {
+                        kind: CandidateKind::Host,
+                        address: *addr,
+                        base: *addr,
+                        priority: priority(CandidateKind::Host, local_pref),
+                        foundation: format!("{}", 1 + i),
+                        related: None,
+                        relay_protocol: None,
+                    },
+                );
+            }
+            self.add_stun_sources(now, sockets, stun_servers);
+        }
+        if self.config.role == PeerRole::Offerer {
+            let id = self
+                .channels
+                .open_local(DEFAULT_CHANNEL.to_owned(), ChannelOptions::default());
+            self.default_channel = Some(id);
+            let sdp = LocalDescription {
+                session_id: rand::random::<u64>() >> 1,
+                credentials: self.ice.local_credentials(),
+                fingerprint: &self.config.fingerprint,
+                setup: Setup::ActPass,
+                mid: "0",
+                other_media: &[],
+                data_index: 0,
+            }
+            .to_sdp();
+            match Sdp::new(sdp) {
+                Ok(sdp) => self.signals.push_front(Signal::Offer { sdp }),
+                Err(e) => self.fail(PeerError::Rtc(format!("cannot build the offer: {e}"))),
+            }
+            self.local_description_sent = true;
+        }
+        self.flush_held_candidates();
+        self.check_gathering_done();
+    }
+
+    fn add_stun_sources(&mut self, now: Instant, sockets: &[SocketAddr], servers: &[(String, SocketAddr)]) {
+        for (url, server) in servers {
+            for local in sockets {
+                if local.is_ipv4() != server.is_ipv4()
+                    || local.ip().is_loopback() != server.ip().is_loopback()
+                {
+                    continue;
+                }
+                self.sources.push(StunBinding::new(
+                    url.clone(),
+                    *local,
+                    *server,
+                    now,
+                    self.config.stun_timeout,
+                ));
+            }
+        }
+        self.pump_sources(now);
+    }
+
+    // -----------------------------------------------------------------------------------------
+    // Inputs from the driver
+    // -----------------------------------------------------------------------------------------
+
+    /// STUN server names resolved (or given up): gather from them too.
+    pub(crate) fn add_stun_servers(&mut self, now: Instant, sockets: &[SocketAddr], servers: &[(String, SocketAddr)]) {
+        self.now = now;
+        self.stun_names_pending = false;
+        if !self.config.force_relay {
+            self.add_stun_sources(now, sockets, servers);
+        }
+        self.check_gathering_done();
+    }
+
+    /// A TURN relay allocated `relayed` (the server saw this side as `related`).
+    pub(crate) fn add_relay_candidate(
+        &mut self,
+        now: Instant,
+        relayed: SocketAddr,
+        related: SocketAddr,
+        transport: TurnTransport,
+    ) {
+        self.now = now;
+        // Prefer relays reached over UDP, then TCP, then TLS.
+        let local_pref = match transport {
+            TurnTransport::Udp => 65535,
+            TurnTransport::Tcp => 32767,
+            TurnTransport::Tls => 16383,
+        };
+        let foundation = format!("r{}", self.ice.local_candidates().len());
+        self.add_local(
+            now,
+            LocalCandidate {
+                kind: CandidateKind::Relay,
+                address: relayed,
+                base: relayed,
+                priority: priority(CandidateKind::Relay, local_pref),
+                foundation,
+                related: Some(related),
+                relay_protocol: Some(transport),
+            },
+        );
+        self.process(now);
+    }
+
+    /// What the relays are doing now.
+    pub(crate) fn update_relays(&mut self, now: Instant, status: RelayStatus) {
+        self.now = now;
+        self.relays = status;
+        if self.config.force_relay
+            && !self.ready
+            && self.relays.gathering_done
+            && !self.relays.any_ready
+        {
+            let reason = format!(
+                "relay-only was asked for, but no relay could be allocated: {}",
+                self.relays.failures.join("; ")
+            );
+            self.fail(PeerError::IceFailed { reason });
+            return;
+        }
+        self.check_gathering_done();
+        self.process(now);
+    }
+
+    /// A signal from the other device.
+    pub(crate) fn handle_signal(&mut self, now: Instant, signal: Signal) {
+        self.now = now;
+        if self.ended {
+            return;
+        }
+        if let Err(e) = self.apply_signal(now, signal) {
+            if self.ready {
+                tracing::warn!(error = %e, "signal ignored");
+            } else {
+                self.fail(e);
+            }
+        }
+        self.process(now);
+    }
+
+    /// The signaling link ended. Before the connection is up that ends it, with the ICE
+    /// failure when everything was exchanged and nothing ever came from the peer (it most
+    /// likely left because it found no route either).
+    pub(crate) fn link_ended(&mut self, now: Instant, how: LinkEnd) {
+        self.now = now;
+        if self.ended || self.ready {
+            tracing::info!(?how, "signaling ended; the direct path stays up");
+            return;
+        }
+        let exchanged = self.remote.is_some()
+            && self.end_of_candidates_sent
+            && self.remote_gathering_done
+            && !self.ice.heard_from_peer();
+        if exchanged {
+            tracing::info!(?how, "signaling ended after ICE found no route");
+            self.fail(PeerError::IceFailed {
+                reason: self.no_path_reason(),
+            });
+        } else {
+            self.fail(match how {
+                LinkEnd::PeerLeft => PeerError::PeerLeft,
+                LinkEnd::Lost => PeerError::SignalingLost,
+            });
+        }
+    }
+
+    /// A datagram arrived on `local` (a socket's or a relayed address) from `from`.
+    pub(crate) fn handle_datagram(&mut self, now: Instant, local: SocketAddr, from: SocketAddr, data: BytesMut) {
+        self.now = now;
+        if self.ended {
+            return;
+        }
+        match data.first() {
+            Some(0..=3) => {
+                if self.sources.iter_mut().any(|s| s.handle_packet(local, from, &data)) {
+                    self.pump_sources(now);
+                } else {
+                    self.ice.handle_stun(now, local, from, &data);
+                }
+            }
+            Some(20..=63) => self.handle_dtls(now, local, from, data),
+            _ => tracing::trace!(%from, "datagram of no known protocol dropped"),
+        }
+        self.process(now);
+    }
+
+    fn handle_dtls(&mut self, now: Instant, local: SocketAddr, from: SocketAddr, data: BytesMut) {
+        if !self.ice.is_known_remote(from) {
+            tracing::debug!(%from, "DTLS from an address ICE does not know; dropped");
+            return;
+        }
+        self.ice.note_data(now, local, from);
+        if self.dtls.is_none() {
+            tracing::trace!(%from, "DTLS before DTLS started; dropped");
+            return;
+        }
+        if self.ice.route().is_none() {
+            self.dtls_route = Some((local, from));
+        }
+        if let Some(dtls) = self.dtls.as_mut() {
+            dtls.handle_datagram(now, data);
+        }
+        self.after_dtls(now);
+    }
+
+    /// Run the timers due at `now`.
+    pub(crate) fn handle_timeout(&mut self, now: Instant) {
+        self.now = now;
+        if self.ended {
+            return;
+        }
+        for source in &mut self.sources {
+            if source.poll_timeout().is_some_and(|t| t <= now) {
+                source.handle_timeout(now);
+            }
+        }
+        self.pump_sources(now);
+        if self.ice.poll_timeout().is_some_and(|(t, _)| t <= now) {
+            self.ice.handle_timeout(now);
+        }
+        if let Some(dtls) = self.dtls.as_mut()
+            && dtls.poll_timeout().is_some_and(|t| t <= now)
+        {
+            dtls.handle_timeout(now);
+            self.after_dtls(now);
+        }
+        if self.sctp.poll_timeout().is_some_and(|t| t <= now) {
+            self.sctp.handle_timeout(now);
+        }
+        // Channels whose reset did not complete in time close anyway.
+        let late: Vec<ChannelId> = self
+            .channel_deadlines
+            .iter()
+            .filter(|(_, t)| **t <= now)
+            .map(|(id, _)| *id)
+            .collect();
+        for id in late {
+            self.channel_deadlines.remove(&id);
+            tracing::debug!(channel = id, "channel close: the reset did not complete in time");
+            self.report_channel_closed(id);
+            self.channels.remove(id);
+        }
+        if !self.ready {
+            if let Some(at) = self.no_pair_deadline()
+                && now >= at
+            {
+                self.fail(PeerError::IceFailed {
+                    reason: self.no_path_reason(),
+                });
+                return;
+            }
+            if now >= self.started + self.config.connect_timeout {
+                let reason = if self.remote.is_none() {
+                    "no offer/answer from the peer".to_owned()
+                } else if self.ice.route().is_none() {
+                    self.no_path_reason()
+                } else {
+                    "DTLS/SCTP setup or the default channel did not complete".to_owned()
+                };
+                self.fail(PeerError::Timeout {
+                    after: self.config.connect_timeout,
+                    reason,
+                });
+                return;
+            }
+        }
+        self.process(now);
+    }
+
+    /// When [`Self::handle_timeout`] is next due, and why.
+    pub(crate) fn poll_timeout(&self) -> Option<(Instant, &'static str)> {
+        if self.ended {
+            return None;
+        }
+        let mut next: Option<(Instant, &'static str)> = None;
+        let mut consider = |at: Option<Instant>, why: &'static str| {
+            if let Some(at) = at
+                && next.is_none_or(|(n, _)| at < n)
+            {
+                next = Some((at, why));
+            }
+        };
+        for s in &self.sources {
+            consider(s.poll_timeout(), "STUN binding for a server-reflexive candidate");
+        }
+        if let Some((at, why)) = self.ice.poll_timeout() {
+            consider(Some(at), why);
+        }
+        consider(
+            self.dtls.as_ref().and_then(DtlsTransport::poll_timeout),
+            "DTLS handshake retransmission",
+        );
+        if let Some((at, why)) = self.sctp.poll_timeout_reason() {
+            consider(Some(at), why);
+        }
+        consider(self.channel_deadlines.values().min().copied(), "channel close deadline");
+        consider(self.closing, "connection close deadline");
+        if !self.ready {
+            consider(Some(self.started + self.config.connect_timeout), "connect timeout");
+            consider(self.no_pair_deadline(), "no candidate pair to try");
+        }
+        next
+    }
+
+    // -----------------------------------------------------------------------------------------
+    // Commands
+    // -----------------------------------------------------------------------------------------
+
+    /// Open a channel; [`SessionEvent::ChannelOpened`] (or `ChannelOpenFailed`) follows.
+    pub(crate) fn open_channel(&mut self, now: Instant, label: String, options: ChannelOptions) -> ChannelId {
+        self.now = now;
+        let id = self.channels.open_local(label, options);
+        if self.ended || self.closing.is_some() {
+            self.events.push_back(SessionEvent::ChannelOpenFailed {
+                channel: id,
+                error: PeerError::Closed,
+            });
+            self.channels.remove(id);
+            return id;
+        }
+        self.assign_channels(now);
+        self.process(now);
+        id
+    }
+
+    /// Send one message on a channel.
+    pub(crate) fn send(&mut self, now: Instant, channel: ChannelId, payload: Payload) -> Result<(), PeerError> {
+        self.now = now;
+        let entry = self.channels.get(channel).ok_or(PeerError::ChannelClosed)?;
+        if entry.phase != ChannelPhase::Open {
+            return Err(PeerError::ChannelClosed);
+        }
+        let Some(stream) = entry.stream else {
+            return Err(PeerError::ChannelClosed);
+        };
+        let len = payload.len();
+        let max = self.max_message_size();
+        if len > max {
+            return Err(PeerError::MessageTooLarge { size: len, max });
+        }
+        let options = &entry.options;
+        let send_options = SendOptions {
+            // Until the peer acknowledged the open, messages stay ordered (RFC 8832 §6.6).
+            unordered: !options.ordered && entry.acked,
+            max_retransmits: options.max_retransmits,
+            lifetime: options
+                .max_packet_life_time
+                .map(|ms| Duration::from_millis(u64::from(ms))),
+        };
+        let (ppid, data) = match payload {
+            Payload::Text(t) if t.is_empty() => (dcep::PPID_STRING_EMPTY, Bytes::from_static(&[0])),
+            Payload::Text(t) => (dcep::PPID_STRING, Bytes::from(t.into_bytes())),
+            Payload::Binary(b) if b.is_empty() => (dcep::PPID_BINARY_EMPTY, Bytes::from_static(&[0])),
+            Payload::Binary(b) => (dcep::PPID_BINARY, b),
+        };
+        self.sctp
+            .send(now, stream, ppid, data, send_options)
+            .map_err(|e| match e {
+                proxim_sctp::SendError::StreamResetting(_) => PeerError::ChannelClosed,
+                proxim_sctp::SendError::Closed => PeerError::Closed,
+                other => PeerError::Rtc(other.to_string()),
+            })?;
+        self.counters.bytes_sent += len as u64;
+        self.counters.messages_sent += 1;
+        Ok(())
+    }
+
+    /// Bytes sent on `channel` and not yet acknowledged.
+    pub(crate) fn buffered_amount(&self, channel: ChannelId) -> usize {
+        self.channels
+            .get(channel)
+            .and_then(|c| c.stream)
+            .map_or(0, |s| self.sctp.buffered_amount(s))
+    }
+
+    /// The application read messages worth `bytes` (their charges) and `messages` of them.
+    pub(crate) fn consumed(&mut self, bytes: usize, messages: usize) {
+        self.sctp.consumed(bytes, messages);
+    }
+
+    /// Close a channel (both directions); what was sent before is still delivered.
+    pub(crate) fn close_channel(&mut self, now: Instant, channel: ChannelId) {
+        self.now = now;
+        let Some(entry) = self.channels.get(channel) else {
+            return;
+        };
+        if entry.phase == ChannelPhase::Closing {
+            return;
+        }
+        match self.channels.start_closing(channel) {
+            Some(stream) if self.sctp_connected => {
+                self.sctp.reset_streams(&[stream]);
+                self.channel_deadlines.insert(channel, now + CLOSE_FLUSH_TIMEOUT);
+            }
+            _ => {
+                self.report_channel_closed(channel);
+                self.channels.remove(channel);
+            }
+        }
+        self.process(now);
+    }
+
+    /// Close the connection: once every channel's data is acknowledged (at most
+    /// [`CLOSE_FLUSH_TIMEOUT`]), or at once when it is not up.
+    pub(crate) fn close(&mut self, now: Instant) {
+        self.now = now;
+        if self.ended || self.closing.is_some() {
+            return;
+        }
+        if !self.ready {
+            self.finish_close(now, "closed locally");
+            return;
+        }
+        tracing::debug!("closing: flushing what the channels hold");
+        self.closing = Some(now + CLOSE_FLUSH_TIMEOUT);
+        self.process(now);
+    }
+
+    /// The selected path, RTT and traffic.
+    pub(crate) fn stats(&self) -> Result<ConnectionStats, PeerError> {
+        let (local, remote, pair) = self.ice.selected().ok_or(PeerError::NotConnected)?;
+        Ok(ConnectionStats {
+            local: CandidateInfo {
+                kind: local.kind,
+                address: local.address,
+                protocol: "udp".to_owned(),
+                relay_protocol: local.relay_protocol,
+            },
+            remote: CandidateInfo {
+                kind: remote.kind,
+                address: remote.address,
+                protocol: "udp".to_owned(),
+                relay_protocol: None,
+            },
+            rtt: pair.rtt,
+            bytes_sent: self.counters.bytes_sent,
+            bytes_received: self.counters.bytes_received,
+            messages_sent: self.counters.messages_sent,
+            messages_received: self.counters.messages_received,
+            open_after_answer: self
+                .ready_at
+                .zip(self.answer_at)
+                .map(|(r, a)| r.saturating_duration_since(a)),
+        })
+    }
+
+    /// SCTP's counters and estimates.
+    pub(crate) fn sctp_stats(&self) -> proxim_sctp::Stats {
+        self.sctp.stats()
+    }
+
+    /// The largest message the peer accepts (capped at what SCTP here handles).
+    pub(crate) fn max_message_size(&self) -> usize {
+        self.remote_max_message
+            .unwrap_or(super::sdp::DEFAULT_REMOTE_MAX_MESSAGE_SIZE)
+            .min(16 * 1024 * 1024)
+    }
+
+    pub(crate) fn state(&self) -> ConnectionState {
+        self.state
+    }
+
+    pub(crate) fn is_ended(&self) -> bool {
+        self.ended
+    }
+
+    // -----------------------------------------------------------------------------------------
+    // Outputs
+    // -----------------------------------------------------------------------------------------
+
+    /// The next datagram to send.
+    pub(crate) fn poll_transmit(&mut self, now: Instant) -> Option<Transmit> {
+        if let Some(t) = self.transmits.pop_front() {
+            return Some(t);
+        }
+        if let Some(t) = self.ice.poll_transmit() {
+            return Some(Transmit {
+                local: t.local,
+                to: t.to,
+                data: BytesMut::from(&t.data[..]),
+            });
+        }
+        let route = self.ice.route().or(self.dtls_route)?;
+        let dtls = self.dtls.as_mut()?;
+        if let Some(record) = dtls.poll_transmit() {
+            return Some(Transmit {
+                local: route.0,
+                to: route.1,
+                data: record,
+            });
+        }
+        if *dtls.state() != DtlsState::Connected {
+            return None;
+        }
+        let packet = self.sctp.poll_transmit(now)?;
+        if let Err(e) = dtls.send(now, &packet) {
+            tracing::debug!(error = %e, "SCTP packet not sent");
+        }
+        self.sctp.recycle(packet);
+        let record = dtls.poll_transmit()?;
+        Some(Transmit {
+            local: route.0,
+            to: route.1,
+            data: record,
+        })
+    }
+
+    /// The next signal for the other device.
+    pub(crate) fn poll_signal(&mut self) -> Option<Signal> {
+        self.signals.pop_front()
+    }
+
+    /// The next event for the driver.
+    pub(crate) fn poll_event(&mut self) -> Option<SessionEvent> {
+        self.process(self.now);
+        self.events.pop_front()
+    }
+
+    // -----------------------------------------------------------------------------------------
+    // Signaling
+    // -----------------------------------------------------------------------------------------
+
+    fn apply_signal(&mut self, now: Instant, signal: Signal) -> Result<(), PeerError> {
+        match signal {
+            Signal::Offer { sdp } => {
+                if self.config.role != PeerRole::Answerer || self.remote.is_some() {
+                    return Err(PeerError::BadSignal("unexpected offer".into()));
+                }
+                let remote = self.read_remote(sdp.as_str())?;
+                // The answerer takes the DTLS client role unless the offer insists on it.
+                let client = remote.setup != Setup::Active;
+                let answer = LocalDescription {
+                    session_id: rand::random::<u64>() >> 1,
+                    credentials: self.ice.local_credentials(),
+                    fingerprint: &self.config.fingerprint,
+                    setup: if client { Setup::Active } else { Setup::Passive },
+                    mid: &remote.mid,
+                    other_media: &remote.other_media,
+                    data_index: usize::from(remote.mline_index),
+                }
+                .to_sdp();
+                let answer = Sdp::new(answer).map_err(|e| PeerError::Rtc(e.to_string()))?;
+                self.signals.push_back(Signal::Answer { sdp: answer });
+                self.local_description_sent = true;
+                self.answer_at = Some(now);
+                self.set_remote(now, remote, client);
+                self.flush_held_candidates();
+                self.check_gathering_done();
+            }
+            Signal::Answer { sdp } => {
+                if self.config.role != PeerRole::Offerer || self.remote.is_some() {
+                    return Err(PeerError::BadSignal("unexpected answer".into()));
+                }
+                let remote = self.read_remote(sdp.as_str())?;
+                // An answer that says `active` takes the client role; `passive` leaves it to us.
+                let client = remote.setup == Setup::Passive;
+                self.answer_at = Some(now);
+                self.set_remote(now, remote, client);
+            }
+            Signal::Candidate { candidate, .. } => {
+                self.last_candidate_change = now;
+                self.add_remote_candidate(now, candidate.as_str());
+            }
+            Signal::EndOfCandidates => {
+                tracing::debug!("remote gathering complete");
+                self.remote_gathering_done = true;
+                self.last_candidate_change = now;
+                self.ice.set_remote_gathering_done();
+            }
+            Signal::Auth { payload } => {
+                // The only authentication message for the peer layer: the other side refusing
+                // the connection because of what it received (e.g. another fingerprint).
+                if let Ok(AuthMessage::Abort { reason }) = AuthMessage::decode(&payload) {
+                    return Err(PeerError::RefusedByPeer(format!(
+                        "the other device refused the connection ({reason:?}): what it received \
+                         over signaling was not what this device sent"
+                    )));
+                }
+                tracing::debug!("authentication signal ignored by the peer layer");
+            }
+            other => tracing::debug!(kind = ?other, "signal not for the peer layer"),
+        }
+        Ok(())
+    }
+
+    fn read_remote(&self, sdp: &str) -> Result<RemoteDescription, PeerError> {
+        if let Some(expected) = &self.config.expected_remote_fingerprint {
+            super::check_fingerprints(sdp, expected).inspect_err(|error| {
+                tracing::warn!(%error, "remote SDP refused");
+            })?;
+        }
+        RemoteDescription::parse(sdp).map_err(|e| PeerError::BadSignal(e.to_string()))
+    }
+
+    fn set_remote(&mut self, now: Instant, remote: RemoteDescription, dtls_client: bool) {
+        self.ice.set_remote_credentials(now, remote.credentials.clone());
+        for line in &remote.candidates {
+            self.add_remote_candidate(now, line);
+        }
+        if remote.end_of_candidates {
+            self.remote_gathering_done = true;
+            self.ice.set_remote_gathering_done();
+        }
+        self.remote_max_message = remote.max_message_size;
+        self.channels.set_parity(dtls_client);
+        self.sctp.set_remote_port(remote.sctp_port);
+        self.remote = Some(remote);
+        tracing::debug!(dtls_client, "remote description set");
+        if !dtls_client {
+            self.start_dtls(now, false);
+        } else if self.ice.route().is_some() {
+            self.start_dtls(now, true);
+        }
+        self.assign_channels(now);
+    }
+
+    fn add_remote_candidate(&mut self, now: Instant, line: &str) {
+        use super::ice::candidate::CandidateError;
+        match self.ice.add_remote_line(now, line) {
+            Ok(()) => {}
+            Err(e @ CandidateError::Mdns(_)) => {
+                if !self.mdns_logged {
+                    self.mdns_logged = true;
+                    tracing::info!(error = %e, "remote mDNS candidate dropped");
+                } else {
+                    tracing::debug!(error = %e, "remote mDNS candidate dropped");
+                }
+            }
+            Err(e) => tracing::debug!(error = %e, "remote candidate ignored"),
+        }
+    }
+
+    fn add_local(&mut self, now: Instant, candidate: LocalCandidate) {
+        let line = candidate.to_line();
+        self.ice.add_local(now, candidate);
+        self.last_candidate_change = now;
+        self.held_candidates.push(line);
+        self.flush_held_candidates();
+    }
+
+    /// Trickle the local candidates once this side's description is out (an answerer sends
+    /// none before its answer).
+    fn flush_held_candidates(&mut self) {
+        if !self.local_description_sent {
+            return;
+        }
+        for line in std::mem::take(&mut self.held_candidates) {
+            match CandidateLine::new(line) {
+                Ok(candidate) => {
+                    tracing::debug!(%candidate, "local candidate");
+                    self.signals.push_back(Signal::Candidate {
+                        candidate,
+                        sdp_mid: Some(ShortText::truncated(
+                            self.remote.as_ref().map_or("0", |r| r.mid.as_str()).to_owned(),
+                        )),
+                        sdp_mline_index: Some(self.remote.as_ref().map_or(0, |r| r.mline_index)),
+                    });
+                }
+                Err(e) => tracing::warn!(error = %e, "local candidate cannot be signaled"),
+            }
+        }
+    }
+
+    fn pump_sources(&mut self, now: Instant) {
+        let mut found = Vec::new();
+        for source in &mut self.sources {
+            while let Some(output) = source.poll_output() {
+                match output {
+                    SourceOutput::Transmit(t) => self.transmits.push_back(Transmit {
+                        local: t.from,
+                        to: t.to,
+                        data: BytesMut::from(&t.data[..]),
+                    }),
+                    SourceOutput::Mapped { base, mapped, .. } => found.push((base, mapped)),
+                }
+            }
+        }
+        for (base, mapped) in found {
+            if mapped == base {
+                continue;
+            }
+            let local_pref = self
+                .ice
+                .local_candidates()
+                .iter()
+                .find(|c| c.base == base && c.kind == CandidateKind::Host)
+                .map_or(65535, |c| ((c.priority >> 8) & 0xffff) as u16);
+            let foundation = format!("s{}", self.ice.local_candidates().len());
+            self.add_local(
+                now,
+                LocalCandidate {
+                    kind: CandidateKind::Srflx,
+                    address: mapped,
+                    base,
+                    priority: priority(CandidateKind::Srflx, local_pref),
+                    foundation,
+                    related: Some(base),
+                    relay_protocol: None,
+                },
+            );
+        }
+        self.sources.retain(|s| !s.done);
+        self.check_gathering_done();
+    }
+
+    fn check_gathering_done(&mut self) {
+        if self.end_of_candidates_sent
+            || !self.local_description_sent
+            || self.stun_names_pending
+            || !self.sources.is_empty()
+            || !self.relays.gathering_done
+        {
+            return;
+        }
+        self.flush_held_candidates();
+        self.end_of_candidates_sent = true;
+        self.ice.set_local_gathering_done();
+        tracing::debug!(
+            elapsed_ms = self.now.saturating_duration_since(self.started).as_millis() as u64,
+            "gathering complete"
+        );
+        self.signals.push_back(Signal::EndOfCandidates);
+    }
+
+    // -----------------------------------------------------------------------------------------
+    // DTLS and SCTP
+    // -----------------------------------------------------------------------------------------
+
+    fn start_dtls(&mut self, now: Instant, client: bool) {
+        if self.dtls.is_some() {
+            return;
+        }
+        let rtt = self.ice.selected().and_then(|(_, _, p)| p.rtt);
+        let fingerprints = self
+            .remote
+            .as_ref()
+            .map(|r| r.fingerprints.clone())
+            .unwrap_or_default();
+        match DtlsTransport::new(now, client, self.config.certificate.clone(), fingerprints, rtt) {
+            Ok(dtls) => {
+                tracing::debug!(client, "DTLS started");
+                self.dtls = Some(dtls);
+            }
+            Err(e) => self.fail(PeerError::Rtc(format!("DTLS could not start: {e}"))),
+        }
+    }
+
+    /// After DTLS took input: start SCTP once connected, feed it, notice failure and close.
+    fn after_dtls(&mut self, now: Instant) {
+        let Some(dtls) = self.dtls.as_mut() else {
+            return;
+        };
+        match dtls.state().clone() {
+            DtlsState::Connected => {
+                if !self.sctp_started {
+                    self.sctp_started = true;
+                    self.sctp.connect(now);
+                }
+                while let Some(packet) = dtls.poll_incoming() {
+                    if let Err(e) = self.sctp.handle_input(now, packet.freeze()) {
+                        tracing::debug!(error = %e, "SCTP packet refused");
+                    }
+                }
+            }
+            DtlsState::Handshaking => {}
+            DtlsState::Closed => {
+                if self.ready {
+                    self.finish_close(now, "closed by the peer");
+                } else {
+                    self.fail(PeerError::Closed);
+                }
+            }
+            DtlsState::Failed(reason) => {
+                let error = if reason.contains("does not match the fingerprint") {
+                    PeerError::Intercepted(format!(
+                        "{reason}: someone between the devices may have rewritten the SDP"
+                    ))
+                } else {
+                    PeerError::Rtc(format!("DTLS failed: {reason}"))
+                };
+                self.fail(error);
+            }
+        }
+    }
+
+    /// Drain ICE and SCTP events into session state and events.
+    fn process(&mut self, now: Instant) {
+        if self.ended {
+            return;
+        }
+        while let Some(event) = self.ice.poll_event() {
+            self.on_ice_event(now, event);
+            if self.ended {
+                return;
+            }
+        }
+        while let Some(event) = self.sctp.poll_event() {
+            self.on_sctp_event(now, event);
+            if self.ended {
+                return;
+            }
+        }
+        if let Some(deadline) = self.closing {
+            let flushed = self
+                .channels
+                .ids()
+                .iter()
+                .all(|id| self.buffered_amount(*id) == 0);
+            if flushed || now >= deadline {
+                if !flushed {
+                    tracing::debug!("connection close: unacknowledged data given up");
+                }
+                self.finish_close(now, "closed locally");
+            }
+        }
+    }
+
+    fn on_ice_event(&mut self, now: Instant, event: IceEvent) {
+        match event {
+            IceEvent::Selected { local, remote } => {
+                let client = self.dtls_client();
+                if self.remote.is_some() && client == Some(true) {
+                    self.start_dtls(now, true);
+                }
+                tracing::debug!(
+                    %local,
+                    %remote,
+                    elapsed_ms = now.saturating_duration_since(self.started).as_millis() as u64,
+                    "ICE selected a pair"
+                );
+                if self.ready {
+                    self.report_path();
+                }
+            }
+            IceEvent::StateChanged { new, .. } => match new {
+                IceState::Failed if !self.ready => {
+                    self.fail(PeerError::IceFailed {
+                        reason: self.no_path_reason(),
+                    });
+                }
+                IceState::Failed => self.fail(PeerError::IceFailed {
+                    reason: "connectivity lost (ICE consent failed)".into(),
+                }),
+                IceState::Disconnected if self.ready => {
+                    self.set_state(ConnectionState::Disconnected, "nothing heard from the peer")
+                }
+                IceState::Connected if self.ready => {
+                    self.set_state(ConnectionState::Connected, "the peer is heard again")
+                }
+                _ => {}
+            },
+        }
+    }
+
+    fn dtls_client(&self) -> Option<bool> {
+        let remote = self.remote.as_ref()?;
+        Some(match self.config.role {
+            PeerRole::Answerer => remote.setup != Setup::Active,
+            PeerRole::Offerer => remote.setup == Setup::Passive,
+        })
+    }
+
+    fn on_sctp_event(&mut self, now: Instant, event: SctpEvent) {
+        match event {
+            SctpEvent::Connected => {
+                tracing::debug!(
+                    elapsed_ms = now.saturating_duration_since(self.started).as_millis() as u64,
+                    "SCTP association up"
+                );
+                self.sctp_connected = true;
+                for id in self.channels.ids() {
+                    let Some(c) = self.channels.get_mut(id) else { continue };
+                    if c.phase == ChannelPhase::Opening {
+                        c.phase = ChannelPhase::Open;
+                        self.channel_open(now, id);
+                    }
+                }
+            }
+            SctpEvent::Message(m) => {
+                let charge = m.data.len();
+                let Some(id) = self.channels.by_stream(m.stream) else {
+                    if m.ppid == dcep::PPID_DCEP {
+                        self.sctp.consumed(charge, 1);
+                        self.on_dcep(now, m.stream, &m.data);
+                    } else {
+                        tracing::debug!(stream = m.stream, "message on a stream without a channel dropped");
+                        self.sctp.consumed(charge, 1);
+                    }
+                    return;
+                };
+                let payload = match m.ppid {
+                    dcep::PPID_DCEP => {
+                        self.sctp.consumed(charge, 1);
+                        self.on_dcep(now, m.stream, &m.data);
+                        return;
+                    }
+                    dcep::PPID_STRING | dcep::PPID_STRING_PARTIAL => {
+                        match String::from_utf8(m.data.to_vec()) {
+                            Ok(text) => Payload::Text(text),
+                            Err(e) => Payload::Binary(Bytes::from(e.into_bytes())),
+                        }
+                    }
+                    dcep::PPID_STRING_EMPTY => Payload::Text(String::new()),
+                    dcep::PPID_BINARY_EMPTY => Payload::Binary(Bytes::new()),
+                    _ => Payload::Binary(m.data),
+                };
+                self.counters.bytes_received += payload.len() as u64;
+                self.counters.messages_received += 1;
+                self.events.push_back(SessionEvent::Message {
+                    channel: id,
+                    payload,
+                    charge,
+                });
+            }
+            SctpEvent::IncomingStreamsReset(streams) => {
+                for stream in streams {
+                    let Some(id) = self.channels.by_stream(stream) else { continue };
+                    let closing = self
+                        .channels
+                        .get(id)
+                        .is_some_and(|c| c.phase == ChannelPhase::Closing);
+                    if !closing {
+                        // The peer closed the channel: close our direction too.
+                        self.channels.start_closing(id);
+                        self.sctp.reset_streams(&[stream]);
+                        self.channel_deadlines.insert(id, now + CLOSE_FLUSH_TIMEOUT);
+                    }
+                    self.report_channel_closed(id);
+                    if let Some((_, gone)) = self.channels.stream_reset(stream, false)
+                        && gone
+                    {
+                        self.channel_deadlines.remove(&id);
+                    }
+                }
+            }
+            SctpEvent::OutgoingStreamsReset(streams) | SctpEvent::StreamResetFailed(streams) => {
+                for stream in streams {
+                    let Some(id) = self.channels.by_stream(stream) else { continue };
+                    self.report_channel_closed(id);
+                    if let Some((_, gone)) = self.channels.stream_reset(stream, true)
+                        && gone
+                    {
+                        self.channel_deadlines.remove(&id);
+                    }
+                }
+            }
+            SctpEvent::Closed(reason) => {
+                tracing::info!(%reason, "SCTP association closed");
+                if self.ready {
+                    self.finish_close(now, "closed by the peer");
+                } else {
+                    self.fail(PeerError::Rtc(format!("SCTP: {reason}")));
+                }
+            }
+            other => tracing::trace!(?other, "SCTP event"),
+        }
+    }
+
+    fn on_dcep(&mut self, now: Instant, stream: u16, data: &[u8]) {
+        match DcepMessage::parse(data) {
+            Ok(DcepMessage::Open {
+                options,
+                label,
+                protocol,
+                ..
+            }) => match self.channels.open_remote(stream, label.clone(), protocol, options.clone()) {
+                Ok(id) => {
+                    let ack = DcepMessage::Ack.to_bytes();
+                    if let Err(e) = self.sctp.send(now, stream, dcep::PPID_DCEP, ack, SendOptions::default()) {
+                        tracing::debug!(error = %e, "DATA_CHANNEL_ACK not sent");
+                    }
+                    tracing::debug!(channel = id, stream, %label, "the peer opened a channel");
+                    let is_default = self.config.role == PeerRole::Answerer
+                        && self.default_channel.is_none()
+                        && label == DEFAULT_CHANNEL;
+                    if is_default {
+                        self.default_channel = Some(id);
+                    }
+                    self.channel_open(now, id);
+                }
+                Err(why) => {
+                    tracing::warn!(stream, why, "DATA_CHANNEL_OPEN refused");
+                }
+            },
+            Ok(DcepMessage::Ack) => {
+                if let Some(c) = self.channels.by_stream(stream).and_then(|id| self.channels.get_mut(id)) {
+                    c.acked = true;
+                }
+            }
+            Err(e) => tracing::debug!(stream, error = %e, "bad DCEP message"),
+        }
+    }
+
+    /// Assign streams to channels opened before the DTLS role was known; queue their OPENs.
+    fn assign_channels(&mut self, now: Instant) {
+        for id in self.channels.unassigned() {
+            let Some(stream) = self.channels.assign(id) else {
+                if self.channels.get(id).is_some() && self.remote.is_some() {
+                    self.events.push_back(SessionEvent::ChannelOpenFailed {
+                        channel: id,
+                        error: PeerError::Rtc("no free stream id for another channel".into()),
+                    });
+                    self.channels.remove(id);
+                }
+                continue;
+            };
+            let Some(c) = self.channels.get(id) else { continue };
+            let open = DcepMessage::Open {
+                options: c.options.clone(),
+                priority: 256,
+                label: c.label.clone(),
+                protocol: c.protocol.clone(),
+            };
+            if let Err(e) = self.sctp.send(now, stream, dcep::PPID_DCEP, open.to_bytes(), SendOptions::default()) {
+                self.events.push_back(SessionEvent::ChannelOpenFailed {
+                    channel: id,
+                    error: PeerError::Rtc(e.to_string()),
+                });
+                self.channels.remove(id);
+                continue;
+            }
+            if self.sctp_connected
+                && let Some(c) = self.channels.get_mut(id)
+            {
+                c.phase = ChannelPhase::Open;
+                self.channel_open(now, id);
+            }
+        }
+    }
+
+    fn channel_open(&mut self, now: Instant, id: ChannelId) {
+        let Some(c) = self.channels.get(id) else { return };
+        if self.default_channel == Some(id) && !self.ready {
+            self.ready = true;
+            self.ready_at = Some(now);
+            tracing::info!(
+                elapsed_ms = now.saturating_duration_since(self.started).as_millis() as u64,
+                after_answer_ms = self.answer_at.map(|a| now.saturating_duration_since(a).as_millis() as u64),
+                "connection established"
+            );
+            self.set_state(ConnectionState::Connected, "the default channel is open");
+            self.events.push_back(SessionEvent::Ready { channel: id });
+            self.report_path();
+            return;
+        }
+        self.events.push_back(SessionEvent::ChannelOpened {
+            channel: id,
+            label: c.label.clone(),
+            options: c.options.clone(),
+            by_peer: !c.local,
+        });
+    }
+
+    fn report_channel_closed(&mut self, id: ChannelId) {
+        if let Some(c) = self.channels.get_mut(id)
+            && !c.close_reported
+        {
+            c.close_reported = true;
+            self.events.push_back(SessionEvent::ChannelClosed { channel: id });
+        }
+    }
+
+    fn report_path(&mut self) {
+        let Ok(stats) = self.stats() else { return };
+        let path = (stats.local.address, stats.remote.address);
+        if self.last_path == Some(path) {
+            return;
+        }
+        self.last_path = Some(path);
+        tracing::info!(
+            path = ?stats.path(),
+            local = %stats.local.address,
+            local_kind = ?stats.local.kind,
+            relay = ?stats.local.relay_protocol,
+            remote = %stats.remote.address,
+            remote_kind = ?stats.remote.kind,
+            "selected path"
+        );
+        self.events.push_back(SessionEvent::PathChanged(stats));
+    }
+
+    // -----------------------------------------------------------------------------------------
+    // State and the end
+    // -----------------------------------------------------------------------------------------
+
+    /// With both sides done gathering and no pair to try at all, when to give up.
+    fn no_pair_deadline(&self) -> Option<Instant> {
+        (self.remote.is_some()
+            && self.end_of_candidates_sent
+            && self.remote_gathering_done
+            && self.ice.pairs().next().is_none()
+            && !self.ice.heard_from_peer())
+        .then_some(self.last_candidate_change + NO_PAIR_GIVE_UP)
+    }
+
+    /// Why no candidate pair worked, with what gathering learned (relays that failed).
+    fn no_path_reason(&self) -> String {
+        let mut reason = "no candidate pair succeeded (no route between the devices".to_owned();
+        if !self.config.relays_offered {
+            reason.push_str("; the signaling server offers no TURN relay");
+        }
+        reason.push(')');
+        if !self.relays.failures.is_empty() {
+            reason.push_str(": ");
+            reason.push_str(&self.relays.failures.join("; "));
+        }
+        reason
+    }
+
+    fn set_state(&mut self, new: ConnectionState, reason: &str) {
+        let old = self.state;
+        if old == new {
+            return;
+        }
+        tracing::info!("{old} -> {new} ({reason})");
+        self.state = new;
+        self.events.push_back(SessionEvent::StateChanged { old, new });
+    }
+
+    fn fail(&mut self, error: PeerError) {
+        if self.ended {
+            return;
+        }
+        tracing::warn!(%error, "peer connection failed");
+        let reason = error.to_string();
+        self.set_state(ConnectionState::Failed, &reason);
+        self.shutdown_transports(self.now);
+        self.ended = true;
+        self.events.push_back(SessionEvent::Failed(error));
+    }
+
+    fn finish_close(&mut self, now: Instant, reason: &str) {
+        if self.ended {
+            return;
+        }
+        self.shutdown_transports(now);
+        self.set_state(ConnectionState::Closed, reason);
+        self.ended = true;
+        for id in self.channels.ids() {
+            self.report_channel_closed(id);
+        }
+        self.events.push_back(SessionEvent::Closed {
+            reason: reason.to_owned(),
+        });
+    }
+
+    /// SCTP ABORT (ends every channel) and DTLS close_notify, queued for sending.
+    fn shutdown_transports(&mut self, now: Instant) {
+        let Some(route) = self.ice.route().or(self.dtls_route) else {
+            return;
+        };
+        let Some(dtls) = self.dtls.as_mut() else {
+            return;
+        };
+        if *dtls.state() == DtlsState::Connected {
+            self.sctp.abort("closed");
+            while let Some(packet) = self.sctp.poll_transmit(now) {
+                let _ = dtls.send(now, &packet);
+            }
+        }
+        dtls.close(now);
+        while let Some(record) = dtls.poll_transmit() {
+            self.transmits.push_back(Transmit {
+                local: route.0,
+                to: route.1,
+                data: record,
+            });
+        }
+    }
+}

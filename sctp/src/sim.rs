@@ -1,0 +1,274 @@
+//! Two associations joined by an emulated link, in virtual time: for tests and benchmarks.
+//!
+//! Each direction has a one-way delay, random loss, an optional rate limit with a bounded
+//! queue (tail drop) and a seed, so every run is reproducible. [`Sim::run`] moves time from
+//! event to event (a packet arriving, a timer), so a minute of link time takes milliseconds.
+
+use std::collections::VecDeque;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+
+use crate::{Association, Config, Event};
+
+/// One direction of the emulated link.
+#[derive(Debug, Clone)]
+pub struct LinkConfig {
+    /// One-way delay.
+    pub delay: Duration,
+    /// Probability that a packet is lost.
+    pub loss: f64,
+    /// Bytes per second; `None`: unlimited.
+    pub rate: Option<f64>,
+    /// Bytes that may wait for the rate limit before packets are dropped.
+    pub queue_bytes: usize,
+}
+
+impl LinkConfig {
+    /// A link with this one-way delay and loss, no rate limit.
+    pub fn new(delay: Duration, loss: f64) -> LinkConfig {
+        LinkConfig {
+            delay,
+            loss,
+            rate: None,
+            queue_bytes: usize::MAX,
+        }
+    }
+}
+
+#[derive(Debug)]
+struct Link {
+    config: LinkConfig,
+    /// `(arrival, packet)`, in arrival order.
+    in_flight: VecDeque<(Instant, Bytes)>,
+    /// When the serializer is free again (rate limit).
+    busy_until: Instant,
+    rng: u64,
+    sent: u64,
+    dropped: u64,
+}
+
+impl Link {
+    fn new(config: LinkConfig, now: Instant, seed: u64) -> Link {
+        Link {
+            config,
+            in_flight: VecDeque::new(),
+            busy_until: now,
+            rng: seed | 1,
+            sent: 0,
+            dropped: 0,
+        }
+    }
+
+    fn random(&mut self) -> f64 {
+        // xorshift64*: deterministic and dependency-free.
+        self.rng ^= self.rng >> 12;
+        self.rng ^= self.rng << 25;
+        self.rng ^= self.rng >> 27;
+        (self.rng.wrapping_mul(0x2545_f491_4f6c_dd1d) >> 11) as f64 / (1u64 << 53) as f64
+    }
+
+    fn push(&mut self, now: Instant, packet: Bytes) {
+        self.sent += 1;
+        if self.config.loss > 0.0 && self.random() < self.config.loss {
+            self.dropped += 1;
+            return;
+        }
+        let departure = match self.config.rate {
+            Some(rate) => {
+                let start = self.busy_until.max(now);
+                let backlog = start.saturating_duration_since(now).as_secs_f64() * rate;
+                if backlog > self.config.queue_bytes as f64 {
+                    self.dropped += 1;
+                    return;
+                }
+                let done = start + Duration::from_secs_f64(packet.len() as f64 / rate);
+                self.busy_until = done;
+                done
+            }
+            None => now,
+        };
+        let arrival = departure + self.config.delay;
+        // Keep arrival order (a rate-limited FIFO never reorders; equal delays keep order).
+        let at = self
+            .in_flight
+            .back()
+            .map_or(arrival, |(last, _)| arrival.max(*last));
+        self.in_flight.push_back((at, packet));
+    }
+
+    fn next_arrival(&self) -> Option<Instant> {
+        self.in_flight.front().map(|(at, _)| *at)
+    }
+}
+
+/// What one side saw.
+#[derive(Debug, Default)]
+pub struct Side {
+    /// Events other than messages, in order.
+    pub events: Vec<Event>,
+    /// Messages received: `(time, stream, ppid, data)`.
+    pub messages: Vec<(Instant, u16, u32, Bytes)>,
+    /// Whether the application reads (and consumes) what arrives.
+    pub reading: bool,
+    /// Bytes and messages received but not consumed (while not reading).
+    pub unread: (usize, usize),
+}
+
+/// Two associations over an emulated link.
+#[derive(Debug)]
+pub struct Sim {
+    /// Virtual now.
+    pub now: Instant,
+    /// The first association.
+    pub a: Association,
+    /// The second association.
+    pub b: Association,
+    /// What A saw.
+    pub side_a: Side,
+    /// What B saw.
+    pub side_b: Side,
+    ab: Link,
+    ba: Link,
+}
+
+impl Sim {
+    /// Two associations with these configs over links with these directions.
+    pub fn new(
+        config_a: Config,
+        config_b: Config,
+        a_to_b: LinkConfig,
+        b_to_a: LinkConfig,
+        seed: u64,
+    ) -> Sim {
+        let now = Instant::now();
+        Sim {
+            now,
+            a: Association::new(config_a, now),
+            b: Association::new(config_b, now),
+            side_a: Side {
+                reading: true,
+                ..Side::default()
+            },
+            side_b: Side {
+                reading: true,
+                ..Side::default()
+            },
+            ab: Link::new(a_to_b, now, seed.wrapping_mul(2).wrapping_add(1)),
+            ba: Link::new(b_to_a, now, seed.wrapping_mul(3).wrapping_add(7)),
+        }
+    }
+
+    /// Both sides connect (as WebRTC peers do).
+    pub fn connect_both(&mut self) {
+        self.a.connect(self.now);
+        self.b.connect(self.now);
+    }
+
+    /// Packets sent and dropped on A→B and B→A.
+    pub fn link_counters(&self) -> ((u64, u64), (u64, u64)) {
+        (
+            (self.ab.sent, self.ab.dropped),
+            (self.ba.sent, self.ba.dropped),
+        )
+    }
+
+    /// Drain both associations' outputs into the links and their events into the sides.
+    pub fn drain(&mut self) {
+        let now = self.now;
+        loop {
+            let mut progressed = false;
+            while let Some(p) = self.a.poll_transmit(now) {
+                self.ab.push(now, Bytes::from(p));
+                progressed = true;
+            }
+            while let Some(p) = self.b.poll_transmit(now) {
+                self.ba.push(now, Bytes::from(p));
+                progressed = true;
+            }
+            progressed |= Self::take_events(now, &mut self.a, &mut self.side_a);
+            progressed |= Self::take_events(now, &mut self.b, &mut self.side_b);
+            if !progressed {
+                break;
+            }
+        }
+    }
+
+    fn take_events(now: Instant, assoc: &mut Association, side: &mut Side) -> bool {
+        let mut any = false;
+        while let Some(event) = assoc.poll_event() {
+            any = true;
+            match event {
+                Event::Message(m) => {
+                    if side.reading {
+                        assoc.consumed(m.data.len(), 1);
+                    } else {
+                        side.unread.0 += m.data.len();
+                        side.unread.1 += 1;
+                    }
+                    side.messages.push((now, m.stream, m.ppid, m.data));
+                }
+                other => side.events.push(other),
+            }
+        }
+        any
+    }
+
+    /// The application of `side` reads again (consumes what it left unread).
+    pub fn resume_reading_b(&mut self) {
+        self.side_b.reading = true;
+        let (bytes, messages) = std::mem::take(&mut self.side_b.unread);
+        self.b.consumed(bytes, messages);
+        self.drain();
+    }
+
+    /// Advance to the next event. Returns `false` when nothing is left to happen.
+    pub fn step(&mut self) -> bool {
+        self.drain();
+        let next = [
+            self.a.poll_timeout(),
+            self.b.poll_timeout(),
+            self.ab.next_arrival(),
+            self.ba.next_arrival(),
+        ]
+        .into_iter()
+        .flatten()
+        .min();
+        let Some(next) = next else {
+            return false;
+        };
+        self.now = self.now.max(next);
+        let now = self.now;
+        while self.ab.next_arrival().is_some_and(|t| t <= now) {
+            if let Some((_, p)) = self.ab.in_flight.pop_front() {
+                let _ = self.b.handle_input(now, p);
+            }
+        }
+        while self.ba.next_arrival().is_some_and(|t| t <= now) {
+            if let Some((_, p)) = self.ba.in_flight.pop_front() {
+                let _ = self.a.handle_input(now, p);
+            }
+        }
+        if self.a.poll_timeout().is_some_and(|t| t <= now) {
+            self.a.handle_timeout(now);
+        }
+        if self.b.poll_timeout().is_some_and(|t| t <= now) {
+            self.b.handle_timeout(now);
+        }
+        self.drain();
+        true
+    }
+
+    /// Step until `done` holds or `limit` of virtual time passed. Returns whether `done` held.
+    pub fn run(&mut self, limit: Duration, mut done: impl FnMut(&Sim) -> bool) -> bool {
+        let end = self.now + limit;
+        loop {
+            if done(self) {
+                return true;
+            }
+            if self.now >= end || !self.step() {
+                return done(self);
+            }
+        }
+    }
+}
