@@ -30,19 +30,20 @@ async fn text_and_binary_both_ways() {
         .send(Payload::Text("hello from the desktop".into()))
         .await
         .unwrap();
+    // The largest message the peer accepts (its a=max-message-size, 256 KiB) goes through.
     b.channel
-        .send(Payload::Binary(Bytes::from(vec![7u8; 65536])))
+        .send(Payload::Binary(Bytes::from(vec![7u8; 262_144])))
         .await
         .unwrap();
 
-    // Over the maximum message size (64 KiB): refused up front, nothing is sent.
+    // One byte more is refused up front with a clear error, and nothing is sent.
     assert!(matches!(
         a.channel
-            .send(Payload::Binary(Bytes::from(vec![0u8; 65537])))
+            .send(Payload::Binary(Bytes::from(vec![0u8; 262_145])))
             .await,
         Err(PeerError::MessageTooLarge {
-            size: 65537,
-            max: 65536
+            size: 262_145,
+            max: 262_144
         })
     ));
     assert_eq!(
@@ -59,7 +60,7 @@ async fn text_and_binary_both_ways() {
     );
     assert_eq!(
         within("a recv", a.channel.recv()).await,
-        Some(Payload::Binary(Bytes::from(vec![7u8; 65536])))
+        Some(Payload::Binary(Bytes::from(vec![7u8; 262_144])))
     );
     a.connection.close().await;
     b.connection.close().await;
@@ -167,8 +168,8 @@ async fn second_channel_arrives_as_event_and_unreliable_works() {
         .await
         .expect("events ended before the channel opened");
     assert_eq!(remote_datagrams.label(), "datagrams");
-    // rtc 0.21.1 reports only `ordered` for channels the remote side opened.
-    assert!(!remote_datagrams.options().ordered);
+    // A channel the peer opened reports its real options (from DATA_CHANNEL_OPEN).
+    assert_eq!(remote_datagrams.options(), &ChannelOptions::unreliable());
     assert_eq!(datagrams.options(), &ChannelOptions::unreliable());
     for i in 0..100u32 {
         datagrams

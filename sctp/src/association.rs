@@ -188,6 +188,8 @@ pub struct Stats {
     pub bandwidth: f64,
     /// The peer's last advertised receive window.
     pub peer_window: u32,
+    /// The congestion controller's phase (BBR: startup, drain, probe_bw, probe_rtt).
+    pub congestion_phase: &'static str,
 }
 
 #[derive(Debug, Clone)]
@@ -481,6 +483,7 @@ impl Association {
             pacing_rate: self.bbr.pacing_rate(),
             bandwidth: self.bbr.bandwidth(),
             peer_window: self.peer.map_or(0, |p| p.a_rwnd),
+            congestion_phase: self.bbr.mode_name(),
             ..self.stats.clone()
         }
     }
@@ -631,7 +634,7 @@ impl Association {
                     );
                 }
                 Chunk::Unknown(u) => {
-                    tracing::debug!(kind = u.kind, "unknown SCTP chunk type");
+                    tracing::debug!(kind = u.kind, report = u.report(), "unknown SCTP chunk type");
                 }
             }
         }
@@ -1347,6 +1350,9 @@ impl Association {
 
     /// The next packet to send, if any (DTLS-encrypt it and send it on the selected path).
     pub fn poll_transmit(&mut self, now: Instant) -> Option<Vec<u8>> {
+        if !self.reconfig.pending.is_empty() {
+            self.start_reset(now);
+        }
         // INIT and INIT ACK go alone, with their own verification tag.
         if let Some(front) = self.control.front()
             && let Some(tag) = front.tag

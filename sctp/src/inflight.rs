@@ -52,7 +52,6 @@ pub(crate) struct SentChunk {
 #[derive(Debug, Default)]
 pub(crate) struct SackOutcome {
     pub(crate) acked_bytes: usize,
-    pub(crate) lost_bytes: usize,
     pub(crate) cumulative_advanced: bool,
     pub(crate) rtt_sample: Option<Duration>,
     pub(crate) rate_sample: Option<RateSample>,
@@ -159,10 +158,6 @@ impl Inflight {
     /// The last TSN assigned.
     pub(crate) fn last_assigned(&self) -> u64 {
         self.next_tsn - 1
-    }
-
-    pub(crate) fn cumulative(&self) -> u64 {
-        self.cumulative
     }
 
     /// Unacknowledged bytes of `stream`.

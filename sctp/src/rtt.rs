@@ -7,7 +7,6 @@ use std::time::Duration;
 pub(crate) struct RttEstimator {
     srtt: Option<Duration>,
     rttvar: Duration,
-    latest: Option<Duration>,
     min: Option<Duration>,
     initial: Duration,
     rto_min: Duration,
@@ -19,7 +18,6 @@ impl RttEstimator {
         RttEstimator {
             srtt: None,
             rttvar: Duration::ZERO,
-            latest: None,
             min: None,
             initial,
             rto_min,
@@ -29,7 +27,6 @@ impl RttEstimator {
 
     /// Take one sample (from a chunk sent once, Karn's rule).
     pub(crate) fn update(&mut self, sample: Duration) {
-        self.latest = Some(sample);
         self.min = Some(self.min.map_or(sample, |m| m.min(sample)));
         match self.srtt {
             None => {
@@ -57,10 +54,6 @@ impl RttEstimator {
     /// The smallest sample seen (RACK's min RTT).
     pub(crate) fn min(&self) -> Option<Duration> {
         self.min
-    }
-
-    pub(crate) fn latest(&self) -> Option<Duration> {
-        self.latest
     }
 
     /// The retransmission timeout, before any backoff.

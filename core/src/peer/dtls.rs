@@ -150,6 +150,7 @@ impl DtlsTransport {
                             tracing::debug!("DTLS close_notify from the peer");
                             self.state = DtlsState::Closed;
                         }
+                        _ => {}
                     }
                 }
             }

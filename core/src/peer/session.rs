@@ -23,7 +23,7 @@ use super::dtls::{DtlsState, DtlsTransport};
 use super::gather::{SourceOutput, StunBinding};
 use super::ice::candidate::priority;
 use super::ice::{Credentials, IceAgent, IceConfig, IceEvent, IceState, LocalCandidate};
-use super::sdp::{LocalDescription, RemoteDescription, Setup, LOCAL_MAX_MESSAGE_SIZE};
+use super::sdp::{LocalDescription, RemoteDescription, Setup};
 use super::{
     CandidateInfo, CandidateKind, ChannelOptions, ConnectionState, ConnectionStats,
     DEFAULT_CHANNEL, Payload, PeerError, PeerRole,
@@ -472,8 +472,9 @@ impl PeerSession {
         for id in late {
             self.channel_deadlines.remove(&id);
             tracing::debug!(channel = id, "channel close: the reset did not complete in time");
+            // The application hears it closed; the stream stays reserved until the resets
+            // complete, so it is not reused while the peer may still deliver on it.
             self.report_channel_closed(id);
-            self.channels.remove(id);
         }
         if !self.ready {
             if let Some(at) = self.no_pair_deadline()

@@ -185,7 +185,7 @@ mod tests {
         let chrome = "candidate:3145426744 1 udp 2122260223 198.18.50.1 54321 typ host \
                       generation 0 ufrag Ab3d network-id 1 network-cost 10";
         let r = parse_candidate(chrome).unwrap();
-        assert_eq!(r.address, "198.18.50.1:54321".parse().unwrap());
+        assert_eq!(r.address, "198.18.50.1:54321".parse::<SocketAddr>().unwrap());
         assert_eq!(r.kind, CandidateKind::Host);
     }
 
