@@ -703,7 +703,6 @@ async fn drain_binding(socket: &UdpSocket, target: &mut StunTarget) {
     }
 }
 
-
 fn mapping_caveat(
     mapping: NatMapping,
     local: &[SocketAddr],

@@ -151,7 +151,7 @@ pub enum AssociationState {
 }
 
 /// Counters and estimates, for stats and tuning.
-#[derive(Debug, Clone, Default, PartialEq)]
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
 #[non_exhaustive]
 pub struct Stats {
     /// Packets sent and received.
@@ -183,9 +183,9 @@ pub struct Stats {
     /// Bytes in flight.
     pub in_flight: usize,
     /// Pacing rate, bytes per second.
-    pub pacing_rate: f64,
+    pub pacing_rate: u64,
     /// Bottleneck bandwidth estimate, bytes per second.
-    pub bandwidth: f64,
+    pub bandwidth: u64,
     /// The peer's last advertised receive window.
     pub peer_window: u32,
     /// The congestion controller's phase (BBR: startup, drain, probe_bw, probe_rtt).
@@ -480,8 +480,8 @@ impl Association {
             srtt: self.rtt.srtt(),
             cwnd: self.bbr.cwnd(),
             in_flight: self.inflight.flight_bytes(),
-            pacing_rate: self.bbr.pacing_rate(),
-            bandwidth: self.bbr.bandwidth(),
+            pacing_rate: self.bbr.pacing_rate() as u64,
+            bandwidth: self.bbr.bandwidth() as u64,
             peer_window: self.peer.map_or(0, |p| p.a_rwnd),
             congestion_phase: self.bbr.mode_name(),
             ..self.stats.clone()
@@ -634,7 +634,11 @@ impl Association {
                     );
                 }
                 Chunk::Unknown(u) => {
-                    tracing::debug!(kind = u.kind, report = u.report(), "unknown SCTP chunk type");
+                    tracing::debug!(
+                        kind = u.kind,
+                        report = u.report(),
+                        "unknown SCTP chunk type"
+                    );
                 }
             }
         }
@@ -831,7 +835,8 @@ impl Association {
         }
         // Past the window only the next TSN gets in, and only to complete a message whose other
         // fragments are held (else reassembly could wait forever for it).
-        let held = self.reassembly.held() + self.undelivered + chunk.payload.len() + MESSAGE_OVERHEAD;
+        let held =
+            self.reassembly.held() + self.undelivered + chunk.payload.len() + MESSAGE_OVERHEAD;
         let window = self.config.receive_window as usize;
         let completes = tsn == tracker.cumulative() + 1
             && self.reassembly.held() > 0
@@ -898,7 +903,10 @@ impl Association {
             Ok(out) => out,
             Err(SackRejected::Stale) => return,
             Err(SackRejected::Bogus) => {
-                tracing::debug!(cum = sack.cumulative_tsn, "SACK for TSNs never sent ignored");
+                tracing::debug!(
+                    cum = sack.cumulative_tsn,
+                    "SACK for TSNs never sent ignored"
+                );
                 return;
             }
         };
@@ -1067,7 +1075,8 @@ impl Association {
             self.reassembly.reset_stream(*s);
         }
         self.reconfig.last_answer = Some((d.seq, ReconfigResult::SuccessPerformed));
-        self.events.push_back(Event::IncomingStreamsReset(d.streams));
+        self.events
+            .push_back(Event::IncomingStreamsReset(d.streams));
     }
 
     fn on_reset_response(&mut self, now: Instant, seq: u32, result: ReconfigResult) {
@@ -1090,7 +1099,8 @@ impl Association {
                     self.reconfig.resetting.remove(s);
                     self.queue.reset_ssn(*s);
                 }
-                self.events.push_back(Event::OutgoingStreamsReset(req.streams));
+                self.events
+                    .push_back(Event::OutgoingStreamsReset(req.streams));
                 self.start_reset(now);
             }
             other => {
@@ -1147,7 +1157,8 @@ impl Association {
         };
         self.send_reset_request(&req);
         self.reconfig.outstanding = Some(req);
-        self.timers.set(Timer::Reconfig, now + self.backed_off_rto());
+        self.timers
+            .set(Timer::Reconfig, now + self.backed_off_rto());
     }
 
     fn send_reset_request(&mut self, req: &OutgoingRequest) {
@@ -1167,7 +1178,8 @@ impl Association {
                 "stream reset request sent again"
             );
             self.send_reset_request(&req);
-            self.timers.set(Timer::Reconfig, now + self.backed_off_rto());
+            self.timers
+                .set(Timer::Reconfig, now + self.backed_off_rto());
         }
     }
 
@@ -1210,12 +1222,14 @@ impl Association {
             State::ShutdownPending => {
                 self.send_shutdown();
                 self.transition(State::ShutdownSent, "everything acknowledged");
-                self.timers.set(Timer::Shutdown, now + self.backed_off_rto());
+                self.timers
+                    .set(Timer::Shutdown, now + self.backed_off_rto());
             }
             State::ShutdownReceived => {
                 self.push_control(Chunk::ShutdownAck);
                 self.transition(State::ShutdownAckSent, "everything acknowledged");
-                self.timers.set(Timer::Shutdown, now + self.backed_off_rto());
+                self.timers
+                    .set(Timer::Shutdown, now + self.backed_off_rto());
             }
             _ => {}
         }
@@ -1237,7 +1251,8 @@ impl Association {
             State::ShutdownAckSent => self.push_control(Chunk::ShutdownAck),
             _ => return,
         }
-        self.timers.set(Timer::Shutdown, now + self.backed_off_rto());
+        self.timers
+            .set(Timer::Shutdown, now + self.backed_off_rto());
     }
 
     // -----------------------------------------------------------------------------------------
@@ -1402,9 +1417,7 @@ impl Association {
         let send_sack = self.sack.pending
             && (self.sack.immediate || !w.is_empty() || (wants_data && pacing_ok));
         let window = self.receive_window();
-        if send_sack
-            && let Some(tracker) = self.tracker.as_mut()
-        {
+        if send_sack && let Some(tracker) = self.tracker.as_mut() {
             let sack = tracker.sack(window);
             let len = Chunk::Sack(sack.clone()).encoded_len();
             if len <= w.remaining() {
@@ -1543,7 +1556,10 @@ impl Association {
             params: InitParams {
                 forward_tsn: true,
                 extensions: vec![chunk_type::FORWARD_TSN, chunk_type::RECONFIG],
-                zero_checksum: self.config.zero_checksum.then_some(ZERO_CHECKSUM_EDMID_DTLS),
+                zero_checksum: self
+                    .config
+                    .zero_checksum
+                    .then_some(ZERO_CHECKSUM_EDMID_DTLS),
                 cookie: None,
             },
         }

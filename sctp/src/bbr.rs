@@ -72,8 +72,14 @@ pub(crate) struct AckEvent {
 enum Mode {
     Startup,
     Drain,
-    ProbeBw { cycle_index: usize, cycle_start: Instant },
-    ProbeRtt { done_at: Option<Instant>, round_done: bool },
+    ProbeBw {
+        cycle_index: usize,
+        cycle_start: Instant,
+    },
+    ProbeRtt {
+        done_at: Option<Instant>,
+        round_done: bool,
+    },
 }
 
 /// A windowed maximum over round counts.
@@ -220,11 +226,11 @@ impl Bbr {
 
     pub(crate) fn on_ack(&mut self, ack: &AckEvent) {
         self.update_round(ack);
-        if let Some(sample) = ack.sample {
-            if sample.delivery_rate >= self.btl_bw.get() || !sample.is_app_limited {
-                self.btl_bw
-                    .update(self.round_count, sample.delivery_rate, BW_WINDOW_ROUNDS);
-            }
+        if let Some(sample) = ack.sample
+            && (sample.delivery_rate >= self.btl_bw.get() || !sample.is_app_limited)
+        {
+            self.btl_bw
+                .update(self.round_count, sample.delivery_rate, BW_WINDOW_ROUNDS);
         }
         self.update_ack_aggregation(ack);
         self.check_cycle_phase(ack);
@@ -340,13 +346,20 @@ impl Bbr {
         if congested {
             if self.mode == Mode::Startup {
                 self.filled_pipe = true;
-                tracing::trace!(lost = self.round_lost, "BBR: startup ends on queue overflow");
+                tracing::trace!(
+                    lost = self.round_lost,
+                    "BBR: startup ends on queue overflow"
+                );
             } else {
                 let elapsed = ack.now.saturating_duration_since(self.round_started_at);
                 if !elapsed.is_zero() {
                     let delivered = self.round_acked as f64 / elapsed.as_secs_f64();
-                    self.btl_bw.cap(delivered.max(self.mss as f64 / elapsed.as_secs_f64()));
-                    tracing::trace!(bw = self.btl_bw.get(), "BBR: bandwidth capped after an overflow");
+                    self.btl_bw
+                        .cap(delivered.max(self.mss as f64 / elapsed.as_secs_f64()));
+                    tracing::trace!(
+                        bw = self.btl_bw.get(),
+                        "BBR: bandwidth capped after an overflow"
+                    );
                 }
             }
         }
@@ -387,7 +400,10 @@ impl Bbr {
 
     fn enter_probe_bw(&mut self, now: Instant) {
         // Start in a random phase other than the draining one.
-        self.phase_seed = self.phase_seed.wrapping_mul(1_103_515_245).wrapping_add(12_345);
+        self.phase_seed = self
+            .phase_seed
+            .wrapping_mul(1_103_515_245)
+            .wrapping_add(12_345);
         let mut cycle_index = (self.phase_seed >> 16) % CYCLE.len();
         if cycle_index == 1 {
             cycle_index = 2;
@@ -532,7 +548,10 @@ mod tests {
         assert!(matches!(bbr.mode, Mode::ProbeBw { .. }), "{:?}", bbr.mode);
         let bdp = bw * rtt.as_secs_f64();
         let cwnd = bbr.cwnd() as f64;
-        assert!(cwnd >= 1.5 * bdp && cwnd <= 3.0 * bdp, "cwnd {cwnd} vs bdp {bdp}");
+        assert!(
+            cwnd >= 1.5 * bdp && cwnd <= 3.0 * bdp,
+            "cwnd {cwnd} vs bdp {bdp}"
+        );
         let rate = bbr.pacing_rate();
         assert!(rate >= 0.7 * bw && rate <= 1.3 * bw, "pacing {rate}");
     }

@@ -132,9 +132,21 @@ mod tests {
         let mut bad = cookie.to_vec();
         bad[6] ^= 1;
         assert_eq!(decode(&secret, &bad, 7, 60, 1000), Err(CookieError::BadMac));
-        assert_eq!(decode(&[4; 32], &cookie, 7, 60, 1000), Err(CookieError::BadMac));
-        assert_eq!(decode(&secret, &cookie, 8, 60, 1000), Err(CookieError::WrongTag));
-        assert_eq!(decode(&secret, &cookie, 7, 5000, 1000), Err(CookieError::Stale));
-        assert_eq!(decode(&secret, &cookie[..10], 7, 60, 1000), Err(CookieError::Malformed));
+        assert_eq!(
+            decode(&[4; 32], &cookie, 7, 60, 1000),
+            Err(CookieError::BadMac)
+        );
+        assert_eq!(
+            decode(&secret, &cookie, 8, 60, 1000),
+            Err(CookieError::WrongTag)
+        );
+        assert_eq!(
+            decode(&secret, &cookie, 7, 5000, 1000),
+            Err(CookieError::Stale)
+        );
+        assert_eq!(
+            decode(&secret, &cookie[..10], 7, 60, 1000),
+            Err(CookieError::Malformed)
+        );
     }
 }

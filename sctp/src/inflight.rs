@@ -247,9 +247,7 @@ impl Inflight {
     pub(crate) fn should_abandon(&self, now: Instant, tsn: u64) -> Option<(u16, u64)> {
         let c = self.get(tsn)?;
         let f = &c.fragment;
-        let out_of_tries = f
-            .max_retransmits
-            .is_some_and(|max| c.transmissions > max);
+        let out_of_tries = f.max_retransmits.is_some_and(|max| c.transmissions > max);
         let expired = f.expires.is_some_and(|at| at <= now);
         (out_of_tries || expired).then_some((f.stream, f.message))
     }
@@ -401,7 +399,9 @@ impl Inflight {
         }
         if let Some((_, rate, sent_at, transmissions)) = newest {
             let send_elapsed = sent_at.saturating_duration_since(rate.first_sent_time);
-            let ack_elapsed = self.delivered_time.saturating_duration_since(rate.delivered_time);
+            let ack_elapsed = self
+                .delivered_time
+                .saturating_duration_since(rate.delivered_time);
             let interval = send_elapsed.max(ack_elapsed);
             let delivered = self.delivered - rate.delivered;
             let rtt = now.saturating_duration_since(sent_at);
@@ -567,7 +567,9 @@ mod tests {
         }
         assert_eq!(f.flight_bytes(), 4 * 116);
         // 1000 arrives, 1001 does not, 1002 and 1003 do.
-        let out = f.on_sack(t0 + ms(20), &sack(1000, vec![(2, 3)]), None).unwrap();
+        let out = f
+            .on_sack(t0 + ms(20), &sack(1000, vec![(2, 3)]), None)
+            .unwrap();
         assert_eq!(out.acked_bytes, 3 * 116);
         assert!(out.cumulative_advanced);
         let mut abandon = Vec::new();
@@ -595,7 +597,8 @@ mod tests {
         let mut f = Inflight::new(t0, 1);
         f.send_new(t0, fragment(0, Some(0)), 116);
         f.send_new(t0 + ms(1), fragment(1, Some(0)), 116);
-        f.on_sack(t0 + ms(30), &sack(0, vec![(2, 2)]), None).unwrap();
+        f.on_sack(t0 + ms(30), &sack(0, vec![(2, 2)]), None)
+            .unwrap();
         let mut abandon = Vec::new();
         f.detect_losses(t0 + ms(60), ms(30), Some(ms(29)), &mut abandon);
         assert_eq!(abandon, vec![(1, 0)]);

@@ -264,7 +264,13 @@ mod tests {
         let mut expired = Vec::new();
         let f = q.next_fragment(now, 1000, &mut expired).unwrap();
         assert_eq!(f.payload[0], 2);
-        assert_eq!(expired, vec![Expired { stream: 1, bytes: 10 }]);
+        assert_eq!(
+            expired,
+            vec![Expired {
+                stream: 1,
+                bytes: 10
+            }]
+        );
         assert!(q.is_empty());
         let _ = Duration::ZERO;
     }

@@ -191,7 +191,11 @@ impl Reassembly {
                 self.held -= old.data.len();
             }
         } else {
-            tracing::debug!(stream = message.stream, ssn, "stale ordered message dropped");
+            tracing::debug!(
+                stream = message.stream,
+                ssn,
+                "stale ordered message dropped"
+            );
         }
     }
 
@@ -274,11 +278,14 @@ mod tests {
     fn fragments_in_any_order_make_one_message() {
         let mut r = Reassembly::new(1 << 20);
         let mut out = VecDeque::new();
-        r.insert(12, chunk(1, 0, false, true, false, 3), &mut out).unwrap();
-        r.insert(10, chunk(1, 0, true, false, false, 1), &mut out).unwrap();
+        r.insert(12, chunk(1, 0, false, true, false, 3), &mut out)
+            .unwrap();
+        r.insert(10, chunk(1, 0, true, false, false, 1), &mut out)
+            .unwrap();
         assert!(out.is_empty());
         assert_eq!(r.held(), 6);
-        r.insert(11, chunk(1, 0, false, false, false, 2), &mut out).unwrap();
+        r.insert(11, chunk(1, 0, false, false, false, 2), &mut out)
+            .unwrap();
         let m = out.pop_front().unwrap();
         assert_eq!(&m.data[..], &[1, 1, 1, 2, 2, 2, 3, 3, 3]);
         assert_eq!(r.held(), 0);
@@ -288,11 +295,14 @@ mod tests {
     fn ordered_messages_wait_for_their_turn_unordered_do_not() {
         let mut r = Reassembly::new(1 << 20);
         let mut out = VecDeque::new();
-        r.insert(2, chunk(1, 1, true, true, false, 2), &mut out).unwrap();
-        r.insert(3, chunk(1, 0, true, true, true, 9), &mut out).unwrap();
+        r.insert(2, chunk(1, 1, true, true, false, 2), &mut out)
+            .unwrap();
+        r.insert(3, chunk(1, 0, true, true, true, 9), &mut out)
+            .unwrap();
         assert_eq!(out.len(), 1);
         assert_eq!(out[0].data[0], 9);
-        r.insert(1, chunk(1, 0, true, true, false, 1), &mut out).unwrap();
+        r.insert(1, chunk(1, 0, true, true, false, 1), &mut out)
+            .unwrap();
         let order: Vec<u8> = out.iter().map(|m| m.data[0]).collect();
         assert_eq!(order, vec![9, 1, 2]);
         assert_eq!(r.held(), 0);
@@ -303,8 +313,10 @@ mod tests {
         let mut r = Reassembly::new(1 << 20);
         let mut out = VecDeque::new();
         // SSN 0 lost in part (only its first fragment came), SSN 1 complete and waiting.
-        r.insert(1, chunk(2, 0, true, false, false, 1), &mut out).unwrap();
-        r.insert(4, chunk(2, 1, true, true, false, 2), &mut out).unwrap();
+        r.insert(1, chunk(2, 0, true, false, false, 1), &mut out)
+            .unwrap();
+        r.insert(4, chunk(2, 1, true, true, false, 2), &mut out)
+            .unwrap();
         assert!(out.is_empty());
         r.forward(3, &[(2, 0)], &mut out);
         assert_eq!(out.len(), 1);
@@ -316,7 +328,8 @@ mod tests {
     fn a_message_over_the_limit_is_refused() {
         let mut r = Reassembly::new(5);
         let mut out = VecDeque::new();
-        r.insert(1, chunk(1, 0, true, false, false, 1), &mut out).unwrap();
+        r.insert(1, chunk(1, 0, true, false, false, 1), &mut out)
+            .unwrap();
         let err = r.insert(2, chunk(1, 0, false, true, false, 1), &mut out);
         assert_eq!(err, Err(ReassemblyError::TooLarge { size: 6, max: 5 }));
     }
@@ -325,9 +338,11 @@ mod tests {
     fn a_reset_stream_starts_again_at_zero() {
         let mut r = Reassembly::new(1 << 20);
         let mut out = VecDeque::new();
-        r.insert(1, chunk(1, 0, true, true, false, 1), &mut out).unwrap();
+        r.insert(1, chunk(1, 0, true, true, false, 1), &mut out)
+            .unwrap();
         r.reset_stream(1);
-        r.insert(2, chunk(1, 0, true, true, false, 2), &mut out).unwrap();
+        r.insert(2, chunk(1, 0, true, true, false, 2), &mut out)
+            .unwrap();
         assert_eq!(out.len(), 2);
     }
 }

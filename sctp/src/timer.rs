@@ -112,9 +112,19 @@ mod tests {
         let mut table = TimerTable::default();
         table.set(Timer::Rto, t0 + Duration::from_millis(300));
         table.set(Timer::Sack, t0 + Duration::from_millis(20));
-        assert_eq!(table.next(), Some((t0 + Duration::from_millis(20), Timer::Sack)));
-        assert_eq!(table.take_expired(t0 + Duration::from_millis(25)), vec![Timer::Sack]);
-        assert!(table.take_expired(t0 + Duration::from_millis(25)).is_empty());
+        assert_eq!(
+            table.next(),
+            Some((t0 + Duration::from_millis(20), Timer::Sack))
+        );
+        assert_eq!(
+            table.take_expired(t0 + Duration::from_millis(25)),
+            vec![Timer::Sack]
+        );
+        assert!(
+            table
+                .take_expired(t0 + Duration::from_millis(25))
+                .is_empty()
+        );
         assert_eq!(table.next().map(|(_, t)| t), Some(Timer::Rto));
         table.stop(Timer::Rto);
         assert_eq!(table.next(), None);

@@ -1,5 +1,6 @@
 //! Two associations over an emulated link in virtual time: the handshake, transfers with and
 //! without loss, partial reliability, stream resets, flow control, teardown, bad input.
+#![allow(clippy::unwrap_used)] // a test harness: a failed step is a failed test
 
 use std::time::Duration;
 
@@ -88,7 +89,8 @@ fn data_arrives_complete_and_in_order_on_a_clean_link() {
         s.a.send(s.now, 1, 53, message(i, len.max(4)), SendOptions::default())
             .unwrap();
     }
-    assert!(s.run(Duration::from_secs(30), |s| s.side_b.messages.len() == n as usize));
+    assert!(s.run(Duration::from_secs(30), |s| s.side_b.messages.len()
+        == n as usize));
     for (i, (_, stream, ppid, data)) in s.side_b.messages.iter().enumerate() {
         assert_eq!((*stream, *ppid), (1, 53));
         assert_eq!(index(data), i as u32);
@@ -111,8 +113,14 @@ fn transfer(s: &mut Sim, bytes: usize) -> (f64, Duration) {
     while !done(s) {
         // Keep 4 MiB queued, like a sender with a send buffer.
         while queued < n && s.a.buffered_amount(0) < 4 << 20 {
-            s.a.send(s.now, 0, 53, message(queued as u32, 65_536), SendOptions::default())
-                .unwrap();
+            s.a.send(
+                s.now,
+                0,
+                53,
+                message(queued as u32, 65_536),
+                SendOptions::default(),
+            )
+            .unwrap();
             queued += 1;
         }
         assert!(s.step(), "stalled with nothing to do");
@@ -176,11 +184,18 @@ fn unreliable_messages_are_given_up_and_later_ones_still_arrive() {
         lifetime: None,
     };
     for i in 0..300 {
-        s.a.send(s.now, 2, 53, message(i, 3000), unreliable).unwrap();
+        s.a.send(s.now, 2, 53, message(i, 3000), unreliable)
+            .unwrap();
     }
     // A reliable message after them must not wait for the lost ones.
-    s.a.send(s.now, 4, 51, Bytes::from_static(b"done"), SendOptions::default())
-        .unwrap();
+    s.a.send(
+        s.now,
+        4,
+        51,
+        Bytes::from_static(b"done"),
+        SendOptions::default(),
+    )
+    .unwrap();
     assert!(s.run(Duration::from_secs(20), |s| {
         s.side_b.messages.iter().any(|m| m.1 == 4) && s.a.buffered_amount(2) == 0
     }));
@@ -192,16 +207,20 @@ fn unreliable_messages_are_given_up_and_later_ones_still_arrive() {
         .map(|m| index(&m.3))
         .collect();
     assert!(got.len() < 300 && got.len() > 150, "{} of 300", got.len());
-    assert!(got.windows(2).all(|w| w[0] < w[1]), "ordered delivery broken");
+    assert!(
+        got.windows(2).all(|w| w[0] < w[1]),
+        "ordered delivery broken"
+    );
     assert!(s.a.stats().messages_abandoned > 0);
     // Ordered delivery on stream 2 goes on after the skipped messages.
     s.a.send(s.now, 2, 53, message(999, 10), SendOptions::default())
         .unwrap();
-    assert!(s.run(Duration::from_secs(5), |s| s
-        .side_b
-        .messages
-        .iter()
-        .any(|m| m.1 == 2 && index(&m.3) == 999)));
+    assert!(s.run(Duration::from_secs(5), |s| {
+        s.side_b
+            .messages
+            .iter()
+            .any(|m| m.1 == 2 && index(&m.3) == 999)
+    }));
 }
 
 #[test]
@@ -237,12 +256,21 @@ fn stream_reset_restarts_ordering_in_both_directions() {
         s.a.send(s.now, 6, 53, message(9, 10), SendOptions::default()),
         Err(proxim_sctp::SendError::StreamResetting(6))
     ));
-    assert!(s.run(Duration::from_secs(5), |s| s
-        .side_a
-        .events
-        .contains(&Event::OutgoingStreamsReset(vec![6]))));
-    assert!(s.side_b.events.contains(&Event::IncomingStreamsReset(vec![6])));
-    assert_eq!(s.side_b.messages.len(), 5, "everything sent before the reset arrives");
+    assert!(s.run(Duration::from_secs(5), |s| {
+        s.side_a
+            .events
+            .contains(&Event::OutgoingStreamsReset(vec![6]))
+    }));
+    assert!(
+        s.side_b
+            .events
+            .contains(&Event::IncomingStreamsReset(vec![6]))
+    );
+    assert_eq!(
+        s.side_b.messages.len(),
+        5,
+        "everything sent before the reset arrives"
+    );
     // The stream is usable again and starts at SSN 0 on both sides.
     s.a.send(s.now, 6, 53, message(10, 10), SendOptions::default())
         .unwrap();
@@ -267,7 +295,8 @@ fn a_reader_that_stops_closes_the_window_and_nothing_is_lost() {
     assert!(unread >= 6 << 20, "window not used: {unread}");
     assert!(s.a.buffered_amount(1) > 0);
     s.resume_reading_b();
-    assert!(s.run(Duration::from_secs(20), |s| s.side_b.messages.len() == n as usize));
+    assert!(s.run(Duration::from_secs(20), |s| s.side_b.messages.len()
+        == n as usize));
     for (i, m) in s.side_b.messages.iter().enumerate() {
         assert_eq!(index(&m.3), i as u32);
     }
@@ -279,7 +308,8 @@ fn abort_is_seen_by_the_peer_with_its_reason() {
     s.connect_both();
     assert!(s.run(Duration::from_secs(5), connected));
     s.a.abort("going away");
-    assert!(s.run(Duration::from_secs(1), |s| s.b.state() == AssociationState::Closed));
+    assert!(s.run(Duration::from_secs(1), |s| s.b.state()
+        == AssociationState::Closed));
     let closed = s.side_b.events.iter().find_map(|e| match e {
         Event::Closed(CloseReason::PeerAborted(r)) => Some(r.clone()),
         _ => None,
@@ -301,7 +331,11 @@ fn graceful_shutdown_delivers_everything_first() {
         s.a.state() == AssociationState::Closed && s.b.state() == AssociationState::Closed
     }));
     assert_eq!(s.side_b.messages.len(), 50);
-    assert!(s.side_a.events.contains(&Event::Closed(CloseReason::ShutdownComplete)));
+    assert!(
+        s.side_a
+            .events
+            .contains(&Event::Closed(CloseReason::ShutdownComplete))
+    );
 }
 
 #[test]

@@ -309,7 +309,9 @@ impl RecvQueue {
             return;
         }
         self.consumption.bytes.fetch_add(bytes, Ordering::AcqRel);
-        self.consumption.messages.fetch_add(messages, Ordering::AcqRel);
+        self.consumption
+            .messages
+            .fetch_add(messages, Ordering::AcqRel);
         self.consumption.notify.notify_one();
     }
 

@@ -80,10 +80,6 @@ impl Channels {
         ids
     }
 
-    pub(crate) fn len(&self) -> usize {
-        self.entries.len()
-    }
-
     /// The DTLS role is known: streams can be assigned.
     pub(crate) fn set_parity(&mut self, dtls_client: bool) {
         self.parity = Some(if dtls_client { 0 } else { 1 });
@@ -185,7 +181,11 @@ impl Channels {
 
     /// A reset of `stream` completed in one direction. Returns the channel, and whether it is
     /// gone (both directions reset; the stream is free again).
-    pub(crate) fn stream_reset(&mut self, stream: u16, outgoing: bool) -> Option<(ChannelId, bool)> {
+    pub(crate) fn stream_reset(
+        &mut self,
+        stream: u16,
+        outgoing: bool,
+    ) -> Option<(ChannelId, bool)> {
         let id = *self.by_stream.get(&stream)?;
         let entry = self.entries.get_mut(&id)?;
         if outgoing {
@@ -228,8 +228,14 @@ mod tests {
         // The peer (even) opens 0; it may not open 1 (ours) or 0 again.
         c.open_remote(0, "r".into(), String::new(), ChannelOptions::default())
             .unwrap();
-        assert!(c.open_remote(1, "x".into(), String::new(), ChannelOptions::default()).is_err());
-        assert!(c.open_remote(0, "x".into(), String::new(), ChannelOptions::default()).is_err());
+        assert!(
+            c.open_remote(1, "x".into(), String::new(), ChannelOptions::default())
+                .is_err()
+        );
+        assert!(
+            c.open_remote(0, "x".into(), String::new(), ChannelOptions::default())
+                .is_err()
+        );
         // Closing a: its stream is not reused until both directions reset.
         assert_eq!(c.start_closing(a), Some(1));
         assert_eq!(c.stream_reset(1, true), Some((a, false)));

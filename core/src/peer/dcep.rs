@@ -15,9 +15,9 @@ pub(crate) const PPID_BINARY: u32 = 53;
 pub(crate) const PPID_STRING_EMPTY: u32 = 56;
 /// An empty binary message (sent as one zero byte).
 pub(crate) const PPID_BINARY_EMPTY: u32 = 57;
-/// Deprecated partial-message PPIDs some old stacks send.
+/// The deprecated partial text PPID some old stacks send (its binary twin, 52, is binary
+/// anyway).
 pub(crate) const PPID_STRING_PARTIAL: u32 = 54;
-pub(crate) const PPID_BINARY_PARTIAL: u32 = 52;
 
 const MSG_OPEN: u8 = 0x03;
 const MSG_ACK: u8 = 0x02;
@@ -154,7 +154,10 @@ mod tests {
             };
             assert_eq!(DcepMessage::parse(&m.to_bytes()).unwrap(), m);
         }
-        assert_eq!(DcepMessage::parse(&DcepMessage::Ack.to_bytes()).unwrap(), DcepMessage::Ack);
+        assert_eq!(
+            DcepMessage::parse(&DcepMessage::Ack.to_bytes()).unwrap(),
+            DcepMessage::Ack
+        );
     }
 
     #[test]
@@ -171,7 +174,10 @@ mod tests {
         .to_bytes()
         .to_vec();
         open[1] = 0x05;
-        assert_eq!(DcepMessage::parse(&open), Err(DcepError::UnknownChannelType(5)));
+        assert_eq!(
+            DcepMessage::parse(&open),
+            Err(DcepError::UnknownChannelType(5))
+        );
         open[1] = 0;
         open[9] = 200; // label longer than the message
         assert_eq!(DcepMessage::parse(&open), Err(DcepError::Truncated));

@@ -170,7 +170,11 @@ impl Driver {
                 .unwrap_or((now + Duration::from_secs(3600), "idle"));
             let relay_deadline = self.relays.poll_timeout();
             let deadline = relay_deadline.map_or(deadline, |r| deadline.min(r));
-            tracing::trace!(in_ms = deadline.saturating_duration_since(now).as_millis() as u64, why, "waiting");
+            tracing::trace!(
+                in_ms = deadline.saturating_duration_since(now).as_millis() as u64,
+                why,
+                "waiting"
+            );
             let start = self.next_socket;
             let sockets = &self.sockets;
             let consumption = self.consumption.clone();
@@ -341,7 +345,13 @@ impl Driver {
 
     /// One datagram from a socket: TURN messages for the relays (what peers sent through them
     /// comes back with the relayed address as `local`), the rest to the session.
-    fn take_datagram(&mut self, now: Instant, local: SocketAddr, from: SocketAddr, packet: BytesMut) {
+    fn take_datagram(
+        &mut self,
+        now: Instant,
+        local: SocketAddr,
+        from: SocketAddr,
+        packet: BytesMut,
+    ) {
         match self.relays.handle_udp(local, from, packet, now) {
             Ok(()) => self.take_relayed(now),
             Err(packet) => self.session.handle_datagram(now, local, from, packet),
@@ -370,7 +380,8 @@ impl Driver {
                         .transport_of(relayed)
                         .unwrap_or(crate::turn::TurnTransport::Udp);
                     tracing::debug!(%url, %relayed, "relay candidate");
-                    self.session.add_relay_candidate(now, relayed, base, transport);
+                    self.session
+                        .add_relay_candidate(now, relayed, base, transport);
                 }
                 RelayEvent::Failed => {}
             }
@@ -388,11 +399,12 @@ impl Driver {
         let transmits = self.relays.take_udp_transmits();
         if !transmits.is_empty() {
             progressed = true;
-            self.outgoing.extend(transmits.into_iter().map(|t| Transmit {
-                local: t.from,
-                to: t.to,
-                data: t.data,
-            }));
+            self.outgoing
+                .extend(transmits.into_iter().map(|t| Transmit {
+                    local: t.from,
+                    to: t.to,
+                    data: t.data,
+                }));
             self.send_outgoing().await;
         }
         let received = self.relays.take_received();
@@ -443,7 +455,11 @@ impl Driver {
                 let _ = self.events.send(ConnectionEvent::StateChanged { old, new });
             }
             SessionEvent::Ready { channel } => {
-                let handle = self.add_slot(channel, DEFAULT_CHANNEL.to_owned(), ChannelOptions::default());
+                let handle = self.add_slot(
+                    channel,
+                    DEFAULT_CHANNEL.to_owned(),
+                    ChannelOptions::default(),
+                );
                 if let (Some(ready), Some(handle)) = (self.ready.take(), handle) {
                     let _ = ready.send(Ok(handle));
                 }
@@ -508,7 +524,12 @@ impl Driver {
     }
 
     /// A new channel slot and its handle.
-    fn add_slot(&mut self, id: ChannelId, label: String, options: ChannelOptions) -> Option<DataChannel> {
+    fn add_slot(
+        &mut self,
+        id: ChannelId,
+        label: String,
+        options: ChannelOptions,
+    ) -> Option<DataChannel> {
         let commands = self.command_sender.upgrade()?;
         let shared = Arc::new(ChannelShared::new(
             id,
@@ -524,7 +545,10 @@ impl Driver {
                 queue: queue.clone(),
             },
         );
-        Some(DataChannel::new(ChannelSender::new(shared, commands), queue))
+        Some(DataChannel::new(
+            ChannelSender::new(shared, commands),
+            queue,
+        ))
     }
 
     fn signal(&mut self, signal: Signal) {
@@ -546,7 +570,9 @@ impl Driver {
     fn update_send_accounting(&mut self) {
         for (id, slot) in &self.channels {
             let outstanding = self.session.buffered_amount(*id);
-            slot.shared.outstanding.store(outstanding, Ordering::Release);
+            slot.shared
+                .outstanding
+                .store(outstanding, Ordering::Release);
             if slot.shared.buffered() <= SEND_LOW_WATER {
                 slot.shared.writable.notify_waiters();
             }

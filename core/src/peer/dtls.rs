@@ -76,7 +76,9 @@ impl DtlsTransport {
     ) -> Result<DtlsTransport, String> {
         let provider = rtc::crypto::default_provider().map_err(|e| e.to_string())?;
         let interval = rtt
-            .map_or(Duration::from_millis(300), |rtt| rtt * 3 + Duration::from_millis(30))
+            .map_or(Duration::from_millis(300), |rtt| {
+                rtt * 3 + Duration::from_millis(30)
+            })
             .clamp(MIN_INTERVAL, MAX_INTERVAL);
         let verdict = Arc::new(Mutex::new(Verdict::default()));
         let seen = verdict.clone();
@@ -125,10 +127,6 @@ impl DtlsTransport {
 
     pub(crate) fn state(&self) -> &DtlsState {
         &self.state
-    }
-
-    pub(crate) fn is_client(&self) -> bool {
-        self.client
     }
 
     /// A DTLS record arrived.
@@ -183,7 +181,9 @@ impl DtlsTransport {
 
     /// Encrypt and queue application data.
     pub(crate) fn send(&mut self, now: Instant, data: &[u8]) -> Result<(), String> {
-        self.endpoint.write(now, PEER, data).map_err(|e| e.to_string())
+        self.endpoint
+            .write(now, PEER, data)
+            .map_err(|e| e.to_string())
     }
 
     pub(crate) fn poll_timeout(&self) -> Option<Instant> {
@@ -195,13 +195,15 @@ impl DtlsTransport {
     }
 
     pub(crate) fn handle_timeout(&mut self, now: Instant) {
-        if self.state != DtlsState::Handshaking
-            || self.poll_timeout().is_none_or(|t| t > now)
-        {
+        if self.state != DtlsState::Handshaking || self.poll_timeout().is_none_or(|t| t > now) {
             return;
         }
         self.retransmits += 1;
-        tracing::debug!(attempt = self.retransmits, client = self.client, "DTLS flight sent again");
+        tracing::debug!(
+            attempt = self.retransmits,
+            client = self.client,
+            "DTLS flight sent again"
+        );
         if let Err(e) = self.endpoint.handle_timeout(PEER, now) {
             self.state = DtlsState::Failed(format!("handshake gave up: {e}"));
             return;
@@ -264,7 +266,11 @@ mod tests {
         };
         assert!(check_certificate(Some(cert), &[other256.clone(), sha384]).is_ok());
         assert!(check_certificate(Some(cert), &[other256]).is_err());
-        assert!(check_certificate(Some(cert), &[md5]).unwrap_err().contains("supported"));
+        assert!(
+            check_certificate(Some(cert), &[md5])
+                .unwrap_err()
+                .contains("supported")
+        );
         assert!(check_certificate(None, &[]).is_err());
     }
 }

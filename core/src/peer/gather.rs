@@ -103,88 +103,11 @@ pub(crate) struct SourceTransmit {
 pub(crate) enum SourceOutput {
     /// Send this packet.
     Transmit(SourceTransmit),
-    /// The STUN server at `url` saw `base` as `mapped` (a server-reflexive address).
+    /// The STUN server saw `base` as `mapped` (a server-reflexive address).
     Mapped {
-        url: String,
         base: SocketAddr,
         mapped: SocketAddr,
     },
-}
-
-/// One way of finding local candidates beyond the host ones. Each variant is sans-IO.
-#[derive(Debug)]
-pub(super) enum CandidateSource {
-    /// A STUN Binding request from one local socket to one STUN server.
-    Stun(StunBinding),
-}
-
-impl CandidateSource {
-    /// One STUN Binding source per (socket, server) pair that can reach each other.
-    pub(super) fn stun(
-        servers: &[(String, SocketAddr)],
-        sockets: &[SocketAddr],
-        now: Instant,
-        timeout: Duration,
-    ) -> Vec<CandidateSource> {
-        let mut sources = Vec::new();
-        for (url, server) in servers {
-            for local in sockets {
-                if local.is_ipv4() != server.is_ipv4()
-                    || local.ip().is_loopback() != server.ip().is_loopback()
-                {
-                    continue;
-                }
-                sources.push(CandidateSource::Stun(StunBinding::new(
-                    url.clone(),
-                    *local,
-                    *server,
-                    now,
-                    timeout,
-                )));
-            }
-        }
-        sources
-    }
-
-    /// Whether this source has nothing more to do.
-    pub(super) fn is_done(&self) -> bool {
-        match self {
-            CandidateSource::Stun(s) => s.done,
-        }
-    }
-
-    /// Offer an incoming datagram; returns true when the source consumed it.
-    pub(super) fn handle_packet(
-        &mut self,
-        local: SocketAddr,
-        from: SocketAddr,
-        data: &[u8],
-    ) -> bool {
-        match self {
-            CandidateSource::Stun(s) => s.handle_packet(local, from, data),
-        }
-    }
-
-    /// Advance time.
-    pub(super) fn handle_timeout(&mut self, now: Instant) {
-        match self {
-            CandidateSource::Stun(s) => s.handle_timeout(now),
-        }
-    }
-
-    /// The next output, if any.
-    pub(super) fn poll_output(&mut self) -> Option<SourceOutput> {
-        match self {
-            CandidateSource::Stun(s) => s.poll_output(),
-        }
-    }
-
-    /// When this source next needs [`Self::handle_timeout`].
-    pub(super) fn poll_timeout(&self) -> Option<Instant> {
-        match self {
-            CandidateSource::Stun(s) => s.poll_timeout(),
-        }
-    }
 }
 
 /// The `stun:` servers to gather from: those given as IP addresses, and those whose names
@@ -322,7 +245,6 @@ impl StunBinding {
         };
         tracing::debug!(url = %self.url, base = %self.local, %mapped, "server-reflexive address");
         self.pending.push(SourceOutput::Mapped {
-            url: self.url.clone(),
             base: self.local,
             mapped,
         });

@@ -83,9 +83,7 @@ mod relay;
 mod sdp;
 mod session;
 
-pub use channel::{
-    ChannelSender, DataChannel, RECV_QUEUE_BYTES, SEND_HIGH_WATER, SEND_LOW_WATER,
-};
+pub use channel::{ChannelSender, DataChannel, RECV_QUEUE_BYTES, SEND_HIGH_WATER, SEND_LOW_WATER};
 use driver::{Command, Driver, DriverParts};
 use session::{PeerSession, SessionConfig};
 
@@ -418,6 +416,9 @@ pub struct ConnectionStats {
     pub messages_received: u64,
     /// How long after the answer (sent or received) the default channel opened.
     pub open_after_answer: Option<Duration>,
+    /// The SCTP association's counters and estimates (retransmissions, RTT, congestion
+    /// window, pacing rate, bandwidth estimate).
+    pub sctp: proxim_sctp::Stats,
 }
 
 impl ConnectionStats {

@@ -147,9 +147,10 @@ impl RemoteDescription {
                         .map_err(|_| SdpError::Malformed(format!("a=sctp-port:{value}")))?;
                 }
                 "max-message-size" => {
-                    let v: u64 = value.trim().parse().map_err(|_| {
-                        SdpError::Malformed(format!("a=max-message-size:{value}"))
-                    })?;
+                    let v: u64 = value
+                        .trim()
+                        .parse()
+                        .map_err(|_| SdpError::Malformed(format!("a=max-message-size:{value}")))?;
                     max_message_size = (v != 0).then(|| v.min(usize::MAX as u64) as usize);
                 }
                 "candidate" => candidates.push(format!("candidate:{value}")),
@@ -182,7 +183,11 @@ impl RemoteDescription {
                     OtherMedia {
                         media: media.clone(),
                         protocol: protocol.clone(),
-                        format: format.split_ascii_whitespace().next().unwrap_or("0").to_owned(),
+                        format: format
+                            .split_ascii_whitespace()
+                            .next()
+                            .unwrap_or("0")
+                            .to_owned(),
                         mid,
                     },
                 )
@@ -256,7 +261,11 @@ impl LocalDescription<'_> {
             if i == self.data_index {
                 self.write_data_mline(&mut s);
             } else if let Some((_, m)) = self.other_media.iter().find(|(j, _)| *j == i) {
-                let _ = write!(s, "m={} 0 {} {}\r\nc=IN IP4 0.0.0.0\r\n", m.media, m.protocol, m.format);
+                let _ = write!(
+                    s,
+                    "m={} 0 {} {}\r\nc=IN IP4 0.0.0.0\r\n",
+                    m.media, m.protocol, m.format
+                );
                 if let Some(mid) = &m.mid {
                     let _ = write!(s, "a=mid:{mid}\r\n");
                 }
@@ -267,7 +276,11 @@ impl LocalDescription<'_> {
     }
 
     fn write_data_mline(&self, s: &mut String) {
-        let fingerprint: Vec<String> = self.fingerprint.iter().map(|b| format!("{b:02X}")).collect();
+        let fingerprint: Vec<String> = self
+            .fingerprint
+            .iter()
+            .map(|b| format!("{b:02X}"))
+            .collect();
         let setup = match self.setup {
             Setup::ActPass => "actpass",
             Setup::Active => "active",
@@ -314,10 +327,13 @@ mod tests {
         .to_sdp();
         let r = RemoteDescription::parse(&sdp).unwrap();
         assert_eq!(r.credentials, c);
-        assert_eq!(r.fingerprints, vec![SdpFingerprint {
-            algorithm: "sha-256".into(),
-            value: fp.to_vec()
-        }]);
+        assert_eq!(
+            r.fingerprints,
+            vec![SdpFingerprint {
+                algorithm: "sha-256".into(),
+                value: fp.to_vec()
+            }]
+        );
         assert_eq!(r.setup, Setup::ActPass);
         assert_eq!(r.mid, "0");
         assert_eq!(r.sctp_port, 5000);
@@ -367,17 +383,34 @@ mod tests {
 
     #[test]
     fn unusable_sdps_say_why() {
-        assert_eq!(RemoteDescription::parse("v=0\r\n"), Err(SdpError::NoDataChannel));
+        assert_eq!(
+            RemoteDescription::parse("v=0\r\n"),
+            Err(SdpError::NoDataChannel)
+        );
         let no_fp = "v=0\r\nm=application 9 UDP/DTLS/SCTP webrtc-datachannel\r\n\
             a=ice-ufrag:a\r\na=ice-pwd:b\r\n";
-        assert_eq!(RemoteDescription::parse(no_fp), Err(SdpError::NoFingerprint));
+        assert_eq!(
+            RemoteDescription::parse(no_fp),
+            Err(SdpError::NoFingerprint)
+        );
         let no_ice = "v=0\r\nm=application 9 UDP/DTLS/SCTP webrtc-datachannel\r\n";
-        assert_eq!(RemoteDescription::parse(no_ice), Err(SdpError::NoCredentials));
+        assert_eq!(
+            RemoteDescription::parse(no_ice),
+            Err(SdpError::NoCredentials)
+        );
         let bad = "v=0\r\nm=application 9 UDP/DTLS/SCTP webrtc-datachannel\r\n\
             a=ice-ufrag:a\r\na=ice-pwd:b\r\na=fingerprint:sha-256 00\r\na=max-message-size:x\r\n";
-        assert!(matches!(RemoteDescription::parse(bad), Err(SdpError::Malformed(_))));
+        assert!(matches!(
+            RemoteDescription::parse(bad),
+            Err(SdpError::Malformed(_))
+        ));
         let unlimited = "v=0\r\nm=application 9 UDP/DTLS/SCTP webrtc-datachannel\r\n\
             a=ice-ufrag:a\r\na=ice-pwd:b\r\na=fingerprint:sha-256 00\r\na=max-message-size:0\r\n";
-        assert_eq!(RemoteDescription::parse(unlimited).unwrap().max_message_size, None);
+        assert_eq!(
+            RemoteDescription::parse(unlimited)
+                .unwrap()
+                .max_message_size,
+            None
+        );
     }
 }

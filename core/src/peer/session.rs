@@ -70,7 +70,9 @@ pub(crate) enum SessionEvent {
         new: ConnectionState,
     },
     /// The default channel is open: the connection is established.
-    Ready { channel: ChannelId },
+    Ready {
+        channel: ChannelId,
+    },
     /// A channel opened: one this side asked for, or one the peer opened.
     ChannelOpened {
         channel: ChannelId,
@@ -88,12 +90,16 @@ pub(crate) enum SessionEvent {
         payload: Payload,
         charge: usize,
     },
-    ChannelClosed { channel: ChannelId },
+    ChannelClosed {
+        channel: ChannelId,
+    },
     PathChanged(ConnectionStats),
     /// The connection failed (before or after it was established). Terminal.
     Failed(PeerError),
     /// The connection closed. Terminal.
-    Closed { reason: String },
+    Closed {
+        reason: String,
+    },
 }
 
 /// What the driver knows of the TURN relays.
@@ -218,7 +224,12 @@ impl PeerSession {
         session
     }
 
-    fn start(&mut self, now: Instant, sockets: &[SocketAddr], stun_servers: &[(String, SocketAddr)]) {
+    fn start(
+        &mut self,
+        now: Instant,
+        sockets: &[SocketAddr],
+        stun_servers: &[(String, SocketAddr)],
+    ) {
         self.set_state(ConnectionState::Connecting, "establishing");
         if self.config.force_relay && !self.config.relays_offered {
             self.fail(PeerError::IceFailed {
@@ -272,7 +283,12 @@ impl PeerSession {
         self.check_gathering_done();
     }
 
-    fn add_stun_sources(&mut self, now: Instant, sockets: &[SocketAddr], servers: &[(String, SocketAddr)]) {
+    fn add_stun_sources(
+        &mut self,
+        now: Instant,
+        sockets: &[SocketAddr],
+        servers: &[(String, SocketAddr)],
+    ) {
         for (url, server) in servers {
             for local in sockets {
                 if local.is_ipv4() != server.is_ipv4()
@@ -297,7 +313,12 @@ impl PeerSession {
     // -----------------------------------------------------------------------------------------
 
     /// STUN server names resolved (or given up): gather from them too.
-    pub(crate) fn add_stun_servers(&mut self, now: Instant, sockets: &[SocketAddr], servers: &[(String, SocketAddr)]) {
+    pub(crate) fn add_stun_servers(
+        &mut self,
+        now: Instant,
+        sockets: &[SocketAddr],
+        servers: &[(String, SocketAddr)],
+    ) {
         self.now = now;
         self.stun_names_pending = false;
         if !self.config.force_relay {
@@ -400,14 +421,24 @@ impl PeerSession {
     }
 
     /// A datagram arrived on `local` (a socket's or a relayed address) from `from`.
-    pub(crate) fn handle_datagram(&mut self, now: Instant, local: SocketAddr, from: SocketAddr, data: BytesMut) {
+    pub(crate) fn handle_datagram(
+        &mut self,
+        now: Instant,
+        local: SocketAddr,
+        from: SocketAddr,
+        data: BytesMut,
+    ) {
         self.now = now;
         if self.ended {
             return;
         }
         match data.first() {
             Some(0..=3) => {
-                if self.sources.iter_mut().any(|s| s.handle_packet(local, from, &data)) {
+                if self
+                    .sources
+                    .iter_mut()
+                    .any(|s| s.handle_packet(local, from, &data))
+                {
                     self.pump_sources(now);
                 } else {
                     self.ice.handle_stun(now, local, from, &data);
@@ -471,7 +502,10 @@ impl PeerSession {
             .collect();
         for id in late {
             self.channel_deadlines.remove(&id);
-            tracing::debug!(channel = id, "channel close: the reset did not complete in time");
+            tracing::debug!(
+                channel = id,
+                "channel close: the reset did not complete in time"
+            );
             // The application hears it closed; the stream stays reserved until the resets
             // complete, so it is not reused while the peer may still deliver on it.
             self.report_channel_closed(id);
@@ -517,7 +551,10 @@ impl PeerSession {
             }
         };
         for s in &self.sources {
-            consider(s.poll_timeout(), "STUN binding for a server-reflexive candidate");
+            consider(
+                s.poll_timeout(),
+                "STUN binding for a server-reflexive candidate",
+            );
         }
         if let Some((at, why)) = self.ice.poll_timeout() {
             consider(Some(at), why);
@@ -529,10 +566,16 @@ impl PeerSession {
         if let Some((at, why)) = self.sctp.poll_timeout_reason() {
             consider(Some(at), why);
         }
-        consider(self.channel_deadlines.values().min().copied(), "channel close deadline");
+        consider(
+            self.channel_deadlines.values().min().copied(),
+            "channel close deadline",
+        );
         consider(self.closing, "connection close deadline");
         if !self.ready {
-            consider(Some(self.started + self.config.connect_timeout), "connect timeout");
+            consider(
+                Some(self.started + self.config.connect_timeout),
+                "connect timeout",
+            );
             consider(self.no_pair_deadline(), "no candidate pair to try");
         }
         next
@@ -543,7 +586,12 @@ impl PeerSession {
     // -----------------------------------------------------------------------------------------
 
     /// Open a channel; [`SessionEvent::ChannelOpened`] (or `ChannelOpenFailed`) follows.
-    pub(crate) fn open_channel(&mut self, now: Instant, label: String, options: ChannelOptions) -> ChannelId {
+    pub(crate) fn open_channel(
+        &mut self,
+        now: Instant,
+        label: String,
+        options: ChannelOptions,
+    ) -> ChannelId {
         self.now = now;
         let id = self.channels.open_local(label, options);
         if self.ended || self.closing.is_some() {
@@ -560,7 +608,12 @@ impl PeerSession {
     }
 
     /// Send one message on a channel.
-    pub(crate) fn send(&mut self, now: Instant, channel: ChannelId, payload: Payload) -> Result<(), PeerError> {
+    pub(crate) fn send(
+        &mut self,
+        now: Instant,
+        channel: ChannelId,
+        payload: Payload,
+    ) -> Result<(), PeerError> {
         self.now = now;
         let entry = self.channels.get(channel).ok_or(PeerError::ChannelClosed)?;
         if entry.phase != ChannelPhase::Open {
@@ -586,7 +639,9 @@ impl PeerSession {
         let (ppid, data) = match payload {
             Payload::Text(t) if t.is_empty() => (dcep::PPID_STRING_EMPTY, Bytes::from_static(&[0])),
             Payload::Text(t) => (dcep::PPID_STRING, Bytes::from(t.into_bytes())),
-            Payload::Binary(b) if b.is_empty() => (dcep::PPID_BINARY_EMPTY, Bytes::from_static(&[0])),
+            Payload::Binary(b) if b.is_empty() => {
+                (dcep::PPID_BINARY_EMPTY, Bytes::from_static(&[0]))
+            }
             Payload::Binary(b) => (dcep::PPID_BINARY, b),
         };
         self.sctp
@@ -626,7 +681,8 @@ impl PeerSession {
         match self.channels.start_closing(channel) {
             Some(stream) if self.sctp_connected => {
                 self.sctp.reset_streams(&[stream]);
-                self.channel_deadlines.insert(channel, now + CLOSE_FLUSH_TIMEOUT);
+                self.channel_deadlines
+                    .insert(channel, now + CLOSE_FLUSH_TIMEOUT);
             }
             _ => {
                 self.report_channel_closed(channel);
@@ -677,12 +733,8 @@ impl PeerSession {
                 .ready_at
                 .zip(self.answer_at)
                 .map(|(r, a)| r.saturating_duration_since(a)),
+            sctp: self.sctp.stats(),
         })
-    }
-
-    /// SCTP's counters and estimates.
-    pub(crate) fn sctp_stats(&self) -> proxim_sctp::Stats {
-        self.sctp.stats()
     }
 
     /// The largest message the peer accepts (capped at what SCTP here handles).
@@ -694,10 +746,6 @@ impl PeerSession {
 
     pub(crate) fn state(&self) -> ConnectionState {
         self.state
-    }
-
-    pub(crate) fn is_ended(&self) -> bool {
-        self.ended
     }
 
     // -----------------------------------------------------------------------------------------
@@ -769,7 +817,11 @@ impl PeerSession {
                     session_id: rand::random::<u64>() >> 1,
                     credentials: self.ice.local_credentials(),
                     fingerprint: &self.config.fingerprint,
-                    setup: if client { Setup::Active } else { Setup::Passive },
+                    setup: if client {
+                        Setup::Active
+                    } else {
+                        Setup::Passive
+                    },
                     mid: &remote.mid,
                     other_media: &remote.other_media,
                     data_index: usize::from(remote.mline_index),
@@ -829,7 +881,8 @@ impl PeerSession {
     }
 
     fn set_remote(&mut self, now: Instant, remote: RemoteDescription, dtls_client: bool) {
-        self.ice.set_remote_credentials(now, remote.credentials.clone());
+        self.ice
+            .set_remote_credentials(now, remote.credentials.clone());
         for line in &remote.candidates {
             self.add_remote_candidate(now, line);
         }
@@ -887,7 +940,10 @@ impl PeerSession {
                     self.signals.push_back(Signal::Candidate {
                         candidate,
                         sdp_mid: Some(ShortText::truncated(
-                            self.remote.as_ref().map_or("0", |r| r.mid.as_str()).to_owned(),
+                            self.remote
+                                .as_ref()
+                                .map_or("0", |r| r.mid.as_str())
+                                .to_owned(),
                         )),
                         sdp_mline_index: Some(self.remote.as_ref().map_or(0, |r| r.mline_index)),
                     });
@@ -972,7 +1028,13 @@ impl PeerSession {
             .as_ref()
             .map(|r| r.fingerprints.clone())
             .unwrap_or_default();
-        match DtlsTransport::new(now, client, self.config.certificate.clone(), fingerprints, rtt) {
+        match DtlsTransport::new(
+            now,
+            client,
+            self.config.certificate.clone(),
+            fingerprints,
+            rtt,
+        ) {
             Ok(dtls) => {
                 tracing::debug!(client, "DTLS started");
                 self.dtls = Some(dtls);
@@ -1105,7 +1167,9 @@ impl PeerSession {
                 );
                 self.sctp_connected = true;
                 for id in self.channels.ids() {
-                    let Some(c) = self.channels.get_mut(id) else { continue };
+                    let Some(c) = self.channels.get_mut(id) else {
+                        continue;
+                    };
                     if c.phase == ChannelPhase::Opening {
                         c.phase = ChannelPhase::Open;
                         self.channel_open(now, id);
@@ -1119,7 +1183,10 @@ impl PeerSession {
                         self.sctp.consumed(charge, 1);
                         self.on_dcep(now, m.stream, &m.data);
                     } else {
-                        tracing::debug!(stream = m.stream, "message on a stream without a channel dropped");
+                        tracing::debug!(
+                            stream = m.stream,
+                            "message on a stream without a channel dropped"
+                        );
                         self.sctp.consumed(charge, 1);
                     }
                     return;
@@ -1150,7 +1217,9 @@ impl PeerSession {
             }
             SctpEvent::IncomingStreamsReset(streams) => {
                 for stream in streams {
-                    let Some(id) = self.channels.by_stream(stream) else { continue };
+                    let Some(id) = self.channels.by_stream(stream) else {
+                        continue;
+                    };
                     let closing = self
                         .channels
                         .get(id)
@@ -1171,7 +1240,9 @@ impl PeerSession {
             }
             SctpEvent::OutgoingStreamsReset(streams) | SctpEvent::StreamResetFailed(streams) => {
                 for stream in streams {
-                    let Some(id) = self.channels.by_stream(stream) else { continue };
+                    let Some(id) = self.channels.by_stream(stream) else {
+                        continue;
+                    };
                     self.report_channel_closed(id);
                     if let Some((_, gone)) = self.channels.stream_reset(stream, true)
                         && gone
@@ -1199,10 +1270,16 @@ impl PeerSession {
                 label,
                 protocol,
                 ..
-            }) => match self.channels.open_remote(stream, label.clone(), protocol, options.clone()) {
+            }) => match self
+                .channels
+                .open_remote(stream, label.clone(), protocol, options.clone())
+            {
                 Ok(id) => {
                     let ack = DcepMessage::Ack.to_bytes();
-                    if let Err(e) = self.sctp.send(now, stream, dcep::PPID_DCEP, ack, SendOptions::default()) {
+                    if let Err(e) =
+                        self.sctp
+                            .send(now, stream, dcep::PPID_DCEP, ack, SendOptions::default())
+                    {
                         tracing::debug!(error = %e, "DATA_CHANNEL_ACK not sent");
                     }
                     tracing::debug!(channel = id, stream, %label, "the peer opened a channel");
@@ -1219,7 +1296,11 @@ impl PeerSession {
                 }
             },
             Ok(DcepMessage::Ack) => {
-                if let Some(c) = self.channels.by_stream(stream).and_then(|id| self.channels.get_mut(id)) {
+                if let Some(c) = self
+                    .channels
+                    .by_stream(stream)
+                    .and_then(|id| self.channels.get_mut(id))
+                {
                     c.acked = true;
                 }
             }
@@ -1240,14 +1321,22 @@ impl PeerSession {
                 }
                 continue;
             };
-            let Some(c) = self.channels.get(id) else { continue };
+            let Some(c) = self.channels.get(id) else {
+                continue;
+            };
             let open = DcepMessage::Open {
                 options: c.options.clone(),
                 priority: 256,
                 label: c.label.clone(),
                 protocol: c.protocol.clone(),
             };
-            if let Err(e) = self.sctp.send(now, stream, dcep::PPID_DCEP, open.to_bytes(), SendOptions::default()) {
+            if let Err(e) = self.sctp.send(
+                now,
+                stream,
+                dcep::PPID_DCEP,
+                open.to_bytes(),
+                SendOptions::default(),
+            ) {
                 self.events.push_back(SessionEvent::ChannelOpenFailed {
                     channel: id,
                     error: PeerError::Rtc(e.to_string()),
@@ -1265,13 +1354,17 @@ impl PeerSession {
     }
 
     fn channel_open(&mut self, now: Instant, id: ChannelId) {
-        let Some(c) = self.channels.get(id) else { return };
+        let Some(c) = self.channels.get(id) else {
+            return;
+        };
         if self.default_channel == Some(id) && !self.ready {
             self.ready = true;
             self.ready_at = Some(now);
             tracing::info!(
                 elapsed_ms = now.saturating_duration_since(self.started).as_millis() as u64,
-                after_answer_ms = self.answer_at.map(|a| now.saturating_duration_since(a).as_millis() as u64),
+                after_answer_ms = self
+                    .answer_at
+                    .map(|a| now.saturating_duration_since(a).as_millis() as u64),
                 "connection established"
             );
             self.set_state(ConnectionState::Connected, "the default channel is open");
@@ -1292,7 +1385,8 @@ impl PeerSession {
             && !c.close_reported
         {
             c.close_reported = true;
-            self.events.push_back(SessionEvent::ChannelClosed { channel: id });
+            self.events
+                .push_back(SessionEvent::ChannelClosed { channel: id });
         }
     }
 
@@ -1350,7 +1444,8 @@ impl PeerSession {
         }
         tracing::info!("{old} -> {new} ({reason})");
         self.state = new;
-        self.events.push_back(SessionEvent::StateChanged { old, new });
+        self.events
+            .push_back(SessionEvent::StateChanged { old, new });
     }
 
     fn fail(&mut self, error: PeerError) {

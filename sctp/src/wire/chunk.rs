@@ -281,7 +281,7 @@ impl Chunk {
             COOKIE_ECHO => Chunk::CookieEcho(body),
             COOKIE_ACK => Chunk::CookieAck,
             FORWARD_TSN => {
-                if body.len() < 4 || (body.len() - 4) % 4 != 0 {
+                if body.len() < 4 || !(body.len() - 4).is_multiple_of(4) {
                     return Err(malformed("FORWARD TSN", "bad length"));
                 }
                 let new_cumulative_tsn = body.get_u32();
@@ -436,7 +436,7 @@ fn header(out: &mut Vec<u8>, kind: u8, flags: u8) {
 fn finish(out: &mut Vec<u8>, start: usize) {
     let length = (out.len() - start) as u16;
     out[start + 2..start + 4].copy_from_slice(&length.to_be_bytes());
-    while out.len() % 4 != 0 {
+    while !out.len().is_multiple_of(4) {
         out.push(0);
     }
 }

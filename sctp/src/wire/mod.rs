@@ -9,8 +9,8 @@ mod chunk;
 mod param;
 
 pub(crate) use chunk::{
-    AbortChunk, Chunk, DataChunk, ForwardTsnChunk, InitChunk, SackChunk, ShutdownChunk,
-    chunk_type, describe_causes, error_cause,
+    AbortChunk, Chunk, DataChunk, ForwardTsnChunk, InitChunk, SackChunk, ShutdownChunk, chunk_type,
+    describe_causes, error_cause,
 };
 pub(crate) use param::{InitParams, ReconfigParam, ReconfigResult, ZERO_CHECKSUM_EDMID_DTLS};
 

@@ -156,7 +156,7 @@ impl ReconfigParam {
             let mut value = body.slice(4..length);
             let param = match kind {
                 OUTGOING_RESET_REQUEST => {
-                    if value.len() < 12 || value.len() % 2 != 0 {
+                    if value.len() < 12 || !value.len().is_multiple_of(2) {
                         return Err("bad outgoing reset request");
                     }
                     let request_seq = value.get_u32();
@@ -171,7 +171,7 @@ impl ReconfigParam {
                     }
                 }
                 INCOMING_RESET_REQUEST => {
-                    if value.len() < 4 || value.len() % 2 != 0 {
+                    if value.len() < 4 || !value.len().is_multiple_of(2) {
                         return Err("bad incoming reset request");
                     }
                     let request_seq = value.get_u32();
@@ -257,7 +257,7 @@ pub(crate) fn write_param_header(out: &mut Vec<u8>, kind: u16, length: usize) {
 }
 
 fn pad(out: &mut Vec<u8>) {
-    while out.len() % 4 != 0 {
+    while !out.len().is_multiple_of(4) {
         out.push(0);
     }
 }

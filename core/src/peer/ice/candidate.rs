@@ -41,7 +41,9 @@ pub(crate) enum CandidateError {
     Component(u32),
     #[error("candidate over {0} (only UDP is used)")]
     Transport(String),
-    #[error("mDNS candidate {0} cannot be resolved here; the peer's checks will reach us as peer-reflexive")]
+    #[error(
+        "mDNS candidate {0} cannot be resolved here; the peer's checks will reach us as peer-reflexive"
+    )]
     Mdns(String),
     #[error("candidate address {0} is a host name")]
     HostName(String),
@@ -185,7 +187,10 @@ mod tests {
         let chrome = "candidate:3145426744 1 udp 2122260223 198.18.50.1 54321 typ host \
                       generation 0 ufrag Ab3d network-id 1 network-cost 10";
         let r = parse_candidate(chrome).unwrap();
-        assert_eq!(r.address, "198.18.50.1:54321".parse::<SocketAddr>().unwrap());
+        assert_eq!(
+            r.address,
+            "198.18.50.1:54321".parse::<SocketAddr>().unwrap()
+        );
         assert_eq!(r.kind, CandidateKind::Host);
     }
 
@@ -193,9 +198,15 @@ mod tests {
     fn unusable_lines_say_why() {
         let mdns = "candidate:1 1 udp 2122260223 1f5e2c9a-7f3b-4d2e-9c1a-0b2c3d4e5f60.local \
                     5000 typ host";
-        assert!(matches!(parse_candidate(mdns), Err(CandidateError::Mdns(_))));
+        assert!(matches!(
+            parse_candidate(mdns),
+            Err(CandidateError::Mdns(_))
+        ));
         let tcp = "candidate:1 1 tcp 1518280447 198.18.0.1 9 typ host tcptype active";
-        assert!(matches!(parse_candidate(tcp), Err(CandidateError::Transport(_))));
+        assert!(matches!(
+            parse_candidate(tcp),
+            Err(CandidateError::Transport(_))
+        ));
         let rtcp = "candidate:1 2 udp 2122260222 198.18.0.1 5001 typ host";
         assert_eq!(parse_candidate(rtcp), Err(CandidateError::Component(2)));
         assert!(parse_candidate("candidate:garbage").is_err());
@@ -206,7 +217,10 @@ mod tests {
     fn priorities_follow_rfc_8445() {
         assert!(priority(CandidateKind::Host, 65535) > priority(CandidateKind::Srflx, 65535));
         assert!(priority(CandidateKind::Srflx, 0) > priority(CandidateKind::Relay, 65535));
-        let (a, b) = (priority(CandidateKind::Host, 1), priority(CandidateKind::Relay, 1));
+        let (a, b) = (
+            priority(CandidateKind::Host, 1),
+            priority(CandidateKind::Relay, 1),
+        );
         assert!(pair_priority(a, a) > pair_priority(a, b));
         assert_ne!(pair_priority(a, b), pair_priority(b, a));
     }

@@ -17,8 +17,8 @@ use std::collections::{HashMap, VecDeque};
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
-pub(crate) use candidate::{LocalCandidate, RemoteCandidate};
 use candidate::{CandidateError, pair_priority, parse_candidate, priority};
+pub(crate) use candidate::{LocalCandidate, RemoteCandidate};
 use stun::{Class, StunMessage, StunWriter, TransactionId, new_transaction};
 
 use crate::peer::CandidateKind;
@@ -84,7 +84,13 @@ impl Credentials {
         use rand::Rng;
         use rand::distr::Alphanumeric;
         let mut rng = rand::rng();
-        let mut take = |n| -> String { (&mut rng).sample_iter(Alphanumeric).take(n).map(char::from).collect() };
+        let mut take = |n| -> String {
+            (&mut rng)
+                .sample_iter(Alphanumeric)
+                .take(n)
+                .map(char::from)
+                .collect()
+        };
         Credentials {
             ufrag: take(8),
             pwd: take(24),
@@ -153,9 +159,15 @@ pub(crate) struct IceTransmit {
 /// What the agent reports.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) enum IceEvent {
-    StateChanged { old: IceState, new: IceState },
+    StateChanged {
+        old: IceState,
+        new: IceState,
+    },
     /// A (new) pair carries the data from now on.
-    Selected { local: SocketAddr, remote: SocketAddr },
+    Selected {
+        local: SocketAddr,
+        remote: SocketAddr,
+    },
 }
 
 /// What a consent/check transaction is for.
@@ -223,10 +235,12 @@ impl IceAgent {
         &self.local_credentials
     }
 
+    #[cfg(test)]
     pub(crate) fn state(&self) -> IceState {
         self.state
     }
 
+    #[cfg(test)]
     pub(crate) fn is_controlling(&self) -> bool {
         self.controlling
     }
@@ -299,16 +313,25 @@ impl IceAgent {
     }
 
     /// Add a remote candidate from a `candidate:` line.
-    pub(crate) fn add_remote_line(&mut self, now: Instant, line: &str) -> Result<(), CandidateError> {
+    pub(crate) fn add_remote_line(
+        &mut self,
+        now: Instant,
+        line: &str,
+    ) -> Result<(), CandidateError> {
         let candidate = parse_candidate(line)?;
         self.add_remote(now, candidate);
         Ok(())
     }
 
     pub(crate) fn add_remote(&mut self, now: Instant, candidate: RemoteCandidate) -> Option<usize> {
-        if let Some(i) = self.remote.iter().position(|c| c.address == candidate.address) {
+        if let Some(i) = self
+            .remote
+            .iter()
+            .position(|c| c.address == candidate.address)
+        {
             // A peer-reflexive candidate learned from a check is now known by its real type.
-            if self.remote[i].kind == CandidateKind::Prflx && candidate.kind != CandidateKind::Prflx {
+            if self.remote[i].kind == CandidateKind::Prflx && candidate.kind != CandidateKind::Prflx
+            {
                 self.remote[i].kind = candidate.kind;
             }
             return Some(i);
@@ -335,7 +358,8 @@ impl IceAgent {
             return None;
         }
         if let Some(i) = self.pairs.iter().position(|p| {
-            self.local[p.local].base == local.base && self.remote[p.remote].address == remote.address
+            self.local[p.local].base == local.base
+                && self.remote[p.remote].address == remote.address
         }) {
             return Some(i);
         }
@@ -381,7 +405,13 @@ impl IceAgent {
 
     /// A STUN message arrived on `local` (a base) from `from`. Returns `false` when it is not
     /// for ICE (a STUN server's answer, for example).
-    pub(crate) fn handle_stun(&mut self, now: Instant, local: SocketAddr, from: SocketAddr, data: &[u8]) -> bool {
+    pub(crate) fn handle_stun(
+        &mut self,
+        now: Instant,
+        local: SocketAddr,
+        from: SocketAddr,
+        data: &[u8],
+    ) -> bool {
         let Ok(msg) = StunMessage::parse(data) else {
             return false;
         };
@@ -408,7 +438,13 @@ impl IceAgent {
         }
     }
 
-    fn handle_request(&mut self, now: Instant, local: SocketAddr, from: SocketAddr, msg: &StunMessage<'_>) {
+    fn handle_request(
+        &mut self,
+        now: Instant,
+        local: SocketAddr,
+        from: SocketAddr,
+        msg: &StunMessage<'_>,
+    ) {
         let ours = &self.local_credentials;
         let username_ok = msg
             .username()
@@ -474,7 +510,9 @@ impl IceAgent {
                 let candidate = RemoteCandidate {
                     kind: CandidateKind::Prflx,
                     address: from,
-                    priority: msg.priority().unwrap_or_else(|| priority(CandidateKind::Prflx, 0)),
+                    priority: msg
+                        .priority()
+                        .unwrap_or_else(|| priority(CandidateKind::Prflx, 0)),
                     foundation: "prflx".into(),
                 };
                 let Some(r) = self.add_remote(now, candidate) else {
@@ -505,7 +543,13 @@ impl IceAgent {
         }
     }
 
-    fn handle_response(&mut self, now: Instant, local: SocketAddr, from: SocketAddr, msg: &StunMessage<'_>) -> bool {
+    fn handle_response(
+        &mut self,
+        now: Instant,
+        local: SocketAddr,
+        from: SocketAddr,
+        msg: &StunMessage<'_>,
+    ) -> bool {
         let Some(tx) = self.transactions.get(&msg.transaction).copied() else {
             return false;
         };
@@ -604,7 +648,10 @@ impl IceAgent {
             return;
         }
         self.selected = Some(best);
-        let (local, remote) = (self.local[self.pairs[best].local].base, self.remote[self.pairs[best].remote].address);
+        let (local, remote) = (
+            self.local[self.pairs[best].local].base,
+            self.remote[self.pairs[best].remote].address,
+        );
         tracing::debug!(%local, %remote, "ICE selected a pair");
         self.events.push_back(IceEvent::Selected { local, remote });
         self.last_heard = Some(now);
@@ -657,7 +704,9 @@ impl IceAgent {
             if p.state != PairState::InProgress || p.next_retransmit.is_none_or(|t| t > now) {
                 continue;
             }
-            if p.first_sent.is_some_and(|f| now.saturating_duration_since(f) >= self.config.check_timeout) {
+            if p.first_sent
+                .is_some_and(|f| now.saturating_duration_since(f) >= self.config.check_timeout)
+            {
                 let p = &mut self.pairs[i];
                 p.state = PairState::Failed;
                 p.next_retransmit = None;
@@ -686,7 +735,10 @@ impl IceAgent {
 
     fn consent_interval(&mut self) -> Duration {
         // ±20 % so the two sides do not ping in lockstep.
-        self.consent_jitter = self.consent_jitter.wrapping_mul(1_664_525).wrapping_add(1_013_904_223);
+        self.consent_jitter = self
+            .consent_jitter
+            .wrapping_mul(1_664_525)
+            .wrapping_add(1_013_904_223);
         let spread = f64::from(self.consent_jitter >> 8) / f64::from(1u32 << 24);
         self.config.consent_interval.mul_f64(0.8 + 0.4 * spread)
     }
@@ -710,7 +762,10 @@ impl IceAgent {
         let p = &self.pairs[pair];
         let local = &self.local[p.local];
         let username = format!("{}:{}", remote.ufrag, self.local_credentials.ufrag);
-        let prflx_priority = priority(CandidateKind::Prflx, ((local.priority >> 8) & 0xffff) as u16);
+        let prflx_priority = priority(
+            CandidateKind::Prflx,
+            ((local.priority >> 8) & 0xffff) as u16,
+        );
         let mut w = StunWriter::new(Class::Request, transaction)
             .username(&username)
             .priority(prflx_priority);

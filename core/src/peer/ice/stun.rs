@@ -183,14 +183,14 @@ impl<'a> StunMessage<'a> {
         if value.len() != 20 {
             return Err(StunError::BadIntegrity);
         }
-        let mut mac = <Hmac<Sha1> as Mac>::new_from_slice(key).map_err(|_| StunError::BadIntegrity)?;
+        let mut mac =
+            <Hmac<Sha1> as Mac>::new_from_slice(key).map_err(|_| StunError::BadIntegrity)?;
         // The length field counts up to and including MESSAGE-INTEGRITY.
         let length = (offset + 24 - HEADER_LEN) as u16;
         mac.update(&self.raw[..2]);
         mac.update(&length.to_be_bytes());
         mac.update(&self.raw[4..offset]);
-        mac.verify_slice(value)
-            .map_err(|_| StunError::BadIntegrity)
+        mac.verify_slice(value).map_err(|_| StunError::BadIntegrity)
     }
 }
 
@@ -218,9 +218,10 @@ impl StunWriter {
 
     fn attribute(&mut self, t: u16, value: &[u8]) {
         self.buf.extend_from_slice(&t.to_be_bytes());
-        self.buf.extend_from_slice(&(value.len() as u16).to_be_bytes());
+        self.buf
+            .extend_from_slice(&(value.len() as u16).to_be_bytes());
         self.buf.extend_from_slice(value);
-        while self.buf.len() % 4 != 0 {
+        while !self.buf.len().is_multiple_of(4) {
             self.buf.push(0);
         }
         self.set_length(self.buf.len());
@@ -416,8 +417,14 @@ mod tests {
 
     #[test]
     fn truncated_or_foreign_datagrams_are_refused() {
-        assert_eq!(StunMessage::parse(&[0; 10]).unwrap_err(), StunError::NotStun);
-        assert_eq!(StunMessage::parse(&[22; 40]).unwrap_err(), StunError::NotStun);
+        assert_eq!(
+            StunMessage::parse(&[0; 10]).unwrap_err(),
+            StunError::NotStun
+        );
+        assert_eq!(
+            StunMessage::parse(&[22; 40]).unwrap_err(),
+            StunError::NotStun
+        );
         let mut raw = StunWriter::new(Class::Request, &new_transaction())
             .username("a:b")
             .finish(None);

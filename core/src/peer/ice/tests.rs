@@ -39,9 +39,11 @@ impl Net {
         b.add_local(now, host("198.18.1.2:6000"));
         a.set_remote_credentials(now, b.local_credentials().clone());
         b.set_remote_credentials(now, a.local_credentials().clone());
-        a.add_remote_line(now, &b.local_candidates()[0].to_line()).unwrap();
+        a.add_remote_line(now, &b.local_candidates()[0].to_line())
+            .unwrap();
         if remote_candidates_for_b {
-            b.add_remote_line(now, &a.local_candidates()[0].to_line()).unwrap();
+            b.add_remote_line(now, &a.local_candidates()[0].to_line())
+                .unwrap();
         }
         a.set_local_gathering_done();
         b.set_local_gathering_done();
@@ -64,12 +66,14 @@ impl Net {
         while let Some(t) = self.a.poll_transmit() {
             assert_eq!(t.local, self.a_addr);
             if !self.cut && t.to == self.b_addr {
-                self.wire.push((now + self.delay, true, t.to, t.local, t.data));
+                self.wire
+                    .push((now + self.delay, true, t.to, t.local, t.data));
             }
         }
         while let Some(t) = self.b.poll_transmit() {
             if !self.cut && t.to == self.a_addr {
-                self.wire.push((now + self.delay, false, t.to, t.local, t.data));
+                self.wire
+                    .push((now + self.delay, false, t.to, t.local, t.data));
             }
         }
         let next = [
@@ -120,7 +124,10 @@ fn two_agents_select_the_same_pair_within_a_round_trip_or_two() {
     assert_eq!(n.b.route(), Some((n.b_addr, n.a_addr)));
     let (_, _, pair) = n.a.selected().unwrap();
     let rtt = pair.rtt.unwrap();
-    assert!(rtt >= Duration::from_millis(20) && rtt < Duration::from_millis(25), "{rtt:?}");
+    assert!(
+        rtt >= Duration::from_millis(20) && rtt < Duration::from_millis(25),
+        "{rtt:?}"
+    );
 }
 
 #[test]
@@ -138,10 +145,15 @@ fn no_route_fails_once_every_pair_gave_up() {
     let mut n = Net::new(true);
     n.cut = true;
     let t0 = n.now;
-    assert!(n.run_until(Duration::from_secs(10), |n| n.a.state() == IceState::Failed
-        && n.b.state() == IceState::Failed));
+    assert!(
+        n.run_until(Duration::from_secs(10), |n| n.a.state() == IceState::Failed
+            && n.b.state() == IceState::Failed)
+    );
     let took = n.now - t0;
-    assert!(took >= Duration::from_millis(2500) && took < Duration::from_secs(3), "{took:?}");
+    assert!(
+        took >= Duration::from_millis(2500) && took < Duration::from_secs(3),
+        "{took:?}"
+    );
     assert!(n.a.pairs().all(|(_, _, p)| p.state == PairState::Failed));
 }
 
@@ -151,21 +163,30 @@ fn consent_lost_disconnects_then_fails_and_comes_back_in_between() {
     assert!(n.run_until(Duration::from_secs(1), both_connected));
     n.cut = true;
     let cut_at = n.now;
-    assert!(n.run_until(Duration::from_secs(10), |n| n.a.state() == IceState::Disconnected));
+    assert!(n.run_until(Duration::from_secs(10), |n| n.a.state()
+        == IceState::Disconnected));
     let took = n.now - cut_at;
-    assert!(took >= Duration::from_secs(5) && took < Duration::from_secs(6), "{took:?}");
+    assert!(
+        took >= Duration::from_secs(5) && took < Duration::from_secs(6),
+        "{took:?}"
+    );
     n.cut = false;
     assert!(n.run_until(Duration::from_secs(5), both_connected));
     // Let a consent check be answered (consent is counted from the last answer).
     let back = n.now;
-    n.run_until(Duration::from_secs(3), |n| n.now >= back + Duration::from_millis(2900));
+    n.run_until(Duration::from_secs(3), |n| {
+        n.now >= back + Duration::from_millis(2900)
+    });
     n.cut = true;
     let cut_at = n.now;
     assert!(n.run_until(Duration::from_secs(40), |n| n.a.state() == IceState::Failed));
     // 30 s from the last answered consent check, which came at most one consent interval
     // (2 s + 20 %) before the cut.
     let took = n.now - cut_at;
-    assert!(took >= Duration::from_millis(27_500) && took <= Duration::from_secs(30), "{took:?}");
+    assert!(
+        took >= Duration::from_millis(27_500) && took <= Duration::from_secs(30),
+        "{took:?}"
+    );
 }
 
 #[test]
@@ -176,7 +197,8 @@ fn both_controlling_resolve_the_conflict() {
     n.b = IceAgent::new(IceConfig::new(true), n.b.local_credentials().clone());
     n.b.add_local(now, host("198.18.1.2:6000"));
     n.b.set_remote_credentials(now, n.a.local_credentials().clone());
-    n.b.add_remote_line(now, &n.a.local_candidates()[0].to_line()).unwrap();
+    n.b.add_remote_line(now, &n.a.local_candidates()[0].to_line())
+        .unwrap();
     assert!(n.run_until(Duration::from_secs(2), both_connected));
     assert_ne!(n.a.is_controlling(), n.b.is_controlling());
 }
