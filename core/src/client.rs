@@ -770,6 +770,9 @@ async fn desktop_connect(
 /// What happens on an open [`Connection`].
 #[derive(Debug)]
 #[non_exhaustive]
+// Path changes are rare and carry the whole stats snapshot; boxing it would only add an
+// allocation per event.
+#[allow(clippy::large_enum_variant)]
 pub enum Event {
     /// A message on the default channel.
     Message(Payload),

@@ -448,6 +448,9 @@ pub struct Established {
 /// Something that happened to a connection.
 #[derive(Debug)]
 #[non_exhaustive]
+// Path changes are rare and carry the whole stats snapshot; boxing it would only add an
+// allocation per event.
+#[allow(clippy::large_enum_variant)]
 pub enum ConnectionEvent {
     /// The connection state changed.
     StateChanged {
