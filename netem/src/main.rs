@@ -50,6 +50,9 @@ struct Args {
     /// Log the counts every this many seconds (0: only at the end).
     #[arg(long, default_value_t = 0.0, value_name = "SECS")]
     stats_interval: f64,
+    /// Only check the specs: print them as understood (`a->b SPEC`, `b->a SPEC`) and exit.
+    #[arg(long)]
+    check: bool,
 }
 
 fn main() -> ExitCode {
@@ -58,8 +61,14 @@ fn main() -> ExitCode {
             EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info")),
         )
         .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
     let args = Args::parse();
+    if args.check {
+        println!("a->b {}", args.a_to_b);
+        println!("b->a {}", args.b_to_a);
+        return ExitCode::SUCCESS;
+    }
     let stats_interval = match args.stats_interval {
         0.0 => None,
         s if s.is_finite() && s >= 0.01 => Some(Duration::from_secs_f64(s)),
