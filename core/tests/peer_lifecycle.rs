@@ -343,7 +343,10 @@ async fn no_working_pair_fails_fast_with_the_reason() {
     for (side, result) in [("offerer", a), ("answerer", b)] {
         match result {
             Err(PeerError::IceFailed { reason }) => {
-                assert!(reason.contains("no candidate pair succeeded"), "{side}: {reason}");
+                assert!(
+                    reason.contains("no candidate pair succeeded"),
+                    "{side}: {reason}"
+                );
                 assert!(reason.contains("offers no TURN relay"), "{side}: {reason}");
             }
             other => panic!("{side}: expected an ICE failure, got {other:?}"),
