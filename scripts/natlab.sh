@@ -1151,12 +1151,13 @@ bin_flags() {
 # lossy_pair BIN TAG BYTES BOUND: desktop (BIN) in pxl-ha, `BIN pair --json` in pxl-hb with a
 # random file of BYTES (0: a message only), bounded by BOUND seconds. Sets P_OK, P_ERR, P_OPEN
 # (open_after_answer_ms, else connect_ms), P_OPEN_FIELD, P_MBS (file bytes / transfer time),
-# P_SECS, P_STALL (file.max_stall_ms or empty).
+# P_SECS, P_STALL (file.max_stall_ms or empty); P_CONNECT_FAILED when the channel did not open
+# within the connect timeout.
 lossy_pair() {
     local bin=$1 tag=$2 bytes=$3 bound=$4
     local dir=$WORK/$tag
     mkdir -p "$dir/recv"
-    P_OK=false P_ERR="" P_OPEN="" P_OPEN_FIELD="" P_MBS="" P_SECS="" P_STALL=""
+    P_OK=false P_ERR="" P_OPEN="" P_OPEN_FIELD="" P_MBS="" P_SECS="" P_STALL="" P_CONNECT_FAILED=false
     bin_flags "$bin"
     start "$tag/desktop" "$NS_HA" "$bin" -v desktop --accept --once --no-qr --name lossy-desktop \
         --server "$SERVER_URL" --download-dir "$dir/recv" --data-dir "$dir/desktop-data" "${BIN_FLAGS[@]}"
@@ -1192,6 +1193,11 @@ lossy_pair() {
         P_ERR="$tag: no JSON from proxim pair (exit $rc): $(tail -n1 "$dir/pair.err" 2>/dev/null)"
     elif [ "$(jq -r '.ok == true' <<<"$json")" != true ] || [ "$rc" -ne 0 ]; then
         P_ERR="$tag: $(jq -r '"\(.error // "failed"): \(.message // "")"' <<<"$json")"
+        # The channel did not open within the connect timeout: a result (an open that failed),
+        # not a measurement that went wrong.
+        case $(jq -r '.error // ""' <<<"$json") in
+            timed_out | ice_failed | pair_timed_out) P_CONNECT_FAILED=true ;;
+        esac
     else
         P_OK=true
         P_OPEN=$(jq -r '.open_after_answer_ms // .connect_ms // empty' <<<"$json")
@@ -1227,26 +1233,39 @@ lossy_pair() {
 }
 
 # proxim_row BIN TAG: the file-transfer row with one binary: a 1 MiB probe, then a file sized
-# for ~LOSSY_SECS (from the probe's rate and the CUBIC row's, see below). Sets R_MBS, R_STALL,
-# R_OPENS (open times of both pairings), R_ERR, R_BYTES, R_SECS.
+# for ~LOSSY_SECS (from the probe's rate and the CUBIC row's, see below). A pairing whose channel
+# does not open is retried (twice) and counts as a failed open. Sets R_MBS, R_STALL, R_OPENS
+# (open times of its pairings, `fail` for a failed open), R_ERR, R_BYTES, R_SECS.
 proxim_row() {
     local bin=$1 tag=$2
     R_MBS="" R_STALL="" R_OPENS=() R_ERR="" R_BYTES="" R_SECS=""
-    lossy_pair "$bin" "$tag-probe" $((1024 * 1024)) "$LOSSY_BOUND"
-    if ! $P_OK; then R_ERR=$P_ERR; return 0; fi
-    R_OPENS+=("$P_OPEN")
+    row_pair "$bin" "$tag-probe" $((1024 * 1024)) || return 0
     # The probe underestimates (slow start); CUBIC's rate may overestimate Proxim's. The file is
-    # the smaller of CUBIC x LOSSY_SECS and the probe x 4 x LOSSY_SECS, within 2..512 MiB.
+    # the smaller of CUBIC x LOSSY_SECS and the probe x 2 x LOSSY_SECS, within 2..512 MiB.
     R_BYTES=$(awk -v probe="$P_MBS" -v cubic="${CUBIC_MBS:-0}" -v secs="$LOSSY_SECS" 'BEGIN {
-        b = probe * 1e6 * 4 * secs
+        b = probe * 1e6 * 2 * secs
         if (cubic > 0 && cubic * 1e6 * secs < b) b = cubic * 1e6 * secs
         if (b < 2 * 1048576) b = 2 * 1048576
         if (b > 512 * 1048576) b = 512 * 1048576
         printf "%d", b }')
-    lossy_pair "$bin" "$tag-main" "$R_BYTES" "$LOSSY_BOUND"
-    if ! $P_OK; then R_ERR=$P_ERR; return 0; fi
-    R_OPENS+=("$P_OPEN")
+    row_pair "$bin" "$tag-main" "$R_BYTES" || return 0
     R_MBS=$P_MBS R_STALL=$P_STALL R_SECS=$P_SECS
+}
+
+# row_pair BIN TAG BYTES: lossy_pair, again (up to 3 tries) while the channel does not open.
+row_pair() {
+    local try
+    for try in 1 2 3; do
+        lossy_pair "$1" "$2-$try" "$3" "$LOSSY_BOUND"
+        if $P_OK; then
+            R_OPENS+=("$P_OPEN")
+            return 0
+        fi
+        $P_CONNECT_FAILED || break
+        R_OPENS+=(fail)
+    done
+    R_ERR=$P_ERR
+    return 1
 }
 
 # tcp_row CC TAG: iperf3 -C CC from pxl-hb to the iperf3 server in pxl-ha, through router A's
@@ -1315,7 +1334,14 @@ lossy_profile() {
     local opens=() n
     for n in $(seq 1 "$LOSSY_OPENS"); do
         lossy_pair "$PROXIM" "$tag-open$n" 0 "$LOSSY_BOUND"
-        if $P_OK; then opens+=("$P_OPEN"); OPEN_FIELD=$P_OPEN_FIELD; else LOSSY_ERRORS+=("$name: $P_ERR"); fi
+        if $P_OK; then
+            opens+=("$P_OPEN")
+            OPEN_FIELD=$P_OPEN_FIELD
+        elif $P_CONNECT_FAILED; then
+            opens+=(fail)
+        else
+            LOSSY_ERRORS+=("$name: $P_ERR")
+        fi
     done
     proxim_row "$PROXIM" "$tag-proxim"
     local proxim=$R_MBS stall=$R_STALL bytes=$R_BYTES secs=$R_SECS
@@ -1338,18 +1364,24 @@ lossy_profile() {
     local p50 p99
     p50=$(percentile 50 "${opens[@]}")
     p99=$(percentile 99 "${opens[@]}")
-    log "profile $name done in $((SECONDS - started)) s: proxim ${proxim:-?} MB/s (${bytes:-?} B in ${secs:-?} s, stall ${stall:-?} ms), cubic ${CUBIC_MBS:-?}, bbr ${bbr:-?}, chromium ${C_MBS:--}, legacy ${legacy:--}; open p50 $p50 p99 $p99 ms (${#opens[@]} samples); link b->a dropped $link_loss %: $LINK_COUNTERS"
-    LOSSY_ROWS+=("$rtt|$loss|$rate|${proxim}|${CUBIC_MBS}|${bbr}|${C_MBS}|${legacy}|${stall}|${C_STALL}|${legacy_stall}|$p50|$p99|${#opens[@]}|$link_loss|$bytes")
+    log "profile $name done in $((SECONDS - started)) s: proxim ${proxim:-?} MB/s (${bytes:-?} B in ${secs:-?} s, stall ${stall:-?} ms), cubic ${CUBIC_MBS:-?}, bbr ${bbr:-?}, chromium ${C_MBS:--}, legacy ${legacy:--}; open p50 $p50 p99 $p99 ms (${#opens[@]} samples: ${opens[*]}); link b->a dropped $link_loss %: $LINK_COUNTERS"
+    local failed_opens
+    failed_opens=$(printf '%s\n' "${opens[@]}" | grep -c '^fail$' || true)
+    LOSSY_ROWS+=("$rtt|$loss|$rate|${proxim}|${CUBIC_MBS}|${bbr}|${C_MBS}|${legacy}|${stall}|${C_STALL}|${legacy_stall}|$p50|$p99|$failed_opens/${#opens[@]}|$link_loss|$bytes")
 }
 
-# percentile P VALUES...: nearest-rank percentile ("-" when empty).
+# percentile P VALUES...: nearest-rank percentile of numbers and `fail`s (a failed open ranks
+# above every time; the result is `fail` when the rank falls on one), or `-` when empty.
 percentile() {
     local p=$1
     shift
-    printf '%s\n' "$@" | grep -E '^[0-9.]+$' | sort -g | awk -v p="$p" '{ v[NR] = $1 } END {
+    {
+        printf '%s\n' "$@" | { grep -E '^[0-9.]+$' || true; } | sort -g
+        printf '%s\n' "$@" | { grep -E '^fail$' || true; }
+    } | awk -v p="$p" '{ v[NR] = $1 } END {
         if (NR == 0) { print "-"; exit }
         r = int((p / 100) * NR + 0.999999); if (r < 1) r = 1; if (r > NR) r = NR
-        printf "%.0f", v[r] }'
+        if (v[r] == "fail") print "fail"; else printf "%.0f", v[r] }'
 }
 
 # csv_list "a,b,c": the items, one per line, checked against REGEX.
@@ -1446,22 +1478,23 @@ EOF
 # The table, then the goals.
 lossy_report() {
     echo
-    printf '%-34s %8s %8s %8s %8s %8s %8s %8s %8s %9s %9s %9s %7s\n' PROFILE PROXIM CUBIC BBR CHROMIUM LEGACY P/CUBIC P/BBR P/CHROM "STALL ms" "OPEN p50" "OPEN p99" "LINK %"
+    printf '%-34s %8s %8s %8s %8s %8s %8s %8s %8s %9s %9s %9s %6s %7s\n' PROFILE PROXIM CUBIC BBR CHROMIUM LEGACY P/CUBIC P/BBR P/CHROM "STALL ms" "OPEN p50" "OPEN p99" FAILED "LINK %"
     printf '%.0s-' $(seq 1 150)
     echo
-    local row rtt loss rate proxim cubic bbr chrom legacy stall lstall p50 p99 link_loss
+    local row rtt loss rate proxim cubic bbr chrom legacy stall lstall p50 p99 nopen link_loss
     for row in "${LOSSY_ROWS[@]}"; do
-        IFS='|' read -r rtt loss rate proxim cubic bbr chrom legacy stall _ lstall p50 p99 _ link_loss _ <<<"$row"
+        IFS='|' read -r rtt loss rate proxim cubic bbr chrom legacy stall _ lstall p50 p99 nopen link_loss _ <<<"$row"
         local rate_text=$rate
         [ "$rate" = unlimited ] || rate_text=${rate}mbit
-        printf '%-34s %8s %8s %8s %8s %8s %8s %8s %8s %9s %9s %9s %7s\n' \
+        printf '%-34s %8s %8s %8s %8s %8s %8s %8s %8s %9s %9s %9s %6s %7s\n' \
             "rtt=${rtt}ms loss=${loss}% rate=$rate_text" "$(num "$proxim")" "$(num "$cubic")" "$(num "$bbr")" \
             "$(num "$chrom")" "$(num "$legacy")" "$(ratio "$proxim" "$cubic")" "$(ratio "$proxim" "$bbr")" \
-            "$(ratio "$proxim" "$chrom")" "$(int "$stall")" "$p50" "$p99" "$link_loss"
+            "$(ratio "$proxim" "$chrom")" "$(int "$stall")" "$p50" "$p99" "$nopen" "$link_loss"
     done
     echo "(MB/s, MB = 10^6 bytes of payload; STALL: the longest time the Proxim sender's channel accepted no"
     echo " chunk (file.max_stall_ms); OPEN: ms, ${OPEN_FIELD:-connect_ms} of \`proxim pair --json\`, nearest-rank"
-    echo " p50/p99 over the profile's pairings; LINK %: packets the emulator dropped router->host, measured)"
+    echo " p50/p99 over the profile's pairings, a failed open ranking last; FAILED: pairings whose channel did"
+    echo " not open within ${LOSSY_CONNECT_TIMEOUT} s / pairings; LINK %: packets the emulator dropped router->host)"
     if [ "${OPEN_FIELD:-connect_ms}" = connect_ms ]; then
         echo " connect_ms counts from starting \`proxim pair\`: WebSocket, pairing and offer/answer included;"
         echo " this binary reports no open_after_answer_ms, so the OPEN goals below are measured on more."
@@ -1507,8 +1540,8 @@ lossy_report() {
         IFS='|' read -r rtt loss rate proxim cubic bbr chrom legacy stall _ lstall p50 p99 _ link_loss _ <<<"$row"
         { [ "$rtt" = 50 ] && le "$loss" 2 && [ "$p50" != - ]; } || continue
         n=$((n + 1))
-        le "$p50" 300 || fails=$((fails + 1))
-        if [ -z "$worst" ] || le "$worst" "$p50"; then worst=$p50 worst_text="$p50 ms at loss=${loss}% rate=$rate"; fi
+        le_ms "$p50" 300 || fails=$((fails + 1))
+        if [ -z "$worst" ] || [ "$p50" = fail ] || { [ "$worst" != fail ] && le "$worst" "$p50"; }; then worst=$p50 worst_text="$p50 ms at loss=${loss}% rate=$rate"; fi
     done
     goal "OPEN p50 <= 6 RTT at 50 ms RTT (loss <= 2 %)" "$n" "worst $worst_text; $fails/$n over" "$fails"
     # Open at 5 % loss: p50 <= 1 s, p99 <= 3 s.
@@ -1523,8 +1556,8 @@ lossy_report() {
             [ "$which" = 99 ] && v=$p99
             { awk -v l="$loss" 'BEGIN { exit !(l + 0 == 5) }' && [ "$v" != - ]; } || continue
             n=$((n + 1))
-            le "$v" "$limit" || fails=$((fails + 1))
-            if [ -z "$worst" ] || le "$worst" "$v"; then worst=$v worst_text="$v ms at rtt=${rtt}ms rate=$rate"; fi
+            le_ms "$v" "$limit" || fails=$((fails + 1))
+            if [ -z "$worst" ] || [ "$v" = fail ] || { [ "$worst" != fail ] && le "$worst" "$v"; }; then worst=$v worst_text="$v ms at rtt=${rtt}ms rate=$rate"; fi
         done
         goal "OPEN p$which <= $((limit / 1000)) s at 5 % loss" "$n" "worst $worst_text; $fails/$n over" "$fails"
     done
@@ -1550,6 +1583,8 @@ goal() {
 
 # le A B: A <= B (floating point).
 le() { awk -v a="$1" -v b="$2" 'BEGIN { exit !(a + 0 <= b + 0) }'; }
+# le_ms TIME LIMIT: an open time within LIMIT (`fail` never is).
+le_ms() { [ "$1" != fail ] && le "$1" "$2"; }
 num() { if [ -n "$1" ]; then awk -v v="$1" 'BEGIN { printf (v >= 100 ? "%.0f" : (v >= 10 ? "%.1f" : "%.2f")), v }'; else echo -; fi; }
 int() { if [ -n "$1" ]; then awk -v v="$1" 'BEGIN { printf "%.0f", v }'; else echo -; fi; }
 ratio() { if [ -n "$1" ] && [ -n "$2" ]; then awk -v a="$1" -v b="$2" 'BEGIN { printf "%.2fx", a / b }'; else echo -; fi; }
