@@ -38,7 +38,8 @@
 #          direct) Proxim's file transfer, TCP CUBIC and BBR (iperf3), Chromium -> Chromium
 #          ($CHROMIUM_C2C), the legacy peer ($PROXIM_LEGACY_BIN), stalls and open times; one table
 #          and goal lines. Full: 75 profiles (RTT 1,20,50,100,200 ms x loss 0,0.5,1,2,5 % x rate
-#          unlimited,100,20 Mbit/s), about 60-80 min; --quick: 20 ms x 0,2 % x 100 Mbit/s, ~3 min.
+#          unlimited,100,20 Mbit/s), ~75 min (~100 with the legacy row); --quick: 20 ms x 0,2 % x
+#          100 Mbit/s, ~2 min.
 #          Exit 0 even when goals fail; non-zero when something could not be measured.
 # Needs root; installs what is missing (coturn iptables iproute2 conntrack openssl jq iperf3
 # iputils-ping). The proxim binary is $PROXIM_BIN, else `cargo build --release --locked -p proxim`;
@@ -1233,7 +1234,8 @@ lossy_pair() {
 }
 
 # proxim_row BIN TAG: the file-transfer row with one binary: a 1 MiB probe, then a file sized
-# for ~LOSSY_SECS (from the probe's rate and the CUBIC row's, see below). A pairing whose channel
+# for ~LOSSY_SECS (from the probe's rate and the CUBIC row's, see below; none when the probe was
+# that slow already). A pairing whose channel
 # does not open is retried (twice) and counts as a failed open. Sets R_MBS, R_STALL, R_OPENS
 # (open times of its pairings, `fail` for a failed open), R_ERR, R_BYTES, R_SECS.
 proxim_row() {
@@ -1241,14 +1243,18 @@ proxim_row() {
     R_MBS="" R_STALL="" R_OPENS=() R_ERR="" R_BYTES="" R_SECS=""
     row_pair "$bin" "$tag-probe" $((1024 * 1024)) || return 0
     # The probe underestimates (slow start); CUBIC's rate may overestimate Proxim's. The file is
-    # the smaller of CUBIC x LOSSY_SECS and the probe x 2 x LOSSY_SECS, within 2..512 MiB.
+    # the smaller of CUBIC x LOSSY_SECS and the probe x 2 x LOSSY_SECS, at most 512 MiB. When
+    # that is under 2 MiB the probe already took about as long: its figures are the row's.
     R_BYTES=$(awk -v probe="$P_MBS" -v cubic="${CUBIC_MBS:-0}" -v secs="$LOSSY_SECS" 'BEGIN {
         b = probe * 1e6 * 2 * secs
         if (cubic > 0 && cubic * 1e6 * secs < b) b = cubic * 1e6 * secs
-        if (b < 2 * 1048576) b = 2 * 1048576
         if (b > 512 * 1048576) b = 512 * 1048576
         printf "%d", b }')
-    row_pair "$bin" "$tag-main" "$R_BYTES" || return 0
+    if [ "$R_BYTES" -ge $((2 * 1024 * 1024)) ]; then
+        row_pair "$bin" "$tag-main" "$R_BYTES" || return 0
+    else
+        R_BYTES=$((1024 * 1024))
+    fi
     R_MBS=$P_MBS R_STALL=$P_STALL R_SECS=$P_SECS
 }
 
@@ -1396,7 +1402,8 @@ csv_items() {
 
 cmd_lossy() {
     local rtts=$LOSSY_RTTS_FULL losses=$LOSSY_LOSSES_FULL rates=$LOSSY_RATES_FULL
-    LOSSY_OPENS=5 LOSSY_SECS=8
+    # The full run: 4 opens and ~6 s per row keep 75 profiles near 75 minutes.
+    LOSSY_OPENS=4 LOSSY_SECS=6
     while [ "$#" -gt 0 ]; do
         case $1 in
             --quick) rtts=20 losses=0,2 rates=100 LOSSY_OPENS=3 LOSSY_SECS=5; shift ;;
@@ -1454,7 +1461,7 @@ LOSSY: $total profile(s), cone/cone NATs, direct path; all rows of a profile on 
   CUBIC/BBR = iperf3 -C cubic|bbr -t $LOSSY_SECS from pxl-hb to iperf3 -s in pxl-ha via router A's
   port forward $RA_WAN:$IPERF_PORT (goodput = bytes received / seconds); CHROMIUM = \$CHROMIUM_C2C
   (${CHROMIUM_C2C:-not set}); LEGACY = \$PROXIM_LEGACY_BIN (${PROXIM_LEGACY_BIN:-not set}).
-  OPEN = $LOSSY_OPENS message-only pairings + the 2 of the PROXIM row per profile.
+  OPEN = $LOSSY_OPENS message-only pairings + those of the PROXIM row (probe, main, retries) per profile.
 EOF
     local rtt loss rate
     for rtt in "${rtt_list[@]}"; do
@@ -1494,7 +1501,7 @@ lossy_report() {
     echo "(MB/s, MB = 10^6 bytes of payload; STALL: the longest time the Proxim sender's channel accepted no"
     echo " chunk (file.max_stall_ms); OPEN: ms, ${OPEN_FIELD:-connect_ms} of \`proxim pair --json\`, nearest-rank"
     echo " p50/p99 over the profile's pairings, a failed open ranking last; FAILED: pairings whose channel did"
-    echo " not open within ${LOSSY_CONNECT_TIMEOUT} s / pairings; LINK %: packets the emulator dropped router->host)"
+    echo " not open within ${LOSSY_CONNECT_TIMEOUT} s / pairings; LINK %: packets the emulator dropped router->host, loss and queue, all rows)"
     if [ "${OPEN_FIELD:-connect_ms}" = connect_ms ]; then
         echo " connect_ms counts from starting \`proxim pair\`: WebSocket, pairing and offer/answer included;"
         echo " this binary reports no open_after_answer_ms, so the OPEN goals below are measured on more."
