@@ -1252,10 +1252,13 @@ proxim_row() {
         printf "%d", b }')
     if [ "$R_BYTES" -ge $((2 * 1024 * 1024)) ]; then
         row_pair "$bin" "$tag-main" "$R_BYTES" || return 0
+        R_STALL=$P_STALL
     else
-        R_BYTES=$((1024 * 1024))
+        # No stall figure: the channel takes a 1 MiB file into its send buffer at once
+        # (SEND_HIGH_WATER in core/src/peer/channel.rs), so no chunk ever waits.
+        R_BYTES=$((1024 * 1024)) R_STALL=""
     fi
-    R_MBS=$P_MBS R_STALL=$P_STALL R_SECS=$P_SECS
+    R_MBS=$P_MBS R_SECS=$P_SECS
 }
 
 # row_pair BIN TAG BYTES: lossy_pair, again (up to 3 tries) while the channel does not open.
@@ -1499,7 +1502,7 @@ lossy_report() {
             "$(ratio "$proxim" "$chrom")" "$(int "$stall")" "$p50" "$p99" "$nopen" "$link_loss"
     done
     echo "(MB/s, MB = 10^6 bytes of payload; STALL: the longest time the Proxim sender's channel accepted no"
-    echo " chunk (file.max_stall_ms); OPEN: ms, ${OPEN_FIELD:-connect_ms} of \`proxim pair --json\`, nearest-rank"
+    echo " chunk (file.max_stall_ms; - when the row is the 1 MiB probe, which fits the channel's send buffer); OPEN: ms, ${OPEN_FIELD:-connect_ms} of \`proxim pair --json\`, nearest-rank"
     echo " p50/p99 over the profile's pairings, a failed open ranking last; FAILED: pairings whose channel did"
     echo " not open within ${LOSSY_CONNECT_TIMEOUT} s / pairings; LINK %: packets the emulator dropped router->host, loss and queue, all rows)"
     if [ "${OPEN_FIELD:-connect_ms}" = connect_ms ]; then
