@@ -76,6 +76,12 @@ pub struct FileReport {
     pub sha256: String,
     /// Time from opening the file to the receiver's confirmation.
     pub elapsed: Duration,
+    /// The longest time the channel accepted no chunk, between the first chunk and the last
+    /// (zero for a file of at most one chunk): how long the transfer stood still at worst.
+    /// Chunks wait only once the channel's send buffer is full
+    /// ([`SEND_HIGH_WATER`](crate::peer::SEND_HIGH_WATER), 1 MiB), so a file that fits in it
+    /// shows no stall.
+    pub max_stall: Duration,
 }
 
 /// A file [`receive_file`] stored and verified.
@@ -183,16 +189,28 @@ pub async fn send_file(
     let mut channel = conn
         .open_channel(&format!("{CHANNEL_PREFIX}{id}"), ChannelOptions::default())
         .await?;
-    let result = send_over(&mut channel, &mut file, &id, &name, size, &mut progress).await;
+    let mut stalls = StallMeter::default();
+    let result = send_over(
+        &mut channel,
+        &mut file,
+        &id,
+        &name,
+        size,
+        &mut progress,
+        &mut stalls,
+    )
+    .await;
     channel.close().await;
     let sha256 = result?;
-    tracing::info!(transfer = %id, bytes = size, "file sent and verified by the receiver");
+    let max_stall = stalls.max_stall();
+    tracing::info!(transfer = %id, bytes = size, ?max_stall, "file sent and verified by the receiver");
     Ok(FileReport {
         id,
         name,
         bytes: size,
         sha256,
         elapsed: started.elapsed(),
+        max_stall,
     })
 }
 
@@ -205,6 +223,7 @@ async fn send_over(
     name: &str,
     size: u64,
     progress: &mut (impl FnMut(TransferProgress) + Send),
+    stalls: &mut StallMeter,
 ) -> Result<String, TransferError> {
     tracing::debug!(transfer = %id, size, "channel open, sending header");
     let header = Control::Header {
@@ -231,6 +250,7 @@ async fn send_over(
             let chunk = rest.split_to(rest.len().min(CHUNK_BYTES));
             let len = chunk.len() as u64;
             channel.send(Payload::Binary(chunk)).await?;
+            stalls.progress(Instant::now());
             sent += len;
             if throttle.should_emit(sent, Instant::now()) {
                 progress(TransferProgress {
@@ -634,6 +654,27 @@ impl Throttle {
     }
 }
 
+/// The longest gap between two chunks the channel accepted.
+#[derive(Debug, Default)]
+struct StallMeter {
+    last: Option<Instant>,
+    longest: Duration,
+}
+
+impl StallMeter {
+    /// A chunk was accepted at `now`.
+    fn progress(&mut self, now: Instant) {
+        if let Some(last) = self.last {
+            self.longest = self.longest.max(now.saturating_duration_since(last));
+        }
+        self.last = Some(now);
+    }
+
+    fn max_stall(&self) -> Duration {
+        self.longest
+    }
+}
+
 /// Read up to `want` bytes (less only at end of file).
 async fn read_block(file: &mut tokio::fs::File, want: usize) -> std::io::Result<Bytes> {
     let mut buf = BytesMut::zeroed(want);
@@ -910,6 +951,24 @@ mod tests {
         let mut empty = Throttle::new(0, t0);
         assert!(empty.should_emit(0, t0));
         assert!(!empty.should_emit(0, t0));
+    }
+
+    #[test]
+    fn stall_meter_keeps_the_longest_gap_after_the_first_chunk() {
+        let t0 = Instant::now();
+        let mut meter = StallMeter::default();
+        assert_eq!(meter.max_stall(), Duration::ZERO);
+        // The wait before the first chunk (channel setup) is not a stall.
+        meter.progress(t0 + Duration::from_secs(5));
+        assert_eq!(meter.max_stall(), Duration::ZERO);
+        for (at_ms, longest_ms) in [(5010, 10), (5015, 10), (6215, 1200), (6300, 1200)] {
+            meter.progress(t0 + Duration::from_millis(at_ms));
+            assert_eq!(
+                meter.max_stall(),
+                Duration::from_millis(longest_ms),
+                "{at_ms}"
+            );
+        }
     }
 
     #[tokio::test]

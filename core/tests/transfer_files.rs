@@ -103,6 +103,15 @@ async fn sixty_four_mib_file_arrives_identical() {
         assert_progress(&sent, total);
         assert_progress(&got, total);
         assert!(sent.len() > 5 && got.len() > 5, "progress along the way");
+        // Over loopback the channel never stands still for long; a stall is a gap between
+        // chunks, so it is inside the transfer's time and, with 1000+ chunks, not zero.
+        assert!(report.max_stall > Duration::ZERO);
+        assert!(report.max_stall < report.elapsed);
+        assert!(
+            report.max_stall < Duration::from_secs(2),
+            "stalled {:?}",
+            report.max_stall
+        );
         let mib_s = total as f64 / (1024.0 * 1024.0) / report.elapsed.as_secs_f64();
         eprintln!("64 MiB in {:?} ({mib_s:.1} MiB/s)", report.elapsed);
     })
@@ -122,6 +131,7 @@ async fn empty_file() {
 
         let empty_hash = hex::encode(Sha256::digest(b""));
         assert_eq!(report.bytes, 0);
+        assert_eq!(report.max_stall, Duration::ZERO, "no chunk, no stall");
         assert_eq!(report.sha256, empty_hash);
         assert_eq!(received.sha256, empty_hash);
         assert_eq!(

@@ -608,6 +608,7 @@ async fn run_phone(
             "bytes": file.bytes,
             "sha256": file.sha256,
             "elapsed_ms": ms(file.elapsed),
+            "max_stall_ms": ms(file.max_stall),
         });
     }
     if args.wait {
