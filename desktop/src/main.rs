@@ -576,6 +576,7 @@ async fn run_phone(
         "desktop_id": connection.peer_device().device_id.as_str(),
         "connect_ms": connect_ms,
         "channel_open_ms": ms(connection.timings().channel_open),
+        "open_after_answer_ms": stats.open_after_answer.map(ms),
         "path": path_name(stats.path()),
         "local": candidate_json(&stats.local),
         "remote": candidate_json(&stats.remote),
