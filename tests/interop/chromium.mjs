@@ -4,7 +4,7 @@
 // Chromium in a namespace gathers ICE candidates only when the namespace has an interface with
 // an address and a default route (FIELD-NOTES); the namespace is the caller's to make.
 
-import { chmodSync, mkdtempSync, rmSync, writeFileSync } from 'node:fs';
+import { chmodSync, existsSync, mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { dirname, join } from 'node:path';
 import { fileURLToPath, pathToFileURL } from 'node:url';
@@ -21,6 +21,7 @@ export async function launch({ netns = null, mdns = true, extraArgs = [], script
   let executablePath = CHROMIUM;
   let wrapperDir = null;
   if (netns) {
+    if (!existsSync(`/run/netns/${netns}`)) throw new Error(`no network namespace ${netns} (ip netns list)`);
     // playwright talks to Chromium over inherited pipes (fds 3 and 4), which `ip netns exec`
     // keeps: only the browser's network is in the namespace, node stays where it is.
     wrapperDir = mkdtempSync(join(tmpdir(), 'proxim-chromium-'));
@@ -51,7 +52,7 @@ export async function launch({ netns = null, mdns = true, extraArgs = [], script
     });
   } catch (e) {
     if (wrapperDir) rmSync(wrapperDir, { recursive: true, force: true });
-    throw new Error(`cannot launch ${CHROMIUM}${netns ? ` in netns ${netns}` : ''}: ${e.message}`);
+    throw new Error(`cannot launch ${CHROMIUM}${netns ? ` in netns ${netns}` : ''}: ${e.message.split('\n')[0]}`);
   }
   const page = await browser.newPage();
   page.on('console', (m) => log(`[page ${m.type()}] ${m.text()}`));
