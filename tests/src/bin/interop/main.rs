@@ -103,17 +103,10 @@ async fn main() -> std::process::ExitCode {
     let args = Args::parse();
     let (link, mut bridge) = stdio_link();
     let started = Instant::now();
-    let outcome = tokio::time::timeout(
-        Duration::from_secs(args.timeout),
-        run(&args, link, started),
-    )
-    .await
-    .unwrap_or_else(|_| {
-        Err(anyhow!(
-            "scenario not finished within {} s",
-            args.timeout
-        ))
-    });
+    let outcome =
+        tokio::time::timeout(Duration::from_secs(args.timeout), run(&args, link, started))
+            .await
+            .unwrap_or_else(|_| Err(anyhow!("scenario not finished within {} s", args.timeout)));
     let (mut result, connection) = match outcome {
         Ok((result, connection)) => (result, Some(connection)),
         Err(e) => (json!({"ok": false, "error": format!("{e:#}")}), None),
@@ -121,9 +114,7 @@ async fn main() -> std::process::ExitCode {
     result["bad_stdin_lines"] = bridge.bad_lines.load(Ordering::Relaxed).into();
     result["seconds"] = started.elapsed().as_secs_f64().into();
     let ok = result["ok"] == true;
-    bridge
-        .stdout
-        .write(json!({ "result": result }).to_string());
+    bridge.stdout.write(json!({ "result": result }).to_string());
     bridge.stdout.flushed().await;
     linger(&mut bridge, Duration::from_secs(args.linger)).await;
     if let Some(connection) = connection {
@@ -136,7 +127,11 @@ async fn main() -> std::process::ExitCode {
     }
 }
 
-async fn run(args: &Args, link: proxim_core::link::SignalLink, started: Instant) -> Result<(Value, Connection)> {
+async fn run(
+    args: &Args,
+    link: proxim_core::link::SignalLink,
+    started: Instant,
+) -> Result<(Value, Connection)> {
     let role = match args.role {
         Role::Offerer => PeerRole::Offerer,
         Role::Answerer => PeerRole::Answerer,
@@ -147,10 +142,10 @@ async fn run(args: &Args, link: proxim_core::link::SignalLink, started: Instant)
         config.local_ips = Some(args.local_ips.clone());
     }
     if let Some(fp) = &args.expect_remote_fingerprint {
-        config.expected_remote_fingerprint = Some(
-            Fingerprint::from_sdp_value(fp)
-                .with_context(|| format!("--expect-remote-fingerprint {fp:?} is not a SHA-256 fingerprint"))?,
-        );
+        config.expected_remote_fingerprint =
+            Some(Fingerprint::from_sdp_value(fp).with_context(|| {
+                format!("--expect-remote-fingerprint {fp:?} is not a SHA-256 fingerprint")
+            })?);
     }
     let established = Connection::establish(config, link)
         .await

@@ -203,7 +203,11 @@ fn ranges(seen: &HashSet<u32>) -> String {
         while i + 1 < seqs.len() && seqs[i + 1] == seqs[i] + 1 {
             i += 1;
         }
-        out.push(if seqs[i] == start { start.to_string() } else { format!("{start}-{}", seqs[i]) });
+        out.push(if seqs[i] == start {
+            start.to_string()
+        } else {
+            format!("{start}-{}", seqs[i])
+        });
         i += 1;
     }
     out.join(" ")
