@@ -254,6 +254,7 @@ class Run {
       case 'candidate':
         if (!this.obs.proxim_description) this.obs.proxim_candidates_before_description += 1;
         (this.obs.proxim_trickled ||= []).push(m.candidate);
+        (this.obs.proxim_trickled_mids ||= []).push(m.sdp_mid ?? null);
         browser = { type: 'candidate', candidate: m.candidate,
           sdpMid: m.sdp_mid ?? null, sdpMLineIndex: m.sdp_mline_index ?? null };
         break;
@@ -423,6 +424,10 @@ function conformanceChecks(scn, proxim, page, obs, check) {
   const comp2 = all.filter((c) => c.split(' ')[1] !== '1');
   check('Proxim sends only component-1 candidates (data-only m-line)', comp2.length === 0,
     comp2.length ? `${comp2.length} of ${all.length}, e.g. ${comp2[0]}` : `${all.length} candidates`);
+  const mid = (sdp.match(/^a=mid:(.*)$/m) || [])[1];
+  const mids = [...new Set((obs.proxim_trickled_mids || []).map((m) => JSON.stringify(m)))];
+  check(`Proxim's trickled candidates carry the m-line's mid (a=mid:${mid})`, mids.length > 0 && mids.every((m) => m === JSON.stringify(mid)),
+    `sdp_mid ${mids.join(', ') || 'never sent'}`);
   if (scn.proximRole === 'answerer') {
     check('Proxim sends no candidate before its answer', obs.proxim_candidates_before_description === 0,
       `${obs.proxim_candidates_before_description} candidate(s) before the answer; Chromium refused ${page.early_candidates} early signal(s)`);
