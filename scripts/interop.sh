@@ -95,7 +95,7 @@ ns_down() {
 ns_up() {
     ns_down
     ip netns add "$NS"
-    ip netns exec "$NS" sysctl -q -w net.ipv6.conf.all.disable_ipv6=1 net.ipv6.conf.default.disable_ipv6=1
+    ip netns exec "$NS" sh -c 'echo 1 >/proc/sys/net/ipv6/conf/all/disable_ipv6; echo 1 >/proc/sys/net/ipv6/conf/default/disable_ipv6'
     ip -n "$NS" link set lo up
     ip -n "$NS" link add v0 type veth peer name v1
     ip -n "$NS" addr add "$NS_ADDR" dev v0
