@@ -37,6 +37,9 @@ export async function launch({ netns = null, mdns = true, extraArgs = [], script
     '--disable-sync',
     '--no-first-run',
     '--disable-dev-shm-usage',
+    // No hostname resolution at all: nothing here needs a name, and a namespace's DNS server
+    // (the host's resolv.conf) is not to be reached.
+    '--host-resolver-rules=MAP * ~NOTFOUND',
     ...extraArgs,
   ];
   if (!mdns) args.push('--disable-features=WebRtcHideLocalIpsWithMdns');

@@ -22,8 +22,8 @@
 
   const DATAGRAM_IDLE_MS = 3000;
   const PROBE_IDLE_MS = 5000;
-  // Flow control: keep at most HIGH bytes queued; refill on bufferedamountlow at LOW.
-  const HIGH = 4 * 1024 * 1024;
+  // Flow control: keep at most HIGH bytes queued (config.highWater); refill at LOW.
+  const HIGH = 1024 * 1024;
   const LOW = 1024 * 1024;
 
   let pc = null;
@@ -191,16 +191,25 @@
       rtt_ms: pair.currentRoundTripTime !== undefined ? pair.currentRoundTripTime * 1000 : null };
   }
 
-  // Wait until the channel's queue has room (bufferedAmount below HIGH).
+  // Wait until the channel's queue has room (bufferedAmount below the high-water mark): on
+  // bufferedamountlow, re-checked every 100 ms in case the event was missed.
   function room(dc) {
-    if (dc.bufferedAmount < HIGH) return Promise.resolve();
+    const high = cfg.highWater || HIGH;
+    if (dc.bufferedAmount < high) return Promise.resolve();
     return new Promise((resolve, reject) => {
-      const onLow = () => { cleanup(); resolve(); };
-      const onClose = () => { cleanup(); reject(new Error('channel closed while sending')); };
-      const cleanup = () => { dc.removeEventListener('bufferedamountlow', onLow); dc.removeEventListener('close', onClose); };
-      dc.addEventListener('bufferedamountlow', onLow);
-      dc.addEventListener('close', onClose);
+      const check = () => {
+        if (dc.readyState !== 'open') { cleanup(); reject(new Error(`channel ${dc.readyState} while sending`)); }
+        else if (dc.bufferedAmount < high) { cleanup(); resolve(); }
+      };
+      const timer = setInterval(check, 100);
+      const cleanup = () => { clearInterval(timer); dc.removeEventListener('bufferedamountlow', check); dc.removeEventListener('close', check); };
+      dc.addEventListener('bufferedamountlow', check);
+      dc.addEventListener('close', check);
     });
+  }
+
+  function lowWater() {
+    return Math.min(LOW, Math.floor((cfg.highWater || HIGH) / 2));
   }
 
   function randomBytes(n) {
@@ -210,7 +219,7 @@
   }
 
   async function bulk(dc) {
-    dc.bufferedAmountLowThreshold = LOW;
+    dc.bufferedAmountLowThreshold = lowWater();
     const started = now();
     const data = randomBytes(cfg.bytes);
     const sentSha = hex(await crypto.subtle.digest('SHA-256', data));
@@ -271,7 +280,7 @@
   }
 
   async function datagrams(dc, count) {
-    dc.bufferedAmountLowThreshold = LOW;
+    dc.bufferedAmountLowThreshold = lowWater();
     const sending = (async () => {
       let n = 0;
       try {
