@@ -25,6 +25,9 @@ import { launch, parseArgs } from './chromium.mjs';
 
 const HERE = dirname(fileURLToPath(import.meta.url));
 const MiB = 1024 * 1024;
+// The longest a reliable stream may go without a message (see judge()). Load-sensitive: on a
+// machine busy compiling, Chromium itself has paused ~400 ms; an RTO-driven recovery takes >= 1 s.
+const STALL_MS = 1000;
 
 // Every scenario: who offers, Chromium's mDNS setting, workloads, munging, extra checks.
 // The page's send high-water mark is Proxim's (SEND_HIGH_WATER, 1 MiB). A partial channel's
@@ -354,6 +357,14 @@ function judge(scn, proxim, page, obs, fatal) {
   };
   check('reliable Proxim -> Chromium (SHA-256)', ...stream(pc, bc, 'proxim'));
   check('reliable Chromium -> Proxim (SHA-256)', ...stream(bc, pc, 'proxim'));
+  if (scn.bytes >= 4 * MiB) {
+    // On a lossless veth a message never waits seconds; an SCTP stack that recovers a lost
+    // packet only by its retransmission timer (RTO >= 1 s, doubling) does.
+    const gap = (r) => (r && r.received && typeof r.received.max_gap_ms === 'number' ? r.received.max_gap_ms : Infinity);
+    const g1 = gap(bc.proxim), g2 = gap(pc.proxim);
+    check(`no reliable message waits over ${STALL_MS} ms`, g1 <= STALL_MS && g2 <= STALL_MS,
+      `longest gap Proxim -> Chromium ${Math.round(g1)} ms, Chromium -> Proxim ${Math.round(g2)} ms`);
+  }
 
   // The side that did not open a channel learns its options from DCEP.
   const receiver = scn.proximRole === 'offerer' ? { name: 'Chromium', ch: bc, ret: 'max_retransmits', life: 'max_packet_life_time' }

@@ -240,8 +240,10 @@
     })();
     const receiving = new Promise((resolve) => {
       const chunks = [];
-      let bytes = 0, messages = 0, largest = 0;
+      let bytes = 0, messages = 0, largest = 0, last = now(), maxGap = 0;
       dc.addEventListener('message', async (e) => {
+        maxGap = Math.max(maxGap, now() - last);
+        last = now();
         if (typeof e.data === 'string') {
           const all = new Uint8Array(bytes);
           let off = 0;
@@ -251,7 +253,7 @@
           try { claimed = JSON.parse(e.data).end; } catch (_) { /* reported below */ }
           const ok = !!claimed && claimed.bytes === bytes && claimed.sha256 === sha;
           resolve({ bytes, messages, largest_message: largest, sha256: sha, peer_claims: claimed, ok,
-            seconds: (now() - started) / 1000 });
+            seconds: (now() - started) / 1000, max_gap_ms: maxGap });
           return;
         }
         const c = new Uint8Array(e.data);

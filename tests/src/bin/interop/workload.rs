@@ -61,8 +61,14 @@ pub(crate) async fn bulk(mut channel: DataChannel, bytes: usize, message_size: u
         let mut received = 0usize;
         let mut messages = 0usize;
         let mut largest = 0usize;
+        // The longest wait for a message (from the start, then between messages).
+        let mut last = Instant::now();
+        let mut max_gap = Duration::ZERO;
         loop {
-            match channel.recv().await {
+            let next = channel.recv().await;
+            max_gap = max_gap.max(last.elapsed());
+            last = Instant::now();
+            match next {
                 Some(Payload::Binary(data)) => {
                     hasher.update(&data);
                     received += data.len();
@@ -77,7 +83,8 @@ pub(crate) async fn bulk(mut channel: DataChannel, bytes: usize, message_size: u
                         && claimed["sha256"].as_str() == Some(sha.as_str());
                     return json!({"bytes": received, "messages": messages,
                         "largest_message": largest, "sha256": sha, "peer_claims": claimed,
-                        "ok": ok, "seconds": started.elapsed().as_secs_f64()});
+                        "ok": ok, "seconds": started.elapsed().as_secs_f64(),
+                        "max_gap_ms": max_gap.as_secs_f64() * 1000.0});
                 }
                 Some(_) => {}
                 None => {
