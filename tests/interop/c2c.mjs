@@ -22,7 +22,7 @@
 
 import { dirname, join } from 'node:path';
 import { fileURLToPath } from 'node:url';
-import { launch, parseArgs } from './chromium.mjs';
+import { parseArgs } from './args.mjs';
 
 const HERE = dirname(fileURLToPath(import.meta.url));
 
@@ -48,6 +48,7 @@ async function main() {
   const iceServers = args.stun ? [{ urls: args.stun }] : [];
   const verbose = process.env.C2C_DEBUG ? (l) => console.error(l) : () => {};
 
+  const { launch } = await import('./chromium.mjs');
   const t0 = Date.now();
   const browsers = [];
   let timer;

@@ -21,7 +21,7 @@ import { createWriteStream, mkdirSync } from 'node:fs';
 import { dirname, join } from 'node:path';
 import { createInterface } from 'node:readline';
 import { fileURLToPath } from 'node:url';
-import { launch, parseArgs } from './chromium.mjs';
+import { parseArgs } from './args.mjs';
 
 const HERE = dirname(fileURLToPath(import.meta.url));
 const MiB = 1024 * 1024;
@@ -139,6 +139,7 @@ class Run {
     const timer = setTimeout(() => this.fail(`timed out after ${timeoutS} s`), timeoutS * 1000);
     let chromium = null;
     try {
+      const { launch } = await import('./chromium.mjs');
       chromium = await launch({
         netns: this.args.netns, mdns: this.scn.mdns, script: join(HERE, 'page.js'),
         exposed: { toNode: (m) => this.fromPage(m) },
