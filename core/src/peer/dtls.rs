@@ -15,6 +15,7 @@ use std::time::{Duration, Instant};
 use bytes::BytesMut;
 use rtc::dtls::config::{ClientAuthType, ConfigBuilder, ExtendedMasterSecretType};
 use rtc::dtls::endpoint::{Endpoint, EndpointEvent};
+use rtc::dtls::extension::extension_use_srtp::SrtpProtectionProfile;
 use rtc::shared::TransportProtocol;
 use sha2::Digest;
 
@@ -99,6 +100,12 @@ impl DtlsTransport {
             .with_insecure_skip_verify(true)
             .with_verify_peer_certificate(Some(verify))
             .with_extended_master_secret(ExtendedMasterSecretType::Require)
+            // Browsers ask for SRTP keying in every ClientHello, media or not; a server with no
+            // profile refuses the handshake. Offer the usual ones (no SRTP is ever used).
+            .with_srtp_protection_profiles(vec![
+                SrtpProtectionProfile::Srtp_Aead_Aes_128_Gcm,
+                SrtpProtectionProfile::Srtp_Aes128_Cm_Hmac_Sha1_80,
+            ])
             .with_flight_interval(interval)
             .build(client, None)
             .map_err(|e| e.to_string())?;
