@@ -168,6 +168,12 @@ impl Driver {
                 .session
                 .poll_timeout()
                 .unwrap_or((now + Duration::from_secs(3600), "idle"));
+            // A deadline already due (a check to send now, a packet the pacer just allowed) is
+            // handled at once: the runtime's timer has a 1 ms granularity.
+            if deadline <= now {
+                self.session.handle_timeout(now);
+                continue;
+            }
             let relay_deadline = self.relays.poll_timeout();
             let deadline = relay_deadline.map_or(deadline, |r| deadline.min(r));
             tracing::trace!(

@@ -390,9 +390,8 @@ impl IceAgent {
 
     /// Checks can run: make sure the check timer runs.
     fn schedule(&mut self, now: Instant) {
-        if self.remote_credentials.is_some() && !self.pairs.is_empty() && self.next_check.is_none()
-        {
-            self.next_check = Some(now);
+        if self.remote_credentials.is_some() && !self.pairs.is_empty() {
+            self.next_check = Some(self.next_check.map_or(now, |t| t.min(now)));
         }
         if self.state == IceState::New && self.remote_credentials.is_some() {
             self.set_state(IceState::Checking);
@@ -676,7 +675,7 @@ impl IceAgent {
         };
         if self.state != IceState::Failed {
             consider(self.next_check, "ICE: next connectivity check");
-            for p in &self.pairs {
+            for p in self.pairs.iter().filter(|p| p.state == PairState::InProgress) {
                 consider(p.next_retransmit, "ICE: retransmit a check");
             }
             consider(self.next_consent, "ICE: consent check");
@@ -719,7 +718,10 @@ impl IceAgent {
         }
         if self.next_check.is_some_and(|t| t <= now) {
             self.next_check = None;
-            if let Some(i) = self.next_pair_to_check() {
+            // Without the peer's credentials no check can be sent; triggered checks wait.
+            if self.remote_credentials.is_some()
+                && let Some(i) = self.next_pair_to_check()
+            {
                 self.send_check(now, i, false);
                 self.next_check = Some(now + self.config.pacing);
             }
