@@ -1293,13 +1293,28 @@ tcp_row() {
     fi
 }
 
-# ---- HOOK: row 4, Chromium -> Chromium data channel ---------------------------------------
-# Runs only when $CHROMIUM_C2C names the tool (e.g. tests/interop/c2c.mjs), as
-#   node "$CHROMIUM_C2C" --ns-a pxl-ha --ns-b pxl-hb --stun stun:198.18.0.2:3478 --bytes N --json
-# which must print one JSON line {"mbps": <megabits per second>, "max_stall_ms": <ms>} last on
-# stdout and exit 0. mbps is taken as megabits/s and shown in MB/s (/ 8); if the tool reports
-# megabytes/s, set C2C_MBPS_TO_MBS=1. Without $CHROMIUM_C2C the row shows `-`.
-C2C_MBPS_TO_MBS=${C2C_MBPS_TO_MBS:-0.125}
+# ---- Row 4, Chromium -> Chromium data channel -----------------------------------------------
+# tests/interop/c2c.mjs (headless Debian chromium driven by playwright-core, one browser in
+# each LAN host namespace, STUN from the lab's server) moves the bytes over a reliable ordered
+# channel and prints {"mbps": <MB/s>, "max_stall_ms": …} last. $CHROMIUM_C2C names another
+# tool; NATLAB_NO_CHROMIUM=1 leaves the row out (`-`).
+CHROMIUM_C2C=${CHROMIUM_C2C:-$ROOT/tests/interop/c2c.mjs}
+[ "${NATLAB_NO_CHROMIUM:-0}" = 1 ] && CHROMIUM_C2C=""
+C2C_MBPS_TO_MBS=${C2C_MBPS_TO_MBS:-1}
+
+# ensure_chromium: Debian's chromium and playwright-core (npm ci in tests/interop; no browser
+# download), when the Chromium row runs.
+ensure_chromium() {
+    [ -n "$CHROMIUM_C2C" ] || return 0
+    command -v chromium >/dev/null || apt_install chromium || die "apt-get install chromium failed"
+    command -v node >/dev/null || die "node is missing (the Chromium row needs node >= 20)"
+    if [ ! -f "$ROOT/tests/interop/node_modules/playwright-core/package.json" ]; then
+        log "npm ci (tests/interop: playwright-core; no browser download)"
+        (cd "$ROOT/tests/interop" && PLAYWRIGHT_SKIP_BROWSER_DOWNLOAD=1 npm ci --no-audit --no-fund --loglevel=error) >&2 ||
+            die "npm ci in tests/interop failed"
+    fi
+}
+
 chromium_row() {
     local bytes=$1 tag=$2 out=$WORK/$2.json
     C_MBS="" C_STALL="" C_ERR=""
@@ -1429,6 +1444,7 @@ cmd_lossy() {
 
     ensure_tools
     ensure_proxim
+    ensure_chromium
     ensure_netem
     command -v iperf3 >/dev/null || apt_install iperf3 || die "apt-get install iperf3 failed"
     if [ -n "${PROXIM_LEGACY_BIN:-}" ]; then
