@@ -1242,12 +1242,11 @@ proxim_row() {
     local bin=$1 tag=$2
     R_MBS="" R_STALL="" R_OPENS=() R_ERR="" R_BYTES="" R_SECS=""
     row_pair "$bin" "$tag-probe" $((1024 * 1024)) || return 0
-    # The probe underestimates (slow start); CUBIC's rate may overestimate Proxim's. The file is
-    # the smaller of CUBIC x LOSSY_SECS and the probe x 2 x LOSSY_SECS, at most 512 MiB. When
+    # The probe underestimates (slow start dominates 1 MiB), so the file is the probe's rate x
+    # 3 x LOSSY_SECS, at most 512 MiB: about as long as the TCP rows at Proxim's own rate. When
     # that is under 2 MiB the probe already took about as long: its figures are the row's.
-    R_BYTES=$(awk -v probe="$P_MBS" -v cubic="${CUBIC_MBS:-0}" -v secs="$LOSSY_SECS" 'BEGIN {
-        b = probe * 1e6 * 2 * secs
-        if (cubic > 0 && cubic * 1e6 * secs < b) b = cubic * 1e6 * secs
+    R_BYTES=$(awk -v probe="$P_MBS" -v secs="$LOSSY_SECS" 'BEGIN {
+        b = probe * 1e6 * 3 * secs
         if (b > 512 * 1048576) b = 512 * 1048576
         printf "%d", b }')
     if [ "$R_BYTES" -ge $((2 * 1024 * 1024)) ]; then

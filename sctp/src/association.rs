@@ -545,6 +545,16 @@ impl Association {
         }
     }
 
+    /// A round-trip time measured on the path already (ICE's checks), before
+    /// [`Self::connect`]: the handshake's retransmission timer and the first pacing rate start
+    /// from it instead of [`Config::rto_initial`].
+    pub fn set_rtt_hint(&mut self, rtt: Duration) {
+        if !self.rtt.has_sample() {
+            self.rtt.update(rtt);
+            self.bbr.on_handshake_rtt(rtt);
+        }
+    }
+
     /// The peer's SCTP port (from its SDP), before [`Self::connect`].
     pub fn set_remote_port(&mut self, port: u16) {
         self.config.remote_port = port;

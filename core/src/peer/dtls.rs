@@ -6,6 +6,14 @@
 //! fixed second), and this wrapper holds back `handle_timeout` so successive retransmissions
 //! back off exponentially (capped at 1 s): a slow or lossy path gets seconds, a fast one does
 //! not wait.
+//!
+//! `rtc-dtls` 0.21.1 drops its retransmission timer whenever a handshake record arrives that
+//! does not complete the next flight — the peer's retransmission of its previous flight, or
+//! part of a flight whose other records were lost — and then waits forever (found with
+//! `peer::sim` at 5 % loss: about one handshake in 40 never finished). The wrapper keeps the
+//! datagrams of the last flight it sent, and when the handshake is stalled without a timer it
+//! sends them again itself, on the same backoff. Records the peer already has are dropped by
+//! its replay window; the lost ones complete the flight.
 
 use std::collections::VecDeque;
 use std::net::SocketAddr;
@@ -24,6 +32,9 @@ use super::sdp::SdpFingerprint;
 /// The key under which `rtc-dtls` keeps the one association (never on the wire: ICE decides
 /// where packets go).
 const PEER: SocketAddr = SocketAddr::new(std::net::IpAddr::V4(std::net::Ipv4Addr::UNSPECIFIED), 9);
+/// Replays of a stalled flight before the handshake gives up (with the backoff capped at 1 s,
+/// about 10 s).
+const MAX_REPLAYS: u32 = 12;
 /// Bounds of the first retransmission interval.
 const MIN_INTERVAL: Duration = Duration::from_millis(100);
 const MAX_INTERVAL: Duration = Duration::from_secs(1);
@@ -54,6 +65,14 @@ pub(crate) struct DtlsTransport {
     hold_until: Option<Instant>,
     verdict: Arc<Mutex<Verdict>>,
     incoming: VecDeque<BytesMut>,
+    /// The datagrams of the last handshake flight sent, for [`Self::replay_at`].
+    last_flight: Vec<BytesMut>,
+    /// An input happened: the next datagrams sent start a new flight.
+    new_burst: bool,
+    /// When to send `last_flight` again (the handshake is stalled and `rtc-dtls` has no timer).
+    replay_at: Option<Instant>,
+    replays: u32,
+    replay_queue: VecDeque<BytesMut>,
 }
 
 impl std::fmt::Debug for DtlsTransport {
@@ -129,6 +148,11 @@ impl DtlsTransport {
             hold_until: None,
             verdict,
             incoming: VecDeque::new(),
+            last_flight: Vec::new(),
+            new_burst: true,
+            replay_at: None,
+            replays: 0,
+            replay_queue: VecDeque::new(),
         })
     }
 
@@ -141,6 +165,7 @@ impl DtlsTransport {
         if matches!(self.state, DtlsState::Closed | DtlsState::Failed(_)) {
             return;
         }
+        self.new_burst = true;
         match self.endpoint.read(now, PEER, None, data) {
             Ok(events) => {
                 for event in events {
@@ -174,6 +199,7 @@ impl DtlsTransport {
                 }
             }
         }
+        self.check_stall(now);
     }
 
     /// The next decrypted application payload (an SCTP packet).
@@ -183,7 +209,40 @@ impl DtlsTransport {
 
     /// The next record to send.
     pub(crate) fn poll_transmit(&mut self) -> Option<BytesMut> {
-        self.endpoint.poll_transmit().map(|t| t.message)
+        if let Some(replayed) = self.replay_queue.pop_front() {
+            return Some(replayed);
+        }
+        let record = self.endpoint.poll_transmit()?.message;
+        if self.state == DtlsState::Handshaking {
+            if self.new_burst {
+                self.new_burst = false;
+                self.last_flight.clear();
+                // rtc-dtls sent a flight of its own: its timer runs again.
+                self.replay_at = None;
+            }
+            self.last_flight.push(record.clone());
+        }
+        Some(record)
+    }
+
+    /// The handshake waits for the peer and `rtc-dtls` has no retransmission timer: send the
+    /// last flight again ourselves after the current backoff.
+    fn check_stall(&mut self, now: Instant) {
+        let stalled = self.state == DtlsState::Handshaking
+            && self.endpoint.poll_timeout(&PEER).is_none()
+            && !self.last_flight.is_empty();
+        if !stalled {
+            self.replay_at = None;
+            return;
+        }
+        if self.replay_at.is_none() {
+            self.replay_at = Some(now + self.backoff());
+        }
+    }
+
+    fn backoff(&self) -> Duration {
+        let steps = (self.retransmits + self.replays).min(4);
+        (self.interval * (1 << steps)).min(MAX_INTERVAL)
     }
 
     /// Encrypt and queue application data.
@@ -197,14 +256,42 @@ impl DtlsTransport {
         if self.state != DtlsState::Handshaking {
             return None;
         }
-        let t = self.endpoint.poll_timeout(&PEER)?;
-        Some(self.hold_until.map_or(t, |h| t.max(h)))
+        let own = self.own_timeout();
+        match (own, self.replay_at) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        }
+    }
+
+    /// `rtc-dtls`'s retransmission timer, held back by the backoff.
+    fn own_timeout(&self) -> Option<Instant> {
+        self.endpoint
+            .poll_timeout(&PEER)
+            .map(|t| self.hold_until.map_or(t, |h| t.max(h)))
     }
 
     pub(crate) fn handle_timeout(&mut self, now: Instant) {
-        if self.state != DtlsState::Handshaking || self.poll_timeout().is_none_or(|t| t > now) {
+        if self.state != DtlsState::Handshaking {
             return;
         }
+        if self.replay_at.is_some_and(|t| t <= now) {
+            self.replays += 1;
+            if self.replays > MAX_REPLAYS {
+                self.state = DtlsState::Failed("the peer stopped answering the handshake".into());
+                return;
+            }
+            tracing::debug!(
+                attempt = self.replays,
+                client = self.client,
+                "DTLS flight replayed"
+            );
+            self.replay_queue.extend(self.last_flight.iter().cloned());
+            self.replay_at = Some(now + self.backoff());
+        }
+        if self.own_timeout().is_none_or(|t| t > now) {
+            return;
+        }
+        self.new_burst = true;
         self.retransmits += 1;
         tracing::debug!(
             attempt = self.retransmits,
@@ -216,8 +303,7 @@ impl DtlsTransport {
             return;
         }
         // Back off: the next retransmission at twice the previous wait, at most 1 s.
-        let wait = (self.interval * (1 << self.retransmits.min(4))).min(MAX_INTERVAL);
-        self.hold_until = Some(now + wait);
+        self.hold_until = Some(now + self.backoff());
     }
 
     /// Send close_notify.

@@ -82,6 +82,7 @@ pub(crate) mod ice;
 mod relay;
 mod sdp;
 mod session;
+pub mod sim;
 
 pub use channel::{ChannelSender, DataChannel, RECV_QUEUE_BYTES, SEND_HIGH_WATER, SEND_LOW_WATER};
 use driver::{Command, Driver, DriverParts};

@@ -814,8 +814,11 @@ impl PeerSession {
                     return Err(PeerError::BadSignal("unexpected offer".into()));
                 }
                 let remote = self.read_remote(sdp.as_str())?;
-                // The answerer takes the DTLS client role unless the offer insists on it.
-                let client = remote.setup != Setup::Active;
+                // The answerer takes the DTLS server role (a=setup:passive) unless the offer
+                // insists on it: the offerer then starts DTLS as soon as its own ICE check
+                // succeeds, a round trip before the answerer's check would, and its channel
+                // opens a round trip sooner.
+                let client = remote.setup == Setup::Passive;
                 let answer = LocalDescription {
                     session_id: rand::random::<u64>() >> 1,
                     credentials: self.ice.local_credentials(),
@@ -844,7 +847,7 @@ impl PeerSession {
                 }
                 let remote = self.read_remote(sdp.as_str())?;
                 // An answer that says `active` takes the client role; `passive` leaves it to us.
-                let client = remote.setup == Setup::Passive;
+                let client = remote.setup != Setup::Active;
                 self.answer_at = Some(now);
                 self.set_remote(now, remote, client);
             }
@@ -1055,6 +1058,9 @@ impl PeerSession {
             DtlsState::Connected => {
                 if !self.sctp_started {
                     self.sctp_started = true;
+                    if let Some(rtt) = self.ice.selected().and_then(|(_, _, p)| p.rtt) {
+                        self.sctp.set_rtt_hint(rtt);
+                    }
                     self.sctp.connect(now);
                 }
                 while let Some(packet) = dtls.poll_incoming() {
@@ -1156,8 +1162,9 @@ impl PeerSession {
     fn dtls_client(&self) -> Option<bool> {
         let remote = self.remote.as_ref()?;
         Some(match self.config.role {
-            PeerRole::Answerer => remote.setup != Setup::Active,
-            PeerRole::Offerer => remote.setup == Setup::Passive,
+            PeerRole::Answerer => remote.setup == Setup::Passive,
+            // An answer says `active` (it is the client) or `passive` (we are).
+            PeerRole::Offerer => remote.setup != Setup::Active,
         })
     }
 

@@ -527,14 +527,19 @@ impl IceAgent {
             self.pairs[p].nominated = true;
         }
         match self.pairs[p].state {
-            PairState::Waiting | PairState::Failed => {
-                self.pairs[p].state = PairState::Waiting;
+            // A triggered check (RFC 8445 §7.3.1.4). An in-progress check is not retransmitted
+            // any more (its answer still counts when it comes): the peer's check just opened
+            // the path (a NAT's filter, typically), so a fresh check goes now instead of at the
+            // next retransmission.
+            PairState::Waiting | PairState::Failed | PairState::InProgress => {
+                let pair = &mut self.pairs[p];
+                pair.state = PairState::Waiting;
+                pair.next_retransmit = None;
                 if !self.triggered.contains(&p) {
-                    self.triggered.push_back(p);
+                    self.triggered.push_front(p);
                 }
                 self.next_check = Some(self.next_check.map_or(now, |t| t.min(now)));
             }
-            PairState::InProgress => {}
             PairState::Succeeded => self.update_selection(now),
         }
         if self.state == IceState::New {
@@ -569,8 +574,10 @@ impl IceAgent {
         self.last_heard = Some(now);
         if msg.class == Class::Error {
             if msg.error_code() == Some(487) {
-                let controlling = !self.controlling;
-                self.switch_role(controlling);
+                // The check went out in the role the peer refuses: take the other one (once;
+                // a switch since then already settled it).
+                let sent_controlling = tx.use_candidate;
+                self.switch_role(!sent_controlling);
                 let pair = &mut self.pairs[tx.pair];
                 pair.state = PairState::Waiting;
                 pair.transaction = None;
@@ -675,7 +682,11 @@ impl IceAgent {
         };
         if self.state != IceState::Failed {
             consider(self.next_check, "ICE: next connectivity check");
-            for p in self.pairs.iter().filter(|p| p.state == PairState::InProgress) {
+            for p in self
+                .pairs
+                .iter()
+                .filter(|p| p.state == PairState::InProgress)
+            {
                 consider(p.next_retransmit, "ICE: retransmit a check");
             }
             consider(self.next_consent, "ICE: consent check");
@@ -794,9 +805,8 @@ impl IceAgent {
             p.first_sent = Some(now);
             p.rto = self.config.check_rto;
             p.transmissions = 0;
-            if let Some(old) = p.transaction.replace(transaction) {
-                self.transactions.remove(&old);
-            }
+            // An earlier transaction of this pair stays known: its answer still counts.
+            p.transaction = Some(transaction);
         } else {
             p.rto = (p.rto * 2).min(self.config.check_rto_max);
         }
