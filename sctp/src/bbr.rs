@@ -32,6 +32,8 @@ const CONGESTION_LOSS_RATE: f64 = 0.02;
 const CONGESTION_MIN_LOST_PACKETS: usize = 8;
 /// …while its largest RTT exceeds the minimum by this factor (a queue filled).
 const CONGESTION_RTT_GROWTH: f64 = 1.2;
+/// Rounds the bandwidth stays capped after a congested round.
+const CONGESTION_CAP_ROUNDS: u64 = 4;
 /// An ACK-aggregation epoch restarts after this many bytes.
 const ACK_EPOCH_RESET_BYTES: u64 = 1 << 20;
 /// Pace a little below the estimate so the bottleneck queue drains.
@@ -154,6 +156,8 @@ pub(crate) struct Bbr {
     round_acked: usize,
     round_max_rtt: Duration,
     round_started_at: Instant,
+    /// After a congested round: no bandwidth sample counts above this until that round.
+    bw_cap: Option<(f64, u64)>,
     /// A cycle phase index chooser (no RNG needed: the start phase only has to differ between
     /// flows; a counter from the association's random tag does).
     phase_seed: usize,
@@ -188,6 +192,7 @@ impl Bbr {
             round_acked: 0,
             round_max_rtt: Duration::ZERO,
             round_started_at: now,
+            bw_cap: None,
             phase_seed: seed as usize,
         }
     }
@@ -226,11 +231,19 @@ impl Bbr {
 
     pub(crate) fn on_ack(&mut self, ack: &AckEvent) {
         self.update_round(ack);
-        if let Some(sample) = ack.sample
-            && (sample.delivery_rate >= self.btl_bw.get() || !sample.is_app_limited)
+        if self
+            .bw_cap
+            .is_some_and(|(_, until)| self.round_count > until)
         {
-            self.btl_bw
-                .update(self.round_count, sample.delivery_rate, BW_WINDOW_ROUNDS);
+            self.bw_cap = None;
+        }
+        if let Some(sample) = ack.sample {
+            let rate = self.bw_cap.map_or(sample.delivery_rate, |(cap, _)| {
+                sample.delivery_rate.min(cap)
+            });
+            if rate >= self.btl_bw.get() || !sample.is_app_limited {
+                self.btl_bw.update(self.round_count, rate, BW_WINDOW_ROUNDS);
+            }
         }
         self.update_ack_aggregation(ack);
         self.check_cycle_phase(ack);
@@ -354,8 +367,11 @@ impl Bbr {
                 let elapsed = ack.now.saturating_duration_since(self.round_started_at);
                 if !elapsed.is_zero() {
                     let delivered = self.round_acked as f64 / elapsed.as_secs_f64();
-                    self.btl_bw
-                        .cap(delivered.max(self.mss as f64 / elapsed.as_secs_f64()));
+                    let cap = delivered.max(self.mss as f64 / elapsed.as_secs_f64());
+                    self.btl_bw.cap(cap);
+                    // Samples from ACKs that bunched up would bring the overestimate back at
+                    // once: hold the cap for a few rounds, then probe again.
+                    self.bw_cap = Some((cap, self.round_count + CONGESTION_CAP_ROUNDS));
                     tracing::trace!(
                         bw = self.btl_bw.get(),
                         "BBR: bandwidth capped after an overflow"

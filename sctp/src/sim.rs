@@ -22,6 +22,8 @@ pub struct LinkConfig {
     pub rate: Option<f64>,
     /// Bytes that may wait for the rate limit before packets are dropped.
     pub queue_bytes: usize,
+    /// Extra delay, uniform in `0..jitter`, per packet (packets stay in order).
+    pub jitter: Duration,
 }
 
 impl LinkConfig {
@@ -32,6 +34,7 @@ impl LinkConfig {
             loss,
             rate: None,
             queue_bytes: usize::MAX,
+            jitter: Duration::ZERO,
         }
     }
 }
@@ -88,7 +91,12 @@ impl Link {
             }
             None => now,
         };
-        let arrival = departure + self.config.delay;
+        let jitter = if self.config.jitter.is_zero() {
+            Duration::ZERO
+        } else {
+            self.config.jitter.mul_f64(self.random())
+        };
+        let arrival = departure + self.config.delay + jitter;
         // Keep arrival order (a rate-limited FIFO never reorders; equal delays keep order).
         let at = self
             .in_flight
@@ -165,6 +173,12 @@ impl Sim {
         self.b.connect(self.now);
     }
 
+    /// Change the loss of both directions from now on (1.0: an outage).
+    pub fn set_loss(&mut self, loss: f64) {
+        self.ab.config.loss = loss;
+        self.ba.config.loss = loss;
+    }
+
     /// Packets sent and dropped on A→B and B→A.
     pub fn link_counters(&self) -> ((u64, u64), (u64, u64)) {
         (
@@ -224,6 +238,12 @@ impl Sim {
 
     /// Advance to the next event. Returns `false` when nothing is left to happen.
     pub fn step(&mut self) -> bool {
+        self.step_until(None)
+    }
+
+    /// Advance to the next event, or to `limit` if that comes first (an application's own
+    /// deadline). Returns `false` when nothing is left to happen and there is no limit.
+    pub fn step_until(&mut self, limit: Option<Instant>) -> bool {
         self.drain();
         let next = [
             self.a.poll_timeout(),
@@ -232,6 +252,7 @@ impl Sim {
             self.ba.next_arrival(),
         ]
         .into_iter()
+        .chain([limit])
         .flatten()
         .min();
         let Some(next) = next else {

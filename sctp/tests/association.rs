@@ -156,6 +156,7 @@ fn a_rate_limited_link_is_filled_without_overflowing_its_queue_much() {
         loss: 0.0,
         rate: Some(rate),
         queue_bytes: 256 * 1024,
+        jitter: Duration::ZERO,
     };
     let mut s = Sim::new(Config::default(), Config::default(), link.clone(), link, 5);
     let (mbps, _) = transfer(&mut s, 48 << 20);

@@ -2,10 +2,10 @@
 //! checked against the SDP's fingerprints and handshake retransmissions on Proxim's schedule.
 //!
 //! `rtc-dtls` retransmits a flight at a fixed interval, at most 7 times. The interval is set
-//! from the RTT ICE measured (so a lost handshake packet costs about three round trips, not a
-//! fixed second), and this wrapper holds back `handle_timeout` so successive retransmissions
-//! back off exponentially (capped at 1 s): a slow or lossy path gets seconds, a fast one does
-//! not wait.
+//! from the RTT ICE measured (half of it, at least 100 ms: a lost handshake packet costs a
+//! fraction of a round trip more, not a fixed second), and this wrapper holds back
+//! `handle_timeout` so successive retransmissions back off exponentially (capped at 1 s): a
+//! slow or lossy path gets seconds, a fast one does not wait.
 //!
 //! `rtc-dtls` 0.21.1 drops its retransmission timer whenever a handshake record arrives that
 //! does not complete the next flight — the peer's retransmission of its previous flight, or
@@ -93,13 +93,17 @@ impl DtlsTransport {
         certificate: rtc::dtls::crypto::Certificate,
         fingerprints: Vec<SdpFingerprint>,
         rtt: Option<Duration>,
+        fixed_interval: Option<Duration>,
     ) -> Result<DtlsTransport, String> {
         let provider = rtc::crypto::default_provider().map_err(|e| e.to_string())?;
-        let interval = rtt
-            .map_or(Duration::from_millis(300), |rtt| {
-                rtt * 3 + Duration::from_millis(30)
-            })
-            .clamp(MIN_INTERVAL, MAX_INTERVAL);
+        // Half a round trip, at least 100 ms: a flight lost on a lossy path costs little, and
+        // the backoff keeps spurious retransmissions on a slow one to a few (proxim-tune: at
+        // 5 % loss the 99th percentile time to open is 410 ms at 50 ms RTT and 1.6 s at
+        // 200 ms, against 1.3 s and 2.8 s with rtc-dtls's fixed 1 s).
+        let interval = fixed_interval.unwrap_or_else(|| {
+            rtt.map_or(Duration::from_millis(300), |rtt| rtt / 2)
+                .clamp(MIN_INTERVAL, MAX_INTERVAL)
+        });
         let verdict = Arc::new(Mutex::new(Verdict::default()));
         let seen = verdict.clone();
         let verify: rtc::dtls::config::VerifyPeerCertificateFn =

@@ -642,6 +642,8 @@ fn prepare(config: PeerConfig, link: SignalLink) -> Result<Prepared, PeerError> 
         relays_offered,
         ice: ice::IceConfig::new(config.role == PeerRole::Offerer),
         sctp,
+        dtls_interval: None,
+        sctp_rtt_hint: true,
     };
     let session = PeerSession::new(
         now,

@@ -52,6 +52,10 @@ pub(crate) struct SessionConfig {
     pub(crate) relays_offered: bool,
     pub(crate) ice: IceConfig,
     pub(crate) sctp: proxim_sctp::Config,
+    /// A fixed first DTLS retransmission interval (`None`: from ICE's RTT).
+    pub(crate) dtls_interval: Option<Duration>,
+    /// Seed SCTP's handshake RTO with ICE's RTT.
+    pub(crate) sctp_rtt_hint: bool,
 }
 
 /// A datagram to send from `local` (a socket's or a relayed address).
@@ -1029,6 +1033,7 @@ impl PeerSession {
             return;
         }
         let rtt = self.ice.selected().and_then(|(_, _, p)| p.rtt);
+        let interval = self.config.dtls_interval;
         let fingerprints = self
             .remote
             .as_ref()
@@ -1040,6 +1045,7 @@ impl PeerSession {
             self.config.certificate.clone(),
             fingerprints,
             rtt,
+            interval,
         ) {
             Ok(dtls) => {
                 tracing::debug!(client, "DTLS started");
@@ -1058,7 +1064,9 @@ impl PeerSession {
             DtlsState::Connected => {
                 if !self.sctp_started {
                     self.sctp_started = true;
-                    if let Some(rtt) = self.ice.selected().and_then(|(_, _, p)| p.rtt) {
+                    if let Some(rtt) = self.ice.selected().and_then(|(_, _, p)| p.rtt)
+                        && self.config.sctp_rtt_hint
+                    {
                         self.sctp.set_rtt_hint(rtt);
                     }
                     self.sctp.connect(now);

@@ -23,7 +23,7 @@ use bytes::{Bytes, BytesMut};
 
 use super::session::{PeerSession, SessionConfig, SessionEvent};
 use super::{PeerError, PeerRole, generate_certificate};
-use crate::peer::{ChannelOptions, Payload, ice, sdp};
+use crate::peer::{Payload, ice, sdp};
 
 /// One direction of the emulated link (both directions get the same profile).
 #[derive(Debug, Clone)]
@@ -32,24 +32,37 @@ pub struct LinkProfile {
     pub rtt: Duration,
     /// Probability that a datagram is lost, each way.
     pub loss: f64,
+    /// Host candidates per side that nobody can reach, ranked above the one that works (a
+    /// LAN address seen across a NAT, say).
+    pub unreachable_candidates: usize,
 }
 
 impl LinkProfile {
     /// A link with this round trip and loss.
     pub fn new(rtt: Duration, loss: f64) -> LinkProfile {
-        LinkProfile { rtt, loss }
+        LinkProfile {
+            rtt,
+            loss,
+            unreachable_candidates: 0,
+        }
     }
 }
 
 /// Timing knobs of the stack under test, for tuning runs.
 #[derive(Debug, Clone, Default)]
 pub struct Tuning {
-    /// ICE: time between two new checks.
+    /// ICE: time between two rounds of new checks.
     pub ice_pacing: Option<Duration>,
+    /// ICE: new checks per round.
+    pub ice_checks_per_round: Option<usize>,
     /// ICE: first retransmission of a check.
     pub ice_check_rto: Option<Duration>,
     /// SCTP: the initial RTO (also the INIT/COOKIE timer).
     pub sctp_rto_initial: Option<Duration>,
+    /// SCTP: do not seed the handshake's RTO from ICE's RTT.
+    pub sctp_no_rtt_hint: bool,
+    /// DTLS: a fixed first retransmission interval instead of one from ICE's RTT.
+    pub dtls_interval: Option<Duration>,
 }
 
 #[derive(Debug)]
@@ -88,13 +101,16 @@ impl SessionSim {
         let now = Instant::now();
         let a_addr: SocketAddr = "198.18.7.1:5000".parse().unwrap_or_else(|_| unreachable!());
         let b_addr: SocketAddr = "198.18.7.2:5000".parse().unwrap_or_else(|_| unreachable!());
-        let side = |role: PeerRole, addr: SocketAddr| {
+        let side = |role: PeerRole, addr: SocketAddr, dead: &[SocketAddr]| {
             let (certificate, _) = generate_certificate().unwrap_or_else(|e| panic!("{e}"));
             let fingerprint =
                 super::fingerprint_of(&certificate.0).unwrap_or_else(|e| panic!("{e}"));
             let mut ice = ice::IceConfig::new(role == PeerRole::Offerer);
             if let Some(p) = tuning.ice_pacing {
                 ice.pacing = p;
+            }
+            if let Some(n) = tuning.ice_checks_per_round {
+                ice.checks_per_round = n;
             }
             if let Some(r) = tuning.ice_check_rto {
                 ice.check_rto = r;
@@ -115,9 +131,13 @@ impl SessionSim {
                 relays_offered: false,
                 ice,
                 sctp,
+                dtls_interval: tuning.dtls_interval,
+                sctp_rtt_hint: !tuning.sctp_no_rtt_hint,
             };
+            let mut sockets: Vec<SocketAddr> = dead.to_vec();
+            sockets.push(addr);
             Side {
-                session: PeerSession::new(now, config, &[addr], &[], false),
+                session: PeerSession::new(now, config, &sockets, &[], false),
                 addr,
                 opened_at: None,
                 failed: None,
@@ -125,10 +145,15 @@ impl SessionSim {
                 received: 0,
             }
         };
+        let dead = |net: u8| -> Vec<SocketAddr> {
+            (0..profile.unreachable_candidates)
+                .map(|i| SocketAddr::from(([198, 19, net, 10 + i as u8], 5000)))
+                .collect()
+        };
         SessionSim {
             now,
-            a: side(PeerRole::Offerer, a_addr),
-            b: side(PeerRole::Answerer, b_addr),
+            a: side(PeerRole::Offerer, a_addr, &dead(1)),
+            b: side(PeerRole::Answerer, b_addr, &dead(2)),
             wire: VecDeque::new(),
             profile,
             rng: seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1,
@@ -219,15 +244,18 @@ impl SessionSim {
                 while let Some(t) = from.session.poll_transmit(now) {
                     out.push(t);
                 }
-                let from_addr = from.addr;
+                let (from_addr, to_addr) = (from.addr, to.addr);
                 for t in out {
                     progressed = true;
+                    // Only the working addresses reach each other.
+                    if t.local != from_addr || t.to != to_addr {
+                        continue;
+                    }
                     self.sent += 1;
                     if self.profile.loss > 0.0 && self.random() < self.profile.loss {
                         self.lost += 1;
                         continue;
                     }
-                    let _ = t.local;
                     self.wire
                         .push_back((now + self.profile.rtt / 2, to_b, from_addr, t.data));
                 }

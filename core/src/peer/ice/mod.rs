@@ -33,8 +33,11 @@ const MAX_PAIRS: usize = 256;
 pub(crate) struct IceConfig {
     /// Whether this side nominates (the offerer).
     pub(crate) controlling: bool,
-    /// Time between two new checks (RFC 8445's Ta).
+    /// Time between two rounds of new checks (RFC 8445's Ta).
     pub(crate) pacing: Duration,
+    /// New checks per round: a data channel has one component and a handful of pairs, and a
+    /// check is ~100 bytes, so the first round covers most pairs at once.
+    pub(crate) checks_per_round: usize,
     /// First retransmission of a check; doubles up to [`Self::check_rto_max`].
     pub(crate) check_rto: Duration,
     pub(crate) check_rto_max: Duration,
@@ -52,7 +55,8 @@ impl IceConfig {
     pub(crate) fn new(controlling: bool) -> IceConfig {
         IceConfig {
             controlling,
-            pacing: Duration::from_millis(10),
+            pacing: Duration::from_millis(5),
+            checks_per_round: 4,
             check_rto: Duration::from_millis(50),
             check_rto_max: Duration::from_millis(400),
             check_timeout: Duration::from_millis(2500),
@@ -354,7 +358,11 @@ impl IceAgent {
 
     fn add_pair(&mut self, l: usize, r: usize) -> Option<usize> {
         let (local, remote) = (&self.local[l], &self.remote[r]);
-        if local.base.is_ipv4() != remote.address.is_ipv4() {
+        // Same family; and a loopback address only reaches a loopback address (a check from
+        // 127.0.0.1 to a LAN address cannot be routed: it would only delay the useful ones).
+        if local.base.is_ipv4() != remote.address.is_ipv4()
+            || local.base.ip().is_loopback() != remote.address.ip().is_loopback()
+        {
             return None;
         }
         if let Some(i) = self.pairs.iter().position(|p| {
@@ -730,11 +738,17 @@ impl IceAgent {
         if self.next_check.is_some_and(|t| t <= now) {
             self.next_check = None;
             // Without the peer's credentials no check can be sent; triggered checks wait.
-            if self.remote_credentials.is_some()
-                && let Some(i) = self.next_pair_to_check()
-            {
-                self.send_check(now, i, false);
-                self.next_check = Some(now + self.config.pacing);
+            if self.remote_credentials.is_some() {
+                let mut sent = 0;
+                while sent < self.config.checks_per_round
+                    && let Some(i) = self.next_pair_to_check()
+                {
+                    self.send_check(now, i, false);
+                    sent += 1;
+                }
+                if sent > 0 {
+                    self.next_check = Some(now + self.config.pacing);
+                }
             }
         }
         if self.next_consent.is_some_and(|t| t <= now) {
