@@ -109,6 +109,50 @@ pub(crate) enum SessionEvent {
     },
 }
 
+/// Where a session stands.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Phase {
+    /// Waiting for the peer's description (the offerer: for the answer).
+    Negotiating,
+    /// Descriptions exchanged: ICE, DTLS, SCTP and the default channel coming up.
+    Connecting,
+    /// The default channel is open.
+    Open,
+    /// The application closes: channels flush until the deadline.
+    Closing { deadline: Instant },
+    /// Failed or closed; no more input is taken.
+    Ended { failed: bool },
+}
+
+impl Phase {
+    fn name(self) -> &'static str {
+        match self {
+            Phase::Negotiating => "negotiating",
+            Phase::Connecting => "connecting",
+            Phase::Open => "open",
+            Phase::Closing { .. } => "closing",
+            Phase::Ended { failed: true } => "failed",
+            Phase::Ended { failed: false } => "closed",
+        }
+    }
+
+    /// Open (or closing after it was).
+    fn is_up(self) -> bool {
+        matches!(self, Phase::Open | Phase::Closing { .. })
+    }
+
+    fn is_ended(self) -> bool {
+        matches!(self, Phase::Ended { .. })
+    }
+
+    fn close_deadline(self) -> Option<Instant> {
+        match self {
+            Phase::Closing { deadline } => Some(deadline),
+            _ => None,
+        }
+    }
+}
+
 /// What the driver knows of the TURN relays.
 #[derive(Debug, Clone, Default)]
 pub(crate) struct RelayStatus {
@@ -161,11 +205,11 @@ pub(crate) struct PeerSession {
     sctp_connected: bool,
     channels: Channels,
     default_channel: Option<ChannelId>,
-    ready: bool,
+    /// Where the session stands (changed only by [`Self::transition`]).
+    phase: Phase,
+    /// The state the application sees, derived from `phase` and ICE's (see
+    /// [`Self::evaluate_state`]).
     state: ConnectionState,
-    /// Set once the session ended; no more input is taken.
-    ended: bool,
-    closing: Option<Instant>,
     channel_deadlines: HashMap<ChannelId, Instant>,
     remote_max_message: Option<usize>,
     last_path: Option<(SocketAddr, SocketAddr)>,
@@ -213,10 +257,8 @@ impl PeerSession {
             sctp_connected: false,
             channels: Channels::new(config.sctp.streams),
             default_channel: None,
-            ready: false,
+            phase: Phase::Negotiating,
             state: ConnectionState::New,
-            ended: false,
-            closing: None,
             channel_deadlines: HashMap::new(),
             remote_max_message: None,
             last_path: None,
@@ -237,7 +279,7 @@ impl PeerSession {
         sockets: &[SocketAddr],
         stun_servers: &[(String, SocketAddr)],
     ) {
-        self.set_state(ConnectionState::Connecting, "establishing");
+        self.evaluate_state("establishing");
         if self.config.force_relay && !self.config.relays_offered {
             self.fail(PeerError::IceFailed {
                 reason: "relay-only was asked for, but the signaling server handed out no TURN \
@@ -370,7 +412,7 @@ impl PeerSession {
         self.now = now;
         self.relays = status;
         if self.config.force_relay
-            && !self.ready
+            && !self.phase.is_up()
             && self.relays.gathering_done
             && !self.relays.any_ready
         {
@@ -388,11 +430,11 @@ impl PeerSession {
     /// A signal from the other device.
     pub(crate) fn handle_signal(&mut self, now: Instant, signal: Signal) {
         self.now = now;
-        if self.ended {
+        if self.phase.is_ended() {
             return;
         }
         if let Err(e) = self.apply_signal(now, signal) {
-            if self.ready {
+            if self.phase.is_up() {
                 tracing::warn!(error = %e, "signal ignored");
             } else {
                 self.fail(e);
@@ -406,7 +448,7 @@ impl PeerSession {
     /// likely left because it found no route either).
     pub(crate) fn link_ended(&mut self, now: Instant, how: LinkEnd) {
         self.now = now;
-        if self.ended || self.ready {
+        if self.phase.is_ended() || self.phase.is_up() {
             tracing::info!(?how, "signaling ended; the direct path stays up");
             return;
         }
@@ -436,7 +478,7 @@ impl PeerSession {
         data: BytesMut,
     ) {
         self.now = now;
-        if self.ended {
+        if self.phase.is_ended() {
             return;
         }
         match data.first() {
@@ -479,7 +521,7 @@ impl PeerSession {
     /// Run the timers due at `now`.
     pub(crate) fn handle_timeout(&mut self, now: Instant) {
         self.now = now;
-        if self.ended {
+        if self.phase.is_ended() {
             return;
         }
         for source in &mut self.sources {
@@ -517,7 +559,7 @@ impl PeerSession {
             // complete, so it is not reused while the peer may still deliver on it.
             self.report_channel_closed(id);
         }
-        if !self.ready {
+        if !self.phase.is_up() {
             if let Some(at) = self.no_pair_deadline()
                 && now >= at
             {
@@ -546,7 +588,7 @@ impl PeerSession {
 
     /// When [`Self::handle_timeout`] is next due, and why.
     pub(crate) fn poll_timeout(&self) -> Option<(Instant, &'static str)> {
-        if self.ended {
+        if self.phase.is_ended() {
             return None;
         }
         let mut next: Option<(Instant, &'static str)> = None;
@@ -577,8 +619,8 @@ impl PeerSession {
             self.channel_deadlines.values().min().copied(),
             "channel close deadline",
         );
-        consider(self.closing, "connection close deadline");
-        if !self.ready {
+        consider(self.phase.close_deadline(), "connection close deadline");
+        if !self.phase.is_up() {
             consider(
                 Some(self.started + self.config.connect_timeout),
                 "connect timeout",
@@ -601,7 +643,7 @@ impl PeerSession {
     ) -> ChannelId {
         self.now = now;
         let id = self.channels.open_local(label, options);
-        if self.ended || self.closing.is_some() {
+        if self.phase.is_ended() || self.phase.close_deadline().is_some() {
             self.events.push_back(SessionEvent::ChannelOpenFailed {
                 channel: id,
                 error: PeerError::Closed,
@@ -703,15 +745,20 @@ impl PeerSession {
     /// [`CLOSE_FLUSH_TIMEOUT`]), or at once when it is not up.
     pub(crate) fn close(&mut self, now: Instant) {
         self.now = now;
-        if self.ended || self.closing.is_some() {
+        if self.phase.is_ended() || self.phase.close_deadline().is_some() {
             return;
         }
-        if !self.ready {
+        if !self.phase.is_up() {
             self.finish_close(now, "closed locally");
             return;
         }
         tracing::debug!("closing: flushing what the channels hold");
-        self.closing = Some(now + CLOSE_FLUSH_TIMEOUT);
+        self.transition(
+            Phase::Closing {
+                deadline: now + CLOSE_FLUSH_TIMEOUT,
+            },
+            "close asked for",
+        );
         self.process(now);
     }
 
@@ -905,6 +952,7 @@ impl PeerSession {
         self.sctp.set_remote_port(remote.sctp_port);
         self.remote = Some(remote);
         tracing::debug!(dtls_client, "remote description set");
+        self.transition(Phase::Connecting, "descriptions exchanged");
         if !dtls_client {
             self.start_dtls(now, false);
         } else if self.ice.route().is_some() {
@@ -1079,7 +1127,7 @@ impl PeerSession {
             }
             DtlsState::Handshaking => {}
             DtlsState::Closed => {
-                if self.ready {
+                if self.phase.is_up() {
                     self.finish_close(now, "closed by the peer");
                 } else {
                     self.fail(PeerError::Closed);
@@ -1100,22 +1148,22 @@ impl PeerSession {
 
     /// Drain ICE and SCTP events into session state and events.
     fn process(&mut self, now: Instant) {
-        if self.ended {
+        if self.phase.is_ended() {
             return;
         }
         while let Some(event) = self.ice.poll_event() {
             self.on_ice_event(now, event);
-            if self.ended {
+            if self.phase.is_ended() {
                 return;
             }
         }
         while let Some(event) = self.sctp.poll_event() {
             self.on_sctp_event(now, event);
-            if self.ended {
+            if self.phase.is_ended() {
                 return;
             }
         }
-        if let Some(deadline) = self.closing {
+        if let Some(deadline) = self.phase.close_deadline() {
             let flushed = self
                 .channels
                 .ids()
@@ -1143,12 +1191,12 @@ impl PeerSession {
                     elapsed_ms = now.saturating_duration_since(self.started).as_millis() as u64,
                     "ICE selected a pair"
                 );
-                if self.ready {
+                if self.phase.is_up() {
                     self.report_path();
                 }
             }
             IceEvent::StateChanged { new, .. } => match new {
-                IceState::Failed if !self.ready => {
+                IceState::Failed if !self.phase.is_up() => {
                     self.fail(PeerError::IceFailed {
                         reason: self.no_path_reason(),
                     });
@@ -1156,12 +1204,8 @@ impl PeerSession {
                 IceState::Failed => self.fail(PeerError::IceFailed {
                     reason: "connectivity lost (ICE consent failed)".into(),
                 }),
-                IceState::Disconnected if self.ready => {
-                    self.set_state(ConnectionState::Disconnected, "nothing heard from the peer")
-                }
-                IceState::Connected if self.ready => {
-                    self.set_state(ConnectionState::Connected, "the peer is heard again")
-                }
+                IceState::Disconnected => self.evaluate_state("nothing heard from the peer"),
+                IceState::Connected => self.evaluate_state("the peer is heard again"),
                 _ => {}
             },
         }
@@ -1271,7 +1315,7 @@ impl PeerSession {
             }
             SctpEvent::Closed(reason) => {
                 tracing::info!(%reason, "SCTP association closed");
-                if self.ready {
+                if self.phase.is_up() {
                     self.finish_close(now, "closed by the peer");
                 } else {
                     self.fail(PeerError::Rtc(format!("SCTP: {reason}")));
@@ -1375,8 +1419,8 @@ impl PeerSession {
         let Some(c) = self.channels.get(id) else {
             return;
         };
-        if self.default_channel == Some(id) && !self.ready {
-            self.ready = true;
+        if self.default_channel == Some(id) && !self.phase.is_up() {
+            self.transition(Phase::Open, "the default channel is open");
             self.ready_at = Some(now);
             tracing::info!(
                 elapsed_ms = now.saturating_duration_since(self.started).as_millis() as u64,
@@ -1385,7 +1429,6 @@ impl PeerSession {
                     .map(|a| now.saturating_duration_since(a).as_millis() as u64),
                 "connection established"
             );
-            self.set_state(ConnectionState::Connected, "the default channel is open");
             self.events.push_back(SessionEvent::Ready { channel: id });
             self.report_path();
             return;
@@ -1455,6 +1498,33 @@ impl PeerSession {
         reason
     }
 
+    /// Move to another phase and log it; the application's state follows.
+    fn transition(&mut self, new: Phase, reason: &str) {
+        if self.phase == new {
+            return;
+        }
+        tracing::debug!("session {} -> {} ({reason})", self.phase.name(), new.name());
+        self.phase = new;
+        self.evaluate_state(reason);
+    }
+
+    /// The application's state, from the phase and ICE's state, in one place.
+    fn evaluate_state(&mut self, reason: &str) {
+        let new = match self.phase {
+            Phase::Negotiating | Phase::Connecting => ConnectionState::Connecting,
+            Phase::Open | Phase::Closing { .. } => {
+                if self.ice.state() == IceState::Disconnected {
+                    ConnectionState::Disconnected
+                } else {
+                    ConnectionState::Connected
+                }
+            }
+            Phase::Ended { failed: true } => ConnectionState::Failed,
+            Phase::Ended { failed: false } => ConnectionState::Closed,
+        };
+        self.set_state(new, reason);
+    }
+
     fn set_state(&mut self, new: ConnectionState, reason: &str) {
         let old = self.state;
         if old == new {
@@ -1467,24 +1537,22 @@ impl PeerSession {
     }
 
     fn fail(&mut self, error: PeerError) {
-        if self.ended {
+        if self.phase.is_ended() {
             return;
         }
         tracing::warn!(%error, "peer connection failed");
         let reason = error.to_string();
-        self.set_state(ConnectionState::Failed, &reason);
         self.shutdown_transports(self.now);
-        self.ended = true;
+        self.transition(Phase::Ended { failed: true }, &reason);
         self.events.push_back(SessionEvent::Failed(error));
     }
 
     fn finish_close(&mut self, now: Instant, reason: &str) {
-        if self.ended {
+        if self.phase.is_ended() {
             return;
         }
         self.shutdown_transports(now);
-        self.set_state(ConnectionState::Closed, reason);
-        self.ended = true;
+        self.transition(Phase::Ended { failed: false }, reason);
         for id in self.channels.ids() {
             self.report_channel_closed(id);
         }

@@ -239,7 +239,6 @@ impl IceAgent {
         &self.local_credentials
     }
 
-    #[cfg(test)]
     pub(crate) fn state(&self) -> IceState {
         self.state
     }
