@@ -1371,7 +1371,15 @@ lossy_profile() {
     opens+=("${R_OPENS[@]}")
     [ -z "$R_ERR" ] || LOSSY_ERRORS+=("$name: $R_ERR")
 
-    chromium_row "${bytes:-$((16 * 1024 * 1024))}" "$tag-chromium"
+    # Chromium's SCTP is loss-based like CUBIC: size its transfer from CUBIC's rate (~1.5 x
+    # LOSSY_SECS of it, 1 MiB to Proxim's size) so a lossy profile does not run past the bound.
+    local c_bytes
+    c_bytes=$(awk -v cubic="${CUBIC_MBS:-0}" -v secs="$LOSSY_SECS" -v cap="${bytes:-16777216}" 'BEGIN {
+        b = cubic * 1e6 * 1.5 * secs
+        if (b < 1048576) b = 1048576
+        if (b > cap) b = cap
+        printf "%d", b }')
+    chromium_row "$c_bytes" "$tag-chromium"
     [ -z "$C_ERR" ] || LOSSY_ERRORS+=("$name: $C_ERR")
 
     local legacy="" legacy_stall=""

@@ -1321,7 +1321,9 @@ impl Association {
             "SCTP retransmission timeout"
         );
         self.bbr.on_rto();
-        self.probe_outstanding = false;
+        // No tail loss probe until an acknowledgement shows the path works again: during an
+        // outage only the (backed-off) timer retransmits.
+        self.probe_outstanding = true;
         self.timers.stop(Timer::Probe);
         self.timers.stop(Timer::Reorder);
         self.timers.set(Timer::Rto, now + self.backed_off_rto());

@@ -158,6 +158,8 @@ pub(crate) struct Bbr {
     round_started_at: Instant,
     /// After a congested round: no bandwidth sample counts above this until that round.
     bw_cap: Option<(f64, u64)>,
+    /// The model's bandwidth when this round started (samples may exceed it only by a gain).
+    bw_at_round_start: f64,
     /// A cycle phase index chooser (no RNG needed: the start phase only has to differ between
     /// flows; a counter from the association's random tag does).
     phase_seed: usize,
@@ -193,6 +195,7 @@ impl Bbr {
             round_max_rtt: Duration::ZERO,
             round_started_at: now,
             bw_cap: None,
+            bw_at_round_start: 0.0,
             phase_seed: seed as usize,
         }
     }
@@ -231,6 +234,9 @@ impl Bbr {
 
     pub(crate) fn on_ack(&mut self, ack: &AckEvent) {
         self.update_round(ack);
+        if self.round_start || self.bw_at_round_start == 0.0 {
+            self.bw_at_round_start = self.btl_bw.get();
+        }
         if self
             .bw_cap
             .is_some_and(|(_, until)| self.round_count > until)
@@ -238,9 +244,22 @@ impl Bbr {
             self.bw_cap = None;
         }
         if let Some(sample) = ack.sample {
-            let rate = self.bw_cap.map_or(sample.delivery_rate, |(cap, _)| {
+            let mut rate = self.bw_cap.map_or(sample.delivery_rate, |(cap, _)| {
                 sample.delivery_rate.min(cap)
             });
+            // A real bottleneck is found by probing at most 1.25x above the model (2.89x in
+            // startup); a sample far above it comes from ACKs that bunched up or from data
+            // acknowledged after a spurious timeout, and would overflow the bottleneck for
+            // ten rounds. Clip it to what probing could have found.
+            let current = self.bw_at_round_start;
+            if current > 0.0 {
+                let growth = if self.mode == Mode::Startup {
+                    HIGH_GAIN
+                } else {
+                    CYCLE[0]
+                };
+                rate = rate.min(current * growth);
+            }
             if rate >= self.btl_bw.get() || !sample.is_app_limited {
                 self.btl_bw.update(self.round_count, rate, BW_WINDOW_ROUNDS);
             }
@@ -345,9 +364,6 @@ impl Bbr {
         if let Some(rtt) = ack.sample.and_then(|s| s.rtt) {
             self.round_max_rtt = self.round_max_rtt.max(rtt);
         }
-        if !self.round_start {
-            return;
-        }
         let total = self.round_lost + self.round_acked;
         let queue_grew = self
             .min_rtt
@@ -356,13 +372,22 @@ impl Bbr {
             && self.round_lost >= CONGESTION_MIN_LOST_PACKETS * self.mss
             && self.round_lost as f64 > CONGESTION_LOSS_RATE * total as f64
             && queue_grew;
+        // Startup ends the moment the round's losses say the queue overflowed, not at the end
+        // of a round in which the window still doubles.
+        if congested && self.mode == Mode::Startup && !self.filled_pipe {
+            self.filled_pipe = true;
+            self.cwnd = self.cwnd.min(self.bdp(self.cwnd_gain).max(self.min_cwnd()));
+            tracing::trace!(
+                lost = self.round_lost,
+                "BBR: startup ends on queue overflow"
+            );
+        }
+        if !self.round_start {
+            return;
+        }
         if congested {
             if self.mode == Mode::Startup {
                 self.filled_pipe = true;
-                tracing::trace!(
-                    lost = self.round_lost,
-                    "BBR: startup ends on queue overflow"
-                );
             } else {
                 let elapsed = ack.now.saturating_duration_since(self.round_started_at);
                 if !elapsed.is_zero() {

@@ -6,8 +6,11 @@ use std::collections::BTreeMap;
 use crate::tsn::unwrap_tsn;
 use crate::wire::SackChunk;
 
-/// Most gap blocks one SACK reports (a SACK must fit a packet; the lowest gaps matter most).
-const MAX_GAP_BLOCKS: usize = 280;
+/// Most gap blocks one SACK reports: a SACK stays small (~150 bytes), so ACKs do not crowd a
+/// slow reverse path.
+const MAX_GAP_BLOCKS: usize = 32;
+/// Of those, the lowest ones; the rest are the highest.
+const LOW_GAP_BLOCKS: usize = 8;
 /// Most duplicate TSNs one SACK reports.
 const MAX_DUPLICATES: usize = 32;
 
@@ -119,17 +122,27 @@ impl DataTracker {
     }
 
     /// A SACK of the current state; takes the duplicates.
+    ///
+    /// With more gaps than fit, the SACK reports the lowest few (what the sender must repair
+    /// next) and the highest ones (what arrived most recently: time-based loss detection at
+    /// the sender needs to hear about its latest packets, as TCP's first SACK block does). The
+    /// middle ones were reported before; the sender keeps what it learned.
     pub(crate) fn sack(&mut self, a_rwnd: u32) -> SackChunk {
-        let gaps = self
-            .above
-            .iter()
-            .take(MAX_GAP_BLOCKS)
-            .filter_map(|(s, e)| {
-                let start = s - self.cumulative;
-                let end = e - self.cumulative;
-                (end <= u64::from(u16::MAX)).then_some((start as u16, end as u16))
-            })
-            .collect();
+        let block = |(s, e): (&u64, &u64)| {
+            let start = s - self.cumulative;
+            let end = e - self.cumulative;
+            (end <= u64::from(u16::MAX)).then_some((start as u16, end as u16))
+        };
+        let gaps: Vec<(u16, u16)> = if self.above.len() <= MAX_GAP_BLOCKS {
+            self.above.iter().filter_map(block).collect()
+        } else {
+            let low = self.above.iter().take(LOW_GAP_BLOCKS);
+            let high = self
+                .above
+                .iter()
+                .skip(self.above.len() - (MAX_GAP_BLOCKS - LOW_GAP_BLOCKS));
+            low.chain(high).filter_map(block).collect()
+        };
         SackChunk {
             cumulative_tsn: self.cumulative as u32,
             a_rwnd,
