@@ -17,6 +17,13 @@ const STEP: Duration = Duration::from_secs(30);
 const SECRET: &str = "proxim-test-rest-secret";
 
 async fn server_with_turn(urls: Vec<String>, secret: &str) -> RunningServer {
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
+        )
+        .with_test_writer()
+        .try_init();
     let mut config = ServerConfig::loopback();
     config.ice = IceConfig::with_turn_auth(
         &[] as &[&str],
@@ -65,7 +72,12 @@ async fn file_through_relay(url_of: fn(&Coturn) -> String, transport: TurnTransp
             DesktopEvent::Prompt { session, .. } => desktop.accept(&session).await.unwrap(),
             DesktopEvent::Connected(connection) => break connection,
             DesktopEvent::ConnectionFailed { error, .. } => {
-                panic!("desktop: {error}\ncoturn log:\n{}", coturn.log())
+                // The phone's own error says why (the desktop often only sees it leave).
+                let phone = tokio::time::timeout(STEP, phone).await;
+                panic!(
+                    "desktop: {error}\nphone: {phone:?}\ncoturn log:\n{}",
+                    coturn.log()
+                )
             }
             _ => {}
         }

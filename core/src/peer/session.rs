@@ -36,6 +36,9 @@ pub(crate) const CLOSE_FLUSH_TIMEOUT: Duration = Duration::from_secs(10);
 /// With both sides done gathering and no pair to try, give up this long after the last
 /// candidate arrived.
 const NO_PAIR_GIVE_UP: Duration = Duration::from_secs(3);
+/// Signaling ended during setup while the peer's packets arrive on the direct path: how long
+/// setup may still take before the session fails with the link's end.
+pub(crate) const LINK_END_GRACE: Duration = Duration::from_secs(5);
 
 /// How one session is set up.
 #[derive(Debug, Clone)]
@@ -211,6 +214,9 @@ pub(crate) struct PeerSession {
     /// [`Self::evaluate_state`]).
     state: ConnectionState,
     channel_deadlines: HashMap<ChannelId, Instant>,
+    /// Signaling ended during setup while the peer was reachable: how, and until when setup
+    /// may still complete.
+    link_end: Option<(LinkEnd, Instant)>,
     remote_max_message: Option<usize>,
     last_path: Option<(SocketAddr, SocketAddr)>,
     counters: Counters,
@@ -260,6 +266,7 @@ impl PeerSession {
             phase: Phase::Negotiating,
             state: ConnectionState::New,
             channel_deadlines: HashMap::new(),
+            link_end: None,
             remote_max_message: None,
             last_path: None,
             counters: Counters::default(),
@@ -443,13 +450,32 @@ impl PeerSession {
         self.process(now);
     }
 
+    /// Whether the peer's packets have arrived on the direct path.
+    #[cfg(test)]
+    pub(crate) fn peer_reachable(&self) -> bool {
+        self.ice.heard_from_peer()
+    }
+
     /// The signaling link ended. Before the connection is up that ends it, with the ICE
     /// failure when everything was exchanged and nothing ever came from the peer (it most
-    /// likely left because it found no route either).
+    /// likely left because it found no route either). When the peer's packets already arrive
+    /// on the direct path, setup goes on without signaling: the peer usually left because its
+    /// side is up (a phone's `pair()` returns before the desktop's last packets arrive over a
+    /// slow relay); the connect timeout still bounds it.
     pub(crate) fn link_ended(&mut self, now: Instant, how: LinkEnd) {
         self.now = now;
         if self.phase.is_ended() || self.phase.is_up() {
             tracing::info!(?how, "signaling ended; the direct path stays up");
+            return;
+        }
+        if self.remote.is_some() && self.ice.heard_from_peer() {
+            tracing::info!(
+                ?how,
+                phase = ?self.phase,
+                grace = ?LINK_END_GRACE,
+                "signaling ended during setup; the peer is reachable, setup goes on"
+            );
+            self.link_end = Some((how, now + LINK_END_GRACE));
             return;
         }
         let exchanged = self.remote.is_some()
@@ -568,6 +594,19 @@ impl PeerSession {
                 });
                 return;
             }
+            if let Some((how, at)) = self.link_end
+                && now >= at
+            {
+                tracing::info!(
+                    ?how,
+                    "signaling ended and setup did not complete in the grace"
+                );
+                self.fail(match how {
+                    LinkEnd::PeerLeft => PeerError::PeerLeft,
+                    LinkEnd::Lost => PeerError::SignalingLost,
+                });
+                return;
+            }
             if now >= self.started + self.config.connect_timeout {
                 let reason = if self.remote.is_none() {
                     "no offer/answer from the peer".to_owned()
@@ -626,6 +665,10 @@ impl PeerSession {
                 "connect timeout",
             );
             consider(self.no_pair_deadline(), "no candidate pair to try");
+            consider(
+                self.link_end.map(|(_, at)| at),
+                "setup grace after signaling ended",
+            );
         }
         next
     }

@@ -319,6 +319,7 @@ impl SessionSim {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::peer::session::{LINK_END_GRACE, LinkEnd};
 
     #[test]
     fn a_clean_50ms_link_opens_within_six_round_trips_of_the_answer() {
@@ -343,5 +344,53 @@ mod tests {
         sim.run_until_open(Duration::from_secs(10)).unwrap();
         let took = sim.transfer(8 << 20, Duration::from_secs(60)).unwrap();
         assert!(took < Duration::from_secs(10), "{took:?}");
+    }
+
+    /// Runs until the answerer first hears the offerer on the direct path, then ends both
+    /// sides' signaling (the offerer "left"); returns the virtual time of that moment.
+    fn end_signaling_once_reachable(sim: &mut SessionSim) -> Instant {
+        for _ in 0..100_000 {
+            sim.drain();
+            if sim.b.session.peer_reachable() {
+                assert!(sim.b.opened_at.is_none(), "already open: nothing to test");
+                let now = sim.now;
+                sim.a.session.link_ended(now, LinkEnd::Lost);
+                sim.b.session.link_ended(now, LinkEnd::PeerLeft);
+                return now;
+            }
+            assert!(
+                sim.step(),
+                "the sessions stopped before reaching each other"
+            );
+        }
+        panic!("the answerer never heard the offerer");
+    }
+
+    #[test]
+    fn setup_completes_when_signaling_ends_once_the_peer_is_reachable() {
+        // Over a slow relay a phone's pair() returns, and it leaves signaling, before the
+        // desktop's side is up: the desktop must not fail with "the peer left".
+        let mut sim = SessionSim::new(LinkProfile::new(Duration::from_millis(100), 0.0), 5);
+        end_signaling_once_reachable(&mut sim);
+        sim.run_until_open(Duration::from_secs(10)).unwrap();
+    }
+
+    #[test]
+    fn a_peer_that_leaves_and_goes_silent_during_setup_fails_after_the_grace() {
+        let mut sim = SessionSim::new(LinkProfile::new(Duration::from_millis(100), 0.0), 5);
+        let ended = end_signaling_once_reachable(&mut sim);
+        sim.profile.loss = 1.0;
+        let err = sim.run_until_open(Duration::from_secs(60)).unwrap_err();
+        let failed_after = sim.now - ended;
+        assert!(
+            err.contains("left") || err.contains("signaling lost"),
+            "{err}"
+        );
+        // The grace, not the 30 s connect timeout, ends it.
+        assert!(
+            failed_after >= LINK_END_GRACE
+                && failed_after < LINK_END_GRACE + Duration::from_secs(1),
+            "{failed_after:?}"
+        );
     }
 }
