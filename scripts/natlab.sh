@@ -1242,11 +1242,15 @@ proxim_row() {
     local bin=$1 tag=$2
     R_MBS="" R_STALL="" R_OPENS=() R_ERR="" R_BYTES="" R_SECS=""
     row_pair "$bin" "$tag-probe" $((1024 * 1024)) || return 0
-    # The probe underestimates (slow start dominates 1 MiB), so the file is the probe's rate x
-    # 3 x LOSSY_SECS, at most 512 MiB: about as long as the TCP rows at Proxim's own rate. When
-    # that is under 2 MiB the probe already took about as long: its figures are the row's.
-    R_BYTES=$(awk -v probe="$P_MBS" -v secs="$LOSSY_SECS" 'BEGIN {
-        b = probe * 1e6 * 3 * secs
+    # The probe underestimates (slow start dominates 1 MiB, the more so the longer the RTT), so
+    # the file is LOSSY_SECS at the larger of 3 x the probe's rate and the TCP BBR row's rate
+    # (BBR_MBS, at most 10 x the probe's), at most 512 MiB: about as long as the TCP rows, so
+    # startup weighs on both alike. When that is under 2 MiB the probe already took about as
+    # long: its figures are the row's.
+    R_BYTES=$(awk -v probe="$P_MBS" -v bbr="${BBR_MBS:-0}" -v secs="$LOSSY_SECS" 'BEGIN {
+        rate = probe * 3
+        if (bbr > 0) { t = bbr; if (t > probe * 10) t = probe * 10; if (t > rate) rate = t }
+        b = rate * 1e6 * secs
         if (b > 512 * 1048576) b = 512 * 1048576
         printf "%d", b }')
     if [ "$R_BYTES" -ge $((2 * 1024 * 1024)) ]; then
@@ -1351,6 +1355,7 @@ lossy_profile() {
     [ -z "$T_ERR" ] || LOSSY_ERRORS+=("$name: $T_ERR")
     tcp_row bbr "$tag-bbr"
     local bbr=$T_MBS
+    BBR_MBS=$T_MBS
     [ -z "$T_ERR" ] || LOSSY_ERRORS+=("$name: $T_ERR")
 
     # Open times: pairings with a message only, then the two of the Proxim row.
