@@ -148,7 +148,11 @@ async fn relay_candidates_do_not_displace_a_direct_path() {
     let answerer = config(PeerRole::Answerer, turn(coturn.tcp_url(), PASS));
     let (a, _b, _) = connect_with(offerer, answerer).await.unwrap();
     let stats = within("stats", a.connection.stats()).await.unwrap();
-    assert_eq!(stats.path(), CandidateKind::Host, "{stats:?}");
+    // Direct: host, or peer-reflexive when the peer's check beat its trickled candidate.
+    assert!(
+        matches!(stats.path(), CandidateKind::Host | CandidateKind::Prflx),
+        "{stats:?}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -103,7 +103,13 @@ async fn pair_and_exchange_messages_both_ways() {
     );
 
     let stats = phone.stats().await.unwrap();
-    assert_eq!(stats.path(), CandidateKind::Host);
+    // A direct path. The desktop's checks may arrive before its trickled host candidate (which
+    // the phone, gone from signaling once up, may never read): then the pair's remote side is
+    // peer-reflexive. Either way, never relayed or reflexive through a server.
+    assert!(
+        matches!(stats.path(), CandidateKind::Host | CandidateKind::Prflx),
+        "{stats:?}"
+    );
     assert!(
         stats.bytes_sent > 0 && stats.bytes_received > 0,
         "{stats:?}"
@@ -232,7 +238,12 @@ async fn an_unreachable_stun_server_does_not_delay_the_connection() {
         "connecting waited for the silent STUN server: {:?}",
         phone.timings()
     );
-    assert_eq!(phone.stats().await.unwrap().path(), CandidateKind::Host);
+    // Direct (host, or peer-reflexive when the desktop's check beat its trickled candidate).
+    let path = phone.stats().await.unwrap().path();
+    assert!(
+        matches!(path, CandidateKind::Host | CandidateKind::Prflx),
+        "{path:?}"
+    );
     phone.close().await;
     server.shutdown().await;
     drop(silent);
