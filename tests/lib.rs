@@ -6,3 +6,15 @@
 
 pub mod coturn;
 pub mod mitm;
+
+/// Log to the test's captured output, filtered by `RUST_LOG` (default `warn`); once per test
+/// binary (later calls do nothing).
+pub fn init_tracing() {
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
+        )
+        .with_test_writer()
+        .try_init();
+}

@@ -39,6 +39,26 @@ impl LinkConfig {
     }
 }
 
+/// The simulators' random numbers: xorshift64*, deterministic from its seed and
+/// dependency-free (also used by `proxim_core::peer::sim`).
+#[derive(Debug, Clone)]
+pub struct SimRng(u64);
+
+impl SimRng {
+    /// A generator from `seed` (any value; it is made odd).
+    pub fn new(seed: u64) -> SimRng {
+        SimRng(seed | 1)
+    }
+
+    /// The next number, uniform in [0, 1).
+    pub fn next_f64(&mut self) -> f64 {
+        self.0 ^= self.0 >> 12;
+        self.0 ^= self.0 << 25;
+        self.0 ^= self.0 >> 27;
+        (self.0.wrapping_mul(0x2545_f491_4f6c_dd1d) >> 11) as f64 / (1u64 << 53) as f64
+    }
+}
+
 #[derive(Debug)]
 struct Link {
     config: LinkConfig,
@@ -46,7 +66,7 @@ struct Link {
     in_flight: VecDeque<(Instant, Bytes)>,
     /// When the serializer is free again (rate limit).
     busy_until: Instant,
-    rng: u64,
+    rng: SimRng,
     sent: u64,
     dropped: u64,
 }
@@ -57,18 +77,14 @@ impl Link {
             config,
             in_flight: VecDeque::new(),
             busy_until: now,
-            rng: seed | 1,
+            rng: SimRng::new(seed),
             sent: 0,
             dropped: 0,
         }
     }
 
     fn random(&mut self) -> f64 {
-        // xorshift64*: deterministic and dependency-free.
-        self.rng ^= self.rng >> 12;
-        self.rng ^= self.rng << 25;
-        self.rng ^= self.rng >> 27;
-        (self.rng.wrapping_mul(0x2545_f491_4f6c_dd1d) >> 11) as f64 / (1u64 << 53) as f64
+        self.rng.next_f64()
     }
 
     fn push(&mut self, now: Instant, packet: Bytes) {

@@ -17,13 +17,7 @@ const STEP: Duration = Duration::from_secs(30);
 const SECRET: &str = "proxim-test-rest-secret";
 
 async fn server_with_turn(urls: Vec<String>, secret: &str) -> RunningServer {
-    let _ = tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
-        )
-        .with_test_writer()
-        .try_init();
+    proxim_tests::init_tracing();
     let mut config = ServerConfig::loopback();
     config.ice = IceConfig::with_turn_auth(
         &[] as &[&str],

@@ -16,13 +16,7 @@ use proxim_server::{RunningServer, Server, ServerConfig};
 const STEP: Duration = Duration::from_secs(30);
 
 async fn start_server(configure: impl FnOnce(&mut ServerConfig)) -> RunningServer {
-    let _ = tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
-        )
-        .with_test_writer()
-        .try_init();
+    proxim_tests::init_tracing();
     let mut config = ServerConfig::loopback();
     configure(&mut config);
     Server::start(config).await.expect("server starts")

@@ -173,6 +173,16 @@ pub(crate) enum LinkEnd {
     Lost,
 }
 
+impl LinkEnd {
+    /// The error of a setup that this ended.
+    fn error(self) -> PeerError {
+        match self {
+            LinkEnd::PeerLeft => PeerError::PeerLeft,
+            LinkEnd::Lost => PeerError::SignalingLost,
+        }
+    }
+}
+
 #[derive(Debug, Default, Clone, Copy)]
 struct Counters {
     bytes_sent: u64,
@@ -488,10 +498,7 @@ impl PeerSession {
                 reason: self.no_path_reason(),
             });
         } else {
-            self.fail(match how {
-                LinkEnd::PeerLeft => PeerError::PeerLeft,
-                LinkEnd::Lost => PeerError::SignalingLost,
-            });
+            self.fail(how.error());
         }
     }
 
@@ -601,10 +608,7 @@ impl PeerSession {
                     ?how,
                     "signaling ended and setup did not complete in the grace"
                 );
-                self.fail(match how {
-                    LinkEnd::PeerLeft => PeerError::PeerLeft,
-                    LinkEnd::Lost => PeerError::SignalingLost,
-                });
+                self.fail(how.error());
                 return;
             }
             if now >= self.started + self.config.connect_timeout {

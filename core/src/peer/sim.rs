@@ -20,6 +20,7 @@ use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
 use bytes::{Bytes, BytesMut};
+use proxim_sctp::sim::SimRng;
 
 use super::session::{PeerSession, SessionConfig, SessionEvent};
 use super::{PeerError, PeerRole, generate_certificate};
@@ -84,7 +85,7 @@ pub struct SessionSim {
     /// `(arrival, to_b, from, data)`.
     wire: VecDeque<(Instant, bool, SocketAddr, BytesMut)>,
     profile: LinkProfile,
-    rng: u64,
+    rng: SimRng,
     answer_at: Option<Instant>,
     sent: u64,
     lost: u64,
@@ -156,7 +157,7 @@ impl SessionSim {
             b: side(PeerRole::Answerer, b_addr, &dead(2)),
             wire: VecDeque::new(),
             profile,
-            rng: seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1,
+            rng: SimRng::new(seed.wrapping_mul(0x9e37_79b9_7f4a_7c15)),
             answer_at: None,
             sent: 0,
             lost: 0,
@@ -164,10 +165,7 @@ impl SessionSim {
     }
 
     fn random(&mut self) -> f64 {
-        self.rng ^= self.rng >> 12;
-        self.rng ^= self.rng << 25;
-        self.rng ^= self.rng >> 27;
-        (self.rng.wrapping_mul(0x2545_f491_4f6c_dd1d) >> 11) as f64 / (1u64 << 53) as f64
+        self.rng.next_f64()
     }
 
     /// Datagrams sent and lost on the link so far.
