@@ -27,12 +27,9 @@ case $TARGET_DIR in /*) ;; *) TARGET_DIR=$ROOT/$TARGET_DIR ;; esac
 LOG_DIR=${INTEROP_LOG_DIR:-$TARGET_DIR/interop}
 DRIVER=$ROOT/tests/interop/interop.mjs
 
-log() { echo "== $*" >&2; }
-die() {
-    echo "interop: $*" >&2
-    echo "0 passed, 1 failed"
-    exit 1
-}
+SCRIPT_NAME=interop
+# shellcheck source=scripts/lib.sh
+. "$ROOT/scripts/lib.sh"
 
 if [ "${1:-}" = "--list" ]; then
     exec node "$DRIVER" --list

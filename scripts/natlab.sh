@@ -91,12 +91,9 @@ case $TARGET_DIR in /*) ;; *) TARGET_DIR=$ROOT/$TARGET_DIR ;; esac
 # peers (-v) land in the attempt's *.err files.
 export RUST_LIB_BACKTRACE=0
 
-log() { echo "== $*" >&2; }
-die() {
-    echo "natlab: $*" >&2
-    echo "0 passed, 1 failed"
-    exit 1
-}
+SCRIPT_NAME=natlab
+# shellcheck source=scripts/lib.sh
+. "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 
 # ---------------------------------------------------------------------------------------------
 # Scenarios: name | NAT A (desktop) | NAT B (phone) | TURN URLs | force relay | expected
@@ -127,15 +124,6 @@ list_scenarios() {
 # ---------------------------------------------------------------------------------------------
 # Tools
 # ---------------------------------------------------------------------------------------------
-
-apt_updated=false
-apt_install() {
-    if ! $apt_updated; then
-        apt-get update -qq
-        apt_updated=true
-    fi
-    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "$@" >/dev/null
-}
 
 ensure_tools() {
     [ "$(id -u)" -eq 0 ] || die "must run as root (network namespaces, iptables, coturn)"
@@ -250,20 +238,16 @@ forget() {
     PIDS=("${keep[@]}")
 }
 
-# wait_for FILE REGEX WHAT [TENTHS]: bounded wait for a match of REGEX in FILE; print it.
-wait_for() {
-    local file=$1 regex=$2 what=$3 tenths=${4:-100} match i
-    for i in $(seq 1 "$tenths"); do
-        match=$(grep -Eo "$regex" "$file" 2>/dev/null | head -n1 || true)
-        if [ -n "$match" ]; then
-            echo "$match"
-            return 0
-        fi
+# received_matches DIR FILE SHA TENTHS: bounded wait (TENTHS tenths of a second) for the desktop
+# in DIR to save FILE and say it verified it; true when the file in DIR/recv has SHA-256 SHA.
+received_matches() {
+    local dir=$1 file=$2 sha=$3 tenths=$4 received="" _
+    for _ in $(seq 1 "$tenths"); do
+        received=$(find "$dir/recv" -type f -name "$(basename "$file")*" | head -n1)
+        [ -n "$received" ] && grep -q "saved .* verified" "$dir/desktop.out" 2>/dev/null && break
         sleep 0.1
     done
-    echo "natlab: timed out waiting for $what; $file:" >&2
-    tail -n 20 "$file" >&2 || true
-    return 1
+    [ -n "$received" ] && [ "$(sha256sum "$received" | cut -d' ' -f1)" = "$sha" ]
 }
 
 # wait_listen NS PROTO ADDR:PORT WHAT: bounded wait until a socket listens there.
@@ -729,13 +713,7 @@ attempt() {
 
     # The file on the desktop's disk must be the one sent.
     if $ok; then
-        local received="" i
-        for i in $(seq 1 50); do
-            received=$(find "$dir/recv" -type f -name "$(basename "$file")*" | head -n1)
-            [ -n "$received" ] && grep -q "saved .* verified" "$dir/desktop.out" 2>/dev/null && break
-            sleep 0.1
-        done
-        if [ -z "$received" ] || [ "$(sha256sum "$received" | cut -d' ' -f1)" != "$sha" ]; then
+        if ! received_matches "$dir" "$file" "$sha" 50; then
             ok=false error=sha256 message="the received file is missing or differs"
         fi
     fi
@@ -1215,13 +1193,7 @@ lossy_pair() {
     fi
     # The file on the desktop's disk must be the one sent.
     if $P_OK && [ "$bytes" -gt 0 ]; then
-        local received="" i
-        for i in $(seq 1 100); do
-            received=$(find "$dir/recv" -type f -name "$(basename "$file")*" | head -n1)
-            [ -n "$received" ] && grep -q "saved .* verified" "$dir/desktop.out" 2>/dev/null && break
-            sleep 0.1
-        done
-        if [ -z "$received" ] || [ "$(sha256sum "$received" | cut -d' ' -f1)" != "$sha" ]; then
+        if ! received_matches "$dir" "$file" "$sha" 100; then
             P_OK=false P_ERR="$tag: the received file is missing or differs (SHA-256)"
         fi
     fi

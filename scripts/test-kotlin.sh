@@ -21,27 +21,13 @@ JNA_JAR=/usr/share/java/jna.jar
 BUILD=$CACHE/host
 TARGET_DIR=${CARGO_TARGET_DIR:-$ROOT/target}
 
-log() { echo "== $*" >&2; }
-die() {
-    echo "test-kotlin: $*" >&2
-    echo "0 passed, 1 failed"
-    exit 1
-}
+SCRIPT_NAME=test-kotlin
+# shellcheck source=scripts/lib.sh
+. "$ROOT/scripts/lib.sh"
 
 # ---------------------------------------------------------------------------------------------
 # Tools
 # ---------------------------------------------------------------------------------------------
-
-apt_updated=false
-apt_install() {
-    local sudo=""
-    [ "$(id -u)" -eq 0 ] || sudo="sudo"
-    if ! $apt_updated; then
-        $sudo apt-get update -qq
-        apt_updated=true
-    fi
-    DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq "$@" >/dev/null
-}
 
 ensure_tools() {
     command -v java >/dev/null || { log "installing a JRE"; apt_install openjdk-17-jre-headless; }
@@ -81,22 +67,6 @@ cleanup() {
 }
 trap cleanup EXIT
 
-# wait_for FILE REGEX WHAT: wait (bounded) until FILE has a match of REGEX; print the first one.
-wait_for() {
-    local file=$1 regex=$2 what=$3 match i
-    for i in $(seq 1 300); do
-        match=$(grep -Eo "$regex" "$file" 2>/dev/null | head -n1 || true)
-        if [ -n "$match" ]; then
-            echo "$match"
-            return 0
-        fi
-        sleep 0.1
-    done
-    echo "test-kotlin: timed out waiting for $what; $file:" >&2
-    cat "$file" >&2 || true
-    return 1
-}
-
 # start_desktop NAME [flags…]: start a desktop peer in the background; its stdin is
 # $DESKTOP_STDIN (default /dev/null, which makes a prompting desktop reject at once).
 start_desktop() {
@@ -110,13 +80,13 @@ start_desktop() {
 
 # code_of NAME: the (first) pairing code desktop NAME printed.
 code_of() {
-    wait_for "$WORK/$1.out" 'pairing code: [0-9A-Z]+-[0-9A-Z]+' "the $1 desktop's pairing code" |
+    wait_for "$WORK/$1.out" 'pairing code: [0-9A-Z]+-[0-9A-Z]+' "the $1 desktop's pairing code" 300 |
         sed 's/pairing code: //'
 }
 
 # link_of NAME: the QR link desktop NAME printed with its first code (`pairing link: …`).
 link_of() {
-    wait_for "$WORK/$1.out" 'pairing link: proxim://[^[:space:]]+' "the $1 desktop's pairing link" |
+    wait_for "$WORK/$1.out" 'pairing link: proxim://[^[:space:]]+' "the $1 desktop's pairing link" 300 |
         sed 's/pairing link: //'
 }
 
@@ -152,7 +122,7 @@ log "starting proxim serve and six desktops (work dir $WORK)"
 # pairing limit here.
 "$TARGET_DIR/debug/proxim" serve --bind 127.0.0.1:0 --no-stun --pair-attempts 0 >"$WORK/server.out" 2>"$WORK/server.err" &
 PIDS+=($!)
-ADDR=$(wait_for "$WORK/server.err" 'on 127\.0\.0\.1:[0-9]+' "the server's address") ||
+ADDR=$(wait_for "$WORK/server.err" 'on 127\.0\.0\.1:[0-9]+' "the server's address" 300) ||
     die "the signaling server did not start"
 ADDR=${ADDR#on }
 SERVER_URL=ws://$ADDR/ws

@@ -1,4 +1,4 @@
-//! Proxim's own peer layer: two [`Connection`]s in one process, wired back to back with
+//! Proxim's own peer layer: two [`PeerConnection`]s in one process, wired back to back with
 //! [`SignalLink::pair`] (no server), talking over loopback.
 
 use std::time::Duration;
@@ -6,7 +6,7 @@ use std::time::Duration;
 use anyhow::Context as _;
 use bytes::Bytes;
 use proxim_core::SignalLink;
-use proxim_core::peer::{Connection, Established, Payload, PeerConfig, PeerRole};
+use proxim_core::peer::{Established, Payload, PeerConfig, PeerConnection, PeerRole};
 
 use crate::Params;
 use crate::measure::{BulkMeter, Moved, Outcome, repeat_setup, runtime};
@@ -19,7 +19,7 @@ pub(crate) fn run_bulk(params: &Params) -> anyhow::Result<Outcome> {
     runtime()?.block_on(bulk(*params))
 }
 
-/// Row: `Connection::establish` on both sides, repeated.
+/// Row: `PeerConnection::establish` on both sides, repeated.
 pub(crate) fn run_setup(params: &Params) -> anyhow::Result<Outcome> {
     runtime()?.block_on(setup(*params))
 }
@@ -39,8 +39,8 @@ pub(crate) async fn establish_with(
     answerer: PeerConfig,
 ) -> anyhow::Result<(Established, Established)> {
     let (offerer_link, answerer_link) = SignalLink::pair();
-    let offerer = Connection::establish(offerer, offerer_link);
-    let answerer = Connection::establish(answerer, answerer_link);
+    let offerer = PeerConnection::establish(offerer, offerer_link);
+    let answerer = PeerConnection::establish(answerer, answerer_link);
     let (offerer, answerer) = tokio::join!(offerer, answerer);
     Ok((
         offerer.context("offerer establish")?,

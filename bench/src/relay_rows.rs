@@ -12,7 +12,7 @@ use std::time::Duration;
 use anyhow::Context as _;
 use proxim_core::peer::{CandidateKind, Established, PeerConfig, PeerRole};
 use proxim_protocol::IceServer;
-use proxim_tests::coturn::{Coturn, CoturnAuth};
+use proxim_testkit::coturn::{Coturn, CoturnAuth};
 
 use crate::Params;
 use crate::measure::{Outcome, repeat_setup, runtime};

@@ -1,16 +1,12 @@
 //! [`Connection`]: an open direct connection, as a Kotlin object.
 //!
-//! Core's `Connection` needs `&mut` to read its next event and `&` for everything else. The
-//! wrapper keeps it behind a read-write lock: a pump task holds the write side while it waits
-//! for events and steps aside (via `wake`) whenever a call needs the read side; calls run
-//! concurrently with each other. While a call is in progress (a long `sendFile`, say) incoming
-//! events wait in core's queue and are delivered when it ends.
+//! Every method of core's `Connection` takes `&self`, so calls and the pump task that moves
+//! its events to the listener share it without a lock and run concurrently.
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use tokio::sync::{Notify, OwnedRwLockReadGuard, RwLock};
 use tokio::task::JoinHandle;
 use tracing::{Instrument, debug, info_span, warn};
 
@@ -106,13 +102,13 @@ impl Connection {
     /// Send a text message (reliable, ordered). Suspends while the send buffer is full.
     pub async fn send_text(&self, text: String) -> Result<(), ProximException> {
         let shared = self.shared.clone();
-        run(async move { Ok(shared.call().await.send_text(text).await?) }).await
+        run(async move { Ok(shared.connection.send_text(text).await?) }).await
     }
 
     /// Send a binary message (reliable, ordered). Suspends while the send buffer is full.
     pub async fn send_bytes(&self, bytes: Vec<u8>) -> Result<(), ProximException> {
         let shared = self.shared.clone();
-        run(async move { Ok(shared.call().await.send_bytes(bytes).await?) }).await
+        run(async move { Ok(shared.connection.send_bytes(bytes).await?) }).await
     }
 
     /// Send the file at `path`; returns once the desktop verified its SHA-256. Progress goes to
@@ -124,8 +120,8 @@ impl Connection {
         run(async move {
             let failures = events.clone();
             let mut throttle = ProgressThrottle::default();
-            let call = shared.call().await;
-            let result = call
+            let result = shared
+                .connection
                 .send_file(std::path::Path::new(&path), move |progress| {
                     if throttle.should_report(progress.bytes_done, progress.total) {
                         events.connection_advisory(
@@ -138,7 +134,6 @@ impl Connection {
                     }
                 })
                 .await;
-            drop(call);
             match result {
                 Ok(report) => Ok(report.into()),
                 Err(error) => {
@@ -157,7 +152,7 @@ impl Connection {
     /// Current statistics: the path type (host, srflx, relay), RTT, bytes.
     pub async fn stats(&self) -> Result<ConnectionStats, ProximException> {
         let shared = self.shared.clone();
-        run(async move { Ok(shared.call().await.stats().await?.into()) }).await
+        run(async move { Ok(shared.connection.stats().await?.into()) }).await
     }
 
     /// Close the connection and wait until it is closed (at most a few seconds). Idempotent.
@@ -188,9 +183,7 @@ impl Connection {
             pairing_ms: millis(timings.paired),
             setup_ms: millis(timings.channel_open),
             shared: Arc::new(Shared {
-                connection: Arc::new(RwLock::new(connection)),
-                wake: Notify::new(),
-                idle: Notify::new(),
+                connection,
                 state: Mutex::new(state),
                 closed: AtomicBool::new(false),
             }),
@@ -237,50 +230,13 @@ impl Drop for Connection {
 /// What the Kotlin object, its calls and its pump share.
 #[derive(Debug)]
 struct Shared {
-    connection: Arc<RwLock<proxim_core::Connection>>,
-    /// A call wants the read side: the pump lets go of the write side.
-    wake: Notify,
-    /// A call finished: the pump may take the write side again.
-    idle: Notify,
-    /// The latest state the pump saw (so `state()` needs no lock on the connection).
+    connection: proxim_core::Connection,
+    /// The latest state the pump saw (updated with the events, so `state()` follows them).
     state: Mutex<ConnectionState>,
     closed: AtomicBool,
 }
 
-/// Shared access to core's connection for one call; lets the pump back in when dropped.
-struct Call<'a> {
-    // Field order matters: the guard is released before the pump is told.
-    guard: OwnedRwLockReadGuard<proxim_core::Connection>,
-    _done: NotifyOnDrop<'a>,
-}
-
-struct NotifyOnDrop<'a>(&'a Notify);
-
-impl Drop for NotifyOnDrop<'_> {
-    fn drop(&mut self) {
-        self.0.notify_one();
-    }
-}
-
-impl std::ops::Deref for Call<'_> {
-    type Target = proxim_core::Connection;
-
-    fn deref(&self) -> &Self::Target {
-        &self.guard
-    }
-}
-
 impl Shared {
-    /// Get shared access for a call, asking the pump to step aside.
-    async fn call(&self) -> Call<'_> {
-        self.wake.notify_one();
-        let guard = self.connection.clone().read_owned().await;
-        Call {
-            guard,
-            _done: NotifyOnDrop(&self.idle),
-        }
-    }
-
     fn state(&self) -> ConnectionState {
         self.state
             .lock()
@@ -304,7 +260,7 @@ impl Shared {
         if self.closed.swap(true, Ordering::SeqCst) {
             return;
         }
-        let closing = async { self.call().await.close().await };
+        let closing = self.connection.close();
         if tokio::time::timeout(CLOSE_TIMEOUT, closing).await.is_err() {
             warn!("closing the connection took longer than {CLOSE_TIMEOUT:?}; dropping it");
         }
@@ -315,16 +271,7 @@ impl Shared {
 /// Move core's events to the listener until the connection closes.
 async fn pump(shared: Arc<Shared>, id: u64, events: Dispatcher) {
     loop {
-        let Ok(mut connection) = shared.connection.clone().try_write_owned() else {
-            shared.idle.notified().await;
-            continue;
-        };
-        let event = tokio::select! {
-            biased;
-            () = shared.wake.notified() => continue,
-            event = connection.next_event() => event,
-        };
-        drop(connection);
+        let event = shared.connection.next_event().await;
         let Some(event) = event else {
             shared.set_state(ConnectionState::Closed);
             return;

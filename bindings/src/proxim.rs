@@ -229,11 +229,7 @@ mod tests {
     #[test]
     fn a_malformed_code_fails_before_any_network_io() {
         let core = ProximCore::new(config("ws://127.0.0.1:1/ws", "Phone"), None).unwrap();
-        let local = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .unwrap();
-        let result = local.block_on(core.pair("0O!".into()));
+        let result = local_runtime().block_on(core.pair("0O!".into()));
         assert!(
             matches!(result, Err(ProximException::InvalidCode { .. })),
             "{result:?}"
@@ -244,11 +240,7 @@ mod tests {
     fn an_unreachable_server_is_reported_as_such() {
         // Port 1 on loopback: nothing listens, the connection is refused at once.
         let core = ProximCore::new(config("ws://127.0.0.1:1/ws", "Phone"), None).unwrap();
-        let local = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .unwrap();
-        let result = local.block_on(core.pair("ABCDEF-ABCDE".into()));
+        let result = local_runtime().block_on(core.pair("ABCDEF-ABCDE".into()));
         assert!(
             matches!(result, Err(ProximException::ServerUnreachable { .. })),
             "{result:?}"

@@ -1,6 +1,14 @@
-//! [`ProximError`]: the one error type of the public API, with variants an app can act on.
+//! [`ProximError`]: the one error type of the public API, with variants an app can act on, and
+//! the `From` impls that map each layer's error into it.
 
 use std::time::Duration;
+
+use crate::auth::handshake;
+use crate::auth::{AuthError, RefuseReason, StoreError};
+use crate::pairing::PairingError;
+use crate::peer::PeerError;
+use crate::signaling::SignalingError;
+use crate::transfer::TransferError;
 
 /// Why a Proxim operation failed.
 ///
@@ -67,4 +75,91 @@ pub enum ProximError {
     /// A local I/O failure.
     #[error("I/O error: {0}")]
     Io(String),
+}
+
+// The layer errors become `ProximError`s here, one `From` per layer, so `?` does the mapping.
+
+impl From<SignalingError> for ProximError {
+    fn from(error: SignalingError) -> Self {
+        match error {
+            SignalingError::Unreachable(reason) => ProximError::ServerUnreachable(reason),
+            other => ProximError::Signaling(other.to_string()),
+        }
+    }
+}
+
+/// A pairing failure, with the pairing timeout that was in force: [`PairingError::TimedOut`]
+/// does not say how long it waited, [`ProximError::TimedOut`] does.
+#[derive(Debug)]
+pub(crate) struct PairingFailure {
+    /// What failed.
+    pub(crate) error: PairingError,
+    /// The timeout in force ([`crate::ProximConfig::pair_timeout`]).
+    pub(crate) timeout: Duration,
+}
+
+impl From<PairingFailure> for ProximError {
+    fn from(PairingFailure { error, timeout }: PairingFailure) -> Self {
+        match error {
+            PairingError::Rejected => ProximError::Rejected,
+            PairingError::TimedOut => ProximError::TimedOut(timeout),
+            PairingError::UnknownCode => ProximError::UnknownCode,
+            PairingError::CodeExpired => ProximError::CodeExpired,
+            PairingError::CodeUsed => ProximError::CodeUsed,
+            PairingError::DesktopOffline => ProximError::DesktopOffline,
+            PairingError::Refused(payload) => match handshake::refusal_reason(&payload) {
+                Some(RefuseReason::NotTrusted) => ProximError::NotTrusted(
+                    "the desktop does not trust this device (never paired, or revoked); pair \
+                     with a code"
+                        .into(),
+                ),
+                Some(RefuseReason::CodeUsed) => ProximError::CodeUsed,
+                _ => ProximError::Rejected,
+            },
+            PairingError::DesktopGone => ProximError::DesktopGone,
+            PairingError::Cancelled => ProximError::Cancelled,
+            PairingError::Signaling(e) => e.into(),
+            other => ProximError::Signaling(other.to_string()),
+        }
+    }
+}
+
+impl From<AuthError> for ProximError {
+    fn from(error: AuthError) -> Self {
+        match error {
+            AuthError::NotTrusted => ProximError::NotTrusted(error.to_string()),
+            AuthError::PeerAborted(reason) => ProximError::Intercepted(format!(
+                "the other device could not verify this one ({reason:?}): the code was \
+                 mistyped, or someone between the devices tried to take part"
+            )),
+            other => ProximError::Intercepted(other.to_string()),
+        }
+    }
+}
+
+impl From<PeerError> for ProximError {
+    fn from(error: PeerError) -> Self {
+        match error {
+            PeerError::ChannelClosed => ProximError::Closed,
+            PeerError::Intercepted(reason) | PeerError::RefusedByPeer(reason) => {
+                ProximError::Intercepted(reason)
+            }
+            other => ProximError::ConnectionFailed(other.to_string()),
+        }
+    }
+}
+
+impl From<TransferError> for ProximError {
+    fn from(error: TransferError) -> Self {
+        match error {
+            TransferError::Io(e) => ProximError::Io(e.to_string()),
+            other => ProximError::Transfer(other.to_string()),
+        }
+    }
+}
+
+impl From<StoreError> for ProximError {
+    fn from(error: StoreError) -> Self {
+        ProximError::Io(error.to_string())
+    }
 }

@@ -22,7 +22,7 @@ use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
-use crate::peer::{ChannelOptions, Connection, DataChannel, Payload, PeerError};
+use crate::peer::{ChannelOptions, DataChannel, Payload, PeerConnection, PeerError};
 
 /// Label prefix of file-transfer channels: `proxim-file/<id>`.
 pub const CHANNEL_PREFIX: &str = "proxim-file/";
@@ -160,7 +160,7 @@ pub fn is_transfer_channel(label: &str) -> bool {
 ///
 /// `progress` is called at most every 1 % or 100 ms, and once more at the end.
 pub async fn send_file(
-    conn: &Connection,
+    conn: &PeerConnection,
     path: &Path,
     mut progress: impl FnMut(TransferProgress) + Send,
 ) -> Result<FileReport, TransferError> {

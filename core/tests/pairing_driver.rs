@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 
 use proxim_core::LinkEvent;
 use proxim_core::pairing::{
-    DesktopEvent, DesktopRegistration, PairTarget, PairingError, pair_as_phone,
+    DesktopRegistration, PairTarget, PairedSession, PairingError, RegistrationEvent, pair_as_phone,
 };
 use proxim_core::signaling::{Backoff, SignalingClient, SignalingConfig, SignalingEvents};
 use proxim_protocol::{ClientMessage, PairOutcome, ServerMessage, Signal};
@@ -49,6 +49,20 @@ async fn expect_pair_request(conn: &mut FakeConn) {
     }
 }
 
+/// A fake server (keep it alive) and a phone's signaling client connected to it.
+async fn phone_connected() -> (FakeServer, SignalingClient, SignalingEvents, FakeConn) {
+    init_tracing();
+    let mut server = FakeServer::start().await;
+    let (client, events, conn) = connected(&mut server).await;
+    (server, client, events, conn)
+}
+
+/// The server side of a request nobody answered yet: read the pair_request, say pair_pending.
+async fn request_pending(conn: &mut FakeConn) {
+    expect_pair_request(conn).await;
+    conn.send(&pending(S1)).await;
+}
+
 fn pending(s: &str) -> ServerMessage {
     ServerMessage::PairPending {
         session: session(s),
@@ -65,6 +79,16 @@ fn result(s: Option<&str>, outcome: PairOutcome, peer: &str) -> ServerMessage {
     }
 }
 
+/// Pair as the phone `phone` with the code `ABCD`, waiting at most `wait` for the desktop.
+async fn pair_phone(
+    client: &SignalingClient,
+    events: &mut SignalingEvents,
+    wait: Duration,
+) -> Result<PairedSession, PairingError> {
+    let target = PairTarget::Code(code("ABCD"));
+    pair_as_phone(client, events, target, device("phone"), None, wait).await
+}
+
 fn offer() -> Signal {
     Signal::Offer {
         sdp: proxim_protocol::Sdp::new("v=0\r\n").unwrap(),
@@ -73,12 +97,9 @@ fn offer() -> Signal {
 
 #[tokio::test]
 async fn phone_is_accepted_and_gets_a_working_link() {
-    init_tracing();
-    let mut server = FakeServer::start().await;
-    let (client, mut events, mut conn) = connected(&mut server).await;
+    let (_server, client, mut events, mut conn) = phone_connected().await;
     let script = tokio::spawn(async move {
-        expect_pair_request(&mut conn).await;
-        conn.send(&pending(S1)).await;
+        request_pending(&mut conn).await;
         conn.send(&result(Some(S1), PairOutcome::Accepted, "desk"))
             .await;
         // The desktop's answer comes right behind the result.
@@ -90,20 +111,10 @@ async fn phone_is_accepted_and_gets_a_working_link() {
         let sent = conn.recv_skip_pings().await;
         (conn, sent)
     });
-    let paired = timeout(
-        WAIT,
-        pair_as_phone(
-            &client,
-            &mut events,
-            PairTarget::Code(code("ABCD")),
-            device("phone"),
-            None,
-            WAIT,
-        ),
-    )
-    .await
-    .unwrap()
-    .unwrap();
+    let paired = timeout(WAIT, pair_phone(&client, &mut events, WAIT))
+        .await
+        .unwrap()
+        .unwrap();
     assert_eq!(paired.session, session(S1));
     assert_eq!(paired.peer, device("desk"));
     let mut link = paired.link;
@@ -122,86 +133,69 @@ async fn phone_is_accepted_and_gets_a_working_link() {
     );
 }
 
-#[tokio::test]
-async fn phone_is_rejected() {
-    init_tracing();
-    let mut server = FakeServer::start().await;
-    let (client, mut events, mut conn) = connected(&mut server).await;
-    let script = tokio::spawn(async move {
-        expect_pair_request(&mut conn).await;
-        conn.send(&pending(S1)).await;
-        // Noise the phone must ignore: another session's result.
-        conn.send(&result(Some(S2), PairOutcome::Accepted, "other"))
-            .await;
-        conn.send(&result(Some(S1), PairOutcome::Rejected, "desk"))
-            .await;
-        conn
-    });
-    let outcome = timeout(
-        WAIT,
-        pair_as_phone(
-            &client,
-            &mut events,
-            PairTarget::Code(code("ABCD")),
-            device("phone"),
-            None,
-            WAIT,
-        ),
-    )
-    .await
-    .unwrap();
-    assert_eq!(outcome.err(), Some(PairingError::Rejected));
-    script.await.unwrap();
+/// After the phone's pair_request, what the fake server does.
+enum Script {
+    /// Sends these and keeps the connection open.
+    Reply(Vec<ServerMessage>),
+    /// Sends these, then hangs up.
+    ReplyAndHangUp(Vec<ServerMessage>),
 }
 
 #[tokio::test]
-async fn phone_with_an_unknown_code() {
-    init_tracing();
-    let mut server = FakeServer::start().await;
-    let (client, mut events, mut conn) = connected(&mut server).await;
-    let script = tokio::spawn(async move {
-        expect_pair_request(&mut conn).await;
-        conn.send(&result(None, PairOutcome::UnknownCode, "")).await;
-        conn
-    });
-    let outcome = timeout(
-        WAIT,
-        pair_as_phone(
-            &client,
-            &mut events,
-            PairTarget::Code(code("ABCD")),
-            device("phone"),
-            None,
-            WAIT,
+async fn phone_pairing_fails_with_what_the_server_says() {
+    let cases = [
+        (
+            "rejected (another session's result is noise to ignore)",
+            Script::Reply(vec![
+                pending(S1),
+                result(Some(S2), PairOutcome::Accepted, "other"),
+                result(Some(S1), PairOutcome::Rejected, "desk"),
+            ]),
+            PairingError::Rejected,
         ),
-    )
-    .await
-    .unwrap();
-    assert_eq!(outcome.err(), Some(PairingError::UnknownCode));
-    script.await.unwrap();
+        (
+            "unknown code",
+            Script::Reply(vec![result(None, PairOutcome::UnknownCode, "")]),
+            PairingError::UnknownCode,
+        ),
+        (
+            "the server goes away",
+            Script::ReplyAndHangUp(vec![pending(S1)]),
+            PairingError::ServerLost,
+        ),
+    ];
+    for (name, script, expected) in cases {
+        let (_server, client, mut events, mut conn) = phone_connected().await;
+        let script = tokio::spawn(async move {
+            expect_pair_request(&mut conn).await;
+            let (replies, hang_up) = match script {
+                Script::Reply(replies) => (replies, false),
+                Script::ReplyAndHangUp(replies) => (replies, true),
+            };
+            for reply in &replies {
+                conn.send(reply).await;
+            }
+            (!hang_up).then_some(conn)
+        });
+        let outcome = timeout(WAIT, pair_phone(&client, &mut events, WAIT))
+            .await
+            .unwrap();
+        assert_eq!(outcome.err(), Some(expected), "{name}");
+        script.await.unwrap();
+    }
 }
 
 #[tokio::test]
 async fn phone_times_out_and_leaves_when_nobody_answers() {
-    init_tracing();
-    let mut server = FakeServer::start().await;
-    let (client, mut events, mut conn) = connected(&mut server).await;
+    let (_server, client, mut events, mut conn) = phone_connected().await;
     let script = tokio::spawn(async move {
-        expect_pair_request(&mut conn).await;
-        conn.send(&pending(S1)).await;
+        request_pending(&mut conn).await;
         conn.recv_skip_pings().await
     });
     let started = Instant::now();
     let outcome = timeout(
         WAIT,
-        pair_as_phone(
-            &client,
-            &mut events,
-            PairTarget::Code(code("ABCD")),
-            device("phone"),
-            None,
-            Duration::from_millis(300),
-        ),
+        pair_phone(&client, &mut events, Duration::from_millis(300)),
     )
     .await
     .unwrap();
@@ -221,25 +215,15 @@ async fn phone_times_out_and_leaves_when_nobody_answers() {
 
 #[tokio::test]
 async fn dropping_the_phone_future_leaves_the_session() {
-    init_tracing();
-    let mut server = FakeServer::start().await;
-    let (client, mut events, mut conn) = connected(&mut server).await;
+    let (_server, client, mut events, mut conn) = phone_connected().await;
     let (pending_sent_tx, pending_sent_rx) = tokio::sync::oneshot::channel();
     let script = tokio::spawn(async move {
-        expect_pair_request(&mut conn).await;
-        conn.send(&pending(S1)).await;
+        request_pending(&mut conn).await;
         let _ = pending_sent_tx.send(());
         conn.recv_skip_pings().await
     });
     {
-        let pairing = pair_as_phone(
-            &client,
-            &mut events,
-            PairTarget::Code(code("ABCD")),
-            device("phone"),
-            None,
-            WAIT,
-        );
+        let pairing = pair_phone(&client, &mut events, WAIT);
         tokio::pin!(pairing);
         // Drive the pairing until the server said pair_pending, then a little more so the
         // phone reads it, then drop it.
@@ -259,38 +243,22 @@ async fn dropping_the_phone_future_leaves_the_session() {
     );
 }
 
-#[tokio::test]
-async fn phone_fails_when_the_server_goes_away() {
-    init_tracing();
-    let mut server = FakeServer::start().await;
-    let (client, mut events, mut conn) = connected(&mut server).await;
-    let script = tokio::spawn(async move {
-        expect_pair_request(&mut conn).await;
-        conn.send(&pending(S1)).await;
-        drop(conn);
-    });
-    let outcome = timeout(
-        WAIT,
-        pair_as_phone(
-            &client,
-            &mut events,
-            PairTarget::Code(code("ABCD")),
-            device("phone"),
-            None,
-            WAIT,
-        ),
-    )
-    .await
-    .unwrap();
-    assert_eq!(outcome.err(), Some(PairingError::ServerLost));
-    script.await.unwrap();
-}
-
-async fn next(desktop: &mut DesktopRegistration) -> DesktopEvent {
+async fn next(desktop: &mut DesktopRegistration) -> RegistrationEvent {
     timeout(WAIT, desktop.next())
         .await
         .expect("no desktop event in time")
         .expect("desktop events ended")
+}
+
+/// Expect the prompt of session `s` to close with `outcome`.
+async fn expect_prompt_closed(desktop: &mut DesktopRegistration, s: &str, outcome: PairOutcome) {
+    match next(desktop).await {
+        RegistrationEvent::PromptClosed {
+            session: closed,
+            outcome: got,
+        } => assert_eq!((closed, got), (session(s), outcome)),
+        other => panic!("expected {s} to close with {outcome:?}, got {other:?}"),
+    }
 }
 
 /// Register a desktop against `conn`, which answers with `code`.
@@ -337,7 +305,7 @@ async fn desktop_prompt_accept_paired() {
     let (mut desktop, mut conn) = registered_desktop(&mut server).await;
     conn.send(&prompt(S1, 60_000)).await;
     match next(&mut desktop).await {
-        DesktopEvent::Prompt {
+        RegistrationEvent::Prompt {
             session: s,
             peer,
             expires_in,
@@ -366,7 +334,7 @@ async fn desktop_prompt_accept_paired() {
     })
     .await;
     match next(&mut desktop).await {
-        DesktopEvent::Paired(paired) => {
+        RegistrationEvent::Paired(paired) => {
             assert_eq!(paired.session, session(S1));
             assert_eq!(paired.peer, device("phone"));
             let mut link = paired.link;
@@ -393,11 +361,11 @@ async fn desktop_reject_and_prompt_timeout() {
     conn.send(&prompt(S2, 200)).await;
     assert!(matches!(
         next(&mut desktop).await,
-        DesktopEvent::Prompt { .. }
+        RegistrationEvent::Prompt { .. }
     ));
     assert!(matches!(
         next(&mut desktop).await,
-        DesktopEvent::Prompt { .. }
+        RegistrationEvent::Prompt { .. }
     ));
     desktop.reject(&session(S1)).await.unwrap();
     assert_eq!(
@@ -409,26 +377,10 @@ async fn desktop_reject_and_prompt_timeout() {
         }
     );
     // S2 expires by the local clock while nobody answers it.
-    match next(&mut desktop).await {
-        DesktopEvent::PromptClosed {
-            session: s,
-            outcome,
-        } => {
-            assert_eq!((s, outcome), (session(S2), PairOutcome::TimedOut));
-        }
-        other => panic!("expected S2 to time out, got {other:?}"),
-    }
+    expect_prompt_closed(&mut desktop, S2, PairOutcome::TimedOut).await;
     conn.send(&result(Some(S1), PairOutcome::Rejected, ""))
         .await;
-    match next(&mut desktop).await {
-        DesktopEvent::PromptClosed {
-            session: s,
-            outcome,
-        } => {
-            assert_eq!((s, outcome), (session(S1), PairOutcome::Rejected));
-        }
-        other => panic!("expected S1 rejected, got {other:?}"),
-    }
+    expect_prompt_closed(&mut desktop, S1, PairOutcome::Rejected).await;
 }
 
 #[tokio::test]
@@ -439,21 +391,13 @@ async fn desktop_reregisters_after_losing_the_server() {
     conn.send(&prompt(S1, 60_000)).await;
     assert!(matches!(
         next(&mut desktop).await,
-        DesktopEvent::Prompt { .. }
+        RegistrationEvent::Prompt { .. }
     ));
     drop(conn);
-    match next(&mut desktop).await {
-        DesktopEvent::PromptClosed {
-            session: s,
-            outcome,
-        } => {
-            assert_eq!((s, outcome), (session(S1), PairOutcome::DesktopGone));
-        }
-        other => panic!("expected the prompt to close, got {other:?}"),
-    }
+    expect_prompt_closed(&mut desktop, S1, PairOutcome::DesktopGone).await;
     assert!(matches!(
         next(&mut desktop).await,
-        DesktopEvent::Disconnected
+        RegistrationEvent::Disconnected
     ));
 
     // The server comes back; drive the desktop while scripting the new connection.
@@ -470,10 +414,10 @@ async fn desktop_reregisters_after_losing_the_server() {
     });
     assert!(matches!(
         next(&mut desktop).await,
-        DesktopEvent::Reconnected
+        RegistrationEvent::Reconnected
     ));
     match next(&mut desktop).await {
-        DesktopEvent::CodeChanged(new) => assert_eq!(new, code("WXYZ")),
+        RegistrationEvent::CodeChanged(new) => assert_eq!(new, code("WXYZ")),
         other => panic!("expected CodeChanged, got {other:?}"),
     }
     assert_eq!(desktop.code(), &code("WXYZ"));
@@ -483,6 +427,6 @@ async fn desktop_reregisters_after_losing_the_server() {
     conn.send(&prompt(S2, 60_000)).await;
     assert!(matches!(
         next(&mut desktop).await,
-        DesktopEvent::Prompt { session: s, .. } if s == session(S2)
+        RegistrationEvent::Prompt { session: s, .. } if s == session(S2)
     ));
 }

@@ -3,11 +3,12 @@
 mod peer_common;
 
 use bytes::Bytes;
-use peer_common::{connect, init_tracing, within};
+use peer_common::{connect, within};
 use proxim_core::peer::{
     CandidateKind, ChannelOptions, ConnectionEvent, ConnectionState, DEFAULT_CHANNEL, Payload,
     PeerError,
 };
+use proxim_testkit::init_tracing;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn text_and_binary_both_ways() {

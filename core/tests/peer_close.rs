@@ -4,8 +4,9 @@
 mod peer_common;
 
 use bytes::Bytes;
-use peer_common::{connect, init_tracing, within};
+use peer_common::{connect, within};
 use proxim_core::peer::{ChannelOptions, ConnectionEvent, ConnectionEvents, DataChannel, Payload};
+use proxim_testkit::init_tracing;
 
 async fn next_channel(events: &mut ConnectionEvents) -> Option<DataChannel> {
     loop {

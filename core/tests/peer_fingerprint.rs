@@ -7,12 +7,12 @@ mod peer_common;
 
 use std::time::Duration;
 
-use peer_common::{config, connect_with, init_tracing, within};
+use peer_common::{TappedLink, config, connect_with, tapped_link, within};
 use proxim_core::SignalLink;
 use proxim_core::link::LinkEvent;
-use proxim_core::peer::{Connection, PeerError, PeerRole, generate_certificate};
+use proxim_core::peer::{PeerConnection, PeerError, PeerRole, generate_certificate};
 use proxim_protocol::{Sdp, Signal};
-use tokio::sync::mpsc;
+use proxim_testkit::init_tracing;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_authenticated_fingerprints_connect() {
@@ -41,8 +41,8 @@ async fn another_fingerprint_in_the_answer_is_an_interception() {
     let (a_link, b_link) = SignalLink::pair();
     let (x, _y) = within("both sides end", async {
         tokio::join!(
-            Connection::establish(a, a_link),
-            Connection::establish(b, b_link)
+            PeerConnection::establish(a, a_link),
+            PeerConnection::establish(b, b_link)
         )
     })
     .await;
@@ -64,8 +64,8 @@ async fn another_fingerprint_in_the_offer_is_an_interception() {
     let (a_link, b_link) = SignalLink::pair();
     let (_x, y) = within("both sides end", async {
         tokio::join!(
-            Connection::establish(a, a_link),
-            Connection::establish(b, b_link)
+            PeerConnection::establish(a, a_link),
+            PeerConnection::establish(b, b_link)
         )
     })
     .await;
@@ -91,10 +91,16 @@ async fn a_matching_sdp_over_another_certificate_fails_in_dtls() {
     b.connect_timeout = Duration::from_secs(4);
 
     // a -> (rewrite) -> b, b -> a untouched.
-    let (a_out, mut a_out_rx) = mpsc::channel::<Signal>(64);
-    let (b_out, mut b_out_rx) = mpsc::channel::<Signal>(64);
-    let (a_in_tx, a_in) = mpsc::channel::<LinkEvent>(64);
-    let (b_in_tx, b_in) = mpsc::channel::<LinkEvent>(64);
+    let TappedLink {
+        link: a_link,
+        sent: mut a_out_rx,
+        deliver: a_in_tx,
+    } = tapped_link();
+    let TappedLink {
+        link: b_link,
+        sent: mut b_out_rx,
+        deliver: b_in_tx,
+    } = tapped_link();
     let (real_value, claimed_value) = (real_fp.to_sdp_value(), claimed.to_sdp_value());
     tokio::spawn(async move {
         while let Some(signal) = a_out_rx.recv().await {
@@ -120,18 +126,10 @@ async fn a_matching_sdp_over_another_certificate_fails_in_dtls() {
             }
         }
     });
-    let a_link = SignalLink {
-        outgoing: a_out,
-        incoming: a_in,
-    };
-    let b_link = SignalLink {
-        outgoing: b_out,
-        incoming: b_in,
-    };
     let (x, y) = within("both sides end", async {
         tokio::join!(
-            Connection::establish(a, a_link),
-            Connection::establish(b, b_link)
+            PeerConnection::establish(a, a_link),
+            PeerConnection::establish(b, b_link)
         )
     })
     .await;

@@ -5,10 +5,11 @@ mod peer_common;
 
 use std::time::Duration;
 
-use peer_common::{config, init_tracing, within};
-use proxim_core::peer::{Connection, PeerError, PeerRole};
+use peer_common::{config, within};
+use proxim_core::peer::{PeerConnection, PeerError, PeerRole};
 use proxim_core::{LinkEvent, SignalLink};
 use proxim_protocol::{IceServer, Signal};
+use proxim_testkit::init_tracing;
 use rtc::stun::message::{BINDING_SUCCESS, Message};
 use rtc::stun::xoraddr::XorMappedAddress;
 use tokio::sync::mpsc;
@@ -59,7 +60,7 @@ async fn host_then_srflx_candidates_then_end_of_candidates() {
         }],
     );
     offerer.connect_timeout = Duration::from_secs(5);
-    let peer = tokio::spawn(Connection::establish(offerer, link));
+    let peer = tokio::spawn(PeerConnection::establish(offerer, link));
 
     let mut kinds = Vec::new();
     let mut srflx = None;
@@ -159,7 +160,7 @@ async fn ipv6_host_and_server_reflexive_candidates_connect() {
     // The offerer's trickle: a host and a server-reflexive candidate, both IPv6.
     let (outgoing, mut sent) = mpsc::channel(64);
     let (_incoming_tx, incoming) = mpsc::channel(64);
-    let probe = tokio::spawn(Connection::establish(
+    let probe = tokio::spawn(PeerConnection::establish(
         v6(PeerRole::Offerer),
         SignalLink { outgoing, incoming },
     ));

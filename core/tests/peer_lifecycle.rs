@@ -8,13 +8,14 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use peer_common::{config, connect, connect_with, init_tracing, within};
+use peer_common::{config, connect, connect_with, tapped_link, within};
 use proxim_core::SignalLink;
 use proxim_core::peer::{
-    Connection, ConnectionEvent, ConnectionState, Payload, PeerError, PeerRole, RECV_QUEUE_BYTES,
-    SEND_HIGH_WATER,
+    ConnectionEvent, ConnectionState, Payload, PeerConnection, PeerError, PeerRole,
+    RECV_QUEUE_BYTES, SEND_HIGH_WATER,
 };
 use proxim_protocol::IceServer;
+use proxim_testkit::init_tracing;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn establish_time_over_loopback() {
@@ -219,7 +220,7 @@ async fn peer_leaving_before_connecting_fails_quickly() {
     let started = Instant::now();
     let result = within(
         "establish",
-        Connection::establish(config(PeerRole::Offerer, vec![]), a),
+        PeerConnection::establish(config(PeerRole::Offerer, vec![]), a),
     )
     .await;
     assert!(matches!(result, Err(PeerError::PeerLeft)), "{result:?}");
@@ -233,7 +234,7 @@ async fn nobody_answering_times_out_with_a_reason() {
     let mut offerer = config(PeerRole::Offerer, vec![]);
     offerer.connect_timeout = Duration::from_millis(300);
     let started = Instant::now();
-    let result = within("establish", Connection::establish(offerer, a)).await;
+    let result = within("establish", PeerConnection::establish(offerer, a)).await;
     match result {
         Err(PeerError::Timeout { after, reason }) => {
             assert_eq!(after, Duration::from_millis(300));
@@ -249,7 +250,7 @@ async fn force_relay_without_relays_is_an_error() {
     let (a, _b) = SignalLink::pair();
     let mut offerer = config(PeerRole::Offerer, vec![]);
     offerer.force_relay = true;
-    let result = within("establish", Connection::establish(offerer, a)).await;
+    let result = within("establish", PeerConnection::establish(offerer, a)).await;
     assert!(
         matches!(result, Err(PeerError::IceFailed { .. })),
         "{result:?}"
@@ -309,31 +310,20 @@ fn strip_candidates(sdp: &str) -> String {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn no_working_pair_fails_fast_with_the_reason() {
     init_tracing();
-    use tokio::sync::mpsc;
     // A bound, silent socket: checks to it go nowhere.
     let dead = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
     let dead_port = dead.local_addr().unwrap().port();
-    let (a_out, a_sent) = mpsc::channel(64);
-    let (b_out, b_sent) = mpsc::channel(64);
-    let (a_in_tx, a_in) = mpsc::channel(64);
-    let (b_in_tx, b_in) = mpsc::channel(64);
-    tokio::spawn(blackhole_candidates(a_sent, b_in_tx, dead_port));
-    tokio::spawn(blackhole_candidates(b_sent, a_in_tx, dead_port));
-    let a_link = SignalLink {
-        outgoing: a_out,
-        incoming: a_in,
-    };
-    let b_link = SignalLink {
-        outgoing: b_out,
-        incoming: b_in,
-    };
+    let (a, b) = (tapped_link(), tapped_link());
+    tokio::spawn(blackhole_candidates(a.sent, b.deliver, dead_port));
+    tokio::spawn(blackhole_candidates(b.sent, a.deliver, dead_port));
+    let (a_link, b_link) = (a.link, b.link);
     let started = Instant::now();
     let offerer = config(PeerRole::Offerer, vec![]); // connect timeout: 15 s
     let answerer = config(PeerRole::Answerer, vec![]);
     let (a, b) = within("both sides give up", async {
         tokio::join!(
-            Connection::establish(offerer, a_link),
-            Connection::establish(answerer, b_link)
+            PeerConnection::establish(offerer, a_link),
+            PeerConnection::establish(answerer, b_link)
         )
     })
     .await;

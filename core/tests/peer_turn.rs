@@ -7,13 +7,14 @@ mod peer_common;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use peer_common::{config, connect_with, init_tracing, within};
+use peer_common::{config, connect_with, within};
 use proxim_core::peer::{
     CandidateKind, ChannelSender, DataChannel, Payload, PeerConfig, PeerError, PeerRole,
 };
 use proxim_core::turn::{TurnError, TurnOptions, TurnTransport, probe_turn};
 use proxim_protocol::IceServer;
-use proxim_tests::coturn::{Coturn, CoturnAuth};
+use proxim_testkit::coturn::{Coturn, CoturnAuth};
+use proxim_testkit::init_tracing;
 
 const USER: &str = "alice";
 const PASS: &str = "wonderland";

@@ -396,93 +396,61 @@ async fn sessions_are_demultiplexed() {
     ));
 }
 
+/// Signals right behind an accepted result, before the link is opened, are kept for the link.
+/// So are the peer's last signal (e.g. why it gave up) and the end of the session when both
+/// come before the link opens: the link still gets them, in order (they used to be dropped,
+/// and the desktop waited out its timeout).
 #[tokio::test]
-async fn signals_right_after_an_accepted_result_are_kept_for_the_link() {
+async fn signals_before_the_link_opens_are_kept_for_it() {
     init_tracing();
-    let mut server = FakeServer::start().await;
-    let (client, mut events, mut conn) = connected(&mut server, 1_000, 5_000).await;
-    conn.send(&ServerMessage::PairResult {
-        session: Some(session(S1)),
-        outcome: PairOutcome::Accepted,
-        peer: Some(device("phone")),
-        auth: None,
-    })
-    .await;
-    conn.send(&ServerMessage::Signal {
-        session: session(S1),
-        signal: offer(),
-    })
-    .await;
-    conn.send(&ServerMessage::Registered {
-        code: code("WXYZ"),
-        expires_in_ms: None,
-    })
-    .await;
-    assert!(matches!(
-        next(&mut events).await,
-        SignalingEvent::Message(ServerMessage::PairResult { .. })
-    ));
-    // By the time this arrives, the offer was already read from the socket.
-    assert!(matches!(
-        next(&mut events).await,
-        SignalingEvent::Message(ServerMessage::Registered { .. })
-    ));
-    let mut link = client.open_session(session(S1));
-    assert_eq!(
-        timeout(WAIT, link.incoming.recv()).await.unwrap(),
-        Some(LinkEvent::Signal(offer()))
-    );
-}
-
-/// The peer's last signal (e.g. why it gave up) and the end of the session, both before the
-/// link was opened: the link still gets them, in order (they used to be dropped, and the
-/// desktop waited out its timeout).
-#[tokio::test]
-async fn a_session_that_ends_before_its_link_opens_still_delivers_its_signals() {
-    init_tracing();
-    let mut server = FakeServer::start().await;
-    let (client, mut events, mut conn) = connected(&mut server, 1_000, 5_000).await;
-    conn.send(&ServerMessage::PairResult {
-        session: Some(session(S1)),
-        outcome: PairOutcome::Accepted,
-        peer: Some(device("phone")),
-        auth: None,
-    })
-    .await;
-    conn.send(&ServerMessage::Signal {
-        session: session(S1),
-        signal: offer(),
-    })
-    .await;
-    conn.send(&ServerMessage::SessionEnded {
-        session: session(S1),
-        reason: proxim_protocol::SessionEndReason::PeerLeft,
-    })
-    .await;
-    conn.send(&ServerMessage::Registered {
-        code: code("WXYZ"),
-        expires_in_ms: None,
-    })
-    .await;
-    assert!(matches!(
-        next(&mut events).await,
-        SignalingEvent::Message(ServerMessage::PairResult { .. })
-    ));
-    assert!(matches!(
-        next(&mut events).await,
-        SignalingEvent::Message(ServerMessage::Registered { .. })
-    ));
-    let mut link = client.open_session(session(S1));
-    assert_eq!(
-        timeout(WAIT, link.incoming.recv()).await.unwrap(),
-        Some(LinkEvent::Signal(offer()))
-    );
-    assert_eq!(
-        timeout(WAIT, link.incoming.recv()).await.unwrap(),
-        Some(LinkEvent::Ended(
-            proxim_protocol::SessionEndReason::PeerLeft
-        ))
-    );
+    for ended in [None, Some(SessionEndReason::PeerLeft)] {
+        let mut server = FakeServer::start().await;
+        let (client, mut events, mut conn) = connected(&mut server, 1_000, 5_000).await;
+        conn.send(&ServerMessage::PairResult {
+            session: Some(session(S1)),
+            outcome: PairOutcome::Accepted,
+            peer: Some(device("phone")),
+            auth: None,
+        })
+        .await;
+        conn.send(&ServerMessage::Signal {
+            session: session(S1),
+            signal: offer(),
+        })
+        .await;
+        if let Some(reason) = ended {
+            conn.send(&ServerMessage::SessionEnded {
+                session: session(S1),
+                reason,
+            })
+            .await;
+        }
+        conn.send(&ServerMessage::Registered {
+            code: code("WXYZ"),
+            expires_in_ms: None,
+        })
+        .await;
+        assert!(matches!(
+            next(&mut events).await,
+            SignalingEvent::Message(ServerMessage::PairResult { .. })
+        ));
+        // By the time this arrives, the offer (and the end) were already read from the socket.
+        assert!(matches!(
+            next(&mut events).await,
+            SignalingEvent::Message(ServerMessage::Registered { .. })
+        ));
+        let mut link = client.open_session(session(S1));
+        let expected = [Some(LinkEvent::Signal(offer()))]
+            .into_iter()
+            .chain(ended.map(|reason| Some(LinkEvent::Ended(reason))));
+        for expected in expected {
+            assert_eq!(
+                timeout(WAIT, link.incoming.recv()).await.unwrap(),
+                expected,
+                "ended: {ended:?}"
+            );
+        }
+    }
 }
 
 #[tokio::test]

@@ -5,7 +5,7 @@ mod peer_common;
 use std::path::Path;
 use std::time::Duration;
 
-use proxim_core::peer::Connection;
+use proxim_core::peer::PeerConnection;
 use proxim_core::transfer::{
     ReceivedFile, TransferError, TransferProgress, receive_file, send_file,
 };
@@ -245,7 +245,7 @@ async fn files_in_a_row_on_one_connection() {
 }
 
 /// Speak the transfer protocol by hand (a sender that lies about the name); returns the ack.
-async fn raw_send(conn: &Connection, name: &str, content: &[u8]) -> String {
+async fn raw_send(conn: &PeerConnection, name: &str, content: &[u8]) -> String {
     use proxim_core::peer::{ChannelOptions, Payload};
     let mut channel = conn
         .open_channel("proxim-file/raw1", ChannelOptions::default())

@@ -64,62 +64,64 @@ async fn scripted(
     (result, reply, empty)
 }
 
+/// Run `script` against the receiver: it must fail as `fails` says, leave no file, and answer
+/// with a refusal exactly when `nack` is set.
+async fn assert_refused(
+    what: &str,
+    script: Vec<Payload>,
+    fails: fn(&TransferError) -> bool,
+    nack: bool,
+) {
+    let (result, reply, empty) = scripted(script).await;
+    assert!(result.as_ref().is_err_and(fails), "{what}: {result:?}");
+    if nack {
+        assert!(
+            reply.as_ref().is_some_and(|r| r.contains(r#""ok":false"#)),
+            "{what}: {reply:?}"
+        );
+    }
+    assert!(empty, "{what}: no file left");
+}
+
+fn is_protocol(error: &TransferError) -> bool {
+    matches!(error, TransferError::Protocol(_))
+}
+
+/// Bound a whole test by [`TEST_TIMEOUT`].
+async fn within_test(test: impl Future<Output = ()>) {
+    proxim_testkit::within_for(TEST_TIMEOUT, "test", test).await
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn malformed_header_is_a_protocol_error() {
-    tokio::time::timeout(TEST_TIMEOUT, async {
-        let (result, _, empty) = scripted(vec![Payload::Text("{not json".to_owned())]).await;
-        assert!(
-            matches!(result, Err(TransferError::Protocol(_))),
-            "{result:?}"
-        );
-        assert!(empty);
-
-        let (result, _, empty) = scripted(vec![Payload::Binary(Bytes::from_static(
-            b"data before header",
-        ))])
-        .await;
-        assert!(
-            matches!(result, Err(TransferError::Protocol(_))),
-            "{result:?}"
-        );
-        assert!(empty);
+    within_test(async {
+        let not_json = vec![Payload::Text("{not json".to_owned())];
+        assert_refused("not json", not_json, is_protocol, false).await;
+        let data_first = vec![Payload::Binary(Bytes::from_static(b"data before header"))];
+        assert_refused("data before header", data_first, is_protocol, false).await;
     })
     .await
-    .expect("test timed out");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn unsupported_version_and_oversize_are_refused() {
-    tokio::time::timeout(TEST_TIMEOUT, async {
-        let (result, reply, empty) = scripted(vec![text(
+    within_test(async {
+        let version = vec![text(
             serde_json::json!({"type":"header","version":99,"name":"a","size":1}),
-        )])
-        .await;
-        assert!(
-            matches!(result, Err(TransferError::Protocol(_))),
-            "{result:?}"
-        );
-        assert!(reply.is_some_and(|r| r.contains(r#""ok":false"#)));
-        assert!(empty);
-
-        let (result, reply, empty) = scripted(vec![text(
+        )];
+        assert_refused("version 99", version, is_protocol, true).await;
+        let oversize = vec![text(
             serde_json::json!({"type":"header","version":1,"name":"a","size":u64::MAX}),
-        )])
-        .await;
-        assert!(
-            matches!(result, Err(TransferError::TooLarge { .. })),
-            "{result:?}"
-        );
-        assert!(reply.is_some_and(|r| r.contains(r#""ok":false"#)));
-        assert!(empty);
+        )];
+        let too_large = |e: &TransferError| matches!(e, TransferError::TooLarge { .. });
+        assert_refused("oversize", oversize, too_large, true).await;
     })
     .await
-    .expect("test timed out");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn wrong_hash_is_a_mismatch_and_deletes_the_part_file() {
-    tokio::time::timeout(TEST_TIMEOUT, async {
+    within_test(async {
         let wrong = hex::encode(Sha256::digest(b"something else"));
         let (result, reply, empty) = scripted(vec![
             text(serde_json::json!({"type":"header","version":1,"name":"f.bin","size":5})),
@@ -139,43 +141,30 @@ async fn wrong_hash_is_a_mismatch_and_deletes_the_part_file() {
         assert!(empty, "part file deleted");
     })
     .await
-    .expect("test timed out");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn size_mismatch_and_overflow_are_protocol_errors() {
-    tokio::time::timeout(TEST_TIMEOUT, async {
+    within_test(async {
         let sha = hex::encode(Sha256::digest(b"hel"));
-        let (result, _, empty) = scripted(vec![
+        let short = vec![
             text(serde_json::json!({"type":"header","version":1,"name":"f","size":5})),
             Payload::Binary(Bytes::from_static(b"hel")),
             text(serde_json::json!({"type":"trailer","sha256": sha})),
-        ])
-        .await;
-        assert!(
-            matches!(result, Err(TransferError::Protocol(_))),
-            "{result:?}"
-        );
-        assert!(empty);
-
-        let (result, _, empty) = scripted(vec![
+        ];
+        assert_refused("size mismatch", short, is_protocol, false).await;
+        let overflow = vec![
             text(serde_json::json!({"type":"header","version":1,"name":"f","size":2})),
             Payload::Binary(Bytes::from_static(b"hello")),
-        ])
-        .await;
-        assert!(
-            matches!(result, Err(TransferError::Protocol(_))),
-            "{result:?}"
-        );
-        assert!(empty);
+        ];
+        assert_refused("overflow", overflow, is_protocol, false).await;
     })
     .await
-    .expect("test timed out");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sender_closing_midway_is_cancelled_and_leaves_nothing() {
-    tokio::time::timeout(TEST_TIMEOUT, async {
+    within_test(async {
         let (offerer, mut answerer) = peer_common::connect().await;
         let dir = tempfile::tempdir().expect("test setup");
         let dir_path = dir.path().to_owned();
@@ -219,5 +208,4 @@ async fn sender_closing_midway_is_cancelled_and_leaves_nothing() {
         answerer.connection.close().await;
     })
     .await
-    .expect("test timed out");
 }

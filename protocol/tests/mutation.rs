@@ -348,31 +348,8 @@ const VALUE_TOKENS: &[&str] = &[
     "0123456789ABCDEF",
 ];
 
-/// Message and signal tags, known and not.
-const TAGS: &[&str] = &[
-    "hello",
-    "register_desktop",
-    "pair_request",
-    "connect_request",
-    "renew_code",
-    "pair_response",
-    "signal",
-    "leave",
-    "ping",
-    "pong",
-    "bye",
-    "welcome",
-    "registered",
-    "pair_pending",
-    "pair_prompt",
-    "pair_result",
-    "session_ended",
-    "error",
-    "offer",
-    "answer",
-    "candidate",
-    "end_of_candidates",
-    "auth",
+/// Tags that are none of the protocol's: empty, wrong case, padded, with a NUL, unknown.
+const BOGUS_TAGS: &[&str] = &[
     "",
     "HELLO",
     "hello ",
@@ -380,6 +357,17 @@ const TAGS: &[&str] = &[
     "Signal",
     "launch_missiles",
 ];
+
+/// Message and signal tags, known and not.
+fn tags() -> Vec<&'static str> {
+    [
+        invariants::CLIENT_KINDS,
+        invariants::SERVER_KINDS,
+        invariants::SIGNAL_KINDS,
+        BOGUS_TAGS,
+    ]
+    .concat()
+}
 
 /// Field names of the protocol, for unknown-key and duplicate-key mutations.
 const KEYS: &[&str] = &[
@@ -524,6 +512,8 @@ struct Mutator {
     seeds: Vec<String>,
     pool: Vec<String>,
     tokens: &'static [&'static str],
+    /// Message and signal tags, known and not ([`tags`]).
+    tags: Vec<&'static str>,
     json: bool,
 }
 
@@ -534,6 +524,7 @@ impl Mutator {
             seeds,
             pool: Vec::new(),
             tokens,
+            tags: tags(),
             json,
         }
     }
@@ -685,7 +676,7 @@ impl Mutator {
                 };
             }
             4 => {
-                let tag = (*self.rng.pick(TAGS)).to_owned();
+                let tag = (*self.rng.pick(&self.tags)).to_owned();
                 let key = if self.rng.chance(1, 3) {
                     "kind"
                 } else {
@@ -827,7 +818,7 @@ impl Mutator {
             5 => Value::String((*self.rng.pick(UNICODE_EDGES)).to_owned()),
             6 => Value::Array(vec![Value::Null]),
             7 => Value::Object(serde_json::Map::new()),
-            _ => Value::String((*self.rng.pick(TAGS)).to_owned()),
+            _ => Value::String((*self.rng.pick(&self.tags)).to_owned()),
         }
     }
 
@@ -880,7 +871,7 @@ impl Mutator {
         let key = *self.rng.pick(KEYS);
         let repeated = match self.rng.below(3) {
             0 => format!("\"{key}\":null,"),
-            1 => format!("\"{key}\":\"{}\",", self.rng.pick(TAGS)),
+            1 => format!("\"{key}\":\"{}\",", self.rng.pick(&self.tags)),
             _ => format!("\"{key}\":{},", self.rng.pick(RAW_NUMBERS)),
         };
         format!("{}{repeated}{}", &text[..=at], &text[at + 1..])

@@ -28,44 +28,16 @@ const DEFAULT_CASES: u32 = 1000;
 /// The seed when `PROXIM_PROPTEST_SEED` is unset.
 const DEFAULT_SEED: u64 = 0x5052_4f58_494d;
 
-/// Every `type` of each direction: a new variant must join its strategy and this list.
-const CLIENT_KINDS: &[&str] = &[
-    "hello",
-    "register_desktop",
-    "pair_request",
-    "connect_request",
-    "renew_code",
-    "pair_response",
-    "signal",
-    "leave",
-    "ping",
-    "pong",
-    "bye",
-];
-const SERVER_KINDS: &[&str] = &[
-    "welcome",
-    "registered",
-    "pair_pending",
-    "pair_prompt",
-    "pair_result",
-    "signal",
-    "session_ended",
-    "error",
-    "ping",
-    "pong",
-    "bye",
-];
-
 #[test]
 fn valid_client_messages_round_trip() {
-    round_trip("client", client_message(), CLIENT_KINDS, |m| {
+    round_trip("client", client_message(), invariants::CLIENT_KINDS, |m| {
         invariants::check_client_frame(&m.encode()).map(|_| m.kind())
     });
 }
 
 #[test]
 fn valid_server_messages_round_trip() {
-    round_trip("server", server_message(), SERVER_KINDS, |m| {
+    round_trip("server", server_message(), invariants::SERVER_KINDS, |m| {
         invariants::check_server_frame(&m.encode()).map(|_| m.kind())
     });
 }

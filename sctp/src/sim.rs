@@ -59,6 +59,18 @@ impl SimRng {
     }
 }
 
+/// Moves the virtual clock `now` to the earliest of `deadlines` (never backwards) and returns
+/// the new now; `None`, and the clock stays, when no deadline is set: nothing is left to happen.
+/// The event loop of both simulators (also used by `proxim_core::peer::sim`).
+pub fn advance_clock(
+    now: &mut Instant,
+    deadlines: impl IntoIterator<Item = Option<Instant>>,
+) -> Option<Instant> {
+    let next = deadlines.into_iter().flatten().min()?;
+    *now = (*now).max(next);
+    Some(*now)
+}
+
 #[derive(Debug)]
 struct Link {
     config: LinkConfig,
@@ -261,21 +273,16 @@ impl Sim {
     /// deadline). Returns `false` when nothing is left to happen and there is no limit.
     pub fn step_until(&mut self, limit: Option<Instant>) -> bool {
         self.drain();
-        let next = [
+        let deadlines = [
             self.a.poll_timeout(),
             self.b.poll_timeout(),
             self.ab.next_arrival(),
             self.ba.next_arrival(),
-        ]
-        .into_iter()
-        .chain([limit])
-        .flatten()
-        .min();
-        let Some(next) = next else {
+            limit,
+        ];
+        let Some(now) = advance_clock(&mut self.now, deadlines) else {
             return false;
         };
-        self.now = self.now.max(next);
-        let now = self.now;
         while self.ab.next_arrival().is_some_and(|t| t <= now) {
             if let Some((_, p)) = self.ab.in_flight.pop_front() {
                 let _ = self.b.handle_input(now, p);

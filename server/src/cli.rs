@@ -1,7 +1,8 @@
-//! Command-line arguments of `proxim serve`, with environment variables and a TOML file.
+//! Command-line arguments of `proxim serve`, with environment variables and a TOML file: the
+//! one way the server's settings are read ([`ServeArgs::into_config`]).
 //!
-//! Precedence: a flag (or its environment variable) beats the file, the file beats the
-//! defaults. The file uses the flags' names with `_`:
+//! Precedence (kept in one place, `pick`): a flag (or its environment variable) beats the
+//! file, the file beats the defaults. The file uses the flags' names with `_`:
 //!
 //! ```toml
 //! bind = "0.0.0.0:8787"
@@ -21,6 +22,7 @@
 //! prompt_timeout = "60s"
 //! code_ttl = "10m"             # how long a pairing code is valid (0: forever)
 //! send_queue = 256
+//! listen_backlog = 1024       # connections queued by the kernel before accept
 //! rate_limit = 50              # messages/s per connection (0: off)
 //! rate_burst = 100
 //! rate_strikes = 50            # refused frames before disconnecting
@@ -36,10 +38,10 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
-use crate::config::{
-    ConfigError, DEFAULT_STUN_BIND, IceConfig, ServerConfig, TrustedProxies, TurnAuth,
-    parse_duration, split_list,
-};
+use crate::config::{ConfigError, DEFAULT_STUN_BIND, ServerConfig};
+use crate::ice::{IceConfig, TurnAuth};
+use crate::proxy::TrustedProxies;
+use crate::turn_rest::DEFAULT_TURN_TTL;
 
 /// Arguments of the `serve` command. `Debug` hides the TURN password and secret.
 #[derive(Clone, Default, clap::Args)]
@@ -111,6 +113,10 @@ pub struct ServeArgs {
     /// [default: 256].
     #[arg(long, value_name = "MESSAGES")]
     pub send_queue: Option<usize>,
+    /// Connections the kernel queues before the server accepts them (capped by
+    /// `net.core.somaxconn`) [default: 1024].
+    #[arg(long, env = "PROXIM_LISTEN_BACKLOG", value_name = "CONNECTIONS")]
+    pub listen_backlog: Option<u32>,
     /// Messages per second one connection may send, sustained; 0 turns the limit off
     /// [default: 50].
     #[arg(long, env = "PROXIM_RATE_LIMIT", value_name = "PER_SECOND")]
@@ -162,6 +168,7 @@ impl std::fmt::Debug for ServeArgs {
             .field("prompt_timeout", &self.prompt_timeout)
             .field("code_ttl", &self.code_ttl)
             .field("send_queue", &self.send_queue)
+            .field("listen_backlog", &self.listen_backlog)
             .field("rate_limit", &self.rate_limit)
             .field("rate_burst", &self.rate_burst)
             .field("rate_strikes", &self.rate_strikes)
@@ -174,116 +181,173 @@ impl std::fmt::Debug for ServeArgs {
 }
 
 impl ServeArgs {
+    /// Parse `serve`'s flags (`args`, without the program name) the way `proxim serve` does:
+    /// a setting not given as a flag is read from its environment variable.
+    pub fn try_parse_from<I, T>(args: I) -> Result<Self, clap::Error>
+    where
+        I: IntoIterator<Item = T>,
+        T: Into<std::ffi::OsString> + Clone,
+    {
+        #[derive(clap::Parser)]
+        struct Serve {
+            #[command(flatten)]
+            args: ServeArgs,
+        }
+        let argv = std::iter::once(std::ffi::OsString::from("serve"))
+            .chain(args.into_iter().map(Into::into));
+        <Serve as clap::Parser>::try_parse_from(argv).map(|serve| serve.args)
+    }
+
     /// Merge flags, environment, the config file and the defaults into a validated
-    /// [`ServerConfig`].
+    /// [`ServerConfig`]: the one way settings are read. Each setting is the flag (or its
+    /// environment variable) if given, else the file's value, else the default ([`pick`]).
     pub fn into_config(self) -> Result<ServerConfig, ConfigError> {
         let file = match &self.config {
             Some(path) => FileConfig::read(path)?,
             None => FileConfig::default(),
         };
         let defaults = ServerConfig::default();
-        let stun = self
-            .stun_urls
-            .map(|s| split_list(&s))
-            .or(file.stun_urls.map(UrlList::into_vec))
-            .unwrap_or_default();
-        let turn = self
-            .turn_urls
-            .map(|s| split_list(&s))
-            .or(file.turn_urls.map(UrlList::into_vec))
-            .unwrap_or_default();
-        let file_duration = |what: &'static str, value: Option<DurationValue>| {
-            value.map(|v| v.into_duration(what)).transpose()
-        };
-        let turn_ttl = match self.turn_ttl {
-            Some(d) => Some(d),
-            None => file_duration("turn_ttl", file.turn_ttl)?,
+        let list = |flag: Option<String>, file: Option<UrlList>| {
+            pick(
+                flag.map(|s| split_list(&s)),
+                file.map(UrlList::into_vec),
+                Vec::new(),
+            )
         };
         let ice = IceConfig::with_turn_auth(
-            &stun,
-            &turn,
+            &list(self.stun_urls, file.stun_urls),
+            &list(self.turn_urls, file.turn_urls),
             TurnAuth {
                 username: self.turn_username.or(file.turn_username),
                 password: self.turn_password.or(file.turn_password),
                 secret: self.turn_secret.or(file.turn_secret),
-                ttl: turn_ttl,
+                ttl: Some(pick_duration(
+                    "turn_ttl",
+                    self.turn_ttl,
+                    file.turn_ttl,
+                    DEFAULT_TURN_TTL,
+                )?),
                 realm: self.turn_realm.or(file.turn_realm),
             },
         )?;
-        let stun_responder = if self.no_stun || file.no_stun == Some(true) {
+        let stun = if self.no_stun || file.no_stun == Some(true) {
             None
         } else {
-            Some(
-                self.stun_bind
-                    .or(file.stun_bind)
-                    .unwrap_or(DEFAULT_STUN_BIND),
-            )
+            Some(pick(self.stun_bind, file.stun_bind, DEFAULT_STUN_BIND))
         };
-        let trusted_proxies = match self.trusted_proxies {
-            Some(list) => TrustedProxies::parse(&list)?,
-            None => match file.trusted_proxies {
-                Some(list) => TrustedProxies::parse(&list.into_vec().join(","))?,
-                None => defaults.trusted_proxies.clone(),
-            },
-        };
-        let pair_window = match self.pair_window {
-            Some(d) => d,
-            None => file_duration("pair_window", file.pair_window)?.unwrap_or(defaults.pair_window),
-        };
+        let trusted_proxies = TrustedProxies::parse(&pick(
+            self.trusted_proxies,
+            file.trusted_proxies.map(|list| list.into_vec().join(",")),
+            String::new(),
+        ))?;
+        let pair_window = pick_duration(
+            "pair_window",
+            self.pair_window,
+            file.pair_window,
+            defaults.pair_window,
+        )?;
         let config = ServerConfig {
-            bind: self.bind.or(file.bind).unwrap_or(defaults.bind),
+            bind: pick(self.bind, file.bind, defaults.bind),
             ice,
-            heartbeat_interval: match self.heartbeat_interval {
-                Some(d) => d,
-                None => file_duration("heartbeat_interval", file.heartbeat_interval)?
-                    .unwrap_or(defaults.heartbeat_interval),
-            },
-            heartbeat_timeout: match self.heartbeat_timeout {
-                Some(d) => d,
-                None => file_duration("heartbeat_timeout", file.heartbeat_timeout)?
-                    .unwrap_or(defaults.heartbeat_timeout),
-            },
-            prompt_timeout: match self.prompt_timeout {
-                Some(d) => d,
-                None => file_duration("prompt_timeout", file.prompt_timeout)?
-                    .unwrap_or(defaults.prompt_timeout),
-            },
-            code_ttl: match self.code_ttl {
-                Some(d) => d,
-                None => file_duration("code_ttl", file.code_ttl)?.unwrap_or(defaults.code_ttl),
-            },
-            send_queue_capacity: self
-                .send_queue
-                .or(file.send_queue)
-                .unwrap_or(defaults.send_queue_capacity),
-            stun: stun_responder,
+            heartbeat_interval: pick_duration(
+                "heartbeat_interval",
+                self.heartbeat_interval,
+                file.heartbeat_interval,
+                defaults.heartbeat_interval,
+            )?,
+            heartbeat_timeout: pick_duration(
+                "heartbeat_timeout",
+                self.heartbeat_timeout,
+                file.heartbeat_timeout,
+                defaults.heartbeat_timeout,
+            )?,
+            prompt_timeout: pick_duration(
+                "prompt_timeout",
+                self.prompt_timeout,
+                file.prompt_timeout,
+                defaults.prompt_timeout,
+            )?,
+            code_ttl: pick_duration("code_ttl", self.code_ttl, file.code_ttl, defaults.code_ttl)?,
+            send_queue_capacity: pick(
+                self.send_queue,
+                file.send_queue,
+                defaults.send_queue_capacity,
+            ),
+            listen_backlog: pick(
+                self.listen_backlog,
+                file.listen_backlog,
+                defaults.listen_backlog,
+            ),
+            stun,
             public_host: self.public_host.or(file.public_host),
-            rate_limit: self
-                .rate_limit
-                .or(file.rate_limit)
-                .unwrap_or(defaults.rate_limit),
-            rate_burst: self
-                .rate_burst
-                .or(file.rate_burst)
-                .unwrap_or(defaults.rate_burst),
-            rate_strikes: self
-                .rate_strikes
-                .or(file.rate_strikes)
-                .unwrap_or(defaults.rate_strikes),
-            max_connections_per_ip: self
-                .max_connections_per_ip
-                .or(file.max_connections_per_ip)
-                .unwrap_or(defaults.max_connections_per_ip),
-            pair_attempts: self
-                .pair_attempts
-                .or(file.pair_attempts)
-                .unwrap_or(defaults.pair_attempts),
+            rate_limit: pick(self.rate_limit, file.rate_limit, defaults.rate_limit),
+            rate_burst: pick(self.rate_burst, file.rate_burst, defaults.rate_burst),
+            rate_strikes: pick(self.rate_strikes, file.rate_strikes, defaults.rate_strikes),
+            max_connections_per_ip: pick(
+                self.max_connections_per_ip,
+                file.max_connections_per_ip,
+                defaults.max_connections_per_ip,
+            ),
+            pair_attempts: pick(
+                self.pair_attempts,
+                file.pair_attempts,
+                defaults.pair_attempts,
+            ),
             pair_window,
             trusted_proxies,
             ..defaults
         };
         config.validate()?;
         Ok(config)
+    }
+}
+
+/// The precedence of every `proxim serve` setting, in one place: the flag (or its environment
+/// variable, which clap has already folded into it) wins over the file, the file over
+/// `default`.
+fn pick<T>(flag: Option<T>, file: Option<T>, default: T) -> T {
+    flag.or(file).unwrap_or(default)
+}
+
+/// [`pick`] for a duration. The file's value is parsed only when no flag overrides it, so a
+/// bad value in the file is reported (as `what`) only when it would be used.
+fn pick_duration(
+    what: &'static str,
+    flag: Option<Duration>,
+    file: Option<DurationValue>,
+    default: Duration,
+) -> Result<Duration, ConfigError> {
+    let file = match flag {
+        Some(_) => None,
+        None => file.map(|value| value.into_duration(what)).transpose()?,
+    };
+    Ok(pick(flag, file, default))
+}
+
+/// Split a comma-separated list, trimming entries and dropping blank ones.
+fn split_list(list: &str) -> Vec<String> {
+    list.split(',')
+        .map(str::trim)
+        .filter(|s| !s.is_empty())
+        .map(str::to_owned)
+        .collect()
+}
+
+/// Parse a duration such as `15s`, `300ms`, `2m` or `45` (seconds).
+fn parse_duration(text: &str) -> Result<Duration, String> {
+    let text = text.trim();
+    let digits_end = text
+        .find(|c: char| !c.is_ascii_digit())
+        .unwrap_or(text.len());
+    let (number, unit) = text.split_at(digits_end);
+    let number: u64 = number
+        .parse()
+        .map_err(|_| format!("`{text}` is not a duration such as 15s, 300ms or 2m"))?;
+    match unit.trim() {
+        "" | "s" => Ok(Duration::from_secs(number)),
+        "ms" => Ok(Duration::from_millis(number)),
+        "m" | "min" => Ok(Duration::from_secs(number.saturating_mul(60))),
+        _ => Err(format!("`{text}` has an unknown unit (use ms, s or m)")),
     }
 }
 
@@ -307,6 +371,7 @@ struct FileConfig {
     prompt_timeout: Option<DurationValue>,
     code_ttl: Option<DurationValue>,
     send_queue: Option<usize>,
+    listen_backlog: Option<u32>,
     rate_limit: Option<u32>,
     rate_burst: Option<u32>,
     rate_strikes: Option<u32>,
@@ -372,19 +437,93 @@ impl DurationValue {
 
 #[cfg(test)]
 mod tests {
-    use super::*;
-    use clap::Parser;
+    use clap::Args as _;
+    use proxim_protocol::ConnectionId;
 
-    #[derive(Debug, Parser)]
-    struct Cli {
-        #[command(flatten)]
-        serve: ServeArgs,
-    }
+    use super::*;
 
     fn parse(args: &[&str]) -> ServeArgs {
-        let mut argv = vec!["proxim-serve"];
-        argv.extend_from_slice(args);
-        Cli::try_parse_from(argv).unwrap().serve
+        ServeArgs::try_parse_from(args).unwrap()
+    }
+
+    /// The flag each environment variable stands for, from the clap definition.
+    fn flag_for(env: &str) -> String {
+        let command = ServeArgs::augment_args(clap::Command::new("serve"));
+        let long = command
+            .get_arguments()
+            .find(|arg| arg.get_env().is_some_and(|e| e == env))
+            .and_then(clap::Arg::get_long)
+            .unwrap_or_else(|| panic!("no flag reads {env}"));
+        format!("--{long}")
+    }
+
+    /// Environment-style settings, passed through the `serve` parser as the flags their
+    /// variables stand for.
+    fn env_style(vars: &[(&str, &str)]) -> Result<ServeArgs, clap::Error> {
+        let flags: Vec<String> = vars
+            .iter()
+            .map(|(name, value)| format!("{}={value}", flag_for(name)))
+            .collect();
+        ServeArgs::try_parse_from(flags)
+    }
+
+    /// The ICE configuration built from environment-style settings.
+    fn ice(vars: &[(&str, &str)]) -> Result<IceConfig, ConfigError> {
+        env_style(vars)
+            .unwrap()
+            .into_config()
+            .map(|config| config.ice)
+    }
+
+    fn id() -> ConnectionId {
+        ConnectionId::new("0123456789abcdef0123456789abcdef").unwrap()
+    }
+
+    #[test]
+    fn every_setting_keeps_its_flag_and_environment_variable() {
+        let command = ServeArgs::augment_args(clap::Command::new("serve"));
+        let settings: Vec<(String, Option<String>)> = command
+            .get_arguments()
+            .map(|arg| {
+                let long = arg.get_long().unwrap_or_default().to_owned();
+                (
+                    long,
+                    arg.get_env().map(|e| e.to_string_lossy().into_owned()),
+                )
+            })
+            .collect();
+        let expected = [
+            ("bind", Some("PROXIM_BIND")),
+            ("stun-urls", Some(crate::ice::STUN_URLS)),
+            ("turn-urls", Some(crate::ice::TURN_URLS)),
+            ("turn-username", Some(crate::ice::TURN_USERNAME)),
+            ("turn-password", Some(crate::ice::TURN_PASSWORD)),
+            ("turn-secret", Some(crate::ice::TURN_SECRET)),
+            ("turn-ttl", Some(crate::ice::TURN_TTL)),
+            ("turn-realm", Some(crate::ice::TURN_REALM)),
+            ("stun-bind", Some("PROXIM_STUN_BIND")),
+            ("no-stun", Some("PROXIM_NO_STUN")),
+            ("public-host", Some("PROXIM_PUBLIC_HOST")),
+            ("config", None),
+            ("heartbeat-interval", None),
+            ("heartbeat-timeout", None),
+            ("prompt-timeout", None),
+            ("code-ttl", Some("PROXIM_CODE_TTL")),
+            ("send-queue", None),
+            ("listen-backlog", Some("PROXIM_LISTEN_BACKLOG")),
+            ("rate-limit", Some("PROXIM_RATE_LIMIT")),
+            ("rate-burst", Some("PROXIM_RATE_BURST")),
+            ("rate-strikes", Some("PROXIM_RATE_STRIKES")),
+            (
+                "max-connections-per-ip",
+                Some("PROXIM_MAX_CONNECTIONS_PER_IP"),
+            ),
+            ("pair-attempts", Some("PROXIM_PAIR_ATTEMPTS")),
+            ("pair-window", Some("PROXIM_PAIR_WINDOW")),
+            ("trusted-proxies", Some("PROXIM_TRUSTED_PROXIES")),
+        ]
+        .map(|(long, env)| (long.to_owned(), env.map(str::to_owned)));
+        assert_eq!(settings, expected);
     }
 
     #[test]
@@ -504,7 +643,7 @@ prompt_timeout = "2m"
     }
 
     #[test]
-    fn turn_secret_flags_and_their_mistakes() {
+    fn turn_secret_flags_build_rest_credentials() {
         let config = parse(&[
             "--turn-urls",
             "turn:198.18.0.2",
@@ -523,49 +662,13 @@ prompt_timeout = "2m"
         assert!(json.contains("relay.example"), "{json}");
         assert!(!json.contains("shh"), "{json}");
 
-        let err = parse(&[
-            "--turn-urls",
-            "turn:198.18.0.2",
-            "--turn-secret",
-            "shh",
-            "--turn-username",
-            "u",
-        ])
-        .into_config()
-        .unwrap_err();
-        assert!(
-            matches!(err, ConfigError::ConflictingTurnCredentials),
-            "{err}"
-        );
-        let err = parse(&[
-            "--turn-urls",
-            "turn:198.18.0.2",
-            "--turn-secret",
-            "shh",
-            "--turn-ttl",
-            "0",
-        ])
-        .into_config()
-        .unwrap_err();
-        assert!(err.to_string().contains("TURN_TTL"), "{err}");
-        let err = parse(&["--turn-urls", "turn:198.18.0.2", "--turn-secret", " "])
-            .into_config()
-            .unwrap_err();
-        assert!(
-            err.to_string().contains("TURN_SECRET: it is set but empty"),
-            "{err}"
-        );
         let args = parse(&[
             "--turn-secret",
             "shh-secret",
             "--turn-password",
             "pw-secret",
         ]);
-        let debug = format!("{args:?}");
-        assert!(
-            !debug.contains("shh-secret") && !debug.contains("pw-secret"),
-            "{debug}"
-        );
+        crate::config::assert_redacted(&args, &["shh-secret", "pw-secret"]);
     }
 
     #[test]
@@ -675,5 +778,164 @@ prompt_timeout = "2m"
         assert_eq!(f.stun_urls.unwrap().into_vec(), vec!["stun:a", "stun:b"]);
         let f = FileConfig::parse("stun_urls = [\"stun:a\"]").unwrap();
         assert_eq!(f.stun_urls.unwrap().into_vec(), vec!["stun:a"]);
+    }
+
+    #[test]
+    fn env_style_lists_are_split_trimmed_and_deduplicated() {
+        let ice = ice(&[
+            (
+                "STUN_URLS",
+                " stun:198.18.0.1:3478 , ,stuns:stun.example,stun:198.18.0.1:3478",
+            ),
+            (
+                "TURN_URLS",
+                "turn:198.18.0.2?transport=tcp,turns:relay.example:443",
+            ),
+            ("TURN_USERNAME", "alice"),
+            ("TURN_PASSWORD", "s3cret"),
+        ])
+        .unwrap();
+        let servers = ice.ice_servers_for(&id());
+        assert_eq!(servers.len(), 2);
+        assert_eq!(
+            servers[0].urls,
+            vec!["stun:198.18.0.1:3478", "stuns:stun.example:5349"]
+        );
+        assert_eq!(servers[0].username, None);
+        assert_eq!(
+            servers[1].urls,
+            vec![
+                "turn:198.18.0.2:3478?transport=tcp",
+                "turns:relay.example:443"
+            ]
+        );
+        assert_eq!(servers[1].username.as_deref(), Some("alice"));
+        assert_eq!(servers[1].credential.as_deref(), Some("s3cret"));
+        assert!(ice.has_turn());
+    }
+
+    #[test]
+    fn nothing_configured_means_an_empty_list_not_a_public_stun_server() {
+        for blank in [&[][..], &[("STUN_URLS", "  ")]] {
+            assert!(ice(blank).unwrap().ice_servers_for(&id()).is_empty());
+        }
+        let stun = IceConfig::stun_only(vec!["stun:198.18.0.1"]).unwrap();
+        assert_eq!(stun.ice_servers_for(&id()).len(), 1);
+        assert!(!stun.has_turn());
+    }
+
+    #[test]
+    fn bad_url_names_the_url_and_the_reason() {
+        let err = ice(&[("STUN_URLS", "stun:ok.example,stun://bad.example")]).unwrap_err();
+        let text = err.to_string();
+        assert!(matches!(
+            err,
+            ConfigError::BadIceUrl {
+                list: "STUN_URLS",
+                ..
+            }
+        ));
+        assert!(text.contains("stun://bad.example"), "{text}");
+        assert!(text.contains("no `//`"), "{text}");
+        assert!(text.contains("STUN_URLS"), "{text}");
+
+        let err = ice(&[
+            ("TURN_URLS", "turn:relay.example:99999"),
+            ("TURN_USERNAME", "u"),
+            ("TURN_PASSWORD", "p"),
+        ])
+        .unwrap_err();
+        assert!(
+            err.to_string().contains("turn:relay.example:99999"),
+            "{err}"
+        );
+        assert!(err.to_string().contains("bad port"), "{err}");
+    }
+
+    #[test]
+    fn urls_must_be_in_the_right_list() {
+        let err = ice(&[("STUN_URLS", "turn:relay.example")]).unwrap_err();
+        assert!(matches!(err, ConfigError::WrongScheme { .. }), "{err}");
+        assert!(err.to_string().contains("turn:relay.example"));
+        let err = ice(&[
+            ("TURN_URLS", "stun:stun.example"),
+            ("TURN_USERNAME", "u"),
+            ("TURN_PASSWORD", "p"),
+        ])
+        .unwrap_err();
+        assert!(matches!(err, ConfigError::WrongScheme { .. }), "{err}");
+    }
+
+    #[test]
+    fn turn_needs_username_and_password() {
+        let err = ice(&[("TURN_URLS", "turn:relay.example")]).unwrap_err();
+        assert!(matches!(
+            err,
+            ConfigError::TurnWithoutCredentials {
+                missing: "TURN_USERNAME"
+            }
+        ));
+        let err = ice(&[
+            ("TURN_URLS", "turn:relay.example"),
+            ("TURN_USERNAME", "u"),
+            ("TURN_PASSWORD", " "),
+        ])
+        .unwrap_err();
+        assert!(matches!(
+            err,
+            ConfigError::TurnWithoutCredentials {
+                missing: "TURN_PASSWORD"
+            }
+        ));
+        // Credentials without TURN URLs are harmless.
+        ice(&[("TURN_USERNAME", "u"), ("TURN_PASSWORD", "p")]).unwrap();
+    }
+
+    #[test]
+    fn turn_secret_mistakes_are_refused_clearly() {
+        let rest = [
+            ("TURN_URLS", "turn:198.18.0.2"),
+            ("TURN_SECRET", "proxim-test-secret"),
+        ];
+        let with_rest = |extra: &[(&'static str, &'static str)]| {
+            rest.iter().chain(extra).copied().collect::<Vec<_>>()
+        };
+        let cases = [
+            (
+                with_rest(&[("TURN_USERNAME", "alice")]),
+                "TURN_SECRET cannot be combined",
+            ),
+            (
+                with_rest(&[("TURN_PASSWORD", "p")]),
+                "TURN_SECRET cannot be combined",
+            ),
+            (with_rest(&[("TURN_TTL", "0")]), "invalid TURN_TTL"),
+            (with_rest(&[("TURN_TTL", "500ms")]), "invalid TURN_TTL"),
+            (
+                vec![("TURN_URLS", "turn:x"), ("TURN_SECRET", "  ")],
+                "TURN_SECRET: it is set but empty",
+            ),
+            // Without any credential source TURN stays refused; the message names both ways.
+            (vec![("TURN_URLS", "turn:x")], "TURN_SECRET"),
+        ];
+        for (vars, expected) in cases {
+            let err = ice(&vars).unwrap_err();
+            assert!(err.to_string().contains(expected), "{vars:?}: {err}");
+            if expected.contains("cannot be combined") {
+                assert!(matches!(err, ConfigError::ConflictingTurnCredentials));
+            }
+        }
+        assert!(env_style(&with_rest(&[("TURN_TTL", "soon")])).is_err());
+    }
+
+    #[test]
+    fn durations() {
+        assert_eq!(parse_duration("15s"), Ok(Duration::from_secs(15)));
+        assert_eq!(parse_duration("45"), Ok(Duration::from_secs(45)));
+        assert_eq!(parse_duration("300ms"), Ok(Duration::from_millis(300)));
+        assert_eq!(parse_duration("2m"), Ok(Duration::from_secs(120)));
+        assert!(parse_duration("fast").is_err());
+        assert!(parse_duration("5h").is_err());
+        assert!(parse_duration("").is_err());
     }
 }

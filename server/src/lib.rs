@@ -14,8 +14,10 @@
 //!
 //! ```no_run
 //! # async fn run() -> Result<(), proxim_server::ServerError> {
-//! let mut config = proxim_server::ServerConfig::loopback();
-//! config.ice = proxim_server::IceConfig::from_env()?;
+//! // What `proxim serve` does: flags, then environment variables, then a config file.
+//! let args = proxim_server::cli::ServeArgs::try_parse_from(["--stun-urls", "stun:198.18.0.1"])
+//!     .expect("valid flags");
+//! let config = args.into_config()?;
 //! let server = proxim_server::Server::start(config).await?;
 //! println!("clients connect to {}", server.ws_url());
 //! server.shutdown().await;
@@ -45,16 +47,25 @@
 pub mod cli;
 mod config;
 mod hub;
+mod ice;
 mod limits;
 mod proxy;
 mod retired;
+mod rlimit;
 mod server;
 mod stun;
+mod turn_rest;
 
 pub use config::{
-    ConfigError, DEFAULT_PORT, DEFAULT_STUN_BIND, DEFAULT_TURN_TTL, IceConfig, MAX_CODE_TTL,
-    MIN_CODE_TTL, REDACTED, STUN_URLS, ServerConfig, TURN_PASSWORD, TURN_REALM, TURN_SECRET,
-    TURN_TTL, TURN_URLS, TURN_USERNAME, TrustedProxies, TurnAuth, mint_turn_credentials,
+    ConfigError, DEFAULT_LISTEN_BACKLOG, DEFAULT_PORT, DEFAULT_STUN_BIND, MAX_CODE_TTL,
+    MIN_CODE_TTL, REDACTED, ServerConfig,
 };
 pub use hub::{SessionInfo, Stats};
+pub use ice::{
+    IceConfig, STUN_URLS, TURN_PASSWORD, TURN_REALM, TURN_SECRET, TURN_TTL, TURN_URLS,
+    TURN_USERNAME, TurnAuth,
+};
+pub use proxy::{InvalidTrustedProxy, TrustedProxies};
+pub use rlimit::raise_open_file_limit;
 pub use server::{RunningServer, Server, ServerError};
+pub use turn_rest::{DEFAULT_TURN_TTL, mint_turn_credentials};

@@ -13,8 +13,6 @@ use std::net::{IpAddr, SocketAddr};
 
 use axum::http::HeaderMap;
 
-use crate::config::ConfigError;
-
 /// Reverse proxies whose forwarded-client headers are believed: IP addresses and CIDR blocks.
 /// Empty by default: forwarded headers are ignored.
 #[derive(Clone, Default, PartialEq, Eq)]
@@ -30,15 +28,14 @@ impl TrustedProxies {
 
     /// Parse a comma-separated list of IP addresses and CIDR blocks, e.g.
     /// `10.0.0.0/8, 192.168.1.7, fd00::/8`. Blank entries are ignored.
-    pub fn parse(list: &str) -> Result<Self, ConfigError> {
+    pub fn parse(list: &str) -> Result<Self, InvalidTrustedProxy> {
         let nets = list
             .split(',')
             .map(str::trim)
             .filter(|e| !e.is_empty())
             .map(|entry| {
-                IpNet::parse(entry).ok_or_else(|| ConfigError::Invalid {
-                    what: "trusted proxies (--trusted-proxies / PROXIM_TRUSTED_PROXIES)",
-                    why: format!("`{entry}` is not an IP address or CIDR block (e.g. 10.0.0.0/8)"),
+                IpNet::parse(entry).ok_or_else(|| InvalidTrustedProxy {
+                    entry: entry.to_owned(),
                 })
             })
             .collect::<Result<Vec<_>, _>>()?;
@@ -71,6 +68,35 @@ impl fmt::Display for TrustedProxies {
         f.write_str(&list.join(","))
     }
 }
+
+/// A [`TrustedProxies`] entry that is neither an IP address nor a CIDR block. Converts into
+/// [`crate::ConfigError::Invalid`] naming the setting.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct InvalidTrustedProxy {
+    entry: String,
+}
+
+impl InvalidTrustedProxy {
+    /// The setting the entry came from, as named in error messages.
+    pub(crate) const SETTING: &'static str =
+        "trusted proxies (--trusted-proxies / PROXIM_TRUSTED_PROXIES)";
+
+    /// What is wrong with the entry.
+    pub(crate) fn why(&self) -> String {
+        format!(
+            "`{}` is not an IP address or CIDR block (e.g. 10.0.0.0/8)",
+            self.entry
+        )
+    }
+}
+
+impl fmt::Display for InvalidTrustedProxy {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "invalid {}: {}", Self::SETTING, self.why())
+    }
+}
+
+impl std::error::Error for InvalidTrustedProxy {}
 
 /// The client address of a connection from TCP peer `peer` that sent `headers`.
 pub(crate) fn client_ip(peer: IpAddr, headers: &HeaderMap, trusted: &TrustedProxies) -> IpAddr {

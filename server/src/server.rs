@@ -26,8 +26,9 @@ use tokio::sync::{Notify, mpsc, oneshot};
 use tokio::task::JoinHandle;
 use tracing::Instrument;
 
-use crate::config::{ConfigError, ServerConfig, stun_url_for_host};
+use crate::config::{ConfigError, ServerConfig};
 use crate::hub::{CloseHow, ConnKey, Gone, Hub, HubConfig, Output, SessionInfo, Stats, short};
+use crate::ice::stun_url_for_host;
 use crate::proxy::client_ip;
 use crate::stun;
 
@@ -41,9 +42,8 @@ impl Server {
     /// [`RunningServer::stun_addr`].
     pub async fn start(config: ServerConfig) -> Result<RunningServer, ServerError> {
         config.validate()?;
-        let listener = tokio::net::TcpListener::bind(config.bind)
-            .await
-            .map_err(|source| ServerError::Bind {
+        let listener =
+            listen(config.bind, config.listen_backlog).map_err(|source| ServerError::Bind {
                 addr: config.bind,
                 source,
             })?;
@@ -500,6 +500,22 @@ async fn run_stun(
     }
 }
 
+/// A TCP listener on `addr` with a listen backlog of `backlog` (tokio's `bind`, like the
+/// standard library's, always asks for 128).
+fn listen(addr: SocketAddr, backlog: u32) -> std::io::Result<tokio::net::TcpListener> {
+    let socket = socket2::Socket::new(
+        socket2::Domain::for_address(addr),
+        socket2::Type::STREAM,
+        Some(socket2::Protocol::TCP),
+    )?;
+    // As tokio's `bind`: a restarted server can bind while old connections sit in TIME_WAIT.
+    socket.set_reuse_address(true)?;
+    socket.set_nonblocking(true)?;
+    socket.bind(&addr.into())?;
+    socket.listen(i32::try_from(backlog).unwrap_or(i32::MAX))?;
+    tokio::net::TcpListener::from_std(socket.into())
+}
+
 /// The host part of an HTTP `Host` header (`example.net:8787`, `[::1]:8787`, `10.0.0.2`).
 fn host_without_port(host: &str) -> Option<&str> {
     let host = host.trim();
@@ -549,6 +565,7 @@ async fn ws_upgrade(
     let transport_limit = 2 * MAX_FRAME_BYTES;
     ws.max_message_size(transport_limit)
         .max_frame_size(transport_limit)
+        .read_buffer_size(READ_BUFFER_BYTES)
         .on_upgrade(move |socket| run_connection(socket, remote, slot, embedded_stun, app))
 }
 
@@ -585,6 +602,7 @@ async fn api_config(State(app): State<AppState>) -> impl IntoResponse {
         "prompt_timeout_ms": ms(c.prompt_timeout),
         "limits": {
             "send_queue_capacity": c.send_queue_capacity,
+            "listen_backlog": c.listen_backlog,
             "max_frame_bytes": c.max_frame_bytes,
             "code_length": c.code_length,
             "code_ttl_ms": ms(c.code_ttl),
@@ -604,15 +622,52 @@ async fn api_config(State(app): State<AppState>) -> impl IntoResponse {
 // One WebSocket connection
 // ---------------------------------------------------------------------------------------------
 
+/// How much a connection reads from its socket at a time. tungstenite's default (128 KiB) is
+/// allocated and zero-filled on the first read and then kept: 128 KiB per idle connection for
+/// a protocol whose frames are a few hundred bytes. A larger frame still arrives whole: the
+/// buffer grows to hold it.
+const READ_BUFFER_BYTES: usize = 4 * 1024;
+
+/// How long the server waits for its Close to go out (and the client's to come back).
+const CLOSE_WAIT: std::time::Duration = std::time::Duration::from_secs(1);
+
 /// How a connection task ended.
 #[derive(Debug)]
 enum End {
-    /// The hub closed it (queue drained first).
-    ByServer,
+    /// The hub closed it (queue drained first); the WebSocket Close carries `code`.
+    ByServer(u16),
     /// The hub dropped it as a slow reader.
     Killed,
-    /// The client closed, or the socket failed.
-    ByClient(Option<String>),
+    /// The client sent a Close: it is answered with a Close.
+    ClientClosed,
+    /// The client sent a text frame that is not UTF-8: closed with 1007.
+    InvalidUtf8,
+    /// The socket ended or failed.
+    Lost(Option<String>),
+}
+
+/// What a failed read means for the connection.
+#[derive(Debug)]
+enum ReadFailure {
+    /// The frame announced more bytes than the transport reads at all.
+    TooLarge(usize),
+    /// A text frame that is not UTF-8.
+    InvalidUtf8,
+    /// The socket failed, or the client broke the WebSocket protocol.
+    Other(String),
+}
+
+impl From<axum::Error> for ReadFailure {
+    fn from(error: axum::Error) -> Self {
+        let inner = error.into_inner();
+        match inner.downcast_ref::<tungstenite::Error>() {
+            Some(tungstenite::Error::Capacity(
+                tungstenite::error::CapacityError::MessageTooLong { size, .. },
+            )) => ReadFailure::TooLarge(*size),
+            Some(tungstenite::Error::Utf8(_)) => ReadFailure::InvalidUtf8,
+            _ => ReadFailure::Other(inner.to_string()),
+        }
+    }
 }
 
 async fn run_connection(
@@ -641,12 +696,15 @@ async fn run_connection(
         tracing::debug!("WebSocket open");
         let write_timeout = shared.config.heartbeat_timeout;
         let (mut sink, mut stream) = socket.split();
+        // Off once the socket holds the unread rest of a frame too large to read.
+        let mut reading = true;
+        let mut close_code = close_code::NORMAL;
         let end = loop {
             tokio::select! {
                 biased;
                 () = kill.notified() => break End::Killed,
                 out = rx.recv() => {
-                    let Some(text) = out else { break End::ByServer };
+                    let Some(text) = out else { break End::ByServer(close_code) };
                     tokio::select! {
                         () = kill.notified() => break End::Killed,
                         sent = tokio::time::timeout(
@@ -654,12 +712,12 @@ async fn run_connection(
                             sink.send(Message::Text(text.into())),
                         ) => match sent {
                             Ok(Ok(())) => {}
-                            Ok(Err(e)) => break End::ByClient(Some(e.to_string())),
-                            Err(_) => break End::ByClient(Some("write timed out".to_owned())),
+                            Ok(Err(e)) => break End::Lost(Some(e.to_string())),
+                            Err(_) => break End::Lost(Some("write timed out".to_owned())),
                         },
                     }
                 }
-                frame = stream.next() => match frame {
+                frame = stream.next(), if reading => match frame {
                     Some(Ok(Message::Text(text))) => {
                         shared.with_hub(|hub, now| hub.handle_text(key, text.as_str(), now));
                     }
@@ -669,17 +727,28 @@ async fn run_connection(
                     Some(Ok(Message::Ping(_) | Message::Pong(_))) => {
                         shared.with_hub(|hub, now| hub.handle_liveness(key, now));
                     }
-                    Some(Ok(Message::Close(_))) | None => break End::ByClient(None),
-                    Some(Err(e)) => break End::ByClient(Some(e.to_string())),
+                    Some(Ok(Message::Close(_))) => break End::ClientClosed,
+                    None => break End::Lost(None),
+                    Some(Err(e)) => match ReadFailure::from(e) {
+                        ReadFailure::TooLarge(size) => {
+                            // The hub answers `frame_too_large` and closes; the queue drains
+                            // its answer first.
+                            shared.with_hub(|hub, now| hub.handle_oversized(key, size, now));
+                            reading = false;
+                            close_code = close_code::SIZE;
+                        }
+                        ReadFailure::InvalidUtf8 => break End::InvalidUtf8,
+                        ReadFailure::Other(error) => break End::Lost(Some(error)),
+                    },
                 },
             }
         };
         match &end {
-            End::ByServer => {
+            End::ByServer(code) => {
                 let _ = tokio::time::timeout(
-                    std::time::Duration::from_secs(1),
+                    CLOSE_WAIT,
                     sink.send(Message::Close(Some(CloseFrame {
-                        code: close_code::NORMAL,
+                        code: *code,
                         reason: "".into(),
                     }))),
                 )
@@ -687,7 +756,7 @@ async fn run_connection(
                 // Read (and discard) until the client's Close, for a moment: dropping a socket
                 // with unread input makes the kernel send a reset, which can destroy the
                 // replies and the Close still on their way to the client.
-                let _ = tokio::time::timeout(std::time::Duration::from_secs(1), async {
+                let _ = tokio::time::timeout(CLOSE_WAIT, async {
                     while let Some(Ok(frame)) = stream.next().await {
                         if matches!(frame, Message::Close(_)) {
                             break;
@@ -696,8 +765,24 @@ async fn run_connection(
                 })
                 .await;
             }
+            End::ClientClosed => {
+                // tungstenite queued the answering Close (with the client's code) when it
+                // read the client's; closing the sink sends it.
+                let _ = tokio::time::timeout(CLOSE_WAIT, sink.close()).await;
+            }
+            End::InvalidUtf8 => {
+                tracing::debug!("text frame that is not UTF-8: closing with 1007");
+                let _ = tokio::time::timeout(
+                    CLOSE_WAIT,
+                    sink.send(Message::Close(Some(CloseFrame {
+                        code: close_code::INVALID,
+                        reason: "text frame is not UTF-8".into(),
+                    }))),
+                )
+                .await;
+            }
             End::Killed => {}
-            End::ByClient(error) => {
+            End::Lost(error) => {
                 if let Some(error) = error {
                     tracing::debug!(%error, "WebSocket failed");
                 }
@@ -705,7 +790,7 @@ async fn run_connection(
         }
         let gone = match end {
             End::Killed => Gone::SlowReader,
-            End::ByServer | End::ByClient(_) => Gone::Closed,
+            End::ByServer(_) | End::ClientClosed | End::InvalidUtf8 | End::Lost(_) => Gone::Closed,
         };
         // A no-op when the hub already closed this connection.
         shared.with_hub(|hub, now| hub.handle_gone(key, gone, now));

@@ -9,11 +9,12 @@ mod common;
 use std::collections::HashSet;
 use std::time::Duration;
 
-use common::{TestClient, WAIT, accepted_pair, get_json, hello, pair_request, start_server};
+use common::{WAIT, get_json, start_server};
 use proxim_protocol::{
-    ClientMessage, ErrorCode, PROTOCOL_VERSION, Sdp, ServerMessage, SessionEndReason, SessionId,
-    Signal,
+    ClientMessage, ErrorCode, Sdp, ServerMessage, SessionEndReason, SessionId, Signal,
 };
+use proxim_testkit::raw_client::messages::pair_request;
+use proxim_testkit::raw_client::{RawClient, accepted_pair};
 
 fn signal_in(session: &SessionId, n: usize) -> ClientMessage {
     ClientMessage::Signal {
@@ -38,7 +39,7 @@ async fn a_flooding_client_is_cut_off_while_a_pairing_on_the_same_server_complet
     let server = start_server(|_| {}).await;
 
     // A lone flooder: pings as fast as it can, never reads.
-    let mut flooder = TestClient::greeted(&server).await;
+    let mut flooder = RawClient::greeted(&server.ws_url(), WAIT).await;
     let lone = tokio::spawn(async move {
         let mut sent = 0;
         while sent < 3000 && flooder.try_send_text(r#"{"type":"ping","seq":1}"#).await {
@@ -48,7 +49,8 @@ async fn a_flooding_client_is_cut_off_while_a_pairing_on_the_same_server_complet
     });
 
     // A flooding session member: the phone of an accepted pair floods its desktop with offers.
-    let (mut victim_desktop, mut flooding_phone, flooded) = accepted_pair(&server).await;
+    let (mut victim_desktop, mut flooding_phone, flooded) =
+        accepted_pair(&server.ws_url(), WAIT).await;
     let member = tokio::spawn(async move {
         let mut sent = 0;
         while sent < 3000
@@ -63,17 +65,11 @@ async fn a_flooding_client_is_cut_off_while_a_pairing_on_the_same_server_complet
     });
 
     // Meanwhile a well-behaved pairing completes and signals flow both ways.
-    let (mut desktop, mut phone, session) = accepted_pair(&server).await;
+    let (mut desktop, mut phone, session) = accepted_pair(&server.ws_url(), WAIT).await;
     phone.send(&signal_in(&session, 1)).await;
-    match desktop.recv().await {
-        ServerMessage::Signal { session: got, .. } => assert_eq!(got, session),
-        other => panic!("expected the signal, got {other:?}"),
-    }
+    desktop.expect_signal_in(&session).await;
     desktop.send(&signal_in(&session, 2)).await;
-    match phone.recv().await {
-        ServerMessage::Signal { session: got, .. } => assert_eq!(got, session),
-        other => panic!("expected the signal, got {other:?}"),
-    }
+    phone.expect_signal_in(&session).await;
 
     tokio::time::timeout(WAIT, lone).await.unwrap().unwrap();
     let flooded = tokio::time::timeout(WAIT, member).await.unwrap().unwrap();
@@ -116,7 +112,7 @@ async fn a_short_burst_over_the_budget_is_answered_rate_limited_but_not_cut_off(
     })
     .await;
     // `hello` took one of the five tokens.
-    let mut client = TestClient::greeted(&server).await;
+    let mut client = RawClient::greeted(&server.ws_url(), WAIT).await;
     for seq in 0..7 {
         client.send(&ClientMessage::Ping { seq }).await;
     }
@@ -154,10 +150,10 @@ async fn a_short_burst_over_the_budget_is_answered_rate_limited_but_not_cut_off(
 async fn connect_when_free(
     server: &proxim_server::RunningServer,
     headers: &[(&'static str, &str)],
-) -> TestClient {
+) -> RawClient {
     let deadline = tokio::time::Instant::now() + WAIT;
     loop {
-        match TestClient::greeted_with(server, headers).await {
+        match RawClient::greeted_with(&server.ws_url(), WAIT, headers).await {
             Ok(client) => return client,
             Err(429) if tokio::time::Instant::now() < deadline => {
                 tokio::time::sleep(Duration::from_millis(20)).await;
@@ -172,11 +168,13 @@ async fn connections_over_the_per_ip_cap_are_refused_with_429() {
     let server = start_server(|c| c.max_connections_per_ip = 3).await;
     let mut clients = Vec::new();
     for _ in 0..3 {
-        clients.push(TestClient::greeted(&server).await);
+        clients.push(RawClient::greeted(&server.ws_url(), WAIT).await);
     }
     for _ in 0..2 {
         assert_eq!(
-            TestClient::try_connect_with(&server, &[]).await.err(),
+            RawClient::try_open_with(&server.ws_url(), WAIT, &[])
+                .await
+                .err(),
             Some(429)
         );
     }
@@ -202,24 +200,36 @@ async fn connections_over_the_per_ip_cap_are_refused_with_429() {
 // 4. Forwarded client addresses
 // ---------------------------------------------------------------------------------------------
 
+/// Assert that a connection carrying each one of `headers` is refused with HTTP 429.
+async fn expect_429_for_each(
+    server: &proxim_server::RunningServer,
+    headers: &[(&'static str, &str)],
+) {
+    for header in headers {
+        assert_eq!(
+            RawClient::try_open_with(&server.ws_url(), WAIT, &[*header])
+                .await
+                .err(),
+            Some(429),
+            "{header:?}"
+        );
+    }
+}
+
 #[tokio::test]
 async fn forged_forwarded_headers_from_an_untrusted_peer_do_not_dodge_the_cap() {
     // No trusted proxies (the default): 127.0.0.1 is the client, whatever the headers say.
     let server = start_server(|c| c.max_connections_per_ip = 1).await;
-    let mut first = TestClient::greeted_with(&server, &[("x-forwarded-for", "198.51.100.1")])
+    let url = server.ws_url();
+    let mut first = RawClient::greeted_with(&url, WAIT, &[("x-forwarded-for", "198.51.100.1")])
         .await
         .unwrap();
-    for forged in [
+    let forged = [
         ("x-forwarded-for", "198.51.100.2"),
         ("forwarded", "for=198.51.100.3"),
         ("x-forwarded-for", "198.51.100.4, 198.51.100.5"),
-    ] {
-        assert_eq!(
-            TestClient::try_connect_with(&server, &[forged]).await.err(),
-            Some(429),
-            "{forged:?}"
-        );
-    }
+    ];
+    expect_429_for_each(&server, &forged).await;
     let stats = server.stats();
     assert_eq!(stats.client_ips, 1);
     assert_eq!(stats.connections_refused_per_ip, 3);
@@ -234,28 +244,24 @@ async fn a_trusted_proxy_names_the_client_and_the_cap_follows_it() {
         c.trusted_proxies = proxim_server::TrustedProxies::parse("127.0.0.1").unwrap();
     })
     .await;
+    let url = server.ws_url();
     // Three different clients behind the proxy (the last is the proxy itself: no header).
-    let mut a = TestClient::greeted_with(&server, &[("x-forwarded-for", "198.51.100.1")])
+    let mut a = RawClient::greeted_with(&url, WAIT, &[("x-forwarded-for", "198.51.100.1")])
         .await
         .unwrap();
-    let mut b = TestClient::greeted_with(&server, &[("forwarded", "for=\"198.51.100.2:4711\"")])
+    let mut b = RawClient::greeted_with(&url, WAIT, &[("forwarded", "for=\"198.51.100.2:4711\"")])
         .await
         .unwrap();
-    let mut c = TestClient::greeted_with(&server, &[]).await.unwrap();
+    let mut c = RawClient::greeted_with(&url, WAIT, &[]).await.unwrap();
     assert_eq!(server.stats().client_ips, 3);
     // A second connection from a client already at its cap is refused, also through a chain of
     // trusted hops.
-    for again in [
+    let again = [
         ("x-forwarded-for", "198.51.100.1"),
         ("x-forwarded-for", "203.0.113.9, 198.51.100.1, 127.0.0.1"),
         ("forwarded", "for=198.51.100.2"),
-    ] {
-        assert_eq!(
-            TestClient::try_connect_with(&server, &[again]).await.err(),
-            Some(429),
-            "{again:?}"
-        );
-    }
+    ];
+    expect_429_for_each(&server, &again).await;
     assert_eq!(server.stats().connections_refused_per_ip, 3);
     for (seq, client) in [&mut a, &mut b, &mut c].into_iter().enumerate() {
         client.ping_pong(seq as u64).await;
@@ -272,20 +278,6 @@ async fn a_trusted_proxy_names_the_client_and_the_cap_follows_it() {
 // 3. Pair attempts per code
 // ---------------------------------------------------------------------------------------------
 
-async fn expect_pending(phone: &mut TestClient) -> SessionId {
-    match phone.recv().await {
-        ServerMessage::PairPending { session, .. } => session,
-        other => panic!("expected pair_pending, got {other:?}"),
-    }
-}
-
-async fn expect_prompt(desktop: &mut TestClient) -> SessionId {
-    match desktop.recv().await {
-        ServerMessage::PairPrompt { session, .. } => session,
-        other => panic!("expected pair_prompt, got {other:?}"),
-    }
-}
-
 #[tokio::test]
 async fn pair_attempts_per_code_are_limited_and_the_desktop_is_told() {
     let window = Duration::from_secs(3);
@@ -299,25 +291,25 @@ async fn pair_attempts_per_code_are_limited_and_the_desktop_is_told() {
     })
     .await;
     let started = tokio::time::Instant::now();
-    let mut desktop = TestClient::greeted(&server).await;
+    let mut desktop = RawClient::greeted(&server.ws_url(), WAIT).await;
     let code = desktop.register("desk-1", "Test desktop").await;
-    let mut other_desktop = TestClient::greeted(&server).await;
+    let mut other_desktop = RawClient::greeted(&server.ws_url(), WAIT).await;
     let other_code = other_desktop.register("desk-2", "Other desktop").await;
 
     // Three attempts from two phones: all reach the desktop.
-    let mut p1 = TestClient::greeted(&server).await;
-    let mut p2 = TestClient::greeted(&server).await;
+    let mut p1 = RawClient::greeted(&server.ws_url(), WAIT).await;
+    let mut p2 = RawClient::greeted(&server.ws_url(), WAIT).await;
     p1.send(&pair_request(&code, None)).await;
-    expect_pending(&mut p1).await;
+    p1.expect_pending().await;
     for _ in 0..2 {
         p2.send(&pair_request(&code, None)).await;
-        expect_pending(&mut p2).await;
+        p2.expect_pending().await;
     }
     for _ in 0..3 {
-        expect_prompt(&mut desktop).await;
+        desktop.expect_prompt().await;
     }
     // The fourth, from a new phone, is refused, and the desktop is told.
-    let mut p3 = TestClient::greeted(&server).await;
+    let mut p3 = RawClient::greeted(&server.ws_url(), WAIT).await;
     p3.send(&pair_request(&code, None)).await;
     p3.expect_error(ErrorCode::TooManyAttempts).await;
     desktop.expect_error(ErrorCode::TooManyAttempts).await;
@@ -327,8 +319,8 @@ async fn pair_attempts_per_code_are_limited_and_the_desktop_is_told() {
     desktop.expect_silence().await;
     // Other codes are not affected.
     p3.send(&pair_request(&other_code, None)).await;
-    expect_pending(&mut p3).await;
-    expect_prompt(&mut other_desktop).await;
+    p3.expect_pending().await;
+    other_desktop.expect_prompt().await;
     assert!(started.elapsed() < window, "too slow to test the window");
     let stats = get_json(&server, "/api/stats").await;
     assert_eq!(stats["pair_attempts_refused"], 2, "{stats}");
@@ -336,8 +328,8 @@ async fn pair_attempts_per_code_are_limited_and_the_desktop_is_told() {
     // Once the window has passed, the code accepts attempts again.
     tokio::time::sleep_until(started + window + Duration::from_millis(100)).await;
     p3.send(&pair_request(&code, None)).await;
-    let session = expect_pending(&mut p3).await;
-    assert_eq!(expect_prompt(&mut desktop).await, session);
+    let session = p3.expect_pending().await;
+    assert_eq!(desktop.expect_prompt().await.session, session);
     server.shutdown().await;
 }
 
@@ -349,20 +341,15 @@ async fn pair_attempts_per_code_are_limited_and_the_desktop_is_told() {
 async fn session_and_connection_ids_are_128_bit_random() {
     let server = start_server(|c| c.pair_attempts = 0).await;
     let mut ids: Vec<String> = Vec::new();
-    let mut desktop = TestClient::greeted(&server).await;
+    let mut desktop = RawClient::greeted(&server.ws_url(), WAIT).await;
     let code = desktop.register("desk-1", "Test desktop").await;
     let mut phones = Vec::new();
     for _ in 0..8 {
-        let mut phone = TestClient::connect(&server).await;
-        phone.send(&hello(PROTOCOL_VERSION)).await;
-        match phone.recv().await {
-            ServerMessage::Welcome { connection_id, .. } => {
-                ids.push(connection_id.as_str().to_owned())
-            }
-            other => panic!("{other:?}"),
-        }
+        let mut phone = RawClient::open_raw(&server.ws_url(), WAIT).await;
+        let welcome = phone.say_hello().await;
+        ids.push(welcome.connection_id.as_str().to_owned());
         phone.send(&pair_request(&code, None)).await;
-        ids.push(expect_pending(&mut phone).await.as_str().to_owned());
+        ids.push(phone.expect_pending().await.as_str().to_owned());
         phones.push(phone);
     }
     let values: Vec<u128> = ids

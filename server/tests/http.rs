@@ -4,8 +4,9 @@
 
 mod common;
 
-use common::{accepted_pair, get_json, http_get, pending_pair, start_server};
+use common::{WAIT, get_json, http_get, start_server};
 use proxim_server::IceConfig;
+use proxim_testkit::raw_client::{RawClient, accepted_pair, pending_pair};
 
 #[tokio::test]
 async fn healthz_reports_ok_and_connections() {
@@ -14,7 +15,7 @@ async fn healthz_reports_ok_and_connections() {
     assert_eq!(body["status"], "ok");
     assert!(body["uptime_s"].is_u64());
     assert_eq!(body["connections"], 0);
-    let _client = common::TestClient::greeted(&server).await;
+    let _client = RawClient::greeted(&server.ws_url(), WAIT).await;
     let body = get_json(&server, "/healthz").await;
     assert_eq!(body["connections"], 1);
     server.shutdown().await;
@@ -23,8 +24,8 @@ async fn healthz_reports_ok_and_connections() {
 #[tokio::test]
 async fn stats_and_sessions_follow_the_pairings() {
     let server = start_server(|_| {}).await;
-    let (_d1, _p1, active) = accepted_pair(&server).await;
-    let (_d2, _p2, pending) = pending_pair(&server).await;
+    let (_d1, _p1, active) = accepted_pair(&server.ws_url(), WAIT).await;
+    let (_d2, _p2, pending) = pending_pair(&server.ws_url(), WAIT).await;
     let stats = get_json(&server, "/api/stats").await;
     for (key, want) in [
         ("connections_open", 4),

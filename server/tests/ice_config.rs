@@ -1,16 +1,14 @@
-//! ICE configuration through the public API: environment-style inputs, the `serve` arguments,
-//! and the messages an operator sees when something is wrong.
+//! ICE configuration through the public API: the `serve` settings (flags, or the environment
+//! variables they stand for), and the messages an operator sees when something is wrong.
 
 use proxim_protocol::ConnectionId;
 use proxim_server::cli::ServeArgs;
 use proxim_server::{ConfigError, IceConfig, Server, ServerConfig, ServerError};
 
-fn env<'a>(vars: &'a [(&'a str, &'a str)]) -> impl Fn(&str) -> Option<String> + 'a {
-    move |name| {
-        vars.iter()
-            .find(|(k, _)| *k == name)
-            .map(|(_, v)| (*v).to_owned())
-    }
+/// The ICE configuration `proxim serve` builds from `flags`.
+fn ice(flags: &[&str]) -> Result<IceConfig, ConfigError> {
+    let args = ServeArgs::try_parse_from(flags).expect("flags parse");
+    args.into_config().map(|config| config.ice)
 }
 
 fn connection() -> ConnectionId {
@@ -18,16 +16,13 @@ fn connection() -> ConnectionId {
 }
 
 #[test]
-fn env_style_inputs_become_one_stun_and_one_turn_entry() {
-    let ice = IceConfig::from_lookup(env(&[
-        ("STUN_URLS", "stun:198.18.0.1:3478,stun:198.18.0.5"),
-        (
-            "TURN_URLS",
-            "turn:198.18.0.2:3478?transport=udp, turns:relay.example",
-        ),
-        ("TURN_USERNAME", "proxim"),
-        ("TURN_PASSWORD", "s3cret"),
-    ]))
+fn comma_separated_settings_become_one_stun_and_one_turn_entry() {
+    let ice = ice(&[
+        "--stun-urls=stun:198.18.0.1:3478,stun:198.18.0.5",
+        "--turn-urls=turn:198.18.0.2:3478?transport=udp, turns:relay.example",
+        "--turn-username=proxim",
+        "--turn-password=s3cret",
+    ])
     .expect("valid config");
     let servers = ice.ice_servers_for(&connection());
     assert_eq!(servers.len(), 2);
@@ -48,17 +43,16 @@ fn env_style_inputs_become_one_stun_and_one_turn_entry() {
 
 #[test]
 fn stun_only_and_nothing_at_all() {
-    let ice = IceConfig::stun_only(vec!["stun:198.18.0.1"]).expect("valid");
-    assert_eq!(ice.ice_servers_for(&connection()).len(), 1);
-    assert!(!ice.has_turn());
-    let ice = IceConfig::from_lookup(env(&[])).expect("valid");
+    let stun = IceConfig::stun_only(vec!["stun:198.18.0.1"]).expect("valid");
+    assert_eq!(stun.ice_servers_for(&connection()).len(), 1);
+    assert!(!stun.has_turn());
+    let ice = ice(&[]).expect("valid");
     assert!(ice.ice_servers_for(&connection()).is_empty());
 }
 
 #[test]
 fn a_bad_url_is_named_with_the_reason() {
-    let err = IceConfig::from_lookup(env(&[("STUN_URLS", "stun:198.18.0.1,stun:[::1")]))
-        .expect_err("bad url");
+    let err = ice(&["--stun-urls=stun:198.18.0.1,stun:[::1"]).expect_err("bad url");
     let text = err.to_string();
     assert!(text.contains("stun:[::1"), "{text}");
     assert!(text.contains("unclosed `[`"), "{text}");
@@ -69,8 +63,7 @@ fn a_bad_url_is_named_with_the_reason() {
 
 #[test]
 fn turn_without_credentials_is_refused() {
-    let err =
-        IceConfig::from_lookup(env(&[("TURN_URLS", "turn:198.18.0.2")])).expect_err("no creds");
+    let err = ice(&["--turn-urls=turn:198.18.0.2"]).expect_err("no creds");
     assert!(
         matches!(err, ConfigError::TurnWithoutCredentials { .. }),
         "{err}"

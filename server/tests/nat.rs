@@ -8,10 +8,11 @@ use std::net::{Ipv4Addr, SocketAddr};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use base64::Engine as _;
-use common::{QUIET, TestClient, WAIT, get_json, hello, start_server};
+use common::{WAIT, get_json, start_server};
 use hmac::{Hmac, Mac};
-use proxim_protocol::{IceServer, PROTOCOL_VERSION, ServerMessage};
+use proxim_protocol::IceServer;
 use proxim_server::{IceConfig, RunningServer, Server, ServerConfig, ServerError, TurnAuth};
+use proxim_testkit::raw_client::{QUIET, RawClient};
 use tokio::net::UdpSocket;
 
 const SECRET: &str = "integration-test-secret-9f2c";
@@ -150,17 +151,16 @@ async fn a_taken_stun_port_is_a_clear_startup_error() {
     assert!(text.contains("--no-stun"), "{text}");
 }
 
+/// A fresh client's connection id and the ICE servers its `welcome` lists.
 async fn welcome_ice(server: &RunningServer) -> (String, Vec<IceServer>) {
-    let mut client = TestClient::connect(server).await;
-    client.send(&hello(PROTOCOL_VERSION)).await;
-    match client.recv().await {
-        ServerMessage::Welcome {
-            connection_id,
-            ice_servers,
-            ..
-        } => (connection_id.as_str().to_owned(), ice_servers),
-        other => panic!("expected welcome, got {other:?}"),
-    }
+    let welcome = RawClient::open_raw(&server.ws_url(), WAIT)
+        .await
+        .say_hello()
+        .await;
+    (
+        welcome.connection_id.as_str().to_owned(),
+        welcome.ice_servers,
+    )
 }
 
 fn unix_now() -> u64 {

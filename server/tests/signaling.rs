@@ -6,13 +6,17 @@ mod common;
 
 use std::time::Duration;
 
-use common::{
-    TestClient, accepted_pair, desktop_device, expect_result, hello, pair_request, pending_pair,
-    phone_device, start_server,
-};
+use common::{WAIT, start_server};
 use proxim_protocol::{
-    AuthPayload, CandidateLine, ClientMessage, ErrorCode, MAX_FRAME_BYTES, PairOutcome,
-    RoutingCode, Sdp, ServerMessage, SessionEndReason, SessionId, Signal,
+    AuthPayload, CandidateLine, ClientMessage, ErrorCode, MAX_FRAME_BYTES, PROTOCOL_VERSION,
+    PairOutcome, RoutingCode, Sdp, ServerMessage, SessionEndReason, SessionId, Signal,
+};
+use proxim_testkit::raw_client::messages::{
+    DESKTOP_AUTH, desktop_device, hello, pair_request, pair_response, phone_device,
+    register_desktop,
+};
+use proxim_testkit::raw_client::{
+    RawClient, accepted_pair, accepted_pair_with, pending_pair, pending_pair_with,
 };
 
 fn offer() -> Signal {
@@ -34,73 +38,100 @@ fn signal(session: &SessionId, signal: Signal) -> ClientMessage {
     }
 }
 
-async fn expect_signal(client: &mut TestClient, session: &SessionId, expected: &Signal) {
-    match client.recv().await {
-        ServerMessage::Signal {
-            session: got,
-            signal,
-        } => {
-            assert_eq!(&got, session);
-            assert_eq!(&signal, expected);
-        }
-        other => panic!("expected signal, got {other:?}"),
+fn leave(session: &SessionId) -> ClientMessage {
+    ClientMessage::Leave {
+        session: session.clone(),
     }
 }
 
-async fn expect_ended(client: &mut TestClient, session: &SessionId, reason: SessionEndReason) {
-    match client.recv().await {
-        ServerMessage::SessionEnded {
-            session: got,
-            reason: got_reason,
-        } => {
-            assert_eq!(&got, session);
-            assert_eq!(got_reason, reason);
+async fn expect_signal(client: &mut RawClient, session: &SessionId, expected: &Signal) {
+    assert_eq!(&client.expect_signal_in(session).await, expected);
+}
+
+/// One side of a pairing.
+#[derive(Debug, Clone, Copy)]
+enum Side {
+    Desktop,
+    Phone,
+}
+
+/// How a member walks out of its session.
+#[derive(Debug, Clone, Copy)]
+enum Exit {
+    /// Its socket closes without a word.
+    Closes,
+    /// It sends `leave` and stays connected.
+    Leaves,
+    /// It sends `bye`; the server closes its socket.
+    SaysBye,
+}
+
+/// `side` of (`desktop`, `phone`) walks out of `session` by `exit`. Returns the leaver while
+/// it is still connected, and the member left behind.
+async fn walk_out(
+    (desktop, phone): (RawClient, RawClient),
+    session: &SessionId,
+    side: Side,
+    exit: Exit,
+) -> (Option<RawClient>, RawClient) {
+    let (mut leaver, other) = match side {
+        Side::Desktop => (desktop, phone),
+        Side::Phone => (phone, desktop),
+    };
+    match exit {
+        Exit::Closes => {
+            leaver.close().await;
+            return (None, other);
         }
-        other => panic!("expected session_ended {reason:?}, got {other:?}"),
+        Exit::Leaves => leaver.send(&leave(session)).await,
+        Exit::SaysBye => {
+            leaver.send(&ClientMessage::Bye { reason: None }).await;
+            assert!(leaver.expect_closed().await.is_empty());
+            return (None, other);
+        }
     }
+    (Some(leaver), other)
 }
 
 #[tokio::test]
 async fn accept_then_signals_flow_both_ways() {
     let server = start_server(|_| {}).await;
-    let (mut desktop, mut phone, session) = common::pending_pair(&server).await;
-    desktop
-        .send(&ClientMessage::PairResponse {
-            session: session.clone(),
-            accept: true,
-            auth: Some(AuthPayload::new("ZGVza3RvcC1hdXRo").unwrap()),
-        })
-        .await;
+    let (mut desktop, mut phone, session) = pending_pair(&server.ws_url(), WAIT).await;
+    desktop.respond(&session, true, Some(DESKTOP_AUTH)).await;
     // The phone learns who the desktop is and gets the desktop's auth payload.
-    match expect_result(&mut phone, &session, PairOutcome::Accepted).await {
+    match phone.expect_result(&session, PairOutcome::Accepted).await {
         ServerMessage::PairResult { peer, auth, .. } => {
             assert_eq!(peer, Some(desktop_device()));
-            assert_eq!(
-                auth.as_ref().map(AuthPayload::as_str),
-                Some("ZGVza3RvcC1hdXRo")
-            );
+            assert_eq!(auth.as_ref().map(AuthPayload::as_str), Some(DESKTOP_AUTH));
         }
         _ => unreachable!(),
     }
-    match expect_result(&mut desktop, &session, PairOutcome::Accepted).await {
+    match desktop.expect_result(&session, PairOutcome::Accepted).await {
         ServerMessage::PairResult { peer, .. } => assert_eq!(peer, Some(phone_device())),
         _ => unreachable!(),
     }
 
-    phone.send(&signal(&session, offer())).await;
-    expect_signal(&mut desktop, &session, &offer()).await;
-    desktop.send(&signal(&session, answer())).await;
-    expect_signal(&mut phone, &session, &answer()).await;
     let candidate = Signal::Candidate {
         candidate: CandidateLine::new("candidate:1 1 udp 2130706431 127.0.0.1 5000 typ host")
             .unwrap(),
         sdp_mid: None,
         sdp_mline_index: Some(0),
     };
-    desktop.send(&signal(&session, candidate.clone())).await;
-    expect_signal(&mut phone, &session, &candidate).await;
-    phone.send(&signal(&session, Signal::EndOfCandidates)).await;
-    expect_signal(&mut desktop, &session, &Signal::EndOfCandidates).await;
+    // Each row: who sends, and what; the other member receives it unchanged.
+    let relayed = [
+        (Side::Phone, offer()),
+        (Side::Desktop, answer()),
+        (Side::Desktop, candidate),
+        (Side::Phone, Signal::EndOfCandidates),
+    ];
+    for (from, sent) in &relayed {
+        let (sender, receiver) = match from {
+            Side::Desktop => (&mut desktop, &mut phone),
+            Side::Phone => (&mut phone, &mut desktop),
+        };
+        sender.send(&signal(&session, sent.clone())).await;
+        expect_signal(receiver, &session, sent).await;
+    }
     // The sender gets nothing back.
     phone.expect_silence().await;
 
@@ -112,31 +143,24 @@ async fn accept_then_signals_flow_both_ways() {
 
     // A second pair_response for an accepted session is refused.
     desktop
-        .send(&ClientMessage::PairResponse {
-            session: session.clone(),
-            accept: true,
-            auth: None,
-        })
+        .expect_refused(
+            &pair_response(&session, true, None),
+            ErrorCode::InvalidState,
+        )
         .await;
-    desktop.expect_error(ErrorCode::InvalidState).await;
     server.shutdown().await;
 }
 
 #[tokio::test]
 async fn reject_tells_both_and_ends_the_session() {
     let server = start_server(|_| {}).await;
-    let (mut desktop, mut phone, session) = pending_pair(&server).await;
-    desktop
-        .send(&ClientMessage::PairResponse {
-            session: session.clone(),
-            accept: false,
-            auth: None,
-        })
+    let (mut desktop, mut phone, session) = pending_pair(&server.ws_url(), WAIT).await;
+    desktop.respond(&session, false, None).await;
+    phone.expect_result(&session, PairOutcome::Rejected).await;
+    desktop.expect_result(&session, PairOutcome::Rejected).await;
+    phone
+        .expect_refused(&signal(&session, offer()), ErrorCode::UnknownSession)
         .await;
-    expect_result(&mut phone, &session, PairOutcome::Rejected).await;
-    expect_result(&mut desktop, &session, PairOutcome::Rejected).await;
-    phone.send(&signal(&session, offer())).await;
-    phone.expect_error(ErrorCode::UnknownSession).await;
     desktop.expect_silence().await;
     assert_eq!(server.stats().pairs_rejected, 1);
     assert_eq!(server.stats().sessions_pending, 0);
@@ -146,30 +170,36 @@ async fn reject_tells_both_and_ends_the_session() {
 #[tokio::test]
 async fn only_the_desktop_answers_and_signals_wait_for_acceptance() {
     let server = start_server(|_| {}).await;
-    let (mut desktop, mut phone, session) = pending_pair(&server).await;
-    // The phone cannot accept its own request.
-    phone
-        .send(&ClientMessage::PairResponse {
-            session: session.clone(),
-            accept: true,
-            auth: None,
-        })
-        .await;
-    phone.expect_error(ErrorCode::NotSessionMember).await;
-    // No signals before acceptance.
-    phone.send(&signal(&session, offer())).await;
-    phone.expect_error(ErrorCode::InvalidState).await;
-    desktop.expect_silence().await;
-    // Unknown session.
+    let (mut desktop, mut phone, session) = pending_pair(&server.ws_url(), WAIT).await;
     let unknown = SessionId::new("00000000000000000000000000000000").unwrap();
-    desktop
-        .send(&ClientMessage::PairResponse {
-            session: unknown,
-            accept: true,
-            auth: None,
-        })
-        .await;
-    desktop.expect_error(ErrorCode::UnknownSession).await;
+    let refused = [
+        // The phone cannot accept its own request.
+        (
+            Side::Phone,
+            pair_response(&session, true, None),
+            ErrorCode::NotSessionMember,
+        ),
+        // No signals before acceptance.
+        (
+            Side::Phone,
+            signal(&session, offer()),
+            ErrorCode::InvalidState,
+        ),
+        // Unknown session.
+        (
+            Side::Desktop,
+            pair_response(&unknown, true, None),
+            ErrorCode::UnknownSession,
+        ),
+    ];
+    for (side, message, code) in refused {
+        let client = match side {
+            Side::Desktop => &mut desktop,
+            Side::Phone => &mut phone,
+        };
+        client.expect_refused(&message, code).await;
+    }
+    desktop.expect_silence().await;
     server.shutdown().await;
 }
 
@@ -177,19 +207,17 @@ async fn only_the_desktop_answers_and_signals_wait_for_acceptance() {
 async fn prompt_timeout_tells_both_sides() {
     let server = start_server(|c| c.prompt_timeout = Duration::from_millis(300)).await;
     let started = tokio::time::Instant::now();
-    let (mut desktop, mut phone, session) = pending_pair(&server).await;
-    expect_result(&mut phone, &session, PairOutcome::TimedOut).await;
-    expect_result(&mut desktop, &session, PairOutcome::TimedOut).await;
+    let (mut desktop, mut phone, session) = pending_pair(&server.ws_url(), WAIT).await;
+    phone.expect_result(&session, PairOutcome::TimedOut).await;
+    desktop.expect_result(&session, PairOutcome::TimedOut).await;
     assert!(started.elapsed() >= Duration::from_millis(300));
     // Too late to accept now.
     desktop
-        .send(&ClientMessage::PairResponse {
-            session: session.clone(),
-            accept: true,
-            auth: None,
-        })
+        .expect_refused(
+            &pair_response(&session, true, None),
+            ErrorCode::UnknownSession,
+        )
         .await;
-    desktop.expect_error(ErrorCode::UnknownSession).await;
     assert_eq!(server.stats().pairs_timed_out, 1);
     server.shutdown().await;
 }
@@ -197,7 +225,7 @@ async fn prompt_timeout_tells_both_sides() {
 #[tokio::test]
 async fn unknown_code_gets_a_result_without_a_session() {
     let server = start_server(|_| {}).await;
-    let mut phone = TestClient::greeted(&server).await;
+    let mut phone = RawClient::greeted(&server.ws_url(), WAIT).await;
     phone
         .send(&pair_request(&RoutingCode::new("ABCDEF").unwrap(), None))
         .await;
@@ -223,24 +251,17 @@ async fn unknown_code_gets_a_result_without_a_session() {
 #[tokio::test]
 async fn a_stranger_cannot_signal_into_a_session() {
     let server = start_server(|_| {}).await;
-    let (mut desktop, mut phone, session) = accepted_pair(&server).await;
-    let mut stranger = TestClient::greeted(&server).await;
-    stranger.send(&signal(&session, offer())).await;
-    stranger.expect_error(ErrorCode::NotSessionMember).await;
-    stranger
-        .send(&ClientMessage::Leave {
-            session: session.clone(),
-        })
-        .await;
-    stranger.expect_error(ErrorCode::NotSessionMember).await;
-    stranger
-        .send(&ClientMessage::PairResponse {
-            session: session.clone(),
-            accept: false,
-            auth: None,
-        })
-        .await;
-    stranger.expect_error(ErrorCode::NotSessionMember).await;
+    let (mut desktop, mut phone, session) = accepted_pair(&server.ws_url(), WAIT).await;
+    let mut stranger = RawClient::greeted(&server.ws_url(), WAIT).await;
+    for message in [
+        signal(&session, offer()),
+        leave(&session),
+        pair_response(&session, false, None),
+    ] {
+        stranger
+            .expect_refused(&message, ErrorCode::NotSessionMember)
+            .await;
+    }
     // Neither member received anything, and the session still works.
     desktop.expect_silence().await;
     phone.expect_silence().await;
@@ -253,17 +274,24 @@ async fn a_stranger_cannot_signal_into_a_session() {
 #[tokio::test]
 async fn malformed_json_is_answered_and_the_connection_survives() {
     let server = start_server(|_| {}).await;
-    let mut client = TestClient::greeted(&server).await;
-    client.send_text("{this is not json").await;
-    client.expect_error(ErrorCode::MalformedMessage).await;
-    client.ping_pong(1).await;
-    client.send_text(r#"{"type":"teleport","to":"mars"}"#).await;
-    client.expect_error(ErrorCode::UnknownMessageType).await;
-    client.send_text(r#"{"type":"ping","seq":"one"}"#).await;
-    client.expect_error(ErrorCode::MalformedMessage).await;
-    client.send_text(r#"{"no_type":true}"#).await;
-    client.expect_error(ErrorCode::MalformedMessage).await;
-    client.ping_pong(2).await;
+    let mut client = RawClient::greeted(&server.ws_url(), WAIT).await;
+    let frames = [
+        ("{this is not json", ErrorCode::MalformedMessage),
+        (
+            r#"{"type":"teleport","to":"mars"}"#,
+            ErrorCode::UnknownMessageType,
+        ),
+        (
+            r#"{"type":"ping","seq":"one"}"#,
+            ErrorCode::MalformedMessage,
+        ),
+        (r#"{"no_type":true}"#, ErrorCode::MalformedMessage),
+    ];
+    for (seq, (frame, code)) in (1..).zip(frames) {
+        client.send_text(frame).await;
+        client.expect_error(code).await;
+        client.ping_pong(seq).await;
+    }
     let stats = server.stats();
     assert_eq!(stats.frames_malformed, 4);
     assert_eq!(stats.errors_sent, 4);
@@ -273,7 +301,7 @@ async fn malformed_json_is_answered_and_the_connection_survives() {
 #[tokio::test]
 async fn binary_frames_are_refused_and_the_connection_survives() {
     let server = start_server(|_| {}).await;
-    let mut client = TestClient::greeted(&server).await;
+    let mut client = RawClient::greeted(&server.ws_url(), WAIT).await;
     client.send_binary(vec![1, 2, 3, 4]).await;
     client.expect_error(ErrorCode::BinaryFrame).await;
     client.ping_pong(7).await;
@@ -283,7 +311,7 @@ async fn binary_frames_are_refused_and_the_connection_survives() {
 #[tokio::test]
 async fn oversized_frame_is_refused_then_closed() {
     let server = start_server(|_| {}).await;
-    let (mut desktop, mut phone, session) = accepted_pair(&server).await;
+    let (mut desktop, mut phone, session) = accepted_pair(&server.ws_url(), WAIT).await;
     let huge = format!(
         r#"{{"type":"ping","seq":1,"pad":"{}"}}"#,
         "x".repeat(MAX_FRAME_BYTES)
@@ -293,7 +321,9 @@ async fn oversized_frame_is_refused_then_closed() {
     let rest = phone.expect_closed().await;
     assert!(rest.is_empty(), "{rest:?}");
     // The desktop's session ends with its peer.
-    expect_ended(&mut desktop, &session, SessionEndReason::PeerDisconnected).await;
+    desktop
+        .expect_ended(&session, SessionEndReason::PeerDisconnected)
+        .await;
     server.shutdown().await;
 }
 
@@ -304,7 +334,7 @@ async fn a_silent_member_is_dropped_and_its_peer_told() {
         c.heartbeat_timeout = Duration::from_millis(300);
     })
     .await;
-    let (mut desktop, mut phone, session) = accepted_pair(&server).await;
+    let (mut desktop, mut phone, session) = accepted_pair(&server.ws_url(), WAIT).await;
     // The phone keeps pinging; the desktop goes silent.
     let start = tokio::time::Instant::now();
     let deadline = start + Duration::from_secs(3);
@@ -350,129 +380,75 @@ async fn a_silent_member_is_dropped_and_its_peer_told() {
 }
 
 #[tokio::test]
-async fn disconnect_notifies_the_peer() {
+async fn a_member_walking_out_of_a_pending_pairing_cancels_it_for_the_other() {
     let server = start_server(|_| {}).await;
-    // Active session: the phone's socket closes.
-    let (mut desktop, phone, session) = accepted_pair(&server).await;
-    phone.close().await;
-    expect_ended(&mut desktop, &session, SessionEndReason::PeerDisconnected).await;
-
-    // Pending session: the desktop's socket closes.
-    let server2 = start_server(|_| {}).await;
-    let (desktop2, mut phone2, session2) = pending_pair(&server2).await;
-    desktop2.close().await;
-    expect_result(&mut phone2, &session2, PairOutcome::DesktopGone).await;
-
-    // Pending session: the phone's socket closes.
-    let (mut desktop3, phone3, session3) = {
-        let mut desktop = TestClient::greeted(&server2).await;
-        let code = desktop.register("desk-3", "Third desktop").await;
-        let mut phone = TestClient::greeted(&server2).await;
-        phone.send(&pair_request(&code, None)).await;
-        let session = match desktop.recv().await {
-            ServerMessage::PairPrompt { session, .. } => session,
-            other => panic!("{other:?}"),
-        };
-        (desktop, phone, session)
-    };
-    phone3.close().await;
-    expect_result(&mut desktop3, &session3, PairOutcome::Cancelled).await;
+    // Each row: who walks out, how, and the `pair_result` the other member gets.
+    let cases = [
+        (Side::Desktop, Exit::Closes, PairOutcome::DesktopGone),
+        (Side::Phone, Exit::Closes, PairOutcome::Cancelled),
+        (Side::Phone, Exit::Leaves, PairOutcome::Cancelled),
+    ];
+    for (n, (side, exit, outcome)) in cases.into_iter().enumerate() {
+        let row = format!("{side:?} {exit:?}");
+        // Shown with the output of a failing row.
+        eprintln!("row: {row}");
+        let (desktop, phone, session) =
+            pending_pair_with(&server.ws_url(), WAIT, &format!("desk-{n}"), None).await;
+        let (leaver, mut other) = walk_out((desktop, phone), &session, side, exit).await;
+        other.expect_result(&session, outcome).await;
+        if let Some(mut leaver) = leaver {
+            leaver.expect_silence().await;
+        }
+        assert_eq!(server.stats().sessions_pending, 0, "{row}");
+    }
     server.shutdown().await;
-    server2.shutdown().await;
 }
 
 #[tokio::test]
-async fn leave_and_bye_end_sessions() {
+async fn a_member_walking_out_of_an_active_session_ends_it_for_the_other() {
     let server = start_server(|_| {}).await;
-    // Leave while pending: the desktop hears `cancelled`.
-    let (mut desktop, mut phone, session) = pending_pair(&server).await;
-    phone
-        .send(&ClientMessage::Leave {
-            session: session.clone(),
-        })
-        .await;
-    expect_result(&mut desktop, &session, PairOutcome::Cancelled).await;
-    phone.expect_silence().await;
-    assert_eq!(server.stats().sessions_pending, 0);
-
-    // Leave while active: the other side hears `peer_left`.
-    let (mut desktop2, mut phone2, session2) = accepted_pair_on(&server, "desk-2").await;
-    desktop2
-        .send(&ClientMessage::Leave {
-            session: session2.clone(),
-        })
-        .await;
-    expect_ended(&mut phone2, &session2, SessionEndReason::PeerLeft).await;
-    phone2.send(&signal(&session2, offer())).await;
-    phone2.expect_error(ErrorCode::UnknownSession).await;
-
-    // Bye while active: `peer_left`, and the server closes the socket.
-    let (mut desktop3, mut phone3, session3) = accepted_pair_on(&server, "desk-3").await;
-    phone3.send(&ClientMessage::Bye { reason: None }).await;
-    expect_ended(&mut desktop3, &session3, SessionEndReason::PeerLeft).await;
-    assert!(phone3.expect_closed().await.is_empty());
+    // Each row: who walks out, how, and the reason the other member is given.
+    let cases = [
+        (
+            Side::Phone,
+            Exit::Closes,
+            SessionEndReason::PeerDisconnected,
+        ),
+        (Side::Desktop, Exit::Leaves, SessionEndReason::PeerLeft),
+        (Side::Phone, Exit::SaysBye, SessionEndReason::PeerLeft),
+    ];
+    for (n, (side, exit, reason)) in cases.into_iter().enumerate() {
+        // Shown with the output of a failing row.
+        eprintln!("row: {side:?} {exit:?}");
+        let (desktop, phone, session) =
+            accepted_pair_with(&server.ws_url(), WAIT, &format!("desk-{n}"), None).await;
+        let (_leaver, mut other) = walk_out((desktop, phone), &session, side, exit).await;
+        other.expect_ended(&session, reason).await;
+        // The session is gone for the member left behind.
+        other
+            .expect_refused(&signal(&session, offer()), ErrorCode::UnknownSession)
+            .await;
+    }
     server.shutdown().await;
-}
-
-/// Like `accepted_pair`, with a fresh desktop device id.
-async fn accepted_pair_on(
-    server: &proxim_server::RunningServer,
-    device: &str,
-) -> (TestClient, TestClient, SessionId) {
-    let mut desktop = TestClient::greeted(server).await;
-    let code = desktop.register(device, "Another desktop").await;
-    let mut phone = TestClient::greeted(server).await;
-    phone.send(&pair_request(&code, None)).await;
-    let session = match desktop.recv().await {
-        ServerMessage::PairPrompt { session, .. } => session,
-        other => panic!("{other:?}"),
-    };
-    assert!(matches!(
-        phone.recv().await,
-        ServerMessage::PairPending { .. }
-    ));
-    desktop
-        .send(&ClientMessage::PairResponse {
-            session: session.clone(),
-            accept: true,
-            auth: None,
-        })
-        .await;
-    expect_result(&mut phone, &session, PairOutcome::Accepted).await;
-    expect_result(&mut desktop, &session, PairOutcome::Accepted).await;
-    (desktop, phone, session)
 }
 
 #[tokio::test]
 async fn hello_must_come_first_and_only_once() {
     let server = start_server(|_| {}).await;
-    let mut client = TestClient::connect(&server).await;
-    client.send(&ClientMessage::Ping { seq: 1 }).await;
-    client.expect_error(ErrorCode::HelloRequired).await;
-    client
-        .send(&ClientMessage::RegisterDesktop {
-            device_id: "d".parse().unwrap(),
-            device_name: "D".parse().unwrap(),
-        })
-        .await;
-    client.expect_error(ErrorCode::HelloRequired).await;
-    // Still open: hello now works.
-    client.send(&hello(proxim_protocol::PROTOCOL_VERSION)).await;
-    match client.recv().await {
-        ServerMessage::Welcome {
-            heartbeat_interval_ms,
-            heartbeat_timeout_ms,
-            ice_servers,
-            ..
-        } => {
-            assert_eq!(heartbeat_interval_ms, 500);
-            assert_eq!(heartbeat_timeout_ms, 2000);
-            assert!(ice_servers.is_empty());
-        }
-        other => panic!("expected welcome, got {other:?}"),
+    let mut client = RawClient::open_raw(&server.ws_url(), WAIT).await;
+    for early in [ClientMessage::Ping { seq: 1 }, register_desktop("d", "D")] {
+        client
+            .expect_refused(&early, ErrorCode::HelloRequired)
+            .await;
     }
-    client.send(&hello(proxim_protocol::PROTOCOL_VERSION)).await;
-    client.expect_error(ErrorCode::InvalidState).await;
+    // Still open: hello now works.
+    let welcome = client.say_hello().await;
+    assert_eq!(welcome.heartbeat_interval_ms, 500);
+    assert_eq!(welcome.heartbeat_timeout_ms, 2000);
+    assert!(welcome.ice_servers.is_empty());
+    client
+        .expect_refused(&hello(PROTOCOL_VERSION), ErrorCode::InvalidState)
+        .await;
     client.ping_pong(3).await;
     server.shutdown().await;
 }
@@ -480,9 +456,10 @@ async fn hello_must_come_first_and_only_once() {
 #[tokio::test]
 async fn unsupported_version_is_refused_and_closed() {
     let server = start_server(|_| {}).await;
-    let mut client = TestClient::connect(&server).await;
-    client.send(&hello(99)).await;
-    client.expect_error(ErrorCode::UnsupportedVersion).await;
+    let mut client = RawClient::open_raw(&server.ws_url(), WAIT).await;
+    client
+        .expect_refused(&hello(99), ErrorCode::UnsupportedVersion)
+        .await;
     assert!(client.expect_closed().await.is_empty());
     server.shutdown().await;
 }
@@ -501,22 +478,14 @@ async fn welcome_carries_the_configured_ice_servers_and_distinct_ids() {
     .await;
     let mut ids = Vec::new();
     for _ in 0..2 {
-        let mut client = TestClient::connect(&server).await;
-        client.send(&hello(proxim_protocol::PROTOCOL_VERSION)).await;
-        match client.recv().await {
-            ServerMessage::Welcome {
-                connection_id,
-                ice_servers,
-                ..
-            } => {
-                assert_eq!(ice_servers.len(), 2);
-                assert_eq!(ice_servers[0].urls, vec!["stun:127.0.0.1:3478"]);
-                assert_eq!(ice_servers[1].username.as_deref(), Some("user"));
-                assert_eq!(ice_servers[1].credential.as_deref(), Some("pass"));
-                ids.push(connection_id);
-            }
-            other => panic!("{other:?}"),
-        }
+        let mut client = RawClient::open_raw(&server.ws_url(), WAIT).await;
+        let welcome = client.say_hello().await;
+        let ice_servers = &welcome.ice_servers;
+        assert_eq!(ice_servers.len(), 2);
+        assert_eq!(ice_servers[0].urls, vec!["stun:127.0.0.1:3478"]);
+        assert_eq!(ice_servers[1].username.as_deref(), Some("user"));
+        assert_eq!(ice_servers[1].credential.as_deref(), Some("pass"));
+        ids.push(welcome.connection_id);
     }
     assert_ne!(ids[0], ids[1]);
     server.shutdown().await;
@@ -525,22 +494,20 @@ async fn welcome_carries_the_configured_ice_servers_and_distinct_ids() {
 #[tokio::test]
 async fn registration_rules() {
     let server = start_server(|_| {}).await;
-    let mut desktop = TestClient::greeted(&server).await;
+    let mut desktop = RawClient::greeted(&server.ws_url(), WAIT).await;
     let code = desktop.register("desk-1", "Test desktop").await;
     assert_eq!(code.as_str().len(), 6);
-    // Registers at most once.
-    desktop
-        .send(&ClientMessage::RegisterDesktop {
-            device_id: "desk-1".parse().unwrap(),
-            device_name: "Test desktop".parse().unwrap(),
-        })
-        .await;
-    desktop.expect_error(ErrorCode::AlreadyRegistered).await;
-    // A desktop cannot pair as a phone.
-    desktop.send(&pair_request(&code, None)).await;
-    desktop.expect_error(ErrorCode::AlreadyRegistered).await;
+    // Registers at most once, and a desktop cannot pair as a phone.
+    for again in [
+        register_desktop("desk-1", "Test desktop"),
+        pair_request(&code, None),
+    ] {
+        desktop
+            .expect_refused(&again, ErrorCode::AlreadyRegistered)
+            .await;
+    }
     // Another device gets another code.
-    let mut other = TestClient::greeted(&server).await;
+    let mut other = RawClient::greeted(&server.ws_url(), WAIT).await;
     assert_ne!(other.register("desk-2", "Other").await, code);
     // The same device reconnecting gets its code back.
     // (`bye` is handled before the server closes the socket, so once the socket is closed
@@ -548,22 +515,18 @@ async fn registration_rules() {
     desktop.send(&ClientMessage::Bye { reason: None }).await;
     assert!(desktop.expect_closed().await.is_empty());
     assert_eq!(server.stats().desktops, 1);
-    let mut back = TestClient::greeted(&server).await;
+    let mut back = RawClient::greeted(&server.ws_url(), WAIT).await;
     assert_eq!(back.register("desk-1", "Test desktop").await, code);
     // A phone that paired cannot register.
-    let mut phone = TestClient::greeted(&server).await;
+    let mut phone = RawClient::greeted(&server.ws_url(), WAIT).await;
     phone.send(&pair_request(&code, None)).await;
-    assert!(matches!(
-        phone.recv().await,
-        ServerMessage::PairPending { .. }
-    ));
+    phone.expect_pending().await;
     phone
-        .send(&ClientMessage::RegisterDesktop {
-            device_id: "phone-1".parse().unwrap(),
-            device_name: "Phone".parse().unwrap(),
-        })
+        .expect_refused(
+            &register_desktop("phone-1", "Phone"),
+            ErrorCode::AlreadyRegistered,
+        )
         .await;
-    phone.expect_error(ErrorCode::AlreadyRegistered).await;
     server.shutdown().await;
 }
 
@@ -575,7 +538,7 @@ async fn a_peer_that_does_not_read_is_dropped_without_blocking_the_sender() {
         c.rate_limit = 0;
     })
     .await;
-    let (_desktop, mut phone, session) = accepted_pair(&server).await;
+    let (_desktop, mut phone, session) = accepted_pair(&server.ws_url(), WAIT).await;
     // The desktop never reads again. Flood it with large offers until the server gives up on
     // it; the phone (who reads) is never blocked and hears that its peer is gone.
     let big = Signal::Offer {
@@ -610,7 +573,7 @@ async fn a_peer_that_does_not_read_is_dropped_without_blocking_the_sender() {
 #[tokio::test]
 async fn shutdown_says_bye_and_closes() {
     let server = start_server(|_| {}).await;
-    let mut client = TestClient::greeted(&server).await;
+    let mut client = RawClient::greeted(&server.ws_url(), WAIT).await;
     let url = server.ws_url();
     server.shutdown().await;
     let last = client.expect_closed().await;

@@ -10,7 +10,7 @@ use proxim_core::doctor::{
     TurnOutcome, VerdictKind,
 };
 use proxim_server::{IceConfig, RunningServer, Server, ServerConfig};
-use proxim_tests::coturn::{Coturn, CoturnAuth};
+use proxim_testkit::coturn::{Coturn, CoturnAuth};
 use tokio::net::UdpSocket;
 
 const LOOPBACK: IpAddr = IpAddr::V4(Ipv4Addr::LOCALHOST);

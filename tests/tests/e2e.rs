@@ -8,78 +8,40 @@ use std::time::{Duration, Instant};
 use proxim_core::peer::{CandidateKind, Payload};
 use proxim_core::{Connection, Desktop, DesktopEvent, Event, ProximConfig, ProximError, pair};
 use proxim_protocol::PairOutcome;
-use proxim_server::{RunningServer, Server, ServerConfig};
+use proxim_server::RunningServer;
+use proxim_testkit::devices::{
+    desktop_until_connected, next_desktop_event, next_message, pair_with, until_closed,
+};
+use proxim_testkit::{devices, within, within_for};
+use proxim_tests::start_server;
 use sha2::{Digest, Sha256};
-
-const STEP: Duration = Duration::from_secs(30);
-
-async fn start_server(configure: impl FnOnce(&mut ServerConfig)) -> RunningServer {
-    let mut config = ServerConfig::loopback();
-    configure(&mut config);
-    Server::start(config).await.expect("server starts")
-}
 
 async fn register(server: &RunningServer, dir: Option<&Path>) -> Desktop {
     let mut config = ProximConfig::new(server.ws_url(), "Test desktop").loopback_only();
     if let Some(dir) = dir {
         config = config.with_download_dir(dir);
     }
-    tokio::time::timeout(STEP, Desktop::register(config))
-        .await
-        .expect("register in time")
-        .expect("register")
+    devices::register(config).await
 }
 
-/// Drive the desktop: accept (or reject) prompts until a connection is open or pairing ends.
-async fn desktop_until_connected(desktop: &mut Desktop, accept: bool) -> Option<Connection> {
-    loop {
-        let event = tokio::time::timeout(STEP, desktop.next_event())
-            .await
-            .expect("desktop event in time")
-            .expect("desktop still registered");
-        match event {
-            DesktopEvent::Prompt { session, .. } if accept => {
-                desktop.accept(&session).await.unwrap()
-            }
-            DesktopEvent::Prompt { session, .. } => desktop.reject(&session).await.unwrap(),
-            DesktopEvent::Connected(connection) => return Some(connection),
-            DesktopEvent::PromptClosed { .. } => return None,
-            DesktopEvent::ConnectionFailed { error, .. } => {
-                panic!("desktop connection failed: {error}")
-            }
-            _ => {}
-        }
-    }
+fn phone_config(server: &RunningServer) -> ProximConfig {
+    ProximConfig::new(server.ws_url(), "Test phone").loopback_only()
 }
 
 /// Pair a phone with the desktop and return both ends.
 async fn pair_both(server: &RunningServer, desktop: &mut Desktop) -> (Connection, Connection) {
-    let phone_config = ProximConfig::new(server.ws_url(), "Test phone").loopback_only();
     let code = desktop.code().to_owned();
-    let phone = tokio::spawn(async move { pair(&phone_config, &code).await });
-    let desk = desktop_until_connected(desktop, true)
-        .await
-        .expect("desktop connected");
-    let phone = tokio::time::timeout(STEP, phone)
-        .await
-        .expect("phone in time")
-        .unwrap()
-        .expect("phone paired");
-    (phone, desk)
+    pair_with(desktop, phone_config(server), &code).await
 }
 
-async fn next_message(connection: &mut Connection) -> Payload {
-    loop {
-        match tokio::time::timeout(STEP, connection.next_event())
-            .await
-            .expect("event in time")
-            .expect("connection open")
-        {
-            Event::Message(payload) => return payload,
-            Event::Closed { reason } => panic!("closed: {reason}"),
-            _ => {}
-        }
-    }
+/// Start pairing a phone with the desktop's code in the background.
+fn spawn_phone(
+    server: &RunningServer,
+    desktop: &Desktop,
+) -> tokio::task::JoinHandle<Result<Connection, ProximError>> {
+    let config = phone_config(server);
+    let code = desktop.code().to_owned();
+    tokio::spawn(async move { pair(&config, &code).await })
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -123,16 +85,7 @@ async fn pair_and_exchange_messages_both_ways() {
     phone.close().await;
     phone.close().await; // closing twice is harmless
     // The desktop side learns that the connection closed.
-    let closed = tokio::time::timeout(STEP, async {
-        loop {
-            match desk.next_event().await {
-                Some(Event::Closed { .. }) | None => return,
-                Some(_) => {}
-            }
-        }
-    })
-    .await;
-    assert!(closed.is_ok(), "desktop did not see the close");
+    until_closed(&mut desk).await;
     server.shutdown().await;
 }
 
@@ -168,7 +121,7 @@ async fn a_64_mib_file_arrives_byte_identical() {
     let server = start_server(|_| {}).await;
     let received = tempfile::tempdir().unwrap();
     let mut desktop = register(&server, Some(received.path())).await;
-    let (phone, mut desk) = pair_both(&server, &mut desktop).await;
+    let (phone, desk) = pair_both(&server, &mut desktop).await;
 
     let source_dir = tempfile::tempdir().unwrap();
     let source = source_dir.path().join("big.bin");
@@ -177,9 +130,8 @@ async fn a_64_mib_file_arrives_byte_identical() {
     let receiver = tokio::spawn(async move {
         let mut progress = Vec::new();
         loop {
-            match tokio::time::timeout(Duration::from_secs(120), desk.next_event())
+            match within_for(Duration::from_secs(120), "file", desk.next_event())
                 .await
-                .expect("file in time")
                 .expect("connection open")
             {
                 Event::FileProgress(p) => progress.push(p.bytes_done),
@@ -253,11 +205,9 @@ async fn an_unreachable_stun_server_does_not_delay_the_connection() {
 async fn a_rejected_pairing_fails_with_rejected() {
     let server = start_server(|_| {}).await;
     let mut desktop = register(&server, None).await;
-    let config = ProximConfig::new(server.ws_url(), "Test phone").loopback_only();
-    let code = desktop.code().to_owned();
-    let phone = tokio::spawn(async move { pair(&config, &code).await });
+    let phone = spawn_phone(&server, &desktop);
     assert!(desktop_until_connected(&mut desktop, false).await.is_none());
-    let result = tokio::time::timeout(STEP, phone).await.unwrap().unwrap();
+    let result = within("phone", phone).await.unwrap();
     assert!(matches!(result, Err(ProximError::Rejected)), "{result:?}");
     server.shutdown().await;
 }
@@ -266,10 +216,8 @@ async fn a_rejected_pairing_fails_with_rejected() {
 async fn a_wrong_code_fails_with_unknown_code() {
     let server = start_server(|_| {}).await;
     let _desktop = register(&server, None).await;
-    let config = ProximConfig::new(server.ws_url(), "Test phone").loopback_only();
-    let result = tokio::time::timeout(STEP, pair(&config, "ZZZZZZ-ZZZZZ"))
-        .await
-        .unwrap();
+    let config = phone_config(&server);
+    let result = within("phone", pair(&config, "ZZZZZZ-ZZZZZ")).await;
     assert!(
         matches!(result, Err(ProximError::UnknownCode)),
         "{result:?}"
@@ -286,17 +234,11 @@ async fn a_wrong_code_fails_with_unknown_code() {
 async fn an_unanswered_prompt_times_out_on_both_sides() {
     let server = start_server(|config| config.prompt_timeout = Duration::from_millis(500)).await;
     let mut desktop = register(&server, None).await;
-    let config = ProximConfig::new(server.ws_url(), "Test phone").loopback_only();
-    let code = desktop.code().to_owned();
-    let phone = tokio::spawn(async move { pair(&config, &code).await });
+    let phone = spawn_phone(&server, &desktop);
     // The desktop sees the prompt, ignores it, and then sees it close as timed out.
     let mut saw_prompt = false;
     loop {
-        match tokio::time::timeout(STEP, desktop.next_event())
-            .await
-            .unwrap()
-            .unwrap()
-        {
+        match next_desktop_event(&mut desktop).await {
             DesktopEvent::Prompt { .. } => saw_prompt = true,
             DesktopEvent::PromptClosed { outcome, .. } => {
                 assert_eq!(outcome, PairOutcome::TimedOut);
@@ -306,7 +248,7 @@ async fn an_unanswered_prompt_times_out_on_both_sides() {
         }
     }
     assert!(saw_prompt);
-    let result = tokio::time::timeout(STEP, phone).await.unwrap().unwrap();
+    let result = within("phone", phone).await.unwrap();
     assert!(
         matches!(result, Err(ProximError::TimedOut(_))),
         "{result:?}"
@@ -318,26 +260,14 @@ async fn an_unanswered_prompt_times_out_on_both_sides() {
 async fn cancelling_pair_ends_the_prompt_on_the_desktop() {
     let server = start_server(|_| {}).await;
     let mut desktop = register(&server, None).await;
-    let config = ProximConfig::new(server.ws_url(), "Test phone").loopback_only();
-    let code = desktop.code().to_owned();
-    let phone = tokio::spawn(async move { pair(&config, &code).await });
-    loop {
-        if let DesktopEvent::Prompt { .. } = tokio::time::timeout(STEP, desktop.next_event())
-            .await
-            .unwrap()
-            .unwrap()
-        {
-            break;
-        }
-    }
+    let phone = spawn_phone(&server, &desktop);
+    while !matches!(
+        next_desktop_event(&mut desktop).await,
+        DesktopEvent::Prompt { .. }
+    ) {}
     phone.abort();
     loop {
-        if let DesktopEvent::PromptClosed { outcome, .. } =
-            tokio::time::timeout(STEP, desktop.next_event())
-                .await
-                .unwrap()
-                .unwrap()
-        {
+        if let DesktopEvent::PromptClosed { outcome, .. } = next_desktop_event(&mut desktop).await {
             assert_eq!(outcome, PairOutcome::Cancelled);
             break;
         }
@@ -353,23 +283,15 @@ async fn an_unreachable_server_is_reported_as_such() {
         .local_addr()
         .unwrap()
         .port();
-    let config = ProximConfig::new(format!("ws://127.0.0.1:{port}/ws"), "Test phone");
-    let result = tokio::time::timeout(STEP, pair(&config, "K7P2QX-4HT9M"))
-        .await
-        .unwrap();
-    assert!(
-        matches!(result, Err(ProximError::ServerUnreachable(_))),
-        "{result:?}"
-    );
     // TLS is compiled in: a wss:// URL is dialled, not refused as an unsupported scheme.
-    let config = ProximConfig::new(format!("wss://127.0.0.1:{port}/ws"), "Test phone");
-    let result = tokio::time::timeout(STEP, pair(&config, "K7P2QX-4HT9M"))
-        .await
-        .unwrap();
-    assert!(
-        matches!(result, Err(ProximError::ServerUnreachable(_))),
-        "{result:?}"
-    );
+    for scheme in ["ws", "wss"] {
+        let config = ProximConfig::new(format!("{scheme}://127.0.0.1:{port}/ws"), "Test phone");
+        let result = within("phone", pair(&config, "K7P2QX-4HT9M")).await;
+        assert!(
+            matches!(result, Err(ProximError::ServerUnreachable(_))),
+            "{scheme}: {result:?}"
+        );
+    }
 }
 
 fn write_random_file(path: &Path, size: usize) -> String {

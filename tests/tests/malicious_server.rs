@@ -1,28 +1,28 @@
 #![allow(clippy::unwrap_used)]
 //! A malicious signaling server: the real server behind a man-in-the-middle proxy
-//! (`proxim_tests::mitm`) that rewrites DTLS fingerprints, answers with its own desktop, and
+//! (`proxim_testkit::mitm`) that rewrites DTLS fingerprints, answers with its own desktop, and
 //! replays PAKE messages recorded from earlier sessions. Every attempt must fail with the
 //! interception error, on first pairings and on trusted reconnects, every time.
 
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
 
-use futures_util::{SinkExt, StreamExt};
 use proxim_core::auth::{DeviceRole, Identity, TrustStore, TrustedDevice};
-use proxim_core::{Desktop, DesktopEvent, ProximConfig, ProximError, connect, pair};
+use proxim_core::{DesktopEvent, ProximConfig, ProximError, connect, pair};
 use proxim_protocol::{
     AuthPayload, ClientMessage, DeviceId, DeviceName, PairOutcome, RoutingCode, ServerMessage,
-    ShortText, Signal,
+    Signal,
 };
-use proxim_server::{RunningServer, Server, ServerConfig};
-use proxim_tests::mitm::{
-    Action, ConnIndex, Direction, Frame, MitmProxy, ProxyCtx, random_fingerprint,
+use proxim_server::RunningServer;
+use proxim_testkit::devices::{loopback_config as config, register};
+use proxim_testkit::mitm::{
+    Action, ConnIndex, Direction, Frame, MitmProxy, Origin, ProxyCtx, random_fingerprint,
     rewrite_sdp_fingerprints,
 };
+use proxim_testkit::raw_client::RawClient;
+use proxim_testkit::{STEP, within};
+use proxim_tests::start_server;
 use tokio::sync::mpsc;
-use tokio_tungstenite::tungstenite::Message;
 
-const STEP: Duration = Duration::from_secs(30);
 const ROUNDS: usize = 3;
 
 /// What the malicious server does right now.
@@ -42,50 +42,21 @@ enum Mode {
 }
 
 async fn start() -> (RunningServer, MitmProxy, Arc<Mutex<Mode>>) {
-    let mut config = ServerConfig::loopback();
-    config.pair_attempts = 0;
-    let server = Server::start(config).await.unwrap();
+    let server = start_server(|config| config.pair_attempts = 0).await;
     let mode = Arc::new(Mutex::new(Mode::Honest));
     let rule_mode = mode.clone();
     let proxy = MitmProxy::start(
         &server.ws_url(),
         move |_: &mut ProxyCtx, direction: Direction, _: ConnIndex, frame: Frame| {
             let mode = rule_mode.lock().unwrap().clone();
+            if direction == Direction::ToServer
+                && let Some(redirected) = redirect(&mode, &frame)
+            {
+                return vec![Action::Forward(Frame::Client(redirected))];
+            }
             vec![match (mode, direction, frame) {
                 (Mode::RewriteFingerprints(fake), _, frame) if frame.sdp().is_some() => {
                     Action::Forward(frame.map_sdp(|sdp| rewrite_sdp_fingerprints(sdp, &fake)))
-                }
-                (
-                    Mode::RedirectCode { from, to },
-                    Direction::ToServer,
-                    Frame::Client(ClientMessage::PairRequest {
-                        code,
-                        device_id,
-                        device_name,
-                        auth,
-                    }),
-                ) if code == from => Action::Forward(Frame::Client(ClientMessage::PairRequest {
-                    code: to,
-                    device_id,
-                    device_name,
-                    auth,
-                })),
-                (
-                    Mode::RedirectDevice { from, to },
-                    Direction::ToServer,
-                    Frame::Client(ClientMessage::ConnectRequest {
-                        desktop,
-                        device_id,
-                        device_name,
-                        auth,
-                    }),
-                ) if desktop == from => {
-                    Action::Forward(Frame::Client(ClientMessage::ConnectRequest {
-                        desktop: to,
-                        device_id,
-                        device_name,
-                        auth,
-                    }))
                 }
                 (
                     Mode::ReplayReply(recorded),
@@ -111,6 +82,27 @@ async fn start() -> (RunningServer, MitmProxy, Arc<Mutex<Mode>>) {
     (server, proxy, mode)
 }
 
+/// The phone's request with its target swapped when `mode` redirects it; `None` to pass it.
+fn redirect(mode: &Mode, frame: &Frame) -> Option<ClientMessage> {
+    let mut message = frame.as_client()?.clone();
+    let target_hit = match (mode, &mut message) {
+        (Mode::RedirectCode { from, to }, ClientMessage::PairRequest { code, .. })
+            if *code == *from =>
+        {
+            *code = to.clone();
+            true
+        }
+        (Mode::RedirectDevice { from, to }, ClientMessage::ConnectRequest { desktop, .. })
+            if *desktop == *from =>
+        {
+            *desktop = to.clone();
+            true
+        }
+        _ => false,
+    };
+    target_hit.then_some(message)
+}
+
 /// A desktop run in the background that accepts every prompt.
 struct Desk {
     events: mpsc::UnboundedReceiver<DesktopEvent>,
@@ -120,10 +112,7 @@ struct Desk {
 
 impl Desk {
     async fn start(config: ProximConfig) -> Desk {
-        let mut desktop = tokio::time::timeout(STEP, Desktop::register(config))
-            .await
-            .unwrap()
-            .unwrap();
+        let mut desktop = register(config).await;
         let code = Arc::new(Mutex::new(desktop.code().to_owned()));
         let device_id = desktop.device_id().to_owned();
         let (tx, events) = mpsc::unbounded_channel();
@@ -164,10 +153,7 @@ impl Desk {
     /// The next connection result (connected or failed), skipping other events.
     async fn outcome(&mut self) -> Result<proxim_core::Connection, ProximError> {
         loop {
-            match tokio::time::timeout(STEP, self.events.recv())
-                .await
-                .unwrap()
-            {
+            match within("desktop event", self.events.recv()).await {
                 Some(DesktopEvent::Connected(connection)) => return Ok(connection),
                 Some(DesktopEvent::ConnectionFailed { error, .. }) => return Err(error),
                 Some(_) => {}
@@ -179,10 +165,7 @@ impl Desk {
     /// Wait for the code to change (burned).
     async fn code_changed(&mut self) -> String {
         loop {
-            match tokio::time::timeout(STEP, self.events.recv())
-                .await
-                .unwrap()
-            {
+            match within("desktop event", self.events.recv()).await {
                 Some(DesktopEvent::CodeChanged(code)) => return code,
                 Some(_) => {}
                 None => panic!("the desktop stopped"),
@@ -203,14 +186,6 @@ async fn phone_connect(
     desktop: String,
 ) -> Result<proxim_core::Connection, ProximError> {
     connect(&config, &desktop).await
-}
-
-fn config(url: &str, name: &str, dir: Option<&std::path::Path>) -> ProximConfig {
-    let config = ProximConfig::new(url, name).loopback_only();
-    match dir {
-        Some(dir) => config.with_data_dir(dir),
-        None => config,
-    }
 }
 
 fn assert_intercepted<T: std::fmt::Debug>(what: &str, result: &Result<T, ProximError>) {
@@ -238,7 +213,7 @@ async fn rewritten_fingerprints_fail_pairing_with_the_interception_error_every_t
     // The proxy really did rewrite: the SDP the desktop received is not the one sent.
     let rewritten = proxy
         .log()
-        .filter(|e| e.origin == proxim_tests::mitm::Origin::Proxy && e.frame.sdp().is_some());
+        .filter(|e| e.origin == Origin::Proxy && e.frame.sdp().is_some());
     assert!(rewritten.len() >= ROUNDS, "{} rewrites", rewritten.len());
     drop(proxy);
     server.shutdown().await;
@@ -280,50 +255,6 @@ async fn a_server_answering_with_its_own_desktop_fails_with_the_interception_err
     server.shutdown().await;
 }
 
-/// A minimal hand-driven client on the real server, for replaying recorded messages.
-struct RawClient {
-    ws: tokio_tungstenite::WebSocketStream<
-        tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>,
-    >,
-}
-
-impl RawClient {
-    async fn connect(url: &str) -> RawClient {
-        let (ws, _) = tokio_tungstenite::connect_async(url).await.unwrap();
-        let mut client = RawClient { ws };
-        client
-            .send(ClientMessage::Hello {
-                version: proxim_protocol::PROTOCOL_VERSION,
-                client: ShortText::new("replayer").unwrap(),
-            })
-            .await;
-        client
-            .until(|m| matches!(m, ServerMessage::Welcome { .. }))
-            .await;
-        client
-    }
-
-    async fn send(&mut self, message: ClientMessage) {
-        self.ws.send(Message::text(message.encode())).await.unwrap();
-    }
-
-    async fn until(&mut self, mut want: impl FnMut(&ServerMessage) -> bool) -> ServerMessage {
-        loop {
-            let frame = tokio::time::timeout(STEP, self.ws.next())
-                .await
-                .unwrap()
-                .unwrap()
-                .unwrap();
-            if let Message::Text(text) = frame {
-                let message = ServerMessage::decode(&text).unwrap();
-                if want(&message) {
-                    return message;
-                }
-            }
-        }
-    }
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn replayed_pake_messages_from_an_earlier_session_fail() {
     let (server, proxy, mode) = start().await;
@@ -361,9 +292,9 @@ async fn replayed_pake_messages_from_an_earlier_session_fail() {
 
     // The attacker replays the phone's hello and confirmation to the desktop in a new session.
     for round in 0..ROUNDS {
-        let mut attacker = RawClient::connect(&server.ws_url()).await;
+        let mut attacker = RawClient::greeted(&server.ws_url(), STEP).await;
         attacker
-            .send(ClientMessage::PairRequest {
+            .send(&ClientMessage::PairRequest {
                 code: desk.routing(),
                 device_id: DeviceId::new(format!("replayer-{round}")).unwrap(),
                 device_name: DeviceName::new("Phone").unwrap(),
@@ -382,7 +313,7 @@ async fn replayed_pake_messages_from_an_earlier_session_fail() {
             panic!("round {round}: the desktop did not answer the replayed hello: {result:?}");
         };
         attacker
-            .send(ClientMessage::Signal {
+            .send(&ClientMessage::Signal {
                 session,
                 signal: Signal::Auth {
                     payload: confirm.clone(),

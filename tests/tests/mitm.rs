@@ -1,67 +1,24 @@
 #![allow(clippy::unwrap_used)]
-//! The man-in-the-middle proxy ([`proxim_tests::mitm`]) between real devices and a real server:
+//! The man-in-the-middle proxy ([`proxim_testkit::mitm`]) between real devices and a real server:
 //! transparent, it changes nothing, and it records the whole exchange.
 
-use std::time::Duration;
-
+use proxim_core::Connection;
 use proxim_core::peer::Payload;
-use proxim_core::{Connection, Desktop, DesktopEvent, Event, ProximConfig, pair};
 use proxim_protocol::{ClientMessage, ServerMessage, Signal};
-use proxim_server::{RunningServer, Server, ServerConfig};
-use proxim_tests::mitm::{self, ConnIndex, Direction, Frame, MitmProxy, Origin, sdp_fingerprint};
-
-const STEP: Duration = Duration::from_secs(30);
+use proxim_server::RunningServer;
+use proxim_testkit::STEP;
+use proxim_testkit::devices::next_message;
+use proxim_testkit::mitm::{self, ConnIndex, Direction, Frame, MitmProxy, Origin, sdp_fingerprint};
+use proxim_testkit::raw_client::RawClient;
+use proxim_tests::start_server;
 
 /// Register a desktop and pair a phone with it, both through `url`; returns (phone, desktop).
 async fn pair_through(url: &str) -> (Connection, Connection) {
-    let desk_config = ProximConfig::new(url, "Mitm desktop").loopback_only();
-    let mut desktop = tokio::time::timeout(STEP, Desktop::register(desk_config))
-        .await
-        .expect("register in time")
-        .expect("register");
-    let phone_config = ProximConfig::new(url, "Mitm phone").loopback_only();
-    let code = desktop.code().to_owned();
-    let phone = tokio::spawn(async move { pair(&phone_config, &code).await });
-    let desk = loop {
-        match tokio::time::timeout(STEP, desktop.next_event())
-            .await
-            .expect("desktop event in time")
-            .expect("desktop registered")
-        {
-            DesktopEvent::Prompt { session, .. } => desktop.accept(&session).await.unwrap(),
-            DesktopEvent::Connected(connection) => break connection,
-            DesktopEvent::ConnectionFailed { error, .. } => panic!("desktop failed: {error}"),
-            DesktopEvent::PromptClosed { outcome, .. } => panic!("prompt closed: {outcome:?}"),
-            _ => {}
-        }
-    };
-    let phone = tokio::time::timeout(STEP, phone)
-        .await
-        .expect("phone in time")
-        .unwrap()
-        .expect("phone paired");
-    desktop.close().await;
-    (phone, desk)
-}
-
-async fn next_message(connection: &mut Connection) -> Payload {
-    loop {
-        match tokio::time::timeout(STEP, connection.next_event())
-            .await
-            .expect("event in time")
-            .expect("connection open")
-        {
-            Event::Message(payload) => return payload,
-            Event::Closed { reason } => panic!("closed: {reason}"),
-            _ => {}
-        }
-    }
+    proxim_testkit::devices::pair_through(url, "Mitm desktop", "Mitm phone").await
 }
 
 async fn server() -> RunningServer {
-    Server::start(ServerConfig::loopback())
-        .await
-        .expect("server starts")
+    start_server(|_| {}).await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -160,9 +117,8 @@ async fn the_log_records_the_offer_and_the_answer_both_ways() {
 
 #[tokio::test]
 async fn rules_drop_rewrite_inject_and_redirect_frames() {
-    use futures_util::{SinkExt, StreamExt};
-    use proxim_protocol::{ErrorCode, PROTOCOL_VERSION, ShortText};
-    use proxim_tests::mitm::Action;
+    use proxim_protocol::ErrorCode;
+    use proxim_testkit::mitm::Action;
     use tokio_tungstenite::tungstenite::Message;
 
     let server = server().await;
@@ -196,37 +152,17 @@ async fn rules_drop_rewrite_inject_and_redirect_frames() {
     .await
     .unwrap();
 
-    let connect = || async {
-        let (mut ws, _) = tokio_tungstenite::connect_async(proxy.ws_url())
-            .await
-            .unwrap();
-        let hello = ClientMessage::Hello {
-            version: PROTOCOL_VERSION,
-            client: ShortText::truncated("mitm-test"),
-        };
-        ws.send(Message::text(hello.encode())).await.unwrap();
-        ws
-    };
-    let mut a = connect().await;
-    assert!(matches!(
-        recv(&mut a).await,
-        Some(ServerMessage::Welcome { .. })
-    ));
-    let mut b = connect().await;
-    assert!(matches!(
-        recv(&mut b).await,
-        Some(ServerMessage::Welcome { .. })
-    ));
+    // Each client checks its welcome as it connects.
+    let mut a = RawClient::greeted(&proxy.ws_url(), STEP).await;
+    let mut b = RawClient::greeted(&proxy.ws_url(), STEP).await;
 
     for seq in [1, 2, 3] {
-        a.send(Message::text(ClientMessage::Ping { seq }.encode()))
-            .await
-            .unwrap();
+        a.send(&ClientMessage::Ping { seq }).await;
     }
     // The forged error may overtake the server's pongs; the pongs keep their order.
     let mut got = Vec::new();
     for _ in 0..3 {
-        got.push(recv(&mut a).await.expect("a message"));
+        got.push(a.recv().await);
     }
     let pongs: Vec<&ServerMessage> = got
         .iter()
@@ -248,8 +184,8 @@ async fn rules_drop_rewrite_inject_and_redirect_frames() {
         "{got:?}"
     );
     assert_eq!(
-        recv(&mut b).await,
-        Some(ServerMessage::Pong { seq: 30 }),
+        b.recv().await,
+        ServerMessage::Pong { seq: 30 },
         "redirected"
     );
 
@@ -259,15 +195,13 @@ async fn rules_drop_rewrite_inject_and_redirect_frames() {
         Direction::ToClient,
         Frame::Text("not even json".into())
     ));
-    match tokio::time::timeout(STEP, b.next()).await.unwrap() {
-        Some(Ok(Message::Text(text))) => assert_eq!(text.as_str(), "not even json"),
+    match b.next_frame().await {
+        Some(Message::Text(text)) => assert_eq!(text.as_str(), "not even json"),
         other => panic!("expected the injected text, got {other:?}"),
     }
 
-    a.send(Message::text(ClientMessage::Ping { seq: 4 }.encode()))
-        .await
-        .unwrap();
-    assert_eq!(recv(&mut a).await, None, "the proxy closed connection 0");
+    a.send(&ClientMessage::Ping { seq: 4 }).await;
+    assert_eq!(a.expect_closed().await, [], "the proxy closed connection 0");
     assert!(!proxy.inject(ConnIndex(0), Direction::ToServer, Frame::Text("x".into())));
 
     // The log has what the peers sent and what the proxy emitted, in order.
@@ -281,20 +215,4 @@ async fn rules_drop_rewrite_inject_and_redirect_frames() {
     assert!(log.filter(|e| e.origin == Origin::Peer).len() >= 8);
     proxy.shutdown();
     server.shutdown().await;
-}
-
-type Ws =
-    tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
-
-/// The next server message, `None` when the socket closed.
-async fn recv(ws: &mut Ws) -> Option<ServerMessage> {
-    use futures_util::StreamExt;
-    use tokio_tungstenite::tungstenite::Message;
-    match tokio::time::timeout(STEP, ws.next())
-        .await
-        .expect("a frame in time")
-    {
-        Some(Ok(Message::Text(text))) => Some(ServerMessage::decode(text.as_str()).unwrap()),
-        _ => None,
-    }
 }

@@ -10,14 +10,15 @@ use proxim_core::turn::TurnTransport;
 use proxim_core::{Desktop, DesktopEvent, Event, ProximConfig, ProximError, pair};
 use proxim_server::{IceConfig, TurnAuth};
 use proxim_server::{RunningServer, Server, ServerConfig};
-use proxim_tests::coturn::{Coturn, CoturnAuth};
+use proxim_testkit::coturn::{Coturn, CoturnAuth};
+use proxim_testkit::devices::{drive, is_connection_result};
 use sha2::{Digest, Sha256};
 
 const STEP: Duration = Duration::from_secs(30);
 const SECRET: &str = "proxim-test-rest-secret";
 
 async fn server_with_turn(urls: Vec<String>, secret: &str) -> RunningServer {
-    proxim_tests::init_tracing();
+    proxim_testkit::init_tracing();
     let mut config = ServerConfig::loopback();
     config.ice = IceConfig::with_turn_auth(
         &[] as &[&str],
@@ -57,24 +58,17 @@ async fn file_through_relay(url_of: fn(&Coturn) -> String, transport: TurnTransp
     let code = desktop.code().to_owned();
     let phone_config = relay_config(&server, "Relay phone", &coturn);
     let phone = tokio::spawn(async move { pair(&phone_config, &code).await });
-    let mut desk = loop {
-        match tokio::time::timeout(STEP, desktop.next_event())
-            .await
-            .unwrap()
-            .unwrap()
-        {
-            DesktopEvent::Prompt { session, .. } => desktop.accept(&session).await.unwrap(),
-            DesktopEvent::Connected(connection) => break connection,
-            DesktopEvent::ConnectionFailed { error, .. } => {
-                // The phone's own error says why (the desktop often only sees it leave).
-                let phone = tokio::time::timeout(STEP, phone).await;
-                panic!(
-                    "desktop: {error}\nphone: {phone:?}\ncoturn log:\n{}",
-                    coturn.log()
-                )
-            }
-            _ => {}
+    let desk = match drive(&mut desktop, is_connection_result).await {
+        DesktopEvent::Connected(connection) => connection,
+        DesktopEvent::ConnectionFailed { error, .. } => {
+            // The phone's own error says why (the desktop often only sees it leave).
+            let phone = tokio::time::timeout(STEP, phone).await;
+            panic!(
+                "desktop: {error}\nphone: {phone:?}\ncoturn log:\n{}",
+                coturn.log()
+            )
         }
+        other => unreachable!("{other:?}"),
     };
     let phone = tokio::time::timeout(STEP, phone)
         .await
@@ -144,17 +138,10 @@ async fn a_server_with_the_wrong_secret_fails_with_refused_credentials() {
     let code = desktop.code().to_owned();
     let phone_config = relay_config(&server, "Phone", &coturn);
     let phone = tokio::spawn(async move { pair(&phone_config, &code).await });
-    let desktop_error = loop {
-        match tokio::time::timeout(STEP, desktop.next_event())
-            .await
-            .unwrap()
-            .unwrap()
-        {
-            DesktopEvent::Prompt { session, .. } => desktop.accept(&session).await.unwrap(),
-            DesktopEvent::ConnectionFailed { error, .. } => break error,
-            DesktopEvent::Connected(_) => panic!("connected with refused credentials"),
-            _ => {}
-        }
+    let desktop_error = match drive(&mut desktop, is_connection_result).await {
+        DesktopEvent::ConnectionFailed { error, .. } => error,
+        DesktopEvent::Connected(_) => panic!("connected with refused credentials"),
+        other => unreachable!("{other:?}"),
     };
     let phone_error = tokio::time::timeout(STEP, phone)
         .await

@@ -6,94 +6,40 @@ use std::path::Path;
 use std::time::Duration;
 
 use proxim_core::auth::DeviceRole;
-use proxim_core::peer::Payload;
 use proxim_core::{
-    AuthMethod, Connection, Desktop, DesktopEvent, Event, ProximConfig, ProximError, connect, pair,
+    AuthMethod, Connection, Desktop, DesktopEvent, ProximConfig, ProximError, connect, pair,
     revoke_device, trusted_devices,
 };
-use proxim_server::{RunningServer, Server, ServerConfig};
-
-const STEP: Duration = Duration::from_secs(30);
-
-async fn start_server(configure: impl FnOnce(&mut ServerConfig)) -> RunningServer {
-    proxim_tests::init_tracing();
-    let mut config = ServerConfig::loopback();
-    configure(&mut config);
-    Server::start(config).await.expect("server starts")
-}
+use proxim_server::RunningServer;
+use proxim_testkit::devices::{
+    drive, echo_once, loopback_config, next_desktop_event, pair_with, register,
+};
+use proxim_testkit::within;
+use proxim_tests::start_server;
 
 fn desktop_config(server: &RunningServer, dir: &Path) -> ProximConfig {
-    ProximConfig::new(server.ws_url(), "Trust desktop")
-        .loopback_only()
-        .with_data_dir(dir)
+    loopback_config(&server.ws_url(), "Trust desktop", Some(dir))
 }
 
 fn phone_config(server: &RunningServer, dir: Option<&Path>) -> ProximConfig {
-    let config = ProximConfig::new(server.ws_url(), "Trust phone").loopback_only();
-    match dir {
-        Some(dir) => config.with_data_dir(dir),
-        None => config,
-    }
+    loopback_config(&server.ws_url(), "Trust phone", dir)
 }
 
-async fn register(config: ProximConfig) -> Desktop {
-    tokio::time::timeout(STEP, Desktop::register(config))
-        .await
-        .expect("register in time")
-        .expect("register")
+/// Pair a phone on `config` with the desktop's current code, then close both ends.
+async fn pair_and_close(desktop: &mut Desktop, config: ProximConfig) {
+    let code = desktop.code().to_owned();
+    let (phone, desk) = pair_with(desktop, config, &code).await;
+    phone.close().await;
+    desk.close().await;
 }
 
-/// Drive the desktop (accepting every prompt) until `until` says stop; returns what it saw.
-async fn drive(
-    desktop: &mut Desktop,
-    mut until: impl FnMut(&DesktopEvent) -> bool,
-) -> DesktopEvent {
-    loop {
-        let event = tokio::time::timeout(STEP, desktop.next_event())
-            .await
-            .expect("desktop event in time")
-            .expect("desktop registered");
-        if let DesktopEvent::Prompt { session, .. } = &event {
-            desktop.accept(session).await.unwrap();
-            continue;
-        }
-        if until(&event) {
-            return event;
-        }
-    }
-}
-
-async fn connected(desktop: &mut Desktop) -> Connection {
-    match drive(desktop, |e| {
-        matches!(
-            e,
-            DesktopEvent::Connected(_) | DesktopEvent::ConnectionFailed { .. }
-        )
-    })
-    .await
-    {
-        DesktopEvent::Connected(connection) => connection,
-        DesktopEvent::ConnectionFailed { error, .. } => panic!("desktop failed: {error}"),
-        _ => unreachable!(),
-    }
-}
-
-async fn echo_once(phone: &mut Connection, desk: &mut Connection, text: &str) {
-    phone.send_text(text).await.unwrap();
-    loop {
-        match tokio::time::timeout(STEP, desk.next_event())
-            .await
-            .unwrap()
-            .unwrap()
-        {
-            Event::Message(Payload::Text(got)) => {
-                assert_eq!(got, text);
-                return;
-            }
-            Event::Closed { reason } => panic!("closed: {reason}"),
-            _ => {}
-        }
-    }
+/// Reconnect a phone on `config` to the trusted desktop `target`, in the background.
+fn spawn_connect(
+    config: ProximConfig,
+    target: &str,
+) -> tokio::task::JoinHandle<Result<Connection, ProximError>> {
+    let target = target.to_owned();
+    tokio::spawn(async move { connect(&config, &target).await })
 }
 
 /// The first pairing with a code: both sides verify, show the same comparison code and
@@ -110,14 +56,12 @@ async fn a_trusted_device_reconnects_without_a_code_after_both_restart_and_a_rev
     let mut desktop = register(desktop_config(&server, desk_dir.path())).await;
     let desktop_id = desktop.device_id().to_owned();
     let code = desktop.code().to_owned();
-    let config = phone_config(&server, Some(phone_dir.path()));
-    let phone = tokio::spawn(async move { pair(&config, &code).await });
-    let mut desk = connected(&mut desktop).await;
-    let mut phone = tokio::time::timeout(STEP, phone)
-        .await
-        .unwrap()
-        .unwrap()
-        .unwrap();
+    let (mut phone, mut desk) = pair_with(
+        &mut desktop,
+        phone_config(&server, Some(phone_dir.path())),
+        &code,
+    )
+    .await;
     assert_eq!(phone.auth_method(), AuthMethod::Code);
     assert_eq!(desk.auth_method(), AuthMethod::Code);
     let comparison = phone
@@ -145,23 +89,13 @@ async fn a_trusted_device_reconnects_without_a_code_after_both_restart_and_a_rev
     // Both restart: a new desktop process (same data dir, same id) and a new phone config.
     let mut desktop = register(desktop_config(&server, desk_dir.path())).await;
     assert_eq!(desktop.device_id(), desktop_id);
-    let config = phone_config(&server, Some(phone_dir.path()));
-    let target = desktop_id.clone();
-    let phone = tokio::spawn(async move { connect(&config, &target).await });
+    let phone = spawn_connect(phone_config(&server, Some(phone_dir.path())), &desktop_id);
     // No prompt for a trusted phone: the next desktop event is the connection.
-    let event = tokio::time::timeout(STEP, desktop.next_event())
-        .await
-        .unwrap()
-        .unwrap();
-    let mut desk = match event {
+    let mut desk = match next_desktop_event(&mut desktop).await {
         DesktopEvent::Connected(connection) => connection,
         other => panic!("expected a connection without a prompt, got {other:?}"),
     };
-    let mut phone = tokio::time::timeout(STEP, phone)
-        .await
-        .unwrap()
-        .unwrap()
-        .unwrap();
+    let mut phone = within("phone", phone).await.unwrap().unwrap();
     assert_eq!(phone.auth_method(), AuthMethod::Trusted);
     assert_eq!(desk.auth_method(), AuthMethod::Trusted);
     assert_eq!(phone.comparison_code(), None);
@@ -172,15 +106,13 @@ async fn a_trusted_device_reconnects_without_a_code_after_both_restart_and_a_rev
     // The desktop revokes the phone: the next reconnect is refused, on both sides.
     let removed = revoke_device(&desktop_config(&server, desk_dir.path()), &phone_id).unwrap();
     assert_eq!(removed.len(), 1);
-    let config = phone_config(&server, Some(phone_dir.path()));
-    let target = desktop_id.clone();
-    let phone = tokio::spawn(async move { connect(&config, &target).await });
+    let phone = spawn_connect(phone_config(&server, Some(phone_dir.path())), &desktop_id);
     let refused = drive(&mut desktop, |e| matches!(e, DesktopEvent::Refused { .. })).await;
     let DesktopEvent::Refused { reason, .. } = refused else {
         unreachable!()
     };
     assert!(reason.contains("not a trusted device"), "{reason}");
-    let result = tokio::time::timeout(STEP, phone).await.unwrap().unwrap();
+    let result = within("phone", phone).await.unwrap();
     assert!(
         matches!(result, Err(ProximError::NotTrusted(_))),
         "{result:?}"
@@ -198,14 +130,12 @@ async fn a_trusted_device_reconnects_without_a_code_after_both_restart_and_a_rev
 
     // A new pairing with the code makes it trusted again.
     let code = desktop.code().to_owned();
-    let config = phone_config(&server, Some(phone_dir.path()));
-    let phone = tokio::spawn(async move { pair(&config, &code).await });
-    let desk = connected(&mut desktop).await;
-    let phone = tokio::time::timeout(STEP, phone)
-        .await
-        .unwrap()
-        .unwrap()
-        .unwrap();
+    let (phone, desk) = pair_with(
+        &mut desktop,
+        phone_config(&server, Some(phone_dir.path())),
+        &code,
+    )
+    .await;
     assert_eq!(phone.auth_method(), AuthMethod::Code);
     assert_eq!(
         trusted_devices(&desktop_config(&server, desk_dir.path()))
@@ -245,7 +175,7 @@ async fn a_wrong_code_fails_and_burns_the_code() {
         unreachable!()
     };
     assert!(matches!(error, ProximError::Intercepted(_)), "{error:?}");
-    let result = tokio::time::timeout(STEP, phone).await.unwrap().unwrap();
+    let result = within("phone", phone).await.unwrap();
     match &result {
         Err(ProximError::Intercepted(reason)) => {
             assert!(reason.contains("mistyped"), "{reason}");
@@ -271,17 +201,7 @@ async fn a_wrong_code_fails_and_burns_the_code() {
     assert!(matches!(result, Err(ProximError::CodeUsed)), "{result:?}");
 
     // The new code works.
-    let config = phone_config(&server, None);
-    let code = new_code.clone();
-    let phone = tokio::spawn(async move { pair(&config, &code).await });
-    let desk = connected(&mut desktop).await;
-    let phone = tokio::time::timeout(STEP, phone)
-        .await
-        .unwrap()
-        .unwrap()
-        .unwrap();
-    phone.close().await;
-    desk.close().await;
+    pair_and_close(&mut desktop, phone_config(&server, None)).await;
     server.shutdown().await;
 }
 
@@ -304,17 +224,7 @@ async fn an_expired_code_fails_with_its_own_error() {
         "{result:?}"
     );
 
-    let config = phone_config(&server, None);
-    let code = desktop.code().to_owned();
-    let phone = tokio::spawn(async move { pair(&config, &code).await });
-    let desk = connected(&mut desktop).await;
-    let phone = tokio::time::timeout(STEP, phone)
-        .await
-        .unwrap()
-        .unwrap()
-        .unwrap();
-    phone.close().await;
-    desk.close().await;
+    pair_and_close(&mut desktop, phone_config(&server, None)).await;
     server.shutdown().await;
 }
 
@@ -332,13 +242,7 @@ async fn pairing_with_the_qr_link_uses_its_server_and_secret() {
         "{link}"
     );
     let config = ProximConfig::new("ws://127.0.0.1:1/ws", "QR phone").loopback_only();
-    let phone = tokio::spawn(async move { pair(&config, &link).await });
-    let desk = connected(&mut desktop).await;
-    let phone = tokio::time::timeout(STEP, phone)
-        .await
-        .unwrap()
-        .unwrap()
-        .unwrap();
+    let (phone, desk) = pair_with(&mut desktop, config, &link).await;
     assert_eq!(phone.comparison_code(), desk.comparison_code());
     phone.close().await;
     desk.close().await;
@@ -353,17 +257,7 @@ async fn connecting_to_an_offline_trusted_desktop_says_so() {
     let phone_dir = tempfile::tempdir().unwrap();
     let mut desktop = register(desktop_config(&server, desk_dir.path())).await;
     let desktop_id = desktop.device_id().to_owned();
-    let code = desktop.code().to_owned();
-    let config = phone_config(&server, Some(phone_dir.path()));
-    let phone = tokio::spawn(async move { pair(&config, &code).await });
-    let desk = connected(&mut desktop).await;
-    let phone = tokio::time::timeout(STEP, phone)
-        .await
-        .unwrap()
-        .unwrap()
-        .unwrap();
-    phone.close().await;
-    desk.close().await;
+    pair_and_close(&mut desktop, phone_config(&server, Some(phone_dir.path()))).await;
     desktop.close().await;
     let result = connect(&phone_config(&server, Some(phone_dir.path())), &desktop_id).await;
     assert!(

@@ -447,26 +447,8 @@ impl DesktopPairing {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use proxim_protocol::{DeviceId, DeviceName, ErrorCode};
-
-    const S1: &str = "11111111111111111111111111111111";
-    const S2: &str = "22222222222222222222222222222222";
-    const S3: &str = "33333333333333333333333333333333";
-
-    fn device(name: &str) -> PeerDevice {
-        PeerDevice {
-            device_id: DeviceId::new(name).unwrap(),
-            device_name: DeviceName::new(name).unwrap(),
-        }
-    }
-
-    fn session(s: &str) -> SessionId {
-        SessionId::new(s).unwrap()
-    }
-
-    fn code(c: &str) -> RoutingCode {
-        RoutingCode::new(c).unwrap()
-    }
+    use crate::pairing::test_support::{S1, S2, S3, code, device, pair_result, session};
+    use proxim_protocol::ErrorCode;
 
     fn prompt(s: &str, expires_in_ms: u64) -> ServerMessage {
         ServerMessage::PairPrompt {
@@ -478,16 +460,28 @@ mod tests {
     }
 
     fn result(s: &str, outcome: PairOutcome) -> ServerMessage {
-        ServerMessage::PairResult {
-            session: Some(session(s)),
-            outcome,
-            peer: (outcome == PairOutcome::Accepted).then(|| device("phone")),
-            auth: None,
-        }
+        pair_result(Some(s), outcome, "phone")
     }
 
     fn events(d: &mut DesktopPairing) -> Vec<DesktopPairingEvent> {
         std::iter::from_fn(|| d.poll_event()).collect()
+    }
+
+    /// The server's `registered`, handing out `c`.
+    fn registered_as(c: &str, expires_in_ms: Option<u64>) -> ServerMessage {
+        ServerMessage::Registered {
+            code: code(c),
+            expires_in_ms,
+        }
+    }
+
+    /// The server hands `d` the code `ABCD` (its first, or the one it had): `Registered`.
+    fn register_abcd(d: &mut DesktopPairing, now: Instant) {
+        d.handle_message(now, &registered_as("ABCD", None)).unwrap();
+        assert_eq!(
+            events(d),
+            vec![DesktopPairingEvent::Registered(code("ABCD"))]
+        );
     }
 
     fn registered(t0: Instant) -> DesktopPairing {
@@ -496,18 +490,7 @@ mod tests {
             d.poll_transmit(),
             Some(ClientMessage::RegisterDesktop { .. })
         ));
-        d.handle_message(
-            t0,
-            &ServerMessage::Registered {
-                code: code("ABCD"),
-                expires_in_ms: None,
-            },
-        )
-        .unwrap();
-        assert_eq!(
-            events(&mut d),
-            vec![DesktopPairingEvent::Registered(code("ABCD"))]
-        );
+        register_abcd(&mut d, t0);
         d
     }
 
@@ -689,26 +672,13 @@ mod tests {
                 "answering a prompt while registering".into()
             ))
         );
-        d.handle_message(
-            t0,
-            &ServerMessage::Registered {
-                code: code("ABCD"),
-                expires_in_ms: None,
-            },
-        )
-        .unwrap();
+        d.handle_message(t0, &registered_as("ABCD", None)).unwrap();
         d.handle_message(t0, &prompt(S1, 60_000)).unwrap();
         while d.poll_event().is_some() {}
         // A later `registered` replaces the code (expired, or renewed after a use); the open
         // prompt stays.
-        d.handle_message(
-            t0,
-            &ServerMessage::Registered {
-                code: code("WXYZ"),
-                expires_in_ms: Some(1000),
-            },
-        )
-        .unwrap();
+        d.handle_message(t0, &registered_as("WXYZ", Some(1000)))
+            .unwrap();
         assert_eq!(d.code(), Some(&code("WXYZ")));
         assert_eq!(
             d.poll_event(),
@@ -716,14 +686,7 @@ mod tests {
         );
         assert_eq!(d.pending_prompts(), vec![session(S1)]);
         // The same code again changes nothing.
-        d.handle_message(
-            t0,
-            &ServerMessage::Registered {
-                code: code("WXYZ"),
-                expires_in_ms: None,
-            },
-        )
-        .unwrap();
+        d.handle_message(t0, &registered_as("WXYZ", None)).unwrap();
         assert_eq!(d.poll_event(), None);
         assert_eq!(d.renew_code(), Ok(()));
         assert_eq!(d.poll_transmit(), Some(ClientMessage::RenewCode));
@@ -766,30 +729,12 @@ mod tests {
         ));
         assert!(d.handle_reconnected(t0).is_err(), "already registering");
         // Same code back: Registered again, not CodeChanged.
-        d.handle_message(
-            t0,
-            &ServerMessage::Registered {
-                code: code("ABCD"),
-                expires_in_ms: None,
-            },
-        )
-        .unwrap();
-        assert_eq!(
-            events(&mut d),
-            vec![DesktopPairingEvent::Registered(code("ABCD"))]
-        );
+        register_abcd(&mut d, t0);
 
         // Another loss, and this time the server hands out a new code.
         d.handle_disconnected(t0 + Duration::from_secs(4));
         d.handle_reconnected(t0 + Duration::from_secs(5)).unwrap();
-        d.handle_message(
-            t0,
-            &ServerMessage::Registered {
-                code: code("WXYZ"),
-                expires_in_ms: None,
-            },
-        )
-        .unwrap();
+        d.handle_message(t0, &registered_as("WXYZ", None)).unwrap();
         assert_eq!(
             events(&mut d),
             vec![DesktopPairingEvent::CodeChanged(code("WXYZ"))]

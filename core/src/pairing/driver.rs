@@ -122,10 +122,12 @@ impl Drop for AbandonGuard<'_> {
     }
 }
 
-/// What happens to a registered desktop.
+/// What happens to a [`DesktopRegistration`]: the machine's [`DesktopPairingEvent`]s as the
+/// driver delivers them (a paired session's link open, a prompt's expiry as a duration, the
+/// connection's loss and return). [`crate::Desktop`] turns them into [`crate::DesktopEvent`]s.
 #[derive(Debug)]
 #[non_exhaustive]
-pub enum DesktopEvent {
+pub enum RegistrationEvent {
     /// A phone asks to pair: answer with [`DesktopRegistration::accept`] or
     /// [`DesktopRegistration::reject`].
     Prompt {
@@ -166,7 +168,7 @@ pub struct DesktopRegistration {
     /// Messages the machine queued, sent oldest first (kept until sent: cancel-safe).
     outgoing: VecDeque<ClientMessage>,
     /// Events ready for the application.
-    ready: VecDeque<DesktopEvent>,
+    ready: VecDeque<RegistrationEvent>,
     /// The span all of this registration's work is logged in.
     span: tracing::Span,
 }
@@ -244,12 +246,12 @@ impl DesktopRegistration {
     }
 
     /// The next event; `None` once the signaling client is closed. Cancel-safe.
-    pub async fn next(&mut self) -> Option<DesktopEvent> {
+    pub async fn next(&mut self) -> Option<RegistrationEvent> {
         let span = self.span.clone();
         self.next_in_span().instrument(span).await
     }
 
-    async fn next_in_span(&mut self) -> Option<DesktopEvent> {
+    async fn next_in_span(&mut self) -> Option<RegistrationEvent> {
         loop {
             self.flush().await;
             self.collect();
@@ -269,7 +271,7 @@ impl DesktopRegistration {
                         self.outgoing.clear();
                         self.machine.handle_disconnected(now());
                         self.collect();
-                        self.ready.push_back(DesktopEvent::Disconnected);
+                        self.ready.push_back(RegistrationEvent::Disconnected);
                     }
                     Some(SignalingEvent::Reconnected(_)) => {
                         if let Err(error) = self.machine.handle_reconnected(now()) {
@@ -278,7 +280,7 @@ impl DesktopRegistration {
                             self.collect();
                             let _ = self.machine.handle_reconnected(now());
                         }
-                        self.ready.push_back(DesktopEvent::Reconnected);
+                        self.ready.push_back(RegistrationEvent::Reconnected);
                     }
                     Some(SignalingEvent::Reconnecting { attempt, delay }) => {
                         debug!(attempt, ?delay, "reconnecting");
@@ -294,7 +296,7 @@ impl DesktopRegistration {
         }
     }
 
-    /// Accept a prompt; [`DesktopEvent::Paired`] follows from [`DesktopRegistration::next`].
+    /// Accept a prompt; [`RegistrationEvent::Paired`] follows from [`DesktopRegistration::next`].
     pub async fn accept(&mut self, session: &SessionId) -> Result<(), PairingError> {
         self.accept_with(session, None).await
     }
@@ -320,13 +322,13 @@ impl DesktopRegistration {
     }
 
     /// Ask the server for a new code (the current one was used or burned);
-    /// [`DesktopEvent::CodeChanged`] follows.
+    /// [`RegistrationEvent::CodeChanged`] follows.
     pub async fn renew_code(&mut self) -> Result<(), PairingError> {
         self.machine.renew_code()?;
         self.flush_checked().await
     }
 
-    /// Reject a prompt; [`DesktopEvent::PromptClosed`] follows.
+    /// Reject a prompt; [`RegistrationEvent::PromptClosed`] follows.
     pub async fn reject(&mut self, session: &SessionId) -> Result<(), PairingError> {
         self.machine.reject(now(), session)?;
         self.flush_checked().await
@@ -374,7 +376,7 @@ impl DesktopRegistration {
                     peer,
                     expires_at,
                     auth,
-                } => DesktopEvent::Prompt {
+                } => RegistrationEvent::Prompt {
                     session,
                     peer,
                     expires_in: expires_at.saturating_duration_since(now()),
@@ -386,7 +388,7 @@ impl DesktopRegistration {
                     auth,
                 } => {
                     let link = self.client.open_session(session.clone());
-                    DesktopEvent::Paired(PairedSession {
+                    RegistrationEvent::Paired(PairedSession {
                         session,
                         peer,
                         auth,
@@ -394,11 +396,11 @@ impl DesktopRegistration {
                     })
                 }
                 DesktopPairingEvent::PromptClosed { session, outcome } => {
-                    DesktopEvent::PromptClosed { session, outcome }
+                    RegistrationEvent::PromptClosed { session, outcome }
                 }
                 DesktopPairingEvent::CodeChanged(code) => {
                     self.code = code.clone();
-                    DesktopEvent::CodeChanged(code)
+                    RegistrationEvent::CodeChanged(code)
                 }
                 DesktopPairingEvent::Registered(code) => {
                     debug!(code = %code.redacted(), "registered again");

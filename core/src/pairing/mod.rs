@@ -23,6 +23,8 @@
 mod desktop;
 mod driver;
 mod phone;
+#[cfg(test)]
+mod test_support;
 
 use proxim_protocol::{AuthPayload, ErrorCode, SessionId};
 
@@ -30,7 +32,7 @@ use crate::signaling::SignalingError;
 
 pub use desktop::{ANSWER_GRACE, DesktopPairing, DesktopPairingEvent};
 pub use driver::{
-    DesktopEvent, DesktopRegistration, PairedSession, REGISTER_TIMEOUT, pair_as_phone,
+    DesktopRegistration, PairedSession, REGISTER_TIMEOUT, RegistrationEvent, pair_as_phone,
 };
 pub use phone::{PairTarget, PhoneEvent, PhonePairing};
 

@@ -388,29 +388,11 @@ impl PhonePairing {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use proxim_protocol::{DeviceId, DeviceName, SessionEndReason};
-
-    const S1: &str = "11111111111111111111111111111111";
-    const S2: &str = "22222222222222222222222222222222";
-
-    fn device(name: &str) -> PeerDevice {
-        PeerDevice {
-            device_id: DeviceId::new(name).unwrap(),
-            device_name: DeviceName::new(name).unwrap(),
-        }
-    }
-
-    fn session(s: &str) -> SessionId {
-        SessionId::new(s).unwrap()
-    }
+    use crate::pairing::test_support::{S1, S2, code, device, pair_result, session};
+    use proxim_protocol::SessionEndReason;
 
     fn start(t0: Instant) -> PhonePairing {
-        let mut p = PhonePairing::new(
-            RoutingCode::new("ABCD").unwrap(),
-            device("phone"),
-            Duration::from_secs(90),
-            t0,
-        );
+        let mut p = PhonePairing::new(code("ABCD"), device("phone"), Duration::from_secs(90), t0);
         assert!(matches!(
             p.poll_transmit(),
             Some(ClientMessage::PairRequest { .. })
@@ -427,12 +409,19 @@ mod tests {
     }
 
     fn result(s: Option<&str>, outcome: PairOutcome) -> ServerMessage {
-        ServerMessage::PairResult {
-            session: s.map(session),
-            outcome,
-            peer: (outcome == PairOutcome::Accepted).then(|| device("desk")),
-            auth: None,
-        }
+        pair_result(s, outcome, "desk")
+    }
+
+    /// What the phone sends to leave session `s`.
+    fn leave(s: &str) -> Option<ClientMessage> {
+        Some(ClientMessage::Leave {
+            session: session(s),
+        })
+    }
+
+    /// The event of pairing failing with `error`.
+    fn failed(error: PairingError) -> Option<PhoneEvent> {
+        Some(PhoneEvent::Failed(error))
     }
 
     #[test]
@@ -470,7 +459,7 @@ mod tests {
             let mut p = start(t0);
             p.handle_message(t0, &pending(S1)).unwrap();
             p.handle_message(t0, &result(Some(S1), outcome)).unwrap();
-            assert_eq!(p.poll_event(), Some(PhoneEvent::Failed(error)));
+            assert_eq!(p.poll_event(), failed(error));
             assert_eq!(
                 p.poll_transmit(),
                 None,
@@ -489,7 +478,7 @@ mod tests {
         ] {
             let mut p = start(t0);
             p.handle_message(t0, &result(None, outcome)).unwrap();
-            assert_eq!(p.poll_event(), Some(PhoneEvent::Failed(error)));
+            assert_eq!(p.poll_event(), failed(error));
             assert!(p.is_finished());
         }
     }
@@ -500,10 +489,7 @@ mod tests {
         let mut p = start(t0);
         p.handle_message(t0, &result(None, PairOutcome::UnknownCode))
             .unwrap();
-        assert_eq!(
-            p.poll_event(),
-            Some(PhoneEvent::Failed(PairingError::UnknownCode))
-        );
+        assert_eq!(p.poll_event(), failed(PairingError::UnknownCode));
     }
 
     #[test]
@@ -515,16 +501,8 @@ mod tests {
         p.handle_timeout(t0 + Duration::from_secs(89));
         assert_eq!(p.poll_event(), None);
         p.handle_timeout(t0 + Duration::from_secs(90));
-        assert_eq!(
-            p.poll_transmit(),
-            Some(ClientMessage::Leave {
-                session: session(S1)
-            })
-        );
-        assert_eq!(
-            p.poll_event(),
-            Some(PhoneEvent::Failed(PairingError::TimedOut))
-        );
+        assert_eq!(p.poll_transmit(), leave(S1));
+        assert_eq!(p.poll_event(), failed(PairingError::TimedOut));
         // The server's own verdict arriving later changes nothing.
         assert!(
             p.handle_message(
@@ -542,10 +520,7 @@ mod tests {
         let mut p = start(t0);
         p.handle_message(t0, &pending(S1)).unwrap();
         p.handle_disconnected(t0 + Duration::from_secs(1));
-        assert_eq!(
-            p.poll_event(),
-            Some(PhoneEvent::Failed(PairingError::ServerLost))
-        );
+        assert_eq!(p.poll_event(), failed(PairingError::ServerLost));
         assert_eq!(p.poll_transmit(), None);
         assert_eq!(p.poll_timeout(), None);
     }
@@ -609,16 +584,8 @@ mod tests {
         let mut p = start(t0);
         p.handle_message(t0, &pending(S1)).unwrap();
         p.cancel(t0).unwrap();
-        assert_eq!(
-            p.poll_transmit(),
-            Some(ClientMessage::Leave {
-                session: session(S1)
-            })
-        );
-        assert_eq!(
-            p.poll_event(),
-            Some(PhoneEvent::Failed(PairingError::Cancelled))
-        );
+        assert_eq!(p.poll_transmit(), leave(S1));
+        assert_eq!(p.poll_event(), failed(PairingError::Cancelled));
         assert!(p.cancel(t0).is_err(), "cancel twice");
     }
 
@@ -628,17 +595,9 @@ mod tests {
         let mut p = start(t0);
         p.cancel(t0).unwrap();
         assert_eq!(p.poll_transmit(), None, "no session to name yet");
-        assert_eq!(
-            p.poll_event(),
-            Some(PhoneEvent::Failed(PairingError::Cancelled))
-        );
+        assert_eq!(p.poll_event(), failed(PairingError::Cancelled));
         p.handle_message(t0, &pending(S1)).unwrap();
-        assert_eq!(
-            p.poll_transmit(),
-            Some(ClientMessage::Leave {
-                session: session(S1)
-            })
-        );
+        assert_eq!(p.poll_transmit(), leave(S1));
         assert!(p.handle_message(t0, &pending(S1)).is_err());
         assert_eq!(p.poll_transmit(), None, "only once");
     }

@@ -41,6 +41,25 @@ pub(crate) struct Channel {
     pub(crate) close_reported: bool,
 }
 
+impl Channel {
+    /// A channel this side opens, before its stream is assigned.
+    fn unassigned(id: ChannelId, label: String, options: ChannelOptions) -> Channel {
+        Channel {
+            id,
+            stream: None,
+            label,
+            protocol: String::new(),
+            options,
+            phase: ChannelPhase::Unassigned,
+            local: true,
+            acked: false,
+            reset_out: false,
+            reset_in: false,
+            close_reported: false,
+        }
+    }
+}
+
 #[derive(Debug, Default)]
 pub(crate) struct Channels {
     entries: HashMap<ChannelId, Channel>,
@@ -87,24 +106,9 @@ impl Channels {
 
     /// A channel this side opens. Its stream is assigned now if the parity is known.
     pub(crate) fn open_local(&mut self, label: String, options: ChannelOptions) -> ChannelId {
-        let id = self.next_id;
-        self.next_id += 1;
-        self.entries.insert(
-            id,
-            Channel {
-                id,
-                stream: None,
-                label,
-                protocol: String::new(),
-                options,
-                phase: ChannelPhase::Unassigned,
-                local: true,
-                acked: false,
-                reset_out: false,
-                reset_in: false,
-                close_reported: false,
-            },
-        );
+        let id = self.allocate_id();
+        self.entries
+            .insert(id, Channel::unassigned(id, label, options));
         id
     }
 
@@ -148,24 +152,17 @@ impl Channels {
         if self.by_stream.contains_key(&stream) || self.resetting.contains(&stream) {
             return Err("the peer opened a channel on a stream id in use");
         }
-        let id = self.next_id;
-        self.next_id += 1;
-        self.entries.insert(
-            id,
-            Channel {
-                id,
-                stream: Some(stream),
-                label,
-                protocol,
-                options,
-                phase: ChannelPhase::Open,
-                local: false,
-                acked: true,
-                reset_out: false,
-                reset_in: false,
-                close_reported: false,
-            },
-        );
+        let id = self.allocate_id();
+        // Accepting the open is this side's acknowledgement: messages may go unordered at once.
+        let channel = Channel {
+            stream: Some(stream),
+            protocol,
+            phase: ChannelPhase::Open,
+            local: false,
+            acked: true,
+            ..Channel::unassigned(id, label, options)
+        };
+        self.entries.insert(id, channel);
         self.by_stream.insert(stream, id);
         Ok(id)
     }
@@ -209,6 +206,13 @@ impl Channels {
             self.resetting.remove(&stream);
         }
         Some(entry)
+    }
+
+    /// A fresh channel id (never reused).
+    fn allocate_id(&mut self) -> ChannelId {
+        let id = self.next_id;
+        self.next_id += 1;
+        id
     }
 }
 

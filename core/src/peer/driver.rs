@@ -282,7 +282,7 @@ impl Driver {
             Command::Stats { reply } => {
                 let _ = reply.send(self.session.stats());
             }
-            // `Connection::close` waits for the driver to end (its state sender is dropped).
+            // `PeerConnection::close` waits for the driver to end (its state sender is dropped).
             Command::Close => {
                 for slot in self.channels.values() {
                     slot.shared.mark_closed();

@@ -1,10 +1,10 @@
 //! The WebRTC peer layer: Proxim's own data stack — ICE, DTLS, SCTP and data channels —
 //! as one sans-IO [`session::PeerSession`] under one tokio driver.
 //!
-//! [`Connection::establish`] binds one UDP socket per usable local IP, starts the TURN relays,
+//! [`PeerConnection::establish`] binds one UDP socket per usable local IP, starts the TURN relays,
 //! spawns one driver task that owns them and the session, runs offer/answer and trickle ICE
 //! over a [`SignalLink`], and resolves once the default channel [`DEFAULT_CHANNEL`] (reliable,
-//! ordered) is open. More channels come from [`Connection::open_channel`] or arrive as
+//! ordered) is open. More channels come from [`PeerConnection::open_channel`] or arrive as
 //! [`ConnectionEvent::ChannelOpened`].
 //!
 //! # The stack
@@ -47,7 +47,7 @@
 //!
 //! # Closing
 //! [`DataChannel::close`] resets the channel's stream after what was sent (the peer resets
-//! its direction once it received all of it); [`Connection::close`] waits until every
+//! its direction once it received all of it); [`PeerConnection::close`] waits until every
 //! channel's data is acknowledged, bounded by 10 s, then sends SCTP ABORT and DTLS
 //! close_notify.
 //!
@@ -83,6 +83,7 @@ mod relay;
 mod sdp;
 mod session;
 pub mod sim;
+pub(crate) mod stun_binding;
 
 pub use channel::{ChannelSender, DataChannel, RECV_QUEUE_BYTES, SEND_HIGH_WATER, SEND_LOW_WATER};
 use driver::{Command, Driver, DriverParts};
@@ -108,7 +109,7 @@ pub struct PeerConfig {
     pub role: PeerRole,
     /// STUN/TURN servers, as received from the signaling server.
     pub ice_servers: Vec<IceServer>,
-    /// How long [`Connection::establish`] may take before it fails.
+    /// How long [`PeerConnection::establish`] may take before it fails.
     pub connect_timeout: Duration,
     /// How long to wait for a STUN server before giving up on it (never delays connecting).
     pub stun_timeout: Duration,
@@ -435,11 +436,11 @@ impl ConnectionStats {
     }
 }
 
-/// What [`Connection::establish`] gives: the connection, its default channel, its events.
+/// What [`PeerConnection::establish`] gives: the connection, its default channel, its events.
 #[derive(Debug)]
 pub struct Established {
     /// The connection handle.
-    pub connection: Connection,
+    pub connection: PeerConnection,
     /// The default channel [`DEFAULT_CHANNEL`], reliable and ordered, open on both sides.
     pub channel: DataChannel,
     /// State changes, channels opened by the remote side, the end.
@@ -487,12 +488,12 @@ impl ConnectionEvents {
 
 /// A cheap, cloneable handle to one peer connection's driver task.
 #[derive(Debug, Clone)]
-pub struct Connection {
+pub struct PeerConnection {
     commands: mpsc::UnboundedSender<Command>,
     state: watch::Receiver<ConnectionState>,
 }
 
-impl Connection {
+impl PeerConnection {
     /// Connect to the device at the other end of `link`.
     ///
     /// Resolves once ICE, DTLS and SCTP are up and the default channel [`DEFAULT_CHANNEL`] is
@@ -517,7 +518,7 @@ impl Connection {
             );
         });
         Ok(Established {
-            connection: Connection { commands, state },
+            connection: PeerConnection { commands, state },
             channel,
             events: ConnectionEvents { rx: events },
         })

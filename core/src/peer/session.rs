@@ -20,10 +20,10 @@ use proxim_sctp::{Association, Event as SctpEvent, SendOptions};
 use super::channels::{ChannelId, ChannelPhase, Channels};
 use super::dcep::{self, DcepMessage};
 use super::dtls::{DtlsState, DtlsTransport};
-use super::gather::{SourceOutput, StunBinding};
 use super::ice::candidate::priority;
 use super::ice::{Credentials, IceAgent, IceConfig, IceEvent, IceState, LocalCandidate};
 use super::sdp::{LocalDescription, RemoteDescription, Setup};
+use super::stun_binding::{BindingOutput, BindingResult, StunBinding};
 use super::{
     CandidateInfo, CandidateKind, ChannelOptions, ConnectionState, ConnectionStats,
     DEFAULT_CHANNEL, Payload, PeerError, PeerRole,
@@ -519,7 +519,7 @@ impl PeerSession {
                 if self
                     .sources
                     .iter_mut()
-                    .any(|s| s.handle_packet(local, from, &data))
+                    .any(|s| s.handle_packet(now, local, from, &data))
                 {
                     self.pump_sources(now);
                 } else {
@@ -1063,16 +1063,18 @@ impl PeerSession {
         for source in &mut self.sources {
             while let Some(output) = source.poll_output() {
                 match output {
-                    SourceOutput::Transmit(t) => self.transmits.push_back(Transmit {
+                    BindingOutput::Transmit(t) => self.transmits.push_back(Transmit {
                         local: t.from,
                         to: t.to,
                         data: BytesMut::from(&t.data[..]),
                     }),
-                    SourceOutput::Mapped { base, mapped, .. } => found.push((base, mapped)),
+                    BindingOutput::Done(BindingResult::Mapped(mapping)) => found.push(mapping),
+                    BindingOutput::Done(_) => {}
                 }
             }
         }
-        for (base, mapped) in found {
+        for mapping in found {
+            let (base, mapped) = (mapping.local, mapping.mapped);
             if mapped == base {
                 continue;
             }
@@ -1096,7 +1098,7 @@ impl PeerSession {
                 },
             );
         }
-        self.sources.retain(|s| !s.done);
+        self.sources.retain(|s| !s.is_done());
         self.check_gathering_done();
     }
 

@@ -20,7 +20,7 @@ use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
 use bytes::{Bytes, BytesMut};
-use proxim_sctp::sim::SimRng;
+use proxim_sctp::sim::{SimRng, advance_clock};
 
 use super::session::{PeerSession, SessionConfig, SessionEvent};
 use super::{PeerError, PeerRole, generate_certificate};
@@ -284,19 +284,14 @@ impl SessionSim {
 
     /// Advance to the next event; `false` when nothing is left to happen.
     fn step(&mut self) -> bool {
-        let next = [
+        let deadlines = [
             self.a.session.poll_timeout().map(|t| t.0),
             self.b.session.poll_timeout().map(|t| t.0),
             self.wire.iter().map(|w| w.0).min(),
-        ]
-        .into_iter()
-        .flatten()
-        .min();
-        let Some(next) = next else {
+        ];
+        let Some(now) = advance_clock(&mut self.now, deadlines) else {
             return false;
         };
-        self.now = self.now.max(next);
-        let now = self.now;
         while self.wire.front().is_some_and(|w| w.0 <= now) {
             let Some((_, to_b, from, data)) = self.wire.pop_front() else {
                 break;

@@ -35,7 +35,8 @@ pub(super) enum Command {
     Close(oneshot::Sender<()>),
 }
 
-type Socket = WebSocketStream<MaybeTlsStream<TcpStream>>;
+/// A WebSocket to the signaling server.
+pub(crate) type Socket = WebSocketStream<MaybeTlsStream<TcpStream>>;
 type Connecting = Pin<Box<dyn Future<Output = Result<Socket, SignalingError>> + Send>>;
 
 /// How long a graceful WebSocket close may take.
@@ -337,21 +338,24 @@ fn handle_frame(
     }
 }
 
-/// Open the WebSocket, with the protocol's frame limit.
-async fn open_socket(url: String, timeout: Duration) -> Result<Socket, SignalingError> {
+/// Open the WebSocket (TCP, TLS for `wss://`, the upgrade), with the protocol's frame limit.
+/// The one way to open a signaling socket: the driver's, and `proxim doctor`'s, which names
+/// the raw error's kind itself.
+pub(crate) async fn open_websocket(url: &str) -> Result<Socket, WsError> {
     let config = WebSocketConfig::default()
         .max_frame_size(Some(MAX_FRAME_BYTES))
         .max_message_size(Some(MAX_FRAME_BYTES));
-    match tokio::time::timeout(
-        timeout,
-        connect_async_with_config(url.as_str(), Some(config), true),
-    )
-    .await
-    {
+    let (ws, _response) = connect_async_with_config(url, Some(config), true).await?;
+    Ok(ws)
+}
+
+/// Open the WebSocket within `timeout`.
+async fn open_socket(url: String, timeout: Duration) -> Result<Socket, SignalingError> {
+    match tokio::time::timeout(timeout, open_websocket(&url)).await {
         Err(_) => Err(SignalingError::Unreachable(format!(
             "no connection within {timeout:?}"
         ))),
-        Ok(Ok((ws, _response))) => Ok(ws),
+        Ok(Ok(ws)) => Ok(ws),
         Ok(Err(WsError::Io(error))) => Err(SignalingError::Unreachable(error.to_string())),
         Ok(Err(WsError::Url(error))) => Err(SignalingError::InvalidUrl(error.to_string())),
         Ok(Err(WsError::Http(response))) => Err(SignalingError::Handshake(format!(

@@ -20,6 +20,10 @@
 mod driver;
 mod session;
 
+// The pieces of the client `proxim doctor` reuses for its one-shot hello/welcome check.
+pub(crate) use driver::{Socket, open_websocket};
+pub(crate) use session::{Output as SessionOutput, SignalingSession};
+
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};

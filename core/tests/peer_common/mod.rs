@@ -4,21 +4,12 @@
 use std::time::{Duration, Instant};
 
 use proxim_core::SignalLink;
-use proxim_core::peer::{Connection, Established, PeerConfig, PeerError, PeerRole};
-use proxim_protocol::IceServer;
+use proxim_core::link::LinkEvent;
+use proxim_core::peer::{Established, PeerConfig, PeerConnection, PeerError, PeerRole};
+use proxim_protocol::{IceServer, Signal};
 
 /// Bound for any single wait in a test.
 pub const WAIT: Duration = Duration::from_secs(20);
-
-pub fn init_tracing() {
-    let _ = tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
-        )
-        .with_test_writer()
-        .try_init();
-}
 
 /// Loopback-only configs (no LAN addresses), as the tests must stay on 127.0.0.1.
 pub fn config(role: PeerRole, ice_servers: Vec<IceServer>) -> PeerConfig {
@@ -26,6 +17,24 @@ pub fn config(role: PeerRole, ice_servers: Vec<IceServer>) -> PeerConfig {
     config.include_loopback = true;
     config.local_ips = Some(vec![std::net::Ipv4Addr::LOCALHOST.into()]);
     config
+}
+
+/// A signaling link whose far ends the test holds: what the peer sends arrives on `sent`, what
+/// the test pushes into `deliver` reaches the peer. For relays that drop or rewrite signals.
+pub struct TappedLink {
+    pub link: SignalLink,
+    pub sent: tokio::sync::mpsc::Receiver<Signal>,
+    pub deliver: tokio::sync::mpsc::Sender<LinkEvent>,
+}
+
+pub fn tapped_link() -> TappedLink {
+    let (outgoing, sent) = tokio::sync::mpsc::channel(64);
+    let (deliver, incoming) = tokio::sync::mpsc::channel(64);
+    TappedLink {
+        link: SignalLink { outgoing, incoming },
+        sent,
+        deliver,
+    }
 }
 
 /// Establish both sides concurrently; returns (offerer, answerer, time to establish).
@@ -37,8 +46,8 @@ pub async fn connect_with(
     let started = Instant::now();
     let (x, y) = tokio::time::timeout(WAIT, async {
         tokio::join!(
-            Connection::establish(offerer, a),
-            Connection::establish(answerer, b)
+            PeerConnection::establish(offerer, a),
+            PeerConnection::establish(answerer, b)
         )
     })
     .await
@@ -57,10 +66,9 @@ pub async fn connect() -> (Established, Established) {
     (x, y)
 }
 
+/// Await `f` for at most [`WAIT`]; a timeout fails the test, naming `what`.
 pub async fn within<T>(what: &str, f: impl std::future::Future<Output = T>) -> T {
-    tokio::time::timeout(WAIT, f)
-        .await
-        .unwrap_or_else(|_| panic!("timed out: {what}"))
+    proxim_testkit::within_for(WAIT, what, f).await
 }
 
 /// Wait for the remote to open a file-transfer channel.

@@ -24,6 +24,40 @@ use proxim_protocol::{
     SessionId, ShortText,
 };
 
+/// Every `type` a client may send: a new variant must join its strategy in `properties.rs` and
+/// this list (kept by hand, apart from the crate's own, so that a forgotten one is caught).
+pub const CLIENT_KINDS: &[&str] = &[
+    "hello",
+    "register_desktop",
+    "pair_request",
+    "connect_request",
+    "renew_code",
+    "pair_response",
+    "signal",
+    "leave",
+    "ping",
+    "pong",
+    "bye",
+];
+
+/// Every `type` the server may send (see [`CLIENT_KINDS`]).
+pub const SERVER_KINDS: &[&str] = &[
+    "welcome",
+    "registered",
+    "pair_pending",
+    "pair_prompt",
+    "pair_result",
+    "signal",
+    "session_ended",
+    "error",
+    "ping",
+    "pong",
+    "bye",
+];
+
+/// Every `kind` of a relayed signal.
+pub const SIGNAL_KINDS: &[&str] = &["offer", "answer", "candidate", "end_of_candidates", "auth"];
+
 /// What a decoder made of one input.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub enum Outcome {

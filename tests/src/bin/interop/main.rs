@@ -29,7 +29,7 @@ use anyhow::{Context, Result, anyhow, bail};
 use clap::{Parser, ValueEnum};
 use proxim_core::auth::Fingerprint;
 use proxim_core::peer::{
-    ChannelOptions, Connection, ConnectionEvent, ConnectionEvents, DataChannel, PeerConfig,
+    ChannelOptions, ConnectionEvent, ConnectionEvents, DataChannel, PeerConfig, PeerConnection,
     PeerRole,
 };
 use serde_json::{Value, json};
@@ -131,7 +131,7 @@ async fn run(
     args: &Args,
     link: proxim_core::link::SignalLink,
     started: Instant,
-) -> Result<(Value, Connection)> {
+) -> Result<(Value, PeerConnection)> {
     let role = match args.role {
         Role::Offerer => PeerRole::Offerer,
         Role::Answerer => PeerRole::Answerer,
@@ -147,7 +147,7 @@ async fn run(
                 format!("--expect-remote-fingerprint {fp:?} is not a SHA-256 fingerprint")
             })?);
     }
-    let established = Connection::establish(config, link)
+    let established = PeerConnection::establish(config, link)
         .await
         .context("establish")?;
     let open_ms = started.elapsed().as_secs_f64() * 1000.0;

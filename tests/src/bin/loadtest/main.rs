@@ -395,12 +395,7 @@ fn report(r: &Results) -> bool {
             c.unanswered,
             c.wrong
         );
-        total.sent += c.sent;
-        total.expected += c.expected;
-        total.rate_limited += c.rate_limited;
-        total.excused += c.excused;
-        total.unanswered += c.unanswered;
-        total.wrong += c.wrong;
+        total.add(c);
     }
     println!(
         "  {:<24} {:>9} {:>9} {:>12} {:>9} {:>11} {:>7}",

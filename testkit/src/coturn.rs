@@ -204,9 +204,14 @@ fn which(name: &str) -> Option<PathBuf> {
 
 /// A CA and a server certificate for 127.0.0.1 signed by it; returns the CA's PEM.
 fn make_certificates(dir: &Path) -> Vec<u8> {
-    let run = |args: &[&str]| {
+    // `command` is split on spaces; `subject` (which has spaces) is passed whole.
+    let run = |command: &str, subject: Option<&str>| {
+        let mut args: Vec<&str> = command.split(' ').collect();
+        if let Some(subject) = subject {
+            args.extend(["-subj", subject]);
+        }
         let out = Command::new("openssl")
-            .args(args)
+            .args(&args)
             .current_dir(dir)
             .stdin(Stdio::null())
             .output()
@@ -222,53 +227,19 @@ fn make_certificates(dir: &Path) -> Vec<u8> {
         "basicConstraints=CA:FALSE\nsubjectAltName=IP:127.0.0.1\nkeyUsage=digitalSignature,keyEncipherment\nextendedKeyUsage=serverAuth\n",
     )
     .unwrap();
-    run(&[
-        "req",
-        "-x509",
-        "-newkey",
-        "ec",
-        "-pkeyopt",
-        "ec_paramgen_curve:prime256v1",
-        "-nodes",
-        "-keyout",
-        "ca.key",
-        "-out",
-        "ca.pem",
-        "-days",
-        "2",
-        "-subj",
-        "/CN=Proxim test CA",
-    ]);
-    run(&[
-        "req",
-        "-newkey",
-        "ec",
-        "-pkeyopt",
-        "ec_paramgen_curve:prime256v1",
-        "-nodes",
-        "-keyout",
-        "server.key",
-        "-out",
-        "server.csr",
-        "-subj",
-        "/CN=127.0.0.1",
-    ]);
-    run(&[
-        "x509",
-        "-req",
-        "-in",
-        "server.csr",
-        "-CA",
-        "ca.pem",
-        "-CAkey",
-        "ca.key",
-        "-CAcreateserial",
-        "-out",
-        "server.pem",
-        "-days",
-        "2",
-        "-extfile",
-        "ext.cnf",
-    ]);
+    // A fresh unencrypted P-256 key for each certificate.
+    const NEW_KEY: &str = "-newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes";
+    run(
+        &format!("req -x509 {NEW_KEY} -keyout ca.key -out ca.pem -days 2"),
+        Some("/CN=Proxim test CA"),
+    );
+    run(
+        &format!("req {NEW_KEY} -keyout server.key -out server.csr"),
+        Some("/CN=127.0.0.1"),
+    );
+    run(
+        "x509 -req -in server.csr -CA ca.pem -CAkey ca.key -CAcreateserial -out server.pem -days 2 -extfile ext.cnf",
+        None,
+    );
     std::fs::read(dir.join("ca.pem")).unwrap()
 }

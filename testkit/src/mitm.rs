@@ -15,7 +15,7 @@
 //!
 //! ```no_run
 //! # async fn demo(server_url: &str) -> std::io::Result<()> {
-//! use proxim_tests::mitm::{Action, Frame, MitmProxy, random_fingerprint, rewrite_sdp_fingerprints};
+//! use proxim_testkit::mitm::{Action, Frame, MitmProxy, random_fingerprint, rewrite_sdp_fingerprints};
 //!
 //! // Swap the DTLS fingerprint in every offer and answer; pass everything else unchanged.
 //! let fake = random_fingerprint();
@@ -215,38 +215,21 @@ impl Action {
 }
 
 /// The decision function of a [`MitmProxy`]: called once per frame, under one lock, with the
-/// frame's direction, its connection and the decoded frame. Closures
-/// `FnMut(&mut ProxyCtx, Direction, ConnIndex, Frame) -> Vec<Action>` are rules
-/// ([`MitmProxy::start`] takes one directly).
-pub trait Rule: Send + 'static {
-    /// Decide what happens to `frame`.
-    fn intercept(
-        &mut self,
-        ctx: &mut ProxyCtx,
-        direction: Direction,
-        conn: ConnIndex,
-        frame: Frame,
-    ) -> Vec<Action>;
+/// frame's direction, its connection and the decoded frame; answers what becomes of it. Every
+/// closure `FnMut(&mut ProxyCtx, Direction, ConnIndex, Frame) -> Vec<Action>` is one (state a
+/// rule keeps lives in what the closure captures).
+pub trait Rule:
+    FnMut(&mut ProxyCtx, Direction, ConnIndex, Frame) -> Vec<Action> + Send + 'static
+{
 }
 
-impl<F> Rule for F
-where
-    F: FnMut(&mut ProxyCtx, Direction, ConnIndex, Frame) -> Vec<Action> + Send + 'static,
+impl<F> Rule for F where
+    F: FnMut(&mut ProxyCtx, Direction, ConnIndex, Frame) -> Vec<Action> + Send + 'static
 {
-    fn intercept(
-        &mut self,
-        ctx: &mut ProxyCtx,
-        direction: Direction,
-        conn: ConnIndex,
-        frame: Frame,
-    ) -> Vec<Action> {
-        self(ctx, direction, conn, frame)
-    }
 }
 
 /// A rule that passes every frame unchanged.
-pub fn transparent()
--> impl FnMut(&mut ProxyCtx, Direction, ConnIndex, Frame) -> Vec<Action> + Send + 'static {
+pub fn transparent() -> impl Rule {
     |_, _, _, _| vec![Action::Pass]
 }
 
@@ -417,14 +400,6 @@ impl MitmProxy {
         upstream_url: &str,
         rule: impl FnMut(&mut ProxyCtx, Direction, ConnIndex, Frame) -> Vec<Action> + Send + 'static,
     ) -> std::io::Result<MitmProxy> {
-        Self::start_with_rule(upstream_url, rule).await
-    }
-
-    /// [`MitmProxy::start`] with any [`Rule`] (a type that keeps its own state, say).
-    pub async fn start_with_rule(
-        upstream_url: &str,
-        rule: impl Rule,
-    ) -> std::io::Result<MitmProxy> {
         let listener = TcpListener::bind("127.0.0.1:0").await?;
         let local_addr = listener.local_addr()?;
         let log = FrameLog::new();
@@ -594,7 +569,7 @@ impl State {
         self.ctx
             .log
             .record(conn, direction, Origin::Peer, frame.clone());
-        let actions = self.rule.intercept(&mut self.ctx, direction, conn, frame);
+        let actions = (self.rule)(&mut self.ctx, direction, conn, frame);
         for action in actions {
             match action {
                 Action::Pass => {

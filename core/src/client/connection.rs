@@ -1,0 +1,311 @@
+//! [`Connection`]: an open, authenticated direct connection to the paired device, and the
+//! event pump that turns the peer's channel and events into [`Event`]s (receiving incoming
+//! files on the way).
+
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use proxim_protocol::{IceServer, PeerDevice, SessionId};
+use tokio::sync::{Mutex, mpsc};
+use tokio::task::JoinHandle;
+use tracing::{Instrument, debug, info_span, warn};
+
+use super::short;
+use crate::auth::{AuthMethod, Verified};
+use crate::pairing::PairedSession;
+use crate::peer::{
+    self, Certificate, ChannelOptions, ChannelSender, ConnectionEvent, ConnectionState,
+    ConnectionStats, DataChannel, Payload, PeerConfig, PeerError, PeerRole,
+};
+use crate::transfer::{self, FileReport, ReceivedFile, TransferProgress};
+use crate::{ProximConfig, ProximError};
+
+/// How many events may wait for the app before the connection stops reading from the network.
+const EVENT_QUEUE: usize = 256;
+
+/// What happens on an open [`Connection`].
+#[derive(Debug)]
+#[non_exhaustive]
+// Path changes are rare and carry the whole stats snapshot; boxing it would only add an
+// allocation per event.
+#[allow(clippy::large_enum_variant)]
+pub enum Event {
+    /// A message on the default channel.
+    Message(Payload),
+    /// The other side opened an extra channel (not a file transfer).
+    ChannelOpened(DataChannel),
+    /// Progress of an incoming file.
+    FileProgress(TransferProgress),
+    /// An incoming file arrived and its SHA-256 matched.
+    FileReceived(ReceivedFile),
+    /// An incoming file failed.
+    FileFailed {
+        /// Why.
+        error: ProximError,
+    },
+    /// The connection state changed.
+    StateChanged {
+        /// The previous state.
+        old: ConnectionState,
+        /// The new state.
+        new: ConnectionState,
+    },
+    /// The path in use changed (first when the connection is up): host, srflx, prflx or
+    /// relay, the addresses, and for a relay how this side reaches it.
+    PathChanged(peer::ConnectionStats),
+    /// The connection is closed; no more events follow.
+    Closed {
+        /// Why.
+        reason: String,
+    },
+}
+
+/// How long setting up a connection took, measured from the start of
+/// [`pair`](crate::pair) (phone) or from the pairing result (desktop).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct SetupTimings {
+    /// Until the desktop accepted (zero on the desktop side).
+    pub paired: Duration,
+    /// Until the data channel was open.
+    pub channel_open: Duration,
+}
+
+/// An open direct connection to the paired device.
+///
+/// Every method takes `&self`: one task can wait in [`Connection::next_event`] while others
+/// send.
+#[derive(Debug)]
+pub struct Connection {
+    timings: SetupTimings,
+    verified: Verified,
+    peer: PeerDevice,
+    session: SessionId,
+    inner: peer::PeerConnection,
+    sender: ChannelSender,
+    /// The pump's output; locked only while one caller waits for the next event.
+    events: Mutex<mpsc::Receiver<Event>>,
+    pump: JoinHandle<()>,
+}
+
+impl Connection {
+    /// The device on the other side.
+    pub fn peer_device(&self) -> &PeerDevice {
+        &self.peer
+    }
+
+    /// How the other device was authenticated: by a code (first pairing) or as a trusted
+    /// device (its identity key).
+    pub fn auth_method(&self) -> AuthMethod {
+        self.verified.method
+    }
+
+    /// The other device's identity key, in a short form a user can compare.
+    pub fn peer_identity(&self) -> String {
+        self.verified.peer_identity.short()
+    }
+
+    /// After a code pairing, a 6-digit code (`123 456`) both devices derive from the pairing
+    /// key: the same on both screens means nobody is in the middle. `None` on reconnects.
+    pub fn comparison_code(&self) -> Option<&str> {
+        self.verified.comparison.as_deref()
+    }
+
+    /// How long setting this connection up took.
+    pub fn timings(&self) -> SetupTimings {
+        self.timings
+    }
+
+    /// The pairing session this connection came from.
+    pub fn session(&self) -> &SessionId {
+        &self.session
+    }
+
+    /// Send a text message on the default (reliable, ordered) channel. Waits when the channel's
+    /// buffer is full.
+    pub async fn send_text(&self, text: impl Into<String>) -> Result<(), ProximError> {
+        Ok(self.sender.send(Payload::Text(text.into())).await?)
+    }
+
+    /// Send a binary message on the default channel. Waits when the channel's buffer is full.
+    pub async fn send_bytes(&self, bytes: impl Into<Bytes>) -> Result<(), ProximError> {
+        Ok(self.sender.send(Payload::Binary(bytes.into())).await?)
+    }
+
+    /// Send a file; resolves once the other side has verified its SHA-256.
+    pub async fn send_file(
+        &self,
+        path: &Path,
+        progress: impl FnMut(TransferProgress) + Send,
+    ) -> Result<FileReport, ProximError> {
+        Ok(transfer::send_file(&self.inner, path, progress).await?)
+    }
+
+    /// Open an extra data channel (e.g. unreliable, for real-time data).
+    pub async fn open_channel(
+        &self,
+        label: &str,
+        options: ChannelOptions,
+    ) -> Result<DataChannel, ProximError> {
+        if transfer::is_transfer_channel(label) {
+            return Err(ProximError::InvalidConfig(format!(
+                "channel label `{label}` is reserved for file transfers"
+            )));
+        }
+        Ok(self.inner.open_channel(label, options).await?)
+    }
+
+    /// The next event. `None` after [`Event::Closed`].
+    ///
+    /// Cancel-safe. Concurrent callers take turns: each event goes to one of them.
+    pub async fn next_event(&self) -> Option<Event> {
+        self.events.lock().await.recv().await
+    }
+
+    /// Current statistics: the path in use (host, srflx, relay), RTT, bytes.
+    pub async fn stats(&self) -> Result<ConnectionStats, ProximError> {
+        Ok(self.inner.stats().await?)
+    }
+
+    /// The connection state now.
+    pub fn state(&self) -> ConnectionState {
+        self.inner.state()
+    }
+
+    /// Close the connection. Idempotent.
+    pub async fn close(&self) {
+        self.inner.close().await;
+    }
+
+    /// What the other device proved (for the trust list).
+    pub(super) fn verified(&self) -> &Verified {
+        &self.verified
+    }
+
+    /// Record the phone's timings, measured from the start of the pairing.
+    pub(super) fn set_timings(&mut self, timings: SetupTimings) {
+        self.timings = timings;
+    }
+
+    /// Open the peer connection for a paired session and start the event pump.
+    pub(super) async fn establish(
+        config: &ProximConfig,
+        role: PeerRole,
+        ice_servers: Vec<IceServer>,
+        paired: PairedSession,
+        certificate: Certificate,
+        verified: Verified,
+    ) -> Result<Connection, PeerError> {
+        let PairedSession {
+            session,
+            peer,
+            link,
+            ..
+        } = paired;
+        let started = Instant::now();
+        let mut peer_config = PeerConfig::new(role, ice_servers);
+        peer_config.connect_timeout = config.connect_timeout;
+        peer_config.include_loopback = config.include_loopback;
+        peer_config.local_ips = config.local_ips.clone();
+        peer_config.force_relay = config.force_relay;
+        peer_config.turn_roots_pem = config.turn_roots_pem.clone();
+        peer_config.certificate = Some(certificate);
+        peer_config.expected_remote_fingerprint = Some(verified.peer_fingerprint);
+        let established = peer::PeerConnection::establish(peer_config, link).await?;
+        let (tx, events) = mpsc::channel(EVENT_QUEUE);
+        let sender = established.channel.sender();
+        let pump = tokio::spawn(
+            pump(
+                established.channel,
+                established.events,
+                config.resolved_download_dir(),
+                tx,
+            )
+            .instrument(info_span!("connection", session = %short(&session))),
+        );
+        Ok(Connection {
+            verified,
+            timings: SetupTimings {
+                paired: Duration::ZERO,
+                channel_open: started.elapsed(),
+            },
+            peer,
+            session,
+            inner: established.connection,
+            sender,
+            events: Mutex::new(events),
+            pump,
+        })
+    }
+}
+
+impl Drop for Connection {
+    fn drop(&mut self) {
+        // The pump ends when the channels close; the driver stops when its last handle drops.
+        self.pump.abort();
+    }
+}
+
+/// Move messages and events from the peer to the app, and receive incoming files.
+async fn pump(
+    mut channel: DataChannel,
+    mut events: peer::ConnectionEvents,
+    download_dir: PathBuf,
+    tx: mpsc::Sender<Event>,
+) {
+    let mut channel_open = true;
+    loop {
+        let event = tokio::select! {
+            message = channel.recv(), if channel_open => match message {
+                Some(payload) => Event::Message(payload),
+                None => {
+                    channel_open = false;
+                    continue;
+                }
+            },
+            event = events.next() => match event {
+                Some(ConnectionEvent::ChannelOpened(incoming))
+                    if transfer::is_transfer_channel(incoming.label()) =>
+                {
+                    tokio::spawn(receive(incoming, download_dir.clone(), tx.clone()));
+                    continue;
+                }
+                Some(ConnectionEvent::ChannelOpened(incoming)) => Event::ChannelOpened(incoming),
+                Some(ConnectionEvent::StateChanged { old, new }) => Event::StateChanged { old, new },
+                Some(ConnectionEvent::PathChanged(stats)) => Event::PathChanged(stats),
+                Some(ConnectionEvent::Closed { reason }) => {
+                    let _ = tx.send(Event::Closed { reason }).await;
+                    return;
+                }
+                None => {
+                    let _ = tx.send(Event::Closed { reason: "connection dropped".into() }).await;
+                    return;
+                }
+            },
+        };
+        if tx.send(event).await.is_err() {
+            debug!("app dropped the connection; pump stops");
+            return;
+        }
+    }
+}
+
+/// Receive one incoming file and report how it went.
+async fn receive(channel: DataChannel, dir: PathBuf, tx: mpsc::Sender<Event>) {
+    let progress_tx = tx.clone();
+    let result = transfer::receive_file(channel, &dir, move |progress| {
+        // Progress is advisory: when the app is behind, skip an update rather than wait.
+        let _ = progress_tx.try_send(Event::FileProgress(progress));
+    })
+    .await;
+    let event = match result {
+        Ok(file) => Event::FileReceived(file),
+        Err(error) => {
+            warn!(%error, "incoming file failed");
+            Event::FileFailed {
+                error: error.into(),
+            }
+        }
+    };
+    let _ = tx.send(event).await;
+}

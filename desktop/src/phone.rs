@@ -1,0 +1,220 @@
+//! `proxim pair` and `proxim connect`: the phone side from a computer. Pair with a code (or
+//! reconnect to a trusted desktop), report the path, send messages and a file, and optionally
+//! print one JSON report.
+
+use std::path::PathBuf;
+
+use anyhow::Result;
+use clap::Args;
+use proxim_core::peer::Payload;
+use proxim_core::{Event, pair};
+
+use crate::common::{CommonArgs, config_from};
+use crate::report::{
+    candidate_json, describe_auth, describe_path, ms, path_name, send_with_progress,
+};
+
+#[derive(Debug, Args)]
+pub(crate) struct PairArgs {
+    /// The pairing code the desktop shows (`K7P2QX-4HT9M`), or its pairing link
+    /// (`proxim://pair?…`, what the QR code holds).
+    code: String,
+    #[command(flatten)]
+    phone: PhoneArgs,
+}
+
+#[derive(Debug, Args)]
+pub(crate) struct ConnectArgs {
+    /// The desktop's device id (or a unique prefix), as `proxim devices` lists it.
+    desktop: String,
+    #[command(flatten)]
+    phone: PhoneArgs,
+}
+
+#[derive(Debug, Args)]
+struct PhoneArgs {
+    #[command(flatten)]
+    common: CommonArgs,
+    /// Send this text message (repeatable).
+    #[arg(long = "message", short = 'm')]
+    messages: Vec<String>,
+    /// Send this file.
+    #[arg(long)]
+    file: Option<PathBuf>,
+    /// Stay connected and print what the desktop sends until Ctrl-C.
+    #[arg(long)]
+    wait: bool,
+    /// Print one JSON object at the end (result, path, timings) instead of the human report.
+    #[arg(long)]
+    json: bool,
+}
+
+/// `proxim pair CODE`: pair with the desktop showing this code or link.
+pub(crate) async fn pair_with_code(args: PairArgs) -> Result<()> {
+    phone(Target::Code(args.code), args.phone).await
+}
+
+/// `proxim connect DESKTOP`: reconnect to a trusted desktop.
+pub(crate) async fn connect_trusted(args: ConnectArgs) -> Result<()> {
+    phone(Target::Trusted(args.desktop), args.phone).await
+}
+
+/// What the phone side connects to.
+enum Target {
+    /// A desktop showing this code or link.
+    Code(String),
+    /// A trusted desktop, by device id.
+    Trusted(String),
+}
+
+async fn phone(target: Target, args: PhoneArgs) -> Result<()> {
+    let json = args.json;
+    let started = std::time::Instant::now();
+    let result = run_phone(target, args, started).await;
+    match result {
+        Ok(report) => {
+            if json {
+                println!("{report}");
+            }
+            Ok(())
+        }
+        Err(error) if json => {
+            let kind = error
+                .downcast_ref::<proxim_core::ProximError>()
+                .map_or("error", error_kind);
+            let report = serde_json::json!({
+                "ok": false,
+                "error": kind,
+                "message": format!("{error:#}"),
+                "elapsed_ms": ms(started.elapsed()),
+            });
+            println!("{report}");
+            std::process::exit(1);
+        }
+        Err(error) => Err(error),
+    }
+}
+
+/// Pair, report, send; returns the JSON report (printed with `--json`).
+async fn run_phone(
+    target: Target,
+    args: PhoneArgs,
+    started: std::time::Instant,
+) -> Result<serde_json::Value> {
+    let config = config_from(&args.common, "proxim-phone")?;
+    let connection = match &target {
+        Target::Code(code) => pair(&config, code).await?,
+        Target::Trusted(desktop) => proxim_core::connect(&config, desktop).await?,
+    };
+    let connect_ms = ms(started.elapsed());
+    let stats = connection.stats().await?;
+    if !args.json {
+        println!(
+            "connected to {} in {:?} via {} ({} -> {}); {}",
+            connection.peer_device().device_name,
+            connection.timings().channel_open,
+            describe_path(&stats),
+            stats.local.address,
+            stats.remote.address,
+            describe_auth(&connection)
+        );
+        if config.data_dir.is_some() && matches!(target, Target::Code(_)) {
+            println!(
+                "remembered {} ({}): next time, proxim connect {}",
+                connection.peer_device().device_name,
+                connection.peer_device().device_id,
+                connection.peer_device().device_id
+            );
+        }
+    }
+    let mut report = serde_json::json!({
+        "ok": true,
+        "auth": match connection.auth_method() {
+            proxim_core::AuthMethod::Trusted => "trusted",
+            _ => "code",
+        },
+        "comparison_code": connection.comparison_code(),
+        "desktop_id": connection.peer_device().device_id.as_str(),
+        "connect_ms": connect_ms,
+        "channel_open_ms": ms(connection.timings().channel_open),
+        "open_after_answer_ms": stats.open_after_answer.map(ms),
+        "path": path_name(stats.path()),
+        "local": candidate_json(&stats.local),
+        "remote": candidate_json(&stats.remote),
+        "rtt_ms": stats.rtt.map(ms),
+    });
+    for message in &args.messages {
+        connection.send_text(message.clone()).await?;
+        if !args.json {
+            println!("sent: {message}");
+        }
+    }
+    if let Some(path) = &args.file {
+        let file = if args.json {
+            connection.send_file(path, |_| {}).await?
+        } else {
+            send_with_progress(&connection, path).await?
+        };
+        if !args.json {
+            println!(
+                "sent {} ({} bytes) in {:.2?}: {:.1} MB/s, sha256 {} verified by the desktop",
+                file.name,
+                file.bytes,
+                file.elapsed,
+                file.bytes as f64 / file.elapsed.as_secs_f64() / 1e6,
+                file.sha256
+            );
+        }
+        report["file"] = serde_json::json!({
+            "name": file.name,
+            "bytes": file.bytes,
+            "sha256": file.sha256,
+            "elapsed_ms": ms(file.elapsed),
+            "max_stall_ms": ms(file.max_stall),
+        });
+    }
+    if args.wait {
+        loop {
+            tokio::select! {
+                _ = tokio::signal::ctrl_c() => break,
+                event = connection.next_event() => match event {
+                    Some(Event::Message(Payload::Text(text))) => println!("< {text}"),
+                    Some(Event::Closed { reason }) => { println!("closed: {reason}"); break; }
+                    None => break,
+                    _ => {}
+                }
+            }
+        }
+    }
+    if let Ok(stats) = connection.stats().await {
+        report["bytes_sent"] = stats.bytes_sent.into();
+        report["bytes_received"] = stats.bytes_received.into();
+    }
+    connection.close().await;
+    Ok(report)
+}
+
+/// A stable name for each kind of failure, for scripts reading `--json`.
+fn error_kind(error: &proxim_core::ProximError) -> &'static str {
+    use proxim_core::ProximError as E;
+    match error {
+        E::InvalidConfig(_) => "invalid_config",
+        E::InvalidCode(_) => "invalid_code",
+        E::UnknownCode => "unknown_code",
+        E::CodeExpired => "code_expired",
+        E::CodeUsed => "code_used",
+        E::Intercepted(_) => "intercepted",
+        E::NotTrusted(_) => "not_trusted",
+        E::DesktopOffline => "desktop_offline",
+        E::Rejected => "rejected",
+        E::TimedOut(_) => "pair_timed_out",
+        E::DesktopGone => "desktop_gone",
+        E::Cancelled => "cancelled",
+        E::ServerUnreachable(_) => "server_unreachable",
+        E::Signaling(_) => "signaling",
+        E::ConnectionFailed(reason) if reason.contains("not established within") => "timed_out",
+        E::ConnectionFailed(_) => "ice_failed",
+        E::Transfer(_) => "transfer",
+        _ => "error",
+    }
+}

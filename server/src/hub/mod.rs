@@ -1,0 +1,857 @@
+//! The hub: every connection, registered desktop and pairing session, as a sans-IO machine.
+//!
+//! The hub owns no sockets, no clock and no tasks. Its driver ([`crate::server`]) feeds it
+//! inputs — a connection opened, a frame arrived, a connection went away, time passed — each
+//! with an explicit `now`, then drains [`Hub::poll_output`] (messages to deliver, connections to
+//! close) and sleeps until [`Hub::poll_timeout`]. Timers (heartbeat deadlines, prompt expiry,
+//! code expiry, code reservations) live in one min-heap with lazy deletion: an entry that no
+//! longer applies when it pops is dropped or re-armed.
+//!
+//! Routing rules, in short: `hello` first; a desktop registers once and gets a code; a phone's
+//! `pair_request` for a live code, or its `connect_request` naming a connected desktop's device
+//! id, opens a pending session and prompts the desktop; the desktop accepts or rejects (or the
+//! prompt expires); signals flow only between the two members of an accepted session. Whoever
+//! leaves, disconnects or goes silent ends its sessions, and the other member is told why.
+//!
+//! Codes ([`CodeBook`]): a desktop's code lives `code_ttl` (when set), then the hub retires it
+//! and sends the desktop a fresh one in a new `registered`; `renew_code` does the same at once.
+//! Retired codes are remembered for a while: a phone asking for one is told `code_expired` or
+//! `code_used`, and no desktop gets it meanwhile. A desktop that goes away keeps its code
+//! reserved for `code_reservation` and gets it back, with the time it had left, when it returns.
+//!
+//! Abuse limits are charged here too, with the same `now`: every frame takes a token from its
+//! connection's budget before it is decoded, every pair or connect request counts against its
+//! desktop's window, and the driver reserves a per-IP slot ([`Hub::reserve_ip`]) before it
+//! upgrades.
+//!
+//! # Files
+//!
+//! - `mod.rs` (here): the [`Hub`], its connections and their roles, the inputs, the outputs,
+//!   message dispatch, departures and the timer heap.
+//! - `codes.rs`: the [`CodeBook`], every routing code's whole life, and nothing else (no I/O,
+//!   no messages: it returns what happened and the deadlines it needs).
+//! - `sessions.rs`: pairing sessions, the one [`Session::transition`] that changes their state
+//!   and logs `old -> new (why)`, and the messages that drive them.
+//! - `abuse.rs`: charging frames, pair attempts and connections against their limits.
+//! - `stats.rs`: [`Stats`] and [`SessionInfo`] for monitoring.
+
+use std::cmp::Reverse;
+use std::collections::{BTreeSet, BinaryHeap, HashMap, VecDeque};
+use std::net::SocketAddr;
+use std::time::{Duration, Instant, SystemTime};
+
+use proxim_protocol::ice::IceUrl;
+use proxim_protocol::{
+    AuthPayload, ClientMessage, ConnectionId, DeviceId, DeviceName, ErrorCode, PROTOCOL_VERSION,
+    PairOutcome, PeerDevice, ROUTING_ALPHABET, RoutingCode, ServerMessage, SessionId, ShortText,
+};
+use rand::rngs::StdRng;
+use rand::{Rng, SeedableRng};
+
+use crate::config::ServerConfig;
+use crate::ice::IceConfig;
+use crate::limits::{AttemptWindow, ConnectionsPerIp, TokenBucket};
+use crate::retired::RetireReason;
+
+mod abuse;
+mod codes;
+mod sessions;
+mod stats;
+#[cfg(test)]
+mod tests;
+
+use codes::{CODE_ATTEMPTS, CodeBook, CodeTimer, Deadline, Grant, Lookup, TimerOutcome};
+use sessions::{Session, SessionEnd, SessionState, Via};
+pub use stats::{SessionInfo, Stats};
+
+/// The hub's handle on one connection.
+pub(crate) type ConnKey = u64;
+
+/// How long a retired code is remembered (answered `code_expired`/`code_used`, not reissued).
+const RETIRED_CODE_RETENTION: Duration = Duration::from_secs(60 * 60);
+
+/// How many retired codes are remembered at most; beyond that the oldest are forgotten.
+const MAX_RETIRED_CODES: usize = 100_000;
+
+/// Something the driver must do.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum Output {
+    /// Queue a message for a connection.
+    Send { to: ConnKey, message: ServerMessage },
+    /// Close a connection.
+    Close { conn: ConnKey, how: CloseHow },
+}
+
+/// How a connection is closed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum CloseHow {
+    /// After the messages already queued for it are written.
+    AfterQueued,
+    /// At once, dropping whatever is queued (slow readers).
+    Abort,
+}
+
+/// Why the driver reports a connection gone.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Gone {
+    /// The socket closed or failed.
+    Closed,
+    /// Its outbound queue was full.
+    SlowReader,
+}
+
+/// Timing and sizing the hub needs.
+#[derive(Debug, Clone)]
+pub(crate) struct HubConfig {
+    pub(crate) ice: IceConfig,
+    pub(crate) heartbeat_interval: Duration,
+    pub(crate) heartbeat_timeout: Duration,
+    pub(crate) prompt_timeout: Duration,
+    pub(crate) code_length: usize,
+    /// The characters codes are drawn from: [`ROUTING_ALPHABET`], or fewer of them in tests
+    /// that need a small code space.
+    pub(crate) code_alphabet: &'static str,
+    /// How long a code lives; zero is forever.
+    pub(crate) code_ttl: Duration,
+    pub(crate) code_reservation: Duration,
+    /// How long retired codes are remembered, and how many at most.
+    pub(crate) retired_retention: Duration,
+    pub(crate) max_retired_codes: usize,
+    pub(crate) max_frame_bytes: usize,
+    /// Sustained messages per second per connection; 0 is no limit.
+    pub(crate) rate_limit: u32,
+    pub(crate) rate_burst: u32,
+    /// Refused frames (without a full refill in between) before a connection is cut off.
+    pub(crate) rate_strikes: u32,
+    /// Concurrent connections per client IP; 0 is no cap.
+    pub(crate) max_connections_per_ip: u32,
+    /// Pair requests per code within `pair_window`; 0 is no limit.
+    pub(crate) pair_attempts: u32,
+    pub(crate) pair_window: Duration,
+    /// One instant of the hub's clock and the wall-clock time it corresponds to: the hub
+    /// derives wall-clock time (TURN credential expiry) from its `now` inputs with it.
+    pub(crate) wall_anchor: (Instant, SystemTime),
+}
+
+impl From<&ServerConfig> for HubConfig {
+    fn from(c: &ServerConfig) -> Self {
+        HubConfig {
+            ice: c.ice.clone(),
+            heartbeat_interval: c.heartbeat_interval,
+            heartbeat_timeout: c.heartbeat_timeout,
+            prompt_timeout: c.prompt_timeout,
+            code_length: c.code_length,
+            code_alphabet: ROUTING_ALPHABET,
+            code_ttl: c.code_ttl,
+            code_reservation: c.code_reservation,
+            retired_retention: RETIRED_CODE_RETENTION,
+            max_retired_codes: MAX_RETIRED_CODES,
+            max_frame_bytes: c.max_frame_bytes,
+            rate_limit: c.rate_limit,
+            rate_burst: c.rate_burst,
+            rate_strikes: c.rate_strikes,
+            max_connections_per_ip: c.max_connections_per_ip,
+            pair_attempts: c.pair_attempts,
+            pair_window: c.pair_window,
+            wall_anchor: (Instant::now(), SystemTime::now()),
+        }
+    }
+}
+
+/// All connections, desktops and sessions.
+#[derive(Debug)]
+pub(crate) struct Hub {
+    config: HubConfig,
+    rng: StdRng,
+    next_key: ConnKey,
+    conns: HashMap<ConnKey, Conn>,
+    /// Every live, kept and retired code.
+    codes: CodeBook,
+    /// The connections registered as each desktop device, oldest registration first.
+    desktop_conns: HashMap<DeviceId, Vec<ConnKey>>,
+    sessions: HashMap<SessionId, Session>,
+    timers: BinaryHeap<Reverse<(Instant, TimerKey)>>,
+    outputs: VecDeque<Output>,
+    stats: Stats,
+    /// Open (or opening) WebSocket connections per client IP.
+    per_ip: ConnectionsPerIp,
+    shutting_down: bool,
+}
+
+#[derive(Debug)]
+struct Conn {
+    id: ConnectionId,
+    remote: SocketAddr,
+    /// This server's STUN responder as this client can reach it, advertised in `welcome`.
+    embedded_stun: Option<IceUrl>,
+    last_seen: Instant,
+    greeted: bool,
+    role: Role,
+    sessions: BTreeSet<SessionId>,
+    /// The message budget; `None` without a rate limit.
+    budget: Option<TokenBucket>,
+    /// Frames refused since the budget was last full.
+    strikes: u32,
+}
+
+#[derive(Debug, Clone)]
+enum Role {
+    /// Said hello (or not yet), neither desktop nor phone.
+    Unassigned,
+    /// Registered desktop; its code is in the [`CodeBook`].
+    Desktop {
+        device: PeerDevice,
+        /// Pair and connect requests for this desktop in the current window (kept when the
+        /// code changes: the limit is per desktop).
+        attempts: AttemptWindow,
+    },
+    /// Sent at least one pair request.
+    Phone,
+}
+
+/// What a timer in the heap is for. At equal instants, entries run in this order.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
+enum TimerKey {
+    Heartbeat(ConnKey),
+    Prompt(SessionId),
+    /// A code's reservation or lifetime ends: the [`CodeBook`]'s.
+    Code(CodeTimer),
+}
+
+/// Why a connection leaves the hub.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Departure {
+    /// It sent `bye`.
+    Bye,
+    /// Its socket closed.
+    Closed,
+    /// It went silent.
+    TimedOut,
+    /// It did not read its messages.
+    SlowReader,
+    /// It was refused (bad protocol version, frame too large).
+    Refused,
+    /// It kept sending past its message budget.
+    Flooding,
+    /// The server is stopping.
+    Shutdown,
+}
+
+impl Departure {
+    /// How the connection is closed, and the reason its `bye` gives (`None`: no `bye`).
+    fn close(self) -> (CloseHow, Option<&'static str>) {
+        match self {
+            Departure::TimedOut => (CloseHow::AfterQueued, Some("heartbeat timeout")),
+            Departure::SlowReader => (CloseHow::Abort, None),
+            Departure::Shutdown => (CloseHow::AfterQueued, Some("server shutting down")),
+            Departure::Bye | Departure::Closed | Departure::Refused | Departure::Flooding => {
+                (CloseHow::AfterQueued, None)
+            }
+        }
+    }
+}
+
+impl Hub {
+    /// A hub with ids and codes drawn from the operating system's CSPRNG.
+    pub(crate) fn new(config: HubConfig) -> Self {
+        Self::with_rng(config, StdRng::from_os_rng())
+    }
+
+    /// A hub with a given random generator (tests seed it).
+    pub(crate) fn with_rng(config: HubConfig, rng: StdRng) -> Self {
+        Hub {
+            codes: CodeBook::new(&config),
+            config,
+            rng,
+            next_key: 1,
+            conns: HashMap::new(),
+            desktop_conns: HashMap::new(),
+            sessions: HashMap::new(),
+            timers: BinaryHeap::new(),
+            outputs: VecDeque::new(),
+            stats: Stats::default(),
+            per_ip: ConnectionsPerIp::default(),
+            shutting_down: false,
+        }
+    }
+
+    /// A connection opened; `embedded_stun` is this server's STUN responder as that client can
+    /// reach it. `None` when the server is shutting down.
+    pub(crate) fn connect(
+        &mut self,
+        remote: SocketAddr,
+        embedded_stun: Option<IceUrl>,
+        now: Instant,
+    ) -> Option<(ConnKey, ConnectionId)> {
+        if self.shutting_down {
+            return None;
+        }
+        let id = ConnectionId::new(random_hex128(&mut self.rng)).ok()?;
+        let key = self.next_key;
+        self.next_key += 1;
+        self.conns.insert(
+            key,
+            Conn {
+                id: id.clone(),
+                remote,
+                embedded_stun,
+                last_seen: now,
+                greeted: false,
+                role: Role::Unassigned,
+                sessions: BTreeSet::new(),
+                budget: (self.config.rate_limit > 0)
+                    .then(|| TokenBucket::new(self.config.rate_limit, self.config.rate_burst, now)),
+                strikes: 0,
+            },
+        );
+        self.stats.connections_total += 1;
+        self.arm(
+            now + self.config.heartbeat_timeout,
+            TimerKey::Heartbeat(key),
+        );
+        tracing::debug!(conn = %short(id.as_str()), %remote, "connection opened");
+        Some((key, id))
+    }
+
+    /// A text frame arrived.
+    pub(crate) fn handle_text(&mut self, conn: ConnKey, text: &str, now: Instant) {
+        if !self.admit_frame(conn, now) {
+            return;
+        }
+        if text.len() > self.config.max_frame_bytes {
+            self.refuse_too_large(conn, text.len());
+            return;
+        }
+        match ClientMessage::decode(text) {
+            Ok(message) => self.handle_message(conn, message, now),
+            Err(e) => {
+                self.stats.frames_malformed += 1;
+                let code = e.code();
+                tracing::debug!(conn = %self.short_id(conn), error = %e, "undecodable frame");
+                self.send_error(conn, code, e.to_string());
+                if code == ErrorCode::FrameTooLarge {
+                    self.depart(conn, Departure::Refused, now);
+                }
+            }
+        }
+    }
+
+    /// A binary frame arrived: not part of the protocol.
+    /// A frame the transport refused to read because it announced `size` bytes, more than the
+    /// transport accepts at all: answered `frame_too_large` like any frame over the limit, and
+    /// the connection is closed (the rest of the frame is still in the socket, unread).
+    pub(crate) fn handle_oversized(&mut self, conn: ConnKey, size: usize, now: Instant) {
+        if let Some(c) = self.conns.get_mut(&conn) {
+            c.last_seen = now;
+        }
+        self.refuse_too_large(conn, size);
+    }
+
+    pub(crate) fn handle_binary(&mut self, conn: ConnKey, len: usize, now: Instant) {
+        if !self.admit_frame(conn, now) {
+            return;
+        }
+        if len > self.config.max_frame_bytes {
+            self.refuse_too_large(conn, len);
+            return;
+        }
+        self.stats.frames_malformed += 1;
+        self.send_error(
+            conn,
+            ErrorCode::BinaryFrame,
+            "binary frames are not part of the protocol; send JSON text frames",
+        );
+    }
+
+    /// A WebSocket control frame (ping/pong) arrived: the connection is alive.
+    pub(crate) fn handle_liveness(&mut self, conn: ConnKey, now: Instant) {
+        self.admit_frame(conn, now);
+    }
+
+    /// The driver saw the connection go. A no-op for a connection the hub already closed.
+    pub(crate) fn handle_gone(&mut self, conn: ConnKey, gone: Gone, now: Instant) {
+        let departure = match gone {
+            Gone::Closed => Departure::Closed,
+            Gone::SlowReader => Departure::SlowReader,
+        };
+        self.depart(conn, departure, now);
+    }
+
+    /// Time passed: expire heartbeats, prompts, codes, code reservations and retired codes
+    /// that are due.
+    pub(crate) fn handle_timeout(&mut self, now: Instant) {
+        self.codes.prune(now);
+        while let Some(Reverse((due, _))) = self.timers.peek() {
+            if *due > now {
+                break;
+            }
+            let Some(Reverse((_, key))) = self.timers.pop() else {
+                break;
+            };
+            match key {
+                TimerKey::Heartbeat(conn) => {
+                    let Some(c) = self.conns.get(&conn) else {
+                        continue;
+                    };
+                    let deadline = c.last_seen + self.config.heartbeat_timeout;
+                    if deadline <= now {
+                        self.depart(conn, Departure::TimedOut, now);
+                    } else {
+                        self.arm(deadline, TimerKey::Heartbeat(conn));
+                    }
+                }
+                TimerKey::Prompt(session) => {
+                    let expired = matches!(
+                        self.sessions.get(&session).map(Session::state),
+                        Some(SessionState::Pending { deadline }) if deadline <= now
+                    );
+                    if expired {
+                        self.end_session(&session, SessionEnd::PromptExpired);
+                    }
+                }
+                TimerKey::Code(timer) => match self.codes.on_timer(&mut self.rng, timer, now) {
+                    TimerOutcome::Nothing => {}
+                    TimerOutcome::Replaced { conn, grant } => {
+                        self.announce_fresh_code(conn, grant, now);
+                    }
+                    TimerOutcome::NoFreeCode { conn, retry } => {
+                        tracing::error!(
+                            conn = %self.short_id(conn),
+                            "no free pairing code after {CODE_ATTEMPTS} attempts; the expired \
+                             code stays for now"
+                        );
+                        self.arm_code(Some(retry));
+                    }
+                },
+            }
+        }
+    }
+
+    /// When [`Hub::handle_timeout`] must next be called.
+    pub(crate) fn poll_timeout(&self) -> Option<Instant> {
+        let timer = self.timers.peek().map(|Reverse((due, _))| *due);
+        match (timer, self.codes.next_lapse()) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        }
+    }
+
+    /// The next thing the driver must do.
+    pub(crate) fn poll_output(&mut self) -> Option<Output> {
+        self.outputs.pop_front()
+    }
+
+    /// Stop: every connection gets `bye` and is closed; new connections are refused.
+    pub(crate) fn shutdown(&mut self, now: Instant) {
+        self.shutting_down = true;
+        let conns: Vec<ConnKey> = self.conns.keys().copied().collect();
+        for conn in conns {
+            self.depart(conn, Departure::Shutdown, now);
+        }
+    }
+
+    // -----------------------------------------------------------------------------------------
+    // Messages
+    // -----------------------------------------------------------------------------------------
+
+    fn handle_message(&mut self, conn: ConnKey, message: ClientMessage, now: Instant) {
+        let greeted = self.conns.get(&conn).is_some_and(|c| c.greeted);
+        if !greeted {
+            match message {
+                ClientMessage::Hello { version, client } => self.hello(conn, version, &client, now),
+                other => self.send_error(
+                    conn,
+                    ErrorCode::HelloRequired,
+                    format!("`hello` must come first, got `{}`", other.kind()),
+                ),
+            }
+            return;
+        }
+        match message {
+            ClientMessage::Hello { .. } => self.send_error(
+                conn,
+                ErrorCode::InvalidState,
+                "`hello` was already received",
+            ),
+            ClientMessage::RegisterDesktop {
+                device_id,
+                device_name,
+            } => self.register_desktop(conn, device_id, device_name, now),
+            ClientMessage::PairRequest {
+                code,
+                device_id,
+                device_name,
+                auth,
+            } => self.ask_to_pair(conn, Via::Code(&code), device_id, device_name, auth, now),
+            ClientMessage::ConnectRequest {
+                desktop,
+                device_id,
+                device_name,
+                auth,
+            } => self.ask_to_pair(
+                conn,
+                Via::Device(&desktop),
+                device_id,
+                device_name,
+                auth,
+                now,
+            ),
+            ClientMessage::RenewCode => self.renew_code(conn, now),
+            ClientMessage::PairResponse {
+                session,
+                accept,
+                auth,
+            } => self.pair_response(conn, session, accept, auth),
+            ClientMessage::Signal { session, signal } => self.signal(conn, session, signal),
+            ClientMessage::Leave { session } => self.leave(conn, session),
+            ClientMessage::Ping { seq } => self.send(conn, ServerMessage::Pong { seq }),
+            ClientMessage::Pong { .. } => {}
+            ClientMessage::Bye { reason } => {
+                tracing::debug!(
+                    conn = %self.short_id(conn),
+                    reason = reason.as_ref().map_or("", |r| r.as_str()),
+                    "client said bye"
+                );
+                self.depart(conn, Departure::Bye, now);
+            }
+            other => self.send_error(
+                conn,
+                ErrorCode::UnknownMessageType,
+                format!("`{}` is not handled by this server", other.kind()),
+            ),
+        }
+    }
+
+    fn hello(&mut self, conn: ConnKey, version: u16, client: &ShortText, now: Instant) {
+        if version != PROTOCOL_VERSION {
+            tracing::info!(
+                conn = %self.short_id(conn), version, client = %client,
+                "refusing unsupported protocol version"
+            );
+            self.send_error(
+                conn,
+                ErrorCode::UnsupportedVersion,
+                format!("this server speaks protocol version {PROTOCOL_VERSION}, not {version}"),
+            );
+            self.depart(conn, Departure::Refused, now);
+            return;
+        }
+        let Some(c) = self.conns.get_mut(&conn) else {
+            return;
+        };
+        c.greeted = true;
+        let connection_id = c.id.clone();
+        tracing::debug!(conn = %short(connection_id.as_str()), client = %client, "hello");
+        let (anchor, anchor_wall) = self.config.wall_anchor;
+        let wall = anchor_wall + now.saturating_duration_since(anchor);
+        let ice_servers =
+            self.config
+                .ice
+                .ice_servers_at(&connection_id, wall, c.embedded_stun.as_ref());
+        let welcome = ServerMessage::Welcome {
+            version: PROTOCOL_VERSION,
+            ice_servers,
+            connection_id,
+            heartbeat_interval_ms: millis(self.config.heartbeat_interval),
+            heartbeat_timeout_ms: millis(self.config.heartbeat_timeout),
+        };
+        self.send(conn, welcome);
+    }
+
+    fn register_desktop(
+        &mut self,
+        conn: ConnKey,
+        device_id: DeviceId,
+        device_name: DeviceName,
+        now: Instant,
+    ) {
+        match self.conns.get(&conn).map(|c| &c.role) {
+            Some(Role::Unassigned) => {}
+            Some(Role::Desktop { .. }) => {
+                return self.send_error(
+                    conn,
+                    ErrorCode::AlreadyRegistered,
+                    "this connection is already registered as a desktop",
+                );
+            }
+            Some(Role::Phone) => {
+                return self.send_error(
+                    conn,
+                    ErrorCode::AlreadyRegistered,
+                    "this connection already sent pair requests as a phone",
+                );
+            }
+            None => return,
+        }
+        let Some(grant) = self.codes.register(&mut self.rng, conn, &device_id, now) else {
+            return self.refuse_no_free_code(conn);
+        };
+        self.arm_code(grant.deadline.clone());
+        self.desktop_conns
+            .entry(device_id.clone())
+            .or_default()
+            .push(conn);
+        if let Some(c) = self.conns.get_mut(&conn) {
+            c.role = Role::Desktop {
+                device: PeerDevice {
+                    device_id,
+                    device_name,
+                },
+                attempts: AttemptWindow::default(),
+            };
+        }
+        tracing::info!(
+            conn = %self.short_id(conn), code = %grant.code.redacted(), reused = grant.reused,
+            "desktop registered"
+        );
+        self.send_registered(conn, grant, now);
+    }
+
+    /// `renew_code`: the desktop's code was used or burned; retire it and hand out a fresh one.
+    /// The desktop's pending prompts and sessions are not affected.
+    fn renew_code(&mut self, conn: ConnKey, now: Instant) {
+        match self.conns.get(&conn).map(|c| &c.role) {
+            Some(Role::Desktop { .. }) => {}
+            Some(_) => {
+                return self.send_error(
+                    conn,
+                    ErrorCode::InvalidState,
+                    "only a registered desktop has a code to renew",
+                );
+            }
+            None => return,
+        }
+        match self
+            .codes
+            .replace(&mut self.rng, conn, RetireReason::Used, now)
+        {
+            Some(grant) => self.announce_fresh_code(conn, grant, now),
+            None => self.refuse_no_free_code(conn),
+        }
+    }
+
+    /// `pair_request` (`via` a code) or `connect_request` (`via` the desktop's device id): find
+    /// the desktop and open a pending session with it, or tell the phone why not.
+    fn ask_to_pair(
+        &mut self,
+        conn: ConnKey,
+        via: Via<'_>,
+        device_id: DeviceId,
+        device_name: DeviceName,
+        auth: Option<AuthPayload>,
+        now: Instant,
+    ) {
+        if !self.may_ask_to_pair(conn, via.requests()) {
+            return;
+        }
+        let phone = PeerDevice {
+            device_id,
+            device_name,
+        };
+        let desktop = match via {
+            Via::Code(code) => self.desktop_by_code(conn, code, now),
+            Via::Device(device) => self.desktop_by_device(conn, device),
+        };
+        if let Some(desktop) = desktop {
+            self.open_session(conn, desktop, phone, auth, via, now);
+        }
+    }
+
+    /// The desktop connection holding `code`. When none does, the phone was told what became
+    /// of the code.
+    fn desktop_by_code(
+        &mut self,
+        phone: ConnKey,
+        code: &RoutingCode,
+        now: Instant,
+    ) -> Option<ConnKey> {
+        self.stats.pair_requests += 1;
+        let outcome = match self.codes.lookup(code, now) {
+            Lookup::Held(desktop) => return Some(desktop),
+            Lookup::Retired(RetireReason::Expired) => {
+                self.stats.expired_codes += 1;
+                PairOutcome::CodeExpired
+            }
+            Lookup::Retired(RetireReason::Used) => {
+                self.stats.used_codes += 1;
+                PairOutcome::CodeUsed
+            }
+            Lookup::Unknown => {
+                self.stats.unknown_codes += 1;
+                PairOutcome::UnknownCode
+            }
+        };
+        tracing::info!(
+            conn = %self.short_id(phone), code = %code.redacted(), ?outcome,
+            "pair request for a code no desktop holds"
+        );
+        self.send_no_session(phone, outcome);
+        None
+    }
+
+    /// The latest live registration of the desktop `device`, a phone paired with before. When
+    /// there is none, the phone was told the desktop is offline.
+    fn desktop_by_device(&mut self, phone: ConnKey, device: &DeviceId) -> Option<ConnKey> {
+        self.stats.connect_requests += 1;
+        let latest = self
+            .desktop_conns
+            .get(device)
+            .and_then(|conns| conns.last())
+            .copied();
+        if latest.is_none() {
+            self.stats.desktops_offline += 1;
+            tracing::info!(conn = %self.short_id(phone), "connect request for a desktop that is offline");
+            self.send_no_session(phone, PairOutcome::DesktopOffline);
+        }
+        latest
+    }
+
+    // -----------------------------------------------------------------------------------------
+    // Endings
+    // -----------------------------------------------------------------------------------------
+
+    /// Remove a connection and end everything it took part in.
+    fn depart(&mut self, conn: ConnKey, departure: Departure, now: Instant) {
+        let Some(c) = self.conns.remove(&conn) else {
+            return;
+        };
+        for session in &c.sessions {
+            self.end_session(session, SessionEnd::Left(conn, departure));
+        }
+        if let Role::Desktop { device, .. } = &c.role {
+            if let Some(conns) = self.desktop_conns.get_mut(&device.device_id) {
+                conns.retain(|&k| k != conn);
+                if conns.is_empty() {
+                    self.desktop_conns.remove(&device.device_id);
+                }
+            }
+            let deadline = self.codes.release(conn, now);
+            self.arm_code(deadline);
+        }
+        let short_id = short(c.id.as_str()).to_owned();
+        match departure {
+            Departure::TimedOut => {
+                self.stats.stale_dropped += 1;
+                tracing::info!(conn = %short_id, remote = %c.remote, "dropping silent connection");
+            }
+            Departure::SlowReader => {
+                self.stats.slow_readers_dropped += 1;
+                tracing::warn!(
+                    conn = %short_id, remote = %c.remote,
+                    "dropping slow reader: its send queue is full"
+                );
+            }
+            Departure::Flooding => {
+                self.stats.rate_limit_disconnects += 1;
+                tracing::warn!(
+                    conn = %short_id, remote = %c.remote,
+                    "disconnecting a flooding client: over its message budget too often"
+                );
+            }
+            Departure::Shutdown => {}
+            Departure::Bye | Departure::Closed | Departure::Refused => {
+                tracing::debug!(conn = %short_id, ?departure, "connection closed");
+            }
+        }
+        let (close, bye) = departure.close();
+        if let Some(reason) = bye {
+            self.send(
+                conn,
+                ServerMessage::Bye {
+                    reason: Some(ShortText::truncated(reason)),
+                },
+            );
+        }
+        self.outputs.push_back(Output::Close { conn, how: close });
+    }
+
+    // -----------------------------------------------------------------------------------------
+    // Helpers
+    // -----------------------------------------------------------------------------------------
+
+    fn send(&mut self, to: ConnKey, message: ServerMessage) {
+        self.outputs.push_back(Output::Send { to, message });
+    }
+
+    fn send_error(&mut self, to: ConnKey, code: ErrorCode, message: impl Into<String>) {
+        self.stats.errors_sent += 1;
+        self.send(to, ServerMessage::error(code, message));
+    }
+
+    /// Answer a pair or connect request that opened no session with its `outcome`.
+    fn send_no_session(&mut self, to: ConnKey, outcome: PairOutcome) {
+        self.send(
+            to,
+            ServerMessage::PairResult {
+                session: None,
+                outcome,
+                peer: None,
+                auth: None,
+            },
+        );
+    }
+
+    fn arm(&mut self, due: Instant, key: TimerKey) {
+        self.timers.push(Reverse((due, key)));
+    }
+
+    /// Keep a deadline the [`CodeBook`] asked for.
+    fn arm_code(&mut self, deadline: Option<Deadline>) {
+        if let Some((due, timer)) = deadline {
+            self.arm(due, TimerKey::Code(timer));
+        }
+    }
+
+    /// The desktop `conn` has a fresh code (renewed, or its old one expired): announce it.
+    fn announce_fresh_code(&mut self, conn: ConnKey, grant: Grant, now: Instant) {
+        self.arm_code(grant.deadline.clone());
+        tracing::info!(
+            conn = %self.short_id(conn), code = %grant.code.redacted(),
+            "desktop has a fresh code"
+        );
+        self.send_registered(conn, grant, now);
+    }
+
+    /// Tell a desktop its code and how long it has left.
+    fn send_registered(&mut self, conn: ConnKey, grant: Grant, now: Instant) {
+        let expires_in_ms = grant
+            .expires
+            .map(|e| millis(e.saturating_duration_since(now)));
+        self.send(
+            conn,
+            ServerMessage::Registered {
+                code: grant.code,
+                expires_in_ms,
+            },
+        );
+    }
+
+    fn refuse_no_free_code(&mut self, conn: ConnKey) {
+        tracing::error!("no free pairing code after {CODE_ATTEMPTS} attempts");
+        self.send_error(
+            conn,
+            ErrorCode::Overloaded,
+            "no pairing code is free right now; try again",
+        );
+    }
+
+    fn short_id(&self, conn: ConnKey) -> String {
+        self.conns
+            .get(&conn)
+            .map_or_else(|| format!("#{conn}"), |c| short(c.id.as_str()).to_owned())
+    }
+}
+
+/// 128 random bits as 32 lowercase hex digits.
+fn random_hex128(rng: &mut StdRng) -> String {
+    format!("{:032x}", rng.random::<u128>())
+}
+
+/// The first 8 characters of an id, for logs.
+pub(crate) fn short(id: &str) -> &str {
+    id.get(..8).unwrap_or(id)
+}
+
+fn millis(d: Duration) -> u64 {
+    u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
+}

@@ -1,0 +1,44 @@
+//! Test support shared by the end-to-end tests (`tests/`), the core's tests, the benchmarks and
+//! the load test: a real coturn on loopback ([`coturn`]), a malicious signaling server as a
+//! rewriting WebSocket proxy ([`mitm`]), desktops and phones driven through a server
+//! ([`devices`]), a hand-driven signaling client with the wire-message builders and pairing
+//! scenarios the server's own tests use ([`raw_client`]), and tracing init.
+//!
+//! No dependency on `proxim-server`: the server's own tests may use this crate without a
+//! dev-dependency cycle; starting an in-process server stays with the tests that need one.
+#![allow(clippy::unwrap_used)]
+#![warn(missing_docs)]
+
+use std::time::Duration;
+
+pub mod coturn;
+pub mod devices;
+pub mod mitm;
+pub mod raw_client;
+
+/// Bound for any single step a test waits on (an event, a pairing, a frame).
+pub const STEP: Duration = Duration::from_secs(30);
+
+/// Log to the test's captured output, filtered by `RUST_LOG` (default `warn`); once per test
+/// binary (later calls do nothing).
+pub fn init_tracing() {
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
+        )
+        .with_test_writer()
+        .try_init();
+}
+
+/// Await `future` for at most [`STEP`]; a timeout fails the test, naming `what`.
+pub async fn within<T>(what: &str, future: impl Future<Output = T>) -> T {
+    within_for(STEP, what, future).await
+}
+
+/// Await `future` for at most `limit`; a timeout fails the test, naming `what`.
+pub async fn within_for<T>(limit: Duration, what: &str, future: impl Future<Output = T>) -> T {
+    tokio::time::timeout(limit, future)
+        .await
+        .unwrap_or_else(|_| panic!("timed out: {what}"))
+}
