@@ -120,7 +120,10 @@ WORK=$(mktemp -d "${TMPDIR:-/tmp}/proxim-kotlin.XXXXXX")
 log "starting proxim serve and six desktops (work dir $WORK)"
 # The suite pairs many times with the same desktops (20 at once among them): no per-code
 # pairing limit here.
-"$TARGET_DIR/debug/proxim" serve --bind 127.0.0.1:0 --no-stun --pair-attempts 0 >"$WORK/server.out" 2>"$WORK/server.err" &
+# The suite reads /api/sessions (with device names) on the public port, with the admin token.
+ADMIN_TOKEN=$(od -An -tx1 -N16 /dev/urandom | tr -d ' \n')
+PROXIM_ADMIN_TOKEN=$ADMIN_TOKEN "$TARGET_DIR/debug/proxim" serve --bind 127.0.0.1:0 --no-stun \
+    --pair-attempts 0 --admin-bind none --expose-device-names >"$WORK/server.out" 2>"$WORK/server.err" &
 PIDS+=($!)
 ADDR=$(wait_for "$WORK/server.err" 'on 127\.0\.0\.1:[0-9]+' "the server's address" 300) ||
     die "the signaling server did not start"
@@ -158,7 +161,7 @@ ACCEPT_LINK=$(link_of accept) || die "the accepting desktop printed no pairing l
 
 log "running the Kotlin suite on the JVM"
 set +e
-PROXIM_SERVER=$SERVER_URL PROXIM_HTTP=http://$ADDR \
+PROXIM_SERVER=$SERVER_URL PROXIM_HTTP=http://$ADDR PROXIM_ADMIN_TOKEN=$ADMIN_TOKEN \
     ACCEPT_CODE=$ACCEPT_CODE ACCEPT_DOWNLOADS=$WORK/downloads ACCEPT2_CODE=$ACCEPT2_CODE \
     REJECT_CODE=$REJECT_CODE SILENT_CODE=$SILENT_CODE SILENT_LOG=$WORK/silent.out \
     TRUST_CODE=$TRUST_CODE TRUST_DATA=$WORK/trust-data PROXIM_BIN=$TARGET_DIR/debug/proxim \

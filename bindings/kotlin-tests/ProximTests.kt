@@ -5,6 +5,7 @@
 // Environment (set by the script):
 //   PROXIM_SERVER       ws://127.0.0.1:PORT/ws
 //   PROXIM_HTTP         http://127.0.0.1:PORT (monitoring API)
+//   PROXIM_ADMIN_TOKEN  the server's admin token (for /api/sessions)
 //   ACCEPT_CODE         code of a desktop running --accept --echo
 //   ACCEPT_DOWNLOADS    that desktop's --download-dir
 //   ACCEPT2_CODE        a second --accept --echo desktop (the server limits requests per desktop)
@@ -518,7 +519,8 @@ fun countPrompts(log: File): Int =
 
 /** Sessions the server lists as pending for the phone called `phone`. */
 fun pendingSessions(phone: String): Int {
-    val connection = URI(env("PROXIM_HTTP") + "/api/sessions").toURL().openConnection() as HttpURLConnection
+    val connection = URI(env("PROXIM_HTTP") + "/api/sessions?limit=1000").toURL().openConnection() as HttpURLConnection
+    connection.setRequestProperty("Authorization", "Bearer " + env("PROXIM_ADMIN_TOKEN"))
     connection.connectTimeout = 2_000
     connection.readTimeout = 2_000
     val body = try {

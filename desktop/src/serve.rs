@@ -11,8 +11,13 @@ pub(crate) async fn serve(args: proxim_server::cli::ServeArgs) -> Result<()> {
         Err(e) => tracing::warn!(error = %e, "could not raise the open-file limit"),
     }
     let server = proxim_server::Server::start(config).await?;
+    // Scripts read the address after "on " and the URL after "(WebSocket ": the admin
+    // listener goes between them.
+    let admin = server
+        .admin_url()
+        .map_or_else(|| "off".to_owned(), |url| format!("{url}, no token"));
     eprintln!(
-        "proxim signaling server on {} (WebSocket {})",
+        "proxim signaling server on {} (admin {admin}) (WebSocket {})",
         server.local_addr(),
         server.ws_url()
     );

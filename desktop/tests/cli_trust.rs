@@ -95,7 +95,14 @@ fn pair_remember_reconnect_and_revoke_from_the_command_line() {
     let port = free_port();
     let bind = format!("127.0.0.1:{port}");
     let server_url = format!("ws://{bind}/ws");
-    let _server = Running::start(&["serve", "--bind", &bind, "--no-stun"]);
+    let _server = Running::start(&[
+        "serve",
+        "--bind",
+        &bind,
+        "--no-stun",
+        "--admin-bind",
+        "none",
+    ]);
     let desk_dir = tempfile::tempdir().unwrap();
     let phone_dir = tempfile::tempdir().unwrap();
     let downloads = tempfile::tempdir().unwrap();

@@ -29,7 +29,14 @@ impl Drop for Serve {
 /// Start `proxim serve` on a free loopback port; the child and its WebSocket URL.
 fn start_serve() -> (Serve, String) {
     let mut child = Command::new(BIN)
-        .args(["serve", "--bind", "127.0.0.1:0", "--no-stun"])
+        .args([
+            "serve",
+            "--bind",
+            "127.0.0.1:0",
+            "--no-stun",
+            "--admin-bind",
+            "none",
+        ])
         .stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(Stdio::piped())

@@ -19,6 +19,8 @@
 //! public_host = "proxim.example.net"
 //! heartbeat_interval = "15s"
 //! heartbeat_timeout = "45s"
+//! header_timeout = "10s"       # the HTTP request head (the upgrade) must arrive by then
+//! hello_timeout = "10s"        # a new connection must say hello by then
 //! prompt_timeout = "60s"
 //! code_ttl = "10m"             # how long a pairing code is valid (0: forever)
 //! send_queue = 256
@@ -27,9 +29,14 @@
 //! rate_burst = 100
 //! rate_strikes = 50            # refused frames before disconnecting
 //! max_connections_per_ip = 32  # 0: no cap
+//! max_connections = 0          # open sockets at most (0: the open-file limit minus 64)
 //! pair_attempts = 5            # pair/connect requests per desktop per window (0: off)
 //! pair_window = "60s"
 //! trusted_proxies = ["10.0.0.0/8"]   # or one comma-separated string
+//! ice_servers = '[{"urls": "stun:stun.example.net"}]'   # RTCIceServer JSON, merged
+//! admin_token = "…"            # opens /metrics, /api/sessions, /api/config on the public port
+//! admin_bind = "127.0.0.1:8788"   # every monitoring route without a token; "none": off
+//! expose_device_names = false  # device names in /api/sessions
 //! ```
 
 use std::net::SocketAddr;
@@ -38,7 +45,7 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
-use crate::config::{ConfigError, DEFAULT_STUN_BIND, ServerConfig};
+use crate::config::{AdminToken, ConfigError, DEFAULT_ADMIN_BIND, DEFAULT_STUN_BIND, ServerConfig};
 use crate::ice::{IceConfig, TurnAuth};
 use crate::proxy::TrustedProxies;
 use crate::turn_rest::DEFAULT_TURN_TTL;
@@ -102,6 +109,13 @@ pub struct ServeArgs {
     /// Silence after which a connection is dropped, e.g. `45s` [default: 45s].
     #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
     pub heartbeat_timeout: Option<Duration>,
+    /// How long a client may take to send its HTTP request head (the WebSocket upgrade),
+    /// e.g. `10s` [default: 10s].
+    #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
+    pub header_timeout: Option<Duration>,
+    /// How long a new connection may take to say `hello`, e.g. `10s` [default: 10s].
+    #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
+    pub hello_timeout: Option<Duration>,
     /// How long a desktop has to answer a pairing prompt, e.g. `60s` [default: 60s].
     #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
     pub prompt_timeout: Option<Duration>,
@@ -134,6 +148,10 @@ pub struct ServeArgs {
         value_name = "CONNECTIONS"
     )]
     pub max_connections_per_ip: Option<u32>,
+    /// Open client sockets at most; more are answered 503. 0: the open-file limit minus 64
+    /// [default: 0].
+    #[arg(long, env = "PROXIM_MAX_CONNECTIONS", value_name = "CONNECTIONS")]
+    pub max_connections: Option<u32>,
     /// Pair and connect requests one desktop accepts per window; 0 turns the limit off
     /// [default: 5].
     #[arg(long, env = "PROXIM_PAIR_ATTEMPTS", value_name = "REQUESTS")]
@@ -145,6 +163,53 @@ pub struct ServeArgs {
     /// headers name the client address [default: none, the TCP peer is the client].
     #[arg(long, env = "PROXIM_TRUSTED_PROXIES", value_name = "CIDRS")]
     pub trusted_proxies: Option<String>,
+    /// More ICE servers, a JSON array of `RTCIceServer` objects (`{"urls": …, "username": …,
+    /// "credential": …}`), merged with the STUN and TURN URLs. Credentials are never logged.
+    #[arg(long, env = "ICE_SERVERS", value_name = "JSON", hide_env_values = true)]
+    pub ice_servers: Option<String>,
+    /// Bearer token that opens `/metrics`, `/api/sessions` and `/api/config` on the public
+    /// listener (without one they answer 404 there). Never logged.
+    #[arg(
+        long,
+        env = "PROXIM_ADMIN_TOKEN",
+        value_name = "TOKEN",
+        hide_env_values = true
+    )]
+    pub admin_token: Option<String>,
+    /// Address of the admin listener, which serves every monitoring route without a token;
+    /// `none` turns it off [default: 127.0.0.1:8788].
+    #[arg(long, env = "PROXIM_ADMIN_BIND", value_name = "ADDR|none", value_parser = parse_admin_bind)]
+    pub admin_bind: Option<AdminBind>,
+    /// List device names in `/api/sessions` (off: session ids and states only).
+    #[arg(long, env = "PROXIM_EXPOSE_DEVICE_NAMES")]
+    pub expose_device_names: bool,
+}
+
+/// Where the admin listener binds, as given: an address, or off.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(try_from = "String")]
+pub enum AdminBind {
+    /// Listen on this address.
+    At(SocketAddr),
+    /// No admin listener (`none` / `off`).
+    Off,
+}
+
+impl TryFrom<String> for AdminBind {
+    type Error = String;
+    fn try_from(text: String) -> Result<Self, String> {
+        parse_admin_bind(&text)
+    }
+}
+
+impl AdminBind {
+    /// The address, or `None` when off.
+    fn addr(self) -> Option<SocketAddr> {
+        match self {
+            AdminBind::At(addr) => Some(addr),
+            AdminBind::Off => None,
+        }
+    }
 }
 
 impl std::fmt::Debug for ServeArgs {
@@ -165,6 +230,8 @@ impl std::fmt::Debug for ServeArgs {
             .field("config", &self.config)
             .field("heartbeat_interval", &self.heartbeat_interval)
             .field("heartbeat_timeout", &self.heartbeat_timeout)
+            .field("header_timeout", &self.header_timeout)
+            .field("hello_timeout", &self.hello_timeout)
             .field("prompt_timeout", &self.prompt_timeout)
             .field("code_ttl", &self.code_ttl)
             .field("send_queue", &self.send_queue)
@@ -173,9 +240,14 @@ impl std::fmt::Debug for ServeArgs {
             .field("rate_burst", &self.rate_burst)
             .field("rate_strikes", &self.rate_strikes)
             .field("max_connections_per_ip", &self.max_connections_per_ip)
+            .field("max_connections", &self.max_connections)
             .field("pair_attempts", &self.pair_attempts)
             .field("pair_window", &self.pair_window)
             .field("trusted_proxies", &self.trusted_proxies)
+            .field("ice_servers", &hide(&self.ice_servers))
+            .field("admin_token", &hide(&self.admin_token))
+            .field("admin_bind", &self.admin_bind)
+            .field("expose_device_names", &self.expose_device_names)
             .finish()
     }
 }
@@ -229,7 +301,12 @@ impl ServeArgs {
                 )?),
                 realm: self.turn_realm.or(file.turn_realm),
             },
-        )?;
+        )?
+        .merge_ice_servers_json(&pick(
+            self.ice_servers,
+            file.ice_servers,
+            String::new(),
+        ))?;
         let stun = if self.no_stun || file.no_stun == Some(true) {
             None
         } else {
@@ -261,6 +338,18 @@ impl ServeArgs {
                 file.heartbeat_timeout,
                 defaults.heartbeat_timeout,
             )?,
+            header_timeout: pick_duration(
+                "header_timeout",
+                self.header_timeout,
+                file.header_timeout,
+                defaults.header_timeout,
+            )?,
+            hello_timeout: pick_duration(
+                "hello_timeout",
+                self.hello_timeout,
+                file.hello_timeout,
+                defaults.hello_timeout,
+            )?,
             prompt_timeout: pick_duration(
                 "prompt_timeout",
                 self.prompt_timeout,
@@ -288,6 +377,11 @@ impl ServeArgs {
                 file.max_connections_per_ip,
                 defaults.max_connections_per_ip,
             ),
+            max_connections: pick(
+                self.max_connections,
+                file.max_connections,
+                defaults.max_connections,
+            ),
             pair_attempts: pick(
                 self.pair_attempts,
                 file.pair_attempts,
@@ -295,6 +389,14 @@ impl ServeArgs {
             ),
             pair_window,
             trusted_proxies,
+            admin_token: self.admin_token.or(file.admin_token).map(AdminToken::new),
+            admin_bind: pick(
+                self.admin_bind,
+                file.admin_bind,
+                AdminBind::At(DEFAULT_ADMIN_BIND),
+            )
+            .addr(),
+            expose_device_names: self.expose_device_names || file.expose_device_names == Some(true),
             ..defaults
         };
         config.validate()?;
@@ -351,6 +453,17 @@ fn parse_duration(text: &str) -> Result<Duration, String> {
     }
 }
 
+/// `--admin-bind`: an address, or `none`/`off`.
+fn parse_admin_bind(text: &str) -> Result<AdminBind, String> {
+    match text.trim() {
+        "none" | "off" => Ok(AdminBind::Off),
+        addr => addr
+            .parse()
+            .map(AdminBind::At)
+            .map_err(|_| format!("`{text}` is not an address such as 127.0.0.1:8788, nor `none`")),
+    }
+}
+
 /// The TOML configuration file.
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -368,6 +481,8 @@ struct FileConfig {
     public_host: Option<String>,
     heartbeat_interval: Option<DurationValue>,
     heartbeat_timeout: Option<DurationValue>,
+    header_timeout: Option<DurationValue>,
+    hello_timeout: Option<DurationValue>,
     prompt_timeout: Option<DurationValue>,
     code_ttl: Option<DurationValue>,
     send_queue: Option<usize>,
@@ -376,9 +491,14 @@ struct FileConfig {
     rate_burst: Option<u32>,
     rate_strikes: Option<u32>,
     max_connections_per_ip: Option<u32>,
+    max_connections: Option<u32>,
     pair_attempts: Option<u32>,
     pair_window: Option<DurationValue>,
     trusted_proxies: Option<UrlList>,
+    ice_servers: Option<String>,
+    admin_token: Option<String>,
+    admin_bind: Option<AdminBind>,
+    expose_device_names: Option<bool>,
 }
 
 impl FileConfig {
@@ -507,6 +627,8 @@ mod tests {
             ("config", None),
             ("heartbeat-interval", None),
             ("heartbeat-timeout", None),
+            ("header-timeout", None),
+            ("hello-timeout", None),
             ("prompt-timeout", None),
             ("code-ttl", Some("PROXIM_CODE_TTL")),
             ("send-queue", None),
@@ -518,9 +640,14 @@ mod tests {
                 "max-connections-per-ip",
                 Some("PROXIM_MAX_CONNECTIONS_PER_IP"),
             ),
+            ("max-connections", Some("PROXIM_MAX_CONNECTIONS")),
             ("pair-attempts", Some("PROXIM_PAIR_ATTEMPTS")),
             ("pair-window", Some("PROXIM_PAIR_WINDOW")),
             ("trusted-proxies", Some("PROXIM_TRUSTED_PROXIES")),
+            ("ice-servers", Some(crate::ice::ICE_SERVERS)),
+            ("admin-token", Some("PROXIM_ADMIN_TOKEN")),
+            ("admin-bind", Some("PROXIM_ADMIN_BIND")),
+            ("expose-device-names", Some("PROXIM_EXPOSE_DEVICE_NAMES")),
         ]
         .map(|(long, env)| (long.to_owned(), env.map(str::to_owned)));
         assert_eq!(settings, expected);
@@ -926,6 +1053,52 @@ prompt_timeout = "2m"
             }
         }
         assert!(env_style(&with_rest(&[("TURN_TTL", "soon")])).is_err());
+    }
+
+    #[test]
+    fn monitoring_settings_come_from_flags_and_the_file() {
+        let config = parse(&[]).into_config().unwrap();
+        assert_eq!(config.admin_bind, Some(DEFAULT_ADMIN_BIND));
+        assert_eq!(config.admin_token, None);
+        assert!(!config.expose_device_names);
+        let mut args = env_style(&[
+            ("PROXIM_ADMIN_TOKEN", "t0ken-value"),
+            ("PROXIM_ADMIN_BIND", "none"),
+        ])
+        .unwrap();
+        args.expose_device_names = parse(&["--expose-device-names"]).expose_device_names;
+        assert!(!format!("{args:?}").contains("t0ken-value"));
+        let config = args.into_config().unwrap();
+        assert!(config.admin_token.unwrap().matches("t0ken-value"));
+        assert_eq!(config.admin_bind, None);
+        assert!(config.expose_device_names);
+        let config = parse(&["--admin-bind", "127.0.0.1:0"])
+            .into_config()
+            .unwrap();
+        assert_eq!(config.admin_bind, Some("127.0.0.1:0".parse().unwrap()));
+        assert!(ServeArgs::try_parse_from(["--admin-bind", "loopback"]).is_err());
+        let f = FileConfig::parse("admin_bind = \"off\"\nexpose_device_names = true").unwrap();
+        assert_eq!(f.admin_bind, Some(AdminBind::Off));
+        assert!(FileConfig::parse("admin_bind = \"nowhere\"").is_err());
+    }
+
+    #[test]
+    fn ice_servers_merge_with_stun_urls_and_bad_json_stops_startup() {
+        let ice = ice(&[
+            ("STUN_URLS", "stun:198.18.0.1"),
+            (
+                "ICE_SERVERS",
+                r#"[{"urls": ["stun:198.18.0.2", "stun:198.18.0.1"]}]"#,
+            ),
+        ])
+        .unwrap();
+        assert_eq!(ice.stun_urls().len(), 2);
+        let err = ice_err(&[("ICE_SERVERS", "[{\"urls\": 5}]")]);
+        assert!(err.contains("ICE_SERVERS"), "{err}");
+    }
+
+    fn ice_err(vars: &[(&str, &str)]) -> String {
+        ice(vars).unwrap_err().to_string()
     }
 
     #[test]

@@ -29,6 +29,12 @@ pub struct ServerConfig {
     pub heartbeat_interval: Duration,
     /// Silence after which a connection is dropped. Default 45 s.
     pub heartbeat_timeout: Duration,
+    /// How long a client may take to send a complete HTTP request head (the WebSocket
+    /// upgrade or a monitoring request; an idle keep-alive connection too) before it is
+    /// closed. Default 10 s.
+    pub header_timeout: Duration,
+    /// How long a new WebSocket may take to say `hello` before it is closed. Default 10 s.
+    pub hello_timeout: Duration,
     /// How long a desktop has to answer a pairing prompt. Default 60 s.
     pub prompt_timeout: Duration,
     /// Messages that may wait for one connection before it counts as a slow reader and is
@@ -72,6 +78,10 @@ pub struct ServerConfig {
     /// Concurrent WebSocket connections per client IP (IPv6: per /64); more are refused with
     /// HTTP 429 before the upgrade. 0 turns the cap off. Default 32.
     pub max_connections_per_ip: u32,
+    /// Open client sockets (WebSockets and HTTP requests in progress) at most; one more is
+    /// answered 503 at once. 0: the process's open-file limit minus a reserve of 64, so the
+    /// server refuses cleanly instead of running out of descriptors. Default 0.
+    pub max_connections: u32,
     /// Pair and connect requests one desktop accepts within [`ServerConfig::pair_window`],
     /// whoever sends them; further ones get `error too_many_attempts`, and the desktop is told
     /// once per lockout. 0 turns the limit off. Default 5.
@@ -81,6 +91,17 @@ pub struct ServerConfig {
     /// Reverse proxies whose `Forwarded` / `X-Forwarded-For` headers name the client address
     /// (used by the per-IP cap). Empty by default: the TCP peer address is the client address.
     pub trusted_proxies: TrustedProxies,
+    /// The bearer token that opens `/metrics`, `/api/sessions` and `/api/config` on the public
+    /// listener (`PROXIM_ADMIN_TOKEN`). `None`: those routes answer 404 there and are served
+    /// only on [`ServerConfig::admin_bind`]. Never shown or logged.
+    pub admin_token: Option<AdminToken>,
+    /// Where the admin listener serves every monitoring route without a token; `None` turns
+    /// it off. [`DEFAULT_ADMIN_BIND`] for `proxim serve`, `127.0.0.1:0` in
+    /// [`ServerConfig::loopback`], `None` in [`ServerConfig::default`].
+    pub admin_bind: Option<SocketAddr>,
+    /// Whether `/api/sessions` lists device names; off by default (session ids and states
+    /// only).
+    pub expose_device_names: bool,
 }
 
 impl Default for ServerConfig {
@@ -91,6 +112,8 @@ impl Default for ServerConfig {
             ice: IceConfig::none(),
             heartbeat_interval: Duration::from_secs(15),
             heartbeat_timeout: Duration::from_secs(45),
+            hello_timeout: Duration::from_secs(10),
+            header_timeout: Duration::from_secs(10),
             prompt_timeout: Duration::from_secs(60),
             send_queue_capacity: 256,
             code_length: 6,
@@ -105,9 +128,13 @@ impl Default for ServerConfig {
             rate_burst: 100,
             rate_strikes: 50,
             max_connections_per_ip: 32,
+            max_connections: 0,
             pair_attempts: 5,
             pair_window: Duration::from_secs(60),
             trusted_proxies: TrustedProxies::none(),
+            admin_token: None,
+            admin_bind: None,
+            expose_device_names: false,
         }
     }
 }
@@ -118,6 +145,10 @@ pub const DEFAULT_PORT: u16 = 8787;
 /// Where `proxim serve` runs the embedded STUN responder unless told otherwise.
 pub const DEFAULT_STUN_BIND: SocketAddr =
     SocketAddr::new(std::net::IpAddr::V4(Ipv4Addr::UNSPECIFIED), 3478);
+
+/// Where `proxim serve` runs the admin listener unless told otherwise: loopback only.
+pub const DEFAULT_ADMIN_BIND: SocketAddr =
+    SocketAddr::new(std::net::IpAddr::V4(Ipv4Addr::LOCALHOST), 8788);
 
 /// The shortest non-zero [`ServerConfig::code_ttl`].
 pub const MIN_CODE_TTL: Duration = Duration::from_millis(100);
@@ -130,6 +161,7 @@ impl ServerConfig {
     pub fn loopback() -> Self {
         ServerConfig {
             bind: SocketAddr::from((Ipv4Addr::LOCALHOST, 0)),
+            admin_bind: Some(SocketAddr::from((Ipv4Addr::LOCALHOST, 0))),
             ..ServerConfig::default()
         }
     }
@@ -151,6 +183,12 @@ impl ServerConfig {
         }
         if self.prompt_timeout.is_zero() {
             return invalid("prompt timeout", "must be more than zero".into());
+        }
+        if self.header_timeout.is_zero() {
+            return invalid("header timeout", "must be more than zero".into());
+        }
+        if self.hello_timeout.is_zero() {
+            return invalid("hello timeout", "must be more than zero".into());
         }
         if self.listen_backlog == 0 {
             return invalid("listen backlog", "must be at least 1".into());
@@ -199,6 +237,14 @@ impl ServerConfig {
             return invalid(
                 "pair window",
                 "must be more than zero while pair attempts are limited".into(),
+            );
+        }
+        if let Some(token) = &self.admin_token
+            && token.0.trim().is_empty()
+        {
+            return invalid(
+                "admin token (--admin-token / PROXIM_ADMIN_TOKEN)",
+                "it is set but empty: give a long random token, or unset it".into(),
             );
         }
         if let Some(host) = &self.public_host {
@@ -277,6 +323,35 @@ pub enum ConfigError {
 
 /// The placeholder shown instead of a secret.
 pub const REDACTED: &str = "<redacted>";
+
+/// The admin bearer token ([`ServerConfig::admin_token`]). `Debug` shows [`REDACTED`]; the
+/// only way to use it is [`AdminToken::matches`], which compares in constant time.
+#[derive(Clone, PartialEq, Eq)]
+pub struct AdminToken(String);
+
+impl AdminToken {
+    /// The token.
+    pub fn new(token: impl Into<String>) -> Self {
+        AdminToken(token.into())
+    }
+
+    /// Whether `given` is the token, in time independent of where they differ.
+    pub fn matches(&self, given: &str) -> bool {
+        let (want, given) = (self.0.as_bytes(), given.as_bytes());
+        want.len() == given.len()
+            && want
+                .iter()
+                .zip(given)
+                .fold(0u8, |diff, (a, b)| diff | (a ^ b))
+                == 0
+    }
+}
+
+impl std::fmt::Debug for AdminToken {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(REDACTED)
+    }
+}
 
 impl From<InvalidTrustedProxy> for ConfigError {
     fn from(error: InvalidTrustedProxy) -> Self {
@@ -377,5 +452,35 @@ mod tests {
         }
         assert_eq!(ServerConfig::loopback().stun, None);
         assert_eq!(ServerConfig::default().stun, None);
+    }
+
+    #[test]
+    fn admin_token_is_hidden_and_compared_whole() {
+        let token = AdminToken::new("tok-123456");
+        assert!(token.matches("tok-123456"));
+        for wrong in ["", "tok-12345", "tok-1234567", "TOK-123456"] {
+            assert!(!token.matches(wrong), "{wrong:?}");
+        }
+        let config = ServerConfig {
+            admin_token: Some(token),
+            ..ServerConfig::loopback()
+        };
+        assert_redacted(&config, &["tok-123456"]);
+        let blank = ServerConfig {
+            admin_token: Some(AdminToken::new(" ")),
+            ..ServerConfig::loopback()
+        };
+        assert!(
+            blank
+                .validate()
+                .unwrap_err()
+                .to_string()
+                .contains("admin token")
+        );
+        assert_eq!(ServerConfig::default().admin_bind, None);
+        assert_eq!(
+            ServerConfig::loopback().admin_bind.map(|a| a.port()),
+            Some(0)
+        );
     }
 }

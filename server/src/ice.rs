@@ -1,6 +1,7 @@
-//! ICE servers handed to clients in `welcome`: the STUN and TURN URLs, how clients authenticate
-//! to the TURN relay (static credentials or TURN REST), and the warnings an operator sees when
-//! clients will only get STUN or host candidates.
+//! ICE servers handed to clients in `welcome` and `/api/turn/config`: the STUN and TURN URLs,
+//! how clients authenticate to the TURN relay (static credentials or TURN REST), further
+//! servers from `ICE_SERVERS` (JSON in the `RTCConfiguration` shape), and the warnings an
+//! operator sees when clients will only get STUN or host candidates.
 
 use std::fmt;
 use std::time::{Duration, SystemTime};
@@ -24,6 +25,33 @@ use crate::turn_rest::{DEFAULT_TURN_TTL, mint_turn_credentials};
 pub struct IceConfig {
     stun: Vec<IceUrl>,
     turn: Option<TurnConfig>,
+    /// `ICE_SERVERS` entries with credentials, handed out as given after the others.
+    listed: Vec<ListedServer>,
+}
+
+/// One `ICE_SERVERS` entry that carries credentials (those without join the STUN URLs).
+#[derive(Clone, PartialEq, Eq)]
+struct ListedServer {
+    urls: Vec<IceUrl>,
+    username: String,
+    credential: String,
+}
+
+/// One `RTCIceServer` of `ICE_SERVERS`, as written.
+#[derive(serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RtcIceServer {
+    urls: OneOrMany,
+    username: Option<String>,
+    credential: Option<String>,
+}
+
+/// `urls`: one URL or a list, as `RTCIceServer` allows.
+#[derive(serde::Deserialize)]
+#[serde(untagged)]
+enum OneOrMany {
+    One(String),
+    Many(Vec<String>),
 }
 
 /// A TURN relay's URLs and how clients authenticate to it.
@@ -85,6 +113,7 @@ impl IceConfig {
         IceConfig {
             stun: Vec::new(),
             turn: None,
+            listed: Vec::new(),
         }
     }
 
@@ -178,7 +207,75 @@ impl IceConfig {
                 credentials,
             })
         };
-        Ok(IceConfig { stun, turn })
+        Ok(IceConfig {
+            stun,
+            turn,
+            listed: Vec::new(),
+        })
+    }
+
+    /// Merge `ICE_SERVERS`: a JSON array of `RTCIceServer` objects (`urls` a string or an
+    /// array, optional `username` and `credential`), as in a browser's `RTCConfiguration`.
+    /// Entries without credentials must be STUN and join the STUN URLs (repeats dropped);
+    /// entries with both a username and a credential are handed out as they are, after the
+    /// configured TURN relay. A blank value adds nothing; anything malformed is an error
+    /// naming `ICE_SERVERS`.
+    pub fn merge_ice_servers_json(mut self, json: &str) -> Result<Self, ConfigError> {
+        if json.trim().is_empty() {
+            return Ok(self);
+        }
+        let invalid = |why: String| ConfigError::Invalid {
+            what: ICE_SERVERS,
+            why,
+        };
+        let servers: Vec<RtcIceServer> = serde_json::from_str(json).map_err(|e| {
+            invalid(format!(
+                "not a JSON array of RTCIceServer objects ({{\"urls\": …, \"username\": …, \
+                 \"credential\": …}}): {e}"
+            ))
+        })?;
+        for (index, server) in servers.into_iter().enumerate() {
+            let urls = match server.urls {
+                OneOrMany::One(url) => vec![url],
+                OneOrMany::Many(urls) => urls,
+            };
+            let mut parsed = Vec::with_capacity(urls.len());
+            for url in urls.iter().map(|u| u.trim()).filter(|u| !u.is_empty()) {
+                let url = IceUrl::parse(url).map_err(|e| invalid(format!("entry {index}: {e}")))?;
+                if !parsed.contains(&url) {
+                    parsed.push(url);
+                }
+            }
+            if parsed.is_empty() {
+                return Err(invalid(format!("entry {index} has no URL")));
+            }
+            match (non_blank(server.username), non_blank(server.credential)) {
+                (Some(username), Some(credential)) => self.listed.push(ListedServer {
+                    urls: parsed,
+                    username,
+                    credential,
+                }),
+                (None, None) => {
+                    if let Some(turn) = parsed.iter().find(|u| is_turn(u)) {
+                        return Err(invalid(format!(
+                            "entry {index}: `{turn}` is a TURN URL without a username and \
+                             credential"
+                        )));
+                    }
+                    for url in parsed {
+                        if !self.stun.contains(&url) {
+                            self.stun.push(url);
+                        }
+                    }
+                }
+                _ => {
+                    return Err(invalid(format!(
+                        "entry {index} has a username or a credential, not both"
+                    )));
+                }
+            }
+        }
+        Ok(self)
     }
 
     /// The ICE servers for one client at the current wall-clock time; see
@@ -228,6 +325,11 @@ impl IceConfig {
                 credential: Some(credential),
             });
         }
+        servers.extend(self.listed.iter().map(|listed| IceServer {
+            urls: url_strings(&listed.urls),
+            username: Some(listed.username.clone()),
+            credential: Some(listed.credential.clone()),
+        }));
         servers
     }
 
@@ -249,15 +351,15 @@ impl IceConfig {
         self.turn.as_ref().map_or(&[], |t| &t.urls)
     }
 
-    /// Whether a TURN relay is configured.
+    /// Whether a TURN relay is configured (`TURN_URLS`, or a TURN URL in `ICE_SERVERS`).
     pub fn has_turn(&self) -> bool {
-        self.turn.is_some()
+        self.turn.is_some() || self.listed.iter().any(|l| l.urls.iter().any(is_turn))
     }
 
     /// Log what clients will be able to do with this configuration: a warning without TURN
     /// (symmetric NATs will fail) and another without STUN (host candidates only).
     pub fn log_capabilities(&self) {
-        if self.turn.is_none() {
+        if !self.has_turn() {
             tracing::warn!("no TURN relay configured: peers behind symmetric NAT will not connect");
         }
         if let Some(TurnConfig {
@@ -272,7 +374,7 @@ impl IceConfig {
                  at least 32 random characters (e.g. `openssl rand -hex 32`)"
             );
         }
-        if self.stun.is_empty() && self.turn.is_none() {
+        if self.stun.is_empty() && self.turn.is_none() && self.listed.is_empty() {
             tracing::warn!(
                 "no STUN server configured either: clients get an empty ICE server list and \
                  use host candidates only (same network)"
@@ -282,6 +384,7 @@ impl IceConfig {
             stun = ?url_strings(self.stun_urls()),
             turn = ?url_strings(self.turn_urls()),
             turn_credentials = self.turn_credentials_kind().unwrap_or("none"),
+            listed = self.listed.len(),
             "ICE servers"
         );
     }
@@ -307,9 +410,21 @@ impl IceConfig {
                 }),
             }
         });
+        let listed: Vec<serde_json::Value> = self
+            .listed
+            .iter()
+            .map(|listed| {
+                serde_json::json!({
+                    "urls": url_strings(&listed.urls),
+                    "username": listed.username,
+                    "credential": REDACTED,
+                })
+            })
+            .collect();
         serde_json::json!({
             "stun_urls": url_strings(&self.stun),
             "turn": turn,
+            "ice_servers": listed,
         })
     }
 }
@@ -319,6 +434,17 @@ impl fmt::Debug for IceConfig {
         f.debug_struct("IceConfig")
             .field("stun", &url_strings(&self.stun))
             .field("turn", &self.turn)
+            .field("listed", &self.listed)
+            .finish()
+    }
+}
+
+impl fmt::Debug for ListedServer {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ListedServer")
+            .field("urls", &url_strings(&self.urls))
+            .field("username", &self.username)
+            .field("credential", &REDACTED)
             .finish()
     }
 }
@@ -354,6 +480,8 @@ pub const TURN_SECRET: &str = "TURN_SECRET";
 pub const TURN_TTL: &str = "TURN_TTL";
 /// Environment variable: TURN realm (informational).
 pub const TURN_REALM: &str = "TURN_REALM";
+/// Environment variable: more ICE servers, a JSON array of `RTCIceServer` objects.
+pub const ICE_SERVERS: &str = "ICE_SERVERS";
 
 /// The `stun:` URL for `host` (a name, an IPv4 address, or an IPv6 address with or without
 /// brackets) and `port`; `None` when `host` is not a usable host.
@@ -415,8 +543,7 @@ fn parse_list<'a>(
             list: list.setting(),
             source,
         })?;
-        let is_turn = matches!(ice_url.scheme, IceScheme::Turn | IceScheme::Turns);
-        if is_turn != matches!(list, UrlList::Turn) {
+        if is_turn(&ice_url) != matches!(list, UrlList::Turn) {
             return Err(ConfigError::WrongScheme {
                 list: list.setting(),
                 url: url.to_owned(),
@@ -428,6 +555,11 @@ fn parse_list<'a>(
         }
     }
     Ok(parsed)
+}
+
+/// Whether `url` is a `turn:`/`turns:` URL.
+fn is_turn(url: &IceUrl) -> bool {
+    matches!(url.scheme, IceScheme::Turn | IceScheme::Turns)
 }
 
 /// The URLs as text, for `welcome`, logs, monitoring and `Debug`.
@@ -537,6 +669,45 @@ mod tests {
             ..TurnAuth::default()
         };
         assert_redacted(&auth, &["proxim-test-secret", "pw-123"]);
+    }
+
+    #[test]
+    fn ice_servers_json_merges_with_the_url_lists() {
+        let ice = IceConfig::stun_only(vec!["stun:198.18.0.1"])
+            .unwrap()
+            .merge_ice_servers_json(
+                r#"[{"urls": "stun:198.18.0.1"}, {"urls": ["stun:198.18.0.5"]},
+                    {"urls": ["turn:198.18.0.6?transport=tcp"], "username": "u", "credential": "c0"}]"#,
+            )
+            .unwrap();
+        assert_eq!(ice.stun_urls().len(), 2, "repeats are dropped");
+        assert!(ice.has_turn());
+        let servers = ice.ice_servers_at(&id(), SystemTime::now(), None);
+        assert_eq!(servers.len(), 2);
+        assert_eq!(servers[1].username.as_deref(), Some("u"));
+        assert_eq!(servers[1].credential.as_deref(), Some("c0"));
+        assert_redacted(&ice, &["c0"]);
+        assert!(!ice.redacted_json().to_string().contains("c0"));
+        assert_eq!(
+            IceConfig::none().merge_ice_servers_json(" ").unwrap(),
+            IceConfig::none()
+        );
+    }
+
+    #[test]
+    fn bad_ice_servers_json_names_the_setting() {
+        for bad in [
+            "{",
+            r#"{"urls": "stun:a"}"#,
+            r#"[{"url": "stun:a"}]"#,
+            r#"[{"urls": []}]"#,
+            r#"[{"urls": "stun://bad"}]"#,
+            r#"[{"urls": "turn:relay"}]"#,
+            r#"[{"urls": "turn:relay", "username": "u"}]"#,
+        ] {
+            let err = IceConfig::none().merge_ice_servers_json(bad).unwrap_err();
+            assert!(err.to_string().contains(ICE_SERVERS), "{bad}: {err}");
+        }
     }
 
     #[test]

@@ -4,8 +4,13 @@
 //! and get a routing code; a phone asks for that code; the desktop's user accepts or rejects;
 //! then the server relays WebRTC signals between exactly those two connections, and nobody
 //! else. Codes expire ([`ServerConfig::code_ttl`]) or are renewed by their desktop; a phone
-//! that paired before reaches its desktop by device id (`connect_request`), without a code. Monitoring routes: `GET /healthz`, `GET /api/stats`, `GET /api/sessions`,
-//! `GET /api/config` (credentials redacted).
+//! that paired before reaches its desktop by device id (`connect_request`), without a code.
+//!
+//! Monitoring (`monitor`): `GET /healthz` and `GET /api/stats` are open; `GET /metrics`
+//! (Prometheus text), `GET /api/sessions` (paged) and `GET /api/config` (credentials redacted)
+//! need the admin token ([`ServerConfig::admin_token`]) or the admin listener
+//! ([`ServerConfig::admin_bind`], loopback by default). Web clients get their ICE servers from
+//! `GET /api/turn/config`, rate-limited per IP.
 //!
 //! For NAT traversal the server hands each client ICE servers in `welcome`: configured STUN
 //! URLs, an optional embedded STUN responder ([`ServerConfig::stun`], RFC 5389 Binding only),
@@ -49,6 +54,8 @@ mod config;
 mod hub;
 mod ice;
 mod limits;
+mod listener;
+mod monitor;
 mod proxy;
 mod retired;
 mod rlimit;
@@ -57,12 +64,12 @@ mod stun;
 mod turn_rest;
 
 pub use config::{
-    ConfigError, DEFAULT_LISTEN_BACKLOG, DEFAULT_PORT, DEFAULT_STUN_BIND, MAX_CODE_TTL,
-    MIN_CODE_TTL, REDACTED, ServerConfig,
+    AdminToken, ConfigError, DEFAULT_ADMIN_BIND, DEFAULT_LISTEN_BACKLOG, DEFAULT_PORT,
+    DEFAULT_STUN_BIND, MAX_CODE_TTL, MIN_CODE_TTL, REDACTED, ServerConfig,
 };
-pub use hub::{SessionInfo, Stats};
+pub use hub::{PairLatency, SessionInfo, SessionPage, Stats};
 pub use ice::{
-    IceConfig, STUN_URLS, TURN_PASSWORD, TURN_REALM, TURN_SECRET, TURN_TTL, TURN_URLS,
+    ICE_SERVERS, IceConfig, STUN_URLS, TURN_PASSWORD, TURN_REALM, TURN_SECRET, TURN_TTL, TURN_URLS,
     TURN_USERNAME, TurnAuth,
 };
 pub use proxy::{InvalidTrustedProxy, TrustedProxies};

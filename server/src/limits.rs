@@ -30,6 +30,14 @@ impl TokenBucket {
         }
     }
 
+    /// A full bucket at `now` refilled at a fractional rate (e.g. 10 a minute).
+    pub(crate) fn with_rate(rate_per_second: f64, burst: u32, now: Instant) -> Self {
+        TokenBucket {
+            rate: rate_per_second,
+            ..TokenBucket::new(0, burst, now)
+        }
+    }
+
     /// Add the tokens earned since the last call. Time going backwards adds nothing.
     pub(crate) fn refill(&mut self, now: Instant) {
         let elapsed = now.saturating_duration_since(self.last).as_secs_f64();

@@ -17,6 +17,18 @@ pub fn raise_open_file_limit() -> std::io::Result<u64> {
     Ok(getrlimit(Resource::Nofile).current.unwrap_or(u64::MAX))
 }
 
+/// This process's soft open-file limit; `None` when there is none.
+#[cfg(unix)]
+pub(crate) fn open_file_limit() -> Option<u64> {
+    rustix::process::getrlimit(rustix::process::Resource::Nofile).current
+}
+
+/// This process's soft open-file limit: none on this platform.
+#[cfg(not(unix))]
+pub(crate) fn open_file_limit() -> Option<u64> {
+    None
+}
+
 /// Raise this process's soft open-file limit: nothing to do on this platform.
 #[cfg(not(unix))]
 pub fn raise_open_file_limit() -> std::io::Result<u64> {

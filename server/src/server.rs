@@ -17,7 +17,7 @@ use axum::Router;
 use axum::extract::ws::{CloseFrame, Message, WebSocket, WebSocketUpgrade, close_code};
 use axum::extract::{ConnectInfo, State};
 use axum::http::{HeaderMap, StatusCode};
-use axum::response::{IntoResponse, Json, Response};
+use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use futures_util::{SinkExt, StreamExt};
 use proxim_protocol::ice::IceUrl;
@@ -29,6 +29,8 @@ use tracing::Instrument;
 use crate::config::{ConfigError, ServerConfig};
 use crate::hub::{CloseHow, ConnKey, Gone, Hub, HubConfig, Output, SessionInfo, Stats, short};
 use crate::ice::stun_url_for_host;
+use crate::listener::{self, SocketSlot};
+use crate::monitor::{AdminListener, Monitor};
 use crate::proxy::client_ip;
 use crate::stun;
 
@@ -42,11 +44,12 @@ impl Server {
     /// [`RunningServer::stun_addr`].
     pub async fn start(config: ServerConfig) -> Result<RunningServer, ServerError> {
         config.validate()?;
-        let listener =
-            listen(config.bind, config.listen_backlog).map_err(|source| ServerError::Bind {
+        let listener = listener::listen(config.bind, config.listen_backlog).map_err(|source| {
+            ServerError::Bind {
                 addr: config.bind,
                 source,
-            })?;
+            }
+        })?;
         let local_addr = listener.local_addr().map_err(ServerError::LocalAddr)?;
         let stun_socket = match config.stun {
             Some(addr) => {
@@ -74,6 +77,7 @@ impl Server {
             stun_addr,
             stun_requests: AtomicU64::new(0),
             stun_malformed: AtomicU64::new(0),
+            sockets: listener::Sockets::new(config.max_connections),
             config,
         });
         let (stop_stun, stun_task) = match stun_socket {
@@ -89,38 +93,34 @@ impl Server {
             None => (None, None),
         };
         let (alive_tx, alive_rx) = mpsc::channel::<()>(1);
+        let monitor = Monitor::new(shared.clone());
         let app = Router::new()
             .route("/ws", get(ws_upgrade))
-            .route("/healthz", get(healthz))
-            .route("/api/stats", get(api_stats))
-            .route("/api/sessions", get(api_sessions))
-            .route("/api/config", get(api_config))
             .with_state(AppState {
                 shared: shared.clone(),
                 alive: alive_tx,
-            });
+            })
+            .merge(monitor.public_routes());
+        let admin = match shared.config.admin_bind {
+            Some(addr) => Some(
+                AdminListener::start(addr, &monitor)
+                    .await
+                    .map_err(|source| ServerError::AdminBind { addr, source })?,
+            ),
+            None => None,
+        };
 
         let (stop_http_tx, stop_http_rx) = oneshot::channel::<()>();
+        let sockets = shared.sockets.clone();
+        tracing::info!(max = sockets.max(), "socket cap");
         let http = tokio::spawn(
-            async move {
-                // Signaling is many small frames: without TCP_NODELAY, Nagle's algorithm and
-                // delayed ACKs hold each reply back ~40 ms.
-                let listener = axum::serve::ListenerExt::tap_io(listener, |tcp| {
-                    if let Err(e) = tcp.set_nodelay(true) {
-                        tracing::debug!(error = %e, "could not set TCP_NODELAY");
-                    }
-                });
-                let serve = axum::serve(
-                    listener,
-                    app.into_make_service_with_connect_info::<SocketAddr>(),
-                )
-                .with_graceful_shutdown(async move {
-                    let _ = stop_http_rx.await;
-                });
-                if let Err(e) = serve.await {
-                    tracing::error!(error = %e, "HTTP server failed");
-                }
-            }
+            listener::serve(
+                listener,
+                app,
+                sockets,
+                shared.config.header_timeout,
+                stop_http_rx,
+            )
             .instrument(tracing::info_span!("http", %local_addr)),
         );
         let (stop_timer_tx, stop_timer_rx) = oneshot::channel::<()>();
@@ -138,6 +138,7 @@ impl Server {
             timer: Some(timer),
             stun: stun_task,
             alive: Some(alive_rx),
+            admin,
         })
     }
 }
@@ -168,6 +169,14 @@ pub enum ServerError {
         /// The I/O error.
         source: std::io::Error,
     },
+    /// The admin listener's address could not be bound.
+    #[error("cannot bind the admin listener to {addr}: {source} — pass --admin-bind (none: off)")]
+    AdminBind {
+        /// The address.
+        addr: SocketAddr,
+        /// The I/O error.
+        source: std::io::Error,
+    },
 }
 
 /// A server that is running. Dropping it stops the server without waiting; prefer
@@ -183,6 +192,8 @@ pub struct RunningServer {
     timer: Option<JoinHandle<()>>,
     stun: Option<JoinHandle<()>>,
     alive: Option<mpsc::Receiver<()>>,
+    /// The admin listener, when on; dropping it stops it.
+    admin: Option<AdminListener>,
 }
 
 impl RunningServer {
@@ -197,9 +208,23 @@ impl RunningServer {
         format!("ws://{}/ws", self.connectable_addr())
     }
 
-    /// The base HTTP URL of the monitoring routes, e.g. `http://127.0.0.1:8787`.
+    /// The base HTTP URL of the public listener, e.g. `http://127.0.0.1:8787`: `/healthz`,
+    /// `/api/stats`, `/api/turn/config`, and the protected routes with the admin token.
     pub fn http_url(&self) -> String {
         format!("http://{}", self.connectable_addr())
+    }
+
+    /// The address of the admin listener (every monitoring route, no token); `None` when it
+    /// is off.
+    pub fn admin_addr(&self) -> Option<SocketAddr> {
+        self.admin.as_ref().map(AdminListener::addr)
+    }
+
+    /// The base HTTP URL of the admin listener, e.g. `http://127.0.0.1:8788`; `None` when it
+    /// is off.
+    pub fn admin_url(&self) -> Option<String> {
+        self.admin_addr()
+            .map(|addr| format!("http://{}", connectable(addr)))
     }
 
     /// The address the embedded STUN responder listens on (with the real port when bound to
@@ -213,9 +238,12 @@ impl RunningServer {
         self.shared.stats()
     }
 
-    /// Current sessions (the body of `GET /api/sessions`).
+    /// Every current session in id order (what the pages of `GET /api/sessions` list).
     pub fn sessions(&self) -> Vec<SessionInfo> {
-        self.shared.with_hub(|hub, now| hub.sessions(now))
+        let names = self.shared.config.expose_device_names;
+        self.shared
+            .with_hub(|hub, now| hub.sessions_page(None, usize::MAX, names, now))
+            .sessions
     }
 
     /// Stop: every connection gets `bye {reason: "server shutting down"}` and is closed, the
@@ -247,6 +275,9 @@ impl RunningServer {
         if let Some(stun) = self.stun.take() {
             let _ = stun.await;
         }
+        if let Some(admin) = self.admin.take() {
+            admin.shutdown().await;
+        }
         tracing::info!("signaling server stopped");
     }
 
@@ -264,13 +295,18 @@ impl RunningServer {
     }
 
     fn connectable_addr(&self) -> SocketAddr {
-        let ip = match self.local_addr.ip() {
-            IpAddr::V4(ip) if ip.is_unspecified() => IpAddr::V4(Ipv4Addr::LOCALHOST),
-            IpAddr::V6(ip) if ip.is_unspecified() => IpAddr::V6(Ipv6Addr::LOCALHOST),
-            ip => ip,
-        };
-        SocketAddr::new(ip, self.local_addr.port())
+        connectable(self.local_addr)
     }
+}
+
+/// `addr` as a client connects to it: an unspecified IP (`0.0.0.0`, `::`) becomes loopback.
+fn connectable(addr: SocketAddr) -> SocketAddr {
+    let ip = match addr.ip() {
+        IpAddr::V4(ip) if ip.is_unspecified() => IpAddr::V4(Ipv4Addr::LOCALHOST),
+        IpAddr::V6(ip) if ip.is_unspecified() => IpAddr::V6(Ipv6Addr::LOCALHOST),
+        ip => ip,
+    };
+    SocketAddr::new(ip, addr.port())
 }
 
 impl Drop for RunningServer {
@@ -286,16 +322,18 @@ impl Drop for RunningServer {
 // ---------------------------------------------------------------------------------------------
 
 #[derive(Debug)]
-struct Shared {
+pub(crate) struct Shared {
     core: Mutex<Core>,
     /// Wakes the timer task when the hub's next deadline moved earlier.
     wake: Notify,
-    started: Instant,
+    pub(crate) started: Instant,
     /// The STUN responder's bound address, when it runs.
-    stun_addr: Option<SocketAddr>,
+    pub(crate) stun_addr: Option<SocketAddr>,
     stun_requests: AtomicU64,
     stun_malformed: AtomicU64,
-    config: ServerConfig,
+    /// Open client sockets, capped.
+    sockets: Arc<listener::Sockets>,
+    pub(crate) config: ServerConfig,
 }
 
 #[derive(Debug)]
@@ -316,7 +354,7 @@ struct Pipe {
 
 impl Shared {
     /// Feed the hub one input, then deliver everything it produced.
-    fn with_hub<R>(&self, input: impl FnOnce(&mut Hub, Instant) -> R) -> R {
+    pub(crate) fn with_hub<R>(&self, input: impl FnOnce(&mut Hub, Instant) -> R) -> R {
         let now = tokio::time::Instant::now().into_std();
         let mut core = self.core.lock().unwrap_or_else(PoisonError::into_inner);
         let result = input(&mut core.hub, now);
@@ -326,17 +364,20 @@ impl Shared {
     }
 
     /// The hub's counters plus the STUN responder's.
-    fn stats(&self) -> Stats {
+    pub(crate) fn stats(&self) -> Stats {
         let mut stats = self.with_hub(|hub, _| hub.stats());
         stats.stun_requests = self.stun_requests.load(Ordering::Relaxed);
         stats.stun_malformed = self.stun_malformed.load(Ordering::Relaxed);
+        stats.sockets_open = self.sockets.open() as u64;
+        stats.sockets_max = self.sockets.max() as u64;
+        stats.connections_refused_full = self.sockets.refused();
         stats
     }
 
     /// The `stun:` URL of the embedded responder as a client that reached the WebSocket
     /// through `http_host` (its `Host` header) can reach it: `--public-host` when given, else
     /// the responder's bind address when specific, else the `Host` header's host.
-    fn embedded_stun_url(&self, http_host: Option<&str>) -> Option<IceUrl> {
+    pub(crate) fn embedded_stun_url(&self, http_host: Option<&str>) -> Option<IceUrl> {
         let bound = self.stun_addr?;
         if let Some(host) = &self.config.public_host {
             return stun_url_for_host(host, bound.port());
@@ -377,6 +418,7 @@ impl Shared {
         self.with_hub(|hub, _| hub.reserve_ip(ip)).then(|| IpSlot {
             shared: self.clone(),
             ip,
+            socket: None,
         })
     }
 
@@ -397,6 +439,8 @@ impl Shared {
 struct IpSlot {
     shared: Arc<Shared>,
     ip: IpAddr,
+    /// The socket's slot under the server's socket cap, once upgraded.
+    socket: Option<Arc<SocketSlot>>,
 }
 
 impl Drop for IpSlot {
@@ -500,22 +544,6 @@ async fn run_stun(
     }
 }
 
-/// A TCP listener on `addr` with a listen backlog of `backlog` (tokio's `bind`, like the
-/// standard library's, always asks for 128).
-fn listen(addr: SocketAddr, backlog: u32) -> std::io::Result<tokio::net::TcpListener> {
-    let socket = socket2::Socket::new(
-        socket2::Domain::for_address(addr),
-        socket2::Type::STREAM,
-        Some(socket2::Protocol::TCP),
-    )?;
-    // As tokio's `bind`: a restarted server can bind while old connections sit in TIME_WAIT.
-    socket.set_reuse_address(true)?;
-    socket.set_nonblocking(true)?;
-    socket.bind(&addr.into())?;
-    socket.listen(i32::try_from(backlog).unwrap_or(i32::MAX))?;
-    tokio::net::TcpListener::from_std(socket.into())
-}
-
 /// The host part of an HTTP `Host` header (`example.net:8787`, `[::1]:8787`, `10.0.0.2`).
 fn host_without_port(host: &str) -> Option<&str> {
     let host = host.trim();
@@ -545,6 +573,7 @@ struct AppState {
 async fn ws_upgrade(
     ws: WebSocketUpgrade,
     ConnectInfo(remote): ConnectInfo<SocketAddr>,
+    socket: Option<axum::Extension<Arc<SocketSlot>>>,
     headers: HeaderMap,
     State(app): State<AppState>,
 ) -> Response {
@@ -553,7 +582,7 @@ async fn ws_upgrade(
         .and_then(|h| h.to_str().ok());
     let embedded_stun = app.shared.embedded_stun_url(http_host);
     let client = client_ip(remote.ip(), &headers, &app.shared.config.trusted_proxies);
-    let Some(slot) = app.shared.reserve_ip(client) else {
+    let Some(mut slot) = app.shared.reserve_ip(client) else {
         return (
             StatusCode::TOO_MANY_REQUESTS,
             "too many connections from this address\n",
@@ -566,56 +595,11 @@ async fn ws_upgrade(
     ws.max_message_size(transport_limit)
         .max_frame_size(transport_limit)
         .read_buffer_size(READ_BUFFER_BYTES)
-        .on_upgrade(move |socket| run_connection(socket, remote, slot, embedded_stun, app))
-}
-
-async fn healthz(State(app): State<AppState>) -> Json<serde_json::Value> {
-    let connections = app.shared.with_hub(|hub, _| hub.stats().connections_open);
-    Json(serde_json::json!({
-        "status": "ok",
-        "uptime_s": app.shared.started.elapsed().as_secs(),
-        "connections": connections,
-    }))
-}
-
-async fn api_stats(State(app): State<AppState>) -> Json<Stats> {
-    Json(app.shared.stats())
-}
-
-async fn api_sessions(State(app): State<AppState>) -> Json<serde_json::Value> {
-    let sessions = app.shared.with_hub(|hub, now| hub.sessions(now));
-    Json(serde_json::json!({ "sessions": sessions }))
-}
-
-async fn api_config(State(app): State<AppState>) -> impl IntoResponse {
-    let c = &app.shared.config;
-    let ms = |d: std::time::Duration| u64::try_from(d.as_millis()).unwrap_or(u64::MAX);
-    Json(serde_json::json!({
-        "protocol_version": PROTOCOL_VERSION,
-        "ice": c.ice.redacted_json(),
-        "stun_responder": app.shared.stun_addr.map(|bound| serde_json::json!({
-            "bind": bound.to_string(),
-            "public_host": c.public_host,
-        })),
-        "heartbeat_interval_ms": ms(c.heartbeat_interval),
-        "heartbeat_timeout_ms": ms(c.heartbeat_timeout),
-        "prompt_timeout_ms": ms(c.prompt_timeout),
-        "limits": {
-            "send_queue_capacity": c.send_queue_capacity,
-            "listen_backlog": c.listen_backlog,
-            "max_frame_bytes": c.max_frame_bytes,
-            "code_length": c.code_length,
-            "code_ttl_ms": ms(c.code_ttl),
-            "code_reservation_s": c.code_reservation.as_secs(),
-            "rate_limit": c.rate_limit,
-            "rate_burst": c.rate_burst,
-            "rate_strikes": c.rate_strikes,
-            "max_connections_per_ip": c.max_connections_per_ip,
-            "pair_attempts": c.pair_attempts,
-            "pair_window_s": c.pair_window.as_secs(),
-            "trusted_proxies": c.trusted_proxies.to_string(),
-        },
-    }))
+        .on_upgrade(move |websocket| {
+            // The socket's slot under the server's socket cap lives as long as the WebSocket.
+            slot.socket = socket.map(|axum::Extension(held)| held);
+            run_connection(websocket, remote, slot, embedded_stun, app)
+        })
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -691,7 +675,16 @@ async fn run_connection(
             .await;
         return;
     };
-    let span = tracing::info_span!("conn", id = %short(id.as_str()), %remote, client = %slot.ip);
+    // The client's address as a proxy named it, only when it differs from the socket's peer.
+    let span = tracing::info_span!(
+        "conn",
+        id = %short(id.as_str()),
+        %remote,
+        client = tracing::field::Empty
+    );
+    if slot.ip != remote.ip() {
+        span.record("client", tracing::field::display(slot.ip));
+    }
     async move {
         tracing::debug!("WebSocket open");
         let write_timeout = shared.config.heartbeat_timeout;

@@ -24,21 +24,26 @@ fn comma_separated_settings_become_one_stun_and_one_turn_entry() {
         "--turn-password=s3cret",
     ])
     .expect("valid config");
+    assert_stun_then_turn(
+        &ice,
+        &["stun:198.18.0.1:3478", "stun:198.18.0.5:3478"],
+        &["turn:198.18.0.2:3478", "turns:relay.example:5349"],
+        ("proxim", "s3cret"),
+    );
+}
+
+/// `ice` hands every client two entries: the `stun` URLs without credentials, then the `turn`
+/// URLs with `(username, credential)`; neither `Debug` shows the credential.
+fn assert_stun_then_turn(ice: &IceConfig, stun: &[&str], turn: &[&str], creds: (&str, &str)) {
     let servers = ice.ice_servers_for(&connection());
     assert_eq!(servers.len(), 2);
-    assert_eq!(
-        servers[0].urls,
-        vec!["stun:198.18.0.1:3478", "stun:198.18.0.5:3478"]
-    );
+    assert_eq!(servers[0].urls, stun);
     assert!(servers[0].username.is_none() && servers[0].credential.is_none());
-    assert_eq!(
-        servers[1].urls,
-        vec!["turn:198.18.0.2:3478", "turns:relay.example:5349"]
-    );
-    assert_eq!(servers[1].username.as_deref(), Some("proxim"));
-    assert_eq!(servers[1].credential.as_deref(), Some("s3cret"));
-    assert!(!format!("{ice:?}").contains("s3cret"));
-    assert!(!format!("{servers:?}").contains("s3cret"));
+    assert_eq!(servers[1].urls, turn);
+    assert_eq!(servers[1].username.as_deref(), Some(creds.0));
+    assert_eq!(servers[1].credential.as_deref(), Some(creds.1));
+    assert!(!format!("{ice:?}").contains(creds.1));
+    assert!(!format!("{servers:?}").contains(creds.1));
 }
 
 #[test]
@@ -95,4 +100,34 @@ async fn start_refuses_an_invalid_config() {
     config.heartbeat_timeout = config.heartbeat_interval / 2;
     let err = Server::start(config).await.expect_err("invalid");
     assert!(matches!(err, ServerError::Config(_)), "{err}");
+}
+
+#[test]
+fn ice_servers_json_is_merged_with_the_url_lists() {
+    let ice = ice(&[
+        "--stun-urls=stun:198.18.0.1",
+        r#"--ice-servers=[{"urls": "stun:198.18.0.1"}, {"urls": ["stun:198.18.0.7"]},
+            {"urls": ["turns:relay.example"], "username": "web", "credential": "c-9"}]"#,
+    ])
+    .expect("valid config");
+    assert_stun_then_turn(
+        &ice,
+        &["stun:198.18.0.1:3478", "stun:198.18.0.7:3478"],
+        &["turns:relay.example:5349"],
+        ("web", "c-9"),
+    );
+    assert!(ice.has_turn());
+}
+
+#[test]
+fn a_bad_ice_servers_value_stops_startup_naming_it() {
+    for bad in [
+        "stun:198.18.0.1",
+        r#"[{"urls": "stun:[::1"}]"#,
+        r#"[{"urls": "turn:198.18.0.2"}]"#,
+        r#"[{"urls": "stun:198.18.0.1", "password": "x"}]"#,
+    ] {
+        let err = ice(&[&format!("--ice-servers={bad}")]).expect_err(bad);
+        assert!(err.to_string().contains("ICE_SERVERS"), "{bad}: {err}");
+    }
 }

@@ -1,8 +1,12 @@
 //! The WebSocket transport's manners: a client's Close is answered with a Close, a text frame
 //! that is not UTF-8 is closed with 1007, a frame too large for the transport to read still
-//! gets `frame_too_large` (then 1009), and the listen backlog is the configured one.
+//! gets `frame_too_large` (then 1009), the listen backlog is the configured one, a client
+//! that does not finish its HTTP request or never says `hello` is closed in bounded time, and
+//! over the socket cap a newcomer gets 503 while everyone else carries on.
 
 mod common;
+
+use std::time::{Duration, Instant};
 
 use common::{WAIT, get_json, start_server};
 use futures_util::{SinkExt, StreamExt};
@@ -127,4 +131,110 @@ async fn the_listen_backlog_is_configurable_and_shown() {
     })
     .await;
     assert!(refused.is_err(), "a backlog of 0 is refused");
+}
+
+/// Read from `tcp` until the server closes it; what it sent, or `None` when it did not close
+/// within `limit`.
+async fn until_closed(tcp: &mut tokio::net::TcpStream, limit: Duration) -> Option<String> {
+    use tokio::io::AsyncReadExt;
+    let mut got = Vec::new();
+    let read = tokio::time::timeout(limit, async {
+        let mut buf = [0u8; 1024];
+        loop {
+            match tcp.read(&mut buf).await {
+                Ok(0) | Err(_) => break,
+                Ok(n) => got.extend_from_slice(&buf[..n]),
+            }
+        }
+    })
+    .await;
+    read.ok()
+        .map(|()| String::from_utf8_lossy(&got).into_owned())
+}
+
+#[tokio::test]
+async fn a_client_that_does_not_finish_its_request_is_closed_at_the_header_timeout() {
+    use tokio::io::AsyncWriteExt;
+    let header_timeout = Duration::from_millis(400);
+    let server = start_server(|c| c.header_timeout = header_timeout).await;
+    // Silent after connecting.
+    let mut silent = tokio::net::TcpStream::connect(server.local_addr())
+        .await
+        .unwrap();
+    // Trickling its request a byte at a time, faster than the timeout between bytes.
+    let mut trickler = tokio::net::TcpStream::connect(server.local_addr())
+        .await
+        .unwrap();
+    let started = Instant::now();
+    let trickle = async {
+        for byte in b"GET /ws HTTP/1.1\r\nHost: x\r\n".iter().cycle().take(200) {
+            if trickler.write_all(&[*byte]).await.is_err() {
+                return started.elapsed();
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        started.elapsed()
+    };
+    let (silent_closed, trickler_cut) =
+        tokio::join!(until_closed(&mut silent, 4 * header_timeout), trickle);
+    assert!(silent_closed.is_some(), "a silent client is closed");
+    assert!(
+        trickler_cut < 3 * header_timeout,
+        "a trickling client is cut near the timeout, not after {trickler_cut:?}"
+    );
+    // A prompt client is not affected.
+    RawClient::greeted(&server.ws_url(), WAIT)
+        .await
+        .ping_pong(1)
+        .await;
+    server.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_websocket_that_never_says_hello_is_closed_at_the_hello_timeout() {
+    let server = start_server(|c| c.hello_timeout = Duration::from_millis(300)).await;
+    let mut client = RawClient::open_raw(&server.ws_url(), WAIT).await;
+    let (before, code) = close_code(&mut client).await;
+    assert!(
+        before
+            .iter()
+            .any(|m| matches!(m, ServerMessage::Bye { reason: Some(r) } if r.as_str() == "no hello in time")),
+        "told why: {before:?}"
+    );
+    assert_eq!(code, Some(CloseCode::Normal));
+    server.shutdown().await;
+}
+
+#[tokio::test]
+async fn over_the_socket_cap_a_connection_gets_503_and_others_keep_working() {
+    let server = start_server(|c| c.max_connections = 3).await;
+    let mut clients = Vec::new();
+    for _ in 0..2 {
+        clients.push(RawClient::greeted(&server.ws_url(), WAIT).await);
+    }
+    // A third socket, not yet a WebSocket, counts too.
+    let _pending = tokio::net::TcpStream::connect(server.local_addr())
+        .await
+        .unwrap();
+    let mut refused = tokio::net::TcpStream::connect(server.local_addr())
+        .await
+        .unwrap();
+    let answer = until_closed(&mut refused, WAIT)
+        .await
+        .expect("closed at once");
+    assert!(
+        answer.starts_with("HTTP/1.1 503"),
+        "503 over the cap: {answer:?}"
+    );
+    for client in &mut clients {
+        client.ping_pong(7).await;
+    }
+    // A slot frees when a WebSocket closes.
+    clients.pop().unwrap().close().await;
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    RawClient::greeted(&server.ws_url(), WAIT)
+        .await
+        .ping_pong(1)
+        .await;
+    server.shutdown().await;
 }

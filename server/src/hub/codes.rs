@@ -15,7 +15,7 @@
 //! connection; a retired code is not issued again until its retention lapses; a kept code is
 //! given back only to its own device.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::time::{Duration, Instant};
 
 use proxim_protocol::{DeviceId, RoutingCode};
@@ -87,6 +87,11 @@ pub(super) struct CodeBook {
     ttl: Duration,
     /// How long a code is kept for a device that went away.
     reservation: Duration,
+    /// How many codes are kept for absent devices at most.
+    max_kept: usize,
+    /// Devices whose code was kept, oldest first, with the end of the reservation; entries
+    /// whose device came back (or whose reservation ended) are skipped when met.
+    kept_order: VecDeque<(Instant, DeviceId)>,
     /// Every live or kept code.
     entries: HashMap<RoutingCode, Entry>,
     /// The code each desktop connection holds (the live entries, by connection).
@@ -126,6 +131,8 @@ impl CodeBook {
             length: config.code_length,
             ttl: config.code_ttl,
             reservation: config.code_reservation,
+            max_kept: config.max_kept_codes,
+            kept_order: VecDeque::new(),
             entries: HashMap::new(),
             held: HashMap::new(),
             latest: HashMap::new(),
@@ -252,9 +259,40 @@ impl CodeBook {
             self.entries.remove(&code);
             return None;
         }
+        let device = entry.device.clone();
+        self.make_room_to_keep(now);
         let until = now + self.reservation;
-        entry.place = Place::Kept(until);
-        Some((until, CodeTimer::Reservation(entry.device.clone())))
+        if let Some(entry) = self.entries.get_mut(&code) {
+            entry.place = Place::Kept(until);
+        }
+        self.kept_order.push_back((until, device.clone()));
+        Some((until, CodeTimer::Reservation(device)))
+    }
+
+    /// Codes kept for absent devices now.
+    pub(super) fn kept(&self) -> usize {
+        self.entries.len() - self.held.len()
+    }
+
+    /// Before keeping one more code: drop the order's stale front, and forget the oldest kept
+    /// codes while the book is at its cap.
+    fn make_room_to_keep(&mut self, now: Instant) {
+        while let Some((until, device)) = self.kept_order.front() {
+            let still_kept = self
+                .kept_for(device)
+                .is_some_and(|(_, kept_until, _)| kept_until == *until);
+            // `kept()` already counts the code being released (no connection holds it).
+            if still_kept && *until > now && self.kept() <= self.max_kept {
+                break;
+            }
+            let Some((_, device)) = self.kept_order.pop_front() else {
+                break;
+            };
+            if still_kept && let Some(code) = self.latest.remove(&device) {
+                self.entries.remove(&code);
+                tracing::debug!(code = %code.redacted(), "forgetting a kept code: at the cap");
+            }
+        }
     }
 
     /// A deadline returned earlier is due (`now`).
@@ -334,7 +372,7 @@ impl CodeBook {
 
     /// Remember a code as retired, so phones asking for it are told and nobody gets it soon.
     fn retire(&mut self, code: RoutingCode, reason: RetireReason, now: Instant) {
-        tracing::info!(code = %code.redacted(), reason = reason.name(), "code retired");
+        tracing::debug!(code = %code.redacted(), reason = reason.name(), "code retired");
         self.retired_total += 1;
         self.retired.insert(code, reason, now);
     }
@@ -489,6 +527,62 @@ mod tests {
         book.on_timer(&mut rng, CodeTimer::Reservation(other), t0 + 9 * MIN);
         assert!(book.is_empty());
         assert_eq!(book.retired_total(), 0);
+    }
+
+    #[test]
+    fn kept_codes_are_capped_and_the_oldest_goes_first() {
+        let (mut book, mut rng) = book(|c| c.max_kept_codes = 3);
+        let t0 = Instant::now();
+        let mut codes = Vec::new();
+        for i in 0..5u32 {
+            let dev = device(&format!("vanishing{i}"));
+            let conn = u64::from(i);
+            codes.push((
+                dev.clone(),
+                book.register(&mut rng, conn, &dev, t0).unwrap().code,
+            ));
+            book.release(conn, t0 + MIN * i);
+            assert!(
+                book.kept() <= 3,
+                "{} kept after {} left",
+                book.kept(),
+                i + 1
+            );
+        }
+        assert_eq!(book.kept(), 3);
+        // The first two devices lost their codes; the last three get theirs back.
+        for (i, (dev, code)) in codes.iter().enumerate() {
+            let conn = 100 + i as u64;
+            let grant = book.register(&mut rng, conn, dev, t0 + 5 * MIN).unwrap();
+            assert_eq!(grant.reused, i >= 2, "device {i}");
+            assert_eq!(&grant.code == code, i >= 2, "device {i}");
+        }
+        assert_eq!(book.kept(), 0);
+    }
+
+    #[test]
+    fn a_device_that_came_back_does_not_count_against_the_cap() {
+        let (mut book, mut rng) = book(|c| c.max_kept_codes = 2);
+        let t0 = Instant::now();
+        let (a, b, c) = (device("a"), device("b"), device("c"));
+        let code_a = book.register(&mut rng, 1, &a, t0).unwrap().code;
+        book.release(1, t0);
+        // `a` comes back: its entry in the order is stale, not a kept code.
+        assert!(book.register(&mut rng, 2, &a, t0 + MIN).unwrap().reused);
+        let code_b = book.register(&mut rng, 3, &b, t0).unwrap().code;
+        let code_c = book.register(&mut rng, 4, &c, t0).unwrap().code;
+        book.release(3, t0 + MIN);
+        book.release(4, t0 + MIN);
+        assert_eq!(book.kept(), 2);
+        assert_eq!(
+            book.register(&mut rng, 5, &b, t0 + 2 * MIN).unwrap().code,
+            code_b
+        );
+        assert_eq!(
+            book.register(&mut rng, 6, &c, t0 + 2 * MIN).unwrap().code,
+            code_c
+        );
+        assert_eq!(book.lookup(&code_a, t0 + 2 * MIN), Lookup::Held(2));
     }
 
     #[test]

@@ -36,7 +36,7 @@
 //! - `stats.rs`: [`Stats`] and [`SessionInfo`] for monitoring.
 
 use std::cmp::Reverse;
-use std::collections::{BTreeSet, BinaryHeap, HashMap, VecDeque};
+use std::collections::{BTreeMap, BTreeSet, BinaryHeap, HashMap, VecDeque};
 use std::net::SocketAddr;
 use std::time::{Duration, Instant, SystemTime};
 
@@ -62,7 +62,7 @@ mod tests;
 
 use codes::{CODE_ATTEMPTS, CodeBook, CodeTimer, Deadline, Grant, Lookup, TimerOutcome};
 use sessions::{Session, SessionEnd, SessionState, Via};
-pub use stats::{SessionInfo, Stats};
+pub use stats::{PairLatency, SessionInfo, SessionPage, Stats};
 
 /// The hub's handle on one connection.
 pub(crate) type ConnKey = u64;
@@ -72,6 +72,11 @@ const RETIRED_CODE_RETENTION: Duration = Duration::from_secs(60 * 60);
 
 /// How many retired codes are remembered at most; beyond that the oldest are forgotten.
 const MAX_RETIRED_CODES: usize = 100_000;
+
+/// Codes kept for desktops that went away, at most: past it, the oldest kept code is
+/// forgotten first (a flood of register-and-vanish clients cannot grow memory without bound;
+/// ~1 KiB each).
+const MAX_KEPT_CODES: usize = 10_000;
 
 /// Something the driver must do.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -106,6 +111,8 @@ pub(crate) struct HubConfig {
     pub(crate) ice: IceConfig,
     pub(crate) heartbeat_interval: Duration,
     pub(crate) heartbeat_timeout: Duration,
+    /// How long a connection may take to say `hello`.
+    pub(crate) hello_timeout: Duration,
     pub(crate) prompt_timeout: Duration,
     pub(crate) code_length: usize,
     /// The characters codes are drawn from: [`ROUTING_ALPHABET`], or fewer of them in tests
@@ -114,6 +121,8 @@ pub(crate) struct HubConfig {
     /// How long a code lives; zero is forever.
     pub(crate) code_ttl: Duration,
     pub(crate) code_reservation: Duration,
+    /// How many codes are kept for absent desktops at most.
+    pub(crate) max_kept_codes: usize,
     /// How long retired codes are remembered, and how many at most.
     pub(crate) retired_retention: Duration,
     pub(crate) max_retired_codes: usize,
@@ -139,6 +148,7 @@ impl From<&ServerConfig> for HubConfig {
             ice: c.ice.clone(),
             heartbeat_interval: c.heartbeat_interval,
             heartbeat_timeout: c.heartbeat_timeout,
+            hello_timeout: c.hello_timeout,
             prompt_timeout: c.prompt_timeout,
             code_length: c.code_length,
             code_alphabet: ROUTING_ALPHABET,
@@ -146,6 +156,7 @@ impl From<&ServerConfig> for HubConfig {
             code_reservation: c.code_reservation,
             retired_retention: RETIRED_CODE_RETENTION,
             max_retired_codes: MAX_RETIRED_CODES,
+            max_kept_codes: MAX_KEPT_CODES,
             max_frame_bytes: c.max_frame_bytes,
             rate_limit: c.rate_limit,
             rate_burst: c.rate_burst,
@@ -169,7 +180,8 @@ pub(crate) struct Hub {
     codes: CodeBook,
     /// The connections registered as each desktop device, oldest registration first.
     desktop_conns: HashMap<DeviceId, Vec<ConnKey>>,
-    sessions: HashMap<SessionId, Session>,
+    /// In id order, so `/api/sessions` pages walk only their page.
+    sessions: BTreeMap<SessionId, Session>,
     timers: BinaryHeap<Reverse<(Instant, TimerKey)>>,
     outputs: VecDeque<Output>,
     stats: Stats,
@@ -185,6 +197,8 @@ struct Conn {
     /// This server's STUN responder as this client can reach it, advertised in `welcome`.
     embedded_stun: Option<IceUrl>,
     last_seen: Instant,
+    /// When the connection opened (the `hello` deadline counts from here).
+    opened: Instant,
     greeted: bool,
     role: Role,
     sessions: BTreeSet<SessionId>,
@@ -227,6 +241,8 @@ enum Departure {
     Closed,
     /// It went silent.
     TimedOut,
+    /// It did not say `hello` within [`HubConfig::hello_timeout`] of connecting.
+    NoHello,
     /// It did not read its messages.
     SlowReader,
     /// It was refused (bad protocol version, frame too large).
@@ -242,6 +258,7 @@ impl Departure {
     fn close(self) -> (CloseHow, Option<&'static str>) {
         match self {
             Departure::TimedOut => (CloseHow::AfterQueued, Some("heartbeat timeout")),
+            Departure::NoHello => (CloseHow::AfterQueued, Some("no hello in time")),
             Departure::SlowReader => (CloseHow::Abort, None),
             Departure::Shutdown => (CloseHow::AfterQueued, Some("server shutting down")),
             Departure::Bye | Departure::Closed | Departure::Refused | Departure::Flooding => {
@@ -266,7 +283,7 @@ impl Hub {
             next_key: 1,
             conns: HashMap::new(),
             desktop_conns: HashMap::new(),
-            sessions: HashMap::new(),
+            sessions: BTreeMap::new(),
             timers: BinaryHeap::new(),
             outputs: VecDeque::new(),
             stats: Stats::default(),
@@ -296,6 +313,7 @@ impl Hub {
                 remote,
                 embedded_stun,
                 last_seen: now,
+                opened: now,
                 greeted: false,
                 role: Role::Unassigned,
                 sessions: BTreeSet::new(),
@@ -305,10 +323,8 @@ impl Hub {
             },
         );
         self.stats.connections_total += 1;
-        self.arm(
-            now + self.config.heartbeat_timeout,
-            TimerKey::Heartbeat(key),
-        );
+        let first_check = self.config.hello_timeout.min(self.config.heartbeat_timeout);
+        self.arm(now + first_check, TimerKey::Heartbeat(key));
         tracing::debug!(conn = %short(id.as_str()), %remote, "connection opened");
         Some((key, id))
     }
@@ -393,10 +409,14 @@ impl Hub {
                     let Some(c) = self.conns.get(&conn) else {
                         continue;
                     };
-                    let deadline = c.last_seen + self.config.heartbeat_timeout;
-                    if deadline <= now {
+                    let silent_until = c.last_seen + self.config.heartbeat_timeout;
+                    let hello_until = (!c.greeted).then(|| c.opened + self.config.hello_timeout);
+                    if hello_until.is_some_and(|until| until <= now) {
+                        self.depart(conn, Departure::NoHello, now);
+                    } else if silent_until <= now {
                         self.depart(conn, Departure::TimedOut, now);
                     } else {
+                        let deadline = hello_until.map_or(silent_until, |h| h.min(silent_until));
                         self.arm(deadline, TimerKey::Heartbeat(conn));
                     }
                 }
@@ -406,6 +426,7 @@ impl Hub {
                         Some(SessionState::Pending { deadline }) if deadline <= now
                     );
                     if expired {
+                        self.observe_pair_latency(&session, now);
                         self.end_session(&session, SessionEnd::PromptExpired);
                     }
                 }
@@ -501,7 +522,7 @@ impl Hub {
                 session,
                 accept,
                 auth,
-            } => self.pair_response(conn, session, accept, auth),
+            } => self.pair_response(conn, session, accept, auth, now),
             ClientMessage::Signal { session, signal } => self.signal(conn, session, signal),
             ClientMessage::Leave { session } => self.leave(conn, session),
             ClientMessage::Ping { seq } => self.send(conn, ServerMessage::Pong { seq }),
@@ -600,7 +621,7 @@ impl Hub {
                 attempts: AttemptWindow::default(),
             };
         }
-        tracing::info!(
+        tracing::debug!(
             conn = %self.short_id(conn), code = %grant.code.redacted(), reused = grant.reused,
             "desktop registered"
         );
@@ -734,6 +755,10 @@ impl Hub {
                 self.stats.stale_dropped += 1;
                 tracing::info!(conn = %short_id, remote = %c.remote, "dropping silent connection");
             }
+            Departure::NoHello => {
+                self.stats.stale_dropped += 1;
+                tracing::info!(conn = %short_id, remote = %c.remote, "dropping a connection that did not say hello");
+            }
             Departure::SlowReader => {
                 self.stats.slow_readers_dropped += 1;
                 tracing::warn!(
@@ -774,7 +799,7 @@ impl Hub {
     }
 
     fn send_error(&mut self, to: ConnKey, code: ErrorCode, message: impl Into<String>) {
-        self.stats.errors_sent += 1;
+        self.count_error(code);
         self.send(to, ServerMessage::error(code, message));
     }
 
@@ -805,7 +830,7 @@ impl Hub {
     /// The desktop `conn` has a fresh code (renewed, or its old one expired): announce it.
     fn announce_fresh_code(&mut self, conn: ConnKey, grant: Grant, now: Instant) {
         self.arm_code(grant.deadline.clone());
-        tracing::info!(
+        tracing::debug!(
             conn = %self.short_id(conn), code = %grant.code.redacted(),
             "desktop has a fresh code"
         );

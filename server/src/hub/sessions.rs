@@ -89,16 +89,22 @@ impl Session {
         session
     }
 
-    /// The one place a session's state changes: logs `old -> new (why)`.
+    /// The one place a session's state changes: logs `old -> new (why)`. Only the end is
+    /// logged at info (one short line per pairing: what operators read at the default level);
+    /// the steps before it, with both members, at debug.
     fn transition(&mut self, new: SessionState, why: impl fmt::Display) {
-        tracing::info!(
-            session = %short(self.id.as_str()),
-            phone = %short(self.phone.id.as_str()),
-            desktop = %short(self.desktop.id.as_str()),
-            "session: {} -> {} ({why})",
-            self.state.name(),
-            new.name()
-        );
+        let old = self.state.name();
+        if new == SessionState::Ended {
+            tracing::info!(session = %short(self.id.as_str()), "session: {old} -> ended ({why})");
+        } else {
+            tracing::debug!(
+                session = %short(self.id.as_str()),
+                phone = %short(self.phone.id.as_str()),
+                desktop = %short(self.desktop.id.as_str()),
+                "session: {old} -> {} ({why})",
+                new.name()
+            );
+        }
         self.state = new;
     }
 
@@ -241,6 +247,7 @@ impl Hub {
         session: SessionId,
         accept: bool,
         auth: Option<AuthPayload>,
+        now: Instant,
     ) {
         let Some(s) = self.sessions.get_mut(&session) else {
             return self.send_error(conn, ErrorCode::UnknownSession, "no such session");
@@ -259,6 +266,9 @@ impl Hub {
                 "the session was already accepted",
             );
         }
+        self.stats
+            .pair_latency
+            .observe(now.saturating_duration_since(s.created));
         if !accept {
             self.stats.pairs_rejected += 1;
             return self.end_session(&session, SessionEnd::Rejected(auth));
@@ -275,6 +285,14 @@ impl Hub {
         let (to_phone, to_desktop) = (accepted(desktop.device, auth), accepted(phone.device, None));
         self.send(phone.conn, to_phone);
         self.send(desktop.conn, to_desktop);
+    }
+
+    /// Count the time `session` waited for its prompt's answer (the pair latency histogram).
+    pub(super) fn observe_pair_latency(&mut self, session: &SessionId, now: Instant) {
+        if let Some(s) = self.sessions.get(session) {
+            let waited = now.saturating_duration_since(s.created);
+            self.stats.pair_latency.observe(waited);
+        }
     }
 
     /// `signal`: relay to the other member of an accepted session.

@@ -1,8 +1,12 @@
-//! Monitoring: the counters and gauges of `GET /api/stats` ([`Stats`]) and the session list of
-//! `GET /api/sessions` ([`SessionInfo`]), computed from the hub's state.
+//! Monitoring: the counters and gauges of `GET /api/stats` ([`Stats`]), the errors sent by code
+//! and the pair latency histogram ([`PairLatency`]) behind `GET /metrics`, and the paged
+//! session list of `GET /api/sessions` ([`SessionPage`]), computed from the hub's state.
 
-use std::time::Instant;
+use std::collections::BTreeMap;
+use std::ops::Bound;
+use std::time::{Duration, Instant};
 
+use proxim_protocol::{ErrorCode, SessionId};
 use serde::Serialize;
 
 use super::sessions::SessionState;
@@ -56,6 +60,12 @@ pub struct Stats {
     pub stun_requests: u64,
     /// Datagrams the embedded STUN responder dropped as not well-formed STUN.
     pub stun_malformed: u64,
+    /// Client sockets open now (WebSockets and HTTP requests in progress).
+    pub sockets_open: u64,
+    /// The cap on open client sockets (`--max-connections`, or the open-file limit minus 64).
+    pub sockets_max: u64,
+    /// Connections answered 503 because the server was at its socket cap.
+    pub connections_refused_full: u64,
     /// Frames dropped (and answered `rate_limited`) because their connection was over its
     /// message budget.
     pub frames_rate_limited: u64,
@@ -67,6 +77,78 @@ pub struct Stats {
     pub connections_refused_per_ip: u64,
     /// Pair requests refused (`too_many_attempts`) because their code had too many attempts.
     pub pair_attempts_refused: u64,
+    /// `error` messages sent, by code name (`rate_limited`, …); their sum is
+    /// [`Stats::errors_sent`]. Exported by `/metrics`, not by `/api/stats`.
+    #[serde(skip)]
+    pub errors_by_code: BTreeMap<String, u64>,
+    /// How long desktops took to answer pair prompts. Exported by `/metrics`, not by
+    /// `/api/stats`.
+    #[serde(skip)]
+    pub pair_latency: PairLatency,
+}
+
+/// A histogram of pair latencies: from a `pair_request` (or `connect_request`) opening a
+/// session to the `pair_result` the phone gets when the desktop answers or the prompt expires.
+/// Plain counts, so the hub stays sans-IO; `/metrics` exports it as a Prometheus histogram.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct PairLatency {
+    /// Observations per bucket of [`PairLatency::BOUNDS_MS`] (not cumulative), and one more
+    /// for those above the last bound.
+    buckets: [u64; PairLatency::BOUNDS_MS.len() + 1],
+    count: u64,
+    sum_micros: u64,
+}
+
+impl PairLatency {
+    /// The buckets' upper bounds in milliseconds: 1 ms to 60 s.
+    pub const BOUNDS_MS: [u64; 15] = [
+        1, 3, 5, 10, 25, 50, 100, 250, 500, 1_000, 2_500, 5_000, 10_000, 30_000, 60_000,
+    ];
+
+    /// Count one pairing that took `latency`.
+    pub(crate) fn observe(&mut self, latency: Duration) {
+        let micros = u64::try_from(latency.as_micros()).unwrap_or(u64::MAX);
+        let bucket = Self::BOUNDS_MS
+            .iter()
+            .position(|&bound_ms| micros <= bound_ms.saturating_mul(1_000))
+            .unwrap_or(Self::BOUNDS_MS.len());
+        if let Some(slot) = self.buckets.get_mut(bucket) {
+            *slot += 1;
+        }
+        self.count += 1;
+        self.sum_micros = self.sum_micros.saturating_add(micros);
+    }
+
+    /// Pairings counted.
+    pub fn count(&self) -> u64 {
+        self.count
+    }
+
+    /// The sum of the latencies, in seconds.
+    pub fn sum_seconds(&self) -> f64 {
+        self.sum_micros as f64 / 1e6
+    }
+
+    /// `(upper bound in seconds, pairings in that bucket)` for each bound, then
+    /// `(+Inf, pairings above the last bound)`; not cumulative (the encoder sums them).
+    pub fn buckets(&self) -> Vec<(f64, u64)> {
+        Self::BOUNDS_MS
+            .iter()
+            .map(|&ms| ms as f64 / 1e3)
+            .chain([f64::INFINITY])
+            .zip(self.buckets)
+            .collect()
+    }
+}
+
+/// One page of `GET /api/sessions`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[non_exhaustive]
+pub struct SessionPage {
+    /// Sessions in id order.
+    pub sessions: Vec<SessionInfo>,
+    /// The cursor for the next page (`?after=`); `None` on the last page.
+    pub next: Option<String>,
 }
 
 /// One session, as shown by `GET /api/sessions`.
@@ -79,10 +161,12 @@ pub struct SessionInfo {
     pub state: &'static str,
     /// Time since the pair request, in milliseconds.
     pub age_ms: u64,
-    /// The desktop's name.
-    pub desktop: String,
-    /// The phone's name.
-    pub phone: String,
+    /// The desktop's name; only with `--expose-device-names`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub desktop: Option<String>,
+    /// The phone's name; only with `--expose-device-names`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub phone: Option<String>,
 }
 
 impl Hub {
@@ -102,25 +186,67 @@ impl Hub {
         }
     }
 
-    /// The sessions, oldest first, with shortened ids.
-    pub(crate) fn sessions(&self, now: Instant) -> Vec<SessionInfo> {
-        let mut list: Vec<(Instant, SessionInfo)> = self
-            .sessions
-            .iter()
+    /// Up to `limit` sessions whose id sorts after `after`, in id order, with shortened ids
+    /// and, when `names`, the devices' names. Walks only the page (the sessions are kept in id
+    /// order), so a page costs the same with ten sessions or a hundred thousand.
+    pub(crate) fn sessions_page(
+        &self,
+        after: Option<&SessionId>,
+        limit: usize,
+        names: bool,
+        now: Instant,
+    ) -> SessionPage {
+        let from = after.map_or(Bound::Unbounded, Bound::Excluded);
+        let mut page = self.sessions.range((from, Bound::Unbounded));
+        let mut last = None;
+        let sessions: Vec<SessionInfo> = page
+            .by_ref()
+            .take(limit)
             .map(|(id, s)| {
-                (
-                    s.created,
-                    SessionInfo {
-                        session: short(id.as_str()).to_owned(),
-                        state: s.state().name(),
-                        age_ms: millis(now.saturating_duration_since(s.created)),
-                        desktop: s.desktop.device.device_name.to_string(),
-                        phone: s.phone.device.device_name.to_string(),
-                    },
-                )
+                last = Some(id);
+                SessionInfo {
+                    session: short(id.as_str()).to_owned(),
+                    state: s.state().name(),
+                    age_ms: millis(now.saturating_duration_since(s.created)),
+                    desktop: names.then(|| s.desktop.device.device_name.to_string()),
+                    phone: names.then(|| s.phone.device.device_name.to_string()),
+                }
             })
             .collect();
-        list.sort_by_key(|(created, _)| *created);
-        list.into_iter().map(|(_, info)| info).collect()
+        let next = page.next().and(last).map(|id| id.as_str().to_owned());
+        SessionPage { sessions, next }
+    }
+
+    /// Count an `error` message sent with `code`.
+    pub(crate) fn count_error(&mut self, code: ErrorCode) {
+        self.stats.errors_sent += 1;
+        let name = serde_json::to_value(code)
+            .ok()
+            .and_then(|v| v.as_str().map(str::to_owned))
+            .unwrap_or_else(|| "unknown".to_owned());
+        *self.stats.errors_by_code.entry(name).or_default() += 1;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn pair_latency_counts_each_pairing_in_its_bucket() {
+        let mut latency = PairLatency::default();
+        for ms in [0, 1, 2, 40, 60_000, 61_000] {
+            latency.observe(Duration::from_millis(ms));
+        }
+        assert_eq!(latency.count(), 6);
+        assert!((latency.sum_seconds() - 121.043).abs() < 1e-9);
+        let buckets = latency.buckets();
+        assert_eq!(buckets.len(), PairLatency::BOUNDS_MS.len() + 1);
+        let count_at = |bound: f64| buckets.iter().find(|(b, _)| *b == bound).map(|(_, n)| *n);
+        assert_eq!(count_at(0.001), Some(2));
+        assert_eq!(count_at(0.003), Some(1));
+        assert_eq!(count_at(0.05), Some(1));
+        assert_eq!(count_at(60.0), Some(1));
+        assert_eq!(count_at(f64::INFINITY), Some(1));
     }
 }

@@ -58,6 +58,36 @@ fn timers_rearm_while_the_connection_talks() {
 }
 
 #[test]
+fn a_connection_that_never_says_hello_is_dropped_at_the_hello_deadline() {
+    let mut hub = hub();
+    let t0 = Instant::now();
+    let hello_timeout = hub.config.hello_timeout;
+    assert!(hello_timeout < hub.config.heartbeat_timeout);
+    let (silent, _) = hub.connect(remote(), None, t0).unwrap();
+    // Talking (a ping before hello is refused) does not buy time: only hello does.
+    let (talker, _) = hub.connect(remote(), None, t0).unwrap();
+    hub.handle_text(talker, PING, t0 + hello_timeout / 2);
+    let polite = greeted(&mut hub, t0);
+    drain(&mut hub);
+    assert_eq!(hub.poll_timeout(), Some(t0 + hello_timeout));
+    hub.handle_timeout(t0 + hello_timeout);
+    let out = drain(&mut hub);
+    for conn in [silent, talker] {
+        assert!(matches!(
+            only(&out, conn),
+            ServerMessage::Bye { reason: Some(reason) } if reason.as_str() == "no hello in time"
+        ));
+        assert!(out.contains(&closed(conn, CloseHow::AfterQueued)));
+    }
+    assert!(
+        sent_to(&out, polite).is_empty(),
+        "a greeted connection stays"
+    );
+    assert_eq!(hub.stats().stale_dropped, 2);
+    assert_eq!(hub.stats().connections_open, 1);
+}
+
+#[test]
 fn slow_reader_is_aborted_and_its_peer_told() {
     let mut hub = hub();
     let now = Instant::now();

@@ -19,7 +19,6 @@
 //! the end exceeds the warm-up baseline by more than `--max-rss-growth-mib`.
 
 mod abuse;
-mod child;
 mod pairings;
 
 use std::net::{IpAddr, Ipv4Addr};
@@ -32,8 +31,11 @@ use anyhow::{Context, Result};
 use clap::Parser;
 use tokio::time::Instant;
 
+use proxim_tests::child::{self, ServerProcess, get_json, wait_for_no_connections};
+use proxim_tests::latency::{ms, percentile};
+use proxim_tests::procfs::{MemorySample, MemorySampler};
+
 use crate::abuse::{AbuseConfig, AbuseTally};
-use crate::child::{MemorySample, MemorySampler, ServerProcess, get_json};
 use crate::pairings::PairingReport;
 
 /// Load test of the Proxim signaling server: abusive clients and real pairings at once.
@@ -129,25 +131,7 @@ const PROBE_IP: IpAddr = IpAddr::V4(Ipv4Addr::new(127, 0, 0, 250));
 const IP_CAP: usize = 32;
 
 fn main() -> std::process::ExitCode {
-    let args = Args::parse();
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-    {
-        Ok(runtime) => runtime,
-        Err(e) => {
-            eprintln!("proxim-loadtest: cannot start the runtime: {e}");
-            return std::process::ExitCode::from(2);
-        }
-    };
-    match runtime.block_on(run(args)) {
-        Ok(true) => std::process::ExitCode::SUCCESS,
-        Ok(false) => std::process::ExitCode::FAILURE,
-        Err(e) => {
-            eprintln!("proxim-loadtest: {e:#}");
-            std::process::ExitCode::from(2)
-        }
-    }
+    proxim_tests::run_generator("proxim-loadtest", run(Args::parse()))
 }
 
 /// Everything measured, for the report.
@@ -195,7 +179,7 @@ async fn run(args: Args) -> Result<bool> {
     }
     let started = Instant::now();
     let binary = child::proxim_binary(args.proxim.clone())?;
-    let server = ServerProcess::start(&binary).await?;
+    let server = ServerProcess::start(&binary, &[]).await?;
     let (pid, addr, url) = (server.pid, server.addr, server.ws_url());
     eprintln!(
         "proxim-loadtest ({}): {} serve on {addr} (pid {pid}), default limits",
@@ -321,27 +305,14 @@ async fn run(args: Args) -> Result<bool> {
     };
     let passed = report(&results);
     if !passed {
-        eprintln!("server log, last lines:");
-        for line in log.tail() {
-            eprintln!("  {line}");
-        }
+        log.eprint_tail();
     }
     Ok(passed)
 }
 
 /// Wait until the server has no connection open (at most 15 s), then a moment more.
 async fn settle(addr: std::net::SocketAddr) {
-    let deadline = Instant::now() + Duration::from_secs(15);
-    while Instant::now() < deadline {
-        let open = get_json(addr, "/api/stats")
-            .await
-            .ok()
-            .and_then(|s| s["connections_open"].as_u64());
-        if open == Some(0) {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
+    wait_for_no_connections(addr, Duration::from_secs(15), Duration::from_millis(200)).await;
     tokio::time::sleep(Duration::from_millis(1500)).await;
 }
 
@@ -581,33 +552,6 @@ fn report(r: &Results) -> bool {
     passed
 }
 
-/// Nearest-rank percentile of sorted `values`.
-fn percentile(values: &[Duration], p: usize) -> Option<Duration> {
-    if values.is_empty() {
-        return None;
-    }
-    let rank = (p * values.len()).div_ceil(100).max(1);
-    values.get(rank - 1).copied()
-}
-
-fn ms(d: Option<Duration>) -> String {
-    d.map_or_else(|| "-".to_owned(), |d| d.as_millis().to_string())
-}
-
 fn mib(kib: u64) -> String {
     format!("{:.1} MiB", kib as f64 / 1024.0)
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn percentiles_use_the_nearest_rank() {
-        let v: Vec<Duration> = (1..=10).map(Duration::from_millis).collect();
-        assert_eq!(percentile(&v, 50), Some(Duration::from_millis(5)));
-        assert_eq!(percentile(&v, 99), Some(Duration::from_millis(10)));
-        assert_eq!(percentile(&v[..1], 99), Some(Duration::from_millis(1)));
-        assert_eq!(percentile(&[], 50), None);
-    }
 }

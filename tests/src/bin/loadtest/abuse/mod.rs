@@ -20,12 +20,11 @@ use std::time::Duration;
 
 use futures_util::{SinkExt, StreamExt};
 use proxim_protocol::{ErrorCode, ServerMessage};
+use proxim_tests::loopback_ws::{self, ConnectError, Ws};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
-use tokio::net::TcpStream;
 use tokio::time::Instant;
 use tokio_tungstenite::tungstenite::{self, Message};
-use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
 
 use self::judge::{Expect, Outcome, closes_after, is_unsolicited, judge, wire_name};
 use self::probes::code_attempts;
@@ -37,10 +36,6 @@ pub(crate) use self::tally::{AbuseTally, CategoryTally};
 const ANSWER_WAIT: Duration = Duration::from_secs(5);
 /// The longest one abusive connection may live.
 pub(crate) const CONNECTION_DEADLINE: Duration = Duration::from_secs(30);
-/// Connecting (TCP + WebSocket upgrade) may take this long.
-const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
-
-type Ws = WebSocketStream<MaybeTlsStream<TcpStream>>;
 
 /// How the abusive load is shaped.
 #[derive(Debug, Clone)]
@@ -119,7 +114,7 @@ async fn worker(
                     true
                 }
                 Err(e) => {
-                    e.count(&mut local);
+                    local.count_connect_error(&e);
                     false
                 }
             },
@@ -148,55 +143,9 @@ fn merge(tally: &Mutex<AbuseTally>, local: AbuseTally) {
         .merge(local);
 }
 
-#[derive(Debug)]
-pub(crate) enum ConnectError {
-    /// The server refused the upgrade with this HTTP status (429: per-IP cap).
-    Status(u16),
-    Other(String),
-}
-
-impl ConnectError {
-    pub(crate) fn count(&self, tally: &mut AbuseTally) {
-        match self {
-            ConnectError::Status(429) => tally.connect_refused_429 += 1,
-            ConnectError::Status(status) => {
-                tally.connect_failed += 1;
-                tally.note(format!("connect refused with HTTP {status}"));
-            }
-            ConnectError::Other(e) => {
-                tally.connect_failed += 1;
-                tally.note(format!("connect failed: {e}"));
-            }
-        }
-    }
-}
-
 /// Open a WebSocket to the server from `source` (a loopback address of this machine).
 pub(crate) async fn connect(server: SocketAddr, source: IpAddr) -> Result<Ws, ConnectError> {
-    let attempt = async {
-        let socket =
-            tokio::net::TcpSocket::new_v4().map_err(|e| ConnectError::Other(e.to_string()))?;
-        socket
-            .bind(SocketAddr::new(source, 0))
-            .map_err(|e| ConnectError::Other(format!("bind {source}: {e}")))?;
-        let tcp = socket
-            .connect(server)
-            .await
-            .map_err(|e| ConnectError::Other(format!("connect from {source}: {e}")))?;
-        let _ = tcp.set_nodelay(true);
-        let url = format!("ws://{server}/ws");
-        match tokio_tungstenite::client_async(url, MaybeTlsStream::Plain(tcp)).await {
-            Ok((ws, _)) => Ok(ws),
-            Err(tungstenite::Error::Http(response)) => {
-                Err(ConnectError::Status(response.status().as_u16()))
-            }
-            Err(e) => Err(ConnectError::Other(e.to_string())),
-        }
-    };
-    match tokio::time::timeout(CONNECT_TIMEOUT, attempt).await {
-        Ok(result) => result,
-        Err(_) => Err(ConnectError::Other("connect timed out".to_owned())),
-    }
+    loopback_ws::connect_from(server, source, None).await
 }
 
 // ---------------------------------------------------------------------------------------------

@@ -31,7 +31,7 @@ pub(crate) async fn code_attempts(
     let desktop = match connect(server, source).await {
         Ok(ws) => ws,
         Err(e) => {
-            e.count(tally);
+            tally.count_connect_error(&e);
             return false;
         }
     };
@@ -97,7 +97,7 @@ pub(crate) async fn code_attempts(
     let phone = match connect(server, source).await {
         Ok(ws) => ws,
         Err(e) => {
-            e.count(tally);
+            tally.count_connect_error(&e);
             let _ = desk_sink.close().await;
             return false;
         }

@@ -3,6 +3,8 @@
 
 use std::collections::BTreeMap;
 
+use proxim_tests::loopback_ws::ConnectError;
+
 /// `$into.field += $from.field` for each named counter.
 macro_rules! add_counters {
     ($into:expr, $from:expr, $($field:ident),+ $(,)?) => {
@@ -141,6 +143,21 @@ impl AbuseTally {
 
     pub(crate) fn frames_sent(&self) -> u64 {
         self.categories.values().map(|c| c.sent).sum()
+    }
+
+    /// Count a connection the server refused or that failed to open.
+    pub(crate) fn count_connect_error(&mut self, error: &ConnectError) {
+        match error {
+            ConnectError::Status(429) => self.connect_refused_429 += 1,
+            ConnectError::Status(status) => {
+                self.connect_failed += 1;
+                self.note(format!("connect refused with HTTP {status}"));
+            }
+            ConnectError::Other(e) => {
+                self.connect_failed += 1;
+                self.note(format!("connect failed: {e}"));
+            }
+        }
     }
 
     pub(crate) fn note(&mut self, example: String) {

@@ -1,12 +1,13 @@
-//! The server under test: a `proxim serve` child process with default limits, its memory
-//! sampled from `/proc`, its `/api/stats` read over plain HTTP.
+//! The server under test as a child process: `proxim serve` built and started on loopback
+//! port 0, its stderr drained and counted, its JSON endpoints read over plain HTTP, and stopped
+//! by its PID. Shared by `proxim-loadtest` and `proxim-sigcap`.
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use anyhow::{Context, Result, bail};
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
@@ -15,7 +16,11 @@ use tokio::process::{Child, Command};
 /// How long `proxim serve` may take to print its address.
 const START_TIMEOUT: Duration = Duration::from_secs(20);
 
-/// Environment variables `proxim serve` reads; removed so the child runs with its defaults.
+/// How many of the server's last stderr lines are kept for a failure report.
+const TAIL_LINES: usize = 20;
+
+/// Environment variables `proxim serve` reads; removed so the child runs with its defaults
+/// and the flags it is given.
 const SERVER_ENV: &[&str] = &[
     "PROXIM_BIND",
     "STUN_URLS",
@@ -40,33 +45,52 @@ const SERVER_ENV: &[&str] = &[
 
 /// A running `proxim serve`, killed (by its PID) when dropped.
 #[derive(Debug)]
-pub(crate) struct ServerProcess {
+pub struct ServerProcess {
     child: Child,
-    pub(crate) pid: u32,
-    pub(crate) addr: SocketAddr,
-    pub(crate) log: Arc<ServerLog>,
+    /// The child's process id.
+    pub pid: u32,
+    /// The address the server listens on.
+    pub addr: SocketAddr,
+    /// What the server wrote to stderr.
+    pub log: Arc<ServerLog>,
 }
 
 /// What the server wrote to stderr, counted (the lines themselves are dropped, but the last
 /// few are kept for a failure report).
 #[derive(Debug, Default)]
-pub(crate) struct ServerLog {
-    pub(crate) lines: AtomicU64,
-    pub(crate) warnings: AtomicU64,
-    pub(crate) errors: AtomicU64,
+pub struct ServerLog {
+    /// Lines written.
+    pub lines: AtomicU64,
+    /// Bytes written (each line with its newline).
+    pub bytes: AtomicU64,
+    /// Lines at level WARN.
+    pub warnings: AtomicU64,
+    /// Lines at level ERROR.
+    pub errors: AtomicU64,
     tail: Mutex<Vec<String>>,
 }
 
 impl ServerLog {
-    pub(crate) fn tail(&self) -> Vec<String> {
+    /// The last lines written, oldest first.
+    pub fn tail(&self) -> Vec<String> {
         self.tail
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
             .clone()
     }
 
+    /// Print the last lines to stderr, under a heading.
+    pub fn eprint_tail(&self) {
+        eprintln!("server log, last lines:");
+        for line in self.tail() {
+            eprintln!("  {line}");
+        }
+    }
+
     fn record(&self, line: &str) {
         self.lines.fetch_add(1, Ordering::Relaxed);
+        self.bytes
+            .fetch_add(line.len() as u64 + 1, Ordering::Relaxed);
         if line.contains(" WARN ") {
             self.warnings.fetch_add(1, Ordering::Relaxed);
         }
@@ -74,7 +98,7 @@ impl ServerLog {
             self.errors.fetch_add(1, Ordering::Relaxed);
         }
         let mut tail = self.tail.lock().unwrap_or_else(PoisonError::into_inner);
-        if tail.len() >= 20 {
+        if tail.len() >= TAIL_LINES {
             tail.remove(0);
         }
         tail.push(line.to_owned());
@@ -82,11 +106,13 @@ impl ServerLog {
 }
 
 impl ServerProcess {
-    /// Start `proxim serve --bind 127.0.0.1:0 --no-stun` and wait for the address it prints.
-    pub(crate) async fn start(binary: &Path) -> Result<ServerProcess> {
+    /// Start `proxim serve --bind 127.0.0.1:0 --no-stun`, then `extra_args`, and wait for the
+    /// address it prints.
+    pub async fn start(binary: &Path, extra_args: &[&str]) -> Result<ServerProcess> {
         let mut command = Command::new(binary);
         command
             .args(["serve", "--bind", "127.0.0.1:0", "--no-stun"])
+            .args(extra_args)
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::piped())
@@ -136,13 +162,19 @@ impl ServerProcess {
         })
     }
 
-    pub(crate) fn ws_url(&self) -> String {
+    /// The server's WebSocket URL.
+    pub fn ws_url(&self) -> String {
         format!("ws://{}/ws", self.addr)
+    }
+
+    /// Whether the child is still running (it has not exited, or exited unreaped).
+    pub fn is_running(&mut self) -> bool {
+        matches!(self.child.try_wait(), Ok(None))
     }
 
     /// Stop the server: SIGINT to its PID (it shuts down gracefully on Ctrl-C), SIGKILL after
     /// `grace`.
-    pub(crate) async fn stop(mut self, grace: Duration) -> Result<std::process::ExitStatus> {
+    pub async fn stop(mut self, grace: Duration) -> Result<std::process::ExitStatus> {
         let _ = std::process::Command::new("kill")
             .args(["-INT", &self.pid.to_string()])
             .status();
@@ -156,15 +188,9 @@ impl ServerProcess {
     }
 }
 
-/// `proxim serve` prints `proxim signaling server on 127.0.0.1:PORT (WebSocket …)`.
-fn listening_addr(line: &str) -> Option<SocketAddr> {
-    let rest = line.split("signaling server on ").nth(1)?;
-    rest.split_whitespace().next()?.parse().ok()
-}
-
 /// The `proxim` binary: `explicit`, else next to this one, else built with cargo (same
 /// profile, same target directory).
-pub(crate) fn proxim_binary(explicit: Option<PathBuf>) -> Result<PathBuf> {
+pub fn proxim_binary(explicit: Option<PathBuf>) -> Result<PathBuf> {
     if let Some(path) = explicit {
         return Ok(path);
     }
@@ -196,105 +222,8 @@ pub(crate) fn proxim_binary(explicit: Option<PathBuf>) -> Result<PathBuf> {
     Ok(sibling)
 }
 
-// ---------------------------------------------------------------------------------------------
-// Memory
-// ---------------------------------------------------------------------------------------------
-
-/// One `/proc/<pid>/status` reading.
-#[derive(Debug, Clone, Copy)]
-pub(crate) struct MemorySample {
-    pub(crate) at: Duration,
-    pub(crate) rss_kib: u64,
-    pub(crate) hwm_kib: u64,
-}
-
-/// Samples the server's VmRSS and VmHWM every `period` on a thread of its own.
-#[derive(Debug)]
-pub(crate) struct MemorySampler {
-    samples: Arc<Mutex<Vec<MemorySample>>>,
-    stop: Arc<AtomicBool>,
-    thread: Option<std::thread::JoinHandle<()>>,
-    started: Instant,
-    pid: u32,
-}
-
-impl MemorySampler {
-    pub(crate) fn start(pid: u32, period: Duration) -> MemorySampler {
-        let samples = Arc::new(Mutex::new(Vec::new()));
-        let stop = Arc::new(AtomicBool::new(false));
-        let started = Instant::now();
-        let thread = std::thread::spawn({
-            let samples = samples.clone();
-            let stop = stop.clone();
-            move || {
-                while !stop.load(Ordering::Relaxed) {
-                    if let Some((rss_kib, hwm_kib)) = read_status(pid) {
-                        samples
-                            .lock()
-                            .unwrap_or_else(PoisonError::into_inner)
-                            .push(MemorySample {
-                                at: started.elapsed(),
-                                rss_kib,
-                                hwm_kib,
-                            });
-                    }
-                    std::thread::sleep(period);
-                }
-            }
-        });
-        MemorySampler {
-            samples,
-            stop,
-            thread: Some(thread),
-            started,
-            pid,
-        }
-    }
-
-    /// A reading now, outside the sampling period.
-    pub(crate) fn now(&self) -> Option<MemorySample> {
-        let (rss_kib, hwm_kib) = read_status(self.pid)?;
-        Some(MemorySample {
-            at: self.started.elapsed(),
-            rss_kib,
-            hwm_kib,
-        })
-    }
-
-    pub(crate) fn samples(&self) -> Vec<MemorySample> {
-        self.samples
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .clone()
-    }
-
-    pub(crate) fn stop(mut self) -> Vec<MemorySample> {
-        self.stop.store(true, Ordering::Relaxed);
-        if let Some(thread) = self.thread.take() {
-            let _ = thread.join();
-        }
-        self.samples()
-    }
-}
-
-/// VmRSS and VmHWM of `pid`, in KiB.
-fn read_status(pid: u32) -> Option<(u64, u64)> {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
-    let field = |name: &str| {
-        status.lines().find_map(|line| {
-            let rest = line.strip_prefix(name)?.strip_prefix(':')?;
-            rest.split_whitespace().next()?.parse::<u64>().ok()
-        })
-    };
-    Some((field("VmRSS")?, field("VmHWM")?))
-}
-
-// ---------------------------------------------------------------------------------------------
-// HTTP
-// ---------------------------------------------------------------------------------------------
-
 /// `GET path` on the server, the JSON body.
-pub(crate) async fn get_json(addr: SocketAddr, path: &str) -> Result<serde_json::Value> {
+pub async fn get_json(addr: SocketAddr, path: &str) -> Result<serde_json::Value> {
     let exchange = async {
         let mut tcp = tokio::net::TcpStream::connect(addr).await?;
         let request = format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n");
@@ -314,6 +243,33 @@ pub(crate) async fn get_json(addr: SocketAddr, path: &str) -> Result<serde_json:
         bail!("GET {path}: {}", head.lines().next().unwrap_or_default());
     }
     serde_json::from_str(body).with_context(|| format!("GET {path}: body is not JSON"))
+}
+
+/// The server's `connections_open` from `/api/stats`; `None` when it cannot be read.
+pub async fn connections_open(addr: SocketAddr) -> Option<u64> {
+    get_json(addr, "/api/stats")
+        .await
+        .ok()
+        .and_then(|s| s["connections_open"].as_u64())
+}
+
+/// Wait until the server has no connection open (asking every `poll`), for `within` at most;
+/// whether it got there.
+pub async fn wait_for_no_connections(addr: SocketAddr, within: Duration, poll: Duration) -> bool {
+    let deadline = tokio::time::Instant::now() + within;
+    while tokio::time::Instant::now() < deadline {
+        if connections_open(addr).await == Some(0) {
+            return true;
+        }
+        tokio::time::sleep(poll).await;
+    }
+    false
+}
+
+/// `proxim serve` prints `proxim signaling server on 127.0.0.1:PORT (WebSocket …)`.
+fn listening_addr(line: &str) -> Option<SocketAddr> {
+    let rest = line.split("signaling server on ").nth(1)?;
+    rest.split_whitespace().next()?.parse().ok()
 }
 
 #[cfg(test)]

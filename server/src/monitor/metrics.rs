@@ -1,0 +1,313 @@
+//! `GET /metrics`: one Prometheus registry, built at start, whose collector reads the hub's
+//! [`Stats`] at scrape time (nothing is counted twice: the hub keeps its plain counters, this
+//! only names them), plus the driver's own counters and the process's memory and open files.
+//!
+//! Every metric is named `proxim_…`; counters get Prometheus' `_total` suffix when encoded.
+
+use std::fmt;
+use std::sync::Arc;
+
+use prometheus_client::collector::Collector;
+use prometheus_client::encoding::{DescriptorEncoder, EncodeMetric, NoLabelSet};
+use prometheus_client::metrics::MetricType;
+use prometheus_client::metrics::counter::{ConstCounter, Counter};
+use prometheus_client::metrics::gauge::ConstGauge;
+use prometheus_client::registry::Registry;
+
+use crate::hub::Stats;
+use crate::server::Shared;
+
+/// The `Content-Type` of `/metrics`: the Prometheus text format, version 0.0.4.
+pub(crate) const CONTENT_TYPE: &str = prometheus_client::encoding::prometheus_text::CONTENT_TYPE;
+
+/// The server's metrics registry.
+#[derive(Debug)]
+pub(crate) struct Metrics {
+    registry: Registry,
+    turn_config_served: Counter,
+    turn_config_refused: Counter,
+}
+
+impl Metrics {
+    /// The registry of the server behind `shared`.
+    pub(crate) fn new(shared: Arc<Shared>) -> Self {
+        let mut registry = Registry::default();
+        registry.register_collector(Box::new(HubCollector { shared }));
+        let turn_config_served = Counter::default();
+        let turn_config_refused = Counter::default();
+        registry.register(
+            "proxim_turn_config_requests",
+            "`/api/turn/config` requests answered with ICE servers",
+            turn_config_served.clone(),
+        );
+        registry.register(
+            "proxim_turn_config_rate_limited",
+            "`/api/turn/config` requests refused (429) by the per-IP limit",
+            turn_config_refused.clone(),
+        );
+        Metrics {
+            registry,
+            turn_config_served,
+            turn_config_refused,
+        }
+    }
+
+    /// The scrape: every metric in the Prometheus text format.
+    pub(crate) fn encode(&self) -> Result<String, fmt::Error> {
+        let mut text = String::new();
+        prometheus_client::encoding::prometheus_text::encode(&mut text, &self.registry)?;
+        Ok(text)
+    }
+
+    /// Count an `/api/turn/config` answer.
+    pub(crate) fn turn_config_served(&self) {
+        self.turn_config_served.inc();
+    }
+
+    /// Count an `/api/turn/config` request refused by the rate limit.
+    pub(crate) fn turn_config_refused(&self) {
+        self.turn_config_refused.inc();
+    }
+}
+
+/// Reads the hub's [`Stats`] and the process's state at each scrape.
+#[derive(Debug)]
+struct HubCollector {
+    shared: Arc<Shared>,
+}
+
+impl Collector for HubCollector {
+    fn encode(&self, mut encoder: DescriptorEncoder) -> fmt::Result {
+        let stats = self.shared.stats();
+        for (name, help, value) in counters(&stats) {
+            let metric = encoder.encode_descriptor(name, help, None, MetricType::Counter)?;
+            ConstCounter::new(value).encode(metric)?;
+        }
+        for (name, help, value) in gauges(&stats).into_iter().chain(process_gauges()) {
+            let metric = encoder.encode_descriptor(name, help, None, MetricType::Gauge)?;
+            ConstGauge::new(value).encode(metric)?;
+        }
+        let pairings = [
+            ("accepted", stats.pairs_accepted),
+            ("rejected", stats.pairs_rejected),
+            ("timed_out", stats.pairs_timed_out),
+            ("unknown_code", stats.unknown_codes),
+            ("code_expired", stats.expired_codes),
+            ("code_used", stats.used_codes),
+            ("desktop_offline", stats.desktops_offline),
+            ("too_many_attempts", stats.pair_attempts_refused),
+        ];
+        encode_family(
+            &mut encoder,
+            ("proxim_pairings", "Pair and connect requests by outcome"),
+            "outcome",
+            pairings.iter().map(|&(outcome, n)| (outcome, n)),
+        )?;
+        encode_family(
+            &mut encoder,
+            (
+                "proxim_errors_sent",
+                "`error` messages sent to clients, by code",
+            ),
+            "code",
+            stats
+                .errors_by_code
+                .iter()
+                .map(|(code, &n)| (code.as_str(), n)),
+        )?;
+        let latency = &stats.pair_latency;
+        let mut metric = encoder.encode_descriptor(
+            "proxim_pair_latency_seconds",
+            "From a pair or connect request to the pair result of the desktop's answer or the \
+             prompt's expiry",
+            None,
+            MetricType::Histogram,
+        )?;
+        metric.encode_histogram::<NoLabelSet>(
+            latency.sum_seconds(),
+            latency.count(),
+            &latency.buckets(),
+            None,
+        )?;
+        // HOOK(event sink): the event sink does not exist yet. When it lands, its state
+        // (connected, queued events, dropped events) is encoded here, from its own status.
+        Ok(())
+    }
+}
+
+/// The counters read from [`Stats`]: `(name, help, value)`.
+fn counters(s: &Stats) -> [(&'static str, &'static str, u64); 17] {
+    [
+        (
+            "proxim_connections",
+            "WebSocket connections accepted",
+            s.connections_total,
+        ),
+        (
+            "proxim_pair_requests",
+            "Pair requests (by code) received",
+            s.pair_requests,
+        ),
+        (
+            "proxim_connect_requests",
+            "Connect requests (by device id) received",
+            s.connect_requests,
+        ),
+        (
+            "proxim_codes_retired",
+            "Codes retired: expired or renewed",
+            s.codes_retired,
+        ),
+        (
+            "proxim_signals_relayed",
+            "Signals relayed between session members",
+            s.signals_relayed,
+        ),
+        (
+            "proxim_errors",
+            "`error` messages sent, all codes",
+            s.errors_sent,
+        ),
+        (
+            "proxim_frames_malformed",
+            "Frames that did not decode",
+            s.frames_malformed,
+        ),
+        (
+            "proxim_stale_dropped",
+            "Connections dropped for silence",
+            s.stale_dropped,
+        ),
+        (
+            "proxim_queue_drops",
+            "Connections dropped because their send queue was full (slow readers)",
+            s.slow_readers_dropped,
+        ),
+        (
+            "proxim_rate_limited_frames",
+            "Frames refused by the per-connection budget",
+            s.frames_rate_limited,
+        ),
+        (
+            "proxim_rate_limit_disconnects",
+            "Connections cut off for flooding past their budget",
+            s.rate_limit_disconnects,
+        ),
+        (
+            "proxim_connections_refused_per_ip",
+            "Upgrades refused (429) by the per-IP connection cap",
+            s.connections_refused_per_ip,
+        ),
+        (
+            "proxim_pair_attempts_refused",
+            "Pair requests refused by the per-desktop attempt window",
+            s.pair_attempts_refused,
+        ),
+        (
+            "proxim_stun_requests",
+            "STUN Binding requests answered",
+            s.stun_requests,
+        ),
+        (
+            "proxim_stun_malformed",
+            "Datagrams the STUN responder dropped as malformed",
+            s.stun_malformed,
+        ),
+        (
+            "proxim_connections_refused_full",
+            "Connections answered 503 at the socket cap",
+            s.connections_refused_full,
+        ),
+        (
+            "proxim_desktops_offline",
+            "Connect requests for a desktop that is not connected",
+            s.desktops_offline,
+        ),
+    ]
+}
+
+/// The gauges read from [`Stats`]: `(name, help, value)`.
+fn gauges(s: &Stats) -> Vec<(&'static str, &'static str, i64)> {
+    let gauge = |n: u64| i64::try_from(n).unwrap_or(i64::MAX);
+    vec![
+        (
+            "proxim_connections_open",
+            "WebSocket connections open",
+            gauge(s.connections_open),
+        ),
+        ("proxim_desktops", "Desktops registered", gauge(s.desktops)),
+        (
+            "proxim_sessions_pending",
+            "Sessions waiting for the desktop's answer",
+            gauge(s.sessions_pending),
+        ),
+        (
+            "proxim_sessions_active",
+            "Accepted sessions",
+            gauge(s.sessions_active),
+        ),
+        (
+            "proxim_client_ips",
+            "Distinct client IPs with connections open",
+            gauge(s.client_ips),
+        ),
+        (
+            "proxim_sockets_open",
+            "Client sockets open (WebSockets and HTTP requests in progress)",
+            gauge(s.sockets_open),
+        ),
+        (
+            "proxim_sockets_max",
+            "The cap on open client sockets",
+            gauge(s.sockets_max),
+        ),
+    ]
+}
+
+/// One counter family: `name{label="…"}` for each `(label value, count)` of `rows`.
+fn encode_family<'a>(
+    encoder: &mut DescriptorEncoder,
+    (name, help): (&'static str, &'static str),
+    label: &'static str,
+    rows: impl Iterator<Item = (&'a str, u64)>,
+) -> fmt::Result {
+    let mut metric = encoder.encode_descriptor(name, help, None, MetricType::Counter)?;
+    for (value, count) in rows {
+        let labels = [(label, value)];
+        ConstCounter::new(count).encode(metric.encode_family(&labels)?)?;
+    }
+    Ok(())
+}
+
+/// The process's resident memory and open file descriptors (Linux; nothing elsewhere).
+fn process_gauges() -> Vec<(&'static str, &'static str, i64)> {
+    let mut gauges = Vec::new();
+    #[cfg(target_os = "linux")]
+    {
+        if let Some(rss) = resident_memory_bytes() {
+            gauges.push((
+                "proxim_process_resident_memory_bytes",
+                "Resident memory of the server process (VmRSS)",
+                rss,
+            ));
+        }
+        if let Ok(entries) = std::fs::read_dir("/proc/self/fd") {
+            let open = i64::try_from(entries.count()).unwrap_or(i64::MAX);
+            gauges.push((
+                "proxim_process_open_fds",
+                "Open file descriptors of the server process",
+                open,
+            ));
+        }
+    }
+    gauges
+}
+
+/// `VmRSS` from `/proc/self/status`, in bytes.
+#[cfg(target_os = "linux")]
+fn resident_memory_bytes() -> Option<i64> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let line = status.lines().find_map(|l| l.strip_prefix("VmRSS:"))?;
+    let kib: i64 = line.trim().trim_end_matches("kB").trim().parse().ok()?;
+    kib.checked_mul(1024)
+}
