@@ -106,12 +106,20 @@ impl ServerLog {
 }
 
 impl ServerProcess {
-    /// Start `proxim serve --bind 127.0.0.1:0 --no-stun`, then `extra_args`, and wait for the
-    /// address it prints.
+    /// Start `proxim serve --bind 127.0.0.1:0 --no-stun --admin-bind none` (the monitoring
+    /// routes it reads are open on the public port; no fixed admin port to collide on), then
+    /// `extra_args`, and wait for the address it prints.
     pub async fn start(binary: &Path, extra_args: &[&str]) -> Result<ServerProcess> {
         let mut command = Command::new(binary);
         command
-            .args(["serve", "--bind", "127.0.0.1:0", "--no-stun"])
+            .args([
+                "serve",
+                "--bind",
+                "127.0.0.1:0",
+                "--no-stun",
+                "--admin-bind",
+                "none",
+            ])
             .args(extra_args)
             .stdin(Stdio::null())
             .stdout(Stdio::null())
