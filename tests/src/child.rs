@@ -182,9 +182,19 @@ impl ServerProcess {
 
     /// Stop the server: SIGINT to its PID (it shuts down gracefully on Ctrl-C), SIGKILL after
     /// `grace`.
-    pub async fn stop(mut self, grace: Duration) -> Result<std::process::ExitStatus> {
+    pub async fn stop(self, grace: Duration) -> Result<std::process::ExitStatus> {
+        self.stop_with("INT", grace).await
+    }
+
+    /// Stop the server with `signal` (`INT`, `TERM`…) to its PID, SIGKILL after `grace`; its
+    /// exit status.
+    pub async fn stop_with(
+        mut self,
+        signal: &str,
+        grace: Duration,
+    ) -> Result<std::process::ExitStatus> {
         let _ = std::process::Command::new("kill")
-            .args(["-INT", &self.pid.to_string()])
+            .args([&format!("-{signal}"), &self.pid.to_string()])
             .status();
         match tokio::time::timeout(grace, self.child.wait()).await {
             Ok(status) => Ok(status?),
