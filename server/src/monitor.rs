@@ -36,6 +36,7 @@ use tracing::Instrument;
 use crate::config::REDACTED;
 use crate::hub::SessionPage;
 use crate::limits::TokenBucket;
+use crate::listener;
 use crate::proxy::client_ip;
 use crate::server::Shared;
 
@@ -107,21 +108,23 @@ pub(crate) struct AdminListener {
 }
 
 impl AdminListener {
-    /// Bind `addr` (port 0 picks a free port) and serve `monitor`'s admin routes there.
+    /// Bind `addr` (port 0 picks a free port) and serve `monitor`'s admin routes there, through
+    /// the same accept loop as the public listener: the same backlog, header timeout and socket
+    /// cap (its sockets count against the server's).
     pub(crate) async fn start(addr: SocketAddr, monitor: &Monitor) -> std::io::Result<Self> {
-        let listener = tokio::net::TcpListener::bind(addr).await?;
+        let config = &monitor.shared.config;
+        let listener = listener::listen(addr, config.listen_backlog)?;
         let addr = listener.local_addr()?;
         let app = monitor.admin_routes();
         let (stop, stopped) = oneshot::channel::<()>();
         let task = tokio::spawn(
-            async move {
-                let serve = axum::serve(listener, app).with_graceful_shutdown(async move {
-                    let _ = stopped.await;
-                });
-                if let Err(e) = serve.await {
-                    tracing::error!(error = %e, "admin HTTP server failed");
-                }
-            }
+            listener::serve(
+                listener,
+                app,
+                monitor.shared.sockets.clone(),
+                config.header_timeout,
+                stopped,
+            )
             .instrument(tracing::info_span!("admin", %addr)),
         );
         tracing::info!(%addr, "admin listener (monitoring without a token) listening");

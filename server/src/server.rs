@@ -332,7 +332,7 @@ pub(crate) struct Shared {
     stun_requests: AtomicU64,
     stun_malformed: AtomicU64,
     /// Open client sockets, capped.
-    sockets: Arc<listener::Sockets>,
+    pub(crate) sockets: Arc<listener::Sockets>,
     pub(crate) config: ServerConfig,
 }
 
