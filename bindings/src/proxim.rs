@@ -204,6 +204,7 @@ mod tests {
             force_relay: false,
             local_ips: None,
             turn_roots_pem: None,
+            report_connections: true,
         }
     }
 

@@ -40,6 +40,10 @@ pub struct CoreConfig {
     /// Extra trusted root certificates (PEM text) for `turns:` relays with a private CA.
     #[uniffi(default = None)]
     pub turn_roots_pem: Option<String>,
+    /// Tell the signaling server how each direct connection went (path, time to connect,
+    /// bytes, failure kind; never addresses or names), for its operator's monitoring.
+    #[uniffi(default = true)]
+    pub report_connections: bool,
 }
 
 impl CoreConfig {
@@ -58,7 +62,9 @@ impl CoreConfig {
         if let Some(ms) = self.connect_timeout_ms {
             config = config.with_connect_timeout(Duration::from_millis(ms));
         }
-        config = config.with_force_relay(self.force_relay);
+        config = config
+            .with_force_relay(self.force_relay)
+            .with_report_connections(self.report_connections);
         if let Some(pem) = &self.turn_roots_pem {
             config = config.with_turn_roots_pem(pem.as_bytes());
         }

@@ -39,6 +39,12 @@ pub struct ProximConfig {
     pub force_relay: bool,
     /// Extra trusted root certificates (PEM) for `turns:` relays with a private CA.
     pub turn_roots_pem: Option<Vec<u8>>,
+    /// Report each direct connection's outcome to the signaling server (`connection_report`,
+    /// for the operator): the path kind (host, srflx, prflx, relay), the relay protocol, the
+    /// time to connect, the RTT, and once it ends the duration and byte counts, or a short
+    /// failure kind (`ice_failed`, `timeout`…). Never addresses, names or free text. Best
+    /// effort: a report never delays or fails a connection. Default `true`.
+    pub report_connections: bool,
 }
 
 impl ProximConfig {
@@ -57,6 +63,7 @@ impl ProximConfig {
             local_ips: None,
             force_relay: false,
             turn_roots_pem: None,
+            report_connections: true,
         }
     }
 
@@ -69,6 +76,13 @@ impl ProximConfig {
     /// Trust these PEM root certificates for `turns:` relays, beyond the webpki roots.
     pub fn with_turn_roots_pem(mut self, pem: impl Into<Vec<u8>>) -> Self {
         self.turn_roots_pem = Some(pem.into());
+        self
+    }
+
+    /// Turn connection reports to the signaling server on or off (see
+    /// [`Self::report_connections`]).
+    pub fn with_report_connections(mut self, report: bool) -> Self {
+        self.report_connections = report;
         self
     }
 

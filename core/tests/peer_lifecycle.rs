@@ -170,7 +170,7 @@ async fn closing_one_side_is_seen_by_the_other() {
     let mut saw_closed_state = false;
     let reason = loop {
         match within("events", b.events.next()).await {
-            Some(ConnectionEvent::Closed { reason }) => break reason,
+            Some(ConnectionEvent::Closed { reason, .. }) => break reason,
             Some(ConnectionEvent::StateChanged { new, .. }) => {
                 saw_closed_state |= new == ConnectionState::Closed;
             }
@@ -197,7 +197,7 @@ async fn dropping_every_handle_stops_the_driver() {
     drop(a);
     let reason = loop {
         match within("events", b.events.next()).await {
-            Some(ConnectionEvent::Closed { reason }) => break reason,
+            Some(ConnectionEvent::Closed { reason, .. }) => break reason,
             Some(_) => continue,
             None => panic!("events ended without Closed"),
         }

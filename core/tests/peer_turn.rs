@@ -190,11 +190,14 @@ async fn refused_credentials_fail_fast_with_the_reason() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_unreachable_relay_is_named_in_the_failure() {
     init_tracing();
-    // A port nobody listens on: TCP is refused at once.
-    let port = {
-        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-        l.local_addr().unwrap().port()
-    };
+    // A port nobody listens on: TCP is refused at once. The socket stays bound (without
+    // listening) for the whole test, so no other process on a busy machine can take the port.
+    let reserved =
+        socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
+    reserved
+        .bind(&std::net::SocketAddr::from(([127, 0, 0, 1], 0)).into())
+        .unwrap();
+    let port = reserved.local_addr().unwrap().as_socket().unwrap().port();
     let url = format!("turn:127.0.0.1:{port}?transport=tcp");
     let offerer = relay_only(PeerRole::Offerer, turn(url.clone(), PASS), b"");
     let mut offerer = offerer;

@@ -1,8 +1,8 @@
 #![allow(clippy::unwrap_used)]
 //! `proxim serve` stops the way a service manager or a container runtime stops it (SIGTERM)
 //! as it does on Ctrl-C (SIGINT): every client gets `bye` and a WebSocket Close, and the
-//! process exits 0 within its shutdown grace. The server is a child process, signalled and
-//! killed by PID.
+//! process exits 0 within its shutdown grace, its event stream complete. The server is a child
+//! process, signalled and killed by PID.
 
 use std::path::Path;
 use std::time::Duration;
@@ -36,7 +36,12 @@ async fn until_end(client: &mut RawClient) -> (Vec<ServerMessage>, bool) {
 }
 
 async fn drains_on(signal: &str) {
-    let serve = ServerProcess::start(Path::new(BIN), &[]).await.unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let events = dir.path().join("events.jsonl");
+    let sink = format!("file:{}", events.display());
+    let serve = ServerProcess::start(Path::new(BIN), &["--events", &sink])
+        .await
+        .unwrap();
     let mut clients = Vec::new();
     for _ in 0..3 {
         clients.push(RawClient::greeted(&serve.ws_url(), WAIT).await);
@@ -53,6 +58,24 @@ async fn drains_on(signal: &str) {
         );
         assert!(closed, "{signal}: and a Close frame");
     }
+    // The event stream is complete when the process exits: it says it stopped, and every
+    // client left with reason `shutdown`.
+    let lines: Vec<serde_json::Value> = std::fs::read_to_string(&events)
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(lines[0]["type"], "service_started", "{lines:?}");
+    let stopping = lines
+        .iter()
+        .position(|e| e["type"] == "service_stopping")
+        .unwrap_or_else(|| panic!("{signal}: no service_stopping in {lines:?}"));
+    assert_eq!(lines[stopping]["connections"], 3);
+    let shut = lines[stopping..]
+        .iter()
+        .filter(|e| e["type"] == "client_disconnected" && e["reason"] == "shutdown")
+        .count();
+    assert_eq!(shut, 3, "{signal}: {lines:?}");
 }
 
 #[tokio::test]

@@ -33,6 +33,12 @@ use std::fmt;
 use serde::{Deserialize, Serialize};
 
 pub mod ice;
+mod report;
+
+pub use report::{
+    ConnectionOutcome, ConnectionReport, MAX_REPORT_TOKEN_BYTES, PathKind, RelayProtocol,
+    ReportToken,
+};
 
 /// The protocol version this crate speaks.
 pub const PROTOCOL_VERSION: u16 = 1;
@@ -145,6 +151,19 @@ pub enum ClientMessage {
         /// Why, for logs.
         #[serde(default, skip_serializing_if = "Option::is_none")]
         reason: Option<ShortText>,
+    },
+    /// How this side's direct connection of a session went (connected, failed, closed), for
+    /// the operator's event stream. Optional; a session this connection was a member of, live
+    /// or recently ended. Not answered, and beyond the server's budget for reports dropped
+    /// silently (counted).
+    ConnectionReport {
+        /// The pairing session the connection belongs to.
+        session: SessionId,
+        /// What happened.
+        outcome: ConnectionOutcome,
+        /// The details this side knows.
+        #[serde(default)]
+        report: ConnectionReport,
     },
 }
 
@@ -422,6 +441,7 @@ const CLIENT_TYPES: &[&str] = &[
     "ping",
     "pong",
     "bye",
+    "connection_report",
 ];
 
 /// Types of every message the server may send.
@@ -464,6 +484,7 @@ impl ClientMessage {
             ClientMessage::Ping { .. } => "ping",
             ClientMessage::Pong { .. } => "pong",
             ClientMessage::Bye { .. } => "bye",
+            ClientMessage::ConnectionReport { .. } => "connection_report",
         }
     }
 }

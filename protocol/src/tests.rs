@@ -112,6 +112,45 @@ fn golden_client_messages() {
         r#"{"type":"bye","reason":"shutting down"}"#,
     );
     client_golden(ClientMessage::Bye { reason: None }, r#"{"type":"bye"}"#);
+    client_golden(
+        ClientMessage::ConnectionReport {
+            session: SessionId::new("0123456789abcdef0123456789abcdef").unwrap(),
+            outcome: ConnectionOutcome::Connected,
+            report: ConnectionReport {
+                path: Some(PathKind::Relay),
+                relay_protocol: Some(RelayProtocol::Tcp),
+                time_to_connect_ms: Some(412),
+                rtt_ms: Some(31),
+                ..ConnectionReport::default()
+            },
+        },
+        r#"{"type":"connection_report","session":"0123456789abcdef0123456789abcdef","outcome":"connected","report":{"path":"relay","relay_protocol":"tcp","time_to_connect_ms":412,"rtt_ms":31}}"#,
+    );
+    client_golden(
+        ClientMessage::ConnectionReport {
+            session: SessionId::new("0123456789abcdef0123456789abcdef").unwrap(),
+            outcome: ConnectionOutcome::Failed,
+            report: ConnectionReport {
+                failure: Some(ReportToken::new("ice_failed").unwrap()),
+                ..ConnectionReport::default()
+            },
+        },
+        r#"{"type":"connection_report","session":"0123456789abcdef0123456789abcdef","outcome":"failed","report":{"failure":"ice_failed"}}"#,
+    );
+}
+
+#[test]
+fn report_tokens_are_short_lowercase_words() {
+    for good in ["ice_failed", "timeout", "a", "x0_9"] {
+        assert!(ReportToken::new(good).is_ok(), "{good}");
+    }
+    for bad in ["", "ICE", "ice-failed", "pass word", "ä", &"a".repeat(33)] {
+        assert!(ReportToken::new(bad).is_err(), "{bad:?}");
+    }
+    let smuggled = r#"{"type":"connection_report","session":"0123456789abcdef0123456789abcdef","outcome":"failed","report":{"failure":"code=ABCD-1234"}}"#;
+    assert!(ClientMessage::decode(smuggled).is_err());
+    let unknown_field = r#"{"type":"connection_report","session":"0123456789abcdef0123456789abcdef","outcome":"closed","report":{"device_name":"x"}}"#;
+    assert!(ClientMessage::decode(unknown_field).is_err());
 }
 
 #[test]

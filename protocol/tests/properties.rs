@@ -16,9 +16,10 @@ use proptest::prelude::*;
 use proptest::strategy::Union;
 use proptest::test_runner::{Config, RngSeed, TestRunner};
 use proxim_protocol::{
-    AuthPayload, CandidateLine, ClientMessage, ConnectionId, DeviceId, DeviceName, ErrorCode,
-    IceServer, MAX_AUTH_PAYLOAD_CHARS, MAX_CANDIDATE_BYTES, MAX_DEVICE_NAME_CHARS, MAX_SDP_BYTES,
-    MAX_TEXT_CHARS, PairOutcome, PeerDevice, ROUTING_ALPHABET, RoutingCode, Sdp, ServerMessage,
+    AuthPayload, CandidateLine, ClientMessage, ConnectionId, ConnectionOutcome, ConnectionReport,
+    DeviceId, DeviceName, ErrorCode, IceServer, MAX_AUTH_PAYLOAD_CHARS, MAX_CANDIDATE_BYTES,
+    MAX_DEVICE_NAME_CHARS, MAX_SDP_BYTES, MAX_TEXT_CHARS, PairOutcome, PathKind, PeerDevice,
+    ROUTING_ALPHABET, RelayProtocol, ReportToken, RoutingCode, Sdp, ServerMessage,
     SessionEndReason, SessionId, ShortText, Signal,
 };
 
@@ -163,7 +164,72 @@ fn client_message() -> impl Strategy<Value = ClientMessage> {
         proptest::option::of(short_text())
             .prop_map(|reason| ClientMessage::Bye { reason })
             .boxed(),
+        (session_id(), connection_outcome(), connection_report())
+            .prop_map(
+                |(session, outcome, report)| ClientMessage::ConnectionReport {
+                    session,
+                    outcome,
+                    report,
+                },
+            )
+            .boxed(),
     ])
+}
+
+fn connection_outcome() -> impl Strategy<Value = ConnectionOutcome> {
+    prop_oneof![
+        Just(ConnectionOutcome::Connected),
+        Just(ConnectionOutcome::Failed),
+        Just(ConnectionOutcome::Closed),
+    ]
+}
+
+fn connection_report() -> impl Strategy<Value = ConnectionReport> {
+    let path = prop_oneof![
+        Just(PathKind::Host),
+        Just(PathKind::Srflx),
+        Just(PathKind::Prflx),
+        Just(PathKind::Relay),
+    ];
+    let relay = prop_oneof![
+        Just(RelayProtocol::Udp),
+        Just(RelayProtocol::Tcp),
+        Just(RelayProtocol::Tls),
+    ];
+    let token = "[a-z0-9_]{1,32}".prop_map(|s| ReportToken::new(s).expect("token"));
+    (
+        proptest::option::of(path),
+        proptest::option::of(relay),
+        proptest::option::of(any::<u64>()),
+        proptest::option::of(any::<u64>()),
+        proptest::option::of(any::<u64>()),
+        proptest::option::of(any::<u64>()),
+        proptest::option::of(any::<u64>()),
+        proptest::option::of(token),
+    )
+        .prop_map(
+            |(
+                path,
+                relay_protocol,
+                time_to_connect_ms,
+                rtt_ms,
+                duration_ms,
+                bytes_sent,
+                bytes_received,
+                failure,
+            )| {
+                ConnectionReport {
+                    path,
+                    relay_protocol,
+                    time_to_connect_ms,
+                    rtt_ms,
+                    duration_ms,
+                    bytes_sent,
+                    bytes_received,
+                    failure,
+                }
+            },
+        )
 }
 
 fn server_message() -> impl Strategy<Value = ServerMessage> {

@@ -36,7 +36,10 @@
 //! ice_servers = '[{"urls": "stun:stun.example.net"}]'   # RTCIceServer JSON, merged
 //! admin_token = "…"            # opens /metrics, /api/sessions, /api/config on the public port
 //! admin_bind = "127.0.0.1:8788"   # every monitoring route without a token; "none": off
-//! expose_device_names = false  # device names in /api/sessions
+//! expose_device_names = false  # device names in /api/sessions and in events
+//! events = ["file:/var/log/proxim/events.jsonl", "amqp://proxim:…@mq.example.net:5672/%2f"]
+//! events_queue = "webrtc_events"
+//! events_buffer = 10000        # per sink, while it cannot keep up or its broker is down
 //! ```
 
 use std::net::SocketAddr;
@@ -46,6 +49,7 @@ use std::time::Duration;
 use serde::Deserialize;
 
 use crate::config::{AdminToken, ConfigError, DEFAULT_ADMIN_BIND, DEFAULT_STUN_BIND, ServerConfig};
+use crate::events::EventSinkSpec;
 use crate::ice::{IceConfig, TurnAuth};
 use crate::proxy::TrustedProxies;
 use crate::turn_rest::DEFAULT_TURN_TTL;
@@ -180,9 +184,26 @@ pub struct ServeArgs {
     /// `none` turns it off [default: 127.0.0.1:8788].
     #[arg(long, env = "PROXIM_ADMIN_BIND", value_name = "ADDR|none", value_parser = parse_admin_bind)]
     pub admin_bind: Option<AdminBind>,
-    /// List device names in `/api/sessions` (off: session ids and states only).
+    /// List device names in `/api/sessions` and in events (off: ids and states only).
     #[arg(long, env = "PROXIM_EXPOSE_DEVICE_NAMES")]
     pub expose_device_names: bool,
+    /// Where server events go, comma-separated: `stdout`, `file:PATH` (JSON lines), an
+    /// `amqp://user:password@host:5672/%2f` URL (RabbitMQ, durable queue, publisher
+    /// confirms). The password is never logged [default: no events].
+    #[arg(
+        long,
+        env = "PROXIM_EVENTS",
+        value_name = "SINKS",
+        hide_env_values = true
+    )]
+    pub events: Option<String>,
+    /// The RabbitMQ queue events are published to [default: webrtc_events].
+    #[arg(long, env = "PROXIM_EVENTS_QUEUE", value_name = "NAME")]
+    pub events_queue: Option<String>,
+    /// Events each sink buffers while it cannot keep up or its broker is down; past it the
+    /// newest are dropped and counted [default: 10000].
+    #[arg(long, env = "PROXIM_EVENTS_BUFFER", value_name = "N")]
+    pub events_buffer: Option<usize>,
 }
 
 /// Where the admin listener binds, as given: an address, or off.
@@ -248,6 +269,9 @@ impl std::fmt::Debug for ServeArgs {
             .field("admin_token", &hide(&self.admin_token))
             .field("admin_bind", &self.admin_bind)
             .field("expose_device_names", &self.expose_device_names)
+            .field("events", &hide(&self.events))
+            .field("events_queue", &self.events_queue)
+            .field("events_buffer", &self.events_buffer)
             .finish()
     }
 }
@@ -323,6 +347,20 @@ impl ServeArgs {
             file.pair_window,
             defaults.pair_window,
         )?;
+        let events = pick(
+            self.events.map(|s| split_list(&s)),
+            file.events.map(UrlList::into_vec),
+            Vec::new(),
+        )
+        .iter()
+        .map(|spec| {
+            spec.parse::<EventSinkSpec>()
+                .map_err(|e| ConfigError::Invalid {
+                    what: "event sink (--events / PROXIM_EVENTS)",
+                    why: e.to_string(),
+                })
+        })
+        .collect::<Result<Vec<_>, _>>()?;
         let config = ServerConfig {
             bind: pick(self.bind, file.bind, defaults.bind),
             ice,
@@ -397,6 +435,17 @@ impl ServeArgs {
             )
             .addr(),
             expose_device_names: self.expose_device_names || file.expose_device_names == Some(true),
+            events,
+            events_queue: pick(
+                self.events_queue,
+                file.events_queue,
+                defaults.events_queue.clone(),
+            ),
+            events_buffer: pick(
+                self.events_buffer,
+                file.events_buffer,
+                defaults.events_buffer,
+            ),
             ..defaults
         };
         config.validate()?;
@@ -499,6 +548,9 @@ struct FileConfig {
     admin_token: Option<String>,
     admin_bind: Option<AdminBind>,
     expose_device_names: Option<bool>,
+    events: Option<UrlList>,
+    events_queue: Option<String>,
+    events_buffer: Option<usize>,
 }
 
 impl FileConfig {
@@ -648,6 +700,9 @@ mod tests {
             ("admin-token", Some("PROXIM_ADMIN_TOKEN")),
             ("admin-bind", Some("PROXIM_ADMIN_BIND")),
             ("expose-device-names", Some("PROXIM_EXPOSE_DEVICE_NAMES")),
+            ("events", Some("PROXIM_EVENTS")),
+            ("events-queue", Some("PROXIM_EVENTS_QUEUE")),
+            ("events-buffer", Some("PROXIM_EVENTS_BUFFER")),
         ]
         .map(|(long, env)| (long.to_owned(), env.map(str::to_owned)));
         assert_eq!(settings, expected);

@@ -11,6 +11,7 @@ use std::time::Duration;
 
 use proxim_protocol::MAX_FRAME_BYTES;
 
+use crate::events::{DEFAULT_EVENTS_BUFFER, DEFAULT_EVENTS_QUEUE, EventSinkSpec};
 use crate::ice::{IceConfig, stun_url_for_host};
 use crate::proxy::{InvalidTrustedProxy, TrustedProxies};
 
@@ -99,9 +100,16 @@ pub struct ServerConfig {
     /// it off. [`DEFAULT_ADMIN_BIND`] for `proxim serve`, `127.0.0.1:0` in
     /// [`ServerConfig::loopback`], `None` in [`ServerConfig::default`].
     pub admin_bind: Option<SocketAddr>,
-    /// Whether `/api/sessions` lists device names; off by default (session ids and states
-    /// only).
+    /// Whether `/api/sessions` and the events list device names; off by default (ids and
+    /// states only).
     pub expose_device_names: bool,
+    /// Where server events go ([`EventSinkSpec`]: stdout, a file, RabbitMQ); empty: no events.
+    pub events: Vec<EventSinkSpec>,
+    /// The RabbitMQ queue events are published to ([`DEFAULT_EVENTS_QUEUE`]).
+    pub events_queue: String,
+    /// Events each sink holds while it cannot keep up or its broker is down; past it the newest
+    /// are dropped and counted ([`DEFAULT_EVENTS_BUFFER`]).
+    pub events_buffer: usize,
 }
 
 impl Default for ServerConfig {
@@ -135,6 +143,9 @@ impl Default for ServerConfig {
             admin_token: None,
             admin_bind: None,
             expose_device_names: false,
+            events: Vec::new(),
+            events_queue: DEFAULT_EVENTS_QUEUE.to_owned(),
+            events_buffer: DEFAULT_EVENTS_BUFFER,
         }
     }
 }
@@ -183,6 +194,21 @@ impl ServerConfig {
         }
         if self.prompt_timeout.is_zero() {
             return invalid("prompt timeout", "must be more than zero".into());
+        }
+        if !self.events.is_empty() && !(1..=1_000_000).contains(&self.events_buffer) {
+            return invalid(
+                "events buffer (--events-buffer)",
+                format!("{} is not between 1 and 1000000", self.events_buffer),
+            );
+        }
+        let queue_ok = !self.events_queue.is_empty()
+            && self.events_queue.len() <= 255
+            && !self.events_queue.starts_with("amq.");
+        if !self.events.is_empty() && !queue_ok {
+            return invalid(
+                "events queue (--events-queue)",
+                "must be 1 to 255 bytes and not start with `amq.` (reserved by RabbitMQ)".into(),
+            );
         }
         if self.header_timeout.is_zero() {
             return invalid("header timeout", "must be more than zero".into());

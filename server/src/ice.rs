@@ -341,6 +341,14 @@ impl IceConfig {
         })
     }
 
+    /// How long minted TURN REST credentials are valid; `None` without a TURN secret.
+    pub fn turn_rest_ttl(&self) -> Option<Duration> {
+        match self.turn.as_ref().map(|t| &t.credentials) {
+            Some(TurnCredentials::Rest { ttl, .. }) => Some(*ttl),
+            _ => None,
+        }
+    }
+
     /// The STUN URLs.
     pub fn stun_urls(&self) -> &[IceUrl] {
         &self.stun

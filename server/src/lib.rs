@@ -51,6 +51,7 @@
 
 pub mod cli;
 mod config;
+mod events;
 mod hub;
 mod ice;
 mod limits;
@@ -67,7 +68,11 @@ pub use config::{
     AdminToken, ConfigError, DEFAULT_ADMIN_BIND, DEFAULT_LISTEN_BACKLOG, DEFAULT_PORT,
     DEFAULT_STUN_BIND, MAX_CODE_TTL, MIN_CODE_TTL, REDACTED, ServerConfig,
 };
-pub use hub::{PairLatency, SessionInfo, SessionPage, Stats};
+pub use events::{
+    DEFAULT_EVENTS_BUFFER, DEFAULT_EVENTS_QUEUE, EVENTS_VERSION, EventSinkError, EventSinkSpec,
+    InvalidEventSink,
+};
+pub use hub::{PairLatency, ReportStats, SessionInfo, SessionPage, Stats};
 pub use ice::{
     ICE_SERVERS, IceConfig, STUN_URLS, TURN_PASSWORD, TURN_REALM, TURN_SECRET, TURN_TTL, TURN_URLS,
     TURN_USERNAME, TurnAuth,

@@ -113,6 +113,12 @@ pub(crate) fn listen(addr: SocketAddr, backlog: u32) -> std::io::Result<TcpListe
     )?;
     // As tokio's `bind`: a restarted server can bind while old connections sit in TIME_WAIT.
     socket.set_reuse_address(true)?;
+    // Signaling is many small frames: without TCP_NODELAY, Nagle's algorithm and delayed
+    // ACKs hold each reply back ~40 ms. Linux copies the option from the listening socket
+    // to every accepted one, which saves a system call per connection (see `serve`).
+    if let Err(e) = socket.set_tcp_nodelay(true) {
+        tracing::debug!(error = %e, "could not set TCP_NODELAY on the listener");
+    }
     socket.set_nonblocking(true)?;
     socket.bind(&addr.into())?;
     socket.listen(i32::try_from(backlog).unwrap_or(i32::MAX))?;
@@ -136,6 +142,10 @@ pub(crate) async fn serve(
     // Every HTTP connection task holds a receiver; `true` asks them to finish their exchange
     // and close, and the sender's `closed()` says when all of them have.
     let (draining, drain) = tokio::sync::watch::channel(false);
+    // One builder for every connection: building one allocates its timer handle.
+    let mut http = hyper::server::conn::http1::Builder::new();
+    http.timer(TokioTimer::new())
+        .header_read_timeout(header_timeout);
     loop {
         let (tcp, remote) = tokio::select! {
             _ = &mut stop => break,
@@ -153,10 +163,12 @@ pub(crate) async fn serve(
             continue;
         };
         let held = Arc::new(slot);
-        // Signaling is many small frames: without TCP_NODELAY, Nagle's algorithm and delayed
-        // ACKs hold each reply back ~40 ms.
-        if let Err(e) = tcp.set_nodelay(true) {
-            tracing::debug!(error = %e, "could not set TCP_NODELAY");
+        // Linux: inherited from the listener (`listen`). Elsewhere, set on each socket.
+        #[cfg(not(target_os = "linux"))]
+        {
+            if let Err(e) = tcp.set_nodelay(true) {
+                tracing::debug!(error = %e, "could not set TCP_NODELAY");
+            }
         }
         let router = app.clone();
         let request_held = held.clone();
@@ -165,9 +177,7 @@ pub(crate) async fn serve(
             request.extensions_mut().insert(request_held.clone());
             router.clone().call(request)
         });
-        let connection = hyper::server::conn::http1::Builder::new()
-            .timer(TokioTimer::new())
-            .header_read_timeout(header_timeout)
+        let connection = http
             .serve_connection(TokioIo::new(tcp), service)
             .with_upgrades();
         let mut drain = drain.clone();
@@ -210,4 +220,20 @@ async fn refuse_at_capacity(mut tcp: TcpStream, max: usize) {
         let _ = tcp.shutdown().await;
     })
     .await;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// `serve` relies on this on Linux instead of a `setsockopt` per connection.
+    #[cfg(target_os = "linux")]
+    #[tokio::test]
+    async fn accepted_sockets_inherit_nodelay_from_the_listener() {
+        let listener = listen(SocketAddr::from(([127, 0, 0, 1], 0)), 16).expect("listen");
+        let addr = listener.local_addr().expect("local address");
+        let _client = TcpStream::connect(addr).await.expect("connect");
+        let (accepted, _) = listener.accept().await.expect("accept");
+        assert!(accepted.nodelay().expect("read TCP_NODELAY"));
+    }
 }

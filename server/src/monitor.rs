@@ -1,13 +1,15 @@
 //! The monitoring HTTP routes and who may read them: `/healthz`, `/api/stats`,
-//! `/api/sessions` (paged), `/api/config`, `/metrics` (Prometheus text) and the web clients'
-//! `/api/turn/config`, on the public listener and on the admin listener.
+//! `/api/sessions` (paged), `/api/config`, `/api/events` (the event sinks' state), `/metrics`
+//! (Prometheus text) and the web clients' `/api/turn/config`, on the public listener and on
+//! the admin listener.
 //!
 //! Access, in one place ([`require_admin_token`]):
 //!
 //! | route                                        | public listener            | admin listener |
 //! |----------------------------------------------|----------------------------|----------------|
 //! | `/healthz`, `/api/stats`                     | open                       | open           |
-//! | `/metrics`, `/api/sessions`, `/api/config`   | bearer token, else 401/404 | open           |
+//! | `/metrics`, `/api/sessions`, `/api/config`,  | bearer token, else 401/404 | open           |
+//! | `/api/events`                                |                            |                |
 //! | `/api/turn/config`                           | open, rate-limited per IP  | —              |
 //!
 //! On the public listener the protected routes answer 404 when no admin token is configured
@@ -28,6 +30,8 @@ use axum::response::{IntoResponse, Json, Response};
 use axum::routing::get;
 use proxim_protocol::{ConnectionId, PROTOCOL_VERSION, SessionId};
 use rand::Rng;
+
+use crate::events::Event;
 use serde::Deserialize;
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
@@ -176,6 +180,7 @@ fn protected_routes() -> Router<Monitor> {
         .route("/metrics", get(metrics_text))
         .route("/api/sessions", get(api_sessions))
         .route("/api/config", get(api_config))
+        .route("/api/events", get(api_events))
 }
 
 /// Let a request through the public listener's protected routes only with
@@ -292,7 +297,17 @@ async fn api_config(State(monitor): State<Monitor>) -> Json<serde_json::Value> {
             "admin_bind": c.admin_bind.map(|a| a.to_string()),
             "expose_device_names": c.expose_device_names,
         },
+        "events": {
+            "sinks": c.events.iter().map(ToString::to_string).collect::<Vec<_>>(),
+            "queue": c.events_queue,
+            "buffer": c.events_buffer,
+        },
     }))
+}
+
+/// `/api/events`: every event sink's state, counters and latest failure.
+async fn api_events(State(monitor): State<Monitor>) -> Json<serde_json::Value> {
+    Json(serde_json::json!({ "sinks": monitor.shared.events.status() }))
 }
 
 async fn metrics_text(State(monitor): State<Monitor>) -> Response {
@@ -322,6 +337,12 @@ async fn turn_config(
         .try_take(client, now);
     if !allowed {
         monitor.metrics.turn_config_refused();
+        shared.events.emit(Event::LimitHit {
+            limit: "turn_config_rate",
+            conn: None,
+            ip: Some(client),
+            suppressed: 0,
+        });
         return (
             StatusCode::TOO_MANY_REQUESTS,
             [(header::RETRY_AFTER, HeaderValue::from_static("6"))],
@@ -342,6 +363,14 @@ async fn turn_config(
             .config
             .ice
             .ice_servers_at(&id, SystemTime::now(), embedded_stun.as_ref());
+    if let Some(ttl) = shared.config.ice.turn_rest_ttl() {
+        shared.events.emit(Event::TurnCredentialsMinted {
+            conn: None,
+            ip: Some(client),
+            via: "api",
+            ttl_s: ttl.as_secs(),
+        });
+    }
     (
         [(header::CACHE_CONTROL, HeaderValue::from_static("no-store"))],
         Json(serde_json::json!({ "iceServers": ice_servers })),

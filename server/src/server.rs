@@ -27,6 +27,7 @@ use tokio::task::JoinHandle;
 use tracing::Instrument;
 
 use crate::config::{ConfigError, ServerConfig};
+use crate::events::{Event, EventBus, EventSinkError};
 use crate::hub::{CloseHow, ConnKey, Gone, Hub, HubConfig, Output, SessionInfo, Stats, short};
 use crate::ice::stun_url_for_host;
 use crate::listener::{self, SocketSlot};
@@ -63,6 +64,13 @@ impl Server {
         };
         let stun_addr = stun_socket.as_ref().map(|(_, bound)| *bound);
         config.ice.log_capabilities();
+        let events = EventBus::start(
+            &config.events,
+            &config.events_queue,
+            config.events_buffer,
+            instance_name(),
+        )
+        .await?;
 
         let mut hub_config = HubConfig::from(&config);
         hub_config.wall_anchor = (tokio::time::Instant::now().into_std(), SystemTime::now());
@@ -78,6 +86,7 @@ impl Server {
             stun_requests: AtomicU64::new(0),
             stun_malformed: AtomicU64::new(0),
             sockets: listener::Sockets::new(config.max_connections),
+            events,
             config,
         });
         let (stop_stun, stun_task) = match stun_socket {
@@ -128,6 +137,13 @@ impl Server {
             run_timer(shared.clone(), stop_timer_rx).instrument(tracing::info_span!("hub_timer")),
         );
         tracing::info!(%local_addr, version = PROTOCOL_VERSION, "signaling server listening");
+        shared.events.emit(Event::ServiceStarted {
+            version: env!("CARGO_PKG_VERSION"),
+            protocol: PROTOCOL_VERSION,
+            listen: local_addr.to_string(),
+            stun: stun_addr.is_some(),
+            turn: shared.config.ice.turn_credentials_kind().unwrap_or("none"),
+        });
         Ok(RunningServer {
             local_addr,
             shared,
@@ -169,6 +185,9 @@ pub enum ServerError {
         /// The I/O error.
         source: std::io::Error,
     },
+    /// An event sink could not be opened (a file sink's path).
+    #[error(transparent)]
+    EventSink(#[from] EventSinkError),
     /// The admin listener's address could not be bound.
     #[error("cannot bind the admin listener to {addr}: {source} — pass --admin-bind (none: off)")]
     AdminBind {
@@ -278,6 +297,12 @@ impl RunningServer {
         if let Some(admin) = self.admin.take() {
             admin.shutdown().await;
         }
+        // The connections' last events are in; give the sinks what is left of the grace
+        // period (at least a second) to deliver them.
+        let left = deadline
+            .saturating_duration_since(tokio::time::Instant::now())
+            .max(std::time::Duration::from_secs(1));
+        self.shared.events.close(left).await;
         tracing::info!("signaling server stopped");
     }
 
@@ -333,6 +358,8 @@ pub(crate) struct Shared {
     stun_malformed: AtomicU64,
     /// Open client sockets, capped.
     pub(crate) sockets: Arc<listener::Sockets>,
+    /// Where events go.
+    pub(crate) events: EventBus,
     pub(crate) config: ServerConfig,
 }
 
@@ -358,7 +385,7 @@ impl Shared {
         let now = tokio::time::Instant::now().into_std();
         let mut core = self.core.lock().unwrap_or_else(PoisonError::into_inner);
         let result = input(&mut core.hub, now);
-        core.pump(now);
+        core.pump(now, &self.events);
         self.rearm(&mut core);
         result
     }
@@ -409,6 +436,9 @@ impl Shared {
         let mut core = self.core.lock().unwrap_or_else(PoisonError::into_inner);
         let (key, id) = core.hub.connect(remote, embedded_stun, now)?;
         core.pipes.insert(key, Pipe { tx, kill });
+        while let Some(event) = core.hub.poll_event() {
+            self.events.emit(event);
+        }
         self.rearm(&mut core);
         Some((key, id))
     }
@@ -452,7 +482,7 @@ impl Drop for IpSlot {
 
 impl Core {
     /// Deliver every hub output. Never blocks: a full queue drops its connection.
-    fn pump(&mut self, now: Instant) {
+    fn pump(&mut self, now: Instant, events: &EventBus) {
         while let Some(output) = self.hub.poll_output() {
             match output {
                 Output::Send { to, message } => {
@@ -477,7 +507,21 @@ impl Core {
                 }
             }
         }
+        while let Some(event) = self.hub.poll_event() {
+            events.emit(event);
+        }
     }
+}
+
+/// The `instance` of this server's events: the host name (`/proc/sys/kernel/hostname`, else
+/// `$HOSTNAME`), else `proxim`.
+fn instance_name() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .ok()
+        .or_else(|| std::env::var("HOSTNAME").ok())
+        .map(|name| name.trim().to_owned())
+        .filter(|name| !name.is_empty())
+        .unwrap_or_else(|| "proxim".to_owned())
 }
 
 /// Sleep until the hub's next deadline, feed it the time, repeat.
@@ -688,21 +732,25 @@ async fn run_connection(
     async move {
         tracing::debug!("WebSocket open");
         let write_timeout = shared.config.heartbeat_timeout;
-        let (mut sink, mut stream) = socket.split();
+        let mut socket = socket;
+        // One waiter on the kill switch for the whole connection (a `notified()` per loop
+        // turn would lock the `Notify` twice a turn to enqueue and dequeue it).
+        let killed = kill.notified();
+        let mut killed = std::pin::pin!(killed);
         // Off once the socket holds the unread rest of a frame too large to read.
         let mut reading = true;
         let mut close_code = close_code::NORMAL;
         let end = loop {
             tokio::select! {
                 biased;
-                () = kill.notified() => break End::Killed,
+                () = killed.as_mut() => break End::Killed,
                 out = rx.recv() => {
                     let Some(text) = out else { break End::ByServer(close_code) };
                     tokio::select! {
-                        () = kill.notified() => break End::Killed,
+                        () = killed.as_mut() => break End::Killed,
                         sent = tokio::time::timeout(
                             write_timeout,
-                            sink.send(Message::Text(text.into())),
+                            send_queued(&mut socket, &mut rx, text),
                         ) => match sent {
                             Ok(Ok(())) => {}
                             Ok(Err(e)) => break End::Lost(Some(e.to_string())),
@@ -710,7 +758,7 @@ async fn run_connection(
                         },
                     }
                 }
-                frame = stream.next(), if reading => match frame {
+                frame = socket.next(), if reading => match frame {
                     Some(Ok(Message::Text(text))) => {
                         shared.with_hub(|hub, now| hub.handle_text(key, text.as_str(), now));
                     }
@@ -740,7 +788,7 @@ async fn run_connection(
             End::ByServer(code) => {
                 let _ = tokio::time::timeout(
                     CLOSE_WAIT,
-                    sink.send(Message::Close(Some(CloseFrame {
+                    socket.send(Message::Close(Some(CloseFrame {
                         code: *code,
                         reason: "".into(),
                     }))),
@@ -750,7 +798,7 @@ async fn run_connection(
                 // with unread input makes the kernel send a reset, which can destroy the
                 // replies and the Close still on their way to the client.
                 let _ = tokio::time::timeout(CLOSE_WAIT, async {
-                    while let Some(Ok(frame)) = stream.next().await {
+                    while let Some(Ok(frame)) = socket.next().await {
                         if matches!(frame, Message::Close(_)) {
                             break;
                         }
@@ -761,13 +809,13 @@ async fn run_connection(
             End::ClientClosed => {
                 // tungstenite queued the answering Close (with the client's code) when it
                 // read the client's; closing the sink sends it.
-                let _ = tokio::time::timeout(CLOSE_WAIT, sink.close()).await;
+                let _ = tokio::time::timeout(CLOSE_WAIT, SinkExt::close(&mut socket)).await;
             }
             End::InvalidUtf8 => {
                 tracing::debug!("text frame that is not UTF-8: closing with 1007");
                 let _ = tokio::time::timeout(
                     CLOSE_WAIT,
-                    sink.send(Message::Close(Some(CloseFrame {
+                    socket.send(Message::Close(Some(CloseFrame {
                         code: close_code::INVALID,
                         reason: "text frame is not UTF-8".into(),
                     }))),
@@ -793,6 +841,28 @@ async fn run_connection(
     }
     .instrument(span)
     .await;
+}
+
+/// Up to this many bytes of queued messages go out in one write (and under one write
+/// timeout): signaling messages are a few hundred bytes, so a burst is one system call.
+const SEND_BATCH_BYTES: usize = 16 * 1024;
+
+/// Write `first` and the messages queued behind it (up to [`SEND_BATCH_BYTES`]), then flush
+/// once: a burst of replies goes out in one write instead of one system call (and one TCP
+/// segment) each.
+async fn send_queued(
+    socket: &mut WebSocket,
+    rx: &mut mpsc::Receiver<String>,
+    first: String,
+) -> Result<(), axum::Error> {
+    let mut batched = first.len();
+    socket.feed(Message::Text(first.into())).await?;
+    while batched < SEND_BATCH_BYTES {
+        let Ok(more) = rx.try_recv() else { break };
+        batched += more.len();
+        socket.feed(Message::Text(more.into())).await?;
+    }
+    socket.flush().await
 }
 
 #[cfg(test)]

@@ -334,11 +334,14 @@ async fn a_silent_member_is_dropped_and_its_peer_told() {
         c.heartbeat_timeout = Duration::from_millis(300);
     })
     .await;
+    // The desktop's last frame is sent after `start`, so the drop cannot come sooner than the
+    // heartbeat timeout after it, however long the pairing took on a busy machine.
+    let start = tokio::time::Instant::now();
     let (mut desktop, mut phone, session) = accepted_pair(&server.ws_url(), WAIT).await;
     // The phone keeps pinging; the desktop goes silent.
-    let start = tokio::time::Instant::now();
-    let deadline = start + Duration::from_secs(3);
-    let mut next_ping = start;
+    let paired = tokio::time::Instant::now();
+    let deadline = paired + Duration::from_secs(3);
+    let mut next_ping = paired;
     let mut seq = 0;
     let ended = loop {
         let now = tokio::time::Instant::now();

@@ -1,6 +1,7 @@
 //! Test support shared by the end-to-end tests (`tests/`), the core's tests, the benchmarks and
-//! the load test: a real coturn on loopback ([`coturn`]), a malicious signaling server as a
-//! rewriting WebSocket proxy ([`mitm`]), desktops and phones driven through a server
+//! the load test: a real coturn on loopback ([`coturn`]), a real RabbitMQ ([`rabbitmq`]), a
+//! malicious signaling server as a rewriting WebSocket proxy ([`mitm`]), desktops and phones
+//! driven through a server
 //! ([`devices`]), a hand-driven signaling client with the wire-message builders and pairing
 //! scenarios the server's own tests use ([`raw_client`]), and tracing init.
 //!
@@ -14,6 +15,7 @@ use std::time::Duration;
 pub mod coturn;
 pub mod devices;
 pub mod mitm;
+pub mod rabbitmq;
 pub mod raw_client;
 
 /// Bound for any single step a test waits on (an event, a pairing, a frame).

@@ -42,37 +42,47 @@ pub fn source_ip(index: usize, count: u8) -> IpAddr {
 }
 
 /// Open a WebSocket to `server`'s `/ws` from `source` (a loopback address of this machine),
-/// with tungstenite's default settings or `config`.
+/// with tungstenite's default settings or `config`, within [`CONNECT_TIMEOUT`].
 pub async fn connect_from(
     server: SocketAddr,
     source: IpAddr,
     config: Option<WebSocketConfig>,
 ) -> Result<Ws, ConnectError> {
-    let attempt = async {
-        let socket =
-            tokio::net::TcpSocket::new_v4().map_err(|e| ConnectError::Other(e.to_string()))?;
-        socket
-            .bind(SocketAddr::new(source, 0))
-            .map_err(|e| ConnectError::Other(format!("bind {source}: {e}")))?;
-        let tcp = socket
-            .connect(server)
-            .await
-            .map_err(|e| ConnectError::Other(format!("connect from {source}: {e}")))?;
-        let _ = tcp.set_nodelay(true);
-        let url = format!("ws://{server}/ws");
-        match tokio_tungstenite::client_async_with_config(url, MaybeTlsStream::Plain(tcp), config)
-            .await
-        {
-            Ok((ws, _)) => Ok(ws),
-            Err(tungstenite::Error::Http(response)) => {
-                Err(ConnectError::Status(response.status().as_u16()))
-            }
-            Err(e) => Err(ConnectError::Other(e.to_string())),
-        }
-    };
-    match tokio::time::timeout(CONNECT_TIMEOUT, attempt).await {
+    match tokio::time::timeout(
+        CONNECT_TIMEOUT,
+        connect_from_unbounded(server, source, config),
+    )
+    .await
+    {
         Ok(result) => result,
         Err(_) => Err(ConnectError::Other("connect timed out".to_owned())),
+    }
+}
+
+/// [`connect_from`] without its timeout, for a caller that bounds a larger step anyway (a
+/// timer armed per connection costs a load generator opening thousands a second).
+pub async fn connect_from_unbounded(
+    server: SocketAddr,
+    source: IpAddr,
+    config: Option<WebSocketConfig>,
+) -> Result<Ws, ConnectError> {
+    let socket = tokio::net::TcpSocket::new_v4().map_err(|e| ConnectError::Other(e.to_string()))?;
+    socket
+        .bind(SocketAddr::new(source, 0))
+        .map_err(|e| ConnectError::Other(format!("bind {source}: {e}")))?;
+    let tcp = socket
+        .connect(server)
+        .await
+        .map_err(|e| ConnectError::Other(format!("connect from {source}: {e}")))?;
+    let _ = tcp.set_nodelay(true);
+    let url = format!("ws://{server}/ws");
+    match tokio_tungstenite::client_async_with_config(url, MaybeTlsStream::Plain(tcp), config).await
+    {
+        Ok((ws, _)) => Ok(ws),
+        Err(tungstenite::Error::Http(response)) => {
+            Err(ConnectError::Status(response.status().as_u16()))
+        }
+        Err(e) => Err(ConnectError::Other(e.to_string())),
     }
 }
 

@@ -3,6 +3,7 @@
 //! files on the way).
 
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
@@ -11,6 +12,7 @@ use tokio::sync::{Mutex, mpsc};
 use tokio::task::JoinHandle;
 use tracing::{Instrument, debug, info_span, warn};
 
+use super::report::{CLOSED_LOCALLY, CloseReport, ReportSink, STATS_REFRESH, send_closed};
 use super::short;
 use crate::auth::{AuthMethod, Verified};
 use crate::pairing::PairedSession;
@@ -86,6 +88,10 @@ pub struct Connection {
     /// The pump's output; locked only while one caller waits for the next event.
     events: Mutex<mpsc::Receiver<Event>>,
     pump: JoinHandle<()>,
+    /// When the default channel opened.
+    up_at: Instant,
+    /// The `closed` report, when this side reports on signaling (the desktop).
+    close_report: Arc<CloseReport>,
 }
 
 impl Connection {
@@ -174,12 +180,25 @@ impl Connection {
 
     /// Close the connection. Idempotent.
     pub async fn close(&self) {
+        self.close_report.refresh(&self.inner).await;
+        self.close_report.closing_locally();
         self.inner.close().await;
+        send_closed(&self.close_report, CLOSED_LOCALLY).await;
     }
 
     /// What the other device proved (for the trust list).
     pub(super) fn verified(&self) -> &Verified {
         &self.verified
+    }
+
+    /// The peer connection (for a stats snapshot).
+    pub(super) fn peer(&self) -> &peer::PeerConnection {
+        &self.inner
+    }
+
+    /// Send a `closed` report through `sink` when this connection ends (once; best effort).
+    pub(super) fn report_close_to(&self, sink: ReportSink) {
+        self.close_report.arm(sink, self.up_at);
     }
 
     /// Record the phone's timings, measured from the start of the pairing.
@@ -214,10 +233,15 @@ impl Connection {
         let established = peer::PeerConnection::establish(peer_config, link).await?;
         let (tx, events) = mpsc::channel(EVENT_QUEUE);
         let sender = established.channel.sender();
+        let close_report = Arc::new(CloseReport::default());
         let pump = tokio::spawn(
             pump(
                 established.channel,
                 established.events,
+                Reporting {
+                    peer: established.connection.clone(),
+                    close: close_report.clone(),
+                },
                 config.resolved_download_dir(),
                 tx,
             )
@@ -235,6 +259,8 @@ impl Connection {
             sender,
             events: Mutex::new(events),
             pump,
+            up_at: Instant::now(),
+            close_report,
         })
     }
 }
@@ -243,19 +269,42 @@ impl Drop for Connection {
     fn drop(&mut self) {
         // The pump ends when the channels close; the driver stops when its last handle drops.
         self.pump.abort();
+        // Dropped while up: a local close. The report goes out on its own (best effort).
+        if self.close_report.is_armed()
+            && let Ok(runtime) = tokio::runtime::Handle::try_current()
+        {
+            let close = self.close_report.clone();
+            runtime.spawn(async move { send_closed(&close, CLOSED_LOCALLY).await });
+        }
     }
 }
 
-/// Move messages and events from the peer to the app, and receive incoming files.
+/// What the pump needs for the `closed` report: the peer (for stats snapshots, since the
+/// driver is gone once the close is seen) and the shared report.
+struct Reporting {
+    peer: peer::PeerConnection,
+    close: Arc<CloseReport>,
+}
+
+/// Move messages and events from the peer to the app, and receive incoming files. When the
+/// connection ends, the `closed` report (if armed) goes out before [`Event::Closed`].
 async fn pump(
     mut channel: DataChannel,
     mut events: peer::ConnectionEvents,
+    reporting: Reporting,
     download_dir: PathBuf,
     tx: mpsc::Sender<Event>,
 ) {
     let mut channel_open = true;
+    let mut refresh =
+        tokio::time::interval_at(tokio::time::Instant::now() + STATS_REFRESH, STATS_REFRESH);
+    refresh.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         let event = tokio::select! {
+            _ = refresh.tick() => {
+                reporting.close.refresh(&reporting.peer).await;
+                continue;
+            }
             message = channel.recv(), if channel_open => match message {
                 Some(payload) => Event::Message(payload),
                 None => {
@@ -273,12 +322,18 @@ async fn pump(
                 Some(ConnectionEvent::ChannelOpened(incoming)) => Event::ChannelOpened(incoming),
                 Some(ConnectionEvent::StateChanged { old, new }) => Event::StateChanged { old, new },
                 Some(ConnectionEvent::PathChanged(stats)) => Event::PathChanged(stats),
-                Some(ConnectionEvent::Closed { reason }) => {
+                Some(ConnectionEvent::Closed { reason, stats }) => {
+                    if let Some(stats) = stats {
+                        reporting.close.set_final(*stats);
+                    }
+                    send_closed(&reporting.close, &reason).await;
                     let _ = tx.send(Event::Closed { reason }).await;
                     return;
                 }
                 None => {
-                    let _ = tx.send(Event::Closed { reason: "connection dropped".into() }).await;
+                    let reason = "connection dropped".to_owned();
+                    send_closed(&reporting.close, &reason).await;
+                    let _ = tx.send(Event::Closed { reason }).await;
                     return;
                 }
             },

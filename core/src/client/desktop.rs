@@ -3,14 +3,15 @@
 //! code is live and when an attempt burns it is [`DesktopCode`]'s call.
 
 use std::collections::HashMap;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
-use proxim_protocol::{AuthPayload, IceServer, PairOutcome, PeerDevice, SessionId, Signal};
+use proxim_protocol::{AuthPayload, PairOutcome, PeerDevice, SessionId, Signal};
 use tokio::sync::mpsc;
 use tracing::{Instrument, debug, info, info_span, warn};
 
 use super::code_policy::{CodeRequest, DesktopCode};
 use super::connection::Connection;
+use super::report::ReportSink;
 use super::{connect_signaling, establish_verified, local_party, remember, short, tell_abort};
 use crate::auth::handshake;
 use crate::auth::{
@@ -368,9 +369,9 @@ impl Desktop {
     /// Verify the phone's confirmation, then establish the direct connection in the
     /// background; the result comes out of next_event.
     fn spawn_connect(&mut self, paired: PairedSession) {
+        let accepted_at = Instant::now();
         let config = self.config.clone();
         let client = self.registration.client().clone();
-        let ice_servers = client.welcome().ice_servers;
         let tx = self.attempts_tx.clone();
         let peer = paired.peer.clone();
         let answered = self.answered.remove(&paired.session);
@@ -386,7 +387,7 @@ impl Desktop {
                         desktop_connect(
                             &config,
                             &client,
-                            ice_servers,
+                            accepted_at,
                             paired,
                             handshake,
                             certificate,
@@ -428,10 +429,13 @@ impl Desktop {
 /// The desktop's side after accepting: wait for the phone's confirmation (it comes before the
 /// offer), verify it, connect to the authenticated fingerprint. The failure says whether the
 /// phone was verified (if not, a code pairing burns its code).
+///
+/// The desktop stays on signaling: besides the `connected`/`failed` report of the setup, a
+/// connection that was up reports `closed` when it ends (unless reports are off).
 async fn desktop_connect(
     config: &ProximConfig,
     client: &SignalingClient,
-    ice_servers: Vec<IceServer>,
+    accepted_at: Instant,
     mut paired: PairedSession,
     handshake: DesktopHandshake,
     certificate: Certificate,
@@ -474,11 +478,12 @@ async fn desktop_connect(
         }
     };
     info!(peer = %verified.peer_name, method = ?verified.method, "phone verified; connecting");
+    let session = paired.session.clone();
     let connection = establish_verified(
         config,
         client,
         PeerRole::Answerer,
-        ice_servers,
+        accepted_at,
         paired,
         certificate,
         verified,
@@ -493,6 +498,9 @@ async fn desktop_connect(
             phone_verified: !intercepted,
         }
     })?;
+    if let Some(reports) = ReportSink::new(config.report_connections, client, &session) {
+        connection.report_close_to(reports);
+    }
     remember(config, &connection, DeviceRole::Phone);
     Ok(connection)
 }

@@ -44,8 +44,11 @@ mod code_policy;
 mod connection;
 mod desktop;
 mod phone;
+mod report;
 
-use proxim_protocol::{AuthPayload, ClientMessage, IceServer, PeerDevice, SessionId, Signal};
+use std::time::Instant;
+
+use proxim_protocol::{AuthPayload, ClientMessage, PeerDevice, SessionId, Signal};
 use tracing::{debug, warn};
 
 use crate::auth::handshake::{self, AuthMethod};
@@ -55,6 +58,7 @@ use crate::pairing::{PairedSession, PairingError};
 use crate::peer::{self, Certificate, PeerError, PeerRole};
 use crate::signaling::{SignalingClient, SignalingConfig, SignalingEvents};
 use crate::{ProximConfig, ProximError};
+use report::ReportSink;
 
 pub use connection::{Connection, Event, SetupTimings};
 pub use desktop::{Desktop, DesktopEvent};
@@ -80,24 +84,33 @@ async fn connect_signaling(
     Ok(SignalingClient::connect(signaling).await?)
 }
 
-/// Open the direct connection to a verified device. When this side finds the connection
-/// intercepted (the SDP's fingerprint is not the authenticated one), it tells the other
-/// device why before failing; when the other device refused first, it already knows.
+/// Open the direct connection to a verified device, with the ICE servers of the latest
+/// welcome. When this side finds the connection intercepted (the SDP's fingerprint is not the
+/// authenticated one), it tells the other device why before failing; when the other device
+/// refused first, it already knows.
+///
+/// Unless [`ProximConfig::report_connections`] is off, the outcome (`connected` or `failed`)
+/// is reported on `client` before this returns, `time_to_connect_ms` counting from
+/// `accepted_at` (when the pairing was accepted). The report is one bounded queue push.
 async fn establish_verified(
     config: &ProximConfig,
     client: &SignalingClient,
     role: PeerRole,
-    ice_servers: Vec<IceServer>,
+    accepted_at: Instant,
     paired: PairedSession,
     certificate: Certificate,
     verified: Verified,
 ) -> Result<Connection, ProximError> {
     let session = paired.session.clone();
+    let ice_servers = client.welcome().ice_servers;
     let result =
         Connection::establish(config, role, ice_servers, paired, certificate, verified).await;
     if let Err(PeerError::Intercepted(_)) = &result {
         let abort = handshake::abort_payload_for(AbortReason::Fingerprint);
         tell_abort(client, &session, abort).await;
+    }
+    if let Some(reports) = ReportSink::new(config.report_connections, client, &session) {
+        reports.established(&result, accepted_at).await;
     }
     Ok(result?)
 }

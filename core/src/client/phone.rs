@@ -131,6 +131,7 @@ async fn phone_connect(
         }
     };
     let paired_at = started.elapsed();
+    let accepted_at = Instant::now();
     let (verified, confirm) = match handshake.on_reply(&paired.session, paired.auth.as_ref()) {
         Ok(ok) => ok,
         Err(error) => {
@@ -157,12 +158,12 @@ async fn phone_connect(
             "lost the signaling server before confirming".into(),
         ));
     }
-    let ice_servers = client.welcome().ice_servers;
+    // The outcome is reported on signaling (when enabled) before it is closed.
     let connection = establish_verified(
         config,
         &client,
         PeerRole::Offerer,
-        ice_servers,
+        accepted_at,
         paired,
         certificate,
         verified,

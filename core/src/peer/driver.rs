@@ -647,6 +647,7 @@ impl Driver {
     /// The session ended: flush its last packets, release the relays, tell the app.
     async fn shutdown(&mut self) {
         let reason = self.stop.clone().unwrap_or_else(|| "closed".to_owned());
+        let stats = self.session.stats().ok().map(Box::new);
         let now = Instant::now();
         while let Some(t) = self.session.poll_transmit(now) {
             self.outgoing.push(t);
@@ -668,7 +669,7 @@ impl Driver {
         for (_, reply) in self.opening.drain() {
             let _ = reply.send(Err(PeerError::Closed));
         }
-        let _ = self.events.send(ConnectionEvent::Closed { reason });
+        let _ = self.events.send(ConnectionEvent::Closed { reason, stats });
         // Undelivered messages stay readable: the queues outlive the driver.
         for slot in self.channels.values() {
             slot.shared.mark_closed();

@@ -470,6 +470,8 @@ pub enum ConnectionEvent {
     Closed {
         /// Why.
         reason: String,
+        /// The connection's final counters and path, when a path had been selected.
+        stats: Option<Box<ConnectionStats>>,
     },
 }
 

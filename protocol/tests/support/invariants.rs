@@ -38,6 +38,7 @@ pub const CLIENT_KINDS: &[&str] = &[
     "ping",
     "pong",
     "bye",
+    "connection_report",
 ];
 
 /// Every `type` the server may send (see [`CLIENT_KINDS`]).

@@ -32,6 +32,12 @@ impl Hub {
             return true;
         }
         self.stats.connections_refused_per_ip += 1;
+        self.event(|_| crate::events::Event::LimitHit {
+            limit: "connections_per_ip",
+            conn: None,
+            ip: Some(ip),
+            suppressed: 0,
+        });
         tracing::warn!(
             client = %ip, open = self.per_ip.open(ip), max,
             "refusing a connection: too many from this client address"
@@ -81,6 +87,7 @@ impl Hub {
         }
         c.strikes = c.strikes.saturating_add(1);
         let strikes = c.strikes;
+        let first_refusal = !std::mem::replace(&mut c.rate_limit_reported, true);
         self.stats.frames_rate_limited += 1;
         let (rate, burst) = (self.config.rate_limit, self.config.rate_burst);
         if strikes >= max_strikes {
@@ -94,6 +101,9 @@ impl Hub {
             );
             self.depart(conn, Departure::Flooding, now);
             return false;
+        }
+        if first_refusal {
+            self.limit_event("rate_limit", conn);
         }
         if strikes == 1 {
             tracing::info!(
@@ -113,6 +123,7 @@ impl Hub {
     pub(super) fn refuse_too_large(&mut self, conn: ConnKey, size: usize) {
         self.stats.frames_malformed += 1;
         let max = self.config.max_frame_bytes;
+        self.limit_event("frame_too_large", conn);
         self.send_error(
             conn,
             ErrorCode::FrameTooLarge,
@@ -140,6 +151,7 @@ impl Hub {
             return false;
         }
         if c.sessions.len() >= MAX_SESSIONS_PER_CONNECTION {
+            self.limit_event("sessions_per_connection", conn);
             self.send_error(
                 conn,
                 ErrorCode::RateLimited,
@@ -174,6 +186,8 @@ impl Hub {
         exhausted: AttemptsExhausted,
     ) {
         self.stats.pair_attempts_refused += 1;
+        self.limit_event("pair_attempts", phone);
+        self.pair_refused_event(phone, via.event_name(), "too_many_attempts");
         let (max, window) = (self.config.pair_attempts, self.config.pair_window);
         let retry_s = exhausted.retry_after.as_secs_f64().ceil();
         if exhausted.first_refusal {

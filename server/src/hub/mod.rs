@@ -49,20 +49,23 @@ use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 
 use crate::config::ServerConfig;
+use crate::events::Event;
 use crate::ice::IceConfig;
 use crate::limits::{AttemptWindow, ConnectionsPerIp, TokenBucket};
 use crate::retired::RetireReason;
 
 mod abuse;
 mod codes;
+mod events;
 mod sessions;
 mod stats;
 #[cfg(test)]
 mod tests;
 
 use codes::{CODE_ATTEMPTS, CodeBook, CodeTimer, Deadline, Grant, Lookup, TimerOutcome};
+use events::Reportable;
 use sessions::{Session, SessionEnd, SessionState, Via};
-pub use stats::{PairLatency, SessionInfo, SessionPage, Stats};
+pub use stats::{PairLatency, ReportStats, SessionInfo, SessionPage, Stats};
 
 /// The hub's handle on one connection.
 pub(crate) type ConnKey = u64;
@@ -140,6 +143,10 @@ pub(crate) struct HubConfig {
     /// One instant of the hub's clock and the wall-clock time it corresponds to: the hub
     /// derives wall-clock time (TURN credential expiry) from its `now` inputs with it.
     pub(crate) wall_anchor: (Instant, SystemTime),
+    /// Whether to build [`Event`]s (the server has an event sink).
+    pub(crate) events: bool,
+    /// Whether events name devices (`--expose-device-names`).
+    pub(crate) event_device_names: bool,
 }
 
 impl From<&ServerConfig> for HubConfig {
@@ -165,6 +172,8 @@ impl From<&ServerConfig> for HubConfig {
             pair_attempts: c.pair_attempts,
             pair_window: c.pair_window,
             wall_anchor: (Instant::now(), SystemTime::now()),
+            events: !c.events.is_empty(),
+            event_device_names: c.expose_device_names,
         }
     }
 }
@@ -184,6 +193,8 @@ pub(crate) struct Hub {
     sessions: BTreeMap<SessionId, Session>,
     timers: BinaryHeap<Reverse<(Instant, TimerKey)>>,
     outputs: VecDeque<Output>,
+    /// Events for the driver's sinks (only when [`HubConfig::events`]).
+    events: VecDeque<Event>,
     stats: Stats,
     /// Open (or opening) WebSocket connections per client IP.
     per_ip: ConnectionsPerIp,
@@ -206,6 +217,10 @@ struct Conn {
     budget: Option<TokenBucket>,
     /// Frames refused since the budget was last full.
     strikes: u32,
+    /// Whether a `limit_hit` for its message budget went out.
+    rate_limit_reported: bool,
+    /// Accepted sessions it may send `connection_report`s about.
+    reportable: VecDeque<Reportable>,
 }
 
 #[derive(Debug, Clone)]
@@ -286,6 +301,7 @@ impl Hub {
             sessions: BTreeMap::new(),
             timers: BinaryHeap::new(),
             outputs: VecDeque::new(),
+            events: VecDeque::new(),
             stats: Stats::default(),
             per_ip: ConnectionsPerIp::default(),
             shutting_down: false,
@@ -320,9 +336,15 @@ impl Hub {
                 budget: (self.config.rate_limit > 0)
                     .then(|| TokenBucket::new(self.config.rate_limit, self.config.rate_burst, now)),
                 strikes: 0,
+                rate_limit_reported: false,
+                reportable: VecDeque::new(),
             },
         );
         self.stats.connections_total += 1;
+        self.event(|_| Event::ClientConnected {
+            conn: id.clone(),
+            ip: remote.ip(),
+        });
         let first_check = self.config.hello_timeout.min(self.config.heartbeat_timeout);
         self.arm(now + first_check, TimerKey::Heartbeat(key));
         tracing::debug!(conn = %short(id.as_str()), %remote, "connection opened");
@@ -427,7 +449,7 @@ impl Hub {
                     );
                     if expired {
                         self.observe_pair_latency(&session, now);
-                        self.end_session(&session, SessionEnd::PromptExpired);
+                        self.end_session(&session, SessionEnd::PromptExpired, now);
                     }
                 }
                 TimerKey::Code(timer) => match self.codes.on_timer(&mut self.rng, timer, now) {
@@ -465,6 +487,8 @@ impl Hub {
     /// Stop: every connection gets `bye` and is closed; new connections are refused.
     pub(crate) fn shutdown(&mut self, now: Instant) {
         self.shutting_down = true;
+        let connections = self.conns.len() as u64;
+        self.event(|_| Event::ServiceStopping { connections });
         let conns: Vec<ConnKey> = self.conns.keys().copied().collect();
         for conn in conns {
             self.depart(conn, Departure::Shutdown, now);
@@ -524,9 +548,14 @@ impl Hub {
                 auth,
             } => self.pair_response(conn, session, accept, auth, now),
             ClientMessage::Signal { session, signal } => self.signal(conn, session, signal),
-            ClientMessage::Leave { session } => self.leave(conn, session),
+            ClientMessage::Leave { session } => self.leave(conn, session, now),
             ClientMessage::Ping { seq } => self.send(conn, ServerMessage::Pong { seq }),
             ClientMessage::Pong { .. } => {}
+            ClientMessage::ConnectionReport {
+                session,
+                outcome,
+                report,
+            } => self.connection_report(conn, session, outcome, report, now),
             ClientMessage::Bye { reason } => {
                 tracing::debug!(
                     conn = %self.short_id(conn),
@@ -569,6 +598,20 @@ impl Hub {
             self.config
                 .ice
                 .ice_servers_at(&connection_id, wall, c.embedded_stun.as_ref());
+        if self.config.ice.turn_credentials_kind() == Some("rest") {
+            let ttl_s = self
+                .config
+                .ice
+                .turn_rest_ttl()
+                .map_or(0, |ttl| ttl.as_secs());
+            let conn_id = connection_id.clone();
+            self.event(|_| Event::TurnCredentialsMinted {
+                conn: Some(conn_id),
+                ip: None,
+                via: "welcome",
+                ttl_s,
+            });
+        }
         let welcome = ServerMessage::Welcome {
             version: PROTOCOL_VERSION,
             ice_servers,
@@ -613,6 +656,12 @@ impl Hub {
             .or_default()
             .push(conn);
         if let Some(c) = self.conns.get_mut(&conn) {
+            let event = self.config.events.then(|| Event::DesktopRegistered {
+                conn: c.id.clone(),
+                device_id: device_id.clone(),
+                device_name: self.config.event_device_names.then(|| device_name.clone()),
+                code_reused: grant.reused,
+            });
             c.role = Role::Desktop {
                 device: PeerDevice {
                     device_id,
@@ -620,6 +669,7 @@ impl Hub {
                 },
                 attempts: AttemptWindow::default(),
             };
+            self.events.extend(event);
         }
         tracing::debug!(
             conn = %self.short_id(conn), code = %grant.code.redacted(), reused = grant.reused,
@@ -706,6 +756,7 @@ impl Hub {
             conn = %self.short_id(phone), code = %code.redacted(), ?outcome,
             "pair request for a code no desktop holds"
         );
+        self.pair_refused_event(phone, "code", outcome_name(outcome));
         self.send_no_session(phone, outcome);
         None
     }
@@ -722,6 +773,7 @@ impl Hub {
         if latest.is_none() {
             self.stats.desktops_offline += 1;
             tracing::info!(conn = %self.short_id(phone), "connect request for a desktop that is offline");
+            self.pair_refused_event(phone, "device", "desktop_offline");
             self.send_no_session(phone, PairOutcome::DesktopOffline);
         }
         latest
@@ -737,7 +789,7 @@ impl Hub {
             return;
         };
         for session in &c.sessions {
-            self.end_session(session, SessionEnd::Left(conn, departure));
+            self.end_session(session, SessionEnd::Left(conn, departure), now);
         }
         if let Role::Desktop { device, .. } = &c.role {
             if let Some(conns) = self.desktop_conns.get_mut(&device.device_id) {
@@ -749,6 +801,7 @@ impl Hub {
             let deadline = self.codes.release(conn, now);
             self.arm_code(deadline);
         }
+        self.departure_event(&c, departure, now);
         let short_id = short(c.id.as_str()).to_owned();
         match departure {
             Departure::TimedOut => {
@@ -860,10 +913,29 @@ impl Hub {
         );
     }
 
+    /// A `pair_refused` event for the phone `conn`.
+    fn pair_refused_event(&mut self, conn: ConnKey, via: &'static str, outcome: &'static str) {
+        if let Some(c) = self.conns.get(&conn) {
+            let conn = c.id.clone();
+            self.event(|_| Event::PairRefused { conn, via, outcome });
+        }
+    }
+
     fn short_id(&self, conn: ConnKey) -> String {
         self.conns
             .get(&conn)
             .map_or_else(|| format!("#{conn}"), |c| short(c.id.as_str()).to_owned())
+    }
+}
+
+/// The wire name of a refusal's outcome, for events.
+fn outcome_name(outcome: PairOutcome) -> &'static str {
+    match outcome {
+        PairOutcome::UnknownCode => "unknown_code",
+        PairOutcome::CodeExpired => "code_expired",
+        PairOutcome::CodeUsed => "code_used",
+        PairOutcome::DesktopOffline => "desktop_offline",
+        _ => "other",
     }
 }
 

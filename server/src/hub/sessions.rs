@@ -11,7 +11,9 @@ use proxim_protocol::{
 };
 
 use super::abuse::MAX_SESSIONS_PER_CONNECTION;
+use super::events::remember_reportable;
 use super::{ConnKey, Departure, Hub, Role, TimerKey, millis, random_hex128, short};
+use crate::events::Event;
 
 /// One pairing session between a phone and a desktop.
 #[derive(Debug)]
@@ -22,6 +24,8 @@ pub(super) struct Session {
     state: SessionState,
     /// When the phone asked.
     pub(super) created: Instant,
+    /// Signals relayed between its members.
+    signals: u64,
 }
 
 /// One of the two connections in a session.
@@ -84,6 +88,7 @@ impl Session {
             phone,
             state: SessionState::New,
             created: now,
+            signals: 0,
         };
         session.transition(SessionState::Pending { deadline }, via);
         session
@@ -125,6 +130,28 @@ impl Session {
     }
 }
 
+impl SessionEnd {
+    /// The `reason` of a `session_ended` event.
+    fn event_name(&self, s: &Session) -> &'static str {
+        match self {
+            SessionEnd::Rejected(_) => "rejected",
+            SessionEnd::PromptExpired => "prompt_expired",
+            SessionEnd::Left(_, Departure::Shutdown) => "shutdown",
+            SessionEnd::Left(leaver, _) if matches!(s.state, SessionState::Pending { .. }) => {
+                if *leaver == s.phone.conn {
+                    "cancelled"
+                } else {
+                    "desktop_gone"
+                }
+            }
+            SessionEnd::Left(_, Departure::Bye) => "member_left",
+            SessionEnd::Left(_, Departure::TimedOut | Departure::NoHello) => "member_timed_out",
+            SessionEnd::Left(_, Departure::SlowReader | Departure::Flooding) => "member_dropped",
+            SessionEnd::Left(_, _) => "member_disconnected",
+        }
+    }
+}
+
 impl SessionState {
     /// For logs and `GET /api/sessions`.
     pub(super) fn name(&self) -> &'static str {
@@ -138,6 +165,14 @@ impl SessionState {
 }
 
 impl Via<'_> {
+    /// `code` or `device`, for events.
+    pub(super) fn event_name(&self) -> &'static str {
+        match self {
+            Via::Code(_) => "code",
+            Via::Device(_) => "device",
+        }
+    }
+
     /// What the phone sends, for refusals.
     pub(super) fn requests(&self) -> &'static str {
         match self {
@@ -206,6 +241,14 @@ impl Hub {
             return;
         };
         let deadline = now + self.config.prompt_timeout;
+        let names = self.config.event_device_names;
+        self.event(|_| Event::PairRequested {
+            session: session.clone(),
+            via: via.event_name(),
+            phone: phone_member.device.device_id.clone(),
+            desktop: desktop_member.device.device_id.clone(),
+            phone_name: names.then(|| phone_member.device.device_name.clone()),
+        });
         let opened = Session::open(
             session.clone(),
             desktop_member,
@@ -266,16 +309,29 @@ impl Hub {
                 "the session was already accepted",
             );
         }
-        self.stats
-            .pair_latency
-            .observe(now.saturating_duration_since(s.created));
+        let waited = now.saturating_duration_since(s.created);
+        self.stats.pair_latency.observe(waited);
+        let latency_ms = millis(waited);
         if !accept {
             self.stats.pairs_rejected += 1;
-            return self.end_session(&session, SessionEnd::Rejected(auth));
+            self.event(|_| Event::PairRejected {
+                session: session.clone(),
+                latency_ms,
+            });
+            return self.end_session(&session, SessionEnd::Rejected(auth), now);
         }
         s.transition(SessionState::Active, "accepted");
         let (phone, desktop) = (s.phone.clone(), s.desktop.clone());
         self.stats.pairs_accepted += 1;
+        for (member, role) in [(phone.conn, "phone"), (desktop.conn, "desktop")] {
+            if let Some(m) = self.conns.get_mut(&member) {
+                remember_reportable(&mut m.reportable, &session, role);
+            }
+        }
+        self.event(|_| Event::PairAccepted {
+            session: session.clone(),
+            latency_ms,
+        });
         let accepted = |peer, auth| ServerMessage::PairResult {
             session: Some(session.clone()),
             outcome: PairOutcome::Accepted,
@@ -297,7 +353,7 @@ impl Hub {
 
     /// `signal`: relay to the other member of an accepted session.
     pub(super) fn signal(&mut self, conn: ConnKey, session: SessionId, signal: Signal) {
-        let Some(s) = self.sessions.get(&session) else {
+        let Some(s) = self.sessions.get_mut(&session) else {
             return self.send_error(conn, ErrorCode::UnknownSession, "no such session");
         };
         let Some(other) = s.other(conn) else {
@@ -318,12 +374,13 @@ impl Hub {
                 "signals flow only after the desktop accepted",
             );
         }
+        s.signals += 1;
         self.stats.signals_relayed += 1;
         self.send(other, ServerMessage::Signal { session, signal });
     }
 
     /// `leave`: a member ends the session.
-    pub(super) fn leave(&mut self, conn: ConnKey, session: SessionId) {
+    pub(super) fn leave(&mut self, conn: ConnKey, session: SessionId, now: Instant) {
         let Some(s) = self.sessions.get(&session) else {
             return self.send_error(conn, ErrorCode::UnknownSession, "no such session");
         };
@@ -334,14 +391,29 @@ impl Hub {
                 "this connection is not a member of that session",
             );
         }
-        self.end_session(&session, SessionEnd::Left(conn, Departure::Bye));
+        self.end_session(&session, SessionEnd::Left(conn, Departure::Bye), now);
     }
 
     /// End a session and tell the members that need telling.
-    pub(super) fn end_session(&mut self, session: &SessionId, end: SessionEnd) {
+    pub(super) fn end_session(&mut self, session: &SessionId, end: SessionEnd, now: Instant) {
         let Some(mut s) = self.sessions.remove(session) else {
             return;
         };
+        if self.config.events {
+            let event = Event::SessionEnded {
+                session: session.clone(),
+                reason: end.event_name(&s),
+                accepted: s.state == SessionState::Active,
+                duration_ms: millis(now.saturating_duration_since(s.created)),
+                signals: s.signals,
+            };
+            if matches!(end, SessionEnd::PromptExpired) {
+                self.events.push_back(Event::PairTimedOut {
+                    session: session.clone(),
+                });
+            }
+            self.events.push_back(event);
+        }
         for member in [s.desktop.conn, s.phone.conn] {
             if let Some(m) = self.conns.get_mut(&member) {
                 m.sessions.remove(session);

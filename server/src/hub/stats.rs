@@ -85,6 +85,54 @@ pub struct Stats {
     /// `/api/stats`.
     #[serde(skip)]
     pub pair_latency: PairLatency,
+    /// Clients' `connection_report`s.
+    pub reports: ReportStats,
+}
+
+/// Clients' `connection_report`s, counted (whether or not events are on).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+#[non_exhaustive]
+pub struct ReportStats {
+    /// Reports of a connection up.
+    pub connected: u64,
+    /// Reports of a connection that could not be set up.
+    pub failed: u64,
+    /// Reports of a connection that closed.
+    pub closed: u64,
+    /// `connected` reports by path: host, srflx, prflx, relay.
+    pub connected_by_path: [u64; 4],
+    /// Reports past a session's budget, dropped.
+    pub dropped: u64,
+}
+
+impl ReportStats {
+    /// The path names of [`ReportStats::connected_by_path`], in order.
+    pub const PATHS: [&'static str; 4] = ["host", "srflx", "prflx", "relay"];
+
+    pub(crate) fn count(
+        &mut self,
+        outcome: proxim_protocol::ConnectionOutcome,
+        path: Option<proxim_protocol::PathKind>,
+    ) {
+        use proxim_protocol::{ConnectionOutcome, PathKind};
+        match outcome {
+            ConnectionOutcome::Connected => {
+                self.connected += 1;
+                let slot = match path {
+                    Some(PathKind::Host) => Some(0),
+                    Some(PathKind::Srflx) => Some(1),
+                    Some(PathKind::Prflx) => Some(2),
+                    Some(PathKind::Relay) => Some(3),
+                    None => None,
+                };
+                if let Some(n) = slot.and_then(|i| self.connected_by_path.get_mut(i)) {
+                    *n += 1;
+                }
+            }
+            ConnectionOutcome::Failed => self.failed += 1,
+            ConnectionOutcome::Closed => self.closed += 1,
+        }
+    }
 }
 
 /// A histogram of pair latencies: from a `pair_request` (or `connect_request`) opening a

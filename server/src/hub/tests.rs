@@ -6,6 +6,7 @@ use std::net::IpAddr;
 use proxim_protocol::SessionEndReason;
 
 use super::*;
+use crate::events::ClientReport;
 
 // ---------------------------------------------------------------------------------------------
 // Connections, timers, shutdown
@@ -595,6 +596,240 @@ fn retired_codes_are_never_reissued_until_their_retention_lapses() {
 // ---------------------------------------------------------------------------------------------
 // Helpers
 // ---------------------------------------------------------------------------------------------
+
+// ---------------------------------------------------------------------------------------------
+// Events and connection reports
+// ---------------------------------------------------------------------------------------------
+
+fn events_of(hub: &mut Hub) -> Vec<Event> {
+    std::iter::from_fn(|| hub.poll_event()).collect()
+}
+
+fn kinds(events: &[Event]) -> Vec<&'static str> {
+    events.iter().map(Event::kind).collect()
+}
+
+fn report(session: &SessionId, outcome: &str, extra: &str) -> String {
+    format!(
+        r#"{{"type":"connection_report","session":"{}","outcome":"{outcome}","report":{{{extra}}}}}"#,
+        session.as_str()
+    )
+}
+
+#[test]
+fn events_follow_a_pairing_from_connect_to_disconnect_without_codes_or_names() {
+    let mut hub = hub_with(11, |c| c.events = true);
+    let t0 = Instant::now();
+    let (desk, code, _) = desktop(&mut hub, "desk", t0);
+    let (phone, session) = prompt(&mut hub, desk, &code, t0);
+    let t1 = t0 + Duration::from_millis(40);
+    respond(&mut hub, desk, &session, r#""accept":true"#, t1);
+    let offer = format!(
+        r#"{{"type":"signal","session":"{}","signal":{{"kind":"end_of_candidates"}}}}"#,
+        session.as_str()
+    );
+    hub.handle_text(phone, &offer, t1);
+    hub.handle_text(
+        phone,
+        &format!(r#"{{"type":"leave","session":"{}"}}"#, session.as_str()),
+        t1,
+    );
+    let t2 = t1 + Duration::from_millis(500);
+    hub.handle_gone(phone, Gone::Closed, t2);
+    drain(&mut hub);
+    let events = events_of(&mut hub);
+    assert_eq!(
+        kinds(&events),
+        [
+            "client_connected",
+            "desktop_registered",
+            "client_connected",
+            "pair_requested",
+            "pair_accepted",
+            "session_ended",
+            "client_disconnected",
+        ]
+    );
+    assert!(events.contains(&Event::PairAccepted {
+        session: session.clone(),
+        latency_ms: 40,
+    }));
+    assert!(events.contains(&Event::SessionEnded {
+        session: session.clone(),
+        reason: "member_left",
+        accepted: true,
+        duration_ms: 40,
+        signals: 1,
+    }));
+    let Some(Event::ClientDisconnected {
+        role,
+        reason,
+        duration_ms,
+        ..
+    }) = events.last()
+    else {
+        panic!("{events:?}");
+    };
+    assert_eq!((*role, *reason, *duration_ms), ("phone", "closed", 540));
+    let json = serde_json::to_string(&events).unwrap();
+    // The code (its routing part), the device names ("D" and the phone's) never appear.
+    assert!(!json.contains(code.as_str()), "{json}");
+    assert!(
+        !json.contains("device_name") && !json.contains("phone_name"),
+        "{json}"
+    );
+}
+
+#[test]
+fn device_names_are_in_events_only_when_the_operator_opts_in() {
+    let mut hub = hub_with(12, |c| {
+        c.events = true;
+        c.event_device_names = true;
+    });
+    let now = Instant::now();
+    let (desk, code, _) = desktop(&mut hub, "desk", now);
+    prompt(&mut hub, desk, &code, now);
+    let json = serde_json::to_string(&events_of(&mut hub)).unwrap();
+    assert!(json.contains(r#""device_name":"D""#), "{json}");
+    assert!(json.contains(r#""phone_name":"#), "{json}");
+}
+
+#[test]
+fn without_a_sink_the_hub_builds_no_events_but_counts_reports() {
+    let mut hub = hub();
+    let now = Instant::now();
+    let (_, phone, session, _) = answered(&mut hub, r#""accept":true"#, now);
+    hub.handle_text(
+        phone,
+        &report(&session, "connected", r#""path":"relay""#),
+        now,
+    );
+    assert!(drain(&mut hub).is_empty(), "reports are not answered");
+    assert!(hub.poll_event().is_none());
+    let reports = hub.stats().reports;
+    assert_eq!(
+        (reports.connected, reports.connected_by_path),
+        (1, [0, 0, 0, 1])
+    );
+}
+
+#[test]
+fn connection_reports_come_from_members_of_accepted_sessions_within_a_budget() {
+    let mut hub = hub_with(13, |c| c.events = true);
+    let now = Instant::now();
+    let (desk, phone, session, _) = answered(&mut hub, r#""accept":true"#, now);
+    let stranger = greeted(&mut hub, now);
+    events_of(&mut hub);
+
+    hub.handle_text(stranger, &report(&session, "connected", ""), now);
+    assert_eq!(
+        error_count(&drain(&mut hub), stranger, ErrorCode::NotSessionMember),
+        1
+    );
+    assert!(hub.poll_event().is_none());
+
+    let connected = report(
+        &session,
+        "connected",
+        r#""path":"srflx","time_to_connect_ms":120,"rtt_ms":8"#,
+    );
+    hub.handle_text(phone, &connected, now);
+    let Some(Event::ConnectionEstablished(record)) = hub.poll_event() else {
+        panic!("no connection_established");
+    };
+    assert_eq!(
+        (record.reporter, record.session.clone()),
+        ("phone", session.clone())
+    );
+    assert_eq!(record.report.time_to_connect_ms, Some(120));
+
+    // The session ends on the server; the desktop still reports how its connection closed.
+    hub.handle_text(
+        phone,
+        &format!(r#"{{"type":"leave","session":"{}"}}"#, session.as_str()),
+        now,
+    );
+    drain(&mut hub);
+    events_of(&mut hub);
+    let closed = report(
+        &session,
+        "closed",
+        r#""duration_ms":60000,"bytes_sent":1048576,"bytes_received":2048"#,
+    );
+    hub.handle_text(desk, &closed, now);
+    assert!(matches!(
+        hub.poll_event(),
+        Some(Event::ConnectionClosed(ClientReport {
+            reporter: "desktop",
+            ..
+        }))
+    ));
+
+    // Past the budget, reports are dropped and counted (one limit_hit goes out).
+    for _ in 0..10 {
+        hub.handle_text(desk, &closed, now);
+    }
+    assert!(drain(&mut hub).is_empty());
+    let events = events_of(&mut hub);
+    let reported = events
+        .iter()
+        .filter(|e| matches!(e, Event::ConnectionClosed(_)))
+        .count();
+    assert_eq!(reported, usize::from(events::REPORTS_PER_SESSION) - 1);
+    assert!(events.iter().any(|e| matches!(
+        e,
+        Event::LimitHit {
+            limit: "connection_reports",
+            ..
+        }
+    )));
+    let stats = hub.stats().reports;
+    assert_eq!(stats.closed, u64::from(events::REPORTS_PER_SESSION));
+    assert_eq!(stats.dropped, 11 - u64::from(events::REPORTS_PER_SESSION));
+}
+
+#[test]
+fn a_refused_pair_request_and_a_hit_limit_are_events() {
+    let mut hub = hub_with(14, |c| c.events = true);
+    let now = Instant::now();
+    let phone = greeted(&mut hub, now);
+    hub.handle_text(
+        phone,
+        &format!(
+            r#"{{"type":"pair_request","code":"{}","device_id":"p","device_name":"P"}}"#,
+            "A".repeat(hub.config.code_length)
+        ),
+        now,
+    );
+    hub.handle_text(phone, &"x".repeat(hub.config.max_frame_bytes + 1), now);
+    drain(&mut hub);
+    let events = events_of(&mut hub);
+    assert!(
+        events.iter().any(|e| matches!(
+            e,
+            Event::PairRefused {
+                via: "code",
+                outcome: "unknown_code",
+                ..
+            }
+        )),
+        "{events:?}"
+    );
+    assert!(events.iter().any(|e| matches!(
+        e,
+        Event::LimitHit {
+            limit: "frame_too_large",
+            ..
+        }
+    )));
+    assert!(matches!(
+        events.last(),
+        Some(Event::ClientDisconnected {
+            reason: "refused",
+            ..
+        })
+    ));
+}
 
 const TEN_MIN: Duration = Duration::from_secs(10 * 60);
 

@@ -14,7 +14,8 @@ use prometheus_client::metrics::counter::{ConstCounter, Counter};
 use prometheus_client::metrics::gauge::ConstGauge;
 use prometheus_client::registry::Registry;
 
-use crate::hub::Stats;
+use crate::events::SinkStatus;
+use crate::hub::{ReportStats, Stats};
 use crate::server::Shared;
 
 /// The `Content-Type` of `/metrics`: the Prometheus text format, version 0.0.4.
@@ -129,8 +130,89 @@ impl Collector for HubCollector {
             &latency.buckets(),
             None,
         )?;
-        // HOOK(event sink): the event sink does not exist yet. When it lands, its state
-        // (connected, queued events, dropped events) is encoded here, from its own status.
+        let reports = &stats.reports;
+        encode_family(
+            &mut encoder,
+            (
+                "proxim_connection_reports",
+                "Clients' reports of their direct connections, by outcome",
+            ),
+            "outcome",
+            [
+                ("connected", reports.connected),
+                ("failed", reports.failed),
+                ("closed", reports.closed),
+                ("dropped", reports.dropped),
+            ]
+            .into_iter(),
+        )?;
+        encode_family(
+            &mut encoder,
+            (
+                "proxim_connections_by_path",
+                "Direct connections reported up, by path (host, srflx, prflx, relay)",
+            ),
+            "path",
+            ReportStats::PATHS
+                .iter()
+                .copied()
+                .zip(reports.connected_by_path.iter().copied()),
+        )?;
+        self.encode_event_sinks(&mut encoder)
+    }
+}
+
+impl HubCollector {
+    /// The event sinks' state: up (1/0), events delivered, dropped and queued, connects.
+    fn encode_event_sinks(&self, encoder: &mut DescriptorEncoder) -> fmt::Result {
+        let sinks = self.shared.events.status();
+        if sinks.is_empty() {
+            return Ok(());
+        }
+        type Read = fn(&SinkStatus) -> u64;
+        let families: [(&str, &str, MetricType, Read); 5] = [
+            (
+                "proxim_event_sink_up",
+                "1 when the event sink delivers (its broker is connected), else 0",
+                MetricType::Gauge,
+                |s| u64::from(s.state == "up"),
+            ),
+            (
+                "proxim_events_delivered",
+                "Events written (JSON lines) or confirmed by the broker (AMQP)",
+                MetricType::Counter,
+                |s| s.delivered,
+            ),
+            (
+                "proxim_events_dropped",
+                "Events lost: the sink's buffer was full, a write failed or the broker refused",
+                MetricType::Counter,
+                |s| s.dropped,
+            ),
+            (
+                "proxim_event_sink_queued",
+                "Events waiting in the sink's buffer",
+                MetricType::Gauge,
+                |s| s.queued,
+            ),
+            (
+                "proxim_event_sink_connects",
+                "Times the sink connected to its broker",
+                MetricType::Counter,
+                |s| s.connects,
+            ),
+        ];
+        for (name, help, kind, read) in families {
+            let mut family = encoder.encode_descriptor(name, help, None, kind)?;
+            for sink in &sinks {
+                let labels = [("sink", sink.sink.as_str())];
+                let metric = family.encode_family(&labels)?;
+                match kind {
+                    MetricType::Counter => ConstCounter::new(read(sink)).encode(metric)?,
+                    _ => ConstGauge::new(read(sink) as i64).encode(metric)?,
+                }
+            }
+        }
         Ok(())
     }
 }

@@ -255,7 +255,7 @@ async fn wait_for_channels(
                     tracing::warn!(label = channel.label(), "unexpected channel");
                 }
             }
-            Some(ConnectionEvent::Closed { reason }) => bail!("connection closed: {reason}"),
+            Some(ConnectionEvent::Closed { reason, .. }) => bail!("connection closed: {reason}"),
             Some(other) => tracing::debug!(?other, "event"),
             None => bail!("connection events ended"),
         }

@@ -11,7 +11,7 @@ use futures_util::{SinkExt, StreamExt};
 use proxim_protocol::{
     ClientMessage, DeviceId, DeviceName, PROTOCOL_VERSION, RoutingCode, ServerMessage, ShortText,
 };
-use proxim_tests::loopback_ws::{Ws, connect_from};
+use proxim_tests::loopback_ws::{Ws, connect_from_unbounded};
 use tokio::sync::Semaphore;
 use tokio::task::JoinSet;
 use tokio_tungstenite::tungstenite::Message;
@@ -27,29 +27,33 @@ pub(crate) struct Client {
 }
 
 impl Client {
-    /// Connect from `source`, say `hello`, read `welcome`.
+    /// Connect from `source`, say `hello`, read `welcome`, within [`OPEN_TIMEOUT`].
     pub(crate) async fn open(server: SocketAddr, source: IpAddr) -> Result<Client> {
-        let open = async {
-            // Small buffers: twenty thousand idle clients share this process.
-            let config = WebSocketConfig::default()
-                .read_buffer_size(4 * 1024)
-                .write_buffer_size(0);
-            let ws = connect_from(server, source, Some(config)).await?;
-            let mut client = Client { ws };
-            client
-                .send(ClientMessage::Hello {
-                    version: PROTOCOL_VERSION,
-                    client: ShortText::truncated("proxim-sigcap"),
-                })
-                .await?;
-            match client.recv().await? {
-                ServerMessage::Welcome { .. } => Ok(client),
-                other => bail!("expected welcome, got {}", other.kind()),
-            }
-        };
-        tokio::time::timeout(OPEN_TIMEOUT, open)
+        tokio::time::timeout(OPEN_TIMEOUT, Client::open_unbounded(server, source))
             .await
             .unwrap_or_else(|_| bail!("opening timed out after {OPEN_TIMEOUT:?}"))
+    }
+
+    /// [`Client::open`] without a timeout of its own, for a caller that bounds it (the fresh
+    /// STORM: the pairing's timeout covers the connect; a timer per step would cost the
+    /// generator CPU that the server it shares the machine with could use).
+    pub(crate) async fn open_unbounded(server: SocketAddr, source: IpAddr) -> Result<Client> {
+        // Small buffers: twenty thousand idle clients share this process.
+        let config = WebSocketConfig::default()
+            .read_buffer_size(4 * 1024)
+            .write_buffer_size(0);
+        let ws = connect_from_unbounded(server, source, Some(config)).await?;
+        let mut client = Client { ws };
+        client
+            .send(ClientMessage::Hello {
+                version: PROTOCOL_VERSION,
+                client: ShortText::truncated("proxim-sigcap"),
+            })
+            .await?;
+        match client.recv().await? {
+            ServerMessage::Welcome { .. } => Ok(client),
+            other => bail!("expected welcome, got {}", other.kind()),
+        }
     }
 
     /// Open a client and register it as the desktop `device`; its pairing code.

@@ -313,9 +313,10 @@ impl PhoneWorker {
         }
     }
 
+    /// A greeted phone connection; the caller's [`PAIRING_TIMEOUT`] bounds it.
     async fn open(&self) -> Result<Client> {
         let n = self.next_source.fetch_add(1, Ordering::Relaxed);
-        Client::open(self.server, source_ip(n, SOURCE_IPS)).await
+        Client::open_unbounded(self.server, source_ip(n, SOURCE_IPS)).await
     }
 
     /// `pair_request` → `pair_pending` → `pair_result accepted`, every session id checked;
