@@ -242,9 +242,22 @@ pub fn proxim_binary(explicit: Option<PathBuf>) -> Result<PathBuf> {
 
 /// `GET path` on the server, the JSON body.
 pub async fn get_json(addr: SocketAddr, path: &str) -> Result<serde_json::Value> {
+    get_json_with_token(addr, path, None).await
+}
+
+/// [`get_json`] with `Authorization: Bearer <token>` (the protected monitoring routes).
+pub async fn get_json_with_token(
+    addr: SocketAddr,
+    path: &str,
+    token: Option<&str>,
+) -> Result<serde_json::Value> {
+    let auth = token
+        .map(|t| format!("Authorization: Bearer {t}\r\n"))
+        .unwrap_or_default();
     let exchange = async {
         let mut tcp = tokio::net::TcpStream::connect(addr).await?;
-        let request = format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n");
+        let request =
+            format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\n{auth}Connection: close\r\n\r\n");
         tcp.write_all(request.as_bytes()).await?;
         let mut response = Vec::new();
         tcp.read_to_end(&mut response).await?;

@@ -77,7 +77,14 @@ struct Args {
     /// How long each STORM row is measured, in seconds [quick: 3, full: 10].
     #[arg(long, value_name = "S")]
     seconds: Option<f64>,
+    /// Run the server with this event sink (`--events` of `proxim serve`: `file:PATH`,
+    /// `amqp://…`); the report then says what the sink delivered and dropped.
+    #[arg(long, value_name = "SINK")]
+    events: Option<String>,
 }
+
+/// The admin token the server gets when `--events` is given, to read `/api/events`.
+const ADMIN_TOKEN: &str = "proxim-sigcap-admin";
 
 /// The shape of one run.
 #[derive(Debug, Clone, PartialEq)]
@@ -139,14 +146,18 @@ async fn run(args: Args) -> Result<bool> {
     let binary = child::proxim_binary(args.proxim.clone())?;
     // The clock starts once the server is built.
     let started = Instant::now();
-    let mut server = ServerProcess::start(&binary, SERVER_FLAGS).await?;
+    let mut flags: Vec<&str> = SERVER_FLAGS.to_vec();
+    if let Some(sink) = &args.events {
+        flags.extend(["--events", sink.as_str(), "--admin-token", ADMIN_TOKEN]);
+    }
+    let mut server = ServerProcess::start(&binary, &flags).await?;
     let (pid, addr) = (server.pid, server.addr);
     let server_fds = open_file_limit(pid).unwrap_or(u64::MAX);
     eprintln!(
         "proxim-sigcap ({}): {} serve on {addr} (pid {pid}, open-file limit {server_fds}), {}",
         plan.name,
         binary.display(),
-        SERVER_FLAGS.join(" ")
+        flags.join(" ")
     );
     let mut report = Report::new(plan.name, args.quick);
 
@@ -189,6 +200,9 @@ async fn run(args: Args) -> Result<bool> {
     if !server.is_running() {
         report.problem("the server died".to_owned());
     }
+    if args.events.is_some() {
+        report.note(events_summary(addr).await);
+    }
 
     let log = server.log.clone();
     let exit = match server.stop(Duration::from_secs(10)).await {
@@ -202,6 +216,37 @@ async fn run(args: Args) -> Result<bool> {
         log.eprint_tail();
     }
     Ok(measured)
+}
+
+/// What the event sinks did over the whole run, from `/api/events` once their queues drained
+/// (at most 30 s).
+async fn events_summary(addr: std::net::SocketAddr) -> String {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let status = child::get_json_with_token(addr, "/api/events", Some(ADMIN_TOKEN)).await;
+        let sinks = match &status {
+            Ok(json) => json["sinks"].as_array().cloned().unwrap_or_default(),
+            Err(e) => return format!("EVENTS: /api/events unreadable: {e:#}"),
+        };
+        let drained = sinks.iter().all(|s| s["queued"] == 0);
+        if drained || Instant::now() >= deadline {
+            let rows: Vec<String> = sinks
+                .iter()
+                .map(|s| {
+                    format!(
+                        "{} {}: {} delivered, {} dropped, {} queued",
+                        s["sink"].as_str().unwrap_or("?"),
+                        s["state"].as_str().unwrap_or("?"),
+                        s["delivered"],
+                        s["dropped"],
+                        s["queued"]
+                    )
+                })
+                .collect();
+            return format!("EVENTS: {}", rows.join("; "));
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
 }
 
 /// Wait until the server has no connection open (at most 15 s).
