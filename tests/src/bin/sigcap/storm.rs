@@ -66,7 +66,7 @@ pub(crate) struct StormPlan {
 #[derive(Debug)]
 pub(crate) struct StormResult {
     pub(crate) plan: StormPlan,
-    /// Latencies of the pairings completed in the window, sorted.
+    /// Latencies of the pairings that finished in the window, sorted.
     pub(crate) latencies: Vec<Duration>,
     /// Pairings completed at any time (warm-up and the end included).
     pub(crate) completed: u64,
@@ -260,7 +260,6 @@ impl PhoneWorker {
         let (start, end) = self.window;
         let mut connection: Option<Client> = None;
         while Instant::now() < end {
-            let began = Instant::now();
             let attempt = tokio::time::timeout(PAIRING_TIMEOUT, self.pair(&mut connection));
             let outcome = attempt
                 .await
@@ -269,7 +268,11 @@ impl PhoneWorker {
             match outcome {
                 Ok(latency) => {
                     tally.completed += 1;
-                    if began >= start && finished < end {
+                    // Every pairing that finished in the window counts, wherever it began:
+                    // counting only those that also began in it would leave out the slowest
+                    // ones at its start (and their log lines would still be counted), more so
+                    // the longer the latency is next to the window.
+                    if finished >= start && finished < end {
                         tally.in_window.push(latency);
                     }
                 }
