@@ -239,12 +239,19 @@ pub(super) fn connected_report(
     time_to_connect: Duration,
 ) -> ConnectionReport {
     ConnectionReport {
+        time_to_connect_ms: Some(millis(time_to_connect)),
+        rtt_ms: stats.and_then(|s| s.rtt).map(millis),
+        ..path_report(stats)
+    }
+}
+
+/// A report with only the path and the relay protocol of `stats`.
+fn path_report(stats: Option<&ConnectionStats>) -> ConnectionReport {
+    ConnectionReport {
         path: stats.map(|s| path_kind(s.path())),
         relay_protocol: stats
             .and_then(|s| s.local.relay_protocol)
             .map(relay_protocol),
-        time_to_connect_ms: Some(millis(time_to_connect)),
-        rtt_ms: stats.and_then(|s| s.rtt).map(millis),
         ..ConnectionReport::default()
     }
 }
@@ -266,15 +273,11 @@ pub(super) fn closed_report(
     failure: Option<FailureKind>,
 ) -> ConnectionReport {
     ConnectionReport {
-        path: stats.map(|s| path_kind(s.path())),
-        relay_protocol: stats
-            .and_then(|s| s.local.relay_protocol)
-            .map(relay_protocol),
         duration_ms: Some(millis(duration)),
         bytes_sent: stats.map(|s| s.bytes_sent),
         bytes_received: stats.map(|s| s.bytes_received),
         failure: failure.and_then(FailureKind::token),
-        ..ConnectionReport::default()
+        ..path_report(stats)
     }
 }
 
