@@ -10,6 +10,8 @@
 #![allow(clippy::unwrap_used)]
 #![warn(missing_docs)]
 
+use std::net::{Ipv4Addr, TcpListener, UdpSocket};
+use std::path::PathBuf;
 use std::time::Duration;
 
 pub mod coturn;
@@ -43,4 +45,25 @@ pub async fn within_for<T>(limit: Duration, what: &str, future: impl Future<Outp
     tokio::time::timeout(limit, future)
         .await
         .unwrap_or_else(|_| panic!("timed out: {what}"))
+}
+
+/// A port free for both TCP and UDP on 127.0.0.1 right now.
+pub(crate) fn free_port() -> u16 {
+    for _ in 0..100 {
+        let tcp = TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).unwrap();
+        let port = tcp.local_addr().unwrap().port();
+        if UdpSocket::bind((Ipv4Addr::LOCALHOST, port)).is_ok() {
+            return port;
+        }
+    }
+    panic!("no free port");
+}
+
+/// `name` on the `PATH` (or in `/usr/bin`, `/usr/sbin`), for the services the tests start.
+pub(crate) fn which(name: &str) -> Option<PathBuf> {
+    let path = std::env::var_os("PATH")?;
+    std::env::split_paths(&path)
+        .chain([PathBuf::from("/usr/bin"), PathBuf::from("/usr/sbin")])
+        .map(|dir| dir.join(name))
+        .find(|p| p.is_file())
 }

@@ -9,11 +9,13 @@
 //! messages survive), for broker-restart tests. Missing `rabbitmq-server` is a test failure
 //! with the install command, never a silent skip: `scripts/test.sh` installs it.
 
-use std::net::{Ipv4Addr, SocketAddr, TcpListener, TcpStream};
+use std::net::{Ipv4Addr, SocketAddr, TcpStream};
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
+
+use crate::{free_port, which};
 
 /// How long a start may take (a cold start on this class of machine: ~5 s).
 const START_TIMEOUT: Duration = Duration::from_secs(90);
@@ -241,22 +243,6 @@ fn find_server_script() -> Option<PathBuf> {
         .collect();
     found.sort();
     found.pop()
-}
-
-fn which(name: &str) -> Option<PathBuf> {
-    let path = std::env::var_os("PATH")?;
-    std::env::split_paths(&path)
-        .chain([PathBuf::from("/usr/bin"), PathBuf::from("/usr/sbin")])
-        .map(|dir| dir.join(name))
-        .find(|candidate| candidate.is_file())
-}
-
-/// A TCP port free on 127.0.0.1 right now.
-fn free_port() -> u16 {
-    TcpListener::bind((Ipv4Addr::LOCALHOST, 0))
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .unwrap_or_else(|e| panic!("no free port: {e}"))
 }
 
 fn tail(text: &str, lines: usize) -> String {
