@@ -40,6 +40,7 @@
 //! events = ["file:/var/log/proxim/events.jsonl", "amqp://proxim:…@mq.example.net:5672/%2f"]
 //! events_queue = "webrtc_events"
 //! events_buffer = 10000        # per sink, while it cannot keep up or its broker is down
+//! state = "redis://:…@redis.example.net:6379/0"   # codes survive restarts; "memory": in-process
 //! ```
 
 use std::net::SocketAddr;
@@ -52,6 +53,7 @@ use crate::config::{AdminToken, ConfigError, DEFAULT_ADMIN_BIND, DEFAULT_STUN_BI
 use crate::events::EventSinkSpec;
 use crate::ice::{IceConfig, TurnAuth};
 use crate::proxy::TrustedProxies;
+use crate::state::StateSpec;
 use crate::turn_rest::DEFAULT_TURN_TTL;
 
 /// Arguments of the `serve` command. `Debug` hides the TURN password and secret.
@@ -204,6 +206,16 @@ pub struct ServeArgs {
     /// newest are dropped and counted [default: 10000].
     #[arg(long, env = "PROXIM_EVENTS_BUFFER", value_name = "N")]
     pub events_buffer: Option<usize>,
+    /// Where state that must outlive the process is kept: a `redis://[user:password@]host:port/db`
+    /// URL (codes and their reservations, retired codes survive a restart), or `memory`. The
+    /// password is never logged [default: this process's memory only].
+    #[arg(
+        long,
+        env = "PROXIM_STATE_URL",
+        value_name = "URL",
+        hide_env_values = true
+    )]
+    pub state: Option<String>,
 }
 
 /// Where the admin listener binds, as given: an address, or off.
@@ -272,6 +284,7 @@ impl std::fmt::Debug for ServeArgs {
             .field("events", &hide(&self.events))
             .field("events_queue", &self.events_queue)
             .field("events_buffer", &self.events_buffer)
+            .field("state", &hide(&self.state))
             .finish()
     }
 }
@@ -361,6 +374,16 @@ impl ServeArgs {
                 })
         })
         .collect::<Result<Vec<_>, _>>()?;
+        let state = self
+            .state
+            .or(file.state)
+            .map(|url| {
+                StateSpec::parse(&url).map_err(|e| ConfigError::Invalid {
+                    what: "state store (--state / PROXIM_STATE_URL)",
+                    why: e.to_string(),
+                })
+            })
+            .transpose()?;
         let config = ServerConfig {
             bind: pick(self.bind, file.bind, defaults.bind),
             ice,
@@ -446,6 +469,7 @@ impl ServeArgs {
                 file.events_buffer,
                 defaults.events_buffer,
             ),
+            state,
             ..defaults
         };
         config.validate()?;
@@ -551,6 +575,7 @@ struct FileConfig {
     events: Option<UrlList>,
     events_queue: Option<String>,
     events_buffer: Option<usize>,
+    state: Option<String>,
 }
 
 impl FileConfig {
@@ -703,6 +728,7 @@ mod tests {
             ("events", Some("PROXIM_EVENTS")),
             ("events-queue", Some("PROXIM_EVENTS_QUEUE")),
             ("events-buffer", Some("PROXIM_EVENTS_BUFFER")),
+            ("state", Some("PROXIM_STATE_URL")),
         ]
         .map(|(long, env)| (long.to_owned(), env.map(str::to_owned)));
         assert_eq!(settings, expected);

@@ -14,6 +14,7 @@ use proxim_protocol::MAX_FRAME_BYTES;
 use crate::events::{DEFAULT_EVENTS_BUFFER, DEFAULT_EVENTS_QUEUE, EventSinkSpec};
 use crate::ice::{IceConfig, stun_url_for_host};
 use crate::proxy::{InvalidTrustedProxy, TrustedProxies};
+use crate::state::StateSpec;
 
 /// The default listen backlog: a burst of a thousand clients connecting at once waits in the
 /// kernel's queue instead of retrying its SYN a second later.
@@ -110,6 +111,9 @@ pub struct ServerConfig {
     /// Events each sink holds while it cannot keep up or its broker is down; past it the newest
     /// are dropped and counted ([`DEFAULT_EVENTS_BUFFER`]).
     pub events_buffer: usize,
+    /// Where state that must outlive the process is kept ([`StateSpec`]: `memory`, Redis);
+    /// `None`: only in this server's memory.
+    pub state: Option<StateSpec>,
 }
 
 impl Default for ServerConfig {
@@ -146,6 +150,7 @@ impl Default for ServerConfig {
             events: Vec::new(),
             events_queue: DEFAULT_EVENTS_QUEUE.to_owned(),
             events_buffer: DEFAULT_EVENTS_BUFFER,
+            state: None,
         }
     }
 }

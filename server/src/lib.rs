@@ -61,6 +61,7 @@ mod proxy;
 mod retired;
 mod rlimit;
 mod server;
+mod state;
 mod stun;
 mod turn_rest;
 
@@ -80,4 +81,5 @@ pub use ice::{
 pub use proxy::{InvalidTrustedProxy, TrustedProxies};
 pub use rlimit::raise_open_file_limit;
 pub use server::{RunningServer, Server, ServerError};
+pub use state::{InvalidStateUrl, MemoryStore, StateError, StateSpec};
 pub use turn_rest::{DEFAULT_TURN_TTL, mint_turn_credentials};

@@ -1,5 +1,6 @@
 //! The monitoring HTTP routes and who may read them: `/healthz`, `/api/stats`,
-//! `/api/sessions` (paged), `/api/config`, `/api/events` (the event sinks' state), `/metrics`
+//! `/api/sessions` (paged), `/api/config`, `/api/events` (the event sinks' state), `/api/state`
+//! (the state store's), `/metrics`
 //! (Prometheus text) and the web clients' `/api/turn/config`, on the public listener and on
 //! the admin listener.
 //!
@@ -9,7 +10,7 @@
 //! |----------------------------------------------|----------------------------|----------------|
 //! | `/healthz`, `/api/stats`                     | open                       | open           |
 //! | `/metrics`, `/api/sessions`, `/api/config`,  | bearer token, else 401/404 | open           |
-//! | `/api/events`                                |                            |                |
+//! | `/api/events`, `/api/state`                  |                            |                |
 //! | `/api/turn/config`                           | open, rate-limited per IP  | —              |
 //!
 //! On the public listener the protected routes answer 404 when no admin token is configured
@@ -181,6 +182,7 @@ fn protected_routes() -> Router<Monitor> {
         .route("/api/sessions", get(api_sessions))
         .route("/api/config", get(api_config))
         .route("/api/events", get(api_events))
+        .route("/api/state", get(api_state))
 }
 
 /// Let a request through the public listener's protected routes only with
@@ -302,7 +304,15 @@ async fn api_config(State(monitor): State<Monitor>) -> Json<serde_json::Value> {
             "queue": c.events_queue,
             "buffer": c.events_buffer,
         },
+        "state": c.state.as_ref().map(ToString::to_string),
     }))
+}
+
+/// `/api/state`: the state store's writer — up or down, ops written and dropped, resyncs,
+/// what was restored at start; `null` without a store.
+async fn api_state(State(monitor): State<Monitor>) -> Json<serde_json::Value> {
+    let status = monitor.shared.state.as_ref().map(|s| s.status());
+    Json(serde_json::json!({ "state": status }))
 }
 
 /// `/api/events`: every event sink's state, counters and latest failure.

@@ -60,14 +60,36 @@ impl RetiredCodes {
 
     /// Remember `code` as retired at `now`, forgetting lapsed entries and, over capacity, the
     /// oldest ones.
-    pub(crate) fn insert(&mut self, code: RoutingCode, reason: RetireReason, now: Instant) {
+    /// Returns until when it is remembered (`None`: it is not).
+    pub(crate) fn insert(
+        &mut self,
+        code: RoutingCode,
+        reason: RetireReason,
+        now: Instant,
+    ) -> Option<Instant> {
+        let until = now.checked_add(self.retention)?;
+        self.insert_until(code, reason, until, now).then_some(until)
+    }
+
+    /// Remember `code` as retired until `until` (a restored entry: at most the retention from
+    /// `now`, and not before any entry remembered already, so the order stays the lapse
+    /// order). `false` when it is not remembered.
+    pub(crate) fn insert_until(
+        &mut self,
+        code: RoutingCode,
+        reason: RetireReason,
+        until: Instant,
+        now: Instant,
+    ) -> bool {
         self.prune(now);
-        if self.capacity == 0 {
-            return;
+        if self.capacity == 0 || until <= now {
+            return false;
         }
-        let Some(until) = now.checked_add(self.retention) else {
-            return;
-        };
+        let latest = self.order.back().map(|(t, _)| *t);
+        let until = now
+            .checked_add(self.retention)
+            .map_or(until, |max| until.min(max))
+            .max(latest.unwrap_or(until));
         while self.entries.len() >= self.capacity {
             if !self.pop_oldest() {
                 break;
@@ -75,6 +97,19 @@ impl RetiredCodes {
         }
         self.entries.insert(code.clone(), Retired { reason, until });
         self.order.push_back((until, code));
+        true
+    }
+
+    /// How long an entry is remembered.
+    pub(crate) fn retention(&self) -> Duration {
+        self.retention
+    }
+
+    /// Every entry: the code, why it was retired, until when it is remembered.
+    pub(crate) fn iter(&self) -> impl Iterator<Item = (&RoutingCode, RetireReason, Instant)> {
+        self.entries
+            .iter()
+            .map(|(code, r)| (code, r.reason, r.until))
     }
 
     /// Why `code` was retired, if it is remembered and has not lapsed by `now`.

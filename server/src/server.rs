@@ -33,7 +33,14 @@ use crate::ice::stun_url_for_host;
 use crate::listener::{self, SocketSlot};
 use crate::monitor::{AdminListener, Monitor};
 use crate::proxy::client_ip;
+use crate::state::redis::RedisStore;
+use crate::state::{
+    ResyncRequests, Snapshot, StateError, StateOp, StateSpec, StateStore, StateWriter,
+};
 use crate::stun;
+
+/// Reading the state store at start may take this long.
+const STATE_LOAD_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
 
 /// The signaling server.
 #[derive(Debug)]
@@ -74,11 +81,17 @@ impl Server {
 
         let mut hub_config = HubConfig::from(&config);
         hub_config.wall_anchor = (tokio::time::Instant::now().into_std(), SystemTime::now());
+        let mut hub = Hub::new(hub_config);
+        let state = match &config.state {
+            Some(spec) => Some(open_state(spec, &mut hub).await?),
+            None => None,
+        };
         let shared = Arc::new(Shared {
             core: Mutex::new(Core {
-                hub: Hub::new(hub_config),
+                hub,
                 pipes: HashMap::new(),
                 armed: None,
+                state_ops: Vec::new(),
             }),
             wake: Notify::new(),
             started: Instant::now(),
@@ -87,8 +100,15 @@ impl Server {
             stun_malformed: AtomicU64::new(0),
             sockets: listener::Sockets::new(config.max_connections),
             events,
+            state,
             config,
         });
+        if let Some(state) = &shared.state {
+            tokio::spawn(
+                run_state_resync(Arc::downgrade(&shared), state.resync_requests())
+                    .instrument(tracing::info_span!("state_resync")),
+            );
+        }
         let (stop_stun, stun_task) = match stun_socket {
             Some((socket, bound)) => {
                 let (tx, rx) = oneshot::channel::<()>();
@@ -188,6 +208,9 @@ pub enum ServerError {
     /// An event sink could not be opened (a file sink's path).
     #[error(transparent)]
     EventSink(#[from] EventSinkError),
+    /// The state store (`--state`) could not be read at start.
+    #[error("{0} — the server does not start without the state it was told to keep")]
+    State(#[from] StateError),
     /// The admin listener's address could not be bound.
     #[error("cannot bind the admin listener to {addr}: {source} — pass --admin-bind (none: off)")]
     AdminBind {
@@ -302,6 +325,9 @@ impl RunningServer {
         let left = deadline
             .saturating_duration_since(tokio::time::Instant::now())
             .max(std::time::Duration::from_secs(1));
+        if let Some(state) = &self.shared.state {
+            state.close(left).await;
+        }
         self.shared.events.close(left).await;
         tracing::info!("signaling server stopped");
     }
@@ -360,6 +386,8 @@ pub(crate) struct Shared {
     pub(crate) sockets: Arc<listener::Sockets>,
     /// Where events go.
     pub(crate) events: EventBus,
+    /// Where durable state goes (`--state`).
+    pub(crate) state: Option<StateWriter>,
     pub(crate) config: ServerConfig,
 }
 
@@ -370,6 +398,8 @@ struct Core {
     pipes: HashMap<ConnKey, Pipe>,
     /// The deadline the timer task sleeps until.
     armed: Option<Instant>,
+    /// Reused buffer for the hub's state ops.
+    state_ops: Vec<StateOp>,
 }
 
 #[derive(Debug)]
@@ -385,7 +415,7 @@ impl Shared {
         let now = tokio::time::Instant::now().into_std();
         let mut core = self.core.lock().unwrap_or_else(PoisonError::into_inner);
         let result = input(&mut core.hub, now);
-        core.pump(now, &self.events);
+        core.pump(now, &self.events, self.state.as_ref());
         self.rearm(&mut core);
         result
     }
@@ -482,7 +512,7 @@ impl Drop for IpSlot {
 
 impl Core {
     /// Deliver every hub output. Never blocks: a full queue drops its connection.
-    fn pump(&mut self, now: Instant, events: &EventBus) {
+    fn pump(&mut self, now: Instant, events: &EventBus, state: Option<&StateWriter>) {
         while let Some(output) = self.hub.poll_output() {
             match output {
                 Output::Send { to, message } => {
@@ -510,6 +540,67 @@ impl Core {
         while let Some(event) = self.hub.poll_event() {
             events.emit(event);
         }
+        if let Some(state) = state {
+            self.hub.take_state_ops(&mut self.state_ops);
+            if !self.state_ops.is_empty() {
+                state.push(self.state_ops.drain(..));
+            }
+        }
+    }
+}
+
+/// Read the state store, restore the hub from it, and start the writer with the hub's whole
+/// state as its first write (which also clears what went stale while the server was down).
+async fn open_state(spec: &StateSpec, hub: &mut Hub) -> Result<StateWriter, StateError> {
+    match spec {
+        StateSpec::Memory(store) => restore_from(store.clone(), hub).await,
+        StateSpec::Redis(url) => restore_from(RedisStore::new(url)?, hub).await,
+    }
+}
+
+async fn restore_from<S: StateStore>(store: S, hub: &mut Hub) -> Result<StateWriter, StateError> {
+    let name = store.name();
+    let started = Instant::now();
+    let snapshot: Snapshot = tokio::time::timeout(STATE_LOAD_TIMEOUT, store.load())
+        .await
+        .map_err(|_| StateError::Unreachable {
+            store: name.clone(),
+            reason: format!("no answer within {STATE_LOAD_TIMEOUT:?}"),
+        })??;
+    let now = tokio::time::Instant::now().into_std();
+    let summary = hub.restore(snapshot, now);
+    tracing::info!(
+        store = %name,
+        kept = summary.kept,
+        retired = summary.retired,
+        expired = summary.expired,
+        dropped = summary.dropped,
+        took_ms = started.elapsed().as_millis() as u64,
+        "state restored"
+    );
+    let writer = StateWriter::spawn(store);
+    writer.set_restored(summary);
+    writer.resync(hub.export_state(now));
+    Ok(writer)
+}
+
+/// Rewrite the state store from the hub whenever its writer asks (it failed, or fell behind).
+async fn run_state_resync(shared: std::sync::Weak<Shared>, requests: ResyncRequests) {
+    // No strong reference while waiting: the server may go away meanwhile.
+    while requests.wanted().await {
+        let Some(shared) = shared.upgrade() else {
+            return;
+        };
+        let now = tokio::time::Instant::now().into_std();
+        let mut core = shared.core.lock().unwrap_or_else(PoisonError::into_inner);
+        // Ops journaled but not handed over yet are older than the export, which includes them.
+        let mut pending = std::mem::take(&mut core.state_ops);
+        core.hub.take_state_ops(&mut pending);
+        let ops = core.hub.export_state(now);
+        if let Some(writer) = shared.state.as_ref() {
+            writer.resync(ops);
+        }
+        drop(core);
     }
 }
 

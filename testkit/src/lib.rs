@@ -1,9 +1,9 @@
 //! Test support shared by the end-to-end tests (`tests/`), the core's tests, the benchmarks and
-//! the load test: a real coturn on loopback ([`coturn`]), a real RabbitMQ ([`rabbitmq`]), a
-//! malicious signaling server as a rewriting WebSocket proxy ([`mitm`]), desktops and phones
-//! driven through a server
-//! ([`devices`]), a hand-driven signaling client with the wire-message builders and pairing
-//! scenarios the server's own tests use ([`raw_client`]), and tracing init.
+//! the load test: a real coturn on loopback ([`coturn`]), a real RabbitMQ ([`rabbitmq`]), a real
+//! Redis ([`redis`]), a malicious signaling server as a rewriting WebSocket proxy ([`mitm`]),
+//! desktops and phones driven through a server ([`devices`]), a hand-driven signaling client
+//! with the wire-message builders and pairing scenarios the server's own tests use
+//! ([`raw_client`]), and tracing init.
 //!
 //! No dependency on `proxim-server`: the server's own tests may use this crate without a
 //! dev-dependency cycle; starting an in-process server stays with the tests that need one.
@@ -19,6 +19,7 @@ pub mod devices;
 pub mod mitm;
 pub mod rabbitmq;
 pub mod raw_client;
+pub mod redis;
 
 /// Bound for any single step a test waits on (an event, a pairing, a frame).
 pub const STEP: Duration = Duration::from_secs(30);

@@ -40,6 +40,8 @@ const SERVER_ENV: &[&str] = &[
     "PROXIM_PAIR_ATTEMPTS",
     "PROXIM_PAIR_WINDOW",
     "PROXIM_TRUSTED_PROXIES",
+    "PROXIM_STATE_URL",
+    "PROXIM_EVENTS",
     "RUST_LOG",
 ];
 

@@ -308,7 +308,7 @@ impl fmt::Debug for EventSinkSpec {
 }
 
 /// `scheme://user:password@host…` with the password replaced by [`crate::REDACTED`].
-fn redact_url(url: &str) -> String {
+pub(crate) fn redact_url(url: &str) -> String {
     let Some((scheme, rest)) = url.split_once("://") else {
         return url.to_owned();
     };

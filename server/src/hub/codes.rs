@@ -24,12 +24,17 @@ use rand::rngs::StdRng;
 
 use super::{ConnKey, HubConfig};
 use crate::retired::{RetireReason, RetiredCodes};
+use crate::state::{RestoreSummary, Snapshot, StateOp, UnixMs, unix_ms};
 
 /// How many random codes to try before giving up on issuing one.
 pub(super) const CODE_ATTEMPTS: usize = 64;
 
 /// When a code expires and no fresh code is free, how long it stays before the next try.
 const CODE_RETRY: Duration = Duration::from_secs(1);
+
+/// How long the stored record of a live code that never expires lasts unless renewed
+/// ([`CodeBook::renew_leases`]): a crashed server's codes lapse by themselves.
+pub(super) const LIVE_LEASE: Duration = Duration::from_secs(24 * 60 * 60);
 
 /// A moment the code book must hear about: at `.0`, pass `.1` to [`CodeBook::on_timer`].
 pub(super) type Deadline = (Instant, CodeTimer);
@@ -102,6 +107,11 @@ pub(super) struct CodeBook {
     retired: RetiredCodes,
     /// How many codes were retired since start.
     retired_total: u64,
+    /// Changes for the state store, in order; `None` without a store.
+    journal: Option<Vec<StateOp>>,
+    /// One instant of the hub's clock and the Unix time it corresponds to: stored times are
+    /// Unix milliseconds (a restarted process has a new monotonic clock).
+    anchor: (Instant, UnixMs),
 }
 
 /// One code the book knows.
@@ -138,6 +148,15 @@ impl CodeBook {
             latest: HashMap::new(),
             retired: RetiredCodes::new(config.retired_retention, config.max_retired_codes),
             retired_total: 0,
+            journal: config.state.then(Vec::new),
+            anchor: (config.wall_anchor.0, unix_ms(config.wall_anchor.1)),
+        }
+    }
+
+    /// The changes journaled since the last call, in order (none without a state store).
+    pub(super) fn take_journal(&mut self, into: &mut Vec<StateOp>) {
+        if let Some(journal) = self.journal.as_mut() {
+            into.append(journal);
         }
     }
 
@@ -209,6 +228,7 @@ impl CodeBook {
                 .is_some_and(|e| matches!(e.place, Place::Kept(_)))
         {
             self.entries.remove(&old);
+            self.journal_drop(old, None);
         }
         self.entries.insert(
             grant.code.clone(),
@@ -219,6 +239,7 @@ impl CodeBook {
             },
         );
         self.held.insert(conn, grant.code.clone());
+        self.journal_put(&grant.code, now);
         Some(grant)
     }
 
@@ -246,6 +267,8 @@ impl CodeBook {
             },
         );
         self.held.insert(conn, grant.code.clone());
+        self.journal_drop(old.clone(), None);
+        self.journal_put(&grant.code, now);
         self.retire(old, reason, now);
         Some(grant)
     }
@@ -257,6 +280,7 @@ impl CodeBook {
         let entry = self.entries.get_mut(&code)?;
         if self.latest.get(&entry.device) != Some(&code) {
             self.entries.remove(&code);
+            self.journal_drop(code, None);
             return None;
         }
         let device = entry.device.clone();
@@ -265,6 +289,7 @@ impl CodeBook {
         if let Some(entry) = self.entries.get_mut(&code) {
             entry.place = Place::Kept(until);
         }
+        self.journal_put(&code, now);
         self.kept_order.push_back((until, device.clone()));
         Some((until, CodeTimer::Reservation(device)))
     }
@@ -291,6 +316,7 @@ impl CodeBook {
             if still_kept && let Some(code) = self.latest.remove(&device) {
                 self.entries.remove(&code);
                 tracing::debug!(code = %code.redacted(), "forgetting a kept code: at the cap");
+                self.journal_drop(code, Some(device));
             }
         }
     }
@@ -309,6 +335,7 @@ impl CodeBook {
                     .is_some_and(|(_, until, _)| until <= now);
                 if lapsed && let Some(code) = self.latest.remove(&device) {
                     self.entries.remove(&code);
+                    self.journal_drop(code, Some(device));
                 }
                 TimerOutcome::Nothing
             }
@@ -340,6 +367,7 @@ impl CodeBook {
         if let Some(entry) = self.entries.get_mut(&code) {
             entry.expires = Some(retry);
         }
+        self.journal_put(&code, now);
         TimerOutcome::NoFreeCode {
             conn,
             retry: (retry, CodeTimer::Expiry(code)),
@@ -366,6 +394,7 @@ impl CodeBook {
             .is_some_and(|(_, _, expires)| expires.is_some_and(|e| e <= now));
         if due && let Some(code) = self.latest.remove(device) {
             self.entries.remove(&code);
+            self.journal_drop(code.clone(), Some(device.clone()));
             self.retire(code, RetireReason::Expired, now);
         }
     }
@@ -374,7 +403,197 @@ impl CodeBook {
     fn retire(&mut self, code: RoutingCode, reason: RetireReason, now: Instant) {
         tracing::debug!(code = %code.redacted(), reason = reason.name(), "code retired");
         self.retired_total += 1;
-        self.retired.insert(code, reason, now);
+        let until = self.retired.insert(code.clone(), reason, now);
+        if let (Some(journal), Some(until)) = (self.journal.as_mut(), until) {
+            let until = wall(self.anchor, until);
+            journal.push(StateOp::Retire {
+                code,
+                reason,
+                until,
+            });
+        }
+    }
+
+    // -----------------------------------------------------------------------------------------
+    // The state store
+    // -----------------------------------------------------------------------------------------
+
+    /// The record of `code` as it is now (`None`: the book does not know it).
+    fn record(&self, code: &RoutingCode, now: Instant) -> Option<StateOp> {
+        let entry = self.entries.get(code)?;
+        let latest = self.latest.get(&entry.device) == Some(code);
+        let expires = entry.expires.map(|e| wall(self.anchor, e));
+        let (kept_until, lapses) = match entry.place {
+            Place::Kept(until) => {
+                let until = wall(self.anchor, until);
+                (Some(until), until)
+            }
+            // Long enough for the server to come back and keep it for its device.
+            Place::Live(_) => {
+                let lapses = match entry.expires {
+                    Some(e) => e + self.reservation,
+                    None => now + LIVE_LEASE,
+                };
+                (None, wall(self.anchor, lapses))
+            }
+        };
+        Some(StateOp::PutCode {
+            code: code.clone(),
+            device: entry.device.clone(),
+            expires,
+            kept_until,
+            latest,
+            lapses,
+        })
+    }
+
+    /// Journal `code`'s record as it is now.
+    fn journal_put(&mut self, code: &RoutingCode, now: Instant) {
+        if self.journal.is_none() {
+            return;
+        }
+        if let Some(op) = self.record(code, now)
+            && let Some(journal) = self.journal.as_mut()
+        {
+            journal.push(op);
+        }
+    }
+
+    /// Journal that `code` is forgotten (and `device`'s latest code with it).
+    fn journal_drop(&mut self, code: RoutingCode, device: Option<DeviceId>) {
+        if let Some(journal) = self.journal.as_mut() {
+            journal.push(StateOp::DropCode { code, device });
+        }
+    }
+
+    /// Journal the records of live codes that never expire again, so they do not lapse while
+    /// their desktops are connected.
+    pub(super) fn renew_leases(&mut self, now: Instant) {
+        if self.journal.is_none() {
+            return;
+        }
+        let codes: Vec<RoutingCode> = self
+            .entries
+            .iter()
+            .filter(|(_, e)| e.expires.is_none() && matches!(e.place, Place::Live(_)))
+            .map(|(code, _)| code.clone())
+            .collect();
+        for code in codes {
+            self.journal_put(&code, now);
+        }
+    }
+
+    /// Every record the book holds: what the store must hold.
+    pub(super) fn export(&self, now: Instant) -> Vec<StateOp> {
+        let mut ops: Vec<StateOp> = self
+            .entries
+            .keys()
+            .filter_map(|code| self.record(code, now))
+            .collect();
+        ops.extend(
+            self.retired
+                .iter()
+                .filter(|(_, _, until)| *until > now)
+                .map(|(code, reason, until)| StateOp::Retire {
+                    code: code.clone(),
+                    reason,
+                    until: wall(self.anchor, until),
+                }),
+        );
+        ops
+    }
+
+    /// Take what a store held at start (the book is empty; no connection is open). Codes that
+    /// connections held are kept for their devices for a full reservation from `now` (their
+    /// connections ended with the previous process); kept codes stay kept until their
+    /// reservation ends; codes that expired meanwhile are retired as expired; retired codes
+    /// are remembered until their time. Returns what was taken and the deadlines to arm.
+    pub(super) fn restore(
+        &mut self,
+        snapshot: Snapshot,
+        now: Instant,
+    ) -> (RestoreSummary, Vec<Deadline>) {
+        let now_ms = wall(self.anchor, now);
+        let mut summary = RestoreSummary {
+            dropped: snapshot.skipped,
+            ..RestoreSummary::default()
+        };
+        let latest: HashMap<DeviceId, RoutingCode> = snapshot.latest.into_iter().collect();
+        let mut retired = snapshot.retired;
+        let mut kept = Vec::new();
+        for stored in snapshot.codes {
+            // Only a device's latest code is kept for it; the others ended with their
+            // connections.
+            if latest.get(&stored.device) != Some(&stored.code) {
+                summary.dropped += 1;
+                continue;
+            }
+            if let Some(expires) = stored.expires
+                && expires <= now_ms
+            {
+                retired.push(crate::state::StoredRetired {
+                    code: stored.code,
+                    reason: RetireReason::Expired,
+                    until: expires.saturating_add(ms(self.retired.retention())),
+                });
+                summary.expired += 1;
+                continue;
+            }
+            let until = match stored.kept_until {
+                Some(until) => until.min(now_ms.saturating_add(ms(self.reservation))),
+                None => now_ms.saturating_add(ms(self.reservation)),
+            };
+            if until <= now_ms {
+                summary.dropped += 1;
+                continue;
+            }
+            kept.push((until, stored));
+        }
+        // Oldest first, as the book keeps them.
+        kept.sort_by_key(|(until, _)| *until);
+        retired.sort_by_key(|r| r.until);
+        let mut deadlines = Vec::new();
+        for r in retired {
+            if r.until <= now_ms || self.entries.contains_key(&r.code) {
+                summary.dropped += 1;
+                continue;
+            }
+            let until = instant(self.anchor, now, r.until);
+            if self.retired.insert_until(r.code, r.reason, until, now) {
+                self.retired_total += 1;
+                summary.retired += 1;
+            }
+        }
+        for (until_ms, stored) in kept {
+            if self.retired.contains(&stored.code) {
+                summary.dropped += 1;
+                continue;
+            }
+            let until = instant(self.anchor, now, until_ms);
+            let expires = stored.expires.map(|e| instant(self.anchor, now, e));
+            self.entries.insert(
+                stored.code.clone(),
+                Entry {
+                    device: stored.device.clone(),
+                    place: Place::Kept(until),
+                    expires,
+                },
+            );
+            self.latest
+                .insert(stored.device.clone(), stored.code.clone());
+            self.make_room_to_keep(now);
+            self.kept_order.push_back((until, stored.device.clone()));
+            deadlines.push((until, CodeTimer::Reservation(stored.device)));
+            if let Some(expires) = expires {
+                deadlines.push((expires, CodeTimer::Expiry(stored.code)));
+            }
+            summary.kept += 1;
+        }
+        // What the store must hold now is the book itself; the driver rewrites it.
+        if let Some(journal) = self.journal.as_mut() {
+            journal.clear();
+        }
+        (summary, deadlines)
     }
 
     /// A fresh code issued at `now`, with its expiry and the timer for it.
@@ -404,6 +623,28 @@ impl CodeBook {
     pub(super) fn is_empty(&self) -> bool {
         self.entries.is_empty() && self.held.is_empty() && self.latest.is_empty()
     }
+}
+
+/// `t` of the hub's clock as Unix milliseconds, by the `anchor`.
+fn wall(anchor: (Instant, UnixMs), t: Instant) -> UnixMs {
+    match t.checked_duration_since(anchor.0) {
+        Some(after) => anchor.1.saturating_add(ms(after)),
+        None => anchor.1.saturating_sub(ms(anchor.0.duration_since(t))),
+    }
+}
+
+/// Unix milliseconds `at` on the hub's clock, by the `anchor`; times before `now` are `now`.
+fn instant(anchor: (Instant, UnixMs), now: Instant, at: UnixMs) -> Instant {
+    let t = if at >= anchor.1 {
+        anchor.0.checked_add(Duration::from_millis(at - anchor.1))
+    } else {
+        anchor.0.checked_sub(Duration::from_millis(anchor.1 - at))
+    };
+    t.map_or(now, |t| t.max(now))
+}
+
+fn ms(d: Duration) -> u64 {
+    u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
 }
 
 /// A random routing code of `len` characters from `alphabet` (a subset of

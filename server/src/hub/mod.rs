@@ -53,6 +53,7 @@ use crate::events::Event;
 use crate::ice::IceConfig;
 use crate::limits::{AttemptWindow, ConnectionsPerIp, TokenBucket};
 use crate::retired::RetireReason;
+use crate::state::{RestoreSummary, Snapshot, StateOp};
 
 mod abuse;
 mod codes;
@@ -62,7 +63,9 @@ mod stats;
 #[cfg(test)]
 mod tests;
 
-use codes::{CODE_ATTEMPTS, CodeBook, CodeTimer, Deadline, Grant, Lookup, TimerOutcome};
+use codes::{
+    CODE_ATTEMPTS, CodeBook, CodeTimer, Deadline, Grant, LIVE_LEASE, Lookup, TimerOutcome,
+};
 use events::Reportable;
 use sessions::{Session, SessionEnd, SessionState, Via};
 pub use stats::{PairLatency, ReportStats, SessionInfo, SessionPage, Stats};
@@ -147,6 +150,8 @@ pub(crate) struct HubConfig {
     pub(crate) events: bool,
     /// Whether events name devices (`--expose-device-names`).
     pub(crate) event_device_names: bool,
+    /// Whether to journal changes for a state store (`--state`).
+    pub(crate) state: bool,
 }
 
 impl From<&ServerConfig> for HubConfig {
@@ -174,6 +179,7 @@ impl From<&ServerConfig> for HubConfig {
             wall_anchor: (Instant::now(), SystemTime::now()),
             events: !c.events.is_empty(),
             event_device_names: c.expose_device_names,
+            state: c.state.is_some(),
         }
     }
 }
@@ -245,6 +251,8 @@ enum TimerKey {
     Prompt(SessionId),
     /// A code's reservation or lifetime ends: the [`CodeBook`]'s.
     Code(CodeTimer),
+    /// Renew the stored records of live codes that never expire (with a state store).
+    StateLease,
 }
 
 /// Why a connection leaves the hub.
@@ -291,6 +299,13 @@ impl Hub {
 
     /// A hub with a given random generator (tests seed it).
     pub(crate) fn with_rng(config: HubConfig, rng: StdRng) -> Self {
+        let mut timers = BinaryHeap::new();
+        if config.state {
+            timers.push(Reverse((
+                config.wall_anchor.0 + LIVE_LEASE / 4,
+                TimerKey::StateLease,
+            )));
+        }
         Hub {
             codes: CodeBook::new(&config),
             config,
@@ -299,7 +314,7 @@ impl Hub {
             conns: HashMap::new(),
             desktop_conns: HashMap::new(),
             sessions: BTreeMap::new(),
-            timers: BinaryHeap::new(),
+            timers,
             outputs: VecDeque::new(),
             events: VecDeque::new(),
             stats: Stats::default(),
@@ -452,6 +467,10 @@ impl Hub {
                         self.end_session(&session, SessionEnd::PromptExpired, now);
                     }
                 }
+                TimerKey::StateLease => {
+                    self.codes.renew_leases(now);
+                    self.arm(now + LIVE_LEASE / 4, TimerKey::StateLease);
+                }
                 TimerKey::Code(timer) => match self.codes.on_timer(&mut self.rng, timer, now) {
                     TimerOutcome::Nothing => {}
                     TimerOutcome::Replaced { conn, grant } => {
@@ -482,6 +501,26 @@ impl Hub {
     /// The next thing the driver must do.
     pub(crate) fn poll_output(&mut self) -> Option<Output> {
         self.outputs.pop_front()
+    }
+
+    /// The changes for the state store since the last call, in order (none without one).
+    pub(crate) fn take_state_ops(&mut self, into: &mut Vec<StateOp>) {
+        self.codes.take_journal(into);
+    }
+
+    /// Everything the state store must hold now (to rewrite it after it failed or at start).
+    pub(crate) fn export_state(&self, now: Instant) -> Vec<StateOp> {
+        self.codes.export(now)
+    }
+
+    /// Take what the state store held at start, before any connection opens: codes kept for
+    /// their devices, retired codes. The store is rewritten from [`Hub::export_state`] next.
+    pub(crate) fn restore(&mut self, snapshot: Snapshot, now: Instant) -> RestoreSummary {
+        let (summary, deadlines) = self.codes.restore(snapshot, now);
+        for (due, timer) in deadlines {
+            self.arm(due, TimerKey::Code(timer));
+        }
+        summary
     }
 
     /// Stop: every connection gets `bye` and is closed; new connections are refused.

@@ -7,6 +7,7 @@ use proxim_protocol::SessionEndReason;
 
 use super::*;
 use crate::events::ClientReport;
+use crate::state::MemoryStore;
 
 // ---------------------------------------------------------------------------------------------
 // Connections, timers, shutdown
@@ -829,6 +830,140 @@ fn a_refused_pair_request_and_a_hit_limit_are_events() {
             ..
         })
     ));
+}
+
+// ---------------------------------------------------------------------------------------------
+// Durable state
+// ---------------------------------------------------------------------------------------------
+
+/// A hub journaling to `store` with the clock `anchor`, restored from what `store` holds at
+/// `now`; the store then holds what the hub exported, as the driver does at start.
+fn durable_hub(
+    seed: u64,
+    store: &MemoryStore,
+    anchor: (Instant, SystemTime),
+    now: Instant,
+) -> (Hub, RestoreSummary) {
+    let mut hub = timed_hub(seed, |c| {
+        c.state = true;
+        c.wall_anchor = anchor;
+    });
+    let summary = hub.restore(store.snapshot(), now);
+    store.replace(&hub.export_state(now));
+    (hub, summary)
+}
+
+/// Hand the hub's journal to the store, as the driver does after every input.
+fn persist(hub: &mut Hub, store: &MemoryStore) {
+    let mut ops = Vec::new();
+    hub.take_state_ops(&mut ops);
+    store.apply(&ops);
+}
+
+#[test]
+fn a_restarted_hub_gives_codes_back_and_remembers_retired_ones() {
+    let store = MemoryStore::default();
+    let t0 = Instant::now();
+    let anchor = (t0, SystemTime::now());
+    let (mut first, summary) = durable_hub(31, &store, anchor, t0);
+    assert_eq!(summary, RestoreSummary::default());
+    let mut codes = Vec::new();
+    for i in 0..5 {
+        let (conn, code, _) = desktop(&mut first, &format!("desk{i}"), t0);
+        codes.push((conn, code));
+    }
+    // desk0 burns its code; desk1 leaves (its code is kept for it).
+    let (renewed, _) = only_registered(&renew(&mut first, codes[0].0, t0), codes[0].0);
+    gone(&mut first, codes[1].0, t0);
+    persist(&mut first, &store);
+    assert_eq!(store.len(), (5, 1));
+
+    // The process dies a minute later (no shutdown, nothing more written) and comes back.
+    let t1 = t0 + Duration::from_secs(60);
+    drop(first);
+    let (mut second, summary) = durable_hub(32, &store, anchor, t1);
+    assert_eq!(
+        (summary.kept, summary.retired, summary.expired),
+        (5, 1, 0),
+        "{summary:?}"
+    );
+    // Retired codes are answered as such; held and kept codes wait for their desktops.
+    assert_eq!(
+        try_code(&mut second, &codes[0].1, t1),
+        Some(PairOutcome::CodeUsed)
+    );
+    assert_eq!(
+        try_code(&mut second, &codes[3].1, t1),
+        Some(PairOutcome::UnknownCode)
+    );
+    // Each desktop gets its code back, with the time it had left.
+    let (_, back, left) = desktop(&mut second, "desk3", t1);
+    assert_eq!((&back, left), (&codes[3].1, Some(540_000)));
+    let (_, back, _) = desktop(&mut second, "desk0", t1);
+    assert_eq!(back, renewed);
+    let (_, back, _) = desktop(&mut second, "desk1", t1);
+    assert_eq!(back, codes[1].1);
+    assert_eq!(try_code(&mut second, &codes[3].1, t1), None);
+    persist(&mut second, &store);
+
+    // A desktop that stays away past its reservation (five minutes from the restart) loses
+    // its code: forgotten, not retired.
+    let t2 = t1 + Duration::from_secs(5 * 60 + 1);
+    second.handle_timeout(t2);
+    persist(&mut second, &store);
+    let (_, fresh, _) = desktop(&mut second, "desk4", t2);
+    assert_ne!(fresh, codes[4].1);
+    assert_eq!(
+        try_code(&mut second, &codes[4].1, t2),
+        Some(PairOutcome::UnknownCode)
+    );
+    persist(&mut second, &store);
+    // What the store holds is what the hub would export.
+    let expected = MemoryStore::default();
+    expected.replace(&second.export_state(t2));
+    assert_eq!(sorted(store.snapshot()), sorted(expected.snapshot()));
+}
+
+#[test]
+fn codes_that_expire_while_the_server_is_down_answer_code_expired() {
+    let store = MemoryStore::default();
+    let t0 = Instant::now();
+    let anchor = (t0, SystemTime::now());
+    let (mut first, _) = durable_hub(33, &store, anchor, t0);
+    let (_, code, _) = desktop(&mut first, "desk", t0);
+    persist(&mut first, &store);
+    drop(first);
+    // Back after the code's ten minutes.
+    let t1 = t0 + TEN_MIN + Duration::from_secs(1);
+    let (mut second, summary) = durable_hub(34, &store, anchor, t1);
+    assert_eq!((summary.kept, summary.expired), (0, 1), "{summary:?}");
+    assert_eq!(
+        try_code(&mut second, &code, t1),
+        Some(PairOutcome::CodeExpired)
+    );
+    let (_, fresh, left) = desktop(&mut second, "desk", t1);
+    assert_ne!(fresh, code);
+    assert_eq!(left, Some(600_000));
+}
+
+#[test]
+fn without_a_store_the_hub_journals_nothing() {
+    let mut hub = timed_hub(35, |_| {});
+    let now = Instant::now();
+    let (desk, _, _) = desktop(&mut hub, "desk", now);
+    renew(&mut hub, desk, now);
+    let mut ops = Vec::new();
+    hub.take_state_ops(&mut ops);
+    assert!(ops.is_empty());
+}
+
+/// A snapshot in a fixed order, to compare two.
+fn sorted(mut s: Snapshot) -> Snapshot {
+    s.codes.sort_by(|a, b| a.code.as_str().cmp(b.code.as_str()));
+    s.latest.sort_by(|a, b| a.0.as_str().cmp(b.0.as_str()));
+    s.retired
+        .sort_by(|a, b| a.code.as_str().cmp(b.code.as_str()));
+    s
 }
 
 const TEN_MIN: Duration = Duration::from_secs(10 * 60);

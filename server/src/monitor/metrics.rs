@@ -158,11 +158,62 @@ impl Collector for HubCollector {
                 .copied()
                 .zip(reports.connected_by_path.iter().copied()),
         )?;
-        self.encode_event_sinks(&mut encoder)
+        self.encode_event_sinks(&mut encoder)?;
+        self.encode_state(&mut encoder)
     }
 }
 
 impl HubCollector {
+    /// The state store's writer, when there is one.
+    fn encode_state(&self, encoder: &mut DescriptorEncoder) -> fmt::Result {
+        let Some(state) = self.shared.state.as_ref().map(|s| s.status()) else {
+            return Ok(());
+        };
+        let gauges = [
+            (
+                "proxim_state_up",
+                "1 when the state store takes writes, else 0 (serving from memory)",
+                u64::from(state.state == "up"),
+            ),
+            (
+                "proxim_state_queued",
+                "State changes waiting for the store",
+                state.queued as u64,
+            ),
+        ];
+        for (name, help, value) in gauges {
+            let metric = encoder.encode_descriptor(name, help, None, MetricType::Gauge)?;
+            ConstGauge::new(value as i64).encode(metric)?;
+        }
+        let counters = [
+            (
+                "proxim_state_ops_written",
+                "State changes written to the store",
+                state.ops_written,
+            ),
+            (
+                "proxim_state_ops_dropped",
+                "State changes not written (the store was down or behind; rewritten on recovery)",
+                state.ops_dropped,
+            ),
+            (
+                "proxim_state_resyncs",
+                "Times the store was rewritten from memory",
+                state.resyncs,
+            ),
+            (
+                "proxim_state_failures",
+                "Writes to the state store that failed",
+                state.failures,
+            ),
+        ];
+        for (name, help, value) in counters {
+            let metric = encoder.encode_descriptor(name, help, None, MetricType::Counter)?;
+            ConstCounter::new(value).encode(metric)?;
+        }
+        Ok(())
+    }
+
     /// The event sinks' state: up (1/0), events delivered, dropped and queued, connects.
     fn encode_event_sinks(&self, encoder: &mut DescriptorEncoder) -> fmt::Result {
         let sinks = self.shared.events.status();

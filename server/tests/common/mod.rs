@@ -30,7 +30,13 @@ pub(crate) async fn start_server(configure: impl FnOnce(&mut ServerConfig)) -> R
 
 /// The routes the public listener serves only with the admin token: tests read them on the
 /// admin listener.
-const ADMIN_ROUTES: [&str; 4] = ["/api/sessions", "/api/config", "/api/events", "/metrics"];
+const ADMIN_ROUTES: [&str; 5] = [
+    "/api/sessions",
+    "/api/config",
+    "/api/events",
+    "/api/state",
+    "/metrics",
+];
 
 /// GET `path` from the server over plain HTTP/1.1; returns (status, body). The protected
 /// monitoring routes ([`ADMIN_ROUTES`]) are read on the admin listener, the rest on the
