@@ -241,6 +241,8 @@ pub(crate) struct StateStatus {
     /// `up`, `down` (retrying) or `resyncing`.
     pub(crate) state: &'static str,
     pub(crate) ops_written: u64,
+    /// Round trips that wrote them (one pipeline each; a resync takes several).
+    pub(crate) writes: u64,
     /// Ops dropped because the store was down or behind (rewritten by the next resync).
     pub(crate) ops_dropped: u64,
     pub(crate) queued: usize,
@@ -282,6 +284,7 @@ struct WriterShared {
     want_resync: Notify,
     up: AtomicBool,
     ops_written: AtomicU64,
+    writes: AtomicU64,
     ops_dropped: AtomicU64,
     resyncs: AtomicU64,
     failures: AtomicU64,
@@ -311,6 +314,7 @@ impl StateWriter {
             want_resync: Notify::new(),
             up: AtomicBool::new(true),
             ops_written: AtomicU64::new(0),
+            writes: AtomicU64::new(0),
             ops_dropped: AtomicU64::new(0),
             resyncs: AtomicU64::new(0),
             failures: AtomicU64::new(0),
@@ -412,6 +416,7 @@ impl StateWriter {
             store: s.store.clone(),
             state,
             ops_written: s.ops_written.load(Ordering::Relaxed),
+            writes: s.writes.load(Ordering::Relaxed),
             ops_dropped: s.ops_dropped.load(Ordering::Relaxed),
             queued,
             resyncs: s.resyncs.load(Ordering::Relaxed),
@@ -579,6 +584,9 @@ async fn run<S: StateStore>(store: S, shared: Arc<WriterShared>) {
         match result {
             Ok(n) => {
                 shared.ops_written.fetch_add(n, Ordering::Relaxed);
+                shared
+                    .writes
+                    .fetch_add(n.div_ceil(BATCH as u64).max(1), Ordering::Relaxed);
             }
             Err(e) => shared.fail(&e),
         }

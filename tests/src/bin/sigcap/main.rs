@@ -81,9 +81,14 @@ struct Args {
     /// `amqp://…`); the report then says what the sink delivered and dropped.
     #[arg(long, value_name = "SINK")]
     events: Option<String>,
+    /// Run the server with this state store (`--state` of `proxim serve`: `redis://…`); the
+    /// report then says how many state changes and round trips the run cost.
+    #[arg(long, value_name = "URL")]
+    state: Option<String>,
 }
 
-/// The admin token the server gets when `--events` is given, to read `/api/events`.
+/// The admin token the server gets when `--events` or `--state` is given, to read
+/// `/api/events` and `/api/state`.
 const ADMIN_TOKEN: &str = "proxim-sigcap-admin";
 
 /// The shape of one run.
@@ -148,7 +153,13 @@ async fn run(args: Args) -> Result<bool> {
     let started = Instant::now();
     let mut flags: Vec<&str> = SERVER_FLAGS.to_vec();
     if let Some(sink) = &args.events {
-        flags.extend(["--events", sink.as_str(), "--admin-token", ADMIN_TOKEN]);
+        flags.extend(["--events", sink.as_str()]);
+    }
+    if let Some(url) = &args.state {
+        flags.extend(["--state", url.as_str()]);
+    }
+    if args.events.is_some() || args.state.is_some() {
+        flags.extend(["--admin-token", ADMIN_TOKEN]);
     }
     let mut server = ServerProcess::start(&binary, &flags).await?;
     let (pid, addr) = (server.pid, server.addr);
@@ -203,6 +214,10 @@ async fn run(args: Args) -> Result<bool> {
     if args.events.is_some() {
         report.note(events_summary(addr).await);
     }
+    if args.state.is_some() {
+        let pairings: u64 = report.storms.iter().map(|s| s.completed).sum();
+        report.note(state_summary(addr, pairings).await);
+    }
 
     let log = server.log.clone();
     let exit = match server.stop(Duration::from_secs(10)).await {
@@ -244,6 +259,42 @@ async fn events_summary(addr: std::net::SocketAddr) -> String {
                 })
                 .collect();
             return format!("EVENTS: {}", rows.join("; "));
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+/// What the state store took over the whole run, from `/api/state` once its queue drained (at
+/// most 30 s), per pairing of the STORM rows (registrations and departures of their desktops
+/// included; the IDLE row writes nothing).
+async fn state_summary(addr: std::net::SocketAddr, pairings: u64) -> String {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let s = match child::get_json_with_token(addr, "/api/state", Some(ADMIN_TOKEN)).await {
+            Ok(json) => json["state"].clone(),
+            Err(e) => return format!("STATE: /api/state unreadable: {e:#}"),
+        };
+        if s["queued"] == 0 || Instant::now() >= deadline {
+            let per = |field: &str| {
+                let n = s[field].as_u64().unwrap_or(0);
+                if pairings == 0 {
+                    "-".to_owned()
+                } else {
+                    format!("{:.2}", n as f64 / pairings as f64)
+                }
+            };
+            return format!(
+                "STATE: {} {}: {} changes in {} round trips for {pairings} pairings ({} changes,                  {} round trips per pairing); {} dropped, {} failures, {} resyncs",
+                s["store"].as_str().unwrap_or("?"),
+                s["state"].as_str().unwrap_or("?"),
+                s["ops_written"],
+                s["writes"],
+                per("ops_written"),
+                per("writes"),
+                s["ops_dropped"],
+                s["failures"],
+                s["resyncs"],
+            );
         }
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
