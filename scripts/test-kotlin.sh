@@ -96,8 +96,9 @@ link_of() {
 
 ensure_tools
 log "cargo build (bindings library + uniffi-bindgen, proxim CLI)"
-cargo build --locked -p proxim-bindings --features cli
-cargo build --locked -p proxim
+# The workspace with its tests and the same features as scripts/test.sh: after it, nothing is
+# compiled again (a `-p` selection would resolve features anew and rebuild the dependencies).
+cargo build --locked --workspace --lib --bins --tests --features proxim-bindings/cli
 
 log "generating Kotlin bindings (library mode, host config)"
 rm -rf "$BUILD"

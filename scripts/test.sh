@@ -25,9 +25,11 @@ fi
 # Debian may start coturn, RabbitMQ and Redis as services on install; the tests start their own
 # on free ports (and never touch those).
 
+# The same selection and features as the Kotlin suite's build (scripts/test-kotlin.sh) and
+# clippy in CI, so dependencies are compiled once.
 echo "== cargo test (workspace)"
-cargo test --workspace --all-targets --locked
+cargo test --workspace --all-targets --locked --features proxim-bindings/cli
 echo "== cargo test --doc"
-cargo test --workspace --doc --locked
+cargo test --workspace --doc --locked --features proxim-bindings/cli
 echo "== Kotlin bindings on the JVM against a real server and desktops"
 bash scripts/test-kotlin.sh
