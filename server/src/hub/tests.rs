@@ -957,6 +957,45 @@ fn without_a_store_the_hub_journals_nothing() {
     assert!(ops.is_empty());
 }
 
+#[test]
+fn codes_that_never_expire_have_their_records_renewed() {
+    let store = MemoryStore::default();
+    let t0 = Instant::now();
+    let wall0 = SystemTime::now();
+    let mut hub = timed_hub(36, |c| {
+        c.state = true;
+        c.wall_anchor = (t0, wall0);
+        c.code_ttl = Duration::ZERO;
+    });
+    store.replace(&hub.export_state(t0));
+    desktop(&mut hub, "desk", t0);
+    let lapses = |hub: &mut Hub| {
+        let mut ops = Vec::new();
+        hub.take_state_ops(&mut ops);
+        ops.iter()
+            .filter_map(|op| match op {
+                StateOp::PutCode {
+                    lapses, expires, ..
+                } => {
+                    assert_eq!(*expires, None);
+                    Some(*lapses)
+                }
+                _ => None,
+            })
+            .collect::<Vec<_>>()
+    };
+    let ms = |t: SystemTime| crate::state::unix_ms(t);
+    assert_eq!(lapses(&mut hub), vec![ms(wall0 + LIVE_LEASE)]);
+    // A quarter of the lease later the record is written again, with a lease from then.
+    let renewal = t0 + LIVE_LEASE / 4;
+    assert!(hub.poll_timeout().is_some_and(|t| t <= renewal));
+    hub.handle_timeout(renewal);
+    assert_eq!(
+        lapses(&mut hub),
+        vec![ms(wall0 + LIVE_LEASE / 4 + LIVE_LEASE)]
+    );
+}
+
 /// A snapshot in a fixed order, to compare two.
 fn sorted(mut s: Snapshot) -> Snapshot {
     s.codes.sort_by(|a, b| a.code.as_str().cmp(b.code.as_str()));
