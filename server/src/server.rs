@@ -83,7 +83,7 @@ impl Server {
         hub_config.wall_anchor = (tokio::time::Instant::now().into_std(), SystemTime::now());
         let mut hub = Hub::new(hub_config);
         let state = match &config.state {
-            Some(spec) => Some(open_state(spec, &mut hub).await?),
+            Some(spec) => Some(open_state(spec, &mut hub, local_addr).await?),
             None => None,
         };
         let shared = Arc::new(Shared {
@@ -551,10 +551,17 @@ impl Core {
 
 /// Read the state store, restore the hub from it, and start the writer with the hub's whole
 /// state as its first write (which also clears what went stale while the server was down).
-async fn open_state(spec: &StateSpec, hub: &mut Hub) -> Result<StateWriter, StateError> {
+async fn open_state(
+    spec: &StateSpec,
+    hub: &mut Hub,
+    listen: SocketAddr,
+) -> Result<StateWriter, StateError> {
     match spec {
         StateSpec::Memory(store) => restore_from(store.clone(), hub).await,
-        StateSpec::Redis(url) => restore_from(RedisStore::new(url)?, hub).await,
+        StateSpec::Redis(url) => {
+            let store = RedisStore::new(url, &instance_name(), listen)?;
+            restore_from(store, hub).await
+        }
     }
 }
 

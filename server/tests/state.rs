@@ -221,3 +221,28 @@ async fn a_server_told_to_keep_state_does_not_start_without_it() {
     assert!(error.contains(&format!("127.0.0.1:{port}")), "{error}");
     assert!(!error.contains("s3cret-pw"), "{error}");
 }
+
+#[tokio::test]
+async fn a_second_server_on_the_same_redis_database_does_not_start() {
+    let redis = Redis::start(Persistence::None);
+    let spec = StateSpec::parse(&redis.url()).unwrap();
+    let first = server_on(&spec).await;
+    let mut config = proxim_server::ServerConfig::loopback();
+    config.state = Some(spec.clone());
+    let error = proxim_server::Server::start(config)
+        .await
+        .expect_err("two servers on one database")
+        .to_string();
+    assert!(
+        error.contains("another server uses this Redis database"),
+        "{error}"
+    );
+    // The first one is unharmed, and once it stops the database is free at once.
+    let mut desktop = RawClient::greeted(&first.ws_url(), WAIT).await;
+    desktop.register("desk-0", "Desktop").await;
+    settled(&first, 1).await;
+    first.shutdown().await;
+    let second = server_on(&spec).await;
+    assert_eq!(state(&second).await["restored"]["kept"], 1);
+    second.shutdown().await;
+}

@@ -161,7 +161,9 @@ impl StateStore for MemoryStore {
         Ok(())
     }
 
-    async fn ping(&self) -> Result<(), StateError> {
-        Ok(())
+    async fn renew(&self) -> Result<bool, StateError> {
+        Ok(true)
     }
+
+    async fn release(&self) {}
 }

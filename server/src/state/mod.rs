@@ -23,14 +23,15 @@
 //! memory is the state, as before.
 //!
 //! This step keeps the state of one instance; every key carries a TTL, so a crashed instance
-//! leaks nothing for long. Two instances must not share one Redis database yet.
+//! leaks nothing for long. A second server on the same Redis database does not start (the
+//! first holds a lease on it, renewed by the writer).
 //!
 //! # Files
 //!
 //! - `mod.rs` (here): [`StateSpec`], [`StateOp`], [`Snapshot`], [`StateStore`], the
 //!   [`StateWriter`] and its status.
 //! - `memory.rs`: the in-process store.
-//! - `redis.rs`: the Redis store, its key layout and its snapshot scan.
+//! - `redis.rs`: the Redis store, its key layout, its snapshot scan and the instance lease.
 
 use std::collections::VecDeque;
 use std::fmt;
@@ -59,6 +60,8 @@ const BATCH: usize = 512;
 const QUEUE_CAP: usize = 100_000;
 const BACKOFF_MIN: Duration = Duration::from_millis(250);
 const BACKOFF_MAX: Duration = Duration::from_secs(10);
+/// How often the writer renews this server's claim on the store (a third of the Redis lease).
+const RENEW_EVERY: Duration = Duration::from_secs(2);
 
 /// Milliseconds since the Unix epoch: how instants are stored (a restarted process has a new
 /// monotonic clock).
@@ -219,7 +222,8 @@ pub enum StateError {
     },
 }
 
-/// Where durable state is kept: read once at start, then written in order.
+/// Where durable state is kept: read once at start (which claims it for this server), then
+/// written in order.
 pub(crate) trait StateStore: Send + Sync + 'static {
     /// For logs and `/api/state`, without any password.
     fn name(&self) -> String;
@@ -230,8 +234,11 @@ pub(crate) trait StateStore: Send + Sync + 'static {
     /// Make the store hold exactly what `ops` describe (the hub's whole state): write them,
     /// then remove every record they do not name.
     fn replace_all(&self, ops: &[StateOp]) -> impl Future<Output = Result<(), StateError>> + Send;
-    /// Whether the store answers.
-    fn ping(&self) -> impl Future<Output = Result<(), StateError>> + Send;
+    /// Keep this server's claim on the store: `false` when another server holds it now (stop
+    /// writing).
+    fn renew(&self) -> impl Future<Output = Result<bool, StateError>> + Send;
+    /// Give the claim up (the server stops).
+    fn release(&self) -> impl Future<Output = ()> + Send;
 }
 
 /// The writer's state, for `/api/state` and metrics.
@@ -519,7 +526,19 @@ enum Work {
 
 async fn run<S: StateStore>(store: S, shared: Arc<WriterShared>) {
     let mut delay = BACKOFF_MIN;
+    let mut next_renewal = tokio::time::Instant::now() + RENEW_EVERY;
     loop {
+        if shared.up.load(Ordering::Relaxed) && tokio::time::Instant::now() >= next_renewal {
+            next_renewal = tokio::time::Instant::now() + RENEW_EVERY;
+            match store.renew().await {
+                Ok(true) => {}
+                Ok(false) => shared.fail(&StateError::Refused {
+                    store: shared.store.clone(),
+                    reason: "another server took this store over".to_owned(),
+                }),
+                Err(e) => shared.fail(&e),
+            }
+        }
         let work = {
             let mut queue = shared.lock_queue();
             if let Some(ops) = queue.resync.take() {
@@ -534,11 +553,15 @@ async fn run<S: StateStore>(store: S, shared: Arc<WriterShared>) {
             }
         };
         let result = match work {
-            Work::Done => return,
+            Work::Done => {
+                store.release().await;
+                return;
+            }
             Work::Wait => {
                 let awaiting = shared.lock_queue().awaiting_resync;
                 if awaiting && !shared.up.load(Ordering::Relaxed) {
-                    // Down: wait, then see whether the store answers again.
+                    // Down: wait, then see whether the store answers again (and is still
+                    // this server's to write).
                     let jittered = delay.mul_f64(rand::rng().random_range(0.5..1.0));
                     tokio::select! {
                         () = tokio::time::sleep(jittered) => {}
@@ -547,11 +570,20 @@ async fn run<S: StateStore>(store: S, shared: Arc<WriterShared>) {
                     if shared.lock_queue().closed {
                         return;
                     }
-                    match store.ping().await {
+                    let back = match store.renew().await {
+                        Ok(true) => Ok(()),
+                        Ok(false) => Err(StateError::Refused {
+                            store: shared.store.clone(),
+                            reason: "another server holds this store".to_owned(),
+                        }),
+                        Err(e) => Err(e),
+                    };
+                    match back {
                         Ok(()) => {
                             tracing::info!("state store answers again; rewriting it from memory");
                             shared.up.store(true, Ordering::Relaxed);
                             delay = BACKOFF_MIN;
+                            next_renewal = tokio::time::Instant::now() + RENEW_EVERY;
                             shared.want_resync.notify_one();
                         }
                         Err(e) => {
@@ -563,7 +595,10 @@ async fn run<S: StateStore>(store: S, shared: Arc<WriterShared>) {
                         }
                     }
                 } else {
-                    shared.wake.notified().await;
+                    tokio::select! {
+                        () = shared.wake.notified() => {}
+                        () = tokio::time::sleep_until(next_renewal) => {}
+                    }
                 }
                 continue;
             }

@@ -12,6 +12,13 @@
 //!
 //! Ops are written in order, one pipeline per batch (one round trip). Reading the whole state
 //! at start walks the keyspace with `SCAN` and reads the records in pipelines of 500.
+//!
+//! One server per Redis database, for now: `proxim:v1:instance` holds the running server's
+//! lease (`{host} {listen address} {run}`, [`LEASE`] long, renewed every [`LEASE`]/3). A second
+//! server finds it held and does not start (after waiting out a lease: the holder may have just
+//! crashed); a server restarted on the same host and address takes it over at once (the old
+//! process is gone: the address is bound again). A server that lost its lease (cut off from
+//! Redis longer than a lease, and another server took over) stops writing.
 
 use std::collections::{HashMap, HashSet};
 use std::time::Duration;
@@ -32,6 +39,36 @@ const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 const RESPONSE_TIMEOUT: Duration = Duration::from_secs(5);
 /// Records read or keys deleted per round trip.
 const READ_BATCH: usize = 500;
+/// How long the instance lease lasts without renewal.
+pub(crate) const LEASE: Duration = Duration::from_secs(6);
+
+/// Take the lease `KEYS[1]` for `ARGV[1]` (for `ARGV[3]` ms) when it is free or held by the same
+/// host and address (`ARGV[2]`, a prefix of `ARGV[1]`); otherwise return the holder.
+const ACQUIRE: &str = r"
+local held = redis.call('GET', KEYS[1])
+if held and held ~= ARGV[1] and string.sub(held, 1, string.len(ARGV[2])) ~= ARGV[2] then
+  return held
+end
+redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[3])
+return false
+";
+
+/// Renew the lease `KEYS[1]` when `ARGV[1]` still holds it: 1, else 0.
+const RENEW: &str = r"
+if redis.call('GET', KEYS[1]) == ARGV[1] then
+  redis.call('PEXPIRE', KEYS[1], ARGV[2])
+  return 1
+end
+return 0
+";
+
+/// Give the lease back when `ARGV[1]` holds it.
+const RELEASE: &str = r"
+if redis.call('GET', KEYS[1]) == ARGV[1] then
+  redis.call('DEL', KEYS[1])
+end
+return 0
+";
 
 /// A Redis server holding the state.
 #[derive(Debug)]
@@ -40,21 +77,60 @@ pub(crate) struct RedisStore {
     /// The URL without its password.
     name: String,
     conn: Mutex<Option<MultiplexedConnection>>,
+    /// This server in the lease: `{host} {listen address} {run}`.
+    owner: String,
+    /// The part of [`RedisStore::owner`] a restarted server on the same host and address
+    /// shares: `{host} {listen address} `.
+    place: String,
 }
 
 impl RedisStore {
-    /// A store on the Redis at `url` (not connected yet).
-    pub(crate) fn new(url: &str) -> Result<RedisStore, StateError> {
+    /// A store on the Redis at `url` (not connected yet), for the server `instance` (its host
+    /// name) listening on `listen`.
+    pub(crate) fn new(
+        url: &str,
+        instance: &str,
+        listen: std::net::SocketAddr,
+    ) -> Result<RedisStore, StateError> {
         let name = crate::events::redact_url(url);
         let client = Client::open(url).map_err(|e| StateError::Refused {
             store: name.clone(),
             reason: e.to_string(),
         })?;
+        let place = format!("{instance} {listen} ");
         Ok(RedisStore {
             client,
             name,
             conn: Mutex::new(None),
+            owner: format!("{place}{:016x}", rand::random::<u64>()),
+            place,
         })
+    }
+
+    fn lease_key() -> String {
+        format!("{PREFIX}instance")
+    }
+
+    /// Take the instance lease, waiting out a lease held by another server (it may have just
+    /// crashed); an error names the holder when it is still held then.
+    async fn acquire(&self) -> Result<(), StateError> {
+        let deadline = tokio::time::Instant::now() + LEASE + LEASE / 2;
+        loop {
+            let Some(holder) = self.acquire_now().await? else {
+                return Ok(());
+            };
+            if tokio::time::Instant::now() >= deadline {
+                return Err(StateError::Refused {
+                    store: self.name.clone(),
+                    reason: format!(
+                        "another server uses this Redis database ({holder}); one server per \
+                         database for now: give each its own (redis://…/1, /2…)"
+                    ),
+                });
+            }
+            tracing::warn!(holder = %holder, "the state store's lease is held; waiting for it to lapse");
+            tokio::time::sleep(Duration::from_millis(500)).await;
+        }
     }
 
     /// The connection, opened when there is none.
@@ -101,6 +177,22 @@ impl RedisStore {
                 store: self.name.clone(),
                 reason: e.to_string(),
             }
+        }
+    }
+
+    /// One try at the lease: `None` when taken, else its holder.
+    async fn acquire_now(&self) -> Result<Option<String>, StateError> {
+        let mut conn = self.connection().await?;
+        match redis::Script::new(ACQUIRE)
+            .key(Self::lease_key())
+            .arg(&self.owner)
+            .arg(&self.place)
+            .arg(LEASE.as_millis() as u64)
+            .invoke_async(&mut conn)
+            .await
+        {
+            Ok(held) => Ok(held),
+            Err(e) => Err(self.failed(&e).await),
         }
     }
 
@@ -272,6 +364,7 @@ impl StateStore for RedisStore {
     }
 
     async fn load(&self) -> Result<Snapshot, StateError> {
+        self.acquire().await?;
         let keys = self.keys().await?;
         let (mut code_keys, mut device_keys, mut retired_keys) =
             (Vec::new(), Vec::new(), Vec::new());
@@ -284,6 +377,7 @@ impl StateStore for RedisStore {
                 device_keys.push(key);
             } else if rest.starts_with("retired:") {
                 retired_keys.push(key);
+            } else if rest == "instance" {
             } else {
                 snapshot.skipped += 1;
             }
@@ -341,7 +435,7 @@ impl StateStore for RedisStore {
             .keys()
             .await?
             .into_iter()
-            .filter(|k| !keep.contains(k))
+            .filter(|k| !keep.contains(k) && *k != Self::lease_key())
             .collect();
         for chunk in stale.chunks(READ_BATCH) {
             let mut pipe = redis::pipe();
@@ -354,10 +448,39 @@ impl StateStore for RedisStore {
         Ok(())
     }
 
-    async fn ping(&self) -> Result<(), StateError> {
-        let mut pipe = redis::pipe();
-        pipe.cmd("PING").ignore();
-        self.run(&pipe).await
+    async fn renew(&self) -> Result<bool, StateError> {
+        let mut conn = self.connection().await?;
+        let renewed: Result<i64, RedisError> = redis::Script::new(RENEW)
+            .key(Self::lease_key())
+            .arg(&self.owner)
+            .arg(LEASE.as_millis() as u64)
+            .invoke_async(&mut conn)
+            .await;
+        match renewed {
+            Ok(1) => Ok(true),
+            // Lapsed (Redis restarted empty, or cut off too long): take it again if free.
+            Ok(_) => match self.acquire_now().await? {
+                None => Ok(true),
+                Some(holder) => {
+                    tracing::error!(
+                        holder = %holder,
+                        "another server took this Redis database over; not writing to it"
+                    );
+                    Ok(false)
+                }
+            },
+            Err(e) => Err(self.failed(&e).await),
+        }
+    }
+
+    async fn release(&self) {
+        if let Ok(mut conn) = self.connection().await {
+            let _: Result<i64, RedisError> = redis::Script::new(RELEASE)
+                .key(Self::lease_key())
+                .arg(&self.owner)
+                .invoke_async(&mut conn)
+                .await;
+        }
     }
 }
 
