@@ -7,9 +7,8 @@
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use proxim_protocol::{ClientMessage, PairOutcome, RoutingCode, ServerMessage};
+use proxim_protocol::{ClientMessage, PairOutcome, RoutingCode};
 use proxim_testkit::raw_client::RawClient;
-use proxim_testkit::raw_client::messages::pair_request;
 use proxim_testkit::redis::{Persistence, Redis};
 use proxim_tests::child::{ServerProcess, get_json_with_token};
 
@@ -21,15 +20,7 @@ const BURNED: usize = 5;
 
 async fn outcome(serve: &ServerProcess, code: &RoutingCode) -> PairOutcome {
     let mut phone = RawClient::greeted(&serve.ws_url(), WAIT).await;
-    phone.send(&pair_request(code, None)).await;
-    match phone.recv().await {
-        ServerMessage::PairResult {
-            session: None,
-            outcome,
-            ..
-        } => outcome,
-        other => panic!("expected a pair_result without a session, got {other:?}"),
-    }
+    phone.refused_outcome(code).await
 }
 
 /// Wait until everything the server changed is in the store.

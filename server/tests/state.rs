@@ -8,7 +8,7 @@ mod common;
 use std::time::{Duration, Instant};
 
 use common::{WAIT, get_json, start_server};
-use proxim_protocol::{ClientMessage, PairOutcome, RoutingCode, ServerMessage};
+use proxim_protocol::{ClientMessage, PairOutcome, RoutingCode};
 use proxim_server::{MemoryStore, RunningServer, StateSpec};
 use proxim_testkit::raw_client::RawClient;
 use proxim_testkit::raw_client::messages::pair_request;
@@ -78,15 +78,7 @@ async fn five_desktops(server: &RunningServer) -> (Vec<RawClient>, Vec<RoutingCo
 
 async fn expect_outcome(server: &RunningServer, code: &RoutingCode, want: PairOutcome) {
     let mut phone = RawClient::greeted(&server.ws_url(), WAIT).await;
-    phone.send(&pair_request(code, None)).await;
-    match phone.recv().await {
-        ServerMessage::PairResult {
-            session: None,
-            outcome,
-            ..
-        } => assert_eq!(outcome, want, "{code:?}"),
-        other => panic!("expected pair_result {want:?} for {code:?}, got {other:?}"),
-    }
+    assert_eq!(phone.refused_outcome(code).await, want, "{code:?}");
 }
 
 /// After a restart: every desktop gets its code back, the burned code answers `code_used`, a

@@ -272,6 +272,20 @@ impl RawClient {
         message
     }
 
+    /// Ask to pair with `code` and return the outcome of the `pair_result` without a session
+    /// that must answer it (`unknown_code`, `code_used`…).
+    pub async fn refused_outcome(&mut self, code: &RoutingCode) -> PairOutcome {
+        self.send(&messages::pair_request(code, None)).await;
+        match self.recv().await {
+            ServerMessage::PairResult {
+                session: None,
+                outcome,
+                ..
+            } => outcome,
+            other => panic!("expected a pair_result without a session for {code:?}, got {other:?}"),
+        }
+    }
+
     /// The next message, which must be a `signal` in `session`; returns the signal.
     pub async fn expect_signal_in(&mut self, session: &SessionId) -> Signal {
         match self.recv().await {

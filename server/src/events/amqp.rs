@@ -160,7 +160,11 @@ impl Publisher {
             if unconfirmed.is_empty() {
                 match self.rx.recv().await {
                     Some(line) => unconfirmed.push_back(line),
-                    None => return Ended::Drained,
+                    // Drained; drops since the last announcement still get theirs.
+                    None => match self.counters.take_announcement(&self.name, &self.stamper) {
+                        Some(line) => unconfirmed.push_back(line),
+                        None => return Ended::Drained,
+                    },
                 }
             }
             if let Some(line) = self.counters.take_announcement(&self.name, &self.stamper) {

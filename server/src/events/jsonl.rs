@@ -102,6 +102,13 @@ async fn run(
         }
         batch.clear();
     }
+    // Drained; drops since the last announcement still get theirs.
+    if let Some(announcement) = counters.take_announcement(&name, &stamper) {
+        push(&mut batch, &announcement);
+        if out.0.write_all(&batch).await.is_ok() {
+            counters.delivered.fetch_add(1, Ordering::Relaxed);
+        }
+    }
     let _ = out.0.flush().await;
 }
 
