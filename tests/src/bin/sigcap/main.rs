@@ -284,7 +284,8 @@ async fn state_summary(addr: std::net::SocketAddr, pairings: u64) -> String {
                 }
             };
             return format!(
-                "STATE: {} {}: {} changes in {} round trips for {pairings} pairings ({} changes,                  {} round trips per pairing); {} dropped, {} failures, {} resyncs",
+                "STATE: {} {}: {} changes in {} round trips for {pairings} pairings ({} changes, \
+                 {} round trips per pairing); {} dropped, {} failures, {} resyncs",
                 s["store"].as_str().unwrap_or("?"),
                 s["state"].as_str().unwrap_or("?"),
                 s["ops_written"],
