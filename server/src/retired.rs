@@ -68,22 +68,22 @@ impl RetiredCodes {
         now: Instant,
     ) -> Option<Instant> {
         let until = now.checked_add(self.retention)?;
-        self.insert_until(code, reason, until, now).then_some(until)
+        self.insert_until(code, reason, until, now)
     }
 
     /// Remember `code` as retired until `until` (a restored entry: at most the retention from
     /// `now`, and not before any entry remembered already, so the order stays the lapse
-    /// order). `false` when it is not remembered.
+    /// order). Returns until when it is remembered (`None`: it is not).
     pub(crate) fn insert_until(
         &mut self,
         code: RoutingCode,
         reason: RetireReason,
         until: Instant,
         now: Instant,
-    ) -> bool {
+    ) -> Option<Instant> {
         self.prune(now);
         if self.capacity == 0 || until <= now {
-            return false;
+            return None;
         }
         let latest = self.order.back().map(|(t, _)| *t);
         let until = now
@@ -97,7 +97,7 @@ impl RetiredCodes {
         }
         self.entries.insert(code.clone(), Retired { reason, until });
         self.order.push_back((until, code));
-        true
+        Some(until)
     }
 
     /// How long an entry is remembered.

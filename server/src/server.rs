@@ -599,10 +599,8 @@ async fn run_state_resync(shared: std::sync::Weak<Shared>, requests: ResyncReque
             return;
         };
         let now = tokio::time::Instant::now().into_std();
+        // Under the hub's lock: nothing journaled after the export reaches the writer before it.
         let mut core = shared.core.lock().unwrap_or_else(PoisonError::into_inner);
-        // Ops journaled but not handed over yet are older than the export, which includes them.
-        let mut pending = std::mem::take(&mut core.state_ops);
-        core.hub.take_state_ops(&mut pending);
         let ops = core.hub.export_state(now);
         if let Some(writer) = shared.state.as_ref() {
             writer.resync(ops);

@@ -22,7 +22,7 @@ use proxim_protocol::{DeviceId, RoutingCode};
 use rand::Rng;
 use rand::rngs::StdRng;
 
-use super::{ConnKey, HubConfig};
+use super::{ConnKey, HubConfig, millis as ms};
 use crate::retired::{RetireReason, RetiredCodes};
 use crate::state::{RestoreSummary, Snapshot, StateOp, UnixMs, unix_ms};
 
@@ -483,8 +483,12 @@ impl CodeBook {
         }
     }
 
-    /// Every record the book holds: what the store must hold.
-    pub(super) fn export(&self, now: Instant) -> Vec<StateOp> {
+    /// Every record the book holds: what the store must hold. The journal is emptied: what
+    /// it held is older than the export, which includes it.
+    pub(super) fn export(&mut self, now: Instant) -> Vec<StateOp> {
+        if let Some(journal) = self.journal.as_mut() {
+            journal.clear();
+        }
         let mut ops: Vec<StateOp> = self
             .entries
             .keys()
@@ -559,7 +563,11 @@ impl CodeBook {
                 continue;
             }
             let until = instant(self.anchor, now, r.until);
-            if self.retired.insert_until(r.code, r.reason, until, now) {
+            if self
+                .retired
+                .insert_until(r.code, r.reason, until, now)
+                .is_some()
+            {
                 self.retired_total += 1;
                 summary.retired += 1;
             }
@@ -589,10 +597,8 @@ impl CodeBook {
             }
             summary.kept += 1;
         }
-        // What the store must hold now is the book itself; the driver rewrites it.
-        if let Some(journal) = self.journal.as_mut() {
-            journal.clear();
-        }
+        // What the store must hold now is the book itself: the driver rewrites it from
+        // `export`, which drops what was journaled here.
         (summary, deadlines)
     }
 
@@ -641,10 +647,6 @@ fn instant(anchor: (Instant, UnixMs), now: Instant, at: UnixMs) -> Instant {
         anchor.0.checked_sub(Duration::from_millis(anchor.1 - at))
     };
     t.map_or(now, |t| t.max(now))
-}
-
-fn ms(d: Duration) -> u64 {
-    u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
 }
 
 /// A random routing code of `len` characters from `alphabet` (a subset of

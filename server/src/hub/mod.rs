@@ -508,8 +508,9 @@ impl Hub {
         self.codes.take_journal(into);
     }
 
-    /// Everything the state store must hold now (to rewrite it after it failed or at start).
-    pub(crate) fn export_state(&self, now: Instant) -> Vec<StateOp> {
+    /// Everything the state store must hold now (to rewrite it after it failed or at start);
+    /// the changes journaled but not taken yet are dropped (the export includes them).
+    pub(crate) fn export_state(&mut self, now: Instant) -> Vec<StateOp> {
         self.codes.export(now)
     }
 

@@ -959,7 +959,6 @@ fn without_a_store_the_hub_journals_nothing() {
 
 #[test]
 fn codes_that_never_expire_have_their_records_renewed() {
-    let store = MemoryStore::default();
     let t0 = Instant::now();
     let wall0 = SystemTime::now();
     let mut hub = timed_hub(36, |c| {
@@ -967,7 +966,6 @@ fn codes_that_never_expire_have_their_records_renewed() {
         c.wall_anchor = (t0, wall0);
         c.code_ttl = Duration::ZERO;
     });
-    store.replace(&hub.export_state(t0));
     desktop(&mut hub, "desk", t0);
     let lapses = |hub: &mut Hub| {
         let mut ops = Vec::new();

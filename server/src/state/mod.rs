@@ -342,7 +342,6 @@ impl StateWriter {
         if queue.closed {
             return;
         }
-        let before = queue.ops.len();
         if queue.awaiting_resync {
             let dropped = ops.into_iter().count() as u64;
             self.shared
@@ -350,6 +349,7 @@ impl StateWriter {
                 .fetch_add(dropped, Ordering::Relaxed);
             return;
         }
+        let before = queue.ops.len();
         queue.ops.extend(ops);
         if queue.ops.len() > QUEUE_CAP {
             // Behind by too much: start over from the hub's whole state.
@@ -407,16 +407,11 @@ impl StateWriter {
         let s = &self.shared;
         let queue = s.lock_queue();
         let queued = queue.ops.len() + queue.resync.as_ref().map_or(0, Vec::len);
-        let state = if queue.awaiting_resync || queue.resync.is_some() {
-            if s.up.load(Ordering::Relaxed) {
-                "resyncing"
-            } else {
-                "down"
-            }
-        } else if s.up.load(Ordering::Relaxed) {
-            "up"
-        } else {
-            "down"
+        let rewriting = queue.awaiting_resync || queue.resync.is_some();
+        let state = match (s.up.load(Ordering::Relaxed), rewriting) {
+            (false, _) => "down",
+            (true, true) => "resyncing",
+            (true, false) => "up",
         };
         drop(queue);
         StateStatus {
