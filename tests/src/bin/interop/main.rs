@@ -18,6 +18,7 @@
 //! when every reliable stream matched and nothing failed, else 1. Logs go to stderr
 //! (`RUST_LOG`, default `info`).
 
+mod progress;
 mod stdio_link;
 mod workload;
 
@@ -89,6 +90,8 @@ enum Role {
 const UNRELIABLE: &str = "unreliable";
 const PARTIAL: &str = "partial";
 const PROBE: &str = "probe";
+/// How often a stalled workload logs the SCTP association's view.
+const STALL_LOG: Duration = Duration::from_secs(5);
 
 #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
 async fn main() -> std::process::ExitCode {
@@ -109,7 +112,10 @@ async fn main() -> std::process::ExitCode {
             .unwrap_or_else(|_| Err(anyhow!("scenario not finished within {} s", args.timeout)));
     let (mut result, connection) = match outcome {
         Ok((result, connection)) => (result, Some(connection)),
-        Err(e) => (json!({"ok": false, "error": format!("{e:#}")}), None),
+        Err(e) => (
+            json!({"ok": false, "error": format!("{e:#}"), "progress": progress::snapshot()}),
+            None,
+        ),
     };
     result["bad_stdin_lines"] = bridge.bad_lines.load(Ordering::Relaxed).into();
     result["seconds"] = started.elapsed().as_secs_f64().into();
@@ -147,6 +153,7 @@ async fn run(
                 format!("--expect-remote-fingerprint {fp:?} is not a SHA-256 fingerprint")
             })?);
     }
+    progress::phase("connecting");
     let established = PeerConnection::establish(config, link)
         .await
         .context("establish")?;
@@ -160,6 +167,7 @@ async fn run(
     match args.role {
         Role::Offerer => {
             for (label, options) in &wanted {
+                progress::phase(format!("opening channel {label}"));
                 let channel = connection
                     .open_channel(label, options.clone())
                     .await
@@ -168,12 +176,14 @@ async fn run(
             }
         }
         Role::Answerer => {
+            progress::phase("waiting for the peer's channels");
             extra = wait_for_channels(&mut events, &wanted).await?;
         }
     }
     // Keep reading events (state changes) so nothing piles up; log them.
     tokio::spawn(log_events(events));
 
+    progress::phase("workloads");
     let mut tasks = tokio::task::JoinSet::new();
     let (bytes, message_size) = (args.bytes, args.message_size);
     tasks.spawn(workload::bulk(established.channel, bytes, message_size));
@@ -189,10 +199,27 @@ async fn run(
         });
     }
     let mut channels = serde_json::Map::new();
-    while let Some(done) = tasks.join_next().await {
-        let report = done.context("channel task")?;
-        let label = report["label"].as_str().unwrap_or("?").to_owned();
-        channels.insert(label, report);
+    // A workload that stops moving: say what the SCTP association sees, every STALL_LOG.
+    let mut watchdog = tokio::time::interval(STALL_LOG);
+    watchdog.tick().await;
+    let mut last = progress::snapshot();
+    loop {
+        tokio::select! {
+            done = tasks.join_next() => {
+                let Some(done) = done else { break };
+                let report = done.context("channel task")?;
+                let label = report["label"].as_str().unwrap_or("?").to_owned();
+                channels.insert(label, report);
+            }
+            _ = watchdog.tick() => {
+                let now = progress::snapshot();
+                if now == last {
+                    let sctp = connection.stats().await.map(|s| format!("{:?}", s.sctp));
+                    tracing::warn!(progress = %now, ?sctp, "no progress in {STALL_LOG:?}");
+                }
+                last = now;
+            }
+        }
     }
     let ok = channels
         .values()

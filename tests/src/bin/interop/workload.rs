@@ -21,6 +21,8 @@ use rand::{RngCore, SeedableRng};
 use serde_json::{Value, json};
 use sha2::{Digest, Sha256};
 
+use crate::progress;
+
 /// A datagram receiver stops after this long without a message.
 pub(crate) const DATAGRAM_IDLE: Duration = Duration::from_secs(3);
 /// A probe receiver stops after this long without a message.
@@ -31,6 +33,7 @@ const PROBE_IDLE: Duration = Duration::from_secs(5);
 pub(crate) async fn bulk(mut channel: DataChannel, bytes: usize, message_size: usize) -> Value {
     let started = Instant::now();
     let sender = channel.sender();
+    let label = &channel.label().to_owned();
     let send = async {
         let mut hasher = Sha256::new();
         let mut sent = 0usize;
@@ -41,10 +44,16 @@ pub(crate) async fn bulk(mut channel: DataChannel, bytes: usize, message_size: u
             let mut buf = vec![0u8; n];
             rng.fill_bytes(&mut buf);
             hasher.update(&buf);
+            progress::channel(label, |c| c.send_waiting = true);
             if let Err(e) = sender.send(Payload::Binary(Bytes::from(buf))).await {
                 return json!({"bytes": sent, "error": e.to_string()});
             }
             sent += n;
+            progress::channel(label, |c| {
+                c.send_waiting = false;
+                c.sent_bytes += n as u64;
+                c.sent_messages += 1;
+            });
         }
         let sha = hex::encode(hasher.finalize());
         let end = json!({"end": {"bytes": sent, "sha256": sha}}).to_string();
@@ -53,6 +62,7 @@ pub(crate) async fn bulk(mut channel: DataChannel, bytes: usize, message_size: u
             .await
             .err()
             .map(|e| e.to_string());
+        progress::channel(label, |c| c.send_done = true);
         json!({"bytes": sent, "sha256": sha, "error": error,
                "seconds": started.elapsed().as_secs_f64()})
     };
@@ -71,6 +81,10 @@ pub(crate) async fn bulk(mut channel: DataChannel, bytes: usize, message_size: u
             match next {
                 Some(Payload::Binary(data)) => {
                     hasher.update(&data);
+                    progress::channel(label, |c| {
+                        c.received_bytes += data.len() as u64;
+                        c.received_messages += 1;
+                    });
                     received += data.len();
                     messages += 1;
                     largest = largest.max(data.len());
@@ -81,6 +95,7 @@ pub(crate) async fn bulk(mut channel: DataChannel, bytes: usize, message_size: u
                     let claimed = &end["end"];
                     let ok = claimed["bytes"].as_u64() == Some(received as u64)
                         && claimed["sha256"].as_str() == Some(sha.as_str());
+                    progress::channel(label, |c| c.receive_done = true);
                     return json!({"bytes": received, "messages": messages,
                         "largest_message": largest, "sha256": sha, "peer_claims": claimed,
                         "ok": ok, "seconds": started.elapsed().as_secs_f64(),
@@ -103,18 +118,26 @@ pub(crate) async fn bulk(mut channel: DataChannel, bytes: usize, message_size: u
 /// Send `count` numbered datagrams of `size` bytes while counting the peer's.
 pub(crate) async fn datagrams(mut channel: DataChannel, count: u32, size: usize) -> Value {
     let sender = channel.sender();
+    let label = &channel.label().to_owned();
     let send = async {
         let mut accepted = 0u32;
         let mut error = None;
         for seq in 0..count {
             match sender.send(Payload::Binary(numbered(seq, size))).await {
-                Ok(()) => accepted += 1,
+                Ok(()) => {
+                    accepted += 1;
+                    progress::channel(label, |c| {
+                        c.sent_messages += 1;
+                        c.sent_bytes += size as u64;
+                    });
+                }
                 Err(e) => {
                     error = Some(e.to_string());
                     break;
                 }
             }
         }
+        progress::channel(label, |c| c.send_done = true);
         json!({"messages": accepted, "error": error})
     };
     let recv = async {
@@ -127,6 +150,10 @@ pub(crate) async fn datagrams(mut channel: DataChannel, count: u32, size: usize)
                 Ok(Some(_)) => continue,
                 Ok(None) | Err(_) => break,
             };
+            progress::channel(label, |c| {
+                c.received_messages += 1;
+                c.received_bytes += message.len() as u64;
+            });
             let Some(seq) = check_numbered(&message, Some(size)) else {
                 corrupt += 1;
                 continue;
@@ -141,6 +168,7 @@ pub(crate) async fn datagrams(mut channel: DataChannel, count: u32, size: usize)
             last = Some(last.map_or(seq, |l| l.max(seq)));
             intact += 1;
         }
+        progress::channel(label, |c| c.receive_done = true);
         json!({"messages": intact, "corrupt": corrupt, "duplicates": duplicates,
                "reordered": reordered, "ranges": ranges(&seen)})
     };
