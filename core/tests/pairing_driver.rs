@@ -22,6 +22,7 @@ fn config(url: &str) -> SignalingConfig {
         factor: 1.5,
         max: Duration::from_millis(500),
         max_attempts: Some(20),
+        jitter: Backoff::default().jitter,
     };
     config
 }

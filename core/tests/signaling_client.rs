@@ -22,6 +22,7 @@ fn config(url: &str) -> SignalingConfig {
         factor: 1.5,
         max: Duration::from_secs(1),
         max_attempts: Some(10),
+        jitter: 0.0,
     };
     config
 }

@@ -71,7 +71,12 @@ impl SignalingConfig {
     }
 }
 
-/// Exponential backoff between reconnect attempts (no jitter).
+/// Exponential backoff between reconnect attempts, with jitter.
+///
+/// Attempt `n` waits a random time in `[(1 - jitter) × d, d]` where
+/// `d = min(initial × factor^(n-1), max)` ([`Backoff::delay`]): clients that lost the same server
+/// at the same instant (a restart, a crashed instance behind a load balancer) come back spread
+/// over a window instead of all at once. `jitter: 0.0` is the old lockstep schedule.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct Backoff {
     /// Delay before the first attempt.
@@ -82,6 +87,8 @@ pub struct Backoff {
     pub max: Duration,
     /// Give up after this many failed attempts; `None` retries forever.
     pub max_attempts: Option<u32>,
+    /// The fraction of each delay that is random, `0.0..=1.0` (outside: clamped; NaN: 0).
+    pub jitter: f64,
 }
 
 impl Default for Backoff {
@@ -91,13 +98,14 @@ impl Default for Backoff {
             factor: 1.5,
             max: Duration::from_secs(30),
             max_attempts: None,
+            jitter: 0.5,
         }
     }
 }
 
 impl Backoff {
-    /// The delay before reconnect attempt `attempt` (1 is the first): `initial × factor^(attempt-1)`,
-    /// capped at `max`.
+    /// The longest delay before reconnect attempt `attempt` (1 is the first):
+    /// `initial × factor^(attempt-1)`, capped at `max`. [`Backoff::jittered`] draws the one used.
     pub fn delay(&self, attempt: u32) -> Duration {
         let exponent = attempt.saturating_sub(1).min(1000) as i32;
         let factor = if self.factor.is_finite() && self.factor >= 1.0 {
@@ -111,6 +119,18 @@ impl Backoff {
         } else {
             Duration::from_secs_f64(secs)
         }
+    }
+
+    /// The delay before attempt `attempt` for a uniform draw `u` in `[0, 1)`:
+    /// `delay(attempt) × (1 - jitter × u)`.
+    pub fn jittered(&self, attempt: u32, u: f64) -> Duration {
+        let jitter = if self.jitter.is_nan() {
+            0.0
+        } else {
+            self.jitter.clamp(0.0, 1.0)
+        };
+        let u = if u.is_nan() { 0.0 } else { u.clamp(0.0, 1.0) };
+        self.delay(attempt).mul_f64(1.0 - jitter * u)
     }
 }
 
@@ -440,5 +460,45 @@ mod tests {
             ..Backoff::default()
         };
         assert_eq!(backoff.delay(5), Duration::from_secs(1));
+    }
+
+    #[test]
+    fn jitter_draws_within_the_window_below_the_ceiling() {
+        let backoff = Backoff::default();
+        for attempt in [1, 2, 5, 12] {
+            let ceiling = backoff.delay(attempt);
+            assert_eq!(backoff.jittered(attempt, 0.0), ceiling);
+            assert_eq!(backoff.jittered(attempt, 1.0), ceiling / 2);
+            let mid = backoff.jittered(attempt, 0.5);
+            assert!(mid > ceiling / 2 && mid < ceiling, "{mid:?} of {ceiling:?}");
+        }
+        let lockstep = Backoff {
+            jitter: 0.0,
+            ..Backoff::default()
+        };
+        assert_eq!(lockstep.jittered(3, 0.9), lockstep.delay(3));
+        // Nonsense is clamped, never a panic or a negative delay.
+        for (jitter, u) in [
+            (f64::NAN, 0.5),
+            (7.0, 0.5),
+            (-1.0, 0.5),
+            (0.5, f64::NAN),
+            (0.5, 9.0),
+        ] {
+            let b = Backoff {
+                jitter,
+                ..Backoff::default()
+            };
+            let d = b.jittered(1, u);
+            assert!(d <= Duration::from_secs(1), "{jitter} {u}: {d:?}");
+        }
+        assert_eq!(
+            Backoff {
+                jitter: 7.0,
+                ..Backoff::default()
+            }
+            .jittered(1, 1.0),
+            Duration::ZERO
+        );
     }
 }

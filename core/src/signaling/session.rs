@@ -87,6 +87,8 @@ pub(crate) struct SignalingSession {
     client_name: ShortText,
     connect_timeout: Duration,
     backoff: Backoff,
+    /// State of the generator the backoff jitter draws from (SplitMix64, seeded at random).
+    jitter_state: u64,
     next_seq: u64,
     malformed: u64,
     transmits: VecDeque<ClientMessage>,
@@ -103,6 +105,7 @@ impl SignalingSession {
             client_name: ShortText::truncated(client_name),
             connect_timeout,
             backoff,
+            jitter_state: rand::random(),
             next_seq: 1,
             malformed: 0,
             transmits: VecDeque::new(),
@@ -393,7 +396,8 @@ impl SignalingSession {
             self.fail(error);
             return;
         }
-        let delay = self.backoff.delay(attempt);
+        let draw = self.draw();
+        let delay = self.backoff.jittered(attempt, draw);
         self.outputs
             .push_back(Output::Reconnecting { attempt, delay });
         self.transition(
@@ -403,6 +407,16 @@ impl SignalingSession {
             },
             &error.to_string(),
         );
+    }
+
+    /// A uniform draw in `[0, 1)` for the backoff jitter.
+    fn draw(&mut self) -> f64 {
+        self.jitter_state = self.jitter_state.wrapping_add(0x9E37_79B9_7F4A_7C15);
+        let mut z = self.jitter_state;
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        z ^= z >> 31;
+        (z >> 11) as f64 / (1u64 << 53) as f64
     }
 
     fn fail(&mut self, error: SignalingError) {
@@ -429,6 +443,7 @@ mod tests {
             factor: 2.0,
             max: Duration::from_secs(5),
             max_attempts: Some(3),
+            jitter: 0.0,
         }
     }
 
@@ -633,5 +648,38 @@ mod tests {
         s.close("again");
         assert!(matches!(transmits(&mut s)[..], [ClientMessage::Bye { .. }]));
         assert!(s.is_closed());
+    }
+
+    #[test]
+    fn clients_lost_together_come_back_spread_over_the_jitter_window() {
+        // 200 clients lose the server at the same instant; each draws its own first delay.
+        let t0 = Instant::now();
+        let jittered = Backoff {
+            jitter: 0.5,
+            ..backoff()
+        };
+        let delays: Vec<Duration> = (0..200)
+            .map(|_| {
+                let mut s = SignalingSession::new("test/1", Duration::from_secs(10), jittered);
+                outputs(&mut s);
+                s.handle_connected(t0);
+                s.handle_frame(t0, &welcome_frame(PROTOCOL_VERSION));
+                outputs(&mut s);
+                s.handle_socket_closed(t0, SignalingError::ServerBye("server restart".into()));
+                match outputs(&mut s)[..] {
+                    [_, Output::Reconnecting { attempt: 1, delay }] => delay,
+                    ref other => panic!("{other:?}"),
+                }
+            })
+            .collect();
+        let min = delays.iter().min().copied().unwrap_or_default();
+        let max = delays.iter().max().copied().unwrap_or_default();
+        assert!(min >= Duration::from_millis(500) && max <= Duration::from_secs(1));
+        // Spread over the window, not in lockstep (a uniform draw puts 200 of them within
+        // 50 ms of each end with probability ~1 - 2 × 0.9^200).
+        assert!(min < Duration::from_millis(550), "{min:?}");
+        assert!(max > Duration::from_millis(950), "{max:?}");
+        let distinct: std::collections::BTreeSet<Duration> = delays.iter().copied().collect();
+        assert!(distinct.len() > 190, "{} distinct delays", distinct.len());
     }
 }
