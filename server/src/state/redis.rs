@@ -21,6 +21,7 @@
 //! Redis longer than a lease, and another server took over) stops writing.
 
 use std::collections::{HashMap, HashSet};
+use std::sync::LazyLock;
 use std::time::Duration;
 
 use proxim_protocol::{DeviceId, RoutingCode};
@@ -69,6 +70,11 @@ if redis.call('GET', KEYS[1]) == ARGV[1] then
 end
 return 0
 ";
+
+/// The lease scripts, hashed once (`EVALSHA`, loaded on first use by `invoke_async`).
+static ACQUIRE_SCRIPT: LazyLock<redis::Script> = LazyLock::new(|| redis::Script::new(ACQUIRE));
+static RENEW_SCRIPT: LazyLock<redis::Script> = LazyLock::new(|| redis::Script::new(RENEW));
+static RELEASE_SCRIPT: LazyLock<redis::Script> = LazyLock::new(|| redis::Script::new(RELEASE));
 
 /// A Redis server holding the state.
 #[derive(Debug)]
@@ -183,7 +189,7 @@ impl RedisStore {
     /// One try at the lease: `None` when taken, else its holder.
     async fn acquire_now(&self) -> Result<Option<String>, StateError> {
         let mut conn = self.connection().await?;
-        match redis::Script::new(ACQUIRE)
+        match ACQUIRE_SCRIPT
             .key(Self::lease_key())
             .arg(&self.owner)
             .arg(&self.place)
@@ -450,7 +456,7 @@ impl StateStore for RedisStore {
 
     async fn renew(&self) -> Result<bool, StateError> {
         let mut conn = self.connection().await?;
-        let renewed: Result<i64, RedisError> = redis::Script::new(RENEW)
+        let renewed: Result<i64, RedisError> = RENEW_SCRIPT
             .key(Self::lease_key())
             .arg(&self.owner)
             .arg(LEASE.as_millis() as u64)
@@ -475,7 +481,7 @@ impl StateStore for RedisStore {
 
     async fn release(&self) {
         if let Ok(mut conn) = self.connection().await {
-            let _: Result<i64, RedisError> = redis::Script::new(RELEASE)
+            let _: Result<i64, RedisError> = RELEASE_SCRIPT
                 .key(Self::lease_key())
                 .arg(&self.owner)
                 .invoke_async(&mut conn)
