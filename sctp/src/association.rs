@@ -176,6 +176,9 @@ pub struct Stats {
     pub duplicates_received: u64,
     /// DATA dropped for lack of receive buffer.
     pub dropped_for_window: u64,
+    /// Backed-off retransmission timers cut short because the path was confirmed working
+    /// again ([`Association::path_confirmed`]).
+    pub path_recoveries: u64,
     /// Smoothed RTT.
     pub srtt: Duration,
     /// Congestion window, bytes.
@@ -438,6 +441,38 @@ impl Association {
         {
             self.sack.immediate = true;
         }
+    }
+
+    /// Whether a retransmission timeout fired and nothing was acknowledged since: the path
+    /// may be down, and the next retransmission waits out a backed-off timer (up to
+    /// `max_backoff`). A lower layer that can tell when the path works again (ICE consent)
+    /// checks it more often meanwhile and then calls [`Self::path_confirmed`].
+    pub fn in_backoff(&self) -> bool {
+        self.backoff > 0 && self.inflight.has_outstanding()
+    }
+
+    /// The lower layer just got an answer across the path (an ICE consent response): it works
+    /// again. When a retransmission timer is backed off ([`Self::in_backoff`]), what is
+    /// outstanding is retransmitted at once and the backoff is reset, instead of waiting up to
+    /// `max_backoff` after an outage ends; otherwise nothing happens.
+    pub fn path_confirmed(&mut self, now: Instant) {
+        if !self.in_backoff() || !self.state.carries_data() {
+            return;
+        }
+        let backoff = self.backoff;
+        self.backoff = 0;
+        self.stats.path_recoveries += 1;
+        // As at a timeout (the congestion state already went to its minimum at the first one):
+        // everything outstanding is presumed lost, and the timer restarts from the plain RTO.
+        let lost = self.inflight.on_timeout();
+        tracing::debug!(
+            lost,
+            backoff,
+            "SCTP: the path works again; retransmitting now"
+        );
+        self.timers.stop(Timer::Probe);
+        self.timers.stop(Timer::Reorder);
+        self.timers.set(Timer::Rto, now + self.backed_off_rto());
     }
 
     /// Reset these outgoing streams (close their data channels): once what was queued on them

@@ -367,3 +367,84 @@ fn garbage_input_is_an_error_never_a_panic() {
         .unwrap();
     assert!(s.run(Duration::from_secs(5), |s| !s.side_b.messages.is_empty()));
 }
+
+/// Keep A's send queue full on stream 0.
+fn keep_busy(s: &mut Sim) {
+    while s.a.buffered_amount(0) < 4 << 20 {
+        let _ = s.a.send(
+            s.now,
+            0,
+            53,
+            Bytes::from(vec![0; 65_536]),
+            SendOptions::default(),
+        );
+    }
+}
+
+/// A transfer, an outage of `down`, the path back: how long until B gets data again, with A
+/// told the path works (`path_confirmed`) one one-way delay after it is back, or not told.
+fn resume_after_outage(down: Duration, confirm: bool, seed: u64) -> (Duration, bool) {
+    let mut s = sim(25 * MS, 0.0, seed);
+    s.connect_both();
+    assert!(s.run(Duration::from_secs(2), connected));
+    let t0 = s.now;
+    while s.now - t0 < Duration::from_secs(2) {
+        keep_busy(&mut s);
+        s.step();
+    }
+    s.set_loss(1.0);
+    let cut = s.now;
+    while s.now - cut < down {
+        keep_busy(&mut s);
+        s.step();
+    }
+    let backed_off = s.a.in_backoff();
+    s.set_loss(0.0);
+    let back = s.now;
+    let before = s.side_b.messages.len();
+    let mut told = !confirm;
+    while s.side_b.messages.len() == before && s.now - back < Duration::from_secs(60) {
+        if !told && s.now - back >= 25 * MS {
+            s.a.path_confirmed(s.now);
+            s.drain();
+            told = true;
+        }
+        keep_busy(&mut s);
+        let wake = (!told).then_some(back + 25 * MS);
+        s.step_until(wake);
+    }
+    assert_eq!(s.a.stats().path_recoveries, u64::from(confirm));
+    (s.now - back, backed_off)
+}
+
+#[test]
+fn a_confirmed_path_ends_the_backoff_at_once() {
+    for (i, down_ms) in [5_300u64, 7_700, 10_000].into_iter().enumerate() {
+        let down = Duration::from_millis(down_ms);
+        let (waited, backed_off) = resume_after_outage(down, false, i as u64);
+        assert!(
+            backed_off,
+            "{down_ms} ms: no retransmission timeout during the outage"
+        );
+        let (confirmed, _) = resume_after_outage(down, true, i as u64);
+        // Told after one one-way delay, A retransmits at once, from the minimum window after
+        // the timeouts: the first whole 64 KiB message is there within a few round trips
+        // (50 ms each; measured 100-300 ms) instead of wherever the backed-off timer (up to
+        // max_backoff, 2 s) happens to fire (measured 2.1-2.3 s).
+        assert!(
+            confirmed <= 350 * MS,
+            "{down_ms} ms outage: data again {confirmed:?} after the path was confirmed"
+        );
+        assert!(
+            confirmed * 4 <= waited,
+            "{confirmed:?} confirmed vs {waited:?} without"
+        );
+    }
+    // Nothing outstanding, nothing backed off: a confirmation changes nothing.
+    let mut s = sim(10 * MS, 0.0, 9);
+    s.connect_both();
+    assert!(s.run(Duration::from_secs(2), connected));
+    assert!(!s.a.in_backoff());
+    s.a.path_confirmed(s.now);
+    assert_eq!(s.a.stats().path_recoveries, 0);
+}

@@ -1212,6 +1212,9 @@ impl PeerSession {
                 return;
             }
         }
+        // Data outstanding past a retransmission timeout: the path may be down; ICE checks
+        // consent more often until it is acknowledged, to see the path come back sooner.
+        self.ice.set_urgent(now, self.sctp.in_backoff());
         if let Some(deadline) = self.phase.close_deadline() {
             let flushed = self
                 .channels
@@ -1257,6 +1260,9 @@ impl PeerSession {
                 IceState::Connected => self.evaluate_state("the peer is heard again"),
                 _ => {}
             },
+            // An answered consent check: when SCTP is waiting out a backed-off retransmission
+            // timer (an outage), it retransmits now instead of up to max_backoff later.
+            IceEvent::PathConfirmed => self.sctp.path_confirmed(now),
         }
     }
 

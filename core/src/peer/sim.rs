@@ -89,6 +89,8 @@ pub struct SessionSim {
     answer_at: Option<Instant>,
     sent: u64,
     lost: u64,
+    /// Every datagram sent in `[start, end)` is lost, both ways.
+    outage: Option<(Instant, Instant)>,
 }
 
 impl SessionSim {
@@ -161,6 +163,7 @@ impl SessionSim {
             answer_at: None,
             sent: 0,
             lost: 0,
+            outage: None,
         }
     }
 
@@ -221,6 +224,53 @@ impl SessionSim {
         Ok(self.now - start)
     }
 
+    /// Keep A sending on the default channel; once B has `at_bytes`, cut the link (both ways)
+    /// for `down`; returns how long after the link is back B receives data again.
+    pub fn recovery_after_outage(
+        &mut self,
+        at_bytes: usize,
+        down: Duration,
+        limit: Duration,
+    ) -> Result<Duration, String> {
+        let channel = self.a.default_channel.ok_or("not open")?;
+        let end = self.now + limit;
+        // When the link is back, and what B had then.
+        let mut back: Option<(Instant, Option<usize>)> = None;
+        loop {
+            while self.a.session.buffered_amount(channel) < 4 << 20 {
+                self.a
+                    .session
+                    .send(
+                        self.now,
+                        channel,
+                        Payload::Binary(Bytes::from(vec![0; 65_536])),
+                    )
+                    .map_err(|e| e.to_string())?;
+            }
+            if self.outage.is_none() && self.b.received >= at_bytes {
+                self.outage = Some((self.now, self.now + down));
+                back = Some((self.now + down, None));
+            }
+            if let Some((at, before)) = back.as_mut()
+                && self.now >= *at
+            {
+                match before {
+                    None => *before = Some(self.b.received),
+                    Some(had) if self.b.received > *had => return Ok(self.now - *at),
+                    Some(_) => {}
+                }
+            }
+            if let Some(e) = self.a.failed.as_ref().or(self.b.failed.as_ref()) {
+                return Err(e.to_string());
+            }
+            self.drain();
+            let wake = back.map(|(at, _)| at).filter(|at| *at > self.now);
+            if self.now >= end || !self.step_until(wake) {
+                return Err(format!("no data within {limit:?}"));
+            }
+        }
+    }
+
     fn drain(&mut self) {
         loop {
             let mut progressed = false;
@@ -250,7 +300,10 @@ impl SessionSim {
                         continue;
                     }
                     self.sent += 1;
-                    if self.profile.loss > 0.0 && self.random() < self.profile.loss {
+                    let cut = self
+                        .outage
+                        .is_some_and(|(start, end)| now >= start && now < end);
+                    if cut || (self.profile.loss > 0.0 && self.random() < self.profile.loss) {
                         self.lost += 1;
                         continue;
                     }
@@ -284,10 +337,16 @@ impl SessionSim {
 
     /// Advance to the next event; `false` when nothing is left to happen.
     fn step(&mut self) -> bool {
+        self.step_until(None)
+    }
+
+    /// Advance to the next event, or to `wake` if that comes first.
+    fn step_until(&mut self, wake: Option<Instant>) -> bool {
         let deadlines = [
             self.a.session.poll_timeout().map(|t| t.0),
             self.b.session.poll_timeout().map(|t| t.0),
             self.wire.iter().map(|w| w.0).min(),
+            wake,
         ];
         let Some(now) = advance_clock(&mut self.now, deadlines) else {
             return false;
@@ -313,6 +372,30 @@ impl SessionSim {
 mod tests {
     use super::*;
     use crate::peer::session::{LINK_END_GRACE, LinkEnd};
+
+    #[test]
+    fn data_flows_again_soon_after_an_outage_ends() {
+        // A transfer over a 50 ms link cut for seconds (many SCTP timeouts; past ICE's 5 s
+        // "disconnected" for two of them): once the link is back, ICE's consent checks (every
+        // 500 ms while SCTP waits out a timer) confirm it and SCTP retransmits at once, instead
+        // of at its next backed-off timer (up to 2 s later). Measured (first whole 64 KiB
+        // message at B): 625, 429 and 421 ms; without the confirmation, 1.9 s for the first.
+        for (seed, down_ms) in [(1u64, 3_300u64), (2, 6_300), (3, 10_000)] {
+            let mut sim = SessionSim::new(LinkProfile::new(Duration::from_millis(50), 0.0), seed);
+            sim.run_until_open(Duration::from_secs(10)).expect("opens");
+            let recovery = sim
+                .recovery_after_outage(
+                    4 << 20,
+                    Duration::from_millis(down_ms),
+                    Duration::from_secs(60),
+                )
+                .unwrap_or_else(|e| panic!("{down_ms} ms outage: {e}"));
+            assert!(
+                recovery <= Duration::from_millis(900),
+                "{down_ms} ms outage: data again only {recovery:?} after the link came back"
+            );
+        }
+    }
 
     #[test]
     fn a_clean_50ms_link_opens_within_six_round_trips_of_the_answer() {

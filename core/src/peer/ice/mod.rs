@@ -45,6 +45,10 @@ pub(crate) struct IceConfig {
     pub(crate) check_timeout: Duration,
     /// Consent checks on the selected pair, this often (±20 %).
     pub(crate) consent_interval: Duration,
+    /// … and this often while the path may be down (disconnected, or the data above is
+    /// waiting out a retransmission timer: [`IceAgent::set_urgent`]), so that its return is
+    /// seen within about this long.
+    pub(crate) consent_interval_urgent: Duration,
     /// Nothing heard from the peer for this long: disconnected.
     pub(crate) disconnected_after: Duration,
     /// No consent for this long: failed.
@@ -61,6 +65,7 @@ impl IceConfig {
             check_rto_max: Duration::from_millis(400),
             check_timeout: Duration::from_millis(2500),
             consent_interval: Duration::from_secs(2),
+            consent_interval_urgent: Duration::from_millis(500),
             disconnected_after: Duration::from_secs(5),
             consent_timeout: Duration::from_secs(30),
         }
@@ -172,6 +177,8 @@ pub(crate) enum IceEvent {
         local: SocketAddr,
         remote: SocketAddr,
     },
+    /// A check on the selected pair was answered: the path works both ways right now.
+    PathConfirmed,
 }
 
 /// What a consent/check transaction is for.
@@ -207,6 +214,8 @@ pub(crate) struct IceAgent {
     transmits: VecDeque<IceTransmit>,
     events: VecDeque<IceEvent>,
     consent_jitter: u32,
+    /// The layer above waits for the path to come back (see [`IceAgent::set_urgent`]).
+    urgent: bool,
 }
 
 impl IceAgent {
@@ -232,6 +241,32 @@ impl IceAgent {
             transmits: VecDeque::new(),
             events: VecDeque::new(),
             consent_jitter: rand::random(),
+            urgent: false,
+        }
+    }
+
+    /// The layer above is waiting for the path to come back (SCTP has data outstanding past a
+    /// retransmission timeout): check consent every `consent_interval_urgent` meanwhile, so a
+    /// path that returns is confirmed ([`IceEvent::PathConfirmed`]) within about that long
+    /// instead of after the next regular check.
+    pub(crate) fn set_urgent(&mut self, now: Instant, urgent: bool) {
+        if self.urgent == urgent {
+            return;
+        }
+        self.urgent = urgent;
+        if urgent {
+            tracing::debug!("ICE: the path may be down; checking consent more often");
+            self.hurry_consent(now);
+        }
+    }
+
+    /// Bring the next consent check forward to within the urgent interval.
+    fn hurry_consent(&mut self, now: Instant) {
+        let soon = now + self.config.consent_interval_urgent;
+        if let Some(next) = self.next_consent
+            && next > soon
+        {
+            self.next_consent = Some(soon);
         }
     }
 
@@ -615,8 +650,11 @@ impl IceAgent {
         if tx.use_candidate && self.controlling {
             pair.nominated = true;
         }
-        if self.state == IceState::Disconnected && self.selected == Some(tx.pair) {
-            self.set_state(IceState::Connected);
+        if self.selected == Some(tx.pair) {
+            if self.state == IceState::Disconnected {
+                self.set_state(IceState::Connected);
+            }
+            self.events.push_back(IceEvent::PathConfirmed);
         }
         self.update_selection(now);
         true
@@ -766,7 +804,12 @@ impl IceAgent {
             .wrapping_mul(1_664_525)
             .wrapping_add(1_013_904_223);
         let spread = f64::from(self.consent_jitter >> 8) / f64::from(1u32 << 24);
-        self.config.consent_interval.mul_f64(0.8 + 0.4 * spread)
+        let base = if self.urgent || self.state == IceState::Disconnected {
+            self.config.consent_interval_urgent
+        } else {
+            self.config.consent_interval
+        };
+        base.mul_f64(0.8 + 0.4 * spread)
     }
 
     fn next_pair_to_check(&mut self) -> Option<usize> {
@@ -888,6 +931,9 @@ impl IceAgent {
             }
         };
         self.set_state(new);
+        if self.state == IceState::Disconnected {
+            self.hurry_consent(now);
+        }
     }
 
     fn set_state(&mut self, new: IceState) {

@@ -219,3 +219,76 @@ fn checks_with_a_wrong_password_are_not_answered() {
     assert!(a.poll_transmit().is_none());
     assert!(!a.heard_from_peer());
 }
+
+/// Events A emitted so far, drained.
+fn confirmations(agent: &mut IceAgent) -> usize {
+    let mut n = 0;
+    while let Some(event) = agent.poll_event() {
+        if matches!(event, IceEvent::PathConfirmed) {
+            n += 1;
+        }
+    }
+    n
+}
+
+#[test]
+fn while_the_layer_above_waits_consent_is_checked_often_and_each_answer_confirms_the_path() {
+    let mut n = Net::new(true);
+    assert!(n.run_until(Duration::from_secs(1), both_connected));
+    confirmations(&mut n.a);
+    // Regular pace: about one answered check per 2 s (±20 %).
+    let t0 = n.now;
+    n.run_until(Duration::from_secs(10), |n| {
+        n.now >= t0 + Duration::from_secs(10)
+    });
+    let regular = confirmations(&mut n.a);
+    assert!(
+        (4..=7).contains(&regular),
+        "{regular} confirmations in 10 s"
+    );
+    // Urgent (SCTP waits out a retransmission timer): one per 500 ms (±20 %), the first
+    // within 600 ms.
+    n.a.set_urgent(n.now, true);
+    let t1 = n.now;
+    n.run_until(Duration::from_secs(10), |n| {
+        n.now >= t1 + Duration::from_secs(10)
+    });
+    let urgent = confirmations(&mut n.a);
+    assert!(
+        (17..=26).contains(&urgent),
+        "{urgent} confirmations in 10 s"
+    );
+    // Back to the regular pace.
+    n.a.set_urgent(n.now, false);
+    let t2 = n.now;
+    n.run_until(Duration::from_secs(11), |n| {
+        n.now >= t2 + Duration::from_secs(11)
+    });
+    let after = confirmations(&mut n.a);
+    assert!((4..=8).contains(&after), "{after} confirmations in 11 s");
+}
+
+#[test]
+fn a_disconnected_agent_checks_consent_often_and_sees_the_path_back_within_600_ms() {
+    let mut n = Net::new(true);
+    assert!(n.run_until(Duration::from_secs(1), both_connected));
+    n.cut = true;
+    assert!(n.run_until(Duration::from_secs(10), |n| n.a.state()
+        == IceState::Disconnected));
+    // Some time into the outage, the link comes back.
+    let t = n.now;
+    n.run_until(Duration::from_secs(4), |n| {
+        n.now >= t + Duration::from_millis(3_100)
+    });
+    confirmations(&mut n.a);
+    n.cut = false;
+    let back = n.now;
+    while confirmations(&mut n.a) == 0 {
+        assert!(n.now - back < Duration::from_secs(3), "no confirmation");
+        n.step();
+    }
+    let took = n.now - back;
+    // A's next check is at most 500 ms + 20 % away, then a round trip of 20 ms.
+    assert!(took <= Duration::from_millis(625), "{took:?}");
+    assert_eq!(n.a.state(), IceState::Connected);
+}
