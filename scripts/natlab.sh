@@ -79,6 +79,9 @@ STUN_PORT=3478
 TLS_PORT=5349
 TURN_REALM=proxim.lab
 FILE_BYTES=$((4 * 1024 * 1024))
+BLACKOUT_FILE_BYTES=$((64 * 1024 * 1024))
+BLACKOUT_AT=$((8 * 1024 * 1024))
+SERVER_DOWN=1
 # Seconds: the ICE/DTLS/SCTP budget handed to the peers, and the hard bound around each `pair`.
 CONNECT_TIMEOUT=${NATLAB_CONNECT_TIMEOUT:-15}
 PAIR_BOUND=$((CONNECT_TIMEOUT + 45))
@@ -96,9 +99,16 @@ SCRIPT_NAME=natlab
 . "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 
 # ---------------------------------------------------------------------------------------------
-# Scenarios: name | NAT A (desktop) | NAT B (phone) | TURN URLs | force relay | expected
+# Scenarios: name | NAT A (desktop) | NAT B (phone) | TURN URLs | force relay | expected [| event]
 # expected: direct (host/srflx/prflx), fail (ICE failed / timed out), relay (either side's
 # candidate), relay/tcp|tls (the phone's own candidate is a relay reached over TCP / TLS)
+# event: blackoutN — once the desktop has BLACKOUT_AT bytes of a BLACKOUT_FILE_BYTES file, the
+# phone's router forwards nothing (either way, signaling included) for N seconds; the transfer
+# must finish with the right SHA-256, and the note gives how long after the link came back
+# the desktop's file grew again (p50/max over --repeat).
+# event: server-kill — at the same point `proxim serve` is killed (SIGKILL) and started again
+# SERVER_DOWN s later; the transfer must go on meanwhile (the peers talk directly) and finish
+# with the right SHA-256; the note gives the bytes the desktop received while the server was down.
 # ---------------------------------------------------------------------------------------------
 
 SCENARIOS=(
@@ -109,6 +119,8 @@ SCENARIOS=(
     "cone-cone-force-relay|cone|cone|turn:$TURN_IP:$STUN_PORT|yes|relay"
     "udp-blocked-turn-tcp|cone|udp-blocked|turn:$TURN_IP:$STUN_PORT?transport=tcp|no|relay/tcp"
     "udp-blocked-turn-tls|cone|udp-blocked|turns:$TURN_IP:$TLS_PORT|no|relay/tls"
+    "cone-cone-blackout-10s|cone|cone|-|no|direct|blackout10"
+    "cone-cone-server-kill|cone|cone|-|no|direct|server-kill"
 )
 
 list_scenarios() {
@@ -583,7 +595,7 @@ start_server() {
     fi
     start "$name" "$NS_PUB" "${env_args[@]}" "$PROXIM" serve --bind "$SERVER_IP:$SIGNAL_PORT" \
         --stun-bind "$SERVER_IP:$STUN_PORT" --public-host "$SERVER_IP"
-    SERVER_PID=$LAST_PID
+    SERVER_PID=$LAST_PID SERVER_NAME=$name SERVER_TURN=$turn
     if ! { wait_for "$WORK/$name.err" 'proxim signaling server on' "proxim serve" >/dev/null &&
         wait_listen "$NS_PUB" u "$SERVER_IP:$STUN_PORT" "the embedded STUN responder"; }; then
         die "proxim serve did not start (TURN_URLS=$turn)"
@@ -622,12 +634,74 @@ duration_ms() {
     }'
 }
 
-# attempt TAG EXPECTED FORCE_RELAY: sets A_OK (matches EXPECTED), A_GOT, A_MS, A_NOTE.
+# received_bytes DIR: bytes in the desktop's download directory so far.
+received_bytes() {
+    find "$1/recv" -type f -printf '%s\n' 2>/dev/null | awk '{ n += $1 } END { print n + 0 }'
+}
+
+# blackout DIR SECONDS PAIR_PID: once the desktop in DIR has BLACKOUT_AT bytes, drop everything
+# router B forwards for SECONDS, then let it through again; writes the milliseconds from then to
+# the first new byte on the desktop's disk to DIR/recovery_ms ("none" when nothing came within
+# 60 s, "missed" when the transfer ended before the blackout could start).
+blackout() {
+    local dir=$1 seconds=$2 pair_pid=$3 i at restored now before
+    for i in $(seq 1 3000); do
+        [ "$(received_bytes "$dir")" -ge "$BLACKOUT_AT" ] && break
+        kill -0 "$pair_pid" 2>/dev/null || { echo missed >"$dir/recovery_ms"; return 0; }
+        sleep 0.01
+    done
+    at=$(received_bytes "$dir")
+    ip netns exec "$NS_RB" iptables -I FORWARD 1 -j DROP
+    log "blackout: router B forwards nothing for ${seconds}s (the desktop had $at bytes)"
+    sleep "$seconds"
+    before=$(received_bytes "$dir")
+    ip netns exec "$NS_RB" iptables -D FORWARD 1
+    restored=$(date +%s%N)
+    for i in $(seq 1 6000); do
+        if [ "$(received_bytes "$dir")" -gt "$before" ]; then
+            now=$(date +%s%N)
+            echo $(((now - restored) / 1000000)) >"$dir/recovery_ms"
+            return 0
+        fi
+        sleep 0.01
+    done
+    echo none >"$dir/recovery_ms"
+}
+
+# server_kill_during DIR PAIR_PID: once the desktop in DIR has BLACKOUT_AT bytes, kill the
+# signaling server (SIGKILL) and start it again SERVER_DOWN s later; sets A_EVENT to the bytes
+# the desktop received meanwhile ("missed" when the transfer ended first). Runs in this shell,
+# so the restarted server is in PIDS and stopped with the scenario.
+server_kill_during() {
+    local dir=$1 pair_pid=$2 i before after
+    A_EVENT=missed
+    for i in $(seq 1 3000); do
+        [ "$(received_bytes "$dir")" -ge "$BLACKOUT_AT" ] && break
+        kill -0 "$pair_pid" 2>/dev/null || return 0
+        sleep 0.01
+    done
+    kill -0 "$pair_pid" 2>/dev/null || return 0
+    before=$(received_bytes "$dir")
+    kill -9 "$SERVER_PID" 2>/dev/null || true
+    wait "$SERVER_PID" 2>/dev/null || true
+    forget "$SERVER_PID"
+    log "server-kill: proxim serve killed (SIGKILL) with the desktop at $before bytes"
+    sleep "$SERVER_DOWN"
+    after=$(received_bytes "$dir")
+    start_server "$SERVER_NAME-restarted" "$SERVER_TURN"
+    A_EVENT=$((after - before))
+    log "server-kill: server back after ${SERVER_DOWN}s; the desktop received $A_EVENT bytes meanwhile"
+}
+
+# attempt TAG EXPECTED FORCE_RELAY [EVENT]: sets A_OK (matches EXPECTED), A_GOT, A_MS, A_NOTE,
+# and A_RECOVERY_MS after a blackout.
 attempt() {
-    local tag=$1 expected=$2 force=$3
+    local tag=$1 expected=$2 force=$3 event=${4:-}
     local dir=$WORK/$tag
     mkdir -p "$dir/recv"
-    A_OK=false A_GOT="?" A_MS="" A_NOTE=""
+    A_OK=false A_GOT="?" A_MS="" A_NOTE="" A_RECOVERY_MS="" A_EVENT=""
+    local bytes=$FILE_BYTES
+    [ -z "$event" ] || bytes=$BLACKOUT_FILE_BYTES
     flush_conntrack
 
     local flags=()
@@ -650,7 +724,7 @@ attempt() {
     code=${code#pairing code: }
 
     local file=$dir/natlab-$tag.bin sha
-    head -c "$FILE_BYTES" /dev/urandom >"$file"
+    head -c "$bytes" /dev/urandom >"$file"
     sha=$(sha256sum "$file" | cut -d' ' -f1)
 
     local pair=(timeout -k 5 "$PAIR_BOUND" ip netns exec "$NS_HB" "$PROXIM" -v pair "$code" --name natlab-phone
@@ -662,8 +736,24 @@ attempt() {
     "${pair[@]}" >"$dir/pair.out" 2>"$dir/pair.err" </dev/null &
     local pair_pid=$!
     PIDS+=("$pair_pid")
+    local blackout_pid=""
+    if [[ $event == blackout* ]]; then
+        blackout "$dir" "${event#blackout}" "$pair_pid" &
+        blackout_pid=$!
+        PIDS+=("$blackout_pid")
+    fi
+    [ "$event" != server-kill ] || server_kill_during "$dir" "$pair_pid"
     wait "$pair_pid" || rc=$?
     forget "$pair_pid"
+    if [ -n "$blackout_pid" ]; then
+        wait "$blackout_pid" || true
+        forget "$blackout_pid"
+        # Never leave the router dark (a blackout cut short).
+        while ip netns exec "$NS_RB" iptables -C FORWARD -j DROP 2>/dev/null; do
+            ip netns exec "$NS_RB" iptables -D FORWARD -j DROP
+        done
+        A_RECOVERY_MS=$(cat "$dir/recovery_ms" 2>/dev/null || echo none)
+    fi
     t1=$(date +%s%N)
     local wall_ms=$(((t1 - t0) / 1000000))
 
@@ -759,6 +849,19 @@ attempt() {
             esac
         fi
     fi
+    if [[ $event == blackout* ]]; then
+        case $A_RECOVERY_MS in
+            '' | none | missed)
+                A_OK=false
+                A_NOTE=${A_NOTE:+$A_NOTE; }"blackout: ${A_RECOVERY_MS:-not run} (no recovery measured)"
+                ;;
+            *) log "$tag: data again ${A_RECOVERY_MS} ms after the link came back" ;;
+        esac
+    fi
+    if [ "$event" = server-kill ] && ! [[ $A_EVENT =~ ^[0-9]+$ ]]; then
+        A_OK=false
+        A_NOTE=${A_NOTE:+$A_NOTE; }"server-kill: ${A_EVENT:-not run} (the transfer ended before the kill)"
+    fi
     log "$tag: expected $expected, got $A_GOT in ${A_MS:-?} ms${A_NOTE:+ ($A_NOTE)}"
     if ! $A_OK && { [ "${CI:-}" = true ] || [ -n "${NATLAB_VERBOSE:-}" ]; }; then
         local f
@@ -815,16 +918,19 @@ run_suite() {
     WORK=$(mktemp -d "${TMPDIR:-/tmp}/proxim-natlab.XXXXXX")
     lab_up
 
-    local rows=() passed=0 failed=0 name a b turn relay expected n times got ok first notes
+    local rows=() passed=0 failed=0 name a b turn relay expected event n times got ok first notes
+    local recoveries moved
     for idx in "${picks[@]}"; do
-        IFS='|' read -r name a b turn relay expected <<<"${SCENARIOS[$idx]}"
+        IFS='|' read -r name a b turn relay expected event <<<"${SCENARIOS[$idx]}"
         log "scenario $((idx + 1)) $name: NAT A $a, NAT B $b, TURN $turn, force relay $relay"
         set_nat "$NS_RA" "$HA_IP" "$a"
         set_nat "$NS_RB" "$HB_IP" "$b"
         start_server "server-s$((idx + 1))" "$turn"
-        times=() got=() ok=true first="" notes=""
+        times=() got=() ok=true first="" notes="" recoveries=() moved=()
         for n in $(seq 1 "$repeat"); do
-            attempt "s$((idx + 1))-$n" "$expected" "$relay"
+            attempt "s$((idx + 1))-$n" "$expected" "$relay" "$event"
+            [[ $A_RECOVERY_MS =~ ^[0-9]+$ ]] && recoveries+=("$A_RECOVERY_MS")
+            [[ $A_EVENT =~ ^[0-9]+$ ]] && moved+=("$A_EVENT")
             $A_OK || ok=false
             [ -n "$first" ] || first=${A_MS:--}
             $A_OK && [ -n "$A_MS" ] && times+=("$A_MS")
@@ -836,6 +942,16 @@ run_suite() {
         [ "$repeat" -gt 1 ] && [ "${#times[@]}" -gt 0 ] && p50=$(median "${times[@]}")
         local result=FAIL
         if $ok; then result=PASS passed=$((passed + 1)); else failed=$((failed + 1)); fi
+        if [ "${#recoveries[@]}" -gt 0 ]; then
+            local worst
+            worst=$(printf '%s\n' "${recoveries[@]}" | sort -g | tail -n1)
+            notes="data again $(median "${recoveries[@]}") ms (p50), $worst ms (max) after a ${event#blackout} s blackout, n=${#recoveries[@]}${notes:+; $notes}"
+        fi
+        if [ "${#moved[@]}" -gt 0 ]; then
+            local least
+            least=$(printf '%s\n' "${moved[@]}" | sort -g | head -n1)
+            notes="with the server down ${SERVER_DOWN} s the desktop still received $((least / 1024)) KiB (least), n=${#moved[@]}${notes:+; $notes}"
+        fi
         local got_text=${got[*]}
         rows+=("$((idx + 1))|$name|$a/$b|$expected|${got_text// /,}|$first|$p50|$result|$notes")
     done
