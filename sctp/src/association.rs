@@ -432,13 +432,16 @@ impl Association {
             .undelivered
             .saturating_sub(bytes + messages * MESSAGE_OVERHEAD);
         let after = self.receive_window();
-        // Tell a peer that was (nearly) blocked as soon as there is room again.
+        // Tell a peer that was (nearly) blocked as soon as there is room again: a SACK of its
+        // own (a window update), not only with the next one its DATA draws — a sender that
+        // does not probe a closed window would wait forever.
         let mtu = self.config.max_packet_size as u32;
         if self.sack.last_window < 2 * mtu
-            && after >= before
+            && after > before
             && after >= self.config.receive_window / 4
             && self.tracker.is_some()
         {
+            self.sack.pending = true;
             self.sack.immediate = true;
         }
     }

@@ -295,7 +295,16 @@ fn a_reader_that_stops_closes_the_window_and_nothing_is_lost() {
     assert!(unread <= (8 << 20) + 65_536, "{unread} bytes held");
     assert!(unread >= 6 << 20, "window not used: {unread}");
     assert!(s.a.buffered_amount(1) > 0);
+    // The reader drains what it held: the window reopens, and B says so at once (a window
+    // update), not only when A's next packet (a probe, after its timer) draws a SACK; a peer
+    // that does not probe would wait forever.
+    let sent_before = s.b.stats().packets_sent;
     s.resume_reading_b();
+    assert_eq!(
+        s.b.stats().packets_sent,
+        sent_before + 1,
+        "no window update when the reader reopened the window"
+    );
     assert!(s.run(Duration::from_secs(20), |s| s.side_b.messages.len()
         == n as usize));
     for (i, m) in s.side_b.messages.iter().enumerate() {
