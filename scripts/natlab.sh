@@ -82,6 +82,7 @@ FILE_BYTES=$((4 * 1024 * 1024))
 BLACKOUT_FILE_BYTES=$((64 * 1024 * 1024))
 BLACKOUT_AT=$((8 * 1024 * 1024))
 SERVER_DOWN=1
+DEAD_PATH_BOUND=40
 # Seconds: the ICE/DTLS/SCTP budget handed to the peers, and the hard bound around each `pair`.
 CONNECT_TIMEOUT=${NATLAB_CONNECT_TIMEOUT:-15}
 PAIR_BOUND=$((CONNECT_TIMEOUT + 45))
@@ -109,6 +110,9 @@ SCRIPT_NAME=natlab
 # event: server-kill — at the same point `proxim serve` is killed (SIGKILL) and started again
 # SERVER_DOWN s later; the transfer must go on meanwhile (the peers talk directly) and finish
 # with the right SHA-256; the note gives the bytes the desktop received while the server was down.
+# event: dead-path — at the same point router B forwards nothing, for good; expected `lost`:
+# `pair` fails with a clear error (connectivity lost) within DEAD_PATH_BOUND s of the cut; the
+# note gives how long it took and what it said.
 # ---------------------------------------------------------------------------------------------
 
 SCENARIOS=(
@@ -121,14 +125,15 @@ SCENARIOS=(
     "udp-blocked-turn-tls|cone|udp-blocked|turns:$TURN_IP:$TLS_PORT|no|relay/tls"
     "cone-cone-blackout-10s|cone|cone|-|no|direct|blackout10"
     "cone-cone-server-kill|cone|cone|-|no|direct|server-kill"
+    "cone-cone-dead-path|cone|cone|-|no|lost|dead-path"
 )
 
 list_scenarios() {
-    local i=1 s name a b turn relay expected
-    printf '%-3s %-26s %-10s %-12s %-10s %-6s %s\n' "#" SCENARIO "NAT A" "NAT B" EXPECTED RELAY TURN
+    local i=1 s name a b turn relay expected event
+    printf '%-3s %-26s %-10s %-12s %-10s %-6s %-24s %s\n' "#" SCENARIO "NAT A" "NAT B" EXPECTED RELAY TURN EVENT
     for s in "${SCENARIOS[@]}"; do
-        IFS='|' read -r name a b turn relay expected <<<"$s"
-        printf '%-3s %-26s %-10s %-12s %-10s %-6s %s\n' "$i" "$name" "$a" "$b" "$expected" "$relay" "$turn"
+        IFS='|' read -r name a b turn relay expected event <<<"$s"
+        printf '%-3s %-26s %-10s %-12s %-10s %-6s %-24s %s\n' "$i" "$name" "$a" "$b" "$expected" "$relay" "$turn" "${event:--}"
         i=$((i + 1))
     done
 }
@@ -668,6 +673,20 @@ blackout() {
     echo none >"$dir/recovery_ms"
 }
 
+# cut_for_good DIR PAIR_PID: once the desktop in DIR has BLACKOUT_AT bytes, router B forwards
+# nothing from then on; writes the time of the cut (ns since the epoch) to DIR/cut_ns.
+cut_for_good() {
+    local dir=$1 pair_pid=$2 i
+    for i in $(seq 1 3000); do
+        [ "$(received_bytes "$dir")" -ge "$BLACKOUT_AT" ] && break
+        kill -0 "$pair_pid" 2>/dev/null || return 0
+        sleep 0.01
+    done
+    ip netns exec "$NS_RB" iptables -I FORWARD 1 -j DROP
+    date +%s%N >"$dir/cut_ns"
+    log "dead path: router B forwards nothing from now on (the desktop had $(received_bytes "$dir") bytes)"
+}
+
 # server_kill_during DIR PAIR_PID: once the desktop in DIR has BLACKOUT_AT bytes, kill the
 # signaling server (SIGKILL) and start it again SERVER_DOWN s later; sets A_EVENT to the bytes
 # the desktop received meanwhile ("missed" when the transfer ended first). Runs in this shell,
@@ -741,6 +760,10 @@ attempt() {
         blackout "$dir" "${event#blackout}" "$pair_pid" &
         blackout_pid=$!
         PIDS+=("$blackout_pid")
+    elif [ "$event" = dead-path ]; then
+        cut_for_good "$dir" "$pair_pid" &
+        blackout_pid=$!
+        PIDS+=("$blackout_pid")
     fi
     [ "$event" != server-kill ] || server_kill_during "$dir" "$pair_pid"
     wait "$pair_pid" || rc=$?
@@ -752,7 +775,7 @@ attempt() {
         while ip netns exec "$NS_RB" iptables -C FORWARD -j DROP 2>/dev/null; do
             ip netns exec "$NS_RB" iptables -D FORWARD -j DROP
         done
-        A_RECOVERY_MS=$(cat "$dir/recovery_ms" 2>/dev/null || echo none)
+        [[ $event != blackout* ]] || A_RECOVERY_MS=$(cat "$dir/recovery_ms" 2>/dev/null || echo none)
     fi
     t1=$(date +%s%N)
     local wall_ms=$(((t1 - t0) / 1000000))
@@ -848,6 +871,18 @@ attempt() {
                 ice_failed | timed_out) [ "$wall_ms" -le $((PAIR_BOUND * 1000)) ] && A_OK=true ;;
             esac
         fi
+        if [ "$expected" = lost ]; then
+            if [ -s "$dir/cut_ns" ]; then
+                A_EVENT=$(((t1 - $(cat "$dir/cut_ns")) / 1000000))
+                if [ "$A_EVENT" -le $((DEAD_PATH_BOUND * 1000)) ] && [ -n "$message" ]; then
+                    A_OK=true
+                else
+                    A_NOTE=${A_NOTE:+$A_NOTE; }"no clear error within ${DEAD_PATH_BOUND}s of the cut (${A_EVENT} ms)"
+                fi
+            else
+                A_NOTE=${A_NOTE:+$A_NOTE; }"the path was never cut (the transfer ended first)"
+            fi
+        fi
     fi
     if [[ $event == blackout* ]]; then
         case $A_RECOVERY_MS in
@@ -919,18 +954,23 @@ run_suite() {
     lab_up
 
     local rows=() passed=0 failed=0 name a b turn relay expected event n times got ok first notes
-    local recoveries moved
+    local recoveries moved lost_after
     for idx in "${picks[@]}"; do
         IFS='|' read -r name a b turn relay expected event <<<"${SCENARIOS[$idx]}"
         log "scenario $((idx + 1)) $name: NAT A $a, NAT B $b, TURN $turn, force relay $relay"
         set_nat "$NS_RA" "$HA_IP" "$a"
         set_nat "$NS_RB" "$HB_IP" "$b"
         start_server "server-s$((idx + 1))" "$turn"
-        times=() got=() ok=true first="" notes="" recoveries=() moved=()
+        times=() got=() ok=true first="" notes="" recoveries=() moved=() lost_after=()
         for n in $(seq 1 "$repeat"); do
             attempt "s$((idx + 1))-$n" "$expected" "$relay" "$event"
             [[ $A_RECOVERY_MS =~ ^[0-9]+$ ]] && recoveries+=("$A_RECOVERY_MS")
-            [[ $A_EVENT =~ ^[0-9]+$ ]] && moved+=("$A_EVENT")
+            if [[ $A_EVENT =~ ^[0-9]+$ ]]; then
+                case $event in
+                    server-kill) moved+=("$A_EVENT") ;;
+                    dead-path) lost_after+=("$A_EVENT") ;;
+                esac
+            fi
             $A_OK || ok=false
             [ -n "$first" ] || first=${A_MS:--}
             $A_OK && [ -n "$A_MS" ] && times+=("$A_MS")
@@ -946,6 +986,11 @@ run_suite() {
             local worst
             worst=$(printf '%s\n' "${recoveries[@]}" | sort -g | tail -n1)
             notes="data again $(median "${recoveries[@]}") ms (p50), $worst ms (max) after a ${event#blackout} s blackout, n=${#recoveries[@]}${notes:+; $notes}"
+        fi
+        if [ "${#lost_after[@]}" -gt 0 ]; then
+            local longest
+            longest=$(printf '%s\n' "${lost_after[@]}" | sort -g | tail -n1)
+            notes="failed $(median "${lost_after[@]}") ms (p50), $longest ms (max) after the cut, n=${#lost_after[@]}${notes:+; $notes}"
         fi
         if [ "${#moved[@]}" -gt 0 ]; then
             local least

@@ -22,7 +22,9 @@ use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
-use crate::peer::{ChannelOptions, DataChannel, Payload, PeerConnection, PeerError};
+use crate::peer::{
+    ChannelOptions, ConnectionState, DataChannel, Payload, PeerConnection, PeerError,
+};
 
 /// Label prefix of file-transfer channels: `proxim-file/<id>`.
 pub const CHANNEL_PREFIX: &str = "proxim-file/";
@@ -111,6 +113,10 @@ pub enum TransferError {
     /// The connection or channel failed.
     #[error("peer: {0}")]
     Peer(#[from] PeerError),
+    /// The connection ended under the transfer, for this reason ("connectivity lost: no
+    /// answer from the other device for 30 s …", "closed by the peer", …).
+    #[error("the connection was lost: {0}")]
+    ConnectionLost(String),
     /// The other side broke the transfer protocol.
     #[error("protocol violation: {0}")]
     Protocol(String),
@@ -160,6 +166,44 @@ pub fn is_transfer_channel(label: &str) -> bool {
 ///
 /// `progress` is called at most every 1 % or 100 ms, and once more at the end.
 pub async fn send_file(
+    conn: &PeerConnection,
+    path: &Path,
+    progress: impl FnMut(TransferProgress) + Send,
+) -> Result<FileReport, TransferError> {
+    match send_file_over(conn, path, progress).await {
+        Err(e) => Err(explain_closed(conn, e).await),
+        ok => ok,
+    }
+}
+
+/// A transfer that failed because its channel closed under it says why when the whole
+/// connection ended ([`TransferError::ConnectionLost`]) instead of "data channel closed".
+pub async fn explain_closed(conn: &PeerConnection, error: TransferError) -> TransferError {
+    if !matches!(
+        error,
+        TransferError::Peer(PeerError::ChannelClosed | PeerError::Closed)
+            | TransferError::Cancelled { .. }
+    ) {
+        return error;
+    }
+    // A connection still up closed only this channel (a cancel): a short look is enough.
+    let wait = if conn.state() == ConnectionState::Connected {
+        END_REASON_GLANCE
+    } else {
+        END_REASON_WAIT
+    };
+    match conn.end_reason_within(wait).await {
+        Some(reason) => TransferError::ConnectionLost(reason),
+        None => error,
+    }
+}
+
+/// How long a failed transfer waits for an ending connection to say why it ended…
+const END_REASON_WAIT: Duration = Duration::from_millis(500);
+/// … and for one that still looks up.
+const END_REASON_GLANCE: Duration = Duration::from_millis(50);
+
+async fn send_file_over(
     conn: &PeerConnection,
     path: &Path,
     mut progress: impl FnMut(TransferProgress) + Send,

@@ -297,3 +297,50 @@ async fn source_that_is_not_a_file_is_refused() {
     .await
     .expect("test timed out");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_connection_that_ends_mid_transfer_says_why() {
+    tokio::time::timeout(TEST_TIMEOUT, async {
+        let (offerer, mut answerer) = peer_common::connect().await;
+        let src = tempfile::tempdir().expect("test setup");
+        let path = src.path().join("big.bin");
+        let mut data = vec![0u8; 32 << 20];
+        rand::rng().fill_bytes(&mut data);
+        std::fs::write(&path, &data).expect("test setup");
+        let dir = tempfile::tempdir().expect("test setup");
+        let into = dir.path().to_owned();
+        // The receiving device goes away (closes its connection) 1 MiB into the file.
+        let receiving = tokio::spawn(async move {
+            let channel = peer_common::next_transfer_channel(&mut answerer.events).await;
+            let connection = answerer.connection.clone();
+            let mut closing = false;
+            let result = receive_file(channel, &into, |p| {
+                if p.bytes_done >= 1 << 20 && !closing {
+                    closing = true;
+                    let connection = connection.clone();
+                    tokio::spawn(async move { connection.close().await });
+                }
+            })
+            .await;
+            assert!(result.is_err(), "the file cannot have arrived");
+        });
+        let error = send_file(&offerer.connection, &path, |_| {})
+            .await
+            .expect_err("the receiver went away");
+        // Not "peer: data channel closed": the connection's own reason.
+        match &error {
+            TransferError::ConnectionLost(reason) => {
+                assert!(reason.contains("closed by the peer"), "{reason}")
+            }
+            other => panic!("{other:?}"),
+        }
+        assert_eq!(
+            error.to_string(),
+            "the connection was lost: closed by the peer"
+        );
+        receiving.await.expect("receiver task");
+        offerer.connection.close().await;
+    })
+    .await
+    .expect("test timed out");
+}

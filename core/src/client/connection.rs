@@ -316,7 +316,12 @@ async fn pump(
                 Some(ConnectionEvent::ChannelOpened(incoming))
                     if transfer::is_transfer_channel(incoming.label()) =>
                 {
-                    tokio::spawn(receive(incoming, download_dir.clone(), tx.clone()));
+                    tokio::spawn(receive(
+                        reporting.peer.clone(),
+                        incoming,
+                        download_dir.clone(),
+                        tx.clone(),
+                    ));
                     continue;
                 }
                 Some(ConnectionEvent::ChannelOpened(incoming)) => Event::ChannelOpened(incoming),
@@ -346,13 +351,22 @@ async fn pump(
 }
 
 /// Receive one incoming file and report how it went.
-async fn receive(channel: DataChannel, dir: PathBuf, tx: mpsc::Sender<Event>) {
+async fn receive(
+    peer: peer::PeerConnection,
+    channel: DataChannel,
+    dir: PathBuf,
+    tx: mpsc::Sender<Event>,
+) {
     let progress_tx = tx.clone();
     let result = transfer::receive_file(channel, &dir, move |progress| {
         // Progress is advisory: when the app is behind, skip an update rather than wait.
         let _ = progress_tx.try_send(Event::FileProgress(progress));
     })
     .await;
+    let result = match result {
+        Err(e) => Err(transfer::explain_closed(&peer, e).await),
+        ok => ok,
+    };
     let event = match result {
         Ok(file) => Event::FileReceived(file),
         Err(error) => {

@@ -11,8 +11,8 @@ use std::collections::HashMap;
 use std::future::poll_fn;
 use std::io::{self, IoSliceMut};
 use std::net::SocketAddr;
-use std::sync::Arc;
 use std::sync::atomic::Ordering;
+use std::sync::{Arc, OnceLock};
 use std::task::Poll;
 use std::time::{Duration, Instant};
 
@@ -91,6 +91,7 @@ pub(super) struct DriverParts {
     pub(super) sockets: Vec<LocalSocket>,
     pub(super) relays: Relays,
     pub(super) pending_dns: Option<oneshot::Receiver<Vec<(String, SocketAddr)>>>,
+    pub(super) ended: Arc<OnceLock<String>>,
 }
 
 pub(super) struct Driver {
@@ -118,6 +119,9 @@ pub(super) struct Driver {
     gso_buf: Vec<u8>,
     /// Set once the session ended, with the reason given to the app.
     stop: Option<String>,
+    /// The same reason, for [`super::PeerConnection::end_reason`], set before the channels
+    /// close (so a send or receive that fails because of it can say why).
+    ended: Arc<OnceLock<String>>,
 }
 
 impl std::fmt::Debug for Driver {
@@ -143,6 +147,7 @@ impl Driver {
             commands: parts.commands,
             command_sender: parts.command_sender,
             state_tx: parts.state,
+            ended: parts.ended,
             events: parts.events,
             ready: Some(parts.ready),
             channels: HashMap::new(),
@@ -647,6 +652,7 @@ impl Driver {
     /// The session ended: flush its last packets, release the relays, tell the app.
     async fn shutdown(&mut self) {
         let reason = self.stop.clone().unwrap_or_else(|| "closed".to_owned());
+        let _ = self.ended.set(reason.clone());
         let stats = self.session.stats().ok().map(Box::new);
         let now = Instant::now();
         while let Some(t) = self.session.poll_transmit(now) {

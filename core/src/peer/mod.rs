@@ -59,6 +59,7 @@
 
 use std::fmt;
 use std::net::{IpAddr, SocketAddr};
+use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
@@ -493,6 +494,7 @@ impl ConnectionEvents {
 pub struct PeerConnection {
     commands: mpsc::UnboundedSender<Command>,
     state: watch::Receiver<ConnectionState>,
+    ended: Arc<OnceLock<String>>,
 }
 
 impl PeerConnection {
@@ -504,7 +506,7 @@ impl PeerConnection {
     pub async fn establish(config: PeerConfig, link: SignalLink) -> Result<Established, PeerError> {
         let span = tracing::info_span!("peer", role = ?config.role);
         let started = Instant::now();
-        let (driver, commands, state, events, ready) = {
+        let (driver, commands, state, events, ready, ended) = {
             let _entered = span.enter();
             prepare(config, link)?
         };
@@ -520,7 +522,11 @@ impl PeerConnection {
             );
         });
         Ok(Established {
-            connection: PeerConnection { commands, state },
+            connection: PeerConnection {
+                commands,
+                state,
+                ended,
+            },
             channel,
             events: ConnectionEvents { rx: events },
         })
@@ -557,6 +563,26 @@ impl PeerConnection {
         *self.state.borrow()
     }
 
+    /// Why the connection ended ("connectivity lost: no answer from the other device for
+    /// 30 s …", "closed by the peer", …), once it has; `None` while it is up. A send or
+    /// receive that fails with [`PeerError::ChannelClosed`] or [`PeerError::Closed`] can say
+    /// why with it.
+    pub fn end_reason(&self) -> Option<&str> {
+        self.ended.get().map(String::as_str)
+    }
+
+    /// Why the connection ended, waiting up to `within` for it to finish ending: a channel
+    /// reports itself closed a moment before the connection records the reason.
+    pub async fn end_reason_within(&self, within: Duration) -> Option<String> {
+        let mut state = self.state.clone();
+        let _ = tokio::time::timeout(within, async {
+            // The driver records the reason, then drops the state's sender as it stops.
+            while self.ended.get().is_none() && state.changed().await.is_ok() {}
+        })
+        .await;
+        self.end_reason().map(str::to_owned)
+    }
+
     /// Close channels and the connection, stop the driver, release the sockets. Idempotent;
     /// returns once the driver has stopped.
     ///
@@ -577,6 +603,7 @@ type Prepared = (
     watch::Receiver<ConnectionState>,
     mpsc::UnboundedReceiver<ConnectionEvent>,
     oneshot::Receiver<Result<DataChannel, PeerError>>,
+    Arc<OnceLock<String>>,
 );
 
 /// Bind the sockets, start the relays, build the session; the failures here are local and
@@ -659,6 +686,7 @@ fn prepare(config: PeerConfig, link: SignalLink) -> Result<Prepared, PeerError> 
     let (state_tx, state_rx) = watch::channel(ConnectionState::New);
     let (event_tx, event_rx) = mpsc::unbounded_channel();
     let (ready_tx, ready_rx) = oneshot::channel();
+    let ended = Arc::new(OnceLock::new());
     let parts = DriverParts {
         link,
         commands: command_rx,
@@ -669,6 +697,7 @@ fn prepare(config: PeerConfig, link: SignalLink) -> Result<Prepared, PeerError> 
         sockets,
         relays,
         pending_dns,
+        ended: ended.clone(),
     };
     Ok((
         Driver::new(session, parts),
@@ -676,6 +705,7 @@ fn prepare(config: PeerConfig, link: SignalLink) -> Result<Prepared, PeerError> 
         state_rx,
         event_rx,
         ready_rx,
+        ended,
     ))
 }
 

@@ -1254,7 +1254,11 @@ impl PeerSession {
                     });
                 }
                 IceState::Failed => self.fail(PeerError::IceFailed {
-                    reason: "connectivity lost (ICE consent failed)".into(),
+                    reason: format!(
+                        "connectivity lost: no answer from the other device for {} s \
+                         (ICE consent failed)",
+                        self.config.ice.consent_timeout.as_secs()
+                    ),
                 }),
                 IceState::Disconnected => self.evaluate_state("nothing heard from the peer"),
                 IceState::Connected => self.evaluate_state("the peer is heard again"),
