@@ -5,7 +5,7 @@
 //! are on 127.0.0.1) and is killed, by its PID, when dropped. Missing `turnserver` is a test
 //! failure with the install command, never a silent skip: `scripts/test.sh` installs it.
 
-use std::net::{Ipv4Addr, SocketAddr, TcpStream};
+use std::net::{Ipv4Addr, SocketAddr, TcpStream, UdpSocket};
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicU16, Ordering};
@@ -162,9 +162,13 @@ impl Coturn {
             SocketAddr::from((Ipv4Addr::LOCALHOST, self.tls_port)),
         ];
         while Instant::now() < deadline {
+            // TCP and TLS accept, and UDP answers a STUN binding: coturn opens its UDP
+            // listeners in their own threads, after the TCP ones (a loaded machine showed a
+            // test's first UDP allocation refused with "port unreachable").
             if addrs
                 .iter()
                 .all(|a| TcpStream::connect_timeout(a, Duration::from_millis(200)).is_ok())
+                && udp_answers(addrs[0])
             {
                 return Ok(());
             }
@@ -175,6 +179,30 @@ impl Coturn {
             self.log()
         ))
     }
+}
+
+/// Whether a STUN binding request to `addr` over UDP gets a response within 200 ms.
+fn udp_answers(addr: SocketAddr) -> bool {
+    let Ok(socket) = UdpSocket::bind((Ipv4Addr::LOCALHOST, 0)) else {
+        return false;
+    };
+    if socket
+        .set_read_timeout(Some(Duration::from_millis(200)))
+        .is_err()
+    {
+        return false;
+    }
+    // Binding request: type 0x0001, no attributes, the magic cookie, a transaction id.
+    let mut request = [0u8; 20];
+    request[..2].copy_from_slice(&0x0001u16.to_be_bytes());
+    request[4..8].copy_from_slice(&0x2112_A442u32.to_be_bytes());
+    let id: [u8; 12] = rand::random();
+    request[8..].copy_from_slice(&id);
+    if socket.send_to(&request, addr).is_err() {
+        return false;
+    }
+    let mut buf = [0u8; 1500];
+    matches!(socket.recv_from(&mut buf), Ok((n, _)) if n >= 20 && buf[8..20] == id)
 }
 
 impl Drop for Coturn {
