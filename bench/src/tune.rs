@@ -148,36 +148,7 @@ fn bulk(
 /// flows again.
 fn outage(config: &Config, down: Duration, seed: u64) -> Duration {
     let mut s = sim(config, LinkConfig::new(25 * MS, 0.0), seed);
-    let keep_busy = |s: &mut Sim| {
-        while s.a.buffered_amount(0) < 4 << 20 {
-            let _ = s.a.send(
-                s.now,
-                0,
-                53,
-                Bytes::from(vec![0; 65_536]),
-                SendOptions::default(),
-            );
-        }
-    };
-    let t0 = s.now;
-    while s.now - t0 < Duration::from_secs(2) {
-        keep_busy(&mut s);
-        s.step();
-    }
-    s.set_loss(1.0);
-    let cut = s.now;
-    while s.now - cut < down {
-        keep_busy(&mut s);
-        s.step();
-    }
-    s.set_loss(0.0);
-    let back = s.now;
-    let before = s.side_b.messages.len();
-    while s.side_b.messages.len() == before && s.now - back < Duration::from_secs(120) {
-        keep_busy(&mut s);
-        s.step();
-    }
-    s.now - back
+    s.outage(Duration::from_secs(2), down, None).resumed_after
 }
 
 /// One 1 KB message every 200 ms for 30 s at 5 % loss and 50 ms RTT: delivery latency

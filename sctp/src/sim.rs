@@ -315,4 +315,75 @@ impl Sim {
             }
         }
     }
+
+    /// Keep A's send queue on stream 0 topped up to 4 MiB with 64 KiB messages: a bulk sender.
+    pub fn keep_a_busy(&mut self) {
+        while self.a.buffered_amount(0) < 4 << 20 {
+            if self
+                .a
+                .send(
+                    self.now,
+                    0,
+                    53,
+                    Bytes::from(vec![0; 65_536]),
+                    crate::SendOptions::default(),
+                )
+                .is_err()
+            {
+                return;
+            }
+        }
+    }
+
+    /// A bulk transfer A→B for `warm`, then an outage of `down` (everything lost both ways),
+    /// then the link back; `confirm_after`: tell A that long after the link is back that the
+    /// path works ([`Association::path_confirmed`], as ICE does). Gives up 60 s after the
+    /// link is back.
+    pub fn outage(
+        &mut self,
+        warm: Duration,
+        down: Duration,
+        confirm_after: Option<Duration>,
+    ) -> Outage {
+        let t0 = self.now;
+        while self.now - t0 < warm {
+            self.keep_a_busy();
+            self.step();
+        }
+        self.set_loss(1.0);
+        let cut = self.now;
+        while self.now - cut < down {
+            self.keep_a_busy();
+            self.step();
+        }
+        let backed_off = self.a.in_backoff();
+        self.set_loss(0.0);
+        let back = self.now;
+        let before = self.side_b.messages.len();
+        let mut confirm_at = confirm_after.map(|after| back + after);
+        while self.side_b.messages.len() == before && self.now - back < Duration::from_secs(60) {
+            if let Some(at) = confirm_at
+                && self.now >= at
+            {
+                self.a.path_confirmed(self.now);
+                self.drain();
+                confirm_at = None;
+            }
+            self.keep_a_busy();
+            self.step_until(confirm_at);
+        }
+        Outage {
+            resumed_after: self.now - back,
+            backed_off,
+        }
+    }
+}
+
+/// What [`Sim::outage`] saw.
+#[derive(Debug, Clone, Copy)]
+pub struct Outage {
+    /// From the link being back to B's next whole message.
+    pub resumed_after: Duration,
+    /// A was waiting out a backed-off retransmission timer when the link came back.
+    pub backed_off: bool,
 }

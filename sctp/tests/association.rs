@@ -377,53 +377,16 @@ fn garbage_input_is_an_error_never_a_panic() {
     assert!(s.run(Duration::from_secs(5), |s| !s.side_b.messages.is_empty()));
 }
 
-/// Keep A's send queue full on stream 0.
-fn keep_busy(s: &mut Sim) {
-    while s.a.buffered_amount(0) < 4 << 20 {
-        let _ = s.a.send(
-            s.now,
-            0,
-            53,
-            Bytes::from(vec![0; 65_536]),
-            SendOptions::default(),
-        );
-    }
-}
-
 /// A transfer, an outage of `down`, the path back: how long until B gets data again, with A
-/// told the path works (`path_confirmed`) one one-way delay after it is back, or not told.
+/// told the path works (`path_confirmed`) one one-way delay after it is back, or not told;
+/// and whether A was backed off when the link came back.
 fn resume_after_outage(down: Duration, confirm: bool, seed: u64) -> (Duration, bool) {
     let mut s = sim(25 * MS, 0.0, seed);
     s.connect_both();
     assert!(s.run(Duration::from_secs(2), connected));
-    let t0 = s.now;
-    while s.now - t0 < Duration::from_secs(2) {
-        keep_busy(&mut s);
-        s.step();
-    }
-    s.set_loss(1.0);
-    let cut = s.now;
-    while s.now - cut < down {
-        keep_busy(&mut s);
-        s.step();
-    }
-    let backed_off = s.a.in_backoff();
-    s.set_loss(0.0);
-    let back = s.now;
-    let before = s.side_b.messages.len();
-    let mut told = !confirm;
-    while s.side_b.messages.len() == before && s.now - back < Duration::from_secs(60) {
-        if !told && s.now - back >= 25 * MS {
-            s.a.path_confirmed(s.now);
-            s.drain();
-            told = true;
-        }
-        keep_busy(&mut s);
-        let wake = (!told).then_some(back + 25 * MS);
-        s.step_until(wake);
-    }
+    let outage = s.outage(Duration::from_secs(2), down, confirm.then_some(25 * MS));
     assert_eq!(s.a.stats().path_recoveries, u64::from(confirm));
-    (s.now - back, backed_off)
+    (outage.resumed_after, outage.backed_off)
 }
 
 #[test]

@@ -231,41 +231,30 @@ fn confirmations(agent: &mut IceAgent) -> usize {
     n
 }
 
+/// Run for `period`; A's path confirmations meanwhile.
+fn confirmations_over(n: &mut Net, period: Duration) -> usize {
+    let end = n.now + period;
+    n.run_until(period, |n| n.now >= end);
+    confirmations(&mut n.a)
+}
+
 #[test]
 fn while_the_layer_above_waits_consent_is_checked_often_and_each_answer_confirms_the_path() {
     let mut n = Net::new(true);
     assert!(n.run_until(Duration::from_secs(1), both_connected));
     confirmations(&mut n.a);
     // Regular pace: about one answered check per 2 s (±20 %).
-    let t0 = n.now;
-    n.run_until(Duration::from_secs(10), |n| {
-        n.now >= t0 + Duration::from_secs(10)
-    });
-    let regular = confirmations(&mut n.a);
-    assert!(
-        (4..=7).contains(&regular),
-        "{regular} confirmations in 10 s"
-    );
+    let regular = confirmations_over(&mut n, Duration::from_secs(10));
+    assert!((4..=7).contains(&regular), "{regular} in 10 s");
     // Urgent (SCTP waits out a retransmission timer): one per 500 ms (±20 %), the first
     // within 600 ms.
     n.a.set_urgent(n.now, true);
-    let t1 = n.now;
-    n.run_until(Duration::from_secs(10), |n| {
-        n.now >= t1 + Duration::from_secs(10)
-    });
-    let urgent = confirmations(&mut n.a);
-    assert!(
-        (17..=26).contains(&urgent),
-        "{urgent} confirmations in 10 s"
-    );
+    let urgent = confirmations_over(&mut n, Duration::from_secs(10));
+    assert!((17..=26).contains(&urgent), "{urgent} in 10 s");
     // Back to the regular pace.
     n.a.set_urgent(n.now, false);
-    let t2 = n.now;
-    n.run_until(Duration::from_secs(11), |n| {
-        n.now >= t2 + Duration::from_secs(11)
-    });
-    let after = confirmations(&mut n.a);
-    assert!((4..=8).contains(&after), "{after} confirmations in 11 s");
+    let after = confirmations_over(&mut n, Duration::from_secs(11));
+    assert!((4..=8).contains(&after), "{after} in 11 s");
 }
 
 #[test]
