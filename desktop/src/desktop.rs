@@ -180,6 +180,7 @@ fn is_yes(answer: &str) -> bool {
 /// Print what arrives on a desktop-side connection until it closes.
 async fn serve_connection(connection: proxim_core::Connection, echo: bool) -> Result<()> {
     let name = connection.peer_device().device_name.to_string();
+    let mut route = None;
     while let Some(event) = connection.next_event().await {
         match event {
             Event::Message(Payload::Text(text)) => {
@@ -199,6 +200,19 @@ async fn serve_connection(connection: proxim_core::Connection, echo: bool) -> Re
                 file.sha256
             ),
             Event::FileFailed { error } => eprintln!("[{name}] file failed: {error}"),
+            Event::StateChanged { old, new } => {
+                if let Some(line) = crate::report::describe_state_change("the phone", old, new) {
+                    eprintln!("[{name}] {line}");
+                }
+            }
+            Event::PathChanged(stats) => {
+                // The first one is the path it connected on; later ones are news.
+                let now = crate::report::describe_route(&stats);
+                if route.as_ref().is_some_and(|r| *r != now) {
+                    eprintln!("[{name}] path now {now}");
+                }
+                route = Some(now);
+            }
             Event::Closed { reason } => {
                 println!("[{name}] connection closed: {reason}");
                 break;
