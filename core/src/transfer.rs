@@ -22,9 +22,7 @@ use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
-use crate::peer::{
-    ChannelOptions, ConnectionState, DataChannel, Payload, PeerConnection, PeerError,
-};
+use crate::peer::{ChannelOptions, DataChannel, Payload, PeerConnection, PeerError};
 
 /// Label prefix of file-transfer channels: `proxim-file/<id>`.
 pub const CHANNEL_PREFIX: &str = "proxim-file/";
@@ -186,22 +184,16 @@ pub async fn explain_closed(conn: &PeerConnection, error: TransferError) -> Tran
     ) {
         return error;
     }
-    // A connection still up closed only this channel (a cancel): a short look is enough.
-    let wait = if conn.state() == ConnectionState::Connected {
-        END_REASON_GLANCE
-    } else {
-        END_REASON_WAIT
-    };
-    match conn.end_reason_within(wait).await {
+    // A peer that closes its connection resets the channels first, so the connection may
+    // still look up here: wait for it to end (a cancel that leaves it up costs this wait).
+    match conn.end_reason_within(END_REASON_WAIT).await {
         Some(reason) => TransferError::ConnectionLost(reason),
         None => error,
     }
 }
 
-/// How long a failed transfer waits for an ending connection to say why it ended…
+/// How long a failed transfer waits for the connection to say why it ended.
 const END_REASON_WAIT: Duration = Duration::from_millis(500);
-/// … and for one that still looks up.
-const END_REASON_GLANCE: Duration = Duration::from_millis(50);
 
 async fn send_file_over(
     conn: &PeerConnection,
