@@ -38,6 +38,15 @@ impl TokenBucket {
         }
     }
 
+    /// Make it `factor` × `rate` and `factor` × `burst` (a connection taking part in several
+    /// sessions earns more); the tokens it holds stay, capped at the new burst.
+    pub(crate) fn rescale(&mut self, rate_per_second: u32, burst: u32, factor: u32) {
+        let factor = f64::from(factor.max(1));
+        self.rate = f64::from(rate_per_second) * factor;
+        self.burst = f64::from(burst.max(1)) * factor;
+        self.tokens = self.tokens.min(self.burst);
+    }
+
     /// Add the tokens earned since the last call. Time going backwards adds nothing.
     pub(crate) fn refill(&mut self, now: Instant) {
         let elapsed = now.saturating_duration_since(self.last).as_secs_f64();
@@ -173,6 +182,35 @@ mod tests {
     use super::*;
 
     const MS: Duration = Duration::from_millis(1);
+
+    #[test]
+    fn a_rescaled_bucket_refills_faster_and_holds_more_but_never_gains_tokens_at_once() {
+        let t0 = Instant::now();
+        let mut b = TokenBucket::new(50, 100, t0);
+        for _ in 0..100 {
+            assert!(b.try_take());
+        }
+        assert!(!b.try_take());
+        // Four sessions' worth: 200/s, up to 400; nothing more until time passes.
+        b.rescale(50, 100, 4);
+        assert!(!b.try_take());
+        b.refill(t0 + Duration::from_millis(100));
+        let mut taken = 0;
+        while b.try_take() {
+            taken += 1;
+        }
+        assert_eq!(taken, 20, "100 ms at 200/s");
+        b.refill(t0 + Duration::from_secs(10));
+        assert!(b.is_full());
+        // Back to one: the tokens are capped at the plain burst.
+        b.rescale(50, 100, 1);
+        assert!(b.is_full());
+        let mut taken = 0;
+        while b.try_take() {
+            taken += 1;
+        }
+        assert_eq!(taken, 100);
+    }
 
     #[test]
     fn bucket_allows_the_burst_then_the_rate() {

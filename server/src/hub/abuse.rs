@@ -21,6 +21,10 @@ use crate::limits::AttemptsExhausted;
 /// and connections per client IP ([`Hub::reserve_ip`]).
 pub(super) const MAX_SESSIONS_PER_CONNECTION: usize = 16;
 
+/// At most this many times the configured message budget for a connection in many sessions
+/// (each session it takes part in, or may still report on, adds one budget).
+pub(crate) const MAX_BUDGET_SCALE: usize = 64;
+
 impl Hub {
     /// A WebSocket upgrade from client `ip` is about to open a connection: count it, or refuse
     /// it when that IP has [`super::HubConfig::max_connections_per_ip`] open already. Every
@@ -67,7 +71,7 @@ impl Hub {
         }
     }
 
-    /// Charge one frame to the connection's message budget. `false` when the frame is over
+    /// Charge one frame to the connection's message budget (scaled: see [`MAX_BUDGET_SCALE`]). `false` when the frame is over
     /// budget: it was answered `rate_limited` (and the connection closed when it keeps
     /// flooding) and must be dropped unread.
     pub(super) fn charge_frame(&mut self, conn: ConnKey, now: Instant) -> bool {
@@ -75,9 +79,14 @@ impl Hub {
         let Some(c) = self.conns.get_mut(&conn) else {
             return false;
         };
+        // A desktop serving many phones sends for each of them (signals, leaves, reports):
+        // its budget grows with the sessions it takes part in and the reports it may still
+        // send, up to MAX_BUDGET_SCALE times.
+        let scale = (1 + c.sessions.len() + c.reportable.len()).min(MAX_BUDGET_SCALE) as u32;
         let Some(budget) = c.budget.as_mut() else {
             return true;
         };
+        budget.rescale(self.config.rate_limit, self.config.rate_burst, scale);
         budget.refill(now);
         if budget.is_full() {
             c.strikes = 0;
