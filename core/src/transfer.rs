@@ -168,27 +168,30 @@ pub async fn send_file(
     path: &Path,
     progress: impl FnMut(TransferProgress) + Send,
 ) -> Result<FileReport, TransferError> {
-    match send_file_over(conn, path, progress).await {
-        Err(e) => Err(explain_closed(conn, e).await),
-        ok => ok,
-    }
+    explain_closed(conn, send_file_over(conn, path, progress).await).await
 }
 
 /// A transfer that failed because its channel closed under it says why when the whole
-/// connection ended ([`TransferError::ConnectionLost`]) instead of "data channel closed".
-pub async fn explain_closed(conn: &PeerConnection, error: TransferError) -> TransferError {
-    if !matches!(
-        error,
-        TransferError::Peer(PeerError::ChannelClosed | PeerError::Closed)
-            | TransferError::Cancelled { .. }
-    ) {
-        return error;
-    }
-    // A peer that closes its connection resets the channels first, so the connection may
-    // still look up here: wait for it to end (a cancel that leaves it up costs this wait).
-    match conn.end_reason_within(END_REASON_WAIT).await {
-        Some(reason) => TransferError::ConnectionLost(reason),
-        None => error,
+/// connection ended ([`TransferError::ConnectionLost`]) instead of "data channel closed";
+/// any other outcome passes through.
+pub async fn explain_closed<T>(
+    conn: &PeerConnection,
+    outcome: Result<T, TransferError>,
+) -> Result<T, TransferError> {
+    match outcome {
+        Err(
+            error @ (TransferError::Peer(PeerError::ChannelClosed | PeerError::Closed)
+            | TransferError::Cancelled { .. }),
+        ) => {
+            // A peer that closes its connection resets the channels first, so the connection
+            // may still look up here: wait for it to end (a cancel that leaves it up costs
+            // this wait).
+            match conn.end_reason_within(END_REASON_WAIT).await {
+                Some(reason) => Err(TransferError::ConnectionLost(reason)),
+                None => Err(error),
+            }
+        }
+        other => other,
     }
 }
 

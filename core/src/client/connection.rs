@@ -358,15 +358,12 @@ async fn receive(
     tx: mpsc::Sender<Event>,
 ) {
     let progress_tx = tx.clone();
-    let result = transfer::receive_file(channel, &dir, move |progress| {
+    let received = transfer::receive_file(channel, &dir, move |progress| {
         // Progress is advisory: when the app is behind, skip an update rather than wait.
         let _ = progress_tx.try_send(Event::FileProgress(progress));
     })
     .await;
-    let result = match result {
-        Err(e) => Err(transfer::explain_closed(&peer, e).await),
-        ok => ok,
-    };
+    let result = transfer::explain_closed(&peer, received).await;
     let event = match result {
         Ok(file) => Event::FileReceived(file),
         Err(error) => {

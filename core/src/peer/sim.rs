@@ -207,10 +207,7 @@ impl SessionSim {
         while self.b.received - before < bytes {
             while queued < bytes && self.a.session.buffered_amount(channel) < 4 << 20 {
                 let n = (bytes - queued).min(65_536);
-                self.a
-                    .session
-                    .send(self.now, channel, Payload::Binary(Bytes::from(vec![0; n])))
-                    .map_err(|e| e.to_string())?;
+                self.send_filler(channel, n)?;
                 queued += n;
             }
             self.drain();
@@ -234,41 +231,50 @@ impl SessionSim {
     ) -> Result<Duration, String> {
         let channel = self.a.default_channel.ok_or("not open")?;
         let end = self.now + limit;
-        // When the link is back, and what B had then.
-        let mut back: Option<(Instant, Option<usize>)> = None;
+        self.busy_until(channel, end, |s| s.b.received >= at_bytes)?;
+        let back = self.now + down;
+        self.outage = Some((self.now, back));
+        self.busy_until(channel, end, |s| s.now >= back)?;
+        let had = self.b.received;
+        self.busy_until(channel, end, |s| s.b.received > had)?;
+        Ok(self.now - back)
+    }
+
+    /// Keep A's default channel topped up to 4 MiB and step until `done` holds (checked before
+    /// each step; the clock also wakes when the outage ends, so that instant is seen exactly).
+    fn busy_until(
+        &mut self,
+        channel: u64,
+        end: Instant,
+        done: impl Fn(&SessionSim) -> bool,
+    ) -> Result<(), String> {
         loop {
             while self.a.session.buffered_amount(channel) < 4 << 20 {
-                self.a
-                    .session
-                    .send(
-                        self.now,
-                        channel,
-                        Payload::Binary(Bytes::from(vec![0; 65_536])),
-                    )
-                    .map_err(|e| e.to_string())?;
+                self.send_filler(channel, 65_536)?;
             }
-            if self.outage.is_none() && self.b.received >= at_bytes {
-                self.outage = Some((self.now, self.now + down));
-                back = Some((self.now + down, None));
-            }
-            if let Some((at, before)) = back.as_mut()
-                && self.now >= *at
-            {
-                match before {
-                    None => *before = Some(self.b.received),
-                    Some(had) if self.b.received > *had => return Ok(self.now - *at),
-                    Some(_) => {}
-                }
+            if done(self) {
+                return Ok(());
             }
             if let Some(e) = self.a.failed.as_ref().or(self.b.failed.as_ref()) {
                 return Err(e.to_string());
             }
             self.drain();
-            let wake = back.map(|(at, _)| at).filter(|at| *at > self.now);
+            let wake = self
+                .outage
+                .map(|(_, back)| back)
+                .filter(|at| *at > self.now);
             if self.now >= end || !self.step_until(wake) {
-                return Err(format!("no data within {limit:?}"));
+                return Err("not within the limit".into());
             }
         }
+    }
+
+    /// `n` zero bytes from A on `channel`.
+    fn send_filler(&mut self, channel: u64, n: usize) -> Result<(), String> {
+        self.a
+            .session
+            .send(self.now, channel, Payload::Binary(Bytes::from(vec![0; n])))
+            .map_err(|e| e.to_string())
     }
 
     fn drain(&mut self) {

@@ -87,8 +87,6 @@ pub(crate) struct SignalingSession {
     client_name: ShortText,
     connect_timeout: Duration,
     backoff: Backoff,
-    /// State of the generator the backoff jitter draws from (SplitMix64, seeded at random).
-    jitter_state: u64,
     next_seq: u64,
     malformed: u64,
     transmits: VecDeque<ClientMessage>,
@@ -105,7 +103,6 @@ impl SignalingSession {
             client_name: ShortText::truncated(client_name),
             connect_timeout,
             backoff,
-            jitter_state: rand::random(),
             next_seq: 1,
             malformed: 0,
             transmits: VecDeque::new(),
@@ -396,8 +393,7 @@ impl SignalingSession {
             self.fail(error);
             return;
         }
-        let draw = self.draw();
-        let delay = self.backoff.jittered(attempt, draw);
+        let delay = self.backoff.jittered(attempt, rand::random::<f64>());
         self.outputs
             .push_back(Output::Reconnecting { attempt, delay });
         self.transition(
@@ -407,16 +403,6 @@ impl SignalingSession {
             },
             &error.to_string(),
         );
-    }
-
-    /// A uniform draw in `[0, 1)` for the backoff jitter.
-    fn draw(&mut self) -> f64 {
-        self.jitter_state = self.jitter_state.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        let mut z = self.jitter_state;
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        z ^= z >> 31;
-        (z >> 11) as f64 / (1u64 << 53) as f64
     }
 
     fn fail(&mut self, error: SignalingError) {

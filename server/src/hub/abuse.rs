@@ -71,9 +71,10 @@ impl Hub {
         }
     }
 
-    /// Charge one frame to the connection's message budget (scaled: see [`MAX_BUDGET_SCALE`]). `false` when the frame is over
-    /// budget: it was answered `rate_limited` (and the connection closed when it keeps
-    /// flooding) and must be dropped unread.
+    /// Charge one frame to the connection's message budget (scaled: see
+    /// [`MAX_BUDGET_SCALE`]). `false` when the frame is over budget: it was answered
+    /// `rate_limited` (and the connection closed when it keeps flooding) and must be dropped
+    /// unread.
     pub(super) fn charge_frame(&mut self, conn: ConnKey, now: Instant) -> bool {
         let max_strikes = self.config.rate_strikes;
         let Some(c) = self.conns.get_mut(&conn) else {
