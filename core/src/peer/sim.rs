@@ -26,6 +26,11 @@ use super::session::{PeerSession, SessionConfig, SessionEvent};
 use super::{PeerError, PeerRole, generate_certificate};
 use crate::peer::{Payload, ice, sdp};
 
+/// The message size of [`SessionSim::recovery_after_outage`]: small, so that "a message
+/// arrived" means data flows again, not that SCTP's window, back at its minimum after the
+/// timeouts, has grown enough for a large message's every fragment.
+pub const OUTAGE_MESSAGE: usize = 4_096;
+
 /// One direction of the emulated link (both directions get the same profile).
 #[derive(Debug, Clone)]
 pub struct LinkProfile {
@@ -221,8 +226,9 @@ impl SessionSim {
         Ok(self.now - start)
     }
 
-    /// Keep A sending on the default channel; once B has `at_bytes`, cut the link (both ways)
-    /// for `down`; returns how long after the link is back B receives data again.
+    /// Keep A sending on the default channel in [`OUTAGE_MESSAGE`]-byte messages; once B has
+    /// `at_bytes`, cut the link (both ways) for `down`; returns how long after the link is
+    /// back B receives a message again.
     pub fn recovery_after_outage(
         &mut self,
         at_bytes: usize,
@@ -250,7 +256,7 @@ impl SessionSim {
     ) -> Result<(), String> {
         loop {
             while self.a.session.buffered_amount(channel) < 4 << 20 {
-                self.send_filler(channel, 65_536)?;
+                self.send_filler(channel, OUTAGE_MESSAGE)?;
             }
             if done(self) {
                 return Ok(());
@@ -384,8 +390,9 @@ mod tests {
         // A transfer over a 50 ms link cut for seconds (many SCTP timeouts; past ICE's 5 s
         // "disconnected" for two of them): once the link is back, ICE's consent checks (every
         // 500 ms while SCTP waits out a timer) confirm it and SCTP retransmits at once, instead
-        // of at its next backed-off timer (up to 2 s later). Measured (first whole 64 KiB
-        // message at B): 625, 429 and 421 ms; without the confirmation, 1.9 s for the first.
+        // of at its next backed-off timer (up to 2 s later). At most 600 ms to the next check,
+        // a round trip, a retransmission: measured 125–659 ms over ten runs (the consent
+        // timing is random); without the confirmation, 1.9 s for the first.
         for (seed, down_ms) in [(1u64, 3_300u64), (2, 6_300), (3, 10_000)] {
             let mut sim = SessionSim::new(LinkProfile::new(Duration::from_millis(50), 0.0), seed);
             sim.run_until_open(Duration::from_secs(10)).expect("opens");
