@@ -56,6 +56,7 @@ val tests: List<Pair<String, suspend () -> Unit>> = listOf(
     "20 ProximCore instances pair at once" to ::twentyAtOnce,
     "the listener sees states in a valid order" to ::stateOrder,
     "closing twice is harmless" to ::closeTwice,
+    "networkChanged() restarts ICE: Reconnecting, a new PathChanged, messages still flow" to ::networkChange,
 )
 
 suspend fun pairAndEcho() {
@@ -82,6 +83,36 @@ suspend fun pairAndEcho() {
             check(path.stats.path == PathType.HOST) { "PathChanged path ${path.stats.path}" }
             check(path.stats.local.relayProtocol == null) { "relayProtocol ${path.stats.local.relayProtocol}" }
             connection.disconnect()
+        }
+    }
+}
+
+suspend fun networkChange() {
+    val recorder = Recorder()
+    newCore("kt-netchange", recorder).use { core ->
+        core.pair(env("ACCEPT_CODE")).use { connection ->
+            recorder.awaitConnectionEvent(connection.id()) { it is ConnectionEvent.PathChanged }
+            // What an app does from ConnectivityManager.NetworkCallback: the phone stays on
+            // signaling while connected, so the restart is signaled to the desktop.
+            connection.networkChanged()
+            recorder.awaitConnectionEvent(connection.id()) {
+                it is ConnectionEvent.Reconnecting && it.attempt == 1u && it.reason.contains("network")
+            }
+            withTimeout(30_000) {
+                while (recorder.connectionEvents(connection.id()).count { it is ConnectionEvent.PathChanged } < 2) {
+                    delay(20)
+                }
+            }
+            val events = recorder.connectionEvents(connection.id())
+            val reconnecting = events.indexOfFirst { it is ConnectionEvent.Reconnecting }
+            val secondPath = events.withIndex().filter { it.value is ConnectionEvent.PathChanged }[1].index
+            check(reconnecting < secondPath) { "PathChanged before Reconnecting: $events" }
+            check(connection.state() == ConnectionState.CONNECTED) { "state ${connection.state()}" }
+            val text = "after the restart ${randomTag()}"
+            connection.sendText(text)
+            recorder.awaitConnectionEvent(connection.id()) {
+                it is ConnectionEvent.TextReceived && it.text == text
+            }
         }
     }
 }

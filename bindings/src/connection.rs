@@ -155,6 +155,16 @@ impl Connection {
         run(async move { Ok(shared.connection.stats().await?.into()) }).await
     }
 
+    /// The device's network changed (call it from `ConnectivityManager.NetworkCallback`'s
+    /// `onAvailable`/`onLost`/`onLinkPropertiesChanged`): restart ICE on the addresses there
+    /// are now, keeping channels and transfers; `Reconnecting` and `PathChanged` events follow.
+    /// Throws when signaling is gone (the path in use then stays as long as it works) or the
+    /// connection is not up.
+    pub async fn network_changed(&self) -> Result<(), ProximException> {
+        let shared = self.shared.clone();
+        run(async move { Ok(shared.connection.network_changed().await?) }).await
+    }
+
     /// Close the connection and wait until it is closed (at most a few seconds). Idempotent.
     pub async fn disconnect(&self) -> Result<(), ProximException> {
         let shared = self.shared.clone();

@@ -414,6 +414,17 @@ pub enum ConnectionEvent {
         /// The connection's statistics at that moment.
         stats: ConnectionStats,
     },
+    /// The connection looks for a new path (an ICE restart: the network changed, the path
+    /// went silent, or the other device restarted); channels and transfers stay. A
+    /// `PathChanged` follows once a path is found.
+    Reconnecting {
+        /// 1, 2, …: attempts since the path was last good.
+        attempt: u32,
+        /// Milliseconds since the first attempt started.
+        since_ms: u64,
+        /// Why, in words.
+        reason: String,
+    },
     /// The other side opened an extra data channel (Proxim does not read it yet).
     ChannelOpened {
         /// Its label.
@@ -454,6 +465,15 @@ impl ConnectionEvent {
             },
             Event::PathChanged(stats) => ConnectionEvent::PathChanged {
                 stats: stats.into(),
+            },
+            Event::Reconnecting {
+                attempt,
+                since,
+                reason,
+            } => ConnectionEvent::Reconnecting {
+                attempt,
+                since_ms: u64::try_from(since.elapsed().as_millis()).unwrap_or(u64::MAX),
+                reason,
             },
             Event::Closed { reason } => ConnectionEvent::Closed { reason },
             _ => return None,

@@ -213,6 +213,9 @@ async fn serve_connection(connection: proxim_core::Connection, echo: bool) -> Re
                 }
                 route = Some(now);
             }
+            Event::Reconnecting {
+                attempt, reason, ..
+            } => eprintln!("[{name}] reconnecting (attempt {attempt}): {reason}"),
             Event::Closed { reason } => {
                 println!("[{name}] connection closed: {reason}");
                 break;

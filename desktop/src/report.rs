@@ -123,6 +123,9 @@ pub(crate) async fn send_with_progress(
                     }
                     route = Some(now);
                 }
+                Some(Event::Reconnecting { attempt, reason, .. }) => {
+                    bar.println(format!("reconnecting (attempt {attempt}): {reason}"));
+                }
                 Some(Event::Message(Payload::Text(text))) => bar.println(format!("< {text}")),
                 Some(Event::Closed { reason }) => {
                     bar.println(format!("closed: {reason}"));

@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use proxim_protocol::{IceServer, PeerDevice, SessionId};
-use tokio::sync::{Mutex, mpsc};
+use tokio::sync::{Mutex, mpsc, oneshot};
 use tokio::task::JoinHandle;
 use tracing::{Instrument, debug, info_span, warn};
 
@@ -20,6 +20,7 @@ use crate::peer::{
     self, Certificate, ChannelOptions, ChannelSender, ConnectionEvent, ConnectionState,
     ConnectionStats, DataChannel, Payload, PeerConfig, PeerError, PeerRole,
 };
+use crate::signaling::{SignalingClient, SignalingEvent, SignalingEvents};
 use crate::transfer::{self, FileReport, ReceivedFile, TransferProgress};
 use crate::{ProximConfig, ProximError};
 
@@ -56,6 +57,17 @@ pub enum Event {
     /// The path in use changed (first when the connection is up): host, srflx, prflx or
     /// relay, the addresses, and for a relay how this side reaches it.
     PathChanged(peer::ConnectionStats),
+    /// The connection is looking for a new path (an ICE restart: the network changed, the
+    /// path went silent, or the other device restarted). Channels and transfers stay; a
+    /// [`Event::PathChanged`] follows once a path is found.
+    Reconnecting {
+        /// 1, 2, …: attempts since the path was last good.
+        attempt: u32,
+        /// When the first attempt started.
+        since: Instant,
+        /// Why.
+        reason: String,
+    },
     /// The connection is closed; no more events follow.
     Closed {
         /// Why.
@@ -92,6 +104,9 @@ pub struct Connection {
     up_at: Instant,
     /// The `closed` report, when this side reports on signaling (the desktop).
     close_report: Arc<CloseReport>,
+    /// The phone's signaling connection, kept for ICE restarts while this connection lives;
+    /// dropping this ends it (see [`Connection::stay_on_signaling`]).
+    signaling: Option<oneshot::Sender<()>>,
 }
 
 impl Connection {
@@ -173,6 +188,15 @@ impl Connection {
         Ok(self.inner.stats().await?)
     }
 
+    /// The device's network changed (Wi-Fi to cellular, an address came or went; on Android,
+    /// call it from `ConnectivityManager.NetworkCallback`): restart ICE over signaling on the
+    /// addresses there are now, keeping the channels and transfers. [`Event::Reconnecting`]
+    /// and [`Event::PathChanged`] follow. Fails when signaling is gone (the path in use then
+    /// stays as long as it works) or the connection is not up.
+    pub async fn network_changed(&self) -> Result<(), ProximError> {
+        Ok(self.inner.network_changed().await?)
+    }
+
     /// The connection state now.
     pub fn state(&self) -> ConnectionState {
         self.inner.state()
@@ -199,6 +223,38 @@ impl Connection {
     /// Send a `closed` report through `sink` when this connection ends (once; best effort).
     pub(super) fn report_close_to(&self, sink: ReportSink) {
         self.close_report.arm(sink, self.up_at);
+    }
+
+    /// Keep `client` (the phone's signaling connection) open while this connection lives, so
+    /// that ICE restarts can be signaled; it `leave`s the session and closes when the
+    /// connection ends or is dropped. Its events are only logged.
+    pub(super) fn stay_on_signaling(
+        &mut self,
+        client: SignalingClient,
+        mut events: SignalingEvents,
+    ) {
+        let (guard, mut released) = oneshot::channel::<()>();
+        self.signaling = Some(guard);
+        let peer = self.inner.clone();
+        let session = self.session.clone();
+        let task = async move {
+            loop {
+                tokio::select! {
+                    event = events.next() => match event {
+                        Some(SignalingEvent::Closed) | None => return,
+                        Some(event) => debug!(?event, "signaling, while connected"),
+                    },
+                    () = peer.wait_ended() => break,
+                    _ = &mut released => break,
+                }
+            }
+            client.close_session(&session);
+            client.close().await;
+            debug!("connection over: signaling closed");
+        };
+        tokio::spawn(
+            task.instrument(info_span!("connection-signaling", session = %short(&self.session))),
+        );
     }
 
     /// Record the phone's timings, measured from the start of the pairing.
@@ -261,6 +317,7 @@ impl Connection {
             pump,
             up_at: Instant::now(),
             close_report,
+            signaling: None,
         })
     }
 }
@@ -327,6 +384,9 @@ async fn pump(
                 Some(ConnectionEvent::ChannelOpened(incoming)) => Event::ChannelOpened(incoming),
                 Some(ConnectionEvent::StateChanged { old, new }) => Event::StateChanged { old, new },
                 Some(ConnectionEvent::PathChanged(stats)) => Event::PathChanged(stats),
+                Some(ConnectionEvent::Reconnecting { attempt, since, reason }) => {
+                    Event::Reconnecting { attempt, since, reason }
+                }
                 Some(ConnectionEvent::Closed { reason, stats }) => {
                     if let Some(stats) = stats {
                         reporting.close.set_final(*stats);

@@ -169,10 +169,15 @@ async fn phone_connect(
         verified,
     )
     .await;
-    // The direct path does not need the server any more.
-    client.close().await;
-    drop(events);
-    let mut connection = connection?;
+    let mut connection = match connection {
+        Ok(connection) => connection,
+        Err(error) => {
+            client.close().await;
+            return Err(error);
+        }
+    };
+    // The connection keeps signaling: an ICE restart (a network change) is signaled on it.
+    connection.stay_on_signaling(client, events);
     connection.set_timings(SetupTimings {
         paired: paired_at,
         channel_open: started.elapsed(),

@@ -10,7 +10,7 @@
 use std::collections::HashMap;
 use std::future::poll_fn;
 use std::io::{self, IoSliceMut};
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, OnceLock};
 use std::task::Poll;
@@ -69,7 +69,21 @@ pub(super) enum Command {
     Stats {
         reply: oneshot::Sender<Result<ConnectionStats, PeerError>>,
     },
+    /// The network changed: bind to the addresses there are now (`local_ips`, or the
+    /// configured way of finding them) and restart ICE.
+    NetworkChanged {
+        local_ips: Option<Vec<IpAddr>>,
+        reply: oneshot::Sender<Result<(), PeerError>>,
+    },
     Close,
+}
+
+/// How the driver finds its local addresses again after a network change.
+#[derive(Debug, Clone)]
+pub(super) struct Binding {
+    pub(super) local_ips: Option<Vec<IpAddr>>,
+    pub(super) include_loopback: bool,
+    pub(super) udp_buffer_bytes: usize,
 }
 
 /// The driver's side of one data channel.
@@ -89,6 +103,7 @@ pub(super) struct DriverParts {
     pub(super) events: mpsc::UnboundedSender<ConnectionEvent>,
     pub(super) ready: oneshot::Sender<Result<DataChannel, PeerError>>,
     pub(super) sockets: Vec<LocalSocket>,
+    pub(super) binding: Binding,
     pub(super) relays: Relays,
     pub(super) pending_dns: Option<oneshot::Receiver<Vec<(String, SocketAddr)>>>,
     pub(super) ended: Arc<OnceLock<String>>,
@@ -97,6 +112,7 @@ pub(super) struct DriverParts {
 pub(super) struct Driver {
     session: PeerSession,
     sockets: Vec<LocalSocket>,
+    binding: Binding,
     next_socket: usize,
     relays: Relays,
     pending_dns: Option<oneshot::Receiver<Vec<(String, SocketAddr)>>>,
@@ -139,6 +155,7 @@ impl Driver {
         Driver {
             session,
             sockets: parts.sockets,
+            binding: parts.binding,
             next_socket: 0,
             relays: parts.relays,
             pending_dns: parts.pending_dns,
@@ -287,6 +304,12 @@ impl Driver {
             Command::Stats { reply } => {
                 let _ = reply.send(self.session.stats());
             }
+            Command::NetworkChanged { local_ips, reply } => {
+                if local_ips.is_some() {
+                    self.binding.local_ips = local_ips;
+                }
+                let _ = reply.send(self.network_changed(now));
+            }
             // `PeerConnection::close` waits for the driver to end (its state sender is dropped).
             Command::Close => {
                 for slot in self.channels.values() {
@@ -294,6 +317,44 @@ impl Driver {
                 }
                 self.session.close(now);
             }
+        }
+    }
+
+    /// Bind to the local addresses there are now (keeping the sockets of those that stay) and
+    /// restart ICE over them.
+    fn network_changed(&mut self, now: Instant) -> Result<(), PeerError> {
+        let ips = match &self.binding.local_ips {
+            Some(ips) => ips.clone(),
+            None => super::gather::local_ips(self.binding.include_loopback),
+        };
+        let before = self.sockets.len();
+        self.sockets.retain(|s| ips.contains(&s.addr.ip()));
+        let kept = self.sockets.len();
+        for ip in ips {
+            if self.sockets.iter().any(|s| s.addr.ip() == ip) {
+                continue;
+            }
+            match super::gather::bind_udp(ip, self.binding.udp_buffer_bytes) {
+                Ok(socket) => self.sockets.push(socket),
+                Err(e) => tracing::debug!(%ip, error = %e, "cannot bind"),
+            }
+        }
+        self.next_socket = 0;
+        let addrs: Vec<SocketAddr> = self.sockets.iter().map(|s| s.addr).collect();
+        tracing::info!(
+            gone = before - kept,
+            new = addrs.len() - kept,
+            sockets = ?addrs,
+            "network changed"
+        );
+        if self.session.network_changed(now, &addrs) {
+            Ok(())
+        } else if self.session.state() == ConnectionState::Connected
+            || self.session.state() == ConnectionState::Disconnected
+        {
+            Err(PeerError::SignalingLost)
+        } else {
+            Err(PeerError::NotConnected)
         }
     }
 
@@ -522,6 +583,17 @@ impl Driver {
             }
             SessionEvent::PathChanged(stats) => {
                 let _ = self.events.send(ConnectionEvent::PathChanged(stats));
+            }
+            SessionEvent::Reconnecting {
+                attempt,
+                since,
+                reason,
+            } => {
+                let _ = self.events.send(ConnectionEvent::Reconnecting {
+                    attempt,
+                    since,
+                    reason,
+                });
             }
             SessionEvent::Failed(error) => {
                 let reason = error.to_string();

@@ -467,6 +467,18 @@ pub enum ConnectionEvent {
     /// ICE selected a (new) candidate pair: which path the connection uses now (host, srflx,
     /// prflx or relay, and for a relay how this side reaches it).
     PathChanged(ConnectionStats),
+    /// An ICE restart began (the network changed, the path went silent, or the other device
+    /// restarted): the channels stay open and what they hold is delivered once a path is
+    /// found, announced by a [`ConnectionEvent::PathChanged`].
+    Reconnecting {
+        /// 1, 2, …: restart attempts since the path was last good.
+        attempt: u32,
+        /// When the first attempt started.
+        since: Instant,
+        /// Why ("the local network changed", "nothing heard from the other device for 7 s",
+        /// "the other device restarted ICE", …).
+        reason: String,
+    },
     /// The connection is closed; the driver has stopped. The last event.
     Closed {
         /// Why.
@@ -558,6 +570,33 @@ impl PeerConnection {
         rx.await.map_err(|_| PeerError::Closed)?
     }
 
+    /// The device's network changed (an interface or address came or went, Wi-Fi to
+    /// cellular): bind to the addresses there are now and restart ICE over signaling, keeping
+    /// DTLS, SCTP, the channels and what they hold. The path in use carries on until a new
+    /// one is found; [`ConnectionEvent::Reconnecting`] and then
+    /// [`ConnectionEvent::PathChanged`] follow.
+    ///
+    /// Fails with [`PeerError::SignalingLost`] when signaling is gone (no restart can be
+    /// signaled: the path in use stays as long as it works) and [`PeerError::NotConnected`]
+    /// before the connection is up.
+    pub async fn network_changed(&self) -> Result<(), PeerError> {
+        self.change_network(None).await
+    }
+
+    /// Like [`Self::network_changed`], binding to exactly `ips` from now on (what
+    /// [`PeerConfig::local_ips`] says at the start).
+    pub async fn set_local_ips(&self, ips: Vec<IpAddr>) -> Result<(), PeerError> {
+        self.change_network(Some(ips)).await
+    }
+
+    async fn change_network(&self, local_ips: Option<Vec<IpAddr>>) -> Result<(), PeerError> {
+        let (reply, rx) = oneshot::channel();
+        self.commands
+            .send(Command::NetworkChanged { local_ips, reply })
+            .map_err(|_| PeerError::Closed)?;
+        rx.await.map_err(|_| PeerError::Closed)?
+    }
+
     /// The current state.
     pub fn state(&self) -> ConnectionState {
         *self.state.borrow()
@@ -581,6 +620,13 @@ impl PeerConnection {
         })
         .await;
         self.end_reason().map(str::to_owned)
+    }
+
+    /// Resolves once the connection has ended (closed or failed) and its driver stopped.
+    pub async fn wait_ended(&self) {
+        let mut state = self.state.clone();
+        // The driver drops its state sender when it ends.
+        while state.changed().await.is_ok() {}
     }
 
     /// Close channels and the connection, stop the driver, release the sockets. Idempotent;
@@ -695,6 +741,11 @@ fn prepare(config: PeerConfig, link: SignalLink) -> Result<Prepared, PeerError> 
         events: event_tx,
         ready: ready_tx,
         sockets,
+        binding: driver::Binding {
+            local_ips: config.local_ips.clone(),
+            include_loopback: config.include_loopback,
+            udp_buffer_bytes: config.udp_buffer_bytes,
+        },
         relays,
         pending_dns,
         ended: ended.clone(),

@@ -8,6 +8,18 @@
 //! [`PeerSession::poll_transmit`], [`PeerSession::poll_signal`], [`PeerSession::poll_event`] and
 //! [`PeerSession::poll_timeout`] (with the reason of the next deadline). After any input, drain
 //! all outputs until each is empty, then wait for the next timeout.
+//!
+//! ## ICE restarts
+//!
+//! Once the connection is up, an ICE restart ([`PeerSession::restart_ice`]) moves it to
+//! another path without touching DTLS, SCTP or the channels: new ICE credentials and
+//! candidates go out in an offer, the peer restarts too and answers, and checks find the new
+//! path while the data keeps going on the old one (see [`super::ice`]). It starts when the
+//! application says the network changed ([`PeerSession::network_changed`]), or on its own when
+//! nothing was heard from the peer for [`RESTART_AFTER_SILENCE`]. Either side may start one;
+//! when both do at once (glare), the offerer's goes on and the answerer answers it with the
+//! credentials of its own. An attempt that did not find a path within [`RESTART_RETRY`] is
+//! followed by another; with no path at all for [`RESTART_BUDGET`] the connection fails.
 
 use std::collections::{HashMap, VecDeque};
 use std::net::SocketAddr;
@@ -39,6 +51,15 @@ const NO_PAIR_GIVE_UP: Duration = Duration::from_secs(3);
 /// Signaling ended during setup while the peer's packets arrive on the direct path: how long
 /// setup may still take before the session fails with the link's end.
 pub(crate) const LINK_END_GRACE: Duration = Duration::from_secs(5);
+
+/// ICE silent (disconnected) this long after [`super::ice::IceConfig::disconnected_after`]:
+/// restart it.
+pub(crate) const RESTART_AFTER_SILENCE: Duration = Duration::from_secs(2);
+/// An ICE restart that selected no pair in this long is tried again.
+pub(crate) const RESTART_RETRY: Duration = Duration::from_secs(8);
+/// No path at all (the old one gone, no new one found) this long after the first restart
+/// attempt: the connection fails.
+pub(crate) const RESTART_BUDGET: Duration = Duration::from_secs(30);
 
 /// How one session is set up.
 #[derive(Debug, Clone)]
@@ -104,6 +125,13 @@ pub(crate) enum SessionEvent {
         channel: ChannelId,
     },
     PathChanged(ConnectionStats),
+    /// An ICE restart began: `attempt` (1, 2, …) since the path was last good, which it
+    /// stopped being at `since`. A `PathChanged` follows once a path is found.
+    Reconnecting {
+        attempt: u32,
+        since: Instant,
+        reason: String,
+    },
     /// The connection failed (before or after it was established). Terminal.
     Failed(PeerError),
     /// The connection closed. Terminal.
@@ -183,6 +211,42 @@ impl LinkEnd {
     }
 }
 
+/// What an ICE restart timer is for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum RestartDue {
+    /// The path has been silent long enough: restart.
+    Start,
+    /// The attempt found nothing in time: another one.
+    Retry,
+    /// No path for the whole budget: fail.
+    GiveUp,
+}
+
+impl RestartDue {
+    fn why(self) -> &'static str {
+        match self {
+            RestartDue::Start => "ICE restart after silence",
+            RestartDue::Retry => "ICE restart: next attempt",
+            RestartDue::GiveUp => "ICE restart: no path within the budget",
+        }
+    }
+}
+
+/// An ICE restart under way.
+#[derive(Debug, Clone, Copy)]
+struct Restart {
+    /// 1, 2, …: attempts since the path was last good.
+    attempt: u32,
+    /// When the first attempt started.
+    since: Instant,
+    /// When this attempt started.
+    started: Instant,
+    /// This side's offer waits for its answer.
+    offered: bool,
+    /// Another restart was asked for meanwhile: it starts once the answer is in.
+    again: bool,
+}
+
 #[derive(Debug, Default, Clone, Copy)]
 struct Counters {
     bytes_sent: u64,
@@ -234,6 +298,17 @@ pub(crate) struct PeerSession {
     signals: VecDeque<Signal>,
     events: VecDeque<SessionEvent>,
     mdns_logged: bool,
+    /// The local sockets (host candidates' bases), for a restart's gathering.
+    sockets: Vec<SocketAddr>,
+    /// The STUN servers, for a restart's gathering.
+    stun_servers: Vec<(String, SocketAddr)>,
+    /// The relayed candidates the driver added (the allocations outlive a restart).
+    relay_candidates: Vec<LocalCandidate>,
+    /// Whether signals still reach the peer (no restart without them).
+    signaling_up: bool,
+    restart: Option<Restart>,
+    /// Since when ICE has been disconnected.
+    silent_since: Option<Instant>,
 }
 
 impl PeerSession {
@@ -284,6 +359,12 @@ impl PeerSession {
             signals: VecDeque::new(),
             events: VecDeque::new(),
             mdns_logged: false,
+            sockets: sockets.to_vec(),
+            stun_servers: stun_servers.to_vec(),
+            relay_candidates: Vec::new(),
+            signaling_up: true,
+            restart: None,
+            silent_since: None,
             config,
         };
         session.start(now, sockets, stun_servers);
@@ -306,22 +387,7 @@ impl PeerSession {
             return;
         }
         if !self.config.force_relay {
-            for (i, addr) in sockets.iter().enumerate() {
-                // Earlier sockets (IPv4, LAN before loopback) are preferred.
-                let local_pref = 65535u16.saturating_sub(i as u16 * 256);
-                self.add_local(
-                    now,
-                    LocalCandidate {
-                        kind: CandidateKind::Host,
-                        address: *addr,
-                        base: *addr,
-                        priority: priority(CandidateKind::Host, local_pref),
-                        foundation: format!("{}", 1 + i),
-                        related: None,
-                        relay_protocol: None,
-                    },
-                );
-            }
+            self.add_host_candidates(now);
             self.add_stun_sources(now, sockets, stun_servers);
         }
         if self.config.role == PeerRole::Offerer {
@@ -347,6 +413,26 @@ impl PeerSession {
         }
         self.flush_held_candidates();
         self.check_gathering_done();
+    }
+
+    /// A host candidate for every socket.
+    fn add_host_candidates(&mut self, now: Instant) {
+        for (i, addr) in self.sockets.clone().into_iter().enumerate() {
+            // Earlier sockets (IPv4, LAN before loopback) are preferred.
+            let local_pref = 65535u16.saturating_sub(i as u16 * 256);
+            self.add_local(
+                now,
+                LocalCandidate {
+                    kind: CandidateKind::Host,
+                    address: addr,
+                    base: addr,
+                    priority: priority(CandidateKind::Host, local_pref),
+                    foundation: format!("{}", 1 + i),
+                    related: None,
+                    relay_protocol: None,
+                },
+            );
+        }
     }
 
     fn add_stun_sources(
@@ -387,6 +473,7 @@ impl PeerSession {
     ) {
         self.now = now;
         self.stun_names_pending = false;
+        self.stun_servers.extend_from_slice(servers);
         if !self.config.force_relay {
             self.add_stun_sources(now, sockets, servers);
         }
@@ -409,18 +496,17 @@ impl PeerSession {
             TurnTransport::Tls => 16383,
         };
         let foundation = format!("r{}", self.ice.local_candidates().len());
-        self.add_local(
-            now,
-            LocalCandidate {
-                kind: CandidateKind::Relay,
-                address: relayed,
-                base: relayed,
-                priority: priority(CandidateKind::Relay, local_pref),
-                foundation,
-                related: Some(related),
-                relay_protocol: Some(transport),
-            },
-        );
+        let candidate = LocalCandidate {
+            kind: CandidateKind::Relay,
+            address: relayed,
+            base: relayed,
+            priority: priority(CandidateKind::Relay, local_pref),
+            foundation,
+            related: Some(related),
+            relay_protocol: Some(transport),
+        };
+        self.relay_candidates.push(candidate.clone());
+        self.add_local(now, candidate);
         self.process(now);
     }
 
@@ -460,6 +546,22 @@ impl PeerSession {
         self.process(now);
     }
 
+    /// Whether an ICE restart is under way.
+    #[cfg(test)]
+    pub(crate) fn restarting(&self) -> bool {
+        self.restart.is_some()
+    }
+
+    #[cfg(test)]
+    pub(crate) fn ice_local_credentials(&self) -> &Credentials {
+        self.ice.local_credentials()
+    }
+
+    #[cfg(test)]
+    pub(crate) fn ice_remote_credentials(&self) -> Option<&Credentials> {
+        self.ice.remote_credentials()
+    }
+
     /// Whether the peer's packets have arrived on the direct path.
     #[cfg(test)]
     pub(crate) fn peer_reachable(&self) -> bool {
@@ -474,8 +576,12 @@ impl PeerSession {
     /// slow relay); the connect timeout still bounds it.
     pub(crate) fn link_ended(&mut self, now: Instant, how: LinkEnd) {
         self.now = now;
+        self.signaling_up = false;
         if self.phase.is_ended() || self.phase.is_up() {
-            tracing::info!(?how, "signaling ended; the direct path stays up");
+            tracing::info!(
+                ?how,
+                "signaling ended; the direct path stays up (no ICE restart from now on)"
+            );
             return;
         }
         if self.remote.is_some() && self.ice.heard_from_peer() {
@@ -592,6 +698,33 @@ impl PeerSession {
             // complete, so it is not reused while the peer may still deliver on it.
             self.report_channel_closed(id);
         }
+        if let Some((at, due)) = self.restart_timer()
+            && now >= at
+        {
+            match due {
+                RestartDue::Start => {
+                    let reason = format!(
+                        "nothing heard from the other device for {} s",
+                        (self.config.ice.disconnected_after + RESTART_AFTER_SILENCE).as_secs()
+                    );
+                    self.restart_ice(now, &reason);
+                }
+                RestartDue::Retry => {
+                    self.restart_ice(now, "the last attempt found no path");
+                }
+                RestartDue::GiveUp => {
+                    let attempts = self.restart.map_or(0, |r| r.attempt);
+                    self.fail(PeerError::IceFailed {
+                        reason: format!(
+                            "connection lost: no path to the other device for {} s, over {}                              ICE restart attempt(s)",
+                            RESTART_BUDGET.as_secs(),
+                            attempts
+                        ),
+                    });
+                    return;
+                }
+            }
+        }
         if !self.phase.is_up() {
             if let Some(at) = self.no_pair_deadline()
                 && now >= at
@@ -663,6 +796,9 @@ impl PeerSession {
             "channel close deadline",
         );
         consider(self.phase.close_deadline(), "connection close deadline");
+        if let Some((at, due)) = self.restart_timer() {
+            consider(Some(at), due.why());
+        }
         if !self.phase.is_up() {
             consider(
                 Some(self.started + self.config.connect_timeout),
@@ -750,6 +886,124 @@ impl PeerSession {
         self.counters.bytes_sent += len as u64;
         self.counters.messages_sent += 1;
         Ok(())
+    }
+
+    /// The local network changed: `sockets` are the ones the driver has now (some new, some
+    /// gone). Restarts ICE over them; `false` when no restart can run (not up, or signaling is
+    /// gone: the path in use then stays as long as it works).
+    pub(crate) fn network_changed(&mut self, now: Instant, sockets: &[SocketAddr]) -> bool {
+        self.now = now;
+        if self.sockets != sockets {
+            tracing::info!(before = ?self.sockets, now = ?sockets, "local addresses changed");
+            self.sockets = sockets.to_vec();
+        }
+        let started = self.restart_ice(now, "the local network changed");
+        self.process(now);
+        started
+    }
+
+    /// Start an ICE restart (see the module docs); `false` when none can run. While this
+    /// side's offer waits for its answer, another restart waits for it.
+    pub(crate) fn restart_ice(&mut self, now: Instant, reason: &str) -> bool {
+        if self.phase != Phase::Open {
+            tracing::debug!(
+                phase = self.phase.name(),
+                reason,
+                "no ICE restart: not open"
+            );
+            return false;
+        }
+        if !self.signaling_up {
+            tracing::info!(reason, "no ICE restart: signaling is gone");
+            return false;
+        }
+        if let Some(r) = self.restart.as_mut()
+            && r.offered
+            && now < r.started + RESTART_RETRY
+        {
+            r.again = true;
+            return true;
+        }
+        let (attempt, since) = self
+            .restart
+            .map_or((1, now), |r| (r.attempt.saturating_add(1), r.since));
+        self.restart_locally(now, attempt, since, reason);
+        let Some(sdp) = self.restart_description() else {
+            return false;
+        };
+        self.signals.push_back(Signal::Offer { sdp });
+        if let Some(r) = self.restart.as_mut() {
+            r.offered = true;
+        }
+        self.local_description_sent = true;
+        self.flush_held_candidates();
+        self.check_gathering_done();
+        true
+    }
+
+    /// This side's half of a restart: new credentials, candidates gathered again.
+    fn restart_locally(&mut self, now: Instant, attempt: u32, since: Instant, reason: &str) {
+        // The pair in use stays while the restart runs, unless its socket is gone.
+        let keep = self.ice.state() != IceState::Failed
+            && self.ice.route().is_some_and(|(base, _)| {
+                self.sockets.contains(&base) || self.relay_candidates.iter().any(|c| c.base == base)
+            });
+        tracing::info!(attempt, reason, keeps_current_path = keep, "ICE restart");
+        self.ice.restart(now, Credentials::random(), keep);
+        self.restart = Some(Restart {
+            attempt,
+            since,
+            started: now,
+            offered: false,
+            again: false,
+        });
+        self.sources.clear();
+        self.held_candidates.clear();
+        self.local_description_sent = false;
+        self.end_of_candidates_sent = false;
+        self.remote_gathering_done = false;
+        self.last_candidate_change = now;
+        if !self.config.force_relay {
+            self.add_host_candidates(now);
+            let (sockets, servers) = (self.sockets.clone(), self.stun_servers.clone());
+            self.add_stun_sources(now, &sockets, &servers);
+        }
+        for candidate in self.relay_candidates.clone() {
+            self.add_local(now, candidate);
+        }
+        self.events.push_back(SessionEvent::Reconnecting {
+            attempt,
+            since,
+            reason: reason.to_owned(),
+        });
+    }
+
+    /// The description of a restart (offer or answer): the new credentials; the DTLS role
+    /// and fingerprint as they are.
+    fn restart_description(&mut self) -> Option<Sdp> {
+        let remote = self.remote.as_ref()?;
+        let setup = if self.dtls_client() == Some(true) {
+            Setup::Active
+        } else {
+            Setup::Passive
+        };
+        let sdp = LocalDescription {
+            session_id: rand::random::<u64>() >> 1,
+            credentials: self.ice.local_credentials(),
+            fingerprint: &self.config.fingerprint,
+            setup,
+            mid: &remote.mid,
+            other_media: &remote.other_media,
+            data_index: usize::from(remote.mline_index),
+        }
+        .to_sdp();
+        match Sdp::new(sdp) {
+            Ok(sdp) => Some(sdp),
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot build the restart description");
+                None
+            }
+        }
     }
 
     /// Bytes sent on `channel` and not yet acknowledged.
@@ -907,6 +1161,12 @@ impl PeerSession {
 
     fn apply_signal(&mut self, now: Instant, signal: Signal) -> Result<(), PeerError> {
         match signal {
+            Signal::Offer { sdp } if self.remote.is_some() && self.phase.is_up() => {
+                self.on_restart_offer(now, sdp.as_str())?;
+            }
+            Signal::Answer { sdp } if self.remote.is_some() && self.phase.is_up() => {
+                self.on_restart_answer(now, sdp.as_str())?;
+            }
             Signal::Offer { sdp } => {
                 if self.config.role != PeerRole::Answerer || self.remote.is_some() {
                     return Err(PeerError::BadSignal("unexpected offer".into()));
@@ -973,6 +1233,96 @@ impl PeerSession {
             other => tracing::debug!(kind = ?other, "signal not for the peer layer"),
         }
         Ok(())
+    }
+
+    /// The peer restarts ICE: restart here too (unless this side's own restart is under way)
+    /// and answer. Glare (both offered): the offerer's restart goes on, the answerer answers
+    /// it with the credentials of its own.
+    fn on_restart_offer(&mut self, now: Instant, sdp: &str) -> Result<(), PeerError> {
+        let remote = self.read_restart(sdp)?;
+        if self.ice.remote_credentials() == Some(&remote.credentials) {
+            tracing::debug!("an offer with the credentials in use: no restart");
+            return Ok(());
+        }
+        match self.restart.as_mut() {
+            Some(r) if r.offered && self.config.role == PeerRole::Offerer => {
+                // Its candidates are of the generation the peer's answer will name.
+                tracing::debug!("ICE restart glare: this side's offer goes on");
+                for line in &remote.candidates {
+                    self.add_remote_candidate(now, line);
+                }
+                return Ok(());
+            }
+            Some(r) if r.offered => {
+                tracing::debug!("ICE restart glare: answering the offerer's restart");
+                r.offered = false;
+            }
+            _ => {
+                let (attempt, since) = self
+                    .restart
+                    .map_or((1, now), |r| (r.attempt.saturating_add(1), r.since));
+                self.restart_locally(now, attempt, since, "the other device restarted ICE");
+            }
+        }
+        let sdp = self
+            .restart_description()
+            .ok_or_else(|| PeerError::Rtc("cannot build the restart answer".into()))?;
+        self.signals.push_back(Signal::Answer { sdp });
+        self.local_description_sent = true;
+        self.apply_restart(now, remote);
+        self.flush_held_candidates();
+        self.check_gathering_done();
+        Ok(())
+    }
+
+    /// The answer to this side's restart offer.
+    fn on_restart_answer(&mut self, now: Instant, sdp: &str) -> Result<(), PeerError> {
+        let Some(restart) = self.restart.filter(|r| r.offered) else {
+            return Err(PeerError::BadSignal("an answer to no offer".into()));
+        };
+        let remote = self.read_restart(sdp)?;
+        self.apply_restart(now, remote);
+        self.restart = Some(Restart {
+            offered: false,
+            again: false,
+            ..restart
+        });
+        if restart.again {
+            self.restart_ice(now, "asked for again during the last restart");
+        }
+        Ok(())
+    }
+
+    /// A restart's description: DTLS stays as it is, so its fingerprints must too.
+    fn read_restart(&self, sdp: &str) -> Result<RemoteDescription, PeerError> {
+        let remote = self.read_remote(sdp)?;
+        if self
+            .remote
+            .as_ref()
+            .is_some_and(|r| r.fingerprints != remote.fingerprints)
+        {
+            return Err(PeerError::BadSignal(
+                "an ICE restart that changes the DTLS fingerprint".into(),
+            ));
+        }
+        Ok(remote)
+    }
+
+    /// The peer's new credentials and candidates.
+    fn apply_restart(&mut self, now: Instant, remote: RemoteDescription) {
+        self.ice
+            .set_remote_credentials(now, remote.credentials.clone());
+        for line in &remote.candidates {
+            self.add_remote_candidate(now, line);
+        }
+        if remote.end_of_candidates {
+            self.remote_gathering_done = true;
+            self.ice.set_remote_gathering_done();
+        }
+        self.last_candidate_change = now;
+        if let Some(current) = self.remote.as_mut() {
+            current.credentials = remote.credentials;
+        }
     }
 
     fn read_remote(&self, sdp: &str) -> Result<RemoteDescription, PeerError> {
@@ -1243,11 +1593,31 @@ impl PeerSession {
                     elapsed_ms = now.saturating_duration_since(self.started).as_millis() as u64,
                     "ICE selected a pair"
                 );
+                if let Some(restart) = self.restart.take()
+                    && self.phase.is_up()
+                {
+                    tracing::info!(
+                        attempts = restart.attempt,
+                        after_ms = now.saturating_duration_since(restart.since).as_millis() as u64,
+                        "ICE restart found a path"
+                    );
+                    // Report the path even when it has the addresses of the old one, and let
+                    // SCTP retransmit at once instead of at its backed-off timer.
+                    self.last_path = None;
+                    self.sctp.path_confirmed(now);
+                }
                 if self.phase.is_up() {
                     self.report_path();
                 }
             }
             IceEvent::StateChanged { new, .. } => match new {
+                IceState::Failed
+                    if self.restart.is_some_and(|r| now < r.since + RESTART_BUDGET)
+                        && self.signaling_up
+                        && self.phase == Phase::Open =>
+                {
+                    tracing::info!("ICE restart attempt found no path; another follows");
+                }
                 IceState::Failed if !self.phase.is_up() => {
                     self.fail(PeerError::IceFailed {
                         reason: self.no_path_reason(),
@@ -1260,8 +1630,14 @@ impl PeerSession {
                         self.config.ice.consent_timeout.as_secs()
                     ),
                 }),
-                IceState::Disconnected => self.evaluate_state("nothing heard from the peer"),
-                IceState::Connected => self.evaluate_state("the peer is heard again"),
+                IceState::Disconnected => {
+                    self.silent_since = Some(now);
+                    self.evaluate_state("nothing heard from the peer");
+                }
+                IceState::Connected => {
+                    self.silent_since = None;
+                    self.evaluate_state("the peer is heard again");
+                }
                 _ => {}
             },
             // An answered consent check: when SCTP is waiting out a backed-off retransmission
@@ -1532,6 +1908,34 @@ impl PeerSession {
     // -----------------------------------------------------------------------------------------
     // State and the end
     // -----------------------------------------------------------------------------------------
+
+    /// The next thing ICE restarts wait for, and when.
+    fn restart_timer(&self) -> Option<(Instant, RestartDue)> {
+        if self.phase != Phase::Open {
+            return None;
+        }
+        let Some(restart) = self.restart else {
+            let silent = self.silent_since.filter(|_| self.signaling_up)?;
+            return Some((silent + RESTART_AFTER_SILENCE, RestartDue::Start));
+        };
+        let mut next = None;
+        let no_path = self.ice.route().is_none();
+        if no_path {
+            next = Some((restart.since + RESTART_BUDGET, RestartDue::GiveUp));
+        }
+        // Another attempt while there is no working path (none, or the one kept is silent),
+        // or the path kept works but this attempt has nothing left to try.
+        let stuck = no_path
+            || self.ice.state() != IceState::Connected
+            || self.ice.new_generation_exhausted();
+        if self.signaling_up && stuck {
+            let retry = restart.started + RESTART_RETRY;
+            if next.is_none_or(|(at, _)| retry < at) {
+                next = Some((retry, RestartDue::Retry));
+            }
+        }
+        next
+    }
 
     /// With both sides done gathering and no pair to try at all, when to give up.
     fn no_pair_deadline(&self) -> Option<Instant> {

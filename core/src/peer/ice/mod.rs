@@ -9,6 +9,14 @@
 //!
 //! Every pair and its state is visible ([`IceAgent::pairs`]), so "why did nothing work" has
 //! an answer.
+//!
+//! An ICE restart ([`IceAgent::restart`], RFC 8445 §9) starts a new generation: new local
+//! credentials, the candidates gathered again, the peer's new credentials and candidates from
+//! its offer or answer. Until a pair of the new generation is selected, the data keeps going
+//! on the pair selected before (the *previous* pair), whose consent checks run on with the
+//! previous generation's credentials: a path that comes back while the restart is under way
+//! is confirmed as soon as it answers, and a restart that finds nothing never cuts a path that
+//! still works.
 
 pub(crate) mod candidate;
 pub(crate) mod stun;
@@ -216,6 +224,20 @@ pub(crate) struct IceAgent {
     consent_jitter: u32,
     /// The layer above waits for the path to come back (see [`IceAgent::set_urgent`]).
     urgent: bool,
+    /// During a restart: the pair selected before it and its generation's credentials.
+    previous: Option<Previous>,
+}
+
+/// The pair selected before a restart, kept until the new generation selects one.
+#[derive(Debug, Clone)]
+struct Previous {
+    /// Its index in `pairs` (always selected while this exists).
+    pair: usize,
+    local: Credentials,
+    remote: Credentials,
+    /// Whether the peer signaled the previous pair's remote address again in the new
+    /// generation (until then it is paired with nothing new).
+    remote_signaled: bool,
 }
 
 impl IceAgent {
@@ -242,6 +264,78 @@ impl IceAgent {
             events: VecDeque::new(),
             consent_jitter: rand::random(),
             urgent: false,
+            previous: None,
+        }
+    }
+
+    /// Start a new generation (an ICE restart): `credentials` for this side, every candidate
+    /// to be gathered and signaled again, the peer's to come from its description. The pair
+    /// selected now stays selected, checked with this generation's credentials, until the
+    /// new generation selects one; unless `keep_selected` is false (its local base is gone).
+    pub(crate) fn restart(&mut self, now: Instant, credentials: Credentials, keep_selected: bool) {
+        let kept = self.selected.filter(|_| keep_selected).and_then(|i| {
+            let pair = &self.pairs[i];
+            // Across two restarts in a row the previous pair keeps its own generation.
+            let (local, remote) = match &self.previous {
+                Some(p) if p.pair == i => (p.local.clone(), p.remote.clone()),
+                _ => (
+                    self.local_credentials.clone(),
+                    self.remote_credentials.clone()?,
+                ),
+            };
+            Some((
+                self.local[pair.local].clone(),
+                self.remote[pair.remote].clone(),
+                pair.clone(),
+                local,
+                remote,
+            ))
+        });
+        tracing::debug!(
+            keeps_previous_pair = kept.is_some(),
+            ufrag = %credentials.ufrag,
+            "ICE restart"
+        );
+        self.local_credentials = credentials;
+        self.remote_credentials = None;
+        self.local.clear();
+        self.remote.clear();
+        self.pairs.clear();
+        self.triggered.clear();
+        // A consent check of the kept pair in flight still counts when it is answered.
+        let kept_pair = kept.as_ref().and(self.selected);
+        self.transactions.retain(|_, t| Some(t.pair) == kept_pair);
+        for t in self.transactions.values_mut() {
+            t.pair = 0;
+        }
+        self.selected = None;
+        self.previous = None;
+        self.next_check = None;
+        self.local_gathering_done = false;
+        self.remote_gathering_done = false;
+        if self.state == IceState::Failed {
+            self.set_state(IceState::Checking);
+        }
+        if let Some((local, remote, mut pair, local_credentials, remote_credentials)) = kept {
+            self.local.push(local);
+            self.remote.push(remote);
+            pair.local = 0;
+            pair.remote = 0;
+            pair.transaction = None;
+            pair.next_retransmit = None;
+            self.pairs.push(pair);
+            self.selected = Some(0);
+            self.previous = Some(Previous {
+                pair: 0,
+                local: local_credentials,
+                remote: remote_credentials,
+                remote_signaled: false,
+            });
+            self.next_consent = Some(now.min(self.next_consent.unwrap_or(now)));
+        } else {
+            self.next_consent = None;
+            self.last_heard = None;
+            self.set_state(IceState::Checking);
         }
     }
 
@@ -274,6 +368,10 @@ impl IceAgent {
         &self.local_credentials
     }
 
+    pub(crate) fn remote_credentials(&self) -> Option<&Credentials> {
+        self.remote_credentials.as_ref()
+    }
+
     pub(crate) fn state(&self) -> IceState {
         self.state
     }
@@ -302,6 +400,21 @@ impl IceAgent {
     /// Where data goes: `(local base, remote address)` of the selected pair.
     pub(crate) fn route(&self) -> Option<(SocketAddr, SocketAddr)> {
         self.selected().map(|(l, r, _)| (l.base, r.address))
+    }
+
+    /// During a restart that kept the previous pair: whether the new generation has nothing
+    /// left to try (every pair of it failed, both sides done gathering).
+    pub(crate) fn new_generation_exhausted(&self) -> bool {
+        let Some(previous) = &self.previous else {
+            return false;
+        };
+        self.local_gathering_done
+            && self.remote_gathering_done
+            && self
+                .pairs
+                .iter()
+                .enumerate()
+                .all(|(i, p)| i == previous.pair || p.state == PairState::Failed)
     }
 
     /// Whether `address` is a candidate of the peer (signaled, or learned from its checks).
@@ -344,7 +457,9 @@ impl IceAgent {
         let l = self.local.len() - 1;
         if self.local[l].kind != CandidateKind::Srflx {
             for r in 0..self.remote.len() {
-                self.add_pair(l, r);
+                if !self.is_unsignaled_remote(r) {
+                    self.add_pair(l, r);
+                }
             }
         }
         self.schedule(now);
@@ -372,6 +487,15 @@ impl IceAgent {
             {
                 self.remote[i].kind = candidate.kind;
             }
+            if self.is_unsignaled_remote(i) {
+                // The previous pair's peer address, signaled again: now a candidate of this
+                // generation too.
+                if let Some(p) = self.previous.as_mut() {
+                    p.remote_signaled = true;
+                }
+                self.pair_remote(i);
+                self.schedule(now);
+            }
             return Some(i);
         }
         if self.remote.len() >= MAX_REMOTE_CANDIDATES {
@@ -381,13 +505,24 @@ impl IceAgent {
         tracing::debug!(candidate = %candidate, "remote candidate");
         self.remote.push(candidate);
         let r = self.remote.len() - 1;
+        self.pair_remote(r);
+        self.schedule(now);
+        Some(r)
+    }
+
+    fn pair_remote(&mut self, r: usize) {
         for l in 0..self.local.len() {
             if self.local[l].kind != CandidateKind::Srflx {
                 self.add_pair(l, r);
             }
         }
-        self.schedule(now);
-        Some(r)
+    }
+
+    /// The previous pair's remote candidate, not (yet) signaled in this generation.
+    fn is_unsignaled_remote(&self, r: usize) -> bool {
+        self.previous
+            .as_ref()
+            .is_some_and(|p| !p.remote_signaled && self.pairs[p.pair].remote == r)
     }
 
     fn add_pair(&mut self, l: usize, r: usize) -> Option<usize> {
@@ -399,8 +534,10 @@ impl IceAgent {
         {
             return None;
         }
-        if let Some(i) = self.pairs.iter().position(|p| {
-            self.local[p.local].base == local.base
+        let previous = self.previous.as_ref().map(|p| p.pair);
+        if let Some(i) = self.pairs.iter().enumerate().position(|(i, p)| {
+            previous != Some(i)
+                && self.local[p.local].base == local.base
                 && self.remote[p.remote].address == remote.address
         }) {
             return Some(i);
@@ -486,12 +623,18 @@ impl IceAgent {
         from: SocketAddr,
         msg: &StunMessage<'_>,
     ) {
-        let ours = &self.local_credentials;
-        let username_ok = msg
+        let to = msg
             .username()
             .and_then(|u| u.split_once(':'))
-            .is_some_and(|(to, _)| to == ours.ufrag);
-        if !username_ok || msg.verify(ours.pwd.as_bytes()).is_err() {
+            .map(|(to, _)| to);
+        if let Some(previous) = &self.previous
+            && to == Some(previous.local.ufrag.as_str())
+        {
+            self.answer_previous_generation(now, local, from, msg);
+            return;
+        }
+        let ours = &self.local_credentials;
+        if to != Some(ours.ufrag.as_str()) || msg.verify(ours.pwd.as_bytes()).is_err() {
             tracing::debug!(%from, "ICE check with a wrong username or integrity ignored");
             return;
         }
@@ -546,6 +689,14 @@ impl IceAgent {
             return;
         };
         let r = match self.remote.iter().position(|c| c.address == from) {
+            Some(r) if self.is_unsignaled_remote(r) => {
+                // The peer checks from the previous pair's address in this generation.
+                if let Some(p) = self.previous.as_mut() {
+                    p.remote_signaled = true;
+                }
+                self.pair_remote(r);
+                r
+            }
             Some(r) => r,
             None => {
                 let candidate = RemoteCandidate {
@@ -589,6 +740,36 @@ impl IceAgent {
         }
     }
 
+    /// A consent check of the generation before a restart: answered with its credentials,
+    /// and proof of life when it came on the previous pair; it forms no new pair.
+    fn answer_previous_generation(
+        &mut self,
+        now: Instant,
+        local: SocketAddr,
+        from: SocketAddr,
+        msg: &StunMessage<'_>,
+    ) {
+        let Some(previous) = &self.previous else {
+            return;
+        };
+        if msg.verify(previous.local.pwd.as_bytes()).is_err() {
+            tracing::debug!(%from, "ICE check of the previous generation with a bad integrity");
+            return;
+        }
+        let reply = StunWriter::new(Class::Success, &msg.transaction)
+            .xor_mapped_address(from)
+            .finish(Some(previous.local.pwd.as_bytes()));
+        self.transmits.push_back(IceTransmit {
+            local,
+            to: from,
+            data: reply,
+        });
+        let p = &self.pairs[previous.pair];
+        if self.local[p.local].base == local && self.remote[p.remote].address == from {
+            self.last_heard = Some(now);
+        }
+    }
+
     fn handle_response(
         &mut self,
         now: Instant,
@@ -599,8 +780,12 @@ impl IceAgent {
         let Some(tx) = self.transactions.get(&msg.transaction).copied() else {
             return false;
         };
-        let Some(remote) = self.remote_credentials.as_ref() else {
-            return true;
+        let remote = match &self.previous {
+            Some(p) if p.pair == tx.pair => &p.remote,
+            _ => match self.remote_credentials.as_ref() {
+                Some(remote) => remote,
+                None => return true,
+            },
         };
         if msg.verify(remote.pwd.as_bytes()).is_err() {
             tracing::debug!(%from, "ICE response with a bad integrity ignored");
@@ -679,11 +864,12 @@ impl IceAgent {
 
     /// Select the best pair that works and is nominated.
     fn update_selection(&mut self, now: Instant) {
+        let previous = self.previous.as_ref().map(|p| p.pair);
         let best = self
             .pairs
             .iter()
             .enumerate()
-            .filter(|(_, p)| p.state == PairState::Succeeded && p.nominated)
+            .filter(|(i, p)| p.state == PairState::Succeeded && p.nominated && previous != Some(*i))
             .max_by_key(|(_, p)| p.priority)
             .map(|(i, _)| i);
         let Some(best) = best else {
@@ -693,10 +879,19 @@ impl IceAgent {
             return;
         }
         if let Some(current) = self.selected
+            && previous != Some(current)
             && self.pairs[current].priority >= self.pairs[best].priority
             && self.pairs[current].state == PairState::Succeeded
         {
             return;
+        }
+        if let Some(p) = self.previous.take() {
+            // The restart found its pair: the previous generation is over.
+            tracing::debug!("ICE restart complete: the previous pair is dropped");
+            let old = &mut self.pairs[p.pair];
+            old.state = PairState::Failed;
+            old.nominated = false;
+            self.transactions.retain(|_, t| t.pair != p.pair);
         }
         self.selected = Some(best);
         let (local, remote) = (
@@ -827,10 +1022,13 @@ impl IceAgent {
     }
 
     fn check_request(&self, pair: usize, transaction: &TransactionId) -> Option<(Vec<u8>, bool)> {
-        let remote = self.remote_credentials.as_ref()?;
+        let (remote, ours) = match &self.previous {
+            Some(p) if p.pair == pair => (&p.remote, &p.local),
+            _ => (self.remote_credentials.as_ref()?, &self.local_credentials),
+        };
         let p = &self.pairs[pair];
         let local = &self.local[p.local];
-        let username = format!("{}:{}", remote.ufrag, self.local_credentials.ufrag);
+        let username = format!("{}:{}", remote.ufrag, ours.ufrag);
         let prflx_priority = priority(
             CandidateKind::Prflx,
             ((local.priority >> 8) & 0xffff) as u16,

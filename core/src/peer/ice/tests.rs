@@ -26,6 +26,9 @@ struct Net {
     cut: bool,
     a_addr: SocketAddr,
     b_addr: SocketAddr,
+    /// After a restart an answer may come for a check the agent forgot (the previous pair's
+    /// consent, once a new pair took over): it is not ICE's any more.
+    restarted: bool,
 }
 
 impl Net {
@@ -58,14 +61,15 @@ impl Net {
             cut: false,
             a_addr,
             b_addr,
+            restarted: false,
         }
     }
 
     fn step(&mut self) {
         let now = self.now;
         while let Some(t) = self.a.poll_transmit() {
-            assert_eq!(t.local, self.a_addr);
-            if !self.cut && t.to == self.b_addr {
+            // (From an address A no longer has after it moved: lost.)
+            if !self.cut && t.to == self.b_addr && t.local == self.a_addr {
                 self.wire
                     .push((now + self.delay, true, t.to, t.local, t.data));
             }
@@ -91,7 +95,8 @@ impl Net {
         self.wire.retain(|w| w.0 > now);
         for (_, to_b, local, from, data) in due {
             let agent = if to_b { &mut self.b } else { &mut self.a };
-            assert!(agent.handle_stun(now, local, from, &data));
+            let taken = agent.handle_stun(now, local, from, &data);
+            assert!(taken || self.restarted);
         }
         self.a.handle_timeout(now);
         self.b.handle_timeout(now);
@@ -280,4 +285,110 @@ fn a_disconnected_agent_checks_consent_often_and_sees_the_path_back_within_600_m
     // A's next check is at most 500 ms + 20 % away, then a round trip of 20 ms.
     assert!(took <= Duration::from_millis(625), "{took:?}");
     assert_eq!(n.a.state(), IceState::Connected);
+}
+
+/// The remote addresses of the pairs `agent` selected since the last call.
+fn selections(agent: &mut IceAgent) -> Vec<SocketAddr> {
+    let mut selected = Vec::new();
+    while let Some(event) = agent.poll_event() {
+        if let IceEvent::Selected { remote, .. } = event {
+            selected.push(remote);
+        }
+    }
+    selected
+}
+
+/// An ICE restart as an offer and its answer carry it: A restarts (from a new address when
+/// `a_moves_to` is set, its old one then gone), B restarts on A's offer, and each side gets the
+/// other's new credentials and host candidate.
+fn restart_both(n: &mut Net, a_moves_to: Option<&str>) {
+    let now = n.now;
+    n.restarted = true;
+    if let Some(addr) = a_moves_to {
+        n.a_addr = addr.parse().unwrap();
+    }
+    n.a.restart(now, Credentials::random(), a_moves_to.is_none());
+    n.a.add_local(now, host(&n.a_addr.to_string()));
+    n.b.restart(now, Credentials::random(), true);
+    n.b.add_local(now, host(&n.b_addr.to_string()));
+    let line_of = |agent: &IceAgent, addr: SocketAddr| {
+        let c = agent.local_candidates().iter().find(|c| c.address == addr);
+        c.unwrap().to_line()
+    };
+    let (a_line, b_line) = (line_of(&n.a, n.a_addr), line_of(&n.b, n.b_addr));
+    n.b.set_remote_credentials(now, n.a.local_credentials().clone());
+    n.b.add_remote_line(now, &a_line).unwrap();
+    n.a.set_remote_credentials(now, n.b.local_credentials().clone());
+    n.a.add_remote_line(now, &b_line).unwrap();
+    for agent in [&mut n.a, &mut n.b] {
+        agent.set_local_gathering_done();
+        agent.set_remote_gathering_done();
+    }
+}
+
+#[test]
+fn a_restart_keeps_the_previous_pair_until_the_new_generation_selects_one() {
+    let mut n = Net::new(true);
+    assert!(n.run_until(Duration::from_secs(1), both_connected));
+    selections(&mut n.a);
+    let route = n.a.route();
+    let old_ufrag = n.a.local_credentials().ufrag.clone();
+    restart_both(&mut n, None);
+    // Right after the restart the data still has its route, and the state is unchanged.
+    assert_eq!(n.a.route(), route);
+    assert_eq!(n.a.state(), IceState::Connected);
+    assert!(n.a.previous.is_some() && n.b.previous.is_some());
+    let t0 = n.now;
+    assert!(
+        n.run_until(Duration::from_secs(1), |n| n.a.previous.is_none()
+            && n.b.previous.is_none())
+    );
+    assert!(n.now - t0 <= Duration::from_millis(45), "{:?}", n.now - t0);
+    assert_eq!(selections(&mut n.a), vec![n.b_addr]);
+    assert_eq!(n.a.route(), route);
+    assert_ne!(n.a.local_credentials().ufrag, old_ufrag);
+    // The new generation holds consent from here on (past the 30 s consent timeout).
+    n.run_until(Duration::from_secs(40), |_| false);
+    assert!(both_connected(&n));
+}
+
+#[test]
+fn a_restart_the_peer_never_hears_of_leaves_the_path_as_it_was() {
+    // A restarts, but its offer never reaches B (signaling is down, say): A's consent checks
+    // go on with the previous credentials, B keeps answering them.
+    let mut n = Net::new(true);
+    assert!(n.run_until(Duration::from_secs(1), both_connected));
+    confirmations(&mut n.a);
+    let route = n.a.route();
+    let now = n.now;
+    n.restarted = true;
+    n.a.restart(now, Credentials::random(), true);
+    n.a.add_local(now, host("198.18.1.1:5000"));
+    let confirmed = confirmations_over(&mut n, Duration::from_secs(60));
+    assert!(confirmed >= 20, "{confirmed} consent answers in 60 s");
+    assert!(both_connected(&n));
+    assert_eq!(n.a.route(), route);
+    assert!(n.a.previous.is_some());
+}
+
+#[test]
+fn a_side_that_moved_to_a_new_address_gets_a_new_pair_within_a_round_trip_or_two() {
+    let mut n = Net::new(true);
+    assert!(n.run_until(Duration::from_secs(1), both_connected));
+    selections(&mut n.a);
+    selections(&mut n.b);
+    // A's old address is gone: nothing reaches it any more.
+    restart_both(&mut n, Some("198.18.1.3:5001"));
+    assert_eq!(n.a.route(), None);
+    let t0 = n.now;
+    assert!(
+        n.run_until(Duration::from_secs(1), |n| n.a.route().is_some()
+            && n.b.previous.is_none())
+    );
+    assert!(n.now - t0 <= Duration::from_millis(45), "{:?}", n.now - t0);
+    assert_eq!(n.a.route(), Some((n.a_addr, n.b_addr)));
+    assert_eq!(n.b.route(), Some((n.b_addr, n.a_addr)));
+    assert_eq!(selections(&mut n.b), vec![n.a_addr]);
+    n.run_until(Duration::from_secs(40), |_| false);
+    assert!(both_connected(&n));
 }

@@ -1,6 +1,11 @@
 package dev.proxim.sample
 
 import android.app.Application
+import android.content.Context
+import android.net.ConnectivityManager
+import android.net.LinkAddress
+import android.net.LinkProperties
+import android.net.Network
 import android.net.Uri
 import android.provider.OpenableColumns
 import androidx.lifecycle.AndroidViewModel
@@ -54,6 +59,7 @@ class MainViewModel(app: Application) : AndroidViewModel(app) {
     private var connection: Connection? = null
     private var pairJob: Job? = null
     private var statsJob: Job? = null
+    private var networkCallback: ConnectivityManager.NetworkCallback? = null
 
     private val listener = object : ProximListener {
         // Called on a Proxim thread, in order.
@@ -81,6 +87,10 @@ class MainViewModel(app: Application) : AndroidViewModel(app) {
                     note("received ${event.file.path} (${event.file.bytes} bytes, sha256 verified)")
                 is ConnectionEvent.FileFailed -> note("file ${event.direction.name.lowercase()} failed: ${event.reason}")
                 is ConnectionEvent.ChannelOpened -> note("the desktop opened channel ${event.label}")
+                is ConnectionEvent.Reconnecting ->
+                    note("reconnecting (attempt ${event.attempt}): ${event.reason}")
+                is ConnectionEvent.PathChanged ->
+                    _ui.update { it.copy(path = event.stats.path.name.lowercase()) }
                 is ConnectionEvent.Closed -> {
                     note("connection closed: ${event.reason}")
                     viewModelScope.launch { release() }
@@ -124,6 +134,7 @@ class MainViewModel(app: Application) : AndroidViewModel(app) {
                 // someone is in the middle.
                 opened.comparisonCode()?.let { note("the desktop should show $it") }
                 watchStats(opened)
+                watchNetwork()
             } catch (e: ProximException) {
                 note(describe(e))
                 _ui.update { it.copy(phase = Phase.IDLE, state = "not connected") }
@@ -178,11 +189,69 @@ class MainViewModel(app: Application) : AndroidViewModel(app) {
 
     override fun onCleared() {
         // viewModelScope is already cancelled here; close() does not block.
+        unwatchNetwork()
         connection?.close()
         core?.close()
     }
 
+    /**
+     * Tell the connection when the default network changes (Wi-Fi to cellular and back, an
+     * address that comes or goes): it restarts ICE on the addresses there are then, and the
+     * transfer in flight carries on. The callback's first onAvailable is the network the
+     * connection started on, not a change.
+     */
+    private fun watchNetwork() {
+        val manager = getApplication<Application>()
+            .getSystemService(Context.CONNECTIVITY_SERVICE) as ConnectivityManager
+        var current: Network? = null
+        var addresses: List<LinkAddress>? = null
+        val callback = object : ConnectivityManager.NetworkCallback() {
+            override fun onAvailable(network: Network) {
+                val changed = current != null && current != network
+                if (current != network) addresses = null
+                current = network
+                if (changed) changed("now on another network")
+            }
+
+            override fun onLost(network: Network) {
+                if (network == current) changed("network lost")
+            }
+
+            // Also called right after onAvailable: only a change of addresses counts.
+            override fun onLinkPropertiesChanged(network: Network, properties: LinkProperties) {
+                if (network != current) return
+                val now = properties.linkAddresses
+                if (addresses != null && addresses != now) changed("addresses changed")
+                addresses = now
+            }
+        }
+        manager.registerDefaultNetworkCallback(callback)
+        networkCallback = callback
+    }
+
+    /** Called on a ConnectivityManager thread: hop to the main thread, where Proxim is used. */
+    private fun changed(why: String) {
+        viewModelScope.launch {
+            val connection = connection ?: return@launch
+            note("network: $why")
+            try {
+                connection.networkChanged()
+            } catch (e: ProximException) {
+                note("no reconnect: ${describe(e)}")
+            }
+        }
+    }
+
+    private fun unwatchNetwork() {
+        val callback = networkCallback ?: return
+        networkCallback = null
+        val manager = getApplication<Application>()
+            .getSystemService(Context.CONNECTIVITY_SERVICE) as ConnectivityManager
+        manager.unregisterNetworkCallback(callback)
+    }
+
     private fun release() {
+        unwatchNetwork()
         statsJob?.cancel()
         connection?.close()
         connection = null
