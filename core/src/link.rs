@@ -20,6 +20,12 @@ pub enum LinkEvent {
     Ended(SessionEndReason),
     /// The signaling connection is gone (it may come back; the session does not).
     Lost,
+    /// The signaling connection dropped; the client reconnects and resumes the session (an
+    /// accepted one: the server keeps it for a grace period). Signals sent meanwhile are
+    /// dropped. [`LinkEvent::Resumed`] follows, or [`LinkEvent::Ended`]/[`LinkEvent::Lost`].
+    Interrupted,
+    /// The session is back on a new signaling connection: signals flow again.
+    Resumed,
 }
 
 /// One session's signaling channel, as seen by a peer.

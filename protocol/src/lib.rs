@@ -131,6 +131,16 @@ pub enum ClientMessage {
         /// The signal itself.
         signal: Signal,
     },
+    /// Take an accepted session back after this device's connection dropped (a new network,
+    /// a server that lost the old connection): this connection becomes the member the token
+    /// was given to. Answered with `resumed`, or `session_ended` (reason `over`) when the
+    /// session is gone or the token is not that member's.
+    Resume {
+        /// The session.
+        session: SessionId,
+        /// The member's token from `session_token`.
+        token: ResumeToken,
+    },
     /// Leave a pairing session (cancelled pairing, closed connection). The peer is told.
     Leave {
         /// The session to leave.
@@ -234,6 +244,21 @@ pub enum ServerMessage {
         session: SessionId,
         /// The signal itself.
         signal: Signal,
+    },
+    /// Sent to each member once a session is accepted: the secret that lets this device take
+    /// the session back from another connection (`resume`) when its connection drops. The
+    /// server keeps the session for a grace period after a member's connection is lost.
+    SessionToken {
+        /// The session.
+        session: SessionId,
+        /// This member's token; only this connection ever sees it.
+        token: ResumeToken,
+    },
+    /// The `resume` worked: signals for the session flow on this connection again (the ones
+    /// that came meanwhile follow).
+    Resumed {
+        /// The session.
+        session: SessionId,
     },
     /// The other member of a session left or was dropped.
     SessionEnded {
@@ -339,6 +364,9 @@ pub enum SessionEndReason {
     PeerDisconnected,
     /// The peer went silent past the heartbeat timeout and was dropped.
     PeerTimedOut,
+    /// The session is over for this connection: a `resume` of a session that ended, or with
+    /// a token that is not the member's.
+    Over,
 }
 
 /// Machine-readable error codes.
@@ -437,6 +465,7 @@ const CLIENT_TYPES: &[&str] = &[
     "renew_code",
     "pair_response",
     "signal",
+    "resume",
     "leave",
     "ping",
     "pong",
@@ -452,6 +481,8 @@ const SERVER_TYPES: &[&str] = &[
     "pair_prompt",
     "pair_result",
     "signal",
+    "session_token",
+    "resumed",
     "session_ended",
     "error",
     "ping",
@@ -480,6 +511,7 @@ impl ClientMessage {
             ClientMessage::RenewCode => "renew_code",
             ClientMessage::PairResponse { .. } => "pair_response",
             ClientMessage::Signal { .. } => "signal",
+            ClientMessage::Resume { .. } => "resume",
             ClientMessage::Leave { .. } => "leave",
             ClientMessage::Ping { .. } => "ping",
             ClientMessage::Pong { .. } => "pong",
@@ -517,6 +549,8 @@ impl ServerMessage {
             ServerMessage::PairPrompt { .. } => "pair_prompt",
             ServerMessage::PairResult { .. } => "pair_result",
             ServerMessage::Signal { .. } => "signal",
+            ServerMessage::SessionToken { .. } => "session_token",
+            ServerMessage::Resumed { .. } => "resumed",
             ServerMessage::SessionEnded { .. } => "session_ended",
             ServerMessage::Error { .. } => "error",
             ServerMessage::Ping { .. } => "ping",
@@ -812,6 +846,20 @@ string_newtype!(
         Ok(())
     }
 );
+
+string_newtype!(
+    /// A member's secret for resuming a session: 32 lowercase hex digits (128 random bits).
+    /// Never logged in clear.
+    ResumeToken,
+    "resume token",
+    check_hex128
+);
+
+impl fmt::Debug for ResumeToken {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("ResumeToken(…)")
+    }
+}
 
 display_in_clear!(
     ConnectionId,

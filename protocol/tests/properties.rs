@@ -19,7 +19,7 @@ use proxim_protocol::{
     AuthPayload, CandidateLine, ClientMessage, ConnectionId, ConnectionOutcome, ConnectionReport,
     DeviceId, DeviceName, ErrorCode, IceServer, MAX_AUTH_PAYLOAD_CHARS, MAX_CANDIDATE_BYTES,
     MAX_DEVICE_NAME_CHARS, MAX_SDP_BYTES, MAX_TEXT_CHARS, PairOutcome, PathKind, PeerDevice,
-    ROUTING_ALPHABET, RelayProtocol, ReportToken, RoutingCode, Sdp, ServerMessage,
+    ROUTING_ALPHABET, RelayProtocol, ReportToken, ResumeToken, RoutingCode, Sdp, ServerMessage,
     SessionEndReason, SessionId, ShortText, Signal,
 };
 
@@ -151,6 +151,9 @@ fn client_message() -> impl Strategy<Value = ClientMessage> {
             .boxed(),
         (session_id(), signal())
             .prop_map(|(session, signal)| ClientMessage::Signal { session, signal })
+            .boxed(),
+        (session_id(), resume_token())
+            .prop_map(|(session, token)| ClientMessage::Resume { session, token })
             .boxed(),
         session_id()
             .prop_map(|session| ClientMessage::Leave { session })
@@ -294,6 +297,12 @@ fn server_message() -> impl Strategy<Value = ServerMessage> {
         (session_id(), signal())
             .prop_map(|(session, signal)| ServerMessage::Signal { session, signal })
             .boxed(),
+        (session_id(), resume_token())
+            .prop_map(|(session, token)| ServerMessage::SessionToken { session, token })
+            .boxed(),
+        session_id()
+            .prop_map(|session| ServerMessage::Resumed { session })
+            .boxed(),
         (session_id(), session_end_reason())
             .prop_map(|(session, reason)| ServerMessage::SessionEnded { session, reason })
             .boxed(),
@@ -374,6 +383,7 @@ fn session_end_reason() -> impl Strategy<Value = SessionEndReason> {
         SessionEndReason::PeerLeft,
         SessionEndReason::PeerDisconnected,
         SessionEndReason::PeerTimedOut,
+        SessionEndReason::Over,
     ])
 }
 
@@ -401,6 +411,10 @@ fn error_code() -> impl Strategy<Value = ErrorCode> {
 
 fn hex128() -> impl Strategy<Value = String> {
     "[0-9a-f]{32}"
+}
+
+fn resume_token() -> impl Strategy<Value = ResumeToken> {
+    hex128().prop_map(|s| ResumeToken::new(s).expect("hex"))
 }
 
 fn session_id() -> impl Strategy<Value = SessionId> {

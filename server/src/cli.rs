@@ -22,6 +22,7 @@
 //! header_timeout = "10s"       # the HTTP request head (the upgrade) must arrive by then
 //! hello_timeout = "10s"        # a new connection must say hello by then
 //! prompt_timeout = "60s"
+//! resume_grace = "30s"         # an accepted session waits this long for a lost member (0: not)
 //! code_ttl = "10m"             # how long a pairing code is valid (0: forever)
 //! send_queue = 256
 //! listen_backlog = 1024       # connections queued by the kernel before accept
@@ -125,6 +126,10 @@ pub struct ServeArgs {
     /// How long a desktop has to answer a pairing prompt, e.g. `60s` [default: 60s].
     #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
     pub prompt_timeout: Option<Duration>,
+    /// How long an accepted session waits for a member whose connection was lost to resume it
+    /// from a new one, e.g. `30s`; 0: it ends at once [default: 30s].
+    #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
+    pub resume_grace: Option<Duration>,
     /// How long a desktop's pairing code is valid before the server replaces it, e.g. `10m`;
     /// 0: codes never expire [default: 10m].
     #[arg(long, env = "PROXIM_CODE_TTL", value_name = "DURATION", value_parser = parse_duration)]
@@ -266,6 +271,7 @@ impl std::fmt::Debug for ServeArgs {
             .field("header_timeout", &self.header_timeout)
             .field("hello_timeout", &self.hello_timeout)
             .field("prompt_timeout", &self.prompt_timeout)
+            .field("resume_grace", &self.resume_grace)
             .field("code_ttl", &self.code_ttl)
             .field("send_queue", &self.send_queue)
             .field("listen_backlog", &self.listen_backlog)
@@ -417,6 +423,12 @@ impl ServeArgs {
                 file.prompt_timeout,
                 defaults.prompt_timeout,
             )?,
+            resume_grace: pick_duration(
+                "resume_grace",
+                self.resume_grace,
+                file.resume_grace,
+                defaults.resume_grace,
+            )?,
             code_ttl: pick_duration("code_ttl", self.code_ttl, file.code_ttl, defaults.code_ttl)?,
             send_queue_capacity: pick(
                 self.send_queue,
@@ -557,6 +569,7 @@ struct FileConfig {
     header_timeout: Option<DurationValue>,
     hello_timeout: Option<DurationValue>,
     prompt_timeout: Option<DurationValue>,
+    resume_grace: Option<DurationValue>,
     code_ttl: Option<DurationValue>,
     send_queue: Option<usize>,
     listen_backlog: Option<u32>,
@@ -707,6 +720,7 @@ mod tests {
             ("header-timeout", None),
             ("hello-timeout", None),
             ("prompt-timeout", None),
+            ("resume-grace", None),
             ("code-ttl", Some("PROXIM_CODE_TTL")),
             ("send-queue", None),
             ("listen-backlog", Some("PROXIM_LISTEN_BACKLOG")),
@@ -755,7 +769,7 @@ mod tests {
             "90s",
         ]);
         let config = args.into_config().unwrap();
-        assert_eq!(config.bind, "127.0.0.1:9000".parse().unwrap());
+        assert_eq!(config.bind, "127.0.0.1:9000".parse::<SocketAddr>().unwrap());
         assert_eq!(config.ice.stun_urls().len(), 2);
         assert!(config.ice.has_turn());
         assert_eq!(config.heartbeat_interval, Duration::from_secs(5));

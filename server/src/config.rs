@@ -39,6 +39,10 @@ pub struct ServerConfig {
     pub hello_timeout: Duration,
     /// How long a desktop has to answer a pairing prompt. Default 60 s.
     pub prompt_timeout: Duration,
+    /// How long an accepted session waits for a member whose connection was lost (a phone
+    /// changing networks) to `resume` it from a new connection, queueing the other member's
+    /// signals meanwhile. Zero: the session ends at once. Default 30 s.
+    pub resume_grace: Duration,
     /// Messages that may wait for one connection before it counts as a slow reader and is
     /// dropped. Default 256.
     pub send_queue_capacity: usize,
@@ -127,6 +131,7 @@ impl Default for ServerConfig {
             hello_timeout: Duration::from_secs(10),
             header_timeout: Duration::from_secs(10),
             prompt_timeout: Duration::from_secs(60),
+            resume_grace: Duration::from_secs(30),
             send_queue_capacity: 256,
             code_length: 6,
             code_ttl: Duration::from_secs(10 * 60),

@@ -927,7 +927,8 @@ async fn run_connection(
         }
         let gone = match end {
             End::Killed => Gone::SlowReader,
-            End::ByServer(_) | End::ClientClosed | End::InvalidUtf8 | End::Lost(_) => Gone::Closed,
+            End::ClientClosed => Gone::ClientClosed,
+            End::ByServer(_) | End::InvalidUtf8 | End::Lost(_) => Gone::Closed,
         };
         // A no-op when the hub already closed this connection.
         shared.with_hub(|hub, now| hub.handle_gone(key, gone, now));

@@ -288,7 +288,10 @@ mod tests {
         let Verdict::Answer(resp) = answer(&request(&TXID), from).unwrap() else {
             panic!("no answer");
         };
-        assert_eq!(mapped_address(&resp), "198.51.100.7:4000".parse().unwrap());
+        assert_eq!(
+            mapped_address(&resp),
+            "198.51.100.7:4000".parse::<std::net::SocketAddr>().unwrap()
+        );
     }
 
     #[test]

@@ -451,6 +451,16 @@ impl MitmProxy {
         self.shared.lock().close(conn);
     }
 
+    /// Cut one proxied connection as a network that went away would: both TCP connections
+    /// are dropped without a WebSocket Close, so neither end hears a goodbye.
+    pub fn cut(&self, conn: ConnIndex) {
+        // (The pipes stay until the writers are stopped: closing their queues first would
+        // let them close their sockets politely.)
+        if let Some(pipes) = self.shared.lock().pipes.get(&conn) {
+            pipes.cut.notify_one();
+        }
+    }
+
     /// Stop accepting and close every proxied connection.
     pub fn shutdown(self) {
         drop(self);
@@ -550,6 +560,8 @@ impl fmt::Debug for State {
 struct Pipes {
     to_client: mpsc::UnboundedSender<Option<Message>>,
     to_server: mpsc::UnboundedSender<Option<Message>>,
+    /// Drops both sockets at once, without a WebSocket Close (see [`MitmProxy::cut`]).
+    cut: Arc<Notify>,
 }
 
 impl Shared {
@@ -662,6 +674,7 @@ async fn proxy_connection(tcp: TcpStream, conn: ConnIndex, shared: Arc<Shared>) 
     };
     let (client_tx, client_rx) = mpsc::unbounded_channel();
     let (server_tx, server_rx) = mpsc::unbounded_channel();
+    let cut = Arc::new(Notify::new());
     {
         let mut state = shared.lock();
         state.pipes.insert(
@@ -669,6 +682,7 @@ async fn proxy_connection(tcp: TcpStream, conn: ConnIndex, shared: Arc<Shared>) 
             Pipes {
                 to_client: client_tx,
                 to_server: server_tx,
+                cut: cut.clone(),
             },
         );
         state.ctx.open.push(conn);
@@ -683,6 +697,17 @@ async fn proxy_connection(tcp: TcpStream, conn: ConnIndex, shared: Arc<Shared>) 
     tokio::select! {
         () = read_side(client_stream, conn, Direction::ToServer, &shared) => {}
         () = read_side(server_stream, conn, Direction::ToClient, &shared) => {}
+        () = cut.notified() => {
+            // Dropping the writers and the readers drops both sockets: no Close frame.
+            for writer in writers {
+                writer.abort();
+                let _ = writer.await;
+            }
+            let mut state = shared.lock();
+            state.pipes.remove(&conn);
+            state.ctx.open.retain(|c| *c != conn);
+            return;
+        }
     }
     shared.lock().close(conn);
     for writer in writers {

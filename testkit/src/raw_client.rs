@@ -37,6 +37,8 @@ pub struct RawClient {
     pub ws: Ws,
     /// Bound for each wait: connecting, sending, the next message, the server's close.
     step: Duration,
+    /// The `session_token` of the last session accepted (see [`RawClient::expect_result`]).
+    pub token: Option<proxim_protocol::ResumeToken>,
 }
 
 impl RawClient {
@@ -63,7 +65,11 @@ impl RawClient {
             .await
             .expect("connect in time");
         match connected {
-            Ok((ws, _)) => Ok(RawClient { ws, step }),
+            Ok((ws, _)) => Ok(RawClient {
+                ws,
+                step,
+                token: None,
+            }),
             Err(tokio_tungstenite::tungstenite::Error::Http(response)) => {
                 Err(response.status().as_u16())
             }
@@ -268,6 +274,18 @@ impl RawClient {
                 assert_eq!(*got_outcome, outcome);
             }
             other => panic!("expected pair_result {outcome:?}, got {other:?}"),
+        }
+        // An accepted session's token follows its result.
+        if outcome == PairOutcome::Accepted {
+            match self.recv().await {
+                ServerMessage::SessionToken {
+                    session: got,
+                    token,
+                } if &got == session => {
+                    self.token = Some(token);
+                }
+                other => panic!("expected the session_token, got {other:?}"),
+            }
         }
         message
     }

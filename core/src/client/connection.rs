@@ -26,6 +26,9 @@ use crate::{ProximConfig, ProximError};
 
 /// How many events may wait for the app before the connection stops reading from the network.
 const EVENT_QUEUE: usize = 256;
+/// After a network change, the signaling server must answer within this long, or its
+/// connection counts as lost and is replaced.
+const NETWORK_CHANGE_PROBE: Duration = Duration::from_secs(3);
 
 /// What happens on an open [`Connection`].
 #[derive(Debug)]
@@ -107,6 +110,8 @@ pub struct Connection {
     /// The phone's signaling connection, kept for ICE restarts while this connection lives;
     /// dropping this ends it (see [`Connection::stay_on_signaling`]).
     signaling: Option<oneshot::Sender<()>>,
+    /// The signaling connection restarts are signaled on, probed when the network changes.
+    signaling_client: Option<SignalingClient>,
 }
 
 impl Connection {
@@ -194,6 +199,12 @@ impl Connection {
     /// and [`Event::PathChanged`] follow. Fails when signaling is gone (the path in use then
     /// stays as long as it works) or the connection is not up.
     pub async fn network_changed(&self) -> Result<(), ProximError> {
+        // The signaling socket may have gone with the old network: check it now rather than
+        // at its heartbeat timeout (a lost one reconnects and resumes the session, and the
+        // restart's offer follows).
+        if let Some(client) = &self.signaling_client {
+            client.probe(NETWORK_CHANGE_PROBE);
+        }
         Ok(self.inner.network_changed().await?)
     }
 
@@ -235,6 +246,7 @@ impl Connection {
     ) {
         let (guard, mut released) = oneshot::channel::<()>();
         self.signaling = Some(guard);
+        self.signaling_client = Some(client.clone());
         let peer = self.inner.clone();
         let session = self.session.clone();
         let task = async move {
@@ -255,6 +267,12 @@ impl Connection {
         tokio::spawn(
             task.instrument(info_span!("connection-signaling", session = %short(&self.session))),
         );
+    }
+
+    /// The signaling connection this side's restarts go out on (the desktop's registration),
+    /// to probe when the network changes.
+    pub(super) fn attach_signaling(&mut self, client: &SignalingClient) {
+        self.signaling_client = Some(client.clone());
     }
 
     /// Record the phone's timings, measured from the start of the pairing.
@@ -318,6 +336,7 @@ impl Connection {
             up_at: Instant::now(),
             close_report,
             signaling: None,
+            signaling_client: None,
         })
     }
 }

@@ -444,7 +444,14 @@ async fn desktop_connect(
         error,
         phone_verified: false,
     };
-    let first = tokio::time::timeout(config.connect_timeout, paired.link.incoming.recv()).await;
+    // The phone's confirmation; a signaling hiccup meanwhile (resumed) only delays it.
+    let deadline = tokio::time::Instant::now() + config.connect_timeout;
+    let first = loop {
+        match tokio::time::timeout_at(deadline, paired.link.incoming.recv()).await {
+            Ok(Some(LinkEvent::Interrupted | LinkEvent::Resumed)) => continue,
+            other => break other,
+        }
+    };
     let verified = match first {
         Ok(Some(LinkEvent::Signal(Signal::Auth { payload }))) => handshake.on_confirm(&payload),
         Ok(Some(LinkEvent::Signal(other))) => Err(AuthError::Unexpected(match other {
@@ -457,7 +464,8 @@ async fn desktop_connect(
                 "the phone left before confirming the pairing".into(),
             )));
         }
-        Ok(Some(LinkEvent::Lost) | None) => {
+        // (Not returned by the loop above.)
+        Ok(Some(LinkEvent::Lost | LinkEvent::Interrupted | LinkEvent::Resumed) | None) => {
             return Err(unverified(ProximError::ConnectionFailed(
                 "lost the signaling server before the phone confirmed".into(),
             )));
@@ -479,7 +487,7 @@ async fn desktop_connect(
     };
     info!(peer = %verified.peer_name, method = ?verified.method, "phone verified; connecting");
     let session = paired.session.clone();
-    let connection = establish_verified(
+    let mut connection = establish_verified(
         config,
         client,
         PeerRole::Answerer,
@@ -501,6 +509,7 @@ async fn desktop_connect(
     if let Some(reports) = ReportSink::new(config.report_connections, client, &session) {
         connection.report_close_to(reports);
     }
+    connection.attach_signaling(client);
     remember(config, &connection, DeviceRole::Phone);
     Ok(connection)
 }

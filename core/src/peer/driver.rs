@@ -267,6 +267,8 @@ impl Driver {
                 self.link_open = false;
                 self.session.link_ended(now, LinkEnd::Lost);
             }
+            Some(LinkEvent::Interrupted) => self.session.signaling_interrupted(now),
+            Some(LinkEvent::Resumed) => self.session.signaling_resumed(now),
         }
     }
 

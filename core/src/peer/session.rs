@@ -608,6 +608,37 @@ impl PeerSession {
         }
     }
 
+    /// The signaling connection dropped; the session is being resumed on a new one. Nothing
+    /// can be signaled meanwhile (a restart waits).
+    pub(crate) fn signaling_interrupted(&mut self, now: Instant) {
+        self.now = now;
+        if self.phase.is_ended() {
+            return;
+        }
+        tracing::info!("signaling interrupted; the direct path carries on");
+        self.signaling_up = false;
+    }
+
+    /// Signaling is back (the session resumed on a new connection). A restart under way
+    /// starts another attempt at once (its offer may have been lost); a path that is silent
+    /// restarts now.
+    pub(crate) fn signaling_resumed(&mut self, now: Instant) {
+        self.now = now;
+        if self.phase.is_ended() {
+            return;
+        }
+        tracing::info!("signaling resumed");
+        self.signaling_up = true;
+        if let Some(r) = self.restart.as_mut() {
+            r.offered = false;
+            r.again = false;
+            self.restart_ice(now, "signaling is back");
+        } else if self.phase == Phase::Open && self.ice.state() != IceState::Connected {
+            self.restart_ice(now, "signaling is back and the path is silent");
+        }
+        self.process(now);
+    }
+
     /// A datagram arrived on `local` (a socket's or a relayed address) from `from`.
     pub(crate) fn handle_datagram(
         &mut self,

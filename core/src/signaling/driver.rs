@@ -33,6 +33,8 @@ pub(super) enum Command {
     Send(ClientMessage),
     /// Say bye, close, and acknowledge.
     Close(oneshot::Sender<()>),
+    /// Check the connection now (see [`super::SignalingClient::probe`]).
+    Probe(Duration),
 }
 
 /// A WebSocket to the signaling server.
@@ -57,6 +59,7 @@ pub(super) async fn run(
         events,
         shared,
         ready: Some(ready),
+        outbox: Vec::new(),
     };
     let mut socket: Option<Socket> = None;
     let mut connecting: Option<Connecting> = None;
@@ -87,6 +90,7 @@ pub(super) async fn run(
                     close_waiters.push(done);
                     machine.close("closed by the application");
                 }
+                Some(Command::Probe(within)) => machine.probe(now(), within),
                 None => machine.close("every handle dropped"),
             },
             frame = next_frame(&mut socket) => handle_frame(&mut machine, &mut socket, frame),
@@ -120,6 +124,8 @@ struct Driver {
     events: mpsc::Sender<SignalingEvent>,
     shared: Arc<Shared>,
     ready: Option<oneshot::Sender<Result<Welcome, SignalingError>>>,
+    /// Messages to send once the current outputs are handled (`resume`s after a reconnect).
+    outbox: Vec<ClientMessage>,
 }
 
 impl Driver {
@@ -139,6 +145,10 @@ impl Driver {
             while let Some(output) = machine.poll_output() {
                 progressed = true;
                 self.handle_output(output, connecting).await;
+            }
+            for message in std::mem::take(&mut self.outbox) {
+                progressed = true;
+                write(machine, socket, message).await;
             }
             if !progressed {
                 break;
@@ -165,6 +175,7 @@ impl Driver {
                 if let Some(ready) = self.ready.take() {
                     let _ = ready.send(Ok(welcome));
                 } else if reconnected {
+                    self.outbox.extend(self.resumes());
                     self.emit(SignalingEvent::Reconnected(welcome)).await;
                 }
             }
@@ -172,7 +183,7 @@ impl Driver {
             Output::Lost(error) => {
                 warn!(%error, "signaling connection lost");
                 self.shared.connected.store(false, Ordering::Release);
-                self.lose_routes();
+                self.suspend_routes();
                 self.emit(SignalingEvent::Disconnected { error }).await;
             }
             Output::Reconnecting { attempt, delay } => {
@@ -242,6 +253,8 @@ impl Driver {
                             tx,
                             unclaimed: Some(rx),
                             ended: false,
+                            token: None,
+                            suspended: false,
                         }
                     });
                     Some(ServerMessage::PairResult {
@@ -251,6 +264,24 @@ impl Driver {
                         auth,
                     })
                 }
+                ServerMessage::SessionToken { session, token } => match routes.get_mut(&session) {
+                    Some(route) => {
+                        route.token = Some(token);
+                        None
+                    }
+                    None => Some(ServerMessage::SessionToken { session, token }),
+                },
+                ServerMessage::Resumed { session } => match routes.get_mut(&session) {
+                    Some(route) => {
+                        debug!(session = %short(&session), "session resumed");
+                        route.suspended = false;
+                        if !deliver(route, LinkEvent::Resumed) {
+                            routes.remove(&session);
+                        }
+                        None
+                    }
+                    None => Some(ServerMessage::Resumed { session }),
+                },
                 other => Some(other),
             }
         };
@@ -266,6 +297,37 @@ impl Driver {
             debug!(session = %short(&session), "session link lost");
             let _ = route.tx.try_send(LinkEvent::Lost);
         }
+    }
+
+    /// The connection dropped and the client reconnects: sessions with a resume token wait
+    /// for it (their links hear `Interrupted`); the others are lost.
+    fn suspend_routes(&self) {
+        let mut routes = lock(&self.shared.routes);
+        routes.retain(|session, route| {
+            if route.token.is_some() && !route.ended && route.unclaimed.is_none() {
+                route.suspended = true;
+                debug!(session = %short(session), "session link interrupted; will resume");
+                return deliver(route, LinkEvent::Interrupted);
+            }
+            debug!(session = %short(session), "session link lost");
+            let _ = route.tx.try_send(LinkEvent::Lost);
+            false
+        });
+    }
+
+    /// After a reconnect: `resume` every suspended session.
+    fn resumes(&self) -> Vec<ClientMessage> {
+        lock(&self.shared.routes)
+            .iter()
+            .filter(|(_, route)| route.suspended)
+            .filter_map(|(session, route)| {
+                let token = route.token.clone()?;
+                Some(ClientMessage::Resume {
+                    session: session.clone(),
+                    token,
+                })
+            })
+            .collect()
     }
 
     async fn emit(&self, event: SignalingEvent) {

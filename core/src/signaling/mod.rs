@@ -319,6 +319,8 @@ impl SignalingClient {
                             tx,
                             unclaimed: None,
                             ended: false,
+                            token: None,
+                            suspended: false,
                         },
                     );
                     rx
@@ -361,6 +363,21 @@ impl SignalingClient {
         }
     }
 
+    /// The network may have changed under the connection (an app's network callback): check
+    /// it now. Open: anything must come back from the server `within` (a `ping` goes out), or
+    /// the connection counts as lost and reconnecting starts (sessions resume on the new one).
+    /// Waiting to reconnect: the attempt starts now. Without this, a socket whose network
+    /// vanished is noticed only at the heartbeat timeout.
+    pub fn probe(&self, within: Duration) {
+        if self
+            .commands
+            .try_send(driver::Command::Probe(within))
+            .is_err()
+        {
+            debug!("probe not queued: the client is closed or busy");
+        }
+    }
+
     /// Whether the connection is up right now.
     pub fn is_connected(&self) -> bool {
         self.shared.connected.load(Ordering::Acquire)
@@ -385,6 +402,10 @@ struct Shared {
 #[derive(Debug)]
 struct Route {
     tx: mpsc::Sender<LinkEvent>,
+    /// This member's `session_token`: the session can be resumed after a reconnect.
+    token: Option<proxim_protocol::ResumeToken>,
+    /// The connection dropped and the session waits to be resumed: its signals are dropped.
+    suspended: bool,
     /// The receiving end, until `open_session` claims it (signals are buffered meanwhile).
     unclaimed: Option<mpsc::Receiver<LinkEvent>>,
     /// The session ended while unclaimed: `open_session` hands out the buffer (ending with
@@ -409,7 +430,10 @@ async fn forward_outgoing(
     shared: Arc<Shared>,
 ) {
     while let Some(signal) = outgoing.recv().await {
-        if !shared.connected.load(Ordering::Acquire) {
+        let suspended = lock(&shared.routes)
+            .get(&session)
+            .is_some_and(|r| r.suspended);
+        if suspended || !shared.connected.load(Ordering::Acquire) {
             debug!("signal dropped: not connected");
             continue;
         }

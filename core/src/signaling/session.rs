@@ -91,6 +91,8 @@ pub(crate) struct SignalingSession {
     malformed: u64,
     transmits: VecDeque<ClientMessage>,
     outputs: VecDeque<Output>,
+    /// A probe is out (see [`SignalingSession::probe`]): something must arrive by then.
+    probe_deadline: Option<Instant>,
 }
 
 impl SignalingSession {
@@ -107,6 +109,28 @@ impl SignalingSession {
             malformed: 0,
             transmits: VecDeque::new(),
             outputs,
+            probe_deadline: None,
+        }
+    }
+
+    /// The network may have changed under the connection (the app says so): check it now
+    /// instead of at the heartbeat timeout. Open: a `ping` goes out at once and anything from
+    /// the server must arrive `within`, or the connection counts as lost and a reconnect
+    /// starts. Waiting to reconnect: the attempt starts now.
+    pub(crate) fn probe(&mut self, now: Instant, within: Duration) {
+        match self.state {
+            State::Open { .. } => {
+                let seq = self.next_seq;
+                self.next_seq += 1;
+                self.transmits.push_back(ClientMessage::Ping { seq });
+                self.probe_deadline = Some(now + within);
+                debug!(?within, "probing the signaling connection");
+            }
+            State::Waiting { attempt, .. } => {
+                self.outputs.push_back(Output::Connect);
+                self.transition(State::Connecting { attempt }, "probe: reconnect now");
+            }
+            _ => {}
         }
     }
 
@@ -140,6 +164,7 @@ impl SignalingSession {
 
     /// A text frame arrived.
     pub(crate) fn handle_frame(&mut self, now: Instant, frame: &str) {
+        self.probe_deadline = None;
         let message = match ServerMessage::decode(frame) {
             Ok(message) => message,
             Err(error) => {
@@ -154,6 +179,7 @@ impl SignalingSession {
 
     /// A frame that carries no message arrived (WebSocket ping/pong): the server is alive.
     pub(crate) fn handle_activity(&mut self, now: Instant) {
+        self.probe_deadline = None;
         if let State::Open { last_rx, .. } = &mut self.state {
             *last_rx = now;
         }
@@ -181,6 +207,14 @@ impl SignalingSession {
 
     /// Time passed: handshake deadline, heartbeats, silence, backoff.
     pub(crate) fn handle_timeout(&mut self, now: Instant) {
+        if self.probe_deadline.is_some_and(|at| now >= at) {
+            self.probe_deadline = None;
+            if matches!(self.state, State::Open { .. }) {
+                warn!("no answer to a probe: the connection is gone");
+                self.lose(now, SignalingError::HeartbeatTimeout);
+                return;
+            }
+        }
         match &mut self.state {
             State::AwaitingWelcome { attempt, deadline } if now >= *deadline => {
                 let attempt = *attempt;
@@ -255,7 +289,10 @@ impl SignalingSession {
                 welcome,
                 last_rx,
                 next_ping,
-            } => Some((*next_ping).min(*last_rx + welcome.heartbeat_timeout)),
+            } => {
+                let heartbeat = (*next_ping).min(*last_rx + welcome.heartbeat_timeout);
+                Some(self.probe_deadline.map_or(heartbeat, |p| p.min(heartbeat)))
+            }
             State::Waiting { until, .. } => Some(*until),
             State::Connecting { .. } | State::Closed => None,
         }
@@ -413,6 +450,7 @@ impl SignalingSession {
 
     /// The one place the state changes.
     fn transition(&mut self, new: State, reason: &str) {
+        self.probe_deadline = None;
         let old = std::mem::replace(&mut self.state, new);
         info!("signaling {old} -> {} ({reason})", self.state);
     }
@@ -471,6 +509,39 @@ mod tests {
         ));
         assert!(s.is_open());
         s
+    }
+
+    #[test]
+    fn an_unanswered_probe_loses_the_connection_within_its_bound_an_answered_one_nothing() {
+        let t0 = Instant::now();
+        // Answered: a ping at once, the pong clears it, the heartbeat schedule is as before.
+        let mut s = open(t0);
+        s.probe(t0, Duration::from_millis(500));
+        assert!(matches!(
+            transmits(&mut s)[..],
+            [ClientMessage::Ping { .. }]
+        ));
+        assert_eq!(s.poll_timeout(), Some(t0 + Duration::from_millis(500)));
+        s.handle_frame(t0 + Duration::from_millis(20), r#"{"type":"pong","seq":1}"#);
+        s.handle_timeout(t0 + Duration::from_millis(500));
+        assert!(s.is_open());
+        assert!(outputs(&mut s).is_empty());
+        // Unanswered: lost at the bound (not at the 3 s heartbeat timeout), reconnecting.
+        let mut s = open(t0);
+        s.probe(t0, Duration::from_millis(500));
+        s.handle_timeout(t0 + Duration::from_millis(499));
+        assert!(s.is_open());
+        s.handle_timeout(t0 + Duration::from_millis(500));
+        assert!(!s.is_open());
+        let out = outputs(&mut s);
+        assert!(matches!(out[0], Output::Lost(_)), "{out:?}");
+        assert!(
+            matches!(out[1], Output::Reconnecting { attempt: 1, .. }),
+            "{out:?}"
+        );
+        // A probe while waiting to reconnect: the attempt starts now.
+        s.probe(t0 + Duration::from_millis(501), Duration::from_millis(500));
+        assert!(matches!(outputs(&mut s)[..], [Output::Connect]));
     }
 
     #[test]

@@ -64,7 +64,7 @@ impl Departure {
     pub(super) fn event_name(self) -> &'static str {
         match self {
             Departure::Bye => "bye",
-            Departure::Closed => "closed",
+            Departure::Closed | Departure::ClientClosed => "closed",
             Departure::TimedOut => "timed_out",
             Departure::NoHello => "no_hello",
             Departure::SlowReader => "slow_reader",

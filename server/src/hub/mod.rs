@@ -58,6 +58,7 @@ use crate::state::{RestoreSummary, Snapshot, StateOp};
 mod abuse;
 mod codes;
 mod events;
+mod resume;
 mod sessions;
 mod stats;
 #[cfg(test)]
@@ -107,6 +108,8 @@ pub(crate) enum CloseHow {
 pub(crate) enum Gone {
     /// The socket closed or failed.
     Closed,
+    /// The client closed the WebSocket (a Close frame): it meant to go.
+    ClientClosed,
     /// Its outbound queue was full.
     SlowReader,
 }
@@ -152,6 +155,9 @@ pub(crate) struct HubConfig {
     pub(crate) event_device_names: bool,
     /// Whether to journal changes for a state store (`--state`).
     pub(crate) state: bool,
+    /// How long an accepted session waits for a member whose connection was lost to `resume`
+    /// it from a new one; zero ends it at once.
+    pub(crate) resume_grace: Duration,
 }
 
 impl From<&ServerConfig> for HubConfig {
@@ -180,6 +186,7 @@ impl From<&ServerConfig> for HubConfig {
             events: !c.events.is_empty(),
             event_device_names: c.expose_device_names,
             state: c.state.is_some(),
+            resume_grace: c.resume_grace,
         }
     }
 }
@@ -249,6 +256,8 @@ enum Role {
 enum TimerKey {
     Heartbeat(ConnKey),
     Prompt(SessionId),
+    /// A member's resume grace ends.
+    Resume(SessionId),
     /// A code's reservation or lifetime ends: the [`CodeBook`]'s.
     Code(CodeTimer),
     /// Renew the stored records of live codes that never expire (with a state store).
@@ -260,8 +269,10 @@ enum TimerKey {
 enum Departure {
     /// It sent `bye`.
     Bye,
-    /// Its socket closed.
+    /// Its socket closed or failed (the connection may have been lost).
     Closed,
+    /// It closed its WebSocket (a Close frame, without `bye`).
+    ClientClosed,
     /// It went silent.
     TimedOut,
     /// It did not say `hello` within [`HubConfig::hello_timeout`] of connecting.
@@ -284,9 +295,11 @@ impl Departure {
             Departure::NoHello => (CloseHow::AfterQueued, Some("no hello in time")),
             Departure::SlowReader => (CloseHow::Abort, None),
             Departure::Shutdown => (CloseHow::AfterQueued, Some("server shutting down")),
-            Departure::Bye | Departure::Closed | Departure::Refused | Departure::Flooding => {
-                (CloseHow::AfterQueued, None)
-            }
+            Departure::Bye
+            | Departure::Closed
+            | Departure::ClientClosed
+            | Departure::Refused
+            | Departure::Flooding => (CloseHow::AfterQueued, None),
         }
     }
 }
@@ -425,6 +438,7 @@ impl Hub {
     pub(crate) fn handle_gone(&mut self, conn: ConnKey, gone: Gone, now: Instant) {
         let departure = match gone {
             Gone::Closed => Departure::Closed,
+            Gone::ClientClosed => Departure::ClientClosed,
             Gone::SlowReader => Departure::SlowReader,
         };
         self.depart(conn, departure, now);
@@ -467,6 +481,7 @@ impl Hub {
                         self.end_session(&session, SessionEnd::PromptExpired, now);
                     }
                 }
+                TimerKey::Resume(session) => self.resume_grace_over(&session, now),
                 TimerKey::StateLease => {
                     self.codes.renew_leases(now);
                     self.arm(now + LIVE_LEASE / 4, TimerKey::StateLease);
@@ -589,6 +604,7 @@ impl Hub {
             } => self.pair_response(conn, session, accept, auth, now),
             ClientMessage::Signal { session, signal } => self.signal(conn, session, signal),
             ClientMessage::Leave { session } => self.leave(conn, session, now),
+            ClientMessage::Resume { session, token } => self.resume(conn, session, &token, now),
             ClientMessage::Ping { seq } => self.send(conn, ServerMessage::Pong { seq }),
             ClientMessage::Pong { .. } => {}
             ClientMessage::ConnectionReport {
@@ -829,7 +845,9 @@ impl Hub {
             return;
         };
         for session in &c.sessions {
-            self.end_session(session, SessionEnd::Left(conn, departure), now);
+            if !self.keep_for_resume(session, conn, departure, now) {
+                self.end_session(session, SessionEnd::Left(conn, departure), now);
+            }
         }
         if let Role::Desktop { device, .. } = &c.role {
             if let Some(conns) = self.desktop_conns.get_mut(&device.device_id) {
@@ -867,7 +885,7 @@ impl Hub {
                 );
             }
             Departure::Shutdown => {}
-            Departure::Bye | Departure::Closed | Departure::Refused => {
+            Departure::Bye | Departure::Closed | Departure::ClientClosed | Departure::Refused => {
                 tracing::debug!(conn = %short_id, ?departure, "connection closed");
             }
         }

@@ -2,12 +2,13 @@
 //! through (it logs `old -> new (why)`), and the hub's handling of the messages that open,
 //! answer, relay through and end them.
 
+use std::collections::VecDeque;
 use std::fmt;
 use std::time::Instant;
 
 use proxim_protocol::{
-    AuthPayload, ConnectionId, DeviceId, ErrorCode, PairOutcome, PeerDevice, RoutingCode,
-    ServerMessage, SessionEndReason, SessionId, Signal,
+    AuthPayload, ConnectionId, DeviceId, ErrorCode, PairOutcome, PeerDevice, ResumeToken,
+    RoutingCode, ServerMessage, SessionEndReason, SessionId, Signal,
 };
 
 use super::abuse::MAX_SESSIONS_PER_CONNECTION;
@@ -31,12 +32,36 @@ pub(super) struct Session {
 /// One of the two connections in a session.
 #[derive(Debug, Clone)]
 pub(super) struct Member {
-    conn: ConnKey,
+    pub(super) conn: ConnKey,
     /// Its connection id, for logs.
-    id: ConnectionId,
+    pub(super) id: ConnectionId,
     /// The device it speaks for.
     pub(super) device: PeerDevice,
+    /// Its secret for `resume`, once the session is accepted.
+    pub(super) token: Option<ResumeToken>,
+    /// Its connection was lost at this instant, for this reason: the session waits
+    /// [`super::HubConfig::resume_grace`] for it to `resume` (`conn` is the lost one).
+    pub(super) away: Option<(Instant, Departure)>,
+    /// Signals for it that came while it was away (at most [`MAX_QUEUED_SIGNALS`]).
+    pub(super) queued: VecDeque<Signal>,
 }
+
+impl Member {
+    fn new(conn: ConnKey, id: ConnectionId, device: PeerDevice) -> Member {
+        Member {
+            conn,
+            id,
+            device,
+            token: None,
+            away: None,
+            queued: VecDeque::new(),
+        }
+    }
+}
+
+/// Signals kept for a member that is away; beyond this the oldest are dropped (an ICE
+/// restart's signals supersede older ones).
+pub(super) const MAX_QUEUED_SIGNALS: usize = 64;
 
 /// Where a session is in its life.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -204,11 +229,9 @@ impl Hub {
         now: Instant,
     ) {
         let Some(desktop_member) = self.conns.get(&desktop).and_then(|d| match &d.role {
-            Role::Desktop { device, .. } => Some(Member {
-                conn: desktop,
-                id: d.id.clone(),
-                device: device.clone(),
-            }),
+            Role::Desktop { device, .. } => {
+                Some(Member::new(desktop, d.id.clone(), device.clone()))
+            }
             _ => None,
         }) else {
             return self.send_error(conn, ErrorCode::Internal, "the desktop is gone");
@@ -232,11 +255,7 @@ impl Hub {
         };
         let Some(phone_member) = self.conns.get_mut(&conn).map(|c| {
             c.role = Role::Phone;
-            Member {
-                conn,
-                id: c.id.clone(),
-                device: phone_device.clone(),
-            }
+            Member::new(conn, c.id.clone(), phone_device.clone())
         }) else {
             return;
         };
@@ -321,6 +340,14 @@ impl Hub {
             return self.end_session(&session, SessionEnd::Rejected(auth), now);
         }
         s.transition(SessionState::Active, "accepted");
+        let tokens = [random_hex128(&mut self.rng), random_hex128(&mut self.rng)]
+            .map(|t| ResumeToken::new(t).ok());
+        let Some(s) = self.sessions.get_mut(&session) else {
+            return;
+        };
+        let [phone_token, desktop_token] = tokens;
+        s.phone.token = phone_token;
+        s.desktop.token = desktop_token;
         let (phone, desktop) = (s.phone.clone(), s.desktop.clone());
         self.stats.pairs_accepted += 1;
         for (member, role) in [(phone.conn, "phone"), (desktop.conn, "desktop")] {
@@ -341,6 +368,12 @@ impl Hub {
         let (to_phone, to_desktop) = (accepted(desktop.device, auth), accepted(phone.device, None));
         self.send(phone.conn, to_phone);
         self.send(desktop.conn, to_desktop);
+        for (conn, token) in [(phone.conn, phone.token), (desktop.conn, desktop.token)] {
+            if let Some(token) = token {
+                let session = session.clone();
+                self.send(conn, ServerMessage::SessionToken { session, token });
+            }
+        }
     }
 
     /// Count the time `session` waited for its prompt's answer (the pair latency histogram).
@@ -376,6 +409,19 @@ impl Hub {
         }
         s.signals += 1;
         self.stats.signals_relayed += 1;
+        let to = if other == s.phone.conn {
+            &mut s.phone
+        } else {
+            &mut s.desktop
+        };
+        if to.away.is_some() {
+            if to.queued.len() >= MAX_QUEUED_SIGNALS {
+                to.queued.pop_front();
+                self.stats.signals_dropped_away += 1;
+            }
+            to.queued.push_back(signal);
+            return;
+        }
         self.send(other, ServerMessage::Signal { session, signal });
     }
 
@@ -420,6 +466,11 @@ impl Hub {
             }
         }
         let pending = matches!(s.state, SessionState::Pending { .. });
+        // A member that is away has no connection to tell.
+        let away = |conn: ConnKey| {
+            (s.phone.conn == conn && s.phone.away.is_some())
+                || (s.desktop.conn == conn && s.desktop.away.is_some())
+        };
         let pair_result = |outcome| ServerMessage::PairResult {
             session: Some(session.clone()),
             outcome,
@@ -459,7 +510,7 @@ impl Hub {
                     } else {
                         self.send(other, pair_result(PairOutcome::DesktopGone));
                     }
-                } else {
+                } else if !away(other) {
                     let reason = match departure {
                         Departure::Bye => SessionEndReason::PeerLeft,
                         Departure::TimedOut => SessionEndReason::PeerTimedOut,

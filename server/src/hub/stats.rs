@@ -48,6 +48,14 @@ pub struct Stats {
     pub desktops_offline: u64,
     /// Signals relayed between session members.
     pub signals_relayed: u64,
+    /// Session members whose connection was lost, kept for a `resume`.
+    pub members_away: u64,
+    /// Sessions a member took back with `resume` on a new connection.
+    pub sessions_resumed: u64,
+    /// `resume`s refused (no such session any more, or not the member's token).
+    pub resumes_refused: u64,
+    /// Signals for an away member dropped because its queue was full.
+    pub signals_dropped_away: u64,
     /// `error` messages sent.
     pub errors_sent: u64,
     /// Frames that did not decode (bad JSON, unknown type, too large, binary).

@@ -3,7 +3,7 @@
 use std::collections::HashSet;
 use std::net::IpAddr;
 
-use proxim_protocol::SessionEndReason;
+use proxim_protocol::{ResumeToken, SessionEndReason, Signal};
 
 use super::*;
 use crate::events::ClientReport;
@@ -530,7 +530,7 @@ fn renew_code_retires_the_code_as_used_and_keeps_pending_prompts() {
     // The prompt from before the renewal can still be accepted.
     respond(&mut hub, desk, &session, r#""accept":true"#, t1);
     assert!(matches!(
-        only(&drain(&mut hub), phone),
+        sent_to(&drain(&mut hub), phone)[0],
         ServerMessage::PairResult {
             outcome: PairOutcome::Accepted,
             ..
@@ -992,6 +992,266 @@ fn codes_that_never_expire_have_their_records_renewed() {
         lapses(&mut hub),
         vec![ms(wall0 + LIVE_LEASE / 4 + LIVE_LEASE)]
     );
+}
+
+// ---------------------------------------------------------------------------------------------
+// Resuming a session from a new connection
+// ---------------------------------------------------------------------------------------------
+
+/// The `session_token` `conn` got in `outputs`.
+fn token_of(outputs: &[Output], conn: ConnKey) -> ResumeToken {
+    sent_to(outputs, conn)
+        .into_iter()
+        .find_map(|m| match m {
+            ServerMessage::SessionToken { token, .. } => Some(token),
+            _ => None,
+        })
+        .expect("a session_token")
+}
+
+fn resume(hub: &mut Hub, conn: ConnKey, session: &SessionId, token: &ResumeToken, now: Instant) {
+    hub.handle_text(
+        conn,
+        &format!(
+            r#"{{"type":"resume","session":"{session}","token":"{}"}}"#,
+            token.as_str()
+        ),
+        now,
+    );
+}
+
+fn signal_text(session: &SessionId, n: u32) -> String {
+    format!(
+        r#"{{"type":"signal","session":"{session}","signal":{{"kind":"candidate","candidate":"candidate:{n} 1 udp 1 198.18.0.1 {n} typ host"}}}}"#
+    )
+}
+
+#[test]
+fn each_member_gets_its_own_token_once_the_session_is_accepted() {
+    let mut hub = hub();
+    let now = Instant::now();
+    let (desk, phone, session, out) = answered(&mut hub, r#""accept":true"#, now);
+    let (a, b) = (token_of(&out, phone), token_of(&out, desk));
+    assert_ne!(a, b);
+    // After the pair_result, and only to its member.
+    let to_phone = sent_to(&out, phone);
+    assert!(matches!(to_phone[0], ServerMessage::PairResult { .. }));
+    assert!(
+        matches!(&to_phone[1], ServerMessage::SessionToken { session: s, .. } if *s == session)
+    );
+    // A rejected session gives none.
+    let mut hub = hub_with(8, |_| {});
+    let (desk, phone, _, out) = answered(&mut hub, r#""accept":false"#, now);
+    for conn in [desk, phone] {
+        assert!(
+            !sent_to(&out, conn)
+                .iter()
+                .any(|m| matches!(m, ServerMessage::SessionToken { .. }))
+        );
+    }
+}
+
+#[test]
+fn a_lost_phone_resumes_on_a_new_connection_and_gets_what_came_meanwhile() {
+    let mut hub = hub();
+    let t0 = Instant::now();
+    let (desk, phone, session, out) = answered(&mut hub, r#""accept":true"#, t0);
+    let token = token_of(&out, phone);
+    // The phone's socket closes (its network went): the desktop is not told.
+    hub.handle_gone(phone, Gone::Closed, t0);
+    let out = drain(&mut hub);
+    assert!(sent_to(&out, desk).is_empty(), "{out:?}");
+    assert_eq!(hub.stats().members_away, 1);
+    // The desktop signals meanwhile: kept for the phone.
+    for n in 1..=3 {
+        hub.handle_text(desk, &signal_text(&session, n), t0);
+    }
+    assert!(drain(&mut hub).is_empty());
+    // Back on a new connection, 5 s later.
+    let t1 = t0 + Duration::from_secs(5);
+    let phone2 = greeted(&mut hub, t1);
+    resume(&mut hub, phone2, &session, &token, t1);
+    let got = sent_to(&drain(&mut hub), phone2);
+    assert!(matches!(&got[0], ServerMessage::Resumed { session: s } if *s == session));
+    let candidates: Vec<String> = got[1..]
+        .iter()
+        .map(|m| match m {
+            ServerMessage::Signal {
+                signal: Signal::Candidate { candidate, .. },
+                ..
+            } => candidate.as_str().to_owned(),
+            other => panic!("{other:?}"),
+        })
+        .collect();
+    assert_eq!(candidates.len(), 3);
+    assert!(candidates[0].starts_with("candidate:1 ") && candidates[2].starts_with("candidate:3 "));
+    // Signals flow both ways on the new connection; the grace timer ends nothing.
+    hub.handle_text(phone2, &signal_text(&session, 9), t1);
+    assert!(matches!(
+        only(&drain(&mut hub), desk),
+        ServerMessage::Signal { .. }
+    ));
+    hub.handle_timeout(t0 + hub.config.resume_grace);
+    assert!(drain(&mut hub).is_empty());
+    assert_eq!(hub.stats().sessions_resumed, 1);
+    assert_eq!(hub.stats().sessions_active, 1);
+    // Leaving from the new connection ends it for the desktop as usual.
+    hub.handle_text(
+        phone2,
+        &format!(r#"{{"type":"leave","session":"{session}"}}"#),
+        t1,
+    );
+    assert!(matches!(
+        only(&drain(&mut hub), desk),
+        ServerMessage::SessionEnded {
+            reason: SessionEndReason::PeerLeft,
+            ..
+        }
+    ));
+}
+
+#[test]
+fn a_member_that_does_not_come_back_in_the_grace_ends_the_session_then() {
+    let mut hub = hub();
+    let t0 = Instant::now();
+    let (desk, phone, session, out) = answered(&mut hub, r#""accept":true"#, t0);
+    let token = token_of(&out, phone);
+    hub.handle_gone(phone, Gone::Closed, t0);
+    drain(&mut hub);
+    let grace = hub.config.resume_grace;
+    assert_eq!(hub.poll_timeout().map(|t| t <= t0 + grace), Some(true));
+    hub.handle_timeout(t0 + grace - Duration::from_millis(1));
+    assert!(drain(&mut hub).is_empty());
+    hub.handle_timeout(t0 + grace);
+    assert!(matches!(
+        only(&drain(&mut hub), desk),
+        ServerMessage::SessionEnded {
+            reason: SessionEndReason::PeerDisconnected,
+            ..
+        }
+    ));
+    // Too late now: the session is over for the phone.
+    let late = greeted(&mut hub, t0 + grace);
+    resume(&mut hub, late, &session, &token, t0 + grace);
+    assert!(matches!(
+        only(&drain(&mut hub), late),
+        ServerMessage::SessionEnded {
+            reason: SessionEndReason::Over,
+            ..
+        }
+    ));
+    assert_eq!(hub.stats().resumes_refused, 1);
+    assert_eq!(hub.stats().sessions_active, 0);
+}
+
+#[test]
+fn a_token_is_useless_to_anyone_but_its_member() {
+    let mut hub = hub();
+    let now = Instant::now();
+    let (desk, phone, session, out) = answered(&mut hub, r#""accept":true"#, now);
+    let phone_token = token_of(&out, phone);
+    hub.handle_gone(phone, Gone::Closed, now);
+    drain(&mut hub);
+    // A stranger with a made-up token, or with the session of another: refused, nothing moves.
+    let stranger = greeted(&mut hub, now);
+    let forged = ResumeToken::new("0123456789abcdef0123456789abcdef").unwrap();
+    resume(&mut hub, stranger, &session, &forged, now);
+    assert!(matches!(
+        only(&drain(&mut hub), stranger),
+        ServerMessage::SessionEnded {
+            reason: SessionEndReason::Over,
+            ..
+        }
+    ));
+    hub.handle_text(stranger, &signal_text(&session, 1), now);
+    assert_eq!(
+        error_count(&drain(&mut hub), stranger, ErrorCode::NotSessionMember),
+        1
+    );
+    // The real phone still can.
+    let phone2 = greeted(&mut hub, now);
+    resume(&mut hub, phone2, &session, &phone_token, now);
+    assert!(matches!(
+        sent_to(&drain(&mut hub), phone2)[0],
+        ServerMessage::Resumed { .. }
+    ));
+    assert!(sent_to(&drain(&mut hub), desk).is_empty());
+    assert_eq!(hub.stats().resumes_refused, 1);
+}
+
+#[test]
+fn a_resume_takes_the_session_from_a_connection_the_server_still_thinks_alive() {
+    // A phone on a new network reconnects before its old connection's silence is noticed.
+    let mut hub = hub();
+    let now = Instant::now();
+    let (desk, phone, session, out) = answered(&mut hub, r#""accept":true"#, now);
+    let token = token_of(&out, phone);
+    let phone2 = greeted(&mut hub, now);
+    resume(&mut hub, phone2, &session, &token, now);
+    assert!(matches!(
+        sent_to(&drain(&mut hub), phone2)[0],
+        ServerMessage::Resumed { .. }
+    ));
+    hub.handle_text(desk, &signal_text(&session, 1), now);
+    let out = drain(&mut hub);
+    assert!(sent_to(&out, phone).is_empty(), "the old connection is out");
+    assert!(matches!(only(&out, phone2), ServerMessage::Signal { .. }));
+    // The old connection going later ends nothing.
+    hub.handle_gone(phone, Gone::Closed, now);
+    assert!(sent_to(&drain(&mut hub), desk).is_empty());
+    assert_eq!(hub.stats().sessions_active, 1);
+}
+
+#[test]
+fn a_member_that_leaves_or_says_bye_is_not_waited_for() {
+    let mut hub = hub();
+    let now = Instant::now();
+    let (desk, phone, _, _) = answered(&mut hub, r#""accept":true"#, now);
+    hub.handle_text(phone, r#"{"type":"bye"}"#, now);
+    assert!(matches!(
+        only(&drain(&mut hub), desk),
+        ServerMessage::SessionEnded {
+            reason: SessionEndReason::PeerLeft,
+            ..
+        }
+    ));
+    // Without a grace configured, a lost connection ends it at once too.
+    let mut hub = hub_with(9, |c| c.resume_grace = Duration::ZERO);
+    let (desk, phone, _, _) = answered(&mut hub, r#""accept":true"#, now);
+    hub.handle_gone(phone, Gone::Closed, now);
+    assert!(matches!(
+        only(&drain(&mut hub), desk),
+        ServerMessage::SessionEnded {
+            reason: SessionEndReason::PeerDisconnected,
+            ..
+        }
+    ));
+}
+
+#[test]
+fn signals_for_an_away_member_are_bounded() {
+    let mut hub = hub();
+    let now = Instant::now();
+    let (desk, phone, session, out) = answered(&mut hub, r#""accept":true"#, now);
+    let token = token_of(&out, phone);
+    hub.handle_gone(phone, Gone::Closed, now);
+    drain(&mut hub);
+    let sent = sessions::MAX_QUEUED_SIGNALS as u32 + 10;
+    for n in 1..=sent {
+        hub.handle_text(desk, &signal_text(&session, n), now);
+    }
+    drain(&mut hub);
+    let phone2 = greeted(&mut hub, now);
+    resume(&mut hub, phone2, &session, &token, now);
+    let got = sent_to(&drain(&mut hub), phone2);
+    // Resumed, then the newest MAX_QUEUED_SIGNALS.
+    assert_eq!(got.len(), 1 + sessions::MAX_QUEUED_SIGNALS);
+    assert!(matches!(
+        &got[1],
+        ServerMessage::Signal { signal: Signal::Candidate { candidate, .. }, .. }
+            if candidate.as_str().starts_with("candidate:11 ")
+    ));
+    assert_eq!(hub.stats().signals_dropped_away, 10);
 }
 
 /// A snapshot in a fixed order, to compare two.

@@ -269,7 +269,7 @@ impl HubCollector {
 }
 
 /// The counters read from [`Stats`]: `(name, help, value)`.
-fn counters(s: &Stats) -> [(&'static str, &'static str, u64); 17] {
+fn counters(s: &Stats) -> [(&'static str, &'static str, u64); 20] {
     [
         (
             "proxim_connections",
@@ -295,6 +295,21 @@ fn counters(s: &Stats) -> [(&'static str, &'static str, u64); 17] {
             "proxim_signals_relayed",
             "Signals relayed between session members",
             s.signals_relayed,
+        ),
+        (
+            "proxim_members_away",
+            "Session members whose connection was lost, kept for a resume",
+            s.members_away,
+        ),
+        (
+            "proxim_sessions_resumed",
+            "Sessions a member took back with resume on a new connection",
+            s.sessions_resumed,
+        ),
+        (
+            "proxim_resumes_refused",
+            "Resumes refused: the session is over or the token is not the member's",
+            s.resumes_refused,
         ),
         (
             "proxim_errors",
