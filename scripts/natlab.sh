@@ -9,6 +9,10 @@
 #           lan 198.19.1.1         lan 198.19.2.1
 #   pxl-ha  eth0 198.19.1.2        eth0 198.19.2.2  pxl-hb     LAN hosts: desktop (A), phone (B)
 #
+#   pxl-rc  wan 198.18.0.13, lan 198.19.3.1: a third router ("cellular", cone NAT) whose LAN is
+#           the phone's eth1, down and without an address until the phone switches networks
+#           (198.19.3.2; its address behind router B then goes away).
+#
 # Addresses come only from 198.18.0.0/15 (RFC 2544 benchmarking space); veths are created
 # directly inside the namespaces, so nothing lands in the root namespace.
 #
@@ -57,7 +61,8 @@ NS_RA=pxl-ra
 NS_RB=pxl-rb
 NS_HA=pxl-ha
 NS_HB=pxl-hb
-ALL_NS=("$NS_PUB" "$NS_RA" "$NS_RB" "$NS_HA" "$NS_HB")
+NS_RC=pxl-rc
+ALL_NS=("$NS_PUB" "$NS_RA" "$NS_RB" "$NS_HA" "$NS_HB" "$NS_RC")
 
 PUB_GW=198.18.0.1
 SERVER_IP=198.18.0.2
@@ -68,6 +73,9 @@ RA_LAN=198.19.1.1
 HA_IP=198.19.1.2
 RB_LAN=198.19.2.1
 HB_IP=198.19.2.2
+RC_WAN=198.18.0.13
+RC_LAN=198.19.3.1
+HB_CELL_IP=198.19.3.2
 # The silent default route of the public namespace: a veth whose far end drops everything.
 SINK_IP=198.18.254.1
 SINK_GW=198.18.254.2
@@ -110,6 +118,11 @@ SCRIPT_NAME=natlab
 # event: server-kill — at the same point `proxim serve` is killed (SIGKILL) and started again
 # SERVER_DOWN s later; the transfer must go on meanwhile (the peers talk directly) and finish
 # with the right SHA-256; the note gives the bytes the desktop received while the server was down.
+# event: switch — at the same point the phone moves to another network: its eth1 behind router C
+# gets 198.19.3.2 and the default route, and its address behind router B goes away; `proxim
+# pair` notices (it watches its addresses), probes and resumes its signaling session, restarts
+# ICE over it; the transfer must finish with the right SHA-256, and the note gives how long
+# after the switch the desktop's file grew again (p50/max over --repeat).
 # event: dead-path — at the same point router B forwards nothing, for good; expected `lost`:
 # `pair` fails with a clear error (connectivity lost) within DEAD_PATH_BOUND s of the cut; the
 # note gives how long it took and what it said.
@@ -126,6 +139,7 @@ SCENARIOS=(
     "cone-cone-blackout-10s|cone|cone|-|no|direct|blackout10"
     "cone-cone-server-kill|cone|cone|-|no|direct|server-kill"
     "cone-cone-dead-path|cone|cone|-|no|lost|dead-path"
+    "cone-cone-network-switch|cone|cone|-|no|direct|switch"
 )
 
 list_scenarios() {
@@ -319,6 +333,33 @@ build_topology() {
     # Routers and their LAN hosts.
     router "$NS_RA" "$RA_WAN" "$RA_LAN" "$NS_HA" "$HA_IP"
     router "$NS_RB" "$RB_WAN" "$RB_LAN" "$NS_HB" "$HB_IP"
+    # Router C, the phone's other network: its LAN is the phone's eth1, not up yet.
+    ip link add wan netns "$NS_RC" type veth peer name to-rc netns "$NS_PUB"
+    ip -n "$NS_PUB" link set to-rc master br0 up
+    ip -n "$NS_RC" addr add "$RC_WAN/24" dev wan
+    ip -n "$NS_RC" link set wan up
+    ip -n "$NS_RC" route add default via "$PUB_GW"
+    ip link add lan netns "$NS_RC" type veth peer name eth1 netns "$NS_HB"
+    ip -n "$NS_RC" addr add "$RC_LAN/24" dev lan
+    ip -n "$NS_RC" link set lan up
+    nsx "$NS_RC" sysctl -qw net.ipv4.ip_forward=1
+}
+
+# The phone moves to router C's network: the new address first, then the old one goes (as a
+# phone whose Wi-Fi drops after cellular came up).
+switch_phone_to_c() {
+    ip -n "$NS_HB" addr add "$HB_CELL_IP/24" dev eth1
+    ip -n "$NS_HB" link set eth1 up
+    ip -n "$NS_HB" route replace default via "$RC_LAN" dev eth1
+    ip -n "$NS_HB" addr del "$HB_IP/24" dev eth0
+}
+
+# Back behind router B (idempotent: after a switch, or after one cut short).
+restore_phone_network() {
+    ip -n "$NS_HB" addr del "$HB_CELL_IP/24" dev eth1 2>/dev/null || true
+    ip -n "$NS_HB" link set eth1 down 2>/dev/null || true
+    ip -n "$NS_HB" addr replace "$HB_IP/24" dev eth0
+    ip -n "$NS_HB" route replace default via "$RB_LAN" dev eth0
 }
 
 # router NS WAN_IP LAN_IP HOST_NS HOST_IP
@@ -378,6 +419,7 @@ set_nat() {
 flush_conntrack() {
     nsx "$NS_RA" conntrack -F >/dev/null 2>&1 || true
     nsx "$NS_RB" conntrack -F >/dev/null 2>&1 || true
+    nsx "$NS_RC" conntrack -F >/dev/null 2>&1 || true
 }
 
 # ---------------------------------------------------------------------------------------------
@@ -620,6 +662,7 @@ lab_up() {
     build_topology
     set_nat "$NS_RA" "$HA_IP" cone
     set_nat "$NS_RB" "$HB_IP" cone
+    set_nat "$NS_RC" "$HB_CELL_IP" cone
     make_certs
     log "starting coturn on $TURN_IP (UDP/TCP $STUN_PORT, TLS $TLS_PORT)"
     start_coturn
@@ -668,6 +711,34 @@ blackout() {
             echo $(((now - restored) / 1000000)) >"$dir/recovery_ms"
             return 0
         fi
+        sleep 0.01
+    done
+    echo none >"$dir/recovery_ms"
+}
+
+# network_switch DIR PAIR_PID: once the desktop in DIR has BLACKOUT_AT bytes, the phone moves to
+# router C's network; writes the milliseconds from the switch to the first byte on the desktop's
+# disk after what was in flight (sampled 100 ms after the switch: nothing can come over the new
+# path that soon) to DIR/recovery_ms ("none" within 60 s, "missed" when the transfer ended first).
+network_switch() {
+    local dir=$1 pair_pid=$2 i switched before now
+    for i in $(seq 1 3000); do
+        [ "$(received_bytes "$dir")" -ge "$BLACKOUT_AT" ] && break
+        kill -0 "$pair_pid" 2>/dev/null || { echo missed >"$dir/recovery_ms"; return 0; }
+        sleep 0.01
+    done
+    switch_phone_to_c
+    switched=$(date +%s%N)
+    log "network switch: the phone is now $HB_CELL_IP behind router C (the desktop had $(received_bytes "$dir") bytes)"
+    sleep 0.1
+    before=$(received_bytes "$dir")
+    for i in $(seq 1 6000); do
+        if [ "$(received_bytes "$dir")" -gt "$before" ]; then
+            now=$(date +%s%N)
+            echo $(((now - switched) / 1000000)) >"$dir/recovery_ms"
+            return 0
+        fi
+        kill -0 "$pair_pid" 2>/dev/null || break
         sleep 0.01
     done
     echo none >"$dir/recovery_ms"
@@ -764,6 +835,10 @@ attempt() {
         cut_for_good "$dir" "$pair_pid" &
         blackout_pid=$!
         PIDS+=("$blackout_pid")
+    elif [ "$event" = switch ]; then
+        network_switch "$dir" "$pair_pid" &
+        blackout_pid=$!
+        PIDS+=("$blackout_pid")
     fi
     [ "$event" != server-kill ] || server_kill_during "$dir" "$pair_pid"
     wait "$pair_pid" || rc=$?
@@ -775,7 +850,9 @@ attempt() {
         while ip netns exec "$NS_RB" iptables -C FORWARD -j DROP 2>/dev/null; do
             ip netns exec "$NS_RB" iptables -D FORWARD -j DROP
         done
-        [[ $event != blackout* ]] || A_RECOVERY_MS=$(cat "$dir/recovery_ms" 2>/dev/null || echo none)
+        [ "$event" != switch ] || restore_phone_network
+        [[ $event != blackout* && $event != switch ]] ||
+            A_RECOVERY_MS=$(cat "$dir/recovery_ms" 2>/dev/null || echo none)
     fi
     t1=$(date +%s%N)
     local wall_ms=$(((t1 - t0) / 1000000))
@@ -884,13 +961,13 @@ attempt() {
             fi
         fi
     fi
-    if [[ $event == blackout* ]]; then
+    if [[ $event == blackout* || $event == switch ]]; then
         case $A_RECOVERY_MS in
             '' | none | missed)
                 A_OK=false
-                A_NOTE=${A_NOTE:+$A_NOTE; }"blackout: ${A_RECOVERY_MS:-not run} (no recovery measured)"
+                A_NOTE=${A_NOTE:+$A_NOTE; }"$event: ${A_RECOVERY_MS:-not run} (no recovery measured)"
                 ;;
-            *) log "$tag: data again ${A_RECOVERY_MS} ms after the link came back" ;;
+            *) log "$tag: data again ${A_RECOVERY_MS} ms after the $event" ;;
         esac
     fi
     if [ "$event" = server-kill ] && ! [[ $A_EVENT =~ ^[0-9]+$ ]]; then
@@ -985,7 +1062,9 @@ run_suite() {
         if [ "${#recoveries[@]}" -gt 0 ]; then
             local worst
             worst=$(printf '%s\n' "${recoveries[@]}" | sort -g | tail -n1)
-            notes="data again $(median "${recoveries[@]}") ms (p50), $worst ms (max) after a ${event#blackout} s blackout, n=${#recoveries[@]}${notes:+; $notes}"
+            local after="a ${event#blackout} s blackout"
+            [ "$event" != switch ] || after="the network switch"
+            notes="data again $(median "${recoveries[@]}") ms (p50), $worst ms (max) after $after, n=${#recoveries[@]}${notes:+; $notes}"
         fi
         if [ "${#lost_after[@]}" -gt 0 ]; then
             local longest

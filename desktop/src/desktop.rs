@@ -44,6 +44,8 @@ pub(crate) struct DesktopArgs {
 /// Register, show the code, and serve pairing prompts and connections until the server is gone.
 pub(crate) async fn desktop(args: DesktopArgs) -> Result<()> {
     let config = config_from(&args.common, &host_name())?.with_download_dir(&args.download_dir);
+    // Restart ICE when the local addresses change (not with fixed --local-ip addresses).
+    let watch_network = config.local_ips.is_none();
     tokio::fs::create_dir_all(&args.download_dir)
         .await
         .with_context(|| format!("creating {}", args.download_dir.display()))?;
@@ -115,6 +117,9 @@ pub(crate) async fn desktop(args: DesktopArgs) -> Result<()> {
                     connection.timings().channel_open,
                     describe_auth(&connection)
                 );
+                if watch_network {
+                    connection.watch_network(crate::phone::NETWORK_WATCH);
+                }
                 let finished = tokio::spawn(serve_connection(connection, args.echo));
                 if args.once {
                     finished.await??;

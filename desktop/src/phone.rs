@@ -49,6 +49,10 @@ struct PhoneArgs {
     json: bool,
 }
 
+/// How often `proxim pair`/`connect` look at the local addresses (see
+/// `Connection::watch_network`).
+pub(crate) const NETWORK_WATCH: std::time::Duration = std::time::Duration::from_millis(500);
+
 /// `proxim pair CODE`: pair with the desktop showing this code or link.
 pub(crate) async fn pair_with_code(args: PairArgs) -> Result<()> {
     phone(Target::Code(args.code), args.phone).await
@@ -107,6 +111,11 @@ async fn run_phone(
         Target::Trusted(desktop) => proxim_core::connect(&config, desktop).await?,
     };
     let connect_ms = ms(started.elapsed());
+    // A laptop or a phone simulator moving between networks: restart ICE when the local
+    // addresses change (an app would use its platform's network callback instead).
+    if config.local_ips.is_none() {
+        connection.watch_network(NETWORK_WATCH);
+    }
     let stats = connection.stats().await?;
     if !args.json {
         println!(

@@ -10,7 +10,7 @@ use bytes::Bytes;
 use proxim_protocol::{IceServer, PeerDevice, SessionId};
 use tokio::sync::{Mutex, mpsc, oneshot};
 use tokio::task::JoinHandle;
-use tracing::{Instrument, debug, info_span, warn};
+use tracing::{Instrument, debug, info, info_span, warn};
 
 use super::report::{CLOSED_LOCALLY, CloseReport, ReportSink, STATS_REFRESH, send_closed};
 use super::short;
@@ -206,6 +206,37 @@ impl Connection {
             client.probe(NETWORK_CHANGE_PROBE);
         }
         Ok(self.inner.network_changed().await?)
+    }
+
+    /// For apps without a network callback (the desktop CLI): look at the local addresses
+    /// every `interval` and call [`Self::network_changed`] when they change (an interface or
+    /// address came or went). Stops when the connection ends. A connection bound to fixed
+    /// addresses ([`ProximConfig::local_ips`]) has nothing to watch.
+    pub fn watch_network(&self, interval: Duration) {
+        let peer = self.inner.clone();
+        let client = self.signaling_client.clone();
+        let task = async move {
+            let mut last = peer::current_local_ips();
+            loop {
+                tokio::select! {
+                    () = peer.wait_ended() => return,
+                    () = tokio::time::sleep(interval) => {}
+                }
+                let now = peer::current_local_ips();
+                if now == last {
+                    continue;
+                }
+                info!(before = ?last, now = ?now, "local addresses changed");
+                last = now;
+                if let Some(client) = &client {
+                    client.probe(NETWORK_CHANGE_PROBE);
+                }
+                if let Err(error) = peer.network_changed().await {
+                    warn!(%error, "no ICE restart after the network change");
+                }
+            }
+        };
+        tokio::spawn(task.instrument(info_span!("network-watch", session = %short(&self.session))));
     }
 
     /// The connection state now.

@@ -109,6 +109,7 @@ impl FailureKind {
             PeerError::BadSignal(_) => FailureKind::BadSignal,
             PeerError::Rtc(reason) => FailureKind::of_rtc(reason),
             PeerError::NotConnected
+            | PeerError::NoSignaling
             | PeerError::MessageTooLarge { .. }
             | PeerError::ChannelClosed
             | PeerError::Closed

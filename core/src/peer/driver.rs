@@ -354,7 +354,7 @@ impl Driver {
         } else if self.session.state() == ConnectionState::Connected
             || self.session.state() == ConnectionState::Disconnected
         {
-            Err(PeerError::SignalingLost)
+            Err(PeerError::NoSignaling)
         } else {
             Err(PeerError::NotConnected)
         }

@@ -223,6 +223,10 @@ pub enum PeerError {
     /// The other device left the session before the connection was up.
     #[error("the peer left before the connection was established")]
     PeerLeft,
+    /// An ICE restart was asked for, but the signaling session with the other device is
+    /// gone (it ended, or could not be resumed): the path in use stays while it works.
+    #[error("no ICE restart: the signaling session with the other device is gone")]
+    NoSignaling,
     /// ICE could not find a working path.
     #[error("ICE failed: {reason}")]
     IceFailed {
@@ -576,7 +580,7 @@ impl PeerConnection {
     /// one is found; [`ConnectionEvent::Reconnecting`] and then
     /// [`ConnectionEvent::PathChanged`] follow.
     ///
-    /// Fails with [`PeerError::SignalingLost`] when signaling is gone (no restart can be
+    /// Fails with [`PeerError::NoSignaling`] when signaling is gone (no restart can be
     /// signaled: the path in use stays as long as it works) and [`PeerError::NotConnected`]
     /// before the connection is up.
     pub async fn network_changed(&self) -> Result<(), PeerError> {
@@ -758,6 +762,19 @@ fn prepare(config: PeerConfig, link: SignalLink) -> Result<Prepared, PeerError> 
         ready_rx,
         ended,
     ))
+}
+
+/// Every local address (loopback too when asked), as gathering sees them.
+pub(crate) fn gather_local_ips(include_loopback: bool) -> Vec<IpAddr> {
+    gather::local_ips(include_loopback)
+}
+
+/// The usable local addresses right now, sorted (what a network change changes): loopback and
+/// link-local ones left out.
+pub fn current_local_ips() -> Vec<IpAddr> {
+    let mut ips = gather::local_ips(false);
+    ips.sort();
+    ips
 }
 
 /// The SHA-256 of a certificate's DER.

@@ -306,6 +306,10 @@ pub(crate) struct PeerSession {
     relay_candidates: Vec<LocalCandidate>,
     /// Whether signals still reach the peer (no restart without them).
     signaling_up: bool,
+    /// Signaling is interrupted and being resumed (not gone for good).
+    signaling_interrupted: bool,
+    /// A restart asked for while signaling was interrupted: it runs once signaling is back.
+    restart_wanted: Option<String>,
     restart: Option<Restart>,
     /// Since when ICE has been disconnected.
     silent_since: Option<Instant>,
@@ -363,6 +367,8 @@ impl PeerSession {
             stun_servers: stun_servers.to_vec(),
             relay_candidates: Vec::new(),
             signaling_up: true,
+            signaling_interrupted: false,
+            restart_wanted: None,
             restart: None,
             silent_since: None,
             config,
@@ -577,6 +583,8 @@ impl PeerSession {
     pub(crate) fn link_ended(&mut self, now: Instant, how: LinkEnd) {
         self.now = now;
         self.signaling_up = false;
+        self.signaling_interrupted = false;
+        self.restart_wanted = None;
         if self.phase.is_ended() || self.phase.is_up() {
             tracing::info!(
                 ?how,
@@ -617,6 +625,7 @@ impl PeerSession {
         }
         tracing::info!("signaling interrupted; the direct path carries on");
         self.signaling_up = false;
+        self.signaling_interrupted = true;
     }
 
     /// Signaling is back (the session resumed on a new connection). A restart under way
@@ -629,10 +638,14 @@ impl PeerSession {
         }
         tracing::info!("signaling resumed");
         self.signaling_up = true;
+        self.signaling_interrupted = false;
         if let Some(r) = self.restart.as_mut() {
             r.offered = false;
             r.again = false;
+            self.restart_wanted = None;
             self.restart_ice(now, "signaling is back");
+        } else if let Some(reason) = self.restart_wanted.take() {
+            self.restart_ice(now, &reason);
         } else if self.phase == Phase::Open && self.ice.state() != IceState::Connected {
             self.restart_ice(now, "signaling is back and the path is silent");
         }
@@ -738,7 +751,13 @@ impl PeerSession {
                         "nothing heard from the other device for {} s",
                         (self.config.ice.disconnected_after + RESTART_AFTER_SILENCE).as_secs()
                     );
-                    self.restart_ice(now, &reason);
+                    // The trouble began when the peer was last heard, not now: the budget
+                    // (and `Reconnecting::since`) counts from there.
+                    let heard = self.silent_since.map(|t| {
+                        t.checked_sub(self.config.ice.disconnected_after)
+                            .unwrap_or(t)
+                    });
+                    self.start_restart(now, heard, &reason);
                 }
                 RestartDue::Retry => {
                     self.restart_ice(now, "the last attempt found no path");
@@ -747,7 +766,8 @@ impl PeerSession {
                     let attempts = self.restart.map_or(0, |r| r.attempt);
                     self.fail(PeerError::IceFailed {
                         reason: format!(
-                            "connection lost: no path to the other device for {} s, over {}                              ICE restart attempt(s)",
+                            "connection lost: no path to the other device for {} s, over {} ICE restart \
+                             attempt(s)",
                             RESTART_BUDGET.as_secs(),
                             attempts
                         ),
@@ -936,6 +956,17 @@ impl PeerSession {
     /// Start an ICE restart (see the module docs); `false` when none can run. While this
     /// side's offer waits for its answer, another restart waits for it.
     pub(crate) fn restart_ice(&mut self, now: Instant, reason: &str) -> bool {
+        self.start_restart(now, None, reason)
+    }
+
+    /// [`Self::restart_ice`]; a first attempt counts the trouble from `trouble_since` (when the
+    /// peer was last heard) instead of from now.
+    fn start_restart(
+        &mut self,
+        now: Instant,
+        trouble_since: Option<Instant>,
+        reason: &str,
+    ) -> bool {
         if self.phase != Phase::Open {
             tracing::debug!(
                 phase = self.phase.name(),
@@ -943,6 +974,12 @@ impl PeerSession {
                 "no ICE restart: not open"
             );
             return false;
+        }
+        if !self.signaling_up && self.signaling_interrupted {
+            // It runs once the session is resumed on a new signaling connection.
+            tracing::info!(reason, "ICE restart waits for signaling to be back");
+            self.restart_wanted = Some(reason.to_owned());
+            return true;
         }
         if !self.signaling_up {
             tracing::info!(reason, "no ICE restart: signaling is gone");
@@ -955,9 +992,9 @@ impl PeerSession {
             r.again = true;
             return true;
         }
-        let (attempt, since) = self
-            .restart
-            .map_or((1, now), |r| (r.attempt.saturating_add(1), r.since));
+        let (attempt, since) = self.restart.map_or((1, trouble_since.unwrap_or(now)), |r| {
+            (r.attempt.saturating_add(1), r.since)
+        });
         self.restart_locally(now, attempt, since, reason);
         let Some(sdp) = self.restart_description() else {
             return false;
@@ -1308,10 +1345,20 @@ impl PeerSession {
 
     /// The answer to this side's restart offer.
     fn on_restart_answer(&mut self, now: Instant, sdp: &str) -> Result<(), PeerError> {
-        let Some(restart) = self.restart.filter(|r| r.offered) else {
+        let Some(restart) = self.restart else {
             return Err(PeerError::BadSignal("an answer to no offer".into()));
         };
         let remote = self.read_restart(sdp)?;
+        if !restart.offered {
+            // Two offers went out back to back (one just before signaling was interrupted,
+            // one once it resumed) and both were answered: the later answer names the peer's
+            // credentials now (signaling keeps the order).
+            if self.ice.remote_credentials() != Some(&remote.credentials) {
+                tracing::debug!("a later answer during the restart: the peer's newest credentials");
+                self.apply_restart(now, remote);
+            }
+            return Ok(());
+        }
         self.apply_restart(now, remote);
         self.restart = Some(Restart {
             offered: false,
@@ -1647,7 +1694,14 @@ impl PeerSession {
                         && self.signaling_up
                         && self.phase == Phase::Open =>
                 {
+                    // The path kept meanwhile (if any) is dead too: the next attempt, now,
+                    // without it.
                     tracing::info!("ICE restart attempt found no path; another follows");
+                    if let Some(r) = self.restart.as_mut() {
+                        r.offered = false;
+                        r.again = false;
+                    }
+                    self.restart_ice(now, "the last attempt found no path");
                 }
                 IceState::Failed if !self.phase.is_up() => {
                     self.fail(PeerError::IceFailed {

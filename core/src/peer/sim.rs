@@ -665,4 +665,56 @@ mod tests {
         );
         assert!(sim.a.reconnects.len() >= 3, "{:?}", sim.a.reconnects);
     }
+
+    #[test]
+    fn a_path_that_dies_for_good_fails_at_consent_despite_the_restarts() {
+        // Signaling stays up, the link never comes back: restarts run from 7 s of silence,
+        // but the budget counts from when the peer was last heard, so the connection fails
+        // about when consent would (30 s), not 30 s after the first restart (37 s).
+        let mut sim = SessionSim::new(LinkProfile::new(Duration::from_millis(50), 0.0), 6);
+        sim.set_signal_delay(Duration::from_millis(40));
+        sim.run_until_open(Duration::from_secs(10)).expect("opens");
+        sim.profile.loss = 1.0;
+        let cut = sim.now;
+        let end = cut + Duration::from_secs(60);
+        while sim.a.failed.is_none() && sim.now < end && sim.step() {
+            sim.drain();
+        }
+        let error = sim.a.failed.as_ref().expect("A fails").to_string();
+        let after = sim.now - cut;
+        assert!(error.contains("30 s"), "{error}");
+        assert!(
+            after >= Duration::from_secs(27) && after <= Duration::from_secs(31),
+            "{after:?}"
+        );
+        assert!(!sim.a.reconnects.is_empty(), "restarts were tried");
+    }
+
+    #[test]
+    fn two_offers_back_to_back_both_answered_settle_on_the_later_answer() {
+        // A restart's offer goes out just as signaling drops and resumes (it got through), and
+        // the resume sends another: the peer answers both. Measured in the NAT lab before the
+        // fix: the first answer was taken, the second refused, and checks failed until the
+        // next attempt 8 s later. Now the later answer wins within a round trip or two.
+        let mut sim = SessionSim::new(LinkProfile::new(Duration::from_millis(50), 0.0), 9);
+        sim.set_signal_delay(Duration::from_millis(40));
+        sim.run_until_open(Duration::from_secs(10)).expect("opens");
+        let now = sim.now;
+        let a_addr = sim.a.addr;
+        assert!(sim.a.session.network_changed(now, &[a_addr]));
+        sim.a.session.signaling_interrupted(now);
+        sim.a.session.signaling_resumed(now);
+        let start = sim.now;
+        let end = start + Duration::from_secs(5);
+        while sim.a.paths.len() < 2 && sim.now < end && sim.step() {
+            sim.drain();
+        }
+        assert_eq!(sim.a.reconnects, [1, 2]);
+        assert_eq!(sim.a.paths.len(), 2, "no new path within 5 s");
+        let took = sim.now - start;
+        assert!(took <= Duration::from_millis(400), "{took:?}");
+        let (a, b) = (&sim.a.session, &sim.b.session);
+        assert_eq!(a.ice_remote_credentials(), Some(b.ice_local_credentials()));
+        assert_eq!(b.ice_remote_credentials(), Some(a.ice_local_credentials()));
+    }
 }

@@ -90,7 +90,21 @@ pub(super) async fn run(
                     close_waiters.push(done);
                     machine.close("closed by the application");
                 }
-                Some(Command::Probe(within)) => machine.probe(now(), within),
+                Some(Command::Probe(within)) => {
+                    if socket_address_gone(socket.as_ref()) {
+                        // Its network went: no need to wait for an answer that cannot come.
+                        machine.handle_socket_closed(
+                            now(),
+                            SignalingError::ConnectionLost(
+                                "the socket's local address is gone (the network changed)".into(),
+                            ),
+                        );
+                        // The network changed, the server is fine: no backoff.
+                        machine.probe(now(), within);
+                    } else {
+                        machine.probe(now(), within);
+                    }
+                }
                 None => machine.close("every handle dropped"),
             },
             frame = next_frame(&mut socket) => handle_frame(&mut machine, &mut socket, frame),
@@ -348,6 +362,22 @@ fn deliver(route: &Route, event: LinkEvent) -> bool {
         }
         Err(mpsc::error::TrySendError::Closed(_)) => false,
     }
+}
+
+/// Whether the open socket's local address is no longer one of this machine's.
+fn socket_address_gone(socket: Option<&Socket>) -> bool {
+    let Some(ws) = socket else {
+        return false;
+    };
+    let local = match ws.get_ref() {
+        MaybeTlsStream::Plain(tcp) => tcp.local_addr(),
+        MaybeTlsStream::Rustls(tls) => tls.get_ref().0.local_addr(),
+        _ => return false,
+    };
+    let Ok(local) = local else {
+        return true;
+    };
+    !local.ip().is_loopback() && !crate::peer::gather_local_ips(true).contains(&local.ip())
 }
 
 /// Write one message; a failed write is a lost socket.

@@ -212,6 +212,11 @@ impl SignalingSession {
             if matches!(self.state, State::Open { .. }) {
                 warn!("no answer to a probe: the connection is gone");
                 self.lose(now, SignalingError::HeartbeatTimeout);
+                // The network changed under it, not the server: reconnect without the backoff.
+                if let State::Waiting { attempt, .. } = self.state {
+                    self.outputs.push_back(Output::Connect);
+                    self.transition(State::Connecting { attempt }, "probe failed: reconnect now");
+                }
                 return;
             }
         }
@@ -539,8 +544,16 @@ mod tests {
             matches!(out[1], Output::Reconnecting { attempt: 1, .. }),
             "{out:?}"
         );
-        // A probe while waiting to reconnect: the attempt starts now.
-        s.probe(t0 + Duration::from_millis(501), Duration::from_millis(500));
+        // … at once: the network changed, not the server.
+        assert!(matches!(out[2], Output::Connect), "{out:?}");
+        // A probe while waiting to reconnect (after a loss the heartbeat found): now too.
+        let mut s = open(t0);
+        s.handle_timeout(t0 + Duration::from_secs(3));
+        assert!(matches!(
+            outputs(&mut s)[..],
+            [Output::Lost(_), Output::Reconnecting { .. }]
+        ));
+        s.probe(t0 + Duration::from_secs(3), Duration::from_millis(500));
         assert!(matches!(outputs(&mut s)[..], [Output::Connect]));
     }
 

@@ -431,7 +431,23 @@ impl IceAgent {
         if self.remote_credentials.as_ref() == Some(&credentials) {
             return;
         }
-        self.remote_credentials = Some(credentials);
+        let replaced = self.remote_credentials.replace(credentials).is_some();
+        if replaced {
+            // The peer moved on to newer credentials within this generation (it answered a
+            // later offer): every check so far used the old ones and is checked again.
+            let previous = self.previous.as_ref().map(|p| p.pair);
+            self.transactions.retain(|_, t| Some(t.pair) == previous);
+            for (i, pair) in self.pairs.iter_mut().enumerate() {
+                if Some(i) != previous && pair.state != PairState::Succeeded {
+                    pair.state = PairState::Waiting;
+                    pair.transaction = None;
+                    pair.next_retransmit = None;
+                }
+            }
+            if self.state == IceState::Failed {
+                self.set_state(IceState::Checking);
+            }
+        }
         self.schedule(now);
     }
 

@@ -219,6 +219,8 @@ async fn answer_prompts(
                 outcome: PairOutcome::Accepted,
                 ..
             } if prompted.as_ref() == Some(&session) => {}
+            // Its resume token for the session it accepted.
+            ServerMessage::SessionToken { session, .. } if prompted.as_ref() == Some(&session) => {}
             ServerMessage::SessionEnded { .. } => {}
             other => failures.record(format!(
                 "desktop of {} got an unexpected {other:?}",
@@ -322,7 +324,8 @@ impl PhoneWorker {
         Client::open_unbounded(self.server, source_ip(n, SOURCE_IPS)).await
     }
 
-    /// `pair_request` → `pair_pending` → `pair_result accepted`, every session id checked;
+    /// `pair_request` → `pair_pending` → `pair_result accepted` → `session_token`, every
+    /// session id checked;
     /// the session.
     async fn request(&mut self, client: &mut Client) -> Result<SessionId> {
         client
@@ -355,6 +358,11 @@ impl PhoneWorker {
                 }
             }
             other => bail!("expected pair_result accepted, got {other:?}"),
+        }
+        // Then the phone's resume token for it.
+        match client.recv().await? {
+            ServerMessage::SessionToken { session, .. } if session == pending => {}
+            other => bail!("expected the session_token, got {other:?}"),
         }
         // The desktop reported the session before accepting it; older entries are left over
         // from failed attempts.

@@ -87,6 +87,7 @@ pub(crate) fn is_unsolicited(message: &ServerMessage) -> bool {
             | ServerMessage::SessionEnded { .. }
             | ServerMessage::Ping { .. }
             | ServerMessage::Bye { .. }
+            | ServerMessage::SessionToken { .. }
             | ServerMessage::PairResult {
                 session: Some(_),
                 ..
