@@ -687,17 +687,39 @@ received_bytes() {
     find "$1/recv" -type f -printf '%s\n' 2>/dev/null | awk '{ n += $1 } END { print n + 0 }'
 }
 
+# until_event_point DIR PAIR_PID: wait (at most 30 s) until the desktop in DIR has BLACKOUT_AT
+# bytes, the point where an event strikes; fails when the transfer ended first.
+until_event_point() {
+    local dir=$1 pair_pid=$2 i
+    for i in $(seq 1 3000); do
+        [ "$(received_bytes "$dir")" -ge "$BLACKOUT_AT" ] && return 0
+        kill -0 "$pair_pid" 2>/dev/null || return 1
+        sleep 0.01
+    done
+}
+
+# recovery_after DIR SINCE_NS BEFORE: writes to DIR/recovery_ms the milliseconds from SINCE_NS
+# to the desktop's file growing past BEFORE bytes, or "none" when it does not within 60 s.
+recovery_after() {
+    local dir=$1 since=$2 before=$3 i now
+    for i in $(seq 1 6000); do
+        if [ "$(received_bytes "$dir")" -gt "$before" ]; then
+            now=$(date +%s%N)
+            echo $(((now - since) / 1000000)) >"$dir/recovery_ms"
+            return 0
+        fi
+        sleep 0.01
+    done
+    echo none >"$dir/recovery_ms"
+}
+
 # blackout DIR SECONDS PAIR_PID: once the desktop in DIR has BLACKOUT_AT bytes, drop everything
 # router B forwards for SECONDS, then let it through again; writes the milliseconds from then to
 # the first new byte on the desktop's disk to DIR/recovery_ms ("none" when nothing came within
 # 60 s, "missed" when the transfer ended before the blackout could start).
 blackout() {
-    local dir=$1 seconds=$2 pair_pid=$3 i at restored now before
-    for i in $(seq 1 3000); do
-        [ "$(received_bytes "$dir")" -ge "$BLACKOUT_AT" ] && break
-        kill -0 "$pair_pid" 2>/dev/null || { echo missed >"$dir/recovery_ms"; return 0; }
-        sleep 0.01
-    done
+    local dir=$1 seconds=$2 pair_pid=$3 at restored before
+    until_event_point "$dir" "$pair_pid" || { echo missed >"$dir/recovery_ms"; return 0; }
     at=$(received_bytes "$dir")
     ip netns exec "$NS_RB" iptables -I FORWARD 1 -j DROP
     log "blackout: router B forwards nothing for ${seconds}s (the desktop had $at bytes)"
@@ -705,15 +727,7 @@ blackout() {
     before=$(received_bytes "$dir")
     ip netns exec "$NS_RB" iptables -D FORWARD 1
     restored=$(date +%s%N)
-    for i in $(seq 1 6000); do
-        if [ "$(received_bytes "$dir")" -gt "$before" ]; then
-            now=$(date +%s%N)
-            echo $(((now - restored) / 1000000)) >"$dir/recovery_ms"
-            return 0
-        fi
-        sleep 0.01
-    done
-    echo none >"$dir/recovery_ms"
+    recovery_after "$dir" "$restored" "$before"
 }
 
 # network_switch DIR PAIR_PID: once the desktop in DIR has BLACKOUT_AT bytes, the phone moves to
@@ -721,38 +735,21 @@ blackout() {
 # disk after what was in flight (sampled 100 ms after the switch: nothing can come over the new
 # path that soon) to DIR/recovery_ms ("none" within 60 s, "missed" when the transfer ended first).
 network_switch() {
-    local dir=$1 pair_pid=$2 i switched before now
-    for i in $(seq 1 3000); do
-        [ "$(received_bytes "$dir")" -ge "$BLACKOUT_AT" ] && break
-        kill -0 "$pair_pid" 2>/dev/null || { echo missed >"$dir/recovery_ms"; return 0; }
-        sleep 0.01
-    done
+    local dir=$1 pair_pid=$2 switched before
+    until_event_point "$dir" "$pair_pid" || { echo missed >"$dir/recovery_ms"; return 0; }
     switch_phone_to_c
     switched=$(date +%s%N)
     log "network switch: the phone is now $HB_CELL_IP behind router C (the desktop had $(received_bytes "$dir") bytes)"
     sleep 0.1
     before=$(received_bytes "$dir")
-    for i in $(seq 1 6000); do
-        if [ "$(received_bytes "$dir")" -gt "$before" ]; then
-            now=$(date +%s%N)
-            echo $(((now - switched) / 1000000)) >"$dir/recovery_ms"
-            return 0
-        fi
-        kill -0 "$pair_pid" 2>/dev/null || break
-        sleep 0.01
-    done
-    echo none >"$dir/recovery_ms"
+    recovery_after "$dir" "$switched" "$before"
 }
 
 # cut_for_good DIR PAIR_PID: once the desktop in DIR has BLACKOUT_AT bytes, router B forwards
 # nothing from then on; writes the time of the cut (ns since the epoch) to DIR/cut_ns.
 cut_for_good() {
-    local dir=$1 pair_pid=$2 i
-    for i in $(seq 1 3000); do
-        [ "$(received_bytes "$dir")" -ge "$BLACKOUT_AT" ] && break
-        kill -0 "$pair_pid" 2>/dev/null || return 0
-        sleep 0.01
-    done
+    local dir=$1 pair_pid=$2
+    until_event_point "$dir" "$pair_pid" || return 0
     ip netns exec "$NS_RB" iptables -I FORWARD 1 -j DROP
     date +%s%N >"$dir/cut_ns"
     log "dead path: router B forwards nothing from now on (the desktop had $(received_bytes "$dir") bytes)"
@@ -763,13 +760,9 @@ cut_for_good() {
 # the desktop received meanwhile ("missed" when the transfer ended first). Runs in this shell,
 # so the restarted server is in PIDS and stopped with the scenario.
 server_kill_during() {
-    local dir=$1 pair_pid=$2 i before after
+    local dir=$1 pair_pid=$2 before after
     A_EVENT=missed
-    for i in $(seq 1 3000); do
-        [ "$(received_bytes "$dir")" -ge "$BLACKOUT_AT" ] && break
-        kill -0 "$pair_pid" 2>/dev/null || return 0
-        sleep 0.01
-    done
+    until_event_point "$dir" "$pair_pid" || return 0
     kill -0 "$pair_pid" 2>/dev/null || return 0
     before=$(received_bytes "$dir")
     kill -9 "$SERVER_PID" 2>/dev/null || true

@@ -3,7 +3,7 @@
 mod peer_common;
 
 use bytes::Bytes;
-use peer_common::{connect, within};
+use peer_common::{connect, default_channel_works, within};
 use proxim_core::peer::{
     CandidateKind, ChannelOptions, ConnectionEvent, ConnectionState, DEFAULT_CHANNEL, Payload,
     PeerError,
@@ -193,14 +193,7 @@ async fn second_channel_arrives_as_event_and_unreliable_works() {
     assert!(got >= 90, "only {got} of 100 unreliable messages arrived");
 
     // The default channel still works alongside.
-    a.channel
-        .send(Payload::Text("still here".into()))
-        .await
-        .unwrap();
-    assert_eq!(
-        within("recv", b.channel.recv()).await,
-        Some(Payload::Text("still here".into()))
-    );
+    default_channel_works(&a.channel, &mut b.channel).await;
     a.connection.close().await;
     b.connection.close().await;
 }

@@ -7,7 +7,7 @@ use std::net::{IpAddr, Ipv4Addr};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use peer_common::{config, connect, tapped_link, within};
+use peer_common::{config, connect, default_channel_works, tapped_link, within};
 use proxim_core::link::LinkEvent;
 use proxim_core::peer::{
     ConnectionEvent, ConnectionEvents, Payload, PeerConnection, PeerError, PeerRole,
@@ -94,14 +94,7 @@ async fn a_side_whose_address_changes_mid_stream_moves_to_a_new_path_losing_noth
         recovery.as_secs_f64() * 1000.0
     );
     // And the connection holds on the new path.
-    a.channel
-        .send(Payload::Text("still here".into()))
-        .await
-        .unwrap();
-    assert_eq!(
-        within("recv", b.channel.recv()).await,
-        Some(Payload::Text("still here".into()))
-    );
+    default_channel_works(&a.channel, &mut b.channel).await;
     a.connection.close().await;
     b.connection.close().await;
 }
@@ -147,14 +140,7 @@ async fn without_signaling_network_changed_says_so_and_the_path_stays() {
     };
     assert!(matches!(result, Err(PeerError::NoSignaling)), "{result:?}");
     // The path in use is untouched.
-    a.channel
-        .send(Payload::Text("still here".into()))
-        .await
-        .unwrap();
-    assert_eq!(
-        within("recv", b.channel.recv()).await,
-        Some(Payload::Text("still here".into()))
-    );
+    default_channel_works(&a.channel, &mut b.channel).await;
     a.connection.close().await;
     b.connection.close().await;
 }

@@ -71,6 +71,16 @@ pub async fn within<T>(what: &str, f: impl std::future::Future<Output = T>) -> T
     proxim_testkit::within_for(WAIT, what, f).await
 }
 
+/// A text from `from`'s default channel reaches `to`'s: the connection still works.
+pub async fn default_channel_works(
+    from: &proxim_core::peer::DataChannel,
+    to: &mut proxim_core::peer::DataChannel,
+) {
+    let text = proxim_core::peer::Payload::Text("still here".into());
+    from.send(text.clone()).await.expect("default channel");
+    assert_eq!(within("default recv", to.recv()).await, Some(text));
+}
+
 /// Wait for the remote to open a file-transfer channel.
 pub async fn next_transfer_channel(
     events: &mut proxim_core::peer::ConnectionEvents,
