@@ -21,6 +21,11 @@ use crate::limits::AttemptsExhausted;
 /// and connections per client IP ([`Hub::reserve_ip`]).
 pub(super) const MAX_SESSIONS_PER_CONNECTION: usize = 16;
 
+/// How many accepted sessions a desktop's connection may hold at once: phones stay in their
+/// session while connected (for ICE restarts), so a desktop serving many phones holds one
+/// each; its prompts waiting for an answer stay at most [`MAX_SESSIONS_PER_CONNECTION`].
+pub(super) const MAX_DESKTOP_SESSIONS: usize = 256;
+
 /// At most this many times the configured message budget for a connection in many sessions
 /// (each session it takes part in, or may still report on, adds one budget).
 pub(crate) const MAX_BUDGET_SCALE: usize = 64;

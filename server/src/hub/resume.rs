@@ -13,7 +13,7 @@ use std::time::Instant;
 
 use proxim_protocol::{ResumeToken, ServerMessage, SessionEndReason, SessionId};
 
-use super::abuse::MAX_SESSIONS_PER_CONNECTION;
+use super::abuse::MAX_DESKTOP_SESSIONS;
 use super::events::remember_reportable;
 use super::sessions::{SessionEnd, SessionState};
 use super::{ConnKey, Departure, Hub, Role, TimerKey, short};
@@ -108,7 +108,7 @@ impl Hub {
         let full = self
             .conns
             .get(&conn)
-            .is_none_or(|c| c.sessions.len() >= MAX_SESSIONS_PER_CONNECTION);
+            .is_none_or(|c| c.sessions.len() >= MAX_DESKTOP_SESSIONS);
         let Some(s) = self.sessions.get_mut(&session) else {
             return over(self, "no such session (it ended)");
         };

@@ -11,7 +11,7 @@ use proxim_protocol::{
     RoutingCode, ServerMessage, SessionEndReason, SessionId, Signal,
 };
 
-use super::abuse::MAX_SESSIONS_PER_CONNECTION;
+use super::abuse::{MAX_DESKTOP_SESSIONS, MAX_SESSIONS_PER_CONNECTION};
 use super::events::remember_reportable;
 use super::{ConnKey, Departure, Hub, Role, TimerKey, millis, random_hex128, short};
 use crate::events::Event;
@@ -239,11 +239,20 @@ impl Hub {
         if let Err(exhausted) = self.charge_pair_attempt(desktop, now) {
             return self.refuse_pair_attempt(conn, desktop, via, exhausted);
         }
-        if self
-            .conns
-            .get(&desktop)
-            .is_some_and(|d| d.sessions.len() >= MAX_SESSIONS_PER_CONNECTION)
-        {
+        let crowded = self.conns.get(&desktop).is_some_and(|d| {
+            let pending = d
+                .sessions
+                .iter()
+                .filter(|s| {
+                    matches!(
+                        self.sessions.get(*s).map(Session::state),
+                        Some(SessionState::Pending { .. })
+                    )
+                })
+                .count();
+            pending >= MAX_SESSIONS_PER_CONNECTION || d.sessions.len() >= MAX_DESKTOP_SESSIONS
+        });
+        if crowded {
             return self.send_error(
                 conn,
                 ErrorCode::Overloaded,

@@ -1229,6 +1229,34 @@ fn a_member_that_leaves_or_says_bye_is_not_waited_for() {
 }
 
 #[test]
+fn a_desktop_serving_many_connected_phones_still_takes_requests_but_not_too_many_prompts() {
+    // Phones stay in their sessions while connected: 20 accepted sessions do not count
+    // against the desktop's limit of 16 prompts waiting for an answer.
+    let mut hub = hub_with(11, |c| c.pair_attempts = 0);
+    let now = Instant::now();
+    let (desk, code, _) = desktop(&mut hub, "desk", now);
+    for _ in 0..20 {
+        let (_, session) = prompt(&mut hub, desk, &code, now);
+        respond(&mut hub, desk, &session, r#""accept":true"#, now);
+        drain(&mut hub);
+    }
+    assert_eq!(hub.stats().sessions_active, 20);
+    let limit = abuse::MAX_SESSIONS_PER_CONNECTION;
+    for _ in 0..limit {
+        assert_eq!(try_code(&mut hub, &code, now), None, "a prompt");
+    }
+    drain(&mut hub);
+    let phone = greeted(&mut hub, now);
+    pair(&mut hub, phone, &code, now);
+    assert_eq!(
+        error_count(&drain(&mut hub), phone, ErrorCode::Overloaded),
+        1,
+        "prompts past the limit are refused"
+    );
+    assert_eq!(hub.stats().sessions_pending, limit as u64);
+}
+
+#[test]
 fn signals_for_an_away_member_are_bounded() {
     let mut hub = hub();
     let now = Instant::now();
