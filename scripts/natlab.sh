@@ -318,10 +318,11 @@ build_topology() {
     ip -n "$NS_PUB" addr add "$SERVER_IP/24" dev br0
     ip -n "$NS_PUB" addr add "$TURN_IP/24" dev br0
     ip -n "$NS_PUB" link set br0 up
-    ip link add wan netns "$NS_RA" type veth peer name to-ra netns "$NS_PUB"
-    ip link add wan netns "$NS_RB" type veth peer name to-rb netns "$NS_PUB"
-    ip -n "$NS_PUB" link set to-ra master br0 up
-    ip -n "$NS_PUB" link set to-rb master br0 up
+    local r
+    for r in "$NS_RA" "$NS_RB" "$NS_RC"; do
+        ip link add wan netns "$r" type veth peer name "to-${r#*-}" netns "$NS_PUB"
+        ip -n "$NS_PUB" link set "to-${r#*-}" master br0 up
+    done
     # The silent default route (FIELD-NOTES: coturn drops an allocation when a relayed send is
     # unroutable): sends to the LANs' private host candidates go into this veth and vanish.
     ip -n "$NS_PUB" link add sink type veth peer name sink-drop
@@ -331,18 +332,10 @@ build_topology() {
     ip -n "$NS_PUB" neigh replace "$SINK_GW" lladdr "$SINK_MAC" dev sink nud permanent
     ip -n "$NS_PUB" route add default via "$SINK_GW" dev sink
     # Routers and their LAN hosts.
-    router "$NS_RA" "$RA_WAN" "$RA_LAN" "$NS_HA" "$HA_IP"
-    router "$NS_RB" "$RB_WAN" "$RB_LAN" "$NS_HB" "$HB_IP"
+    router "$NS_RA" "$RA_WAN" "$RA_LAN" "$NS_HA" eth0 "$HA_IP"
+    router "$NS_RB" "$RB_WAN" "$RB_LAN" "$NS_HB" eth0 "$HB_IP"
     # Router C, the phone's other network: its LAN is the phone's eth1, not up yet.
-    ip link add wan netns "$NS_RC" type veth peer name to-rc netns "$NS_PUB"
-    ip -n "$NS_PUB" link set to-rc master br0 up
-    ip -n "$NS_RC" addr add "$RC_WAN/24" dev wan
-    ip -n "$NS_RC" link set wan up
-    ip -n "$NS_RC" route add default via "$PUB_GW"
-    ip link add lan netns "$NS_RC" type veth peer name eth1 netns "$NS_HB"
-    ip -n "$NS_RC" addr add "$RC_LAN/24" dev lan
-    ip -n "$NS_RC" link set lan up
-    nsx "$NS_RC" sysctl -qw net.ipv4.ip_forward=1
+    router "$NS_RC" "$RC_WAN" "$RC_LAN" "$NS_HB" eth1 -
 }
 
 # The phone moves to router C's network: the new address first, then the old one goes (as a
@@ -362,18 +355,21 @@ restore_phone_network() {
     ip -n "$NS_HB" route replace default via "$RB_LAN" dev eth0
 }
 
-# router NS WAN_IP LAN_IP HOST_NS HOST_IP
+# router NS WAN_IP LAN_IP HOST_NS HOST_IF HOST_IP: the router's WAN on the public bridge, its
+# LAN a veth to HOST_IF in HOST_NS; HOST_IP `-` leaves the host's side down, without an address.
 router() {
-    local ns=$1 wan=$2 lan=$3 host_ns=$4 host_ip=$5
+    local ns=$1 wan=$2 lan=$3 host_ns=$4 host_if=$5 host_ip=$6
     ip -n "$ns" addr add "$wan/24" dev wan
     ip -n "$ns" link set wan up
     ip -n "$ns" route add default via "$PUB_GW"
-    ip link add lan netns "$ns" type veth peer name eth0 netns "$host_ns"
+    ip link add lan netns "$ns" type veth peer name "$host_if" netns "$host_ns"
     ip -n "$ns" addr add "$lan/24" dev lan
     ip -n "$ns" link set lan up
-    ip -n "$host_ns" addr add "$host_ip/24" dev eth0
-    ip -n "$host_ns" link set eth0 up
-    ip -n "$host_ns" route add default via "$lan"
+    if [ "$host_ip" != - ]; then
+        ip -n "$host_ns" addr add "$host_ip/24" dev "$host_if"
+        ip -n "$host_ns" link set "$host_if" up
+        ip -n "$host_ns" route add default via "$lan"
+    fi
     nsx "$ns" sysctl -qw net.ipv4.ip_forward=1
 }
 
