@@ -211,6 +211,16 @@ impl LinkEnd {
     }
 }
 
+/// Whether signals reach the peer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum SignalingState {
+    Up,
+    /// The signaling connection dropped and the session is being resumed on a new one.
+    Interrupted,
+    /// The session's signaling ended for good.
+    Gone,
+}
+
 /// What an ICE restart timer is for.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum RestartDue {
@@ -304,10 +314,8 @@ pub(crate) struct PeerSession {
     stun_servers: Vec<(String, SocketAddr)>,
     /// The relayed candidates the driver added (the allocations outlive a restart).
     relay_candidates: Vec<LocalCandidate>,
-    /// Whether signals still reach the peer (no restart without them).
-    signaling_up: bool,
-    /// Signaling is interrupted and being resumed (not gone for good).
-    signaling_interrupted: bool,
+    /// Whether signals reach the peer (no restart without them).
+    signaling: SignalingState,
     /// A restart asked for while signaling was interrupted: it runs once signaling is back.
     restart_wanted: Option<String>,
     restart: Option<Restart>,
@@ -366,8 +374,7 @@ impl PeerSession {
             sockets: sockets.to_vec(),
             stun_servers: stun_servers.to_vec(),
             relay_candidates: Vec::new(),
-            signaling_up: true,
-            signaling_interrupted: false,
+            signaling: SignalingState::Up,
             restart_wanted: None,
             restart: None,
             silent_since: None,
@@ -582,8 +589,7 @@ impl PeerSession {
     /// slow relay); the connect timeout still bounds it.
     pub(crate) fn link_ended(&mut self, now: Instant, how: LinkEnd) {
         self.now = now;
-        self.signaling_up = false;
-        self.signaling_interrupted = false;
+        self.signaling = SignalingState::Gone;
         self.restart_wanted = None;
         if self.phase.is_ended() || self.phase.is_up() {
             tracing::info!(
@@ -624,8 +630,7 @@ impl PeerSession {
             return;
         }
         tracing::info!("signaling interrupted; the direct path carries on");
-        self.signaling_up = false;
-        self.signaling_interrupted = true;
+        self.signaling = SignalingState::Interrupted;
     }
 
     /// Signaling is back (the session resumed on a new connection). A restart under way
@@ -637,13 +642,10 @@ impl PeerSession {
             return;
         }
         tracing::info!("signaling resumed");
-        self.signaling_up = true;
-        self.signaling_interrupted = false;
-        if let Some(r) = self.restart.as_mut() {
-            r.offered = false;
-            r.again = false;
+        self.signaling = SignalingState::Up;
+        if self.restart.is_some() {
             self.restart_wanted = None;
-            self.restart_ice(now, "signaling is back");
+            self.next_attempt(now, "signaling is back");
         } else if let Some(reason) = self.restart_wanted.take() {
             self.restart_ice(now, &reason);
         } else if self.phase == Phase::Open && self.ice.state() != IceState::Connected {
@@ -975,15 +977,18 @@ impl PeerSession {
             );
             return false;
         }
-        if !self.signaling_up && self.signaling_interrupted {
-            // It runs once the session is resumed on a new signaling connection.
-            tracing::info!(reason, "ICE restart waits for signaling to be back");
-            self.restart_wanted = Some(reason.to_owned());
-            return true;
-        }
-        if !self.signaling_up {
-            tracing::info!(reason, "no ICE restart: signaling is gone");
-            return false;
+        match self.signaling {
+            SignalingState::Up => {}
+            SignalingState::Interrupted => {
+                // It runs once the session is resumed on a new signaling connection.
+                tracing::info!(reason, "ICE restart waits for signaling to be back");
+                self.restart_wanted = Some(reason.to_owned());
+                return true;
+            }
+            SignalingState::Gone => {
+                tracing::info!(reason, "no ICE restart: signaling is gone");
+                return false;
+            }
         }
         if let Some(r) = self.restart.as_mut()
             && r.offered
@@ -992,10 +997,7 @@ impl PeerSession {
             r.again = true;
             return true;
         }
-        let (attempt, since) = self.restart.map_or((1, trouble_since.unwrap_or(now)), |r| {
-            (r.attempt.saturating_add(1), r.since)
-        });
-        self.restart_locally(now, attempt, since, reason);
+        self.restart_locally(now, trouble_since, reason);
         let Some(sdp) = self.restart_description() else {
             return false;
         };
@@ -1009,8 +1011,23 @@ impl PeerSession {
         true
     }
 
-    /// This side's half of a restart: new credentials, candidates gathered again.
-    fn restart_locally(&mut self, now: Instant, attempt: u32, since: Instant, reason: &str) {
+    /// Another attempt now, even while this side's last offer waits for its answer (it was
+    /// lost, or the path it was for is dead).
+    fn next_attempt(&mut self, now: Instant, reason: &str) {
+        if let Some(r) = self.restart.as_mut() {
+            r.offered = false;
+            r.again = false;
+        }
+        self.restart_ice(now, reason);
+    }
+
+    /// This side's half of a restart: new credentials, candidates gathered again. The next
+    /// attempt of a restart under way, or the first, counting the trouble from
+    /// `trouble_since` (else from now).
+    fn restart_locally(&mut self, now: Instant, trouble_since: Option<Instant>, reason: &str) {
+        let (attempt, since) = self.restart.map_or((1, trouble_since.unwrap_or(now)), |r| {
+            (r.attempt.saturating_add(1), r.since)
+        });
         // The pair in use stays while the restart runs, unless its socket is gone.
         let keep = self.ice.state() != IceState::Failed
             && self.ice.route().is_some_and(|(base, _)| {
@@ -1325,12 +1342,7 @@ impl PeerSession {
                 tracing::debug!("ICE restart glare: answering the offerer's restart");
                 r.offered = false;
             }
-            _ => {
-                let (attempt, since) = self
-                    .restart
-                    .map_or((1, now), |r| (r.attempt.saturating_add(1), r.since));
-                self.restart_locally(now, attempt, since, "the other device restarted ICE");
-            }
+            _ => self.restart_locally(now, None, "the other device restarted ICE"),
         }
         let sdp = self
             .restart_description()
@@ -1691,17 +1703,13 @@ impl PeerSession {
             IceEvent::StateChanged { new, .. } => match new {
                 IceState::Failed
                     if self.restart.is_some_and(|r| now < r.since + RESTART_BUDGET)
-                        && self.signaling_up
+                        && self.signaling == SignalingState::Up
                         && self.phase == Phase::Open =>
                 {
                     // The path kept meanwhile (if any) is dead too: the next attempt, now,
                     // without it.
                     tracing::info!("ICE restart attempt found no path; another follows");
-                    if let Some(r) = self.restart.as_mut() {
-                        r.offered = false;
-                        r.again = false;
-                    }
-                    self.restart_ice(now, "the last attempt found no path");
+                    self.next_attempt(now, "the last attempt found no path");
                 }
                 IceState::Failed if !self.phase.is_up() => {
                     self.fail(PeerError::IceFailed {
@@ -2000,7 +2008,8 @@ impl PeerSession {
             return None;
         }
         let Some(restart) = self.restart else {
-            let silent = self.silent_since.filter(|_| self.signaling_up)?;
+            let up = self.signaling == SignalingState::Up;
+            let silent = self.silent_since.filter(|_| up)?;
             return Some((silent + RESTART_AFTER_SILENCE, RestartDue::Start));
         };
         let mut next = None;
@@ -2013,7 +2022,7 @@ impl PeerSession {
         let stuck = no_path
             || self.ice.state() != IceState::Connected
             || self.ice.new_generation_exhausted();
-        if self.signaling_up && stuck {
+        if self.signaling == SignalingState::Up && stuck {
             let retry = restart.started + RESTART_RETRY;
             if next.is_none_or(|(at, _)| retry < at) {
                 next = Some((retry, RestartDue::Retry));

@@ -405,6 +405,16 @@ impl SessionSim {
         }
     }
 
+    /// Step (draining the outputs) until `done` holds, `limit` of virtual time passed, or
+    /// nothing is left to happen.
+    #[cfg(test)]
+    fn run_until(&mut self, limit: Duration, done: impl Fn(&SessionSim) -> bool) {
+        let end = self.now + limit;
+        while !done(self) && self.now < end && self.step() {
+            self.drain();
+        }
+    }
+
     /// Advance to the next event; `false` when nothing is left to happen.
     fn step(&mut self) -> bool {
         self.step_until(None)
@@ -590,10 +600,7 @@ mod tests {
             assert!(sim.a.session.restart_ice(now, "test"));
             assert!(sim.b.session.restart_ice(now, "test"));
             sim.transfer(1 << 20, Duration::from_secs(10)).unwrap();
-            let end = sim.now + Duration::from_secs(2);
-            while sim.now < end && sim.step() {
-                sim.drain();
-            }
+            sim.run_until(Duration::from_secs(2), |_| false);
             // Each side checks with the credentials the other uses.
             let (a, b) = (&sim.a.session, &sim.b.session);
             assert_eq!(a.ice_remote_credentials(), Some(b.ice_local_credentials()));
@@ -617,10 +624,7 @@ mod tests {
             .unwrap();
         assert!(recovery <= Duration::from_millis(900), "{recovery:?}");
         assert!(!sim.a.reconnects.is_empty() && !sim.b.reconnects.is_empty());
-        let end = sim.now + Duration::from_secs(3);
-        while sim.now < end && sim.step() {
-            sim.drain();
-        }
+        sim.run_until(Duration::from_secs(3), |_| false);
         assert!(!sim.a.session.restarting() && !sim.b.session.restarting());
     }
 
@@ -649,10 +653,7 @@ mod tests {
         let switched = sim.now;
         sim.a.addr = moved();
         assert!(sim.a.session.network_changed(switched, &[moved()]));
-        let end = switched + Duration::from_secs(60);
-        while sim.a.failed.is_none() && sim.now < end && sim.step() {
-            sim.drain();
-        }
+        sim.run_until(Duration::from_secs(60), |s| s.a.failed.is_some());
         let error = sim.a.failed.as_ref().expect("A fails").to_string();
         let after = sim.now - switched;
         assert!(
@@ -676,10 +677,7 @@ mod tests {
         sim.run_until_open(Duration::from_secs(10)).expect("opens");
         sim.profile.loss = 1.0;
         let cut = sim.now;
-        let end = cut + Duration::from_secs(60);
-        while sim.a.failed.is_none() && sim.now < end && sim.step() {
-            sim.drain();
-        }
+        sim.run_until(Duration::from_secs(60), |s| s.a.failed.is_some());
         let error = sim.a.failed.as_ref().expect("A fails").to_string();
         let after = sim.now - cut;
         assert!(error.contains("30 s"), "{error}");
@@ -705,10 +703,7 @@ mod tests {
         sim.a.session.signaling_interrupted(now);
         sim.a.session.signaling_resumed(now);
         let start = sim.now;
-        let end = start + Duration::from_secs(5);
-        while sim.a.paths.len() < 2 && sim.now < end && sim.step() {
-            sim.drain();
-        }
+        sim.run_until(Duration::from_secs(5), |s| s.a.paths.len() >= 2);
         assert_eq!(sim.a.reconnects, [1, 2]);
         assert_eq!(sim.a.paths.len(), 2, "no new path within 5 s");
         let took = sim.now - start;
@@ -716,5 +711,32 @@ mod tests {
         let (a, b) = (&sim.a.session, &sim.b.session);
         assert_eq!(a.ice_remote_credentials(), Some(b.ice_local_credentials()));
         assert_eq!(b.ice_remote_credentials(), Some(a.ice_local_credentials()));
+    }
+
+    #[test]
+    fn a_network_change_while_signaling_is_interrupted_restarts_once_it_is_back() {
+        // The phone's signaling socket went with its old network and is being resumed when
+        // the app says the network changed. Measured in the NAT lab before the fix: the
+        // change was refused, and the path came back only at the 7 s silence restart. Now
+        // the restart waits for the resume, then runs.
+        let mut sim = SessionSim::new(LinkProfile::new(Duration::from_millis(50), 0.0), 10);
+        sim.set_signal_delay(Duration::from_millis(40));
+        sim.run_until_open(Duration::from_secs(10)).expect("opens");
+        let now = sim.now;
+        let a_addr = sim.a.addr;
+        sim.a.session.signaling_interrupted(now);
+        assert!(
+            sim.a.session.network_changed(now, &[a_addr]),
+            "it waits, not refuses"
+        );
+        sim.drain();
+        assert!(sim.a.reconnects.is_empty(), "nothing can be signaled yet");
+        let resumed = sim.now;
+        sim.a.session.signaling_resumed(resumed);
+        sim.run_until(Duration::from_secs(5), |s| s.a.paths.len() >= 2);
+        assert_eq!(sim.a.reconnects, [1]);
+        assert_eq!(sim.a.paths.len(), 2, "no new path");
+        let took = sim.now - resumed;
+        assert!(took <= Duration::from_millis(400), "{took:?}");
     }
 }

@@ -228,6 +228,16 @@ pub(crate) struct IceAgent {
     previous: Option<Previous>,
 }
 
+/// How a check is answered.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Answer {
+    Success,
+    /// Success, for a consent check of the generation before a restart.
+    PreviousGeneration,
+    /// 487: the peer must take the other role.
+    RoleConflict,
+}
+
 /// The pair selected before a restart, kept until the new generation selects one.
 #[derive(Debug, Clone)]
 struct Previous {
@@ -659,14 +669,7 @@ impl IceAgent {
             && let Some(theirs) = msg.controlling()
         {
             if self.tie_breaker >= theirs {
-                let reply = StunWriter::new(Class::Error, &msg.transaction)
-                    .error_code(487, "Role Conflict")
-                    .finish(Some(self.local_credentials.pwd.as_bytes()));
-                self.transmits.push_back(IceTransmit {
-                    local,
-                    to: from,
-                    data: reply,
-                });
+                self.answer_check(local, from, msg, Answer::RoleConflict);
                 return;
             }
             self.switch_role(false);
@@ -676,25 +679,11 @@ impl IceAgent {
             if self.tie_breaker >= theirs {
                 self.switch_role(true);
             } else {
-                let reply = StunWriter::new(Class::Error, &msg.transaction)
-                    .error_code(487, "Role Conflict")
-                    .finish(Some(self.local_credentials.pwd.as_bytes()));
-                self.transmits.push_back(IceTransmit {
-                    local,
-                    to: from,
-                    data: reply,
-                });
+                self.answer_check(local, from, msg, Answer::RoleConflict);
                 return;
             }
         }
-        let reply = StunWriter::new(Class::Success, &msg.transaction)
-            .xor_mapped_address(from)
-            .finish(Some(self.local_credentials.pwd.as_bytes()));
-        self.transmits.push_back(IceTransmit {
-            local,
-            to: from,
-            data: reply,
-        });
+        self.answer_check(local, from, msg, Answer::Success);
         self.last_heard = Some(now);
         // The pair the check came on; the remote side may be new (peer reflexive).
         let Some(l) = self
@@ -772,18 +761,42 @@ impl IceAgent {
             tracing::debug!(%from, "ICE check of the previous generation with a bad integrity");
             return;
         }
-        let reply = StunWriter::new(Class::Success, &msg.transaction)
-            .xor_mapped_address(from)
-            .finish(Some(previous.local.pwd.as_bytes()));
+        let p = &self.pairs[previous.pair];
+        let on_pair = self.local[p.local].base == local && self.remote[p.remote].address == from;
+        self.answer_check(local, from, msg, Answer::PreviousGeneration);
+        if on_pair {
+            self.last_heard = Some(now);
+        }
+    }
+
+    /// Answer the check `msg` that came from `from` on `local`, signed with the password of
+    /// this generation (or of the previous one).
+    fn answer_check(
+        &mut self,
+        local: SocketAddr,
+        from: SocketAddr,
+        msg: &StunMessage<'_>,
+        answer: Answer,
+    ) {
+        let pwd = match (answer, &self.previous) {
+            (Answer::PreviousGeneration, Some(previous)) => &previous.local.pwd,
+            _ => &self.local_credentials.pwd,
+        };
+        let data = match answer {
+            Answer::RoleConflict => StunWriter::new(Class::Error, &msg.transaction)
+                .error_code(487, "Role Conflict")
+                .finish(Some(pwd.as_bytes())),
+            Answer::Success | Answer::PreviousGeneration => {
+                StunWriter::new(Class::Success, &msg.transaction)
+                    .xor_mapped_address(from)
+                    .finish(Some(pwd.as_bytes()))
+            }
+        };
         self.transmits.push_back(IceTransmit {
             local,
             to: from,
-            data: reply,
+            data,
         });
-        let p = &self.pairs[previous.pair];
-        if self.local[p.local].base == local && self.remote[p.remote].address == from {
-            self.last_heard = Some(now);
-        }
     }
 
     fn handle_response(
