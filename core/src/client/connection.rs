@@ -199,13 +199,7 @@ impl Connection {
     /// and [`Event::PathChanged`] follow. Fails when signaling is gone (the path in use then
     /// stays as long as it works) or the connection is not up.
     pub async fn network_changed(&self) -> Result<(), ProximError> {
-        // The signaling socket may have gone with the old network: check it now rather than
-        // at its heartbeat timeout (a lost one reconnects and resumes the session, and the
-        // restart's offer follows).
-        if let Some(client) = &self.signaling_client {
-            client.probe(NETWORK_CHANGE_PROBE);
-        }
-        Ok(self.inner.network_changed().await?)
+        Ok(network_changed(&self.inner, self.signaling_client.as_ref()).await?)
     }
 
     /// For apps without a network callback (the desktop CLI): look at the local addresses
@@ -228,10 +222,7 @@ impl Connection {
                 }
                 info!(before = ?last, now = ?now, "local addresses changed");
                 last = now;
-                if let Some(client) = &client {
-                    client.probe(NETWORK_CHANGE_PROBE);
-                }
-                if let Err(error) = peer.network_changed().await {
+                if let Err(error) = network_changed(&peer, client.as_ref()).await {
                     warn!(%error, "no ICE restart after the network change");
                 }
             }
@@ -458,6 +449,19 @@ async fn pump(
             return;
         }
     }
+}
+
+/// The network changed: probe the signaling connection and restart ICE. The signaling socket
+/// may have gone with the old network: it is checked now rather than at its heartbeat timeout
+/// (a lost one reconnects and resumes the session, and the restart's offer follows).
+async fn network_changed(
+    peer: &peer::PeerConnection,
+    signaling: Option<&SignalingClient>,
+) -> Result<(), PeerError> {
+    if let Some(client) = signaling {
+        client.probe(NETWORK_CHANGE_PROBE);
+    }
+    peer.network_changed().await
 }
 
 /// Receive one incoming file and report how it went.
