@@ -86,6 +86,10 @@ pub enum ProximException {
     Transfer {
         /// The underlying failure.
         reason: String,
+        /// Whether calling `sendFile` again with the same file sends only what the other side
+        /// is missing (the transfer was cut short: connection lost, cancelled), over this
+        /// connection or the next one.
+        resumable: bool,
     },
     /// A local I/O failure.
     #[error("I/O error: {reason}")]
@@ -122,7 +126,9 @@ impl From<ProximError> for ProximException {
             ProximError::Signaling(reason) => ProximException::Signaling { reason },
             ProximError::ConnectionFailed(reason) => ProximException::ConnectionFailed { reason },
             ProximError::Closed => ProximException::Closed,
-            ProximError::Transfer(reason) => ProximException::Transfer { reason },
+            ProximError::Transfer { reason, resumable } => {
+                ProximException::Transfer { reason, resumable }
+            }
             ProximError::Io(reason) => ProximException::Io { reason },
             other => ProximException::Internal {
                 reason: other.to_string(),

@@ -331,6 +331,8 @@ pub struct ReceivedFile {
     pub path: String,
     /// Its size.
     pub bytes: u64,
+    /// Bytes kept from an earlier, interrupted attempt (not received again).
+    pub resumed_from: u64,
     /// Its SHA-256, lowercase hex.
     pub sha256: String,
 }
@@ -340,6 +342,7 @@ impl From<proxim_core::transfer::ReceivedFile> for ReceivedFile {
         ReceivedFile {
             path: file.path.display().to_string(),
             bytes: file.bytes,
+            resumed_from: file.resumed_from,
             sha256: file.sha256,
         }
     }
@@ -352,6 +355,8 @@ pub struct FileReport {
     pub name: String,
     /// Its size.
     pub bytes: u64,
+    /// Bytes the receiver already held from an earlier, interrupted attempt: not sent again.
+    pub resumed_from: u64,
     /// How long sending took, in milliseconds.
     pub elapsed_ms: u64,
     /// Its SHA-256, lowercase hex, as verified by the receiver.
@@ -363,6 +368,7 @@ impl From<proxim_core::transfer::FileReport> for FileReport {
         FileReport {
             name: report.name,
             bytes: report.bytes,
+            resumed_from: report.resumed_from,
             elapsed_ms: millis(report.elapsed),
             sha256: report.sha256,
         }

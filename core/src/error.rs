@@ -70,8 +70,14 @@ pub enum ProximError {
     #[error("connection closed")]
     Closed,
     /// A file transfer failed.
-    #[error("file transfer failed: {0}")]
-    Transfer(String),
+    #[error("file transfer failed: {reason}")]
+    Transfer {
+        /// What went wrong.
+        reason: String,
+        /// Whether sending the same file again picks up where this attempt stopped (it was cut
+        /// short, not refused): see [`TransferError::can_resume`].
+        resumable: bool,
+    },
     /// A local I/O failure.
     #[error("I/O error: {0}")]
     Io(String),
@@ -153,7 +159,10 @@ impl From<TransferError> for ProximError {
     fn from(error: TransferError) -> Self {
         match error {
             TransferError::Io(e) => ProximError::Io(e.to_string()),
-            other => ProximError::Transfer(other.to_string()),
+            other => ProximError::Transfer {
+                resumable: other.can_resume(),
+                reason: other.to_string(),
+            },
         }
     }
 }

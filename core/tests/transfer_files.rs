@@ -18,6 +18,7 @@ fn sha256_file(path: &Path) -> String {
     hex::encode(Sha256::digest(std::fs::read(path).expect("read")))
 }
 
+/// The files in `dir`, part files included; not the receiver's state directory.
 fn files_in(dir: &Path) -> Vec<String> {
     let mut names: Vec<String> = std::fs::read_dir(dir)
         .expect("read_dir")
@@ -28,6 +29,7 @@ fn files_in(dir: &Path) -> Vec<String> {
                 .to_string_lossy()
                 .into_owned()
         })
+        .filter(|name| name != proxim_core::transfer::STATE_DIR)
         .collect();
     names.sort();
     names

@@ -209,3 +209,42 @@ async fn sender_closing_midway_is_cancelled_and_leaves_nothing() {
     })
     .await
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_resumable_sender_that_breaks_the_handshake_leaves_no_part_file() {
+    within_test(async {
+        let id = "0123456789abcdef0123456789abcdef";
+        let header = text(serde_json::json!(
+            {"type":"header","version":2,"name":"a.bin","size":100,"content_id":id}
+        ));
+        // Version 2 needs a content id: refused.
+        let no_id = vec![text(
+            serde_json::json!({"type":"header","version":2,"name":"a.bin","size":100}),
+        )];
+        assert_refused("no content id", no_id, is_protocol, true).await;
+        // The receiver offers 0 bytes: a start anywhere else is a lie.
+        let wrong_start = vec![
+            header.clone(),
+            text(serde_json::json!({"type":"start","offset":40})),
+        ];
+        assert_refused("start at 40", wrong_start, is_protocol, false).await;
+        // Data before the start.
+        let data_first = vec![
+            header.clone(),
+            Payload::Binary(Bytes::from_static(b"too early")),
+        ];
+        assert_refused("data before start", data_first, is_protocol, false).await;
+        // A hash that does not match what arrived deletes the part file too.
+        let wrong_hash = vec![
+            header,
+            text(serde_json::json!({"type":"start","offset":0})),
+            Payload::Binary(Bytes::from(vec![7u8; 100])),
+            text(serde_json::json!({"type":"trailer","sha256":hex::encode(Sha256::digest(b"x"))})),
+        ];
+        let mismatch = |e: &TransferError| matches!(e, TransferError::HashMismatch { .. });
+        let (result, _, empty) = scripted(wrong_hash).await;
+        assert!(result.as_ref().is_err_and(mismatch), "{result:?}");
+        assert!(empty, "the part file of a wrong file is deleted");
+    })
+    .await
+}

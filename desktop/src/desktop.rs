@@ -198,13 +198,28 @@ async fn serve_connection(connection: proxim_core::Connection, echo: bool) -> Re
             Event::FileProgress(p) if p.bytes_done == 0 => {
                 println!("[{name}] receiving {} ({} bytes)", p.name, p.total);
             }
-            Event::FileReceived(file) => println!(
-                "[{name}] saved {} ({} bytes, sha256 {} verified)",
-                file.path.display(),
-                file.bytes,
-                file.sha256
-            ),
-            Event::FileFailed { error } => eprintln!("[{name}] file failed: {error}"),
+            Event::FileReceived(file) => {
+                let resumed = match file.resumed_from {
+                    0 => String::new(),
+                    held if held == file.bytes => "; had it already".to_owned(),
+                    held => format!("; resumed at {held} bytes"),
+                };
+                println!(
+                    "[{name}] saved {} ({} bytes, sha256 {} verified{resumed})",
+                    file.path.display(),
+                    file.bytes,
+                    file.sha256
+                )
+            }
+            Event::FileFailed { error } => {
+                let kept = match &error {
+                    proxim_core::ProximError::Transfer {
+                        resumable: true, ..
+                    } => " (what arrived is kept: sending the file again resumes it)",
+                    _ => "",
+                };
+                eprintln!("[{name}] file failed: {error}{kept}")
+            }
             Event::StateChanged { old, new } => {
                 if let Some(line) = crate::report::describe_state_change("the phone", old, new) {
                     eprintln!("[{name}] {line}");

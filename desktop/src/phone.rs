@@ -41,6 +41,11 @@ struct PhoneArgs {
     /// Send this file.
     #[arg(long)]
     file: Option<PathBuf>,
+    /// When the file transfer is cut short (the connection lost, the desktop restarted),
+    /// reconnect to the desktop (trusted: needs --data-dir) and resume it, sending only what
+    /// the desktop is missing; give up this many seconds after the first cut (0: fail at once).
+    #[arg(long, value_name = "SECONDS", default_value_t = 0)]
+    resume_for: u64,
     /// Stay connected and print what the desktop sends until Ctrl-C.
     #[arg(long)]
     wait: bool,
@@ -106,7 +111,7 @@ async fn run_phone(
     started: std::time::Instant,
 ) -> Result<serde_json::Value> {
     let config = config_from(&args.common, "proxim-phone")?;
-    let connection = match &target {
+    let mut connection = match &target {
         Target::Code(code) => pair(&config, code).await?,
         Target::Trusted(desktop) => proxim_core::connect(&config, desktop).await?,
     };
@@ -159,18 +164,22 @@ async fn run_phone(
         }
     }
     if let Some(path) = &args.file {
-        let file = if args.json {
-            connection.send_file(path, |_| {}).await?
-        } else {
-            send_with_progress(&connection, path).await?
-        };
+        let resume_for = std::time::Duration::from_secs(args.resume_for);
+        let sent = send_resuming(&config, &mut connection, path, resume_for, args.json).await?;
+        let file = &sent.report;
         if !args.json {
+            let resumed = if file.resumed_from > 0 {
+                format!(" (resumed: the desktop held {} bytes)", file.resumed_from)
+            } else {
+                String::new()
+            };
+            let moved = file.bytes - file.resumed_from;
             println!(
-                "sent {} ({} bytes) in {:.2?}: {:.1} MB/s, sha256 {} verified by the desktop",
+                "sent {} ({} bytes) in {:.2?}: {:.1} MB/s, sha256 {} verified by the desktop{resumed}",
                 file.name,
                 file.bytes,
                 file.elapsed,
-                file.bytes as f64 / file.elapsed.as_secs_f64() / 1e6,
+                moved as f64 / file.elapsed.as_secs_f64() / 1e6,
                 file.sha256
             );
         }
@@ -180,6 +189,9 @@ async fn run_phone(
             "sha256": file.sha256,
             "elapsed_ms": ms(file.elapsed),
             "max_stall_ms": ms(file.max_stall),
+            "resumed_from": file.resumed_from,
+            "attempts": sent.attempts,
+            "cuts": sent.cuts,
         });
     }
     if args.wait {
@@ -203,6 +215,111 @@ async fn run_phone(
     Ok(report)
 }
 
+/// A file sent, possibly over several connections.
+struct Sent {
+    /// The last, successful attempt.
+    report: proxim_core::transfer::FileReport,
+    /// Attempts in all (1 when nothing was cut).
+    attempts: u32,
+    /// What each cut attempt had handed to the channel (bytes), and why it stopped.
+    cuts: Vec<serde_json::Value>,
+}
+
+/// Send `path`; when the transfer is cut short and `resume_for` allows, reconnect to the same
+/// desktop (trusted) and send it again: the desktop's part file makes that a resume.
+async fn send_resuming(
+    config: &proxim_core::ProximConfig,
+    connection: &mut proxim_core::Connection,
+    path: &std::path::Path,
+    resume_for: std::time::Duration,
+    json: bool,
+) -> Result<Sent> {
+    let mut attempts = 1;
+    let mut cuts = Vec::new();
+    let mut first_cut: Option<std::time::Instant> = None;
+    loop {
+        let sent_bytes = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
+        let counter = sent_bytes.clone();
+        let result = if json {
+            connection
+                .send_file(path, move |p| {
+                    counter.store(p.bytes_done, std::sync::atomic::Ordering::Relaxed)
+                })
+                .await
+                .map_err(anyhow::Error::from)
+        } else {
+            send_with_progress(connection, path).await
+        };
+        let error = match result {
+            Ok(report) => {
+                return Ok(Sent {
+                    report,
+                    attempts,
+                    cuts,
+                });
+            }
+            Err(error) => error,
+        };
+        let resumable = matches!(
+            error.downcast_ref::<proxim_core::ProximError>(),
+            Some(proxim_core::ProximError::Transfer {
+                resumable: true,
+                ..
+            })
+        );
+        let since = *first_cut.get_or_insert_with(std::time::Instant::now);
+        if !resumable || since.elapsed() >= resume_for {
+            return Err(error);
+        }
+        cuts.push(serde_json::json!({
+            "progress_bytes": sent_bytes.load(std::sync::atomic::Ordering::Relaxed),
+            "after_ms": ms(since.elapsed()),
+            "reason": format!("{error:#}"),
+        }));
+        if !json {
+            println!("transfer cut short ({error:#}); resuming");
+        }
+        tracing::info!(error = %format!("{error:#}"), attempts, "transfer cut short; resuming");
+        if connection.state() == proxim_core::peer::ConnectionState::Closed {
+            *connection = reconnect(config, connection, since + resume_for, json).await?;
+        }
+        attempts += 1;
+    }
+}
+
+/// Connect again to the desktop `old` was connected to, trying until `deadline`.
+async fn reconnect(
+    config: &proxim_core::ProximConfig,
+    old: &proxim_core::Connection,
+    deadline: std::time::Instant,
+    json: bool,
+) -> Result<proxim_core::Connection> {
+    const RETRY: std::time::Duration = std::time::Duration::from_secs(1);
+    let desktop = old.peer_device().device_id.to_string();
+    old.close().await;
+    loop {
+        match proxim_core::connect(config, &desktop).await {
+            Ok(connection) => {
+                if config.local_ips.is_none() {
+                    connection.watch_network(NETWORK_WATCH);
+                }
+                if !json {
+                    println!("reconnected to {}", connection.peer_device().device_name);
+                }
+                return Ok(connection);
+            }
+            Err(error) if std::time::Instant::now() + RETRY < deadline => {
+                tracing::info!(%error, "reconnecting failed; trying again");
+                if !json {
+                    println!("reconnecting failed ({error}); trying again");
+                }
+                tokio::time::sleep(RETRY).await;
+            }
+            Err(error) => return Err(error.into()),
+        }
+    }
+}
+
 /// A stable name for each kind of failure, for scripts reading `--json`.
 fn error_kind(error: &proxim_core::ProximError) -> &'static str {
     use proxim_core::ProximError as E;
@@ -223,7 +340,7 @@ fn error_kind(error: &proxim_core::ProximError) -> &'static str {
         E::Signaling(_) => "signaling",
         E::ConnectionFailed(reason) if reason.contains("not established within") => "timed_out",
         E::ConnectionFailed(_) => "ice_failed",
-        E::Transfer(_) => "transfer",
+        E::Transfer { .. } => "transfer",
         _ => "error",
     }
 }

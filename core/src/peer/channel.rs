@@ -143,6 +143,17 @@ impl ChannelSender {
     pub fn buffered_amount(&self) -> usize {
         self.shared.buffered()
     }
+
+    /// Close the channel; see [`DataChannel::close`]. Not async: it can run in `Drop`.
+    pub fn close(&self) {
+        if self.shared.closed.swap(true, Ordering::AcqRel) {
+            return;
+        }
+        self.shared.writable.notify_waiters();
+        let _ = self.commands.send(Command::CloseChannel {
+            channel: self.shared.id,
+        });
+    }
 }
 
 /// One data channel: send with back-pressure, receive from its own bounded queue.
@@ -229,13 +240,7 @@ impl DataChannel {
     /// (acknowledged), or after 10 s or when the connection ends, whichever comes first; the
     /// other side reads every message, then `recv` gives `None`.
     pub async fn close(&self) {
-        if self.sender.shared.closed.swap(true, Ordering::AcqRel) {
-            return;
-        }
-        self.sender.shared.writable.notify_waiters();
-        let _ = self.sender.commands.send(Command::CloseChannel {
-            channel: self.sender.shared.id,
-        });
+        self.sender.close();
     }
 }
 
