@@ -90,6 +90,9 @@ FILE_BYTES=$((4 * 1024 * 1024))
 BLACKOUT_FILE_BYTES=$((64 * 1024 * 1024))
 BLACKOUT_AT=$((8 * 1024 * 1024))
 SERVER_DOWN=1
+DESKTOP_DOWN=1
+# Seconds `pair --resume-for` keeps trying after the desktop restarted.
+RESUME_FOR=90
 DEAD_PATH_BOUND=40
 # Seconds: the ICE/DTLS/SCTP budget handed to the peers, and the hard bound around each `pair`.
 CONNECT_TIMEOUT=${NATLAB_CONNECT_TIMEOUT:-15}
@@ -124,8 +127,15 @@ SCRIPT_NAME=natlab
 # ICE over it; the transfer must finish with the right SHA-256, and the note gives how long
 # after the switch the desktop's file grew again (p50/max over --repeat).
 # event: dead-path — at the same point router B forwards nothing, for good; expected `lost`:
-# `pair` fails with a clear error (connectivity lost) within DEAD_PATH_BOUND s of the cut; the
-# note gives how long it took and what it said.
+# `pair` fails with a clear error (connectivity lost) within DEAD_PATH_BOUND s of the cut, and
+# the desktop keeps what arrived as a part file (for a later resume); the note gives how long it
+# took and what it said.
+# event: desktop-restart — at the same point the desktop process is killed (SIGKILL) and started
+# again DESKTOP_DOWN s later (same data and download directories); `pair --resume-for` notices
+# the connection is gone, reconnects to the trusted desktop (no code) and resends the file,
+# which resumes from the desktop's part file; it must finish with the right SHA-256 and have
+# resumed (not restarted); the note gives how long after the kill data flowed again and the
+# bytes sent twice (what the phone had handed to the channel beyond what the desktop kept).
 # ---------------------------------------------------------------------------------------------
 
 SCENARIOS=(
@@ -140,6 +150,7 @@ SCENARIOS=(
     "cone-cone-server-kill|cone|cone|-|no|direct|server-kill"
     "cone-cone-dead-path|cone|cone|-|no|lost|dead-path"
     "cone-cone-network-switch|cone|cone|-|no|direct|switch"
+    "cone-cone-desktop-restart|cone|cone|-|no|direct|desktop-restart"
 )
 
 list_scenarios() {
@@ -274,8 +285,8 @@ forget() {
 received_matches() {
     local dir=$1 file=$2 sha=$3 tenths=$4 received="" _
     for _ in $(seq 1 "$tenths"); do
-        received=$(find "$dir/recv" -type f -name "$(basename "$file")*" | head -n1)
-        [ -n "$received" ] && grep -q "saved .* verified" "$dir/desktop.out" 2>/dev/null && break
+        received=$(find "$dir/recv" -maxdepth 1 -type f -name "$(basename "$file")*" | head -n1)
+        [ -n "$received" ] && cat "$dir"/desktop*.out 2>/dev/null | grep -q "saved .* verified" && break
         sleep 0.1
     done
     [ -n "$received" ] && [ "$(sha256sum "$received" | cut -d' ' -f1)" = "$sha" ]
@@ -678,9 +689,17 @@ duration_ms() {
     }'
 }
 
-# received_bytes DIR: bytes in the desktop's download directory so far.
+# received_bytes DIR: bytes in the desktop's download directory so far (part files included,
+# not the receiver's .proxim state).
 received_bytes() {
-    find "$1/recv" -type f -printf '%s\n' 2>/dev/null | awk '{ n += $1 } END { print n + 0 }'
+    find "$1/recv" -path "$1/recv/.proxim" -prune -o -type f -printf '%s\n' 2>/dev/null |
+        awk '{ n += $1 } END { print n + 0 }'
+}
+
+# part_bytes DIR: bytes in the desktop's part files (what it keeps for a resume).
+part_bytes() {
+    find "$1/recv" -maxdepth 1 -type f -name '.*.part' -printf '%s\n' 2>/dev/null |
+        awk '{ n += $1 } END { print n + 0 }'
 }
 
 # until_event_point DIR PAIR_PID: wait (at most 30 s) until the desktop in DIR has BLACKOUT_AT
@@ -772,6 +791,29 @@ server_kill_during() {
     log "server-kill: server back after ${SERVER_DOWN}s; the desktop received $A_EVENT bytes meanwhile"
 }
 
+# desktop_restart_during DIR PAIR_PID: once the desktop in DIR has BLACKOUT_AT bytes, kill it
+# (SIGKILL) and start it again DESKTOP_DOWN s later with the same arguments (DESKTOP_ARGS);
+# DESKTOP_PID follows. Writes the milliseconds from the kill to the desktop's files growing
+# again to DIR/recovery_ms (in the background: "none" within 60 s, "missed" when the transfer
+# ended first). Runs in this shell, so the new desktop is in PIDS.
+desktop_restart_during() {
+    local dir=$1 pair_pid=$2 killed before
+    until_event_point "$dir" "$pair_pid" || { echo missed >"$dir/recovery_ms"; return 0; }
+    kill -9 "$DESKTOP_PID" 2>/dev/null || true
+    wait "$DESKTOP_PID" 2>/dev/null || true
+    forget "$DESKTOP_PID"
+    killed=$(date +%s%N)
+    log "desktop-restart: the desktop was killed (SIGKILL) with $(part_bytes "$dir") bytes in its part file"
+    sleep "$DESKTOP_DOWN"
+    before=$(received_bytes "$dir")
+    start "${DESKTOP_TAG}2" "$NS_HA" "${DESKTOP_ARGS[@]}"
+    DESKTOP_PID=$LAST_PID
+    log "desktop-restart: the desktop started again"
+    recovery_after "$dir" "$killed" "$before" &
+    RECOVERY_PID=$!
+    PIDS+=("$RECOVERY_PID")
+}
+
 # attempt TAG EXPECTED FORCE_RELAY [EVENT]: sets A_OK (matches EXPECTED), A_GOT, A_MS, A_NOTE,
 # and A_RECOVERY_MS after a blackout.
 attempt() {
@@ -791,8 +833,11 @@ attempt() {
         A_NOTE="proxim has no --force-relay"
     fi
 
-    start "$tag/desktop" "$NS_HA" "$PROXIM" -v desktop --accept --once --no-qr --name natlab-desktop \
-        --server "$SERVER_URL" --download-dir "$dir/recv" --data-dir "$dir/desktop-data" "${flags[@]}"
+    DESKTOP_ARGS=("$PROXIM" -v desktop --accept --once --no-qr --name natlab-desktop
+        --server "$SERVER_URL" --download-dir "$dir/recv" --data-dir "$dir/desktop-data" "${flags[@]}")
+    DESKTOP_TAG=$tag/desktop
+    start "$DESKTOP_TAG" "$NS_HA" "${DESKTOP_ARGS[@]}"
+    DESKTOP_PID=$LAST_PID
     local desktop_pid=$LAST_PID code
     if ! code=$(wait_for "$dir/desktop.out" 'pairing code: [0-9A-Z]+-[0-9A-Z]+' "the desktop's pairing code"); then
         A_GOT="no code" A_NOTE="the desktop did not register"
@@ -806,8 +851,12 @@ attempt() {
     head -c "$bytes" /dev/urandom >"$file"
     sha=$(sha256sum "$file" | cut -d' ' -f1)
 
-    local pair=(timeout -k 5 "$PAIR_BOUND" ip netns exec "$NS_HB" "$PROXIM" -v pair "$code" --name natlab-phone
-        --server "$SERVER_URL" --file "$file" --data-dir "$dir/phone-data" "${flags[@]}")
+    local bound=$PAIR_BOUND resume=()
+    if [ "$event" = desktop-restart ]; then
+        bound=$((PAIR_BOUND + RESUME_FOR)) resume=(--resume-for "$RESUME_FOR")
+    fi
+    local pair=(timeout -k 5 "$bound" ip netns exec "$NS_HB" "$PROXIM" -v pair "$code" --name natlab-phone
+        --server "$SERVER_URL" --file "$file" --data-dir "$dir/phone-data" "${resume[@]}" "${flags[@]}")
     $HAS_JSON && pair+=(--json)
     local t0 t1 rc=0
     t0=$(date +%s%N)
@@ -830,8 +879,16 @@ attempt() {
         PIDS+=("$blackout_pid")
     fi
     [ "$event" != server-kill ] || server_kill_during "$dir" "$pair_pid"
+    RECOVERY_PID=""
+    [ "$event" != desktop-restart ] || desktop_restart_during "$dir" "$pair_pid"
     wait "$pair_pid" || rc=$?
     forget "$pair_pid"
+    if [ -n "$RECOVERY_PID" ]; then
+        wait "$RECOVERY_PID" || true
+        forget "$RECOVERY_PID"
+    fi
+    [ "$event" != desktop-restart ] || A_RECOVERY_MS=$(cat "$dir/recovery_ms" 2>/dev/null || echo none)
+    desktop_pid=$DESKTOP_PID
     if [ -n "$blackout_pid" ]; then
         wait "$blackout_pid" || true
         forget "$blackout_pid"
@@ -847,8 +904,9 @@ attempt() {
     local wall_ms=$(((t1 - t0) / 1000000))
 
     local ok=false path="" local_kind="" relay_proto="" error="" message="" connect_ms=""
+    local resumed_from=0 cut_progress=""
     if [ "$rc" -eq 124 ] || [ "$rc" -eq 137 ]; then
-        error=hung message="proxim pair did not finish within ${PAIR_BOUND}s"
+        error=hung message="proxim pair did not finish within ${bound}s"
     elif $HAS_JSON; then
         local json
         json=$(grep -E '^\{' "$dir/pair.out" | tail -n1 || true)
@@ -863,6 +921,8 @@ attempt() {
             if $ok && [ "$(jq -r '.file.sha256 // ""' <<<"$json")" != "$sha" ]; then
                 ok=false error=sha256 message="the desktop verified another SHA-256"
             fi
+            resumed_from=$(jq -r '.file.resumed_from // 0' <<<"$json")
+            cut_progress=$(jq -r '.file.cuts[0].progress_bytes // ""' <<<"$json")
         else
             error=no_json message="no JSON line on stdout (exit $rc)"
         fi
@@ -902,6 +962,8 @@ attempt() {
     for i in $(seq 1 30); do kill -0 "$desktop_pid" 2>/dev/null || break; sleep 0.1; done
     stop_pids "$desktop_pid"
     forget "$desktop_pid"
+    local kept_part
+    kept_part=$(part_bytes "$dir")
     rm -rf "$file" "$dir/recv" # logs stay (in $WORK when the run fails); the payloads go
 
     if $ok; then
@@ -942,6 +1004,11 @@ attempt() {
                 A_EVENT=$(((t1 - $(cat "$dir/cut_ns")) / 1000000))
                 if [ "$A_EVENT" -le $((DEAD_PATH_BOUND * 1000)) ] && [ -n "$message" ]; then
                     A_OK=true
+                    if [ "$kept_part" -gt 0 ]; then
+                        A_NOTE=${A_NOTE:+$A_NOTE; }"part file kept: $kept_part bytes"
+                    else
+                        A_OK=false A_NOTE=${A_NOTE:+$A_NOTE; }"the desktop kept no part file"
+                    fi
                 else
                     A_NOTE=${A_NOTE:+$A_NOTE; }"no clear error within ${DEAD_PATH_BOUND}s of the cut (${A_EVENT} ms)"
                 fi
@@ -950,7 +1017,16 @@ attempt() {
             fi
         fi
     fi
-    if [[ $event == blackout* || $event == switch ]]; then
+    if [ "$event" = desktop-restart ] && $A_OK; then
+        if [ "$resumed_from" -gt 0 ] 2>/dev/null && [[ $cut_progress =~ ^[0-9]+$ ]]; then
+            A_EVENT=$((cut_progress > resumed_from ? cut_progress - resumed_from : 0))
+            log "$tag: resumed at $resumed_from bytes; $A_EVENT bytes sent twice"
+        else
+            A_OK=false
+            A_NOTE=${A_NOTE:+$A_NOTE; }"desktop-restart: not resumed (resumed_from ${resumed_from:-?}, cut at ${cut_progress:-?})"
+        fi
+    fi
+    if [[ $event == blackout* || $event == switch || $event == desktop-restart ]]; then
         case $A_RECOVERY_MS in
             '' | none | missed)
                 A_OK=false
@@ -966,7 +1042,8 @@ attempt() {
     log "$tag: expected $expected, got $A_GOT in ${A_MS:-?} ms${A_NOTE:+ ($A_NOTE)}"
     if ! $A_OK && { [ "${CI:-}" = true ] || [ -n "${NATLAB_VERBOSE:-}" ]; }; then
         local f
-        for f in pair.out pair.err desktop.out desktop.err; do
+        for f in pair.out pair.err desktop.out desktop.err desktop2.out desktop2.err; do
+            [ -e "$dir/$f" ] || continue
             echo "--- $tag/$f (last lines)" >&2
             tail -n 15 "$dir/$f" >&2 2>/dev/null || true
         done
@@ -1020,14 +1097,14 @@ run_suite() {
     lab_up
 
     local rows=() passed=0 failed=0 name a b turn relay expected event n times got ok first notes
-    local recoveries moved lost_after
+    local recoveries moved lost_after resent
     for idx in "${picks[@]}"; do
         IFS='|' read -r name a b turn relay expected event <<<"${SCENARIOS[$idx]}"
         log "scenario $((idx + 1)) $name: NAT A $a, NAT B $b, TURN $turn, force relay $relay"
         set_nat "$NS_RA" "$HA_IP" "$a"
         set_nat "$NS_RB" "$HB_IP" "$b"
         start_server "server-s$((idx + 1))" "$turn"
-        times=() got=() ok=true first="" notes="" recoveries=() moved=() lost_after=()
+        times=() got=() ok=true first="" notes="" recoveries=() moved=() lost_after=() resent=()
         for n in $(seq 1 "$repeat"); do
             attempt "s$((idx + 1))-$n" "$expected" "$relay" "$event"
             [[ $A_RECOVERY_MS =~ ^[0-9]+$ ]] && recoveries+=("$A_RECOVERY_MS")
@@ -1035,6 +1112,7 @@ run_suite() {
                 case $event in
                     server-kill) moved+=("$A_EVENT") ;;
                     dead-path) lost_after+=("$A_EVENT") ;;
+                    desktop-restart) resent+=("$A_EVENT") ;;
                 esac
             fi
             $A_OK || ok=false
@@ -1053,12 +1131,18 @@ run_suite() {
             worst=$(printf '%s\n' "${recoveries[@]}" | sort -g | tail -n1)
             local after="a ${event#blackout} s blackout"
             [ "$event" != switch ] || after="the network switch"
+            [ "$event" != desktop-restart ] || after="the desktop was killed"
             notes="data again $(median "${recoveries[@]}") ms (p50), $worst ms (max) after $after, n=${#recoveries[@]}${notes:+; $notes}"
         fi
         if [ "${#lost_after[@]}" -gt 0 ]; then
             local longest
             longest=$(printf '%s\n' "${lost_after[@]}" | sort -g | tail -n1)
             notes="failed $(median "${lost_after[@]}") ms (p50), $longest ms (max) after the cut, n=${#lost_after[@]}${notes:+; $notes}"
+        fi
+        if [ "${#resent[@]}" -gt 0 ]; then
+            local most
+            most=$(printf '%s\n' "${resent[@]}" | sort -g | tail -n1)
+            notes="${notes:+$notes; }resumed, sent twice $((most / 1024)) KiB (max), n=${#resent[@]}"
         fi
         if [ "${#moved[@]}" -gt 0 ]; then
             local least

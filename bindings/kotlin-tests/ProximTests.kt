@@ -57,6 +57,7 @@ val tests: List<Pair<String, suspend () -> Unit>> = listOf(
     "the listener sees states in a valid order" to ::stateOrder,
     "closing twice is harmless" to ::closeTwice,
     "networkChanged() restarts ICE: Reconnecting, a new PathChanged, messages still flow" to ::networkChange,
+    "a cancelled sendFile keeps what arrived; sending again resumes it" to ::cancelThenResume,
 )
 
 suspend fun pairAndEcho() {
@@ -152,6 +153,55 @@ suspend fun fileTransfer() {
     check(received.isFile) { "$received missing; download dir has ${File(env("ACCEPT_DOWNLOADS")).list()?.toList()}" }
     val got = sha256(received.readBytes())
     check(got == expected) { "received file differs: $got != $expected" }
+}
+
+suspend fun cancelThenResume() {
+    val recorder = Recorder()
+    val size = 64 * 1024 * 1024
+    val cutAt = 4UL * 1024UL * 1024UL
+    val name = "kt-resume-${randomTag()}.bin"
+    val source = File(env("WORK_DIR"), name)
+    val bytes = ByteArray(size).also { Random().nextBytes(it) }
+    source.writeBytes(bytes)
+    val expected = sha256(bytes)
+    val downloads = File(env("ACCEPT_DOWNLOADS"))
+    newCore("kt-resume", recorder).use { core ->
+        core.pair(env("ACCEPT_CODE")).use { connection ->
+            coroutineScope {
+                val first = async { connection.sendFile(source.path) }
+                withTimeout(30_000) {
+                    while (recorder.connectionEvents(connection.id()).none {
+                            it is ConnectionEvent.FileProgress && it.progress.bytesDone >= cutAt
+                        }
+                    ) {
+                        check(!first.isCompleted) { "the first send ended before the cut: ${runCatching { first.await() }}" }
+                        delay(1)
+                    }
+                }
+                // What an app does when the user pauses (or the screen goes away).
+                first.cancel()
+                val outcome = runCatching { first.await() }.exceptionOrNull()
+                check(outcome is CancellationException) { "the cancelled send ended with $outcome" }
+            }
+            // The desktop keeps what arrived as a hidden part file, and lets go of it.
+            withTimeout(10_000) {
+                while (downloads.list()?.none { it.startsWith(".$name.") && it.endsWith(".part") } != false) {
+                    delay(10)
+                }
+            }
+            val report = connection.sendFile(source.path)
+            check(report.sha256 == expected) { "report sha256 ${report.sha256} != $expected" }
+            check(report.resumedFrom > 0UL && report.resumedFrom < size.toULong()) {
+                "resumedFrom ${report.resumedFrom}: the second send did not resume"
+            }
+            connection.disconnect()
+        }
+    }
+    val received = File(downloads, name)
+    check(received.isFile) { "$received missing; download dir has ${downloads.list()?.toList()}" }
+    check(sha256(received.readBytes()) == expected) { "the resumed file differs" }
+    val leftovers = downloads.list()?.filter { it.contains(name) && it != name }.orEmpty()
+    check(leftovers.isEmpty()) { "left beside the file: $leftovers" }
 }
 
 suspend fun rejected() {

@@ -215,6 +215,11 @@ async fn run_phone(
     Ok(report)
 }
 
+/// How many cut attempts the JSON report lists.
+const MAX_CUTS_REPORTED: usize = 16;
+/// The pause before sending again over a connection that is still up.
+const RESEND_PAUSE: std::time::Duration = std::time::Duration::from_secs(1);
+
 /// A file sent, possibly over several connections.
 struct Sent {
     /// The last, successful attempt.
@@ -271,17 +276,26 @@ async fn send_resuming(
         if !resumable || since.elapsed() >= resume_for {
             return Err(error);
         }
-        cuts.push(serde_json::json!({
-            "progress_bytes": sent_bytes.load(std::sync::atomic::Ordering::Relaxed),
-            "after_ms": ms(since.elapsed()),
-            "reason": format!("{error:#}"),
-        }));
+        if cuts.len() < MAX_CUTS_REPORTED {
+            cuts.push(serde_json::json!({
+                "progress_bytes": sent_bytes.load(std::sync::atomic::Ordering::Relaxed),
+                "after_ms": ms(since.elapsed()),
+                "reason": format!("{error:#}"),
+            }));
+        }
         if !json {
             println!("transfer cut short ({error:#}); resuming");
         }
         tracing::info!(error = %format!("{error:#}"), attempts, "transfer cut short; resuming");
-        if connection.state() == proxim_core::peer::ConnectionState::Closed {
+        use proxim_core::peer::ConnectionState;
+        if matches!(
+            connection.state(),
+            ConnectionState::Closed | ConnectionState::Failed
+        ) {
             *connection = reconnect(config, connection, since + resume_for, json).await?;
+        } else {
+            // The connection is up and the receiver stopped (busy, cancelled): not at once.
+            tokio::time::sleep(RESEND_PAUSE).await;
         }
         attempts += 1;
     }

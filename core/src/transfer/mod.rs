@@ -99,7 +99,7 @@ pub struct FileReport {
     /// The longest time the channel accepted no chunk, between the first chunk and the last
     /// (zero for a file of at most one chunk): how long the transfer stood still at worst.
     /// Chunks wait only once the channel's send buffer is full
-    /// ([`SEND_HIGH_WATER`](crate::peer::SEND_HIGH_WATER), 1 MiB), so a file that fits in it
+    /// ([`SEND_HIGH_WATER`](crate::peer::SEND_HIGH_WATER), 4 MiB), so a file that fits in it
     /// shows no stall.
     pub max_stall: Duration,
 }
