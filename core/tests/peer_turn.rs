@@ -337,3 +337,68 @@ async fn the_allocation_is_refreshed_while_the_connection_lives() {
         "no refresh reached coturn:\n{log}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_relayed_side_whose_network_changes_allocates_again_from_the_new_one() {
+    init_tracing();
+    // A phone on a network where only the relay works moves to another: its allocation was
+    // made from an address that is gone, so it allocates again from the new one, and the
+    // connection carries on through the new relayed address.
+    let coturn = Coturn::start_with(
+        CoturnAuth::Static {
+            username: USER.into(),
+            password: PASS.into(),
+        },
+        &["-v"],
+    );
+    let offerer = relay_only(
+        PeerRole::Offerer,
+        turn(coturn.udp_url(), PASS),
+        &coturn.ca_pem,
+    );
+    let (a, mut b, _) = connect_with(offerer, config(PeerRole::Answerer, vec![]))
+        .await
+        .unwrap_or_else(|e| panic!("{e}\ncoturn log:\n{}", coturn.log()));
+    let (mut a_events, a_connection) = (a.events, a.connection);
+    let before = within("stats", a_connection.stats()).await.unwrap();
+    assert_eq!(before.local.kind, CandidateKind::Relay);
+    let allocations = |log: &str| log.matches("ALLOCATE processed, success").count();
+    let allocated_before = allocations(&coturn.log());
+
+    a_connection
+        .set_local_ips(vec!["127.0.0.2".parse().unwrap()])
+        .await
+        .expect("a restart starts");
+    let mut restarted = false;
+    let after = loop {
+        match within("a new path", a_events.next()).await.expect("events") {
+            // The first path's own event may still wait before the restart's.
+            proxim_core::peer::ConnectionEvent::Reconnecting { .. } => restarted = true,
+            proxim_core::peer::ConnectionEvent::PathChanged(stats) if restarted => break stats,
+            proxim_core::peer::ConnectionEvent::Closed { reason, .. } => {
+                panic!("closed: {reason}\ncoturn log:\n{}", coturn.log())
+            }
+            _ => {}
+        }
+    };
+    assert_eq!(after.local.kind, CandidateKind::Relay, "{after:?}");
+    assert_ne!(
+        after.local.address, before.local.address,
+        "a new allocation, not the old relayed address"
+    );
+    let log = coturn.log();
+    assert!(
+        allocations(&log) > allocated_before,
+        "allocated again from the new address:\n{log}"
+    );
+    a.channel
+        .send(Payload::Text("through the new relay".into()))
+        .await
+        .unwrap();
+    assert_eq!(
+        within("message through the new relay", b.channel.recv()).await,
+        Some(Payload::Text("through the new relay".into()))
+    );
+    a_connection.close().await;
+    b.connection.close().await;
+}

@@ -349,6 +349,13 @@ impl Driver {
             sockets = ?addrs,
             "network changed"
         );
+        if !self.relays.is_empty() {
+            // Relays reached from an address that went away are allocated again from the new
+            // network; their relayed addresses are no candidates any more.
+            let gone = self.relays.rebase(addrs.clone(), now);
+            self.session.relays_gone(&gone);
+            self.session.update_relays(now, self.relay_status());
+        }
         if self.session.network_changed(now, &addrs) {
             Ok(())
         } else if self.session.state() == ConnectionState::Connected
@@ -438,6 +445,14 @@ impl Driver {
         }
     }
 
+    fn relay_status(&self) -> RelayStatus {
+        RelayStatus {
+            gathering_done: self.relays.gathering_done(),
+            any_ready: self.relays.any_ready(),
+            failures: self.relays.failures(),
+        }
+    }
+
     /// Move what the relays did into the session, and send what they queued over UDP.
     async fn pump_relays(&mut self) -> bool {
         if self.relays.is_empty() {
@@ -461,14 +476,7 @@ impl Driver {
             }
         }
         if progressed {
-            self.session.update_relays(
-                now,
-                RelayStatus {
-                    gathering_done: self.relays.gathering_done(),
-                    any_ready: self.relays.any_ready(),
-                    failures: self.relays.failures(),
-                },
-            );
+            self.session.update_relays(now, self.relay_status());
         }
         let transmits = self.relays.take_udp_transmits();
         if !transmits.is_empty() {

@@ -59,6 +59,8 @@ enum Phase {
         _reader: Option<ReaderGuard>,
     },
     Failed(TurnError),
+    /// Replaced by a new allocation after a network change (its base went away).
+    Retired,
 }
 
 #[derive(Debug)]
@@ -73,6 +75,8 @@ pub(super) struct Relays {
     entries: Vec<Entry>,
     /// UDP sockets a UDP allocation may use as its base.
     udp_bases: Vec<SocketAddr>,
+    /// How relays are set up (kept to set them up again after a network change).
+    options: TurnOptions,
     tx: mpsc::Sender<RelayInput>,
     rx: mpsc::Receiver<RelayInput>,
     udp_out: Vec<UdpTransmit>,
@@ -88,38 +92,83 @@ impl Relays {
         options: &TurnOptions,
     ) -> Relays {
         let (tx, rx) = mpsc::channel(INPUT_QUEUE);
-        let mut entries = Vec::new();
-        for (id, server) in servers.into_iter().enumerate() {
-            let task_server = server.clone();
-            let mut task_options = options.clone();
-            let bases = udp_bases.clone();
-            let task_tx = tx.clone();
-            tokio::spawn(async move {
-                let input = match setup(&task_server, &bases, &mut task_options).await {
-                    Ok((server_addr, stream)) => RelayInput::Connected {
-                        id,
-                        server_addr,
-                        stream,
-                    },
-                    Err(error) => RelayInput::SetupFailed { id, error },
-                };
-                let _ = task_tx.send(input).await;
-            });
-            tracing::debug!(url = %server.url, "TURN relay: setting up");
-            entries.push(Entry {
-                server,
-                phase: Phase::Connecting,
-            });
-        }
-        Relays {
-            entries,
+        let mut relays = Relays {
+            entries: Vec::new(),
             udp_bases,
+            options: options.clone(),
             tx,
             rx,
             udp_out: Vec::new(),
             received: Vec::new(),
             events: Vec::new(),
+        };
+        for server in servers {
+            relays.set_up(server);
         }
+        relays
+    }
+
+    /// The local addresses changed to `udp_bases`: every relay whose own local address went
+    /// away (or that had failed) is allocated again from what there is now, as a new entry;
+    /// the old allocation is released where its socket still exists. Returns the relayed
+    /// addresses that are gone.
+    pub(super) fn rebase(&mut self, udp_bases: Vec<SocketAddr>, now: Instant) -> Vec<SocketAddr> {
+        self.udp_bases = udp_bases;
+        let mut gone = Vec::new();
+        let mut stale = Vec::new();
+        for (id, entry) in self.entries.iter_mut().enumerate() {
+            match &mut entry.phase {
+                Phase::Active { alloc, writer, .. } => {
+                    let local = alloc.local();
+                    let kept = match writer {
+                        None => self.udp_bases.contains(&local),
+                        Some(_) => self.udp_bases.iter().any(|b| b.ip() == local.ip()),
+                    };
+                    if !kept {
+                        gone.extend(alloc.relayed());
+                        alloc.release(now);
+                        stale.push(id);
+                    }
+                }
+                Phase::Failed(_) => stale.push(id),
+                Phase::Connecting | Phase::Retired => {}
+            }
+        }
+        // What the released allocations queued goes out first (over TCP/TLS; a UDP base that
+        // is gone drops it).
+        self.collect(now);
+        for id in stale {
+            let server = self.entries[id].server.clone();
+            self.entries[id].phase = Phase::Retired;
+            tracing::info!(url = %server.url, "TURN relay: allocating again on the new network");
+            self.set_up(server);
+        }
+        gone
+    }
+
+    /// Start setting up a relay to `server` (a new entry; its task reports back by id).
+    fn set_up(&mut self, server: TurnServer) {
+        let id = self.entries.len();
+        let task_server = server.clone();
+        let mut task_options = self.options.clone();
+        let bases = self.udp_bases.clone();
+        let task_tx = self.tx.clone();
+        tokio::spawn(async move {
+            let input = match setup(&task_server, &bases, &mut task_options).await {
+                Ok((server_addr, stream)) => RelayInput::Connected {
+                    id,
+                    server_addr,
+                    stream,
+                },
+                Err(error) => RelayInput::SetupFailed { id, error },
+            };
+            let _ = task_tx.send(input).await;
+        });
+        tracing::debug!(url = %server.url, "TURN relay: setting up");
+        self.entries.push(Entry {
+            server,
+            phase: Phase::Connecting,
+        });
     }
 
     /// Whether any relay is configured.
@@ -132,7 +181,7 @@ impl Relays {
         self.entries.iter().all(|e| match &e.phase {
             Phase::Connecting => false,
             Phase::Active { alloc, .. } => !alloc.is_allocating(),
-            Phase::Failed(_) => true,
+            Phase::Failed(_) | Phase::Retired => true,
         })
     }
 

@@ -523,6 +523,17 @@ impl PeerSession {
         self.process(now);
     }
 
+    /// The relays at these relayed addresses are gone (their network went away): no longer
+    /// candidates, and a path through them is not kept by the next restart.
+    pub(crate) fn relays_gone(&mut self, relayed: &[SocketAddr]) {
+        if relayed.is_empty() {
+            return;
+        }
+        tracing::info!(?relayed, "relay candidates gone with their network");
+        self.relay_candidates
+            .retain(|c| !relayed.contains(&c.address));
+    }
+
     /// What the relays are doing now.
     pub(crate) fn update_relays(&mut self, now: Instant, status: RelayStatus) {
         self.now = now;
