@@ -130,6 +130,10 @@ SCRIPT_NAME=natlab
 # `pair` fails with a clear error (connectivity lost) within DEAD_PATH_BOUND s of the cut, and
 # the desktop keeps what arrived as a part file (for a later resume); the note gives how long it
 # took and what it said.
+# event: switch-symmetric — the switch above, to a router C that is a symmetric NAT (a cellular
+# carrier's): no direct path works from there, so the phone's TURN relay, allocated from router
+# B's network, is allocated again from router C's and carries the rest; the transfer must finish
+# with the right SHA-256 over a relay (`path_end`), and the note gives the recovery time.
 # event: desktop-restart — at the same point the desktop process is killed (SIGKILL) and started
 # again DESKTOP_DOWN s later (same data and download directories); `pair --resume-for` notices
 # the connection is gone, reconnects to the trusted desktop (no code) and resends the file,
@@ -151,6 +155,7 @@ SCENARIOS=(
     "cone-cone-dead-path|cone|cone|-|no|lost|dead-path"
     "cone-cone-network-switch|cone|cone|-|no|direct|switch"
     "cone-cone-desktop-restart|cone|cone|-|no|direct|desktop-restart"
+    "cone-cone-switch-to-symmetric-turn|cone|cone|turn:$TURN_IP:$STUN_PORT|no|direct|switch-symmetric"
 )
 
 list_scenarios() {
@@ -873,7 +878,7 @@ attempt() {
         cut_for_good "$dir" "$pair_pid" &
         blackout_pid=$!
         PIDS+=("$blackout_pid")
-    elif [ "$event" = switch ]; then
+    elif [ "$event" = switch ] || [ "$event" = switch-symmetric ]; then
         network_switch "$dir" "$pair_pid" &
         blackout_pid=$!
         PIDS+=("$blackout_pid")
@@ -896,15 +901,15 @@ attempt() {
         while ip netns exec "$NS_RB" iptables -C FORWARD -j DROP 2>/dev/null; do
             ip netns exec "$NS_RB" iptables -D FORWARD -j DROP
         done
-        [ "$event" != switch ] || restore_phone_network
-        [[ $event != blackout* && $event != switch ]] ||
+        [[ $event != switch* ]] || restore_phone_network
+        [[ $event != blackout* && $event != switch* ]] ||
             A_RECOVERY_MS=$(cat "$dir/recovery_ms" 2>/dev/null || echo none)
     fi
     t1=$(date +%s%N)
     local wall_ms=$(((t1 - t0) / 1000000))
 
     local ok=false path="" local_kind="" relay_proto="" error="" message="" connect_ms=""
-    local resumed_from=0 cut_progress=""
+    local resumed_from=0 cut_progress="" path_end=""
     if [ "$rc" -eq 124 ] || [ "$rc" -eq 137 ]; then
         error=hung message="proxim pair did not finish within ${bound}s"
     elif $HAS_JSON; then
@@ -922,6 +927,7 @@ attempt() {
                 ok=false error=sha256 message="the desktop verified another SHA-256"
             fi
             resumed_from=$(jq -r '.file.resumed_from // 0' <<<"$json")
+            path_end=$(jq -r '.path_end // ""' <<<"$json")
             cut_progress=$(jq -r '.file.cuts[0].progress_bytes // ""' <<<"$json")
         else
             error=no_json message="no JSON line on stdout (exit $rc)"
@@ -1026,7 +1032,11 @@ attempt() {
             A_NOTE=${A_NOTE:+$A_NOTE; }"desktop-restart: not resumed (resumed_from ${resumed_from:-?}, cut at ${cut_progress:-?})"
         fi
     fi
-    if [[ $event == blackout* || $event == switch || $event == desktop-restart ]]; then
+    if [ "$event" = switch-symmetric ] && $A_OK && [ "$path_end" != relay ]; then
+        A_OK=false
+        A_NOTE=${A_NOTE:+$A_NOTE; }"after the switch to a symmetric NAT the path is ${path_end:-unknown}, not a relay"
+    fi
+    if [[ $event == blackout* || $event == switch* || $event == desktop-restart ]]; then
         case $A_RECOVERY_MS in
             '' | none | missed)
                 A_OK=false
@@ -1103,6 +1113,11 @@ run_suite() {
         log "scenario $((idx + 1)) $name: NAT A $a, NAT B $b, TURN $turn, force relay $relay"
         set_nat "$NS_RA" "$HA_IP" "$a"
         set_nat "$NS_RB" "$HB_IP" "$b"
+        if [ "$event" = switch-symmetric ]; then
+            set_nat "$NS_RC" "$HB_CELL_IP" symmetric
+        else
+            set_nat "$NS_RC" "$HB_CELL_IP" cone
+        fi
         start_server "server-s$((idx + 1))" "$turn"
         times=() got=() ok=true first="" notes="" recoveries=() moved=() lost_after=() resent=()
         for n in $(seq 1 "$repeat"); do
@@ -1130,7 +1145,7 @@ run_suite() {
             local worst
             worst=$(printf '%s\n' "${recoveries[@]}" | sort -g | tail -n1)
             local after="a ${event#blackout} s blackout"
-            [ "$event" != switch ] || after="the network switch"
+            [[ $event != switch* ]] || after="the network switch"
             [ "$event" != desktop-restart ] || after="the desktop was killed"
             notes="data again $(median "${recoveries[@]}") ms (p50), $worst ms (max) after $after, n=${#recoveries[@]}${notes:+; $notes}"
         fi

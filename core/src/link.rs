@@ -26,6 +26,10 @@ pub enum LinkEvent {
     Interrupted,
     /// The session is back on a new signaling connection: signals flow again.
     Resumed,
+    /// Fresh ICE servers from the signaling server (the new connection's `welcome`, before
+    /// [`LinkEvent::Resumed`]): TURN credentials for relays allocated from now on, when those
+    /// handed out at the start may have expired (`TURN_TTL`).
+    IceServers(Vec<proxim_protocol::IceServer>),
 }
 
 /// One session's signaling channel, as seen by a peer.

@@ -402,3 +402,143 @@ async fn a_relayed_side_whose_network_changes_allocates_again_from_the_new_one()
     a_connection.close().await;
     b.connection.close().await;
 }
+
+/// TURN REST credentials for coturn's `--static-auth-secret`: `<unix expiry>:<user>` and
+/// base64(HMAC-SHA1(secret, username)), as `proxim serve` mints them.
+fn rest_credentials(secret: &str, ttl: Duration) -> IceServer {
+    use base64::Engine as _;
+    use hmac::Mac as _;
+    let expiry = std::time::SystemTime::now() + ttl;
+    let secs = expiry
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs();
+    let username = format!("{secs}:phone");
+    let mut mac = hmac::Hmac::<sha1::Sha1>::new_from_slice(secret.as_bytes()).unwrap();
+    mac.update(username.as_bytes());
+    let password = base64::engine::general_purpose::STANDARD.encode(mac.finalize().into_bytes());
+    IceServer {
+        urls: vec![],
+        username: Some(username),
+        credential: Some(password),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_relayed_connection_outlives_its_credentials_and_allocates_again_with_fresh_ones() {
+    use proxim_core::link::LinkEvent;
+    init_tracing();
+    const SECRET: &str = "turn-rest-secret";
+    // Longer than the 5 s margin within which credentials count as expired already.
+    const TTL: Duration = Duration::from_secs(7);
+    // coturn hands out a 4 s lifetime: the allocation is refreshed every 2 s, also after the
+    // credentials expired.
+    let coturn = Coturn::start_with(
+        CoturnAuth::Secret(SECRET.into()),
+        &["--max-allocate-lifetime=4", "-v"],
+    );
+    let turn_with = |credentials: IceServer| {
+        vec![IceServer {
+            urls: vec![coturn.udp_url()],
+            ..credentials
+        }]
+    };
+    let offerer = relay_only(
+        PeerRole::Offerer,
+        turn_with(rest_credentials(SECRET, TTL)),
+        &coturn.ca_pem,
+    );
+    let expires = Instant::now() + TTL;
+    // Two links whose signals the test forwards, so that it can speak on the offerer's link
+    // as the signaling client does after a reconnect.
+    let (mut a_link, mut b_link) = (peer_common::tapped_link(), peer_common::tapped_link());
+    let (a_deliver, b_deliver) = (a_link.deliver.clone(), b_link.deliver.clone());
+    tokio::spawn(async move {
+        while let Some(signal) = a_link.sent.recv().await {
+            let _ = b_deliver.send(LinkEvent::Signal(signal)).await;
+        }
+    });
+    let a_deliver_signals = a_deliver.clone();
+    tokio::spawn(async move {
+        while let Some(signal) = b_link.sent.recv().await {
+            let _ = a_deliver_signals.send(LinkEvent::Signal(signal)).await;
+        }
+    });
+    let (a, b) = tokio::join!(
+        proxim_core::peer::PeerConnection::establish(offerer, a_link.link),
+        proxim_core::peer::PeerConnection::establish(
+            config(PeerRole::Answerer, vec![]),
+            b_link.link
+        ),
+    );
+    let (a, mut b) = (
+        a.unwrap_or_else(|e| panic!("{e}\n{}", coturn.log())),
+        b.unwrap(),
+    );
+    let before = within("stats", a.connection.stats()).await.unwrap();
+    assert_eq!(before.local.kind, CandidateKind::Relay);
+
+    // The credentials expire; the allocation is refreshed past that and carries data. (Had
+    // the refreshes after the expiry been refused, the allocation would be gone 4 s after the
+    // last one before it.)
+    tokio::time::sleep_until((expires + Duration::from_secs(5)).into()).await;
+    a.channel
+        .send(Payload::Text("after the credentials expired".into()))
+        .await
+        .unwrap();
+    assert_eq!(
+        within("message past the credentials", b.channel.recv()).await,
+        Some(Payload::Text("after the credentials expired".into()))
+    );
+    let allocations = |log: &str| log.matches("ALLOCATE processed, success").count();
+    let allocated_before = allocations(&coturn.log());
+
+    // The network changes: a new allocation with the expired credentials is refused, so the
+    // restart has no relay until fresh ones come (here as after a signaling reconnect).
+    let mut a_events = a.events;
+    a.connection
+        .set_local_ips(vec!["127.0.0.2".parse().unwrap()])
+        .await
+        .expect("a restart starts");
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(
+        allocations(&coturn.log()),
+        allocated_before,
+        "expired credentials allocate nothing"
+    );
+    a_deliver
+        .send(LinkEvent::IceServers(turn_with(rest_credentials(
+            SECRET,
+            Duration::from_secs(600),
+        ))))
+        .await
+        .unwrap();
+    let mut restarted = false;
+    let after = loop {
+        match within("a new path", a_events.next()).await.expect("events") {
+            proxim_core::peer::ConnectionEvent::Reconnecting { .. } => restarted = true,
+            proxim_core::peer::ConnectionEvent::PathChanged(stats) if restarted => break stats,
+            proxim_core::peer::ConnectionEvent::Closed { reason, .. } => {
+                panic!("closed: {reason}\ncoturn log:\n{}", coturn.log())
+            }
+            _ => {}
+        }
+    };
+    assert_eq!(after.local.kind, CandidateKind::Relay, "{after:?}");
+    assert_ne!(after.local.address, before.local.address);
+    assert!(allocations(&coturn.log()) > allocated_before);
+    a.channel
+        .send(Payload::Text(
+            "through a relay with fresh credentials".into(),
+        ))
+        .await
+        .unwrap();
+    assert_eq!(
+        within("message through the new relay", b.channel.recv()).await,
+        Some(Payload::Text(
+            "through a relay with fresh credentials".into()
+        ))
+    );
+    a.connection.close().await;
+    b.connection.close().await;
+}

@@ -210,6 +210,8 @@ async fn run_phone(
     if let Ok(stats) = connection.stats().await {
         report["bytes_sent"] = stats.bytes_sent.into();
         report["bytes_received"] = stats.bytes_received.into();
+        // The path at the end (it may have changed since `path`: a network switch, a restart).
+        report["path_end"] = path_name(stats.path()).into();
     }
     connection.close().await;
     Ok(report)

@@ -448,7 +448,9 @@ async fn desktop_connect(
     let deadline = tokio::time::Instant::now() + config.connect_timeout;
     let first = loop {
         match tokio::time::timeout_at(deadline, paired.link.incoming.recv()).await {
-            Ok(Some(LinkEvent::Interrupted | LinkEvent::Resumed)) => continue,
+            Ok(Some(LinkEvent::Interrupted | LinkEvent::Resumed | LinkEvent::IceServers(_))) => {
+                continue;
+            }
             other => break other,
         }
     };
@@ -465,7 +467,15 @@ async fn desktop_connect(
             )));
         }
         // (Not returned by the loop above.)
-        Ok(Some(LinkEvent::Lost | LinkEvent::Interrupted | LinkEvent::Resumed) | None) => {
+        Ok(
+            Some(
+                LinkEvent::Lost
+                | LinkEvent::Interrupted
+                | LinkEvent::Resumed
+                | LinkEvent::IceServers(_),
+            )
+            | None,
+        ) => {
             return Err(unverified(ProximError::ConnectionFailed(
                 "lost the signaling server before the phone confirmed".into(),
             )));

@@ -269,6 +269,15 @@ impl Driver {
             }
             Some(LinkEvent::Interrupted) => self.session.signaling_interrupted(now),
             Some(LinkEvent::Resumed) => self.session.signaling_resumed(now),
+            Some(LinkEvent::IceServers(servers)) => {
+                // Relays allocated from now on use the fresh credentials; one that failed
+                // (say, allocating again after a network change with expired credentials)
+                // tries again with them.
+                let servers = crate::turn::TurnServer::from_ice_servers(&servers);
+                if self.relays.update_servers(servers, now) {
+                    self.session.update_relays(now, self.relay_status());
+                }
+            }
         }
     }
 

@@ -23,6 +23,8 @@ use crate::turn::{TurnError, TurnOptions, TurnServer, TurnTransport};
 
 /// Inputs from relay tasks queued before their tasks wait (back-pressure onto TCP).
 const INPUT_QUEUE: usize = 1024;
+/// Time-limited credentials this close to their expiry are not used for a new allocation.
+const EXPIRY_MARGIN: Duration = Duration::from_secs(5);
 /// Refresh allocations at least this often: keeps the NAT binding to the server alive.
 const REFRESH_CAP: Duration = Duration::from_secs(120);
 
@@ -61,6 +63,10 @@ enum Phase {
     Failed(TurnError),
     /// Replaced by a new allocation after a network change (its base went away).
     Retired,
+    /// Its time-limited credentials have expired: an Allocate would be refused (and coturn
+    /// then ties the 5-tuple to them, refusing fresh ones from it too). Set up once fresh
+    /// credentials come ([`Relays::update_servers`]).
+    AwaitingCredentials,
 }
 
 #[derive(Debug)]
@@ -131,7 +137,7 @@ impl Relays {
                     }
                 }
                 Phase::Failed(_) => stale.push(id),
-                Phase::Connecting | Phase::Retired => {}
+                Phase::Connecting | Phase::Retired | Phase::AwaitingCredentials => {}
             }
         }
         // What the released allocations queued goes out first (over TCP/TLS; a UDP base that
@@ -146,9 +152,47 @@ impl Relays {
         gone
     }
 
+    /// Fresh credentials for the relays' servers (matched by URL): used by every allocation
+    /// made from now on (existing ones keep theirs: a TURN server refuses a new username on an
+    /// allocation, and coturn keeps an allocation alive past its credentials' expiry). A relay
+    /// that had failed is set up again with them. Whether any was.
+    pub(super) fn update_servers(&mut self, servers: Vec<TurnServer>, now: Instant) -> bool {
+        let mut failed = Vec::new();
+        for (id, entry) in self.entries.iter_mut().enumerate() {
+            if matches!(entry.phase, Phase::Retired) {
+                continue;
+            }
+            if let Some(fresh) = servers.iter().find(|s| s.url == entry.server.url) {
+                entry.server = fresh.clone();
+            }
+            if matches!(entry.phase, Phase::Failed(_) | Phase::AwaitingCredentials) {
+                failed.push(id);
+            }
+        }
+        for id in &failed {
+            let server = self.entries[*id].server.clone();
+            self.entries[*id].phase = Phase::Retired;
+            tracing::info!(url = %server.url, "TURN relay: trying again with fresh credentials");
+            self.set_up(server);
+        }
+        self.collect(now);
+        !failed.is_empty()
+    }
+
     /// Start setting up a relay to `server` (a new entry; its task reports back by id).
     fn set_up(&mut self, server: TurnServer) {
         let id = self.entries.len();
+        if server
+            .credentials_expiry()
+            .is_some_and(|expiry| expiry <= std::time::SystemTime::now() + EXPIRY_MARGIN)
+        {
+            tracing::info!(url = %server.url, "TURN relay: its credentials have expired; waiting for fresh ones");
+            self.entries.push(Entry {
+                server,
+                phase: Phase::AwaitingCredentials,
+            });
+            return;
+        }
         let task_server = server.clone();
         let mut task_options = self.options.clone();
         let bases = self.udp_bases.clone();
@@ -181,7 +225,7 @@ impl Relays {
         self.entries.iter().all(|e| match &e.phase {
             Phase::Connecting => false,
             Phase::Active { alloc, .. } => !alloc.is_allocating(),
-            Phase::Failed(_) | Phase::Retired => true,
+            Phase::Failed(_) | Phase::Retired | Phase::AwaitingCredentials => true,
         })
     }
 
@@ -389,6 +433,10 @@ impl Relays {
             .iter()
             .filter_map(|e| match &e.phase {
                 Phase::Failed(error) => Some(format!("TURN {}: {error}", e.server.url)),
+                Phase::AwaitingCredentials => Some(format!(
+                    "TURN {}: its credentials have expired (TURN_TTL); waiting for fresh ones",
+                    e.server.url
+                )),
                 _ => None,
             })
             .collect()

@@ -222,6 +222,13 @@ impl Driver {
 
     /// Hand a server message to its session link, or to the application.
     async fn route(&mut self, message: ServerMessage) {
+        // A resumed session hears the new connection's ICE servers (fresh TURN credentials).
+        let fresh_ice_servers = match &message {
+            ServerMessage::Resumed { .. } => lock(&self.shared.welcome)
+                .as_ref()
+                .map(|welcome| welcome.ice_servers.clone()),
+            _ => None,
+        };
         let unrouted = {
             let mut routes = lock(&self.shared.routes);
             match message {
@@ -289,6 +296,9 @@ impl Driver {
                     Some(route) => {
                         debug!(session = %short(&session), "session resumed");
                         route.suspended = false;
+                        if let Some(servers) = fresh_ice_servers {
+                            deliver(route, LinkEvent::IceServers(servers));
+                        }
                         if !deliver(route, LinkEvent::Resumed) {
                             routes.remove(&session);
                         }

@@ -75,6 +75,14 @@ impl fmt::Debug for TurnServer {
 }
 
 impl TurnServer {
+    /// When time-limited (TURN REST) credentials stop being accepted for a new allocation: the
+    /// user name is `<unix expiry>:<user>`. `None` for other user names (static credentials).
+    pub fn credentials_expiry(&self) -> Option<std::time::SystemTime> {
+        let (secs, _) = self.username.split_once(':')?;
+        let secs: u64 = secs.parse().ok()?;
+        std::time::UNIX_EPOCH.checked_add(std::time::Duration::from_secs(secs))
+    }
+
     /// Parse one `turn:`/`turns:` URL with its credentials.
     pub fn new(url: &str, username: &str, credential: &str) -> Result<Self, TurnError> {
         let parsed = IceUrl::parse(url).map_err(|e| TurnError::InvalidUrl(e.to_string()))?;
