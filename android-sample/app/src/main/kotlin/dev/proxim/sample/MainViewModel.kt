@@ -157,18 +157,33 @@ class MainViewModel(app: Application) : AndroidViewModel(app) {
         }
     }
 
-    /** Copy the picked document to the cache (Proxim sends from a path), then send it. */
+    /** Cached copies of documents whose transfer was cut short: sending one again resumes. */
+    private val cutShort = mutableMapOf<Uri, java.io.File>()
+
+    /**
+     * Copy the picked document to the cache (Proxim sends from a path), then send it. A copy
+     * whose transfer was cut short is kept and sent again as it is (same bytes, same time):
+     * the desktop then receives only what it is missing.
+     */
     fun sendFile(uri: Uri) {
         val connection = connection ?: return
         viewModelScope.launch {
             try {
-                val file = withContext(Dispatchers.IO) { copyToCache(uri) }
+                val file = cutShort.remove(uri)?.takeIf { it.exists() }
+                    ?: withContext(Dispatchers.IO) { copyToCache(uri) }
                 _ui.update { it.copy(progress = 0f) }
-                val report = connection.sendFile(file.path)
-                note("sent ${report.name}: ${report.bytes} bytes in ${report.elapsedMs} ms, verified")
-                withContext(Dispatchers.IO) { file.delete() }
+                try {
+                    val report = connection.sendFile(file.path)
+                    val resumed = if (report.resumedFrom > 0UL) " (resumed at ${report.resumedFrom})" else ""
+                    note("sent ${report.name}: ${report.bytes} bytes in ${report.elapsedMs} ms, verified$resumed")
+                    withContext(Dispatchers.IO) { file.delete() }
+                } catch (e: ProximException.Transfer) {
+                    if (e.resumable) cutShort[uri] = file else withContext(Dispatchers.IO) { file.delete() }
+                    throw e
+                }
             } catch (e: ProximException) {
-                note("file failed: ${describe(e)}")
+                val again = if (e is ProximException.Transfer && e.resumable) "; send it again to resume" else ""
+                note("file failed: ${describe(e)}$again")
             } finally {
                 _ui.update { it.copy(progress = null) }
             }
