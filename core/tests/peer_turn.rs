@@ -369,18 +369,7 @@ async fn a_relayed_side_whose_network_changes_allocates_again_from_the_new_one()
         .set_local_ips(vec!["127.0.0.2".parse().unwrap()])
         .await
         .expect("a restart starts");
-    let mut restarted = false;
-    let after = loop {
-        match within("a new path", a_events.next()).await.expect("events") {
-            // The first path's own event may still wait before the restart's.
-            proxim_core::peer::ConnectionEvent::Reconnecting { .. } => restarted = true,
-            proxim_core::peer::ConnectionEvent::PathChanged(stats) if restarted => break stats,
-            proxim_core::peer::ConnectionEvent::Closed { reason, .. } => {
-                panic!("closed: {reason}\ncoturn log:\n{}", coturn.log())
-            }
-            _ => {}
-        }
-    };
+    let after = path_after_restart(&mut a_events, &coturn).await;
     assert_eq!(after.local.kind, CandidateKind::Relay, "{after:?}");
     assert_ne!(
         after.local.address, before.local.address,
@@ -513,17 +502,7 @@ async fn a_relayed_connection_outlives_its_credentials_and_allocates_again_with_
         ))))
         .await
         .unwrap();
-    let mut restarted = false;
-    let after = loop {
-        match within("a new path", a_events.next()).await.expect("events") {
-            proxim_core::peer::ConnectionEvent::Reconnecting { .. } => restarted = true,
-            proxim_core::peer::ConnectionEvent::PathChanged(stats) if restarted => break stats,
-            proxim_core::peer::ConnectionEvent::Closed { reason, .. } => {
-                panic!("closed: {reason}\ncoturn log:\n{}", coturn.log())
-            }
-            _ => {}
-        }
-    };
+    let after = path_after_restart(&mut a_events, &coturn).await;
     assert_eq!(after.local.kind, CandidateKind::Relay, "{after:?}");
     assert_ne!(after.local.address, before.local.address);
     assert!(allocations(&coturn.log()) > allocated_before);
@@ -541,4 +520,23 @@ async fn a_relayed_connection_outlives_its_credentials_and_allocates_again_with_
     );
     a.connection.close().await;
     b.connection.close().await;
+}
+
+/// The path an ICE restart ends on: the `PathChanged` after a `Reconnecting` (the first path's
+/// own event may still wait before them).
+async fn path_after_restart(
+    events: &mut proxim_core::peer::ConnectionEvents,
+    coturn: &Coturn,
+) -> proxim_core::peer::ConnectionStats {
+    let mut restarted = false;
+    loop {
+        match within("a new path", events.next()).await.expect("events") {
+            proxim_core::peer::ConnectionEvent::Reconnecting { .. } => restarted = true,
+            proxim_core::peer::ConnectionEvent::PathChanged(stats) if restarted => return stats,
+            proxim_core::peer::ConnectionEvent::Closed { reason, .. } => {
+                panic!("closed: {reason}\ncoturn log:\n{}", coturn.log())
+            }
+            _ => {}
+        }
+    }
 }
