@@ -155,7 +155,7 @@ SCENARIOS=(
     "cone-cone-dead-path|cone|cone|-|no|lost|dead-path"
     "cone-cone-network-switch|cone|cone|-|no|direct|switch"
     "cone-cone-desktop-restart|cone|cone|-|no|direct|desktop-restart"
-    "cone-cone-switch-to-symmetric-turn|cone|cone|turn:$TURN_IP:$STUN_PORT|no|direct|switch-symmetric"
+    "cone-to-symmetric-turn|cone|cone|turn:$TURN_IP:$STUN_PORT|no|direct|switch-symmetric"
 )
 
 list_scenarios() {

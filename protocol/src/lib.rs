@@ -19,6 +19,7 @@
 //! desktop: pair_prompt {session} -> pair_response {accept}
 //!          both: pair_result {session, outcome}
 //! both:    signal {session, signal: offer | answer | candidate | end_of_candidates | auth}
+//! both:    refresh_ice_servers -> ice_servers {ice_servers}   (fresh TURN credentials)
 //! ```
 //!
 //! The protocol is versioned by [`PROTOCOL_VERSION`], exchanged in `hello`/`welcome`. Decoding
@@ -114,6 +115,9 @@ pub enum ClientMessage {
     /// fresh one, answered with `registered`. Phones that try the old code are told
     /// [`PairOutcome::CodeUsed`].
     RenewCode,
+    /// Ask for fresh ICE servers (new time-limited TURN credentials, before those of the
+    /// `welcome` expire), answered with [`ServerMessage::IceServers`].
+    RefreshIceServers,
     /// The desktop user's answer to a [`ServerMessage::PairPrompt`].
     PairResponse {
         /// The session of the prompt being answered.
@@ -259,6 +263,12 @@ pub enum ServerMessage {
     Resumed {
         /// The session.
         session: SessionId,
+    },
+    /// Fresh ICE servers, the answer to [`ClientMessage::RefreshIceServers`]: use them (their
+    /// TURN credentials) for allocations from now on.
+    IceServers {
+        /// The ICE servers, as in `welcome`.
+        ice_servers: Vec<IceServer>,
     },
     /// The other member of a session left or was dropped.
     SessionEnded {
@@ -463,6 +473,7 @@ const CLIENT_TYPES: &[&str] = &[
     "pair_request",
     "connect_request",
     "renew_code",
+    "refresh_ice_servers",
     "pair_response",
     "signal",
     "resume",
@@ -483,6 +494,7 @@ const SERVER_TYPES: &[&str] = &[
     "signal",
     "session_token",
     "resumed",
+    "ice_servers",
     "session_ended",
     "error",
     "ping",
@@ -509,6 +521,7 @@ impl ClientMessage {
             ClientMessage::PairRequest { .. } => "pair_request",
             ClientMessage::ConnectRequest { .. } => "connect_request",
             ClientMessage::RenewCode => "renew_code",
+            ClientMessage::RefreshIceServers => "refresh_ice_servers",
             ClientMessage::PairResponse { .. } => "pair_response",
             ClientMessage::Signal { .. } => "signal",
             ClientMessage::Resume { .. } => "resume",
@@ -551,6 +564,7 @@ impl ServerMessage {
             ServerMessage::Signal { .. } => "signal",
             ServerMessage::SessionToken { .. } => "session_token",
             ServerMessage::Resumed { .. } => "resumed",
+            ServerMessage::IceServers { .. } => "ice_servers",
             ServerMessage::SessionEnded { .. } => "session_ended",
             ServerMessage::Error { .. } => "error",
             ServerMessage::Ping { .. } => "ping",

@@ -103,6 +103,10 @@ fn golden_client_messages() {
         r#"{"type":"connect_request","desktop":"desk-1","device_id":"phone-1","device_name":"Pixel","auth":"c2VjcmV0LWZyZWU"}"#,
     );
     client_golden(ClientMessage::RenewCode, r#"{"type":"renew_code"}"#);
+    client_golden(
+        ClientMessage::RefreshIceServers,
+        r#"{"type":"refresh_ice_servers"}"#,
+    );
     client_golden(ClientMessage::Ping { seq: 7 }, r#"{"type":"ping","seq":7}"#);
     client_golden(ClientMessage::Pong { seq: 8 }, r#"{"type":"pong","seq":8}"#);
     client_golden(
@@ -175,6 +179,16 @@ fn golden_server_messages() {
             heartbeat_timeout_ms: 45000,
         },
         r#"{"type":"welcome","version":1,"connection_id":"fedcba9876543210fedcba9876543210","ice_servers":[{"urls":["stun:198.18.0.1:3478"]},{"urls":["turn:198.18.0.1:3478?transport=udp"],"username":"1700000000:abc","credential":"pw"}],"heartbeat_interval_ms":15000,"heartbeat_timeout_ms":45000}"#,
+    );
+    server_golden(
+        ServerMessage::IceServers {
+            ice_servers: vec![IceServer {
+                urls: vec!["turn:198.18.0.1:3478?transport=udp".into()],
+                username: Some("1700003600:abc".into()),
+                credential: Some("pw2".into()),
+            }],
+        },
+        r#"{"type":"ice_servers","ice_servers":[{"urls":["turn:198.18.0.1:3478?transport=udp"],"username":"1700003600:abc","credential":"pw2"}]}"#,
     );
     server_golden(
         ServerMessage::Registered {

@@ -18,6 +18,10 @@ const STEP: Duration = Duration::from_secs(30);
 const SECRET: &str = "proxim-test-rest-secret";
 
 async fn server_with_turn(urls: Vec<String>, secret: &str) -> RunningServer {
+    server_with_turn_ttl(urls, secret, Duration::from_secs(600)).await
+}
+
+async fn server_with_turn_ttl(urls: Vec<String>, secret: &str, ttl: Duration) -> RunningServer {
     proxim_testkit::init_tracing();
     let mut config = ServerConfig::loopback();
     config.ice = IceConfig::with_turn_auth(
@@ -25,7 +29,7 @@ async fn server_with_turn(urls: Vec<String>, secret: &str) -> RunningServer {
         &urls,
         TurnAuth {
             secret: Some(secret.into()),
-            ttl: Some(Duration::from_secs(600)),
+            ttl: Some(ttl),
             ..TurnAuth::default()
         },
     )
@@ -162,4 +166,61 @@ async fn a_server_with_the_wrong_secret_fails_with_refused_credentials() {
         ),
         other => panic!("expected ConnectionFailed, got {other:?}"),
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_relayed_connection_outlives_turn_ttl_and_its_clients_fetch_fresh_credentials() {
+    // Credentials good for 8 s; coturn makes allocations last 4 s, so they are refreshed
+    // (with the credentials they were made with) after those expired.
+    const TTL: Duration = Duration::from_secs(8);
+    let coturn = Coturn::start_with(
+        CoturnAuth::Secret(SECRET.into()),
+        &["--max-allocate-lifetime=4"],
+    );
+    let server = server_with_turn_ttl(vec![coturn.udp_url()], SECRET, TTL).await;
+    let mut desktop = Desktop::register(relay_config(&server, "Desktop", &coturn))
+        .await
+        .unwrap();
+    let code = desktop.code().to_owned();
+    let phone_config = relay_config(&server, "Phone", &coturn);
+    let phone = tokio::spawn(async move { pair(&phone_config, &code).await });
+    let desk = match drive(&mut desktop, is_connection_result).await {
+        DesktopEvent::Connected(connection) => connection,
+        other => panic!("{other:?}\ncoturn log:\n{}", coturn.log()),
+    };
+    let phone = tokio::time::timeout(STEP, phone)
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
+    let started = std::time::Instant::now();
+
+    // Past the TTL and several allocation lifetimes.
+    tokio::time::sleep(TTL + Duration::from_secs(5)).await;
+    phone.send_text("after TURN_TTL").await.unwrap();
+    loop {
+        match tokio::time::timeout(STEP, desk.next_event())
+            .await
+            .unwrap()
+            .unwrap()
+        {
+            Event::Message(proxim_core::peer::Payload::Text(text)) if text == "after TURN_TTL" => {
+                break;
+            }
+            Event::Closed { reason } => panic!("closed: {reason}\ncoturn log:\n{}", coturn.log()),
+            _ => {}
+        }
+    }
+    let stats = phone.stats().await.unwrap();
+    assert_eq!(stats.local.kind, CandidateKind::Relay, "{stats:?}");
+    // Both clients asked for fresh ICE servers before their credentials ran out (at 4/5 of
+    // the TTL), without reconnecting.
+    let refreshes = server.stats().ice_refreshes;
+    assert!(
+        refreshes >= 2,
+        "{refreshes} refreshes in {:?}",
+        started.elapsed()
+    );
+    phone.close().await;
+    desk.close().await;
 }

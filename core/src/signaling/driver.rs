@@ -10,10 +10,10 @@ use std::sync::Arc;
 
 use crate::clock::{now, sleep_until};
 use std::sync::atomic::Ordering;
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 
 use futures_util::{SinkExt, StreamExt};
-use proxim_protocol::{ClientMessage, MAX_FRAME_BYTES, PairOutcome, ServerMessage};
+use proxim_protocol::{ClientMessage, IceServer, MAX_FRAME_BYTES, PairOutcome, ServerMessage};
 use tokio::net::TcpStream;
 use tokio::sync::{mpsc, oneshot};
 use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
@@ -60,6 +60,7 @@ pub(super) async fn run(
         shared,
         ready: Some(ready),
         outbox: Vec::new(),
+        fresh_ice_servers: None,
     };
     let mut socket: Option<Socket> = None;
     let mut connecting: Option<Connecting> = None;
@@ -140,6 +141,9 @@ struct Driver {
     ready: Option<oneshot::Sender<Result<Welcome, SignalingError>>>,
     /// Messages to send once the current outputs are handled (`resume`s after a reconnect).
     outbox: Vec<ClientMessage>,
+    /// The latest ICE servers, when they just came (welcome, `ice_servers`): the next refresh
+    /// is scheduled from their TURN credentials' expiry.
+    fresh_ice_servers: Option<Vec<IceServer>>,
 }
 
 impl Driver {
@@ -164,6 +168,12 @@ impl Driver {
                 progressed = true;
                 write(machine, socket, message).await;
             }
+            if let Some(servers) = self.fresh_ice_servers.take()
+                && let Some(after) = refresh_delay(&servers, SystemTime::now())
+            {
+                debug!(?after, "fresh ICE servers asked for in");
+                machine.schedule_ice_refresh(now() + after);
+            }
             if !progressed {
                 break;
             }
@@ -185,6 +195,7 @@ impl Driver {
                 reconnected,
             } => {
                 *lock(&self.shared.welcome) = Some(welcome.clone());
+                self.fresh_ice_servers = Some(welcome.ice_servers.clone());
                 self.shared.connected.store(true, Ordering::Release);
                 if let Some(ready) = self.ready.take() {
                     let _ = ready.send(Ok(welcome));
@@ -192,6 +203,9 @@ impl Driver {
                     self.outbox.extend(self.resumes());
                     self.emit(SignalingEvent::Reconnected(welcome)).await;
                 }
+            }
+            Output::Message(ServerMessage::IceServers { ice_servers }) => {
+                self.ice_servers_arrived(ice_servers);
             }
             Output::Message(message) => self.route(message).await,
             Output::Lost(error) => {
@@ -314,6 +328,19 @@ impl Driver {
         }
     }
 
+    /// Fresh ICE servers (the answer to `refresh_ice_servers`): they replace the welcome's,
+    /// and every session link hears them (its relays allocate with them from now on).
+    fn ice_servers_arrived(&mut self, ice_servers: Vec<IceServer>) {
+        tracing::info!("fresh ICE servers");
+        if let Some(welcome) = lock(&self.shared.welcome).as_mut() {
+            welcome.ice_servers = ice_servers.clone();
+        }
+        let mut routes = lock(&self.shared.routes);
+        routes.retain(|_, route| deliver(route, LinkEvent::IceServers(ice_servers.clone())));
+        drop(routes);
+        self.fresh_ice_servers = Some(ice_servers);
+    }
+
     /// Tell every session link the connection is gone and stop routing.
     fn lose_routes(&self) {
         let routes = std::mem::take(&mut *lock(&self.shared.routes));
@@ -360,6 +387,27 @@ impl Driver {
         }
     }
 }
+
+/// When to ask for fresh ICE servers: at four fifths of the time the earliest time-limited TURN
+/// credentials have left (`None` for static credentials, or when they have expired already —
+/// fresh ones that are expired on arrival mean the clocks disagree, and asking again would not
+/// help).
+fn refresh_delay(servers: &[IceServer], wall: SystemTime) -> Option<Duration> {
+    let expiry = crate::turn::TurnServer::from_ice_servers(servers)
+        .iter()
+        .filter_map(crate::turn::TurnServer::credentials_expiry)
+        .min()?;
+    match expiry.duration_since(wall) {
+        Ok(left) if !left.is_zero() => Some((left * 4 / 5).max(MIN_REFRESH_DELAY)),
+        _ => {
+            warn!("the TURN credentials from the server have expired already (clocks apart?)");
+            None
+        }
+    }
+}
+
+/// The soonest a refresh is asked for after the last.
+const MIN_REFRESH_DELAY: Duration = Duration::from_secs(1);
 
 /// Put an event on a session link without ever blocking the shared connection. Returns false
 /// when the link is gone.
@@ -483,5 +531,44 @@ async fn finish_connecting(connecting: &mut Option<Connecting>) -> Result<Socket
             result
         }
         None => std::future::pending().await,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn turn(username: &str) -> IceServer {
+        IceServer {
+            urls: vec!["turn:198.18.0.3:3478".into()],
+            username: Some(username.into()),
+            credential: Some("pw".into()),
+        }
+    }
+
+    #[test]
+    fn refreshes_come_at_four_fifths_of_the_earliest_turn_credentials_life() {
+        let wall = SystemTime::UNIX_EPOCH + Duration::from_secs(1_000_000);
+        let stun = IceServer {
+            urls: vec!["stun:198.18.0.2:3478".into()],
+            username: None,
+            credential: None,
+        };
+        let servers = [stun.clone(), turn("1001000:conn"), turn("1000500:conn")];
+        assert_eq!(
+            refresh_delay(&servers, wall),
+            Some(Duration::from_secs(400)),
+            "the earliest: 500 s left"
+        );
+        assert_eq!(
+            refresh_delay(&[turn("1000001:x")], wall),
+            Some(MIN_REFRESH_DELAY),
+            "never sooner than the minimum"
+        );
+        // Static credentials, none at all, or expired already (clocks apart): no refresh.
+        assert_eq!(refresh_delay(&[turn("alice")], wall), None);
+        assert_eq!(refresh_delay(&[stun], wall), None);
+        assert_eq!(refresh_delay(&[turn("999999:x")], wall), None);
+        assert_eq!(refresh_delay(&[turn("1000000:x")], wall), None);
     }
 }

@@ -93,6 +93,8 @@ pub(crate) struct SignalingSession {
     outputs: VecDeque<Output>,
     /// A probe is out (see [`SignalingSession::probe`]): something must arrive by then.
     probe_deadline: Option<Instant>,
+    /// When to ask for fresh ICE servers (see [`SignalingSession::schedule_ice_refresh`]).
+    ice_refresh_at: Option<Instant>,
 }
 
 impl SignalingSession {
@@ -110,7 +112,15 @@ impl SignalingSession {
             transmits: VecDeque::new(),
             outputs,
             probe_deadline: None,
+            ice_refresh_at: None,
         }
+    }
+
+    /// Ask for fresh ICE servers (`refresh_ice_servers`) at `at`, while the connection is
+    /// open: the driver reads the TURN credentials' expiry off the latest ICE servers. A lost
+    /// connection forgets it (the next `welcome` brings fresh ones).
+    pub(crate) fn schedule_ice_refresh(&mut self, at: Instant) {
+        self.ice_refresh_at = Some(at);
     }
 
     /// The network may have changed under the connection (the app says so): check it now
@@ -220,6 +230,13 @@ impl SignalingSession {
                 return;
             }
         }
+        if matches!(self.state, State::Open { .. })
+            && self.ice_refresh_at.is_some_and(|at| now >= at)
+        {
+            self.ice_refresh_at = None;
+            info!("asking for fresh ICE servers (the TURN credentials expire soon)");
+            self.transmits.push_back(ClientMessage::RefreshIceServers);
+        }
         match &mut self.state {
             State::AwaitingWelcome { attempt, deadline } if now >= *deadline => {
                 let attempt = *attempt;
@@ -296,7 +313,11 @@ impl SignalingSession {
                 next_ping,
             } => {
                 let heartbeat = (*next_ping).min(*last_rx + welcome.heartbeat_timeout);
-                Some(self.probe_deadline.map_or(heartbeat, |p| p.min(heartbeat)))
+                [self.probe_deadline, self.ice_refresh_at]
+                    .into_iter()
+                    .flatten()
+                    .chain([heartbeat])
+                    .min()
             }
             State::Waiting { until, .. } => Some(*until),
             State::Connecting { .. } | State::Closed => None,
@@ -409,6 +430,7 @@ impl SignalingSession {
 
     /// The open connection is gone: report it and schedule the first reconnect attempt.
     fn lose(&mut self, now: Instant, error: SignalingError) {
+        self.ice_refresh_at = None;
         self.outputs.push_back(Output::Lost(error.clone()));
         self.schedule(now, 1, error);
     }
@@ -576,6 +598,33 @@ mod tests {
             vec![ClientMessage::Ping { seq: 2 }],
             "one ping, no burst"
         );
+    }
+
+    #[test]
+    fn fresh_ice_servers_are_asked_for_when_scheduled_and_only_while_open() {
+        let t0 = Instant::now();
+        let ms = Duration::from_millis;
+        let mut s = open(t0);
+        transmits(&mut s);
+        s.schedule_ice_refresh(t0 + ms(2000));
+        assert!(s.poll_timeout().is_some_and(|t| t <= t0 + ms(2000)));
+        let refreshes = |s: &mut SignalingSession| {
+            transmits(s)
+                .iter()
+                .filter(|m| **m == ClientMessage::RefreshIceServers)
+                .count()
+        };
+        s.handle_timeout(t0 + ms(1500));
+        assert_eq!(refreshes(&mut s), 0, "not yet");
+        s.handle_timeout(t0 + ms(2000));
+        assert_eq!(refreshes(&mut s), 1);
+        s.handle_timeout(t0 + ms(2500));
+        assert_eq!(refreshes(&mut s), 0, "once");
+
+        // A lost connection forgets it: the next welcome brings fresh servers anyway.
+        s.schedule_ice_refresh(t0 + ms(20_000));
+        s.handle_socket_closed(t0 + ms(2600), SignalingError::ConnectionLost("gone".into()));
+        assert_eq!(s.ice_refresh_at, None);
     }
 
     #[test]

@@ -42,8 +42,9 @@ use std::time::{Duration, Instant, SystemTime};
 
 use proxim_protocol::ice::IceUrl;
 use proxim_protocol::{
-    AuthPayload, ClientMessage, ConnectionId, DeviceId, DeviceName, ErrorCode, PROTOCOL_VERSION,
-    PairOutcome, PeerDevice, ROUTING_ALPHABET, RoutingCode, ServerMessage, SessionId, ShortText,
+    AuthPayload, ClientMessage, ConnectionId, DeviceId, DeviceName, ErrorCode, IceServer,
+    PROTOCOL_VERSION, PairOutcome, PeerDevice, ROUTING_ALPHABET, RoutingCode, ServerMessage,
+    SessionId, ShortText,
 };
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
@@ -597,6 +598,7 @@ impl Hub {
                 now,
             ),
             ClientMessage::RenewCode => self.renew_code(conn, now),
+            ClientMessage::RefreshIceServers => self.refresh_ice_servers(conn, now),
             ClientMessage::PairResponse {
                 session,
                 accept,
@@ -648,6 +650,29 @@ impl Hub {
         c.greeted = true;
         let connection_id = c.id.clone();
         tracing::debug!(conn = %short(connection_id.as_str()), client = %client, "hello");
+        let ice_servers = self.ice_servers_for(conn, "welcome", now);
+        let welcome = ServerMessage::Welcome {
+            version: PROTOCOL_VERSION,
+            ice_servers,
+            connection_id,
+            heartbeat_interval_ms: millis(self.config.heartbeat_interval),
+            heartbeat_timeout_ms: millis(self.config.heartbeat_timeout),
+        };
+        self.send(conn, welcome);
+    }
+
+    /// The ICE servers for `conn` now: TURN REST credentials are minted for it (`via` says
+    /// why, for the event).
+    fn ice_servers_for(
+        &mut self,
+        conn: ConnKey,
+        via: &'static str,
+        now: Instant,
+    ) -> Vec<IceServer> {
+        let Some(c) = self.conns.get(&conn) else {
+            return Vec::new();
+        };
+        let connection_id = c.id.clone();
         let (anchor, anchor_wall) = self.config.wall_anchor;
         let wall = anchor_wall + now.saturating_duration_since(anchor);
         let ice_servers =
@@ -660,22 +685,21 @@ impl Hub {
                 .ice
                 .turn_rest_ttl()
                 .map_or(0, |ttl| ttl.as_secs());
-            let conn_id = connection_id.clone();
             self.event(|_| Event::TurnCredentialsMinted {
-                conn: Some(conn_id),
+                conn: Some(connection_id),
                 ip: None,
-                via: "welcome",
+                via,
                 ttl_s,
             });
         }
-        let welcome = ServerMessage::Welcome {
-            version: PROTOCOL_VERSION,
-            ice_servers,
-            connection_id,
-            heartbeat_interval_ms: millis(self.config.heartbeat_interval),
-            heartbeat_timeout_ms: millis(self.config.heartbeat_timeout),
-        };
-        self.send(conn, welcome);
+        ice_servers
+    }
+
+    /// `refresh_ice_servers`: fresh ICE servers (new TURN credentials) for this connection.
+    fn refresh_ice_servers(&mut self, conn: ConnKey, now: Instant) {
+        self.stats.ice_refreshes += 1;
+        let ice_servers = self.ice_servers_for(conn, "refresh", now);
+        self.send(conn, ServerMessage::IceServers { ice_servers });
     }
 
     fn register_desktop(

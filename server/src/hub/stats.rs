@@ -54,6 +54,8 @@ pub struct Stats {
     pub sessions_resumed: u64,
     /// `resume`s refused (no such session any more, or not the member's token).
     pub resumes_refused: u64,
+    /// `refresh_ice_servers` answered (fresh TURN credentials for a long-lived connection).
+    pub ice_refreshes: u64,
     /// Signals for an away member dropped because its queue was full.
     pub signals_dropped_away: u64,
     /// `error` messages sent.

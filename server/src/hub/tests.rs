@@ -602,6 +602,54 @@ fn retired_codes_are_never_reissued_until_their_retention_lapses() {
 // Events and connection reports
 // ---------------------------------------------------------------------------------------------
 
+#[test]
+fn refresh_ice_servers_mints_fresh_turn_credentials_for_the_connection() {
+    let ice = crate::ice::IceConfig::with_turn_auth(
+        &["stun:198.18.0.2:3478"],
+        &["turn:198.18.0.3:3478"],
+        crate::ice::TurnAuth {
+            secret: Some("s3cret".into()),
+            ttl: Some(Duration::from_secs(600)),
+            ..crate::ice::TurnAuth::default()
+        },
+    )
+    .unwrap();
+    let mut hub = hub_with(7, |c| {
+        c.ice = ice;
+        c.heartbeat_timeout = Duration::from_secs(3600);
+    });
+    let t0 = Instant::now();
+    let (conn, _) = hub.connect(remote(), None, t0).unwrap();
+    hub.handle_text(conn, r#"{"type":"hello","version":1,"client":"t"}"#, t0);
+    let turn_user = |message: ServerMessage| {
+        let servers = match message {
+            ServerMessage::Welcome { ice_servers, .. }
+            | ServerMessage::IceServers { ice_servers } => ice_servers,
+            other => panic!("{other:?}"),
+        };
+        let turn = servers
+            .into_iter()
+            .find(|s| s.urls.iter().any(|u| u.starts_with("turn:")))
+            .expect("a TURN server");
+        let user = turn.username.expect("a user name");
+        let (expiry, id) = user.split_once(':').expect("expiry:id");
+        (expiry.parse::<u64>().unwrap(), id.to_owned())
+    };
+    let (first_expiry, first_id) = turn_user(only(&drain(&mut hub), conn));
+
+    // Twenty minutes on, the connection asks again: credentials good for another TTL from now.
+    let later = t0 + Duration::from_secs(1200);
+    hub.handle_text(conn, r#"{"type":"refresh_ice_servers"}"#, later);
+    let (expiry, id) = turn_user(only(&drain(&mut hub), conn));
+    assert_eq!(
+        expiry,
+        first_expiry + 1200,
+        "minted at the time of the refresh"
+    );
+    assert_eq!(id, first_id, "for the same connection");
+    assert_eq!(hub.stats().ice_refreshes, 1);
+}
+
 fn events_of(hub: &mut Hub) -> Vec<Event> {
     std::iter::from_fn(|| hub.poll_event()).collect()
 }

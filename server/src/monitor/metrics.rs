@@ -269,7 +269,7 @@ impl HubCollector {
 }
 
 /// The counters read from [`Stats`]: `(name, help, value)`.
-fn counters(s: &Stats) -> [(&'static str, &'static str, u64); 20] {
+fn counters(s: &Stats) -> [(&'static str, &'static str, u64); 21] {
     [
         (
             "proxim_connections",
@@ -310,6 +310,11 @@ fn counters(s: &Stats) -> [(&'static str, &'static str, u64); 20] {
             "proxim_resumes_refused",
             "Resumes refused: the session is over or the token is not the member's",
             s.resumes_refused,
+        ),
+        (
+            "proxim_ice_refreshes",
+            "refresh_ice_servers answered (fresh TURN credentials)",
+            s.ice_refreshes,
         ),
         (
             "proxim_errors",
