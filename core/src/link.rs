@@ -30,6 +30,9 @@ pub enum LinkEvent {
     /// [`LinkEvent::Resumed`]): TURN credentials for relays allocated from now on, when those
     /// handed out at the start may have expired (`TURN_TTL`).
     IceServers(Vec<proxim_protocol::IceServer>),
+    /// The server says the other device started afresh (a new process) while its old
+    /// connection is away: a hint that the path to it is dead if it is silent.
+    PeerRestarted,
 }
 
 /// One session's signaling channel, as seen by a peer.

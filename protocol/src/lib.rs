@@ -270,6 +270,14 @@ pub enum ServerMessage {
         /// The ICE servers, as in `welcome`.
         ice_servers: Vec<IceServer>,
     },
+    /// The other member's device started afresh (a new connection registered, or asked to
+    /// pair or connect, with its device id) while its old connection is away from `session`:
+    /// most likely the old process is gone and will not resume. A hint, not proof (a device id
+    /// is not authenticated): act on it only when the direct path to the device is silent too.
+    PeerRestarted {
+        /// The session whose other member restarted.
+        session: SessionId,
+    },
     /// The other member of a session left or was dropped.
     SessionEnded {
         /// The session that ended.
@@ -495,6 +503,7 @@ const SERVER_TYPES: &[&str] = &[
     "session_token",
     "resumed",
     "ice_servers",
+    "peer_restarted",
     "session_ended",
     "error",
     "ping",
@@ -565,6 +574,7 @@ impl ServerMessage {
             ServerMessage::SessionToken { .. } => "session_token",
             ServerMessage::Resumed { .. } => "resumed",
             ServerMessage::IceServers { .. } => "ice_servers",
+            ServerMessage::PeerRestarted { .. } => "peer_restarted",
             ServerMessage::SessionEnded { .. } => "session_ended",
             ServerMessage::Error { .. } => "error",
             ServerMessage::Ping { .. } => "ping",

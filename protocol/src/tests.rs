@@ -191,6 +191,10 @@ fn golden_server_messages() {
         r#"{"type":"ice_servers","ice_servers":[{"urls":["turn:198.18.0.1:3478?transport=udp"],"username":"1700003600:abc","credential":"pw2"}]}"#,
     );
     server_golden(
+        ServerMessage::PeerRestarted { session: session() },
+        r#"{"type":"peer_restarted","session":"0123456789abcdef0123456789abcdef"}"#,
+    );
+    server_golden(
         ServerMessage::Registered {
             code: RoutingCode::new("K7P2QX").unwrap(),
             expires_in_ms: None,

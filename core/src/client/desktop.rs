@@ -448,7 +448,12 @@ async fn desktop_connect(
     let deadline = tokio::time::Instant::now() + config.connect_timeout;
     let first = loop {
         match tokio::time::timeout_at(deadline, paired.link.incoming.recv()).await {
-            Ok(Some(LinkEvent::Interrupted | LinkEvent::Resumed | LinkEvent::IceServers(_))) => {
+            Ok(Some(
+                LinkEvent::Interrupted
+                | LinkEvent::Resumed
+                | LinkEvent::IceServers(_)
+                | LinkEvent::PeerRestarted,
+            )) => {
                 continue;
             }
             other => break other,
@@ -472,7 +477,8 @@ async fn desktop_connect(
                 LinkEvent::Lost
                 | LinkEvent::Interrupted
                 | LinkEvent::Resumed
-                | LinkEvent::IceServers(_),
+                | LinkEvent::IceServers(_)
+                | LinkEvent::PeerRestarted,
             )
             | None,
         ) => {

@@ -269,6 +269,7 @@ impl Driver {
             }
             Some(LinkEvent::Interrupted) => self.session.signaling_interrupted(now),
             Some(LinkEvent::Resumed) => self.session.signaling_resumed(now),
+            Some(LinkEvent::PeerRestarted) => self.session.peer_restarted(now),
             Some(LinkEvent::IceServers(servers)) => {
                 // Relays allocated from now on use the fresh credentials; one that failed
                 // (say, allocating again after a network change with expired credentials)

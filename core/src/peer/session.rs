@@ -230,6 +230,8 @@ enum RestartDue {
     Retry,
     /// No path for the whole budget: fail.
     GiveUp,
+    /// The other device restarted (the server says) and is silent: its old path is dead.
+    PeerGone,
 }
 
 impl RestartDue {
@@ -238,6 +240,7 @@ impl RestartDue {
             RestartDue::Start => "ICE restart after silence",
             RestartDue::Retry => "ICE restart: next attempt",
             RestartDue::GiveUp => "ICE restart: no path within the budget",
+            RestartDue::PeerGone => "the other device restarted",
         }
     }
 }
@@ -321,6 +324,8 @@ pub(crate) struct PeerSession {
     restart: Option<Restart>,
     /// Since when ICE has been disconnected.
     silent_since: Option<Instant>,
+    /// The server said the other device restarted (see [`Self::peer_restarted`]).
+    peer_restarted: bool,
 }
 
 impl PeerSession {
@@ -378,6 +383,7 @@ impl PeerSession {
             restart_wanted: None,
             restart: None,
             silent_since: None,
+            peer_restarted: false,
             config,
         };
         session.start(now, sockets, stun_servers);
@@ -633,6 +639,24 @@ impl PeerSession {
         }
     }
 
+    /// The server says the other device started afresh while its old connection is away: a
+    /// new process, most likely, which cannot take over this connection. Only a hint (device
+    /// ids are not authenticated): the connection fails on it only while the peer is silent
+    /// (ICE disconnected), instead of after the whole restart budget; a peer heard again
+    /// clears it.
+    pub(crate) fn peer_restarted(&mut self, now: Instant) {
+        self.now = now;
+        if !self.phase.is_up() || self.phase.is_ended() {
+            return;
+        }
+        tracing::info!(
+            silent = self.silent_since.is_some(),
+            "the server says the other device restarted"
+        );
+        self.peer_restarted = true;
+        self.process(now);
+    }
+
     /// The signaling connection dropped; the session is being resumed on a new one. Nothing
     /// can be signaled meanwhile (a restart waits).
     pub(crate) fn signaling_interrupted(&mut self, now: Instant) {
@@ -774,6 +798,14 @@ impl PeerSession {
                 }
                 RestartDue::Retry => {
                     self.restart_ice(now, "the last attempt found no path");
+                }
+                RestartDue::PeerGone => {
+                    self.fail(PeerError::IceFailed {
+                        reason: "connection lost: the other device restarted (it connected to \
+                                 the server afresh) and its old path is silent"
+                            .to_owned(),
+                    });
+                    return;
                 }
                 RestartDue::GiveUp => {
                     let attempts = self.restart.map_or(0, |r| r.attempt);
@@ -1740,6 +1772,7 @@ impl PeerSession {
                 }
                 IceState::Connected => {
                     self.silent_since = None;
+                    self.peer_restarted = false;
                     self.evaluate_state("the peer is heard again");
                 }
                 _ => {}
@@ -2017,6 +2050,11 @@ impl PeerSession {
     fn restart_timer(&self) -> Option<(Instant, RestartDue)> {
         if self.phase != Phase::Open {
             return None;
+        }
+        if self.peer_restarted
+            && let Some(silent) = self.silent_since
+        {
+            return Some((silent, RestartDue::PeerGone));
         }
         let Some(restart) = self.restart else {
             let up = self.signaling == SignalingState::Up;

@@ -714,6 +714,32 @@ mod tests {
     }
 
     #[test]
+    fn a_peer_said_to_have_restarted_fails_the_connection_once_it_is_silent_not_before() {
+        let mut sim = SessionSim::new(LinkProfile::new(Duration::from_millis(50), 0.0), 11);
+        sim.run_until_open(Duration::from_secs(10)).expect("opens");
+        // A hint while the peer answers changes nothing.
+        let now = sim.now;
+        sim.a.session.peer_restarted(now);
+        sim.run_until(Duration::from_secs(10), |s| s.a.failed.is_some());
+        assert!(sim.a.failed.is_none(), "{:?}", sim.a.failed);
+
+        // The peer's process dies (nothing answers any more) and the server says a new one
+        // registered: the connection fails once ICE finds the peer silent (5 s), not after
+        // the 30 s restart budget.
+        let cut = sim.now;
+        sim.outage = Some((cut, cut + Duration::from_secs(120)));
+        sim.a.session.peer_restarted(cut);
+        sim.run_until(Duration::from_secs(40), |s| s.a.failed.is_some());
+        let error = sim.a.failed.as_ref().expect("failed").to_string();
+        assert!(error.contains("the other device restarted"), "{error}");
+        let took = sim.now - cut;
+        assert!(
+            took <= Duration::from_secs(7),
+            "failed {took:?} after the cut"
+        );
+    }
+
+    #[test]
     fn a_network_change_while_signaling_is_interrupted_restarts_once_it_is_back() {
         // The phone's signaling socket went with its old network and is being resumed when
         // the app says the network changed. Measured in the NAT lab before the fix: the

@@ -306,6 +306,14 @@ impl Driver {
                     }
                     None => Some(ServerMessage::SessionToken { session, token }),
                 },
+                ServerMessage::PeerRestarted { session } => match routes.get(&session) {
+                    Some(route) => {
+                        debug!(session = %short(&session), "the other device restarted");
+                        deliver(route, LinkEvent::PeerRestarted);
+                        None
+                    }
+                    None => Some(ServerMessage::PeerRestarted { session }),
+                },
                 ServerMessage::Resumed { session } => match routes.get_mut(&session) {
                     Some(route) => {
                         debug!(session = %short(&session), "session resumed");

@@ -203,6 +203,8 @@ pub(crate) struct Hub {
     codes: CodeBook,
     /// The connections registered as each desktop device, oldest registration first.
     desktop_conns: HashMap<DeviceId, Vec<ConnKey>>,
+    /// Sessions in which a member of this device is away (lost, within its resume grace).
+    away_devices: HashMap<DeviceId, Vec<SessionId>>,
     /// In id order, so `/api/sessions` pages walk only their page.
     sessions: BTreeMap<SessionId, Session>,
     timers: BinaryHeap<Reverse<(Instant, TimerKey)>>,
@@ -327,6 +329,7 @@ impl Hub {
             next_key: 1,
             conns: HashMap::new(),
             desktop_conns: HashMap::new(),
+            away_devices: HashMap::new(),
             sessions: BTreeMap::new(),
             timers,
             outputs: VecDeque::new(),
@@ -731,6 +734,7 @@ impl Hub {
             return self.refuse_no_free_code(conn);
         };
         self.arm_code(grant.deadline.clone());
+        self.device_started_afresh(&device_id);
         self.desktop_conns
             .entry(device_id.clone())
             .or_default()
@@ -795,6 +799,7 @@ impl Hub {
         if !self.may_ask_to_pair(conn, via.requests()) {
             return;
         }
+        self.device_started_afresh(&device_id);
         let phone = PeerDevice {
             device_id,
             device_name,

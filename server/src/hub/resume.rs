@@ -11,7 +11,7 @@
 
 use std::time::Instant;
 
-use proxim_protocol::{ResumeToken, ServerMessage, SessionEndReason, SessionId};
+use proxim_protocol::{DeviceId, ResumeToken, ServerMessage, SessionEndReason, SessionId};
 
 use super::abuse::MAX_DESKTOP_SESSIONS;
 use super::events::remember_reportable;
@@ -50,6 +50,11 @@ impl Hub {
             return false;
         }
         member.away = Some((now, departure));
+        let device = member.device.device_id.clone();
+        self.away_devices
+            .entry(device)
+            .or_default()
+            .push(session.clone());
         self.stats.members_away += 1;
         tracing::info!(
             session = %short(session.as_str()),
@@ -63,11 +68,54 @@ impl Hub {
         true
     }
 
+    /// `device` started afresh: a new connection registered as it, or asked to pair or
+    /// connect as it. Where a member of that device is away, its old connection will most
+    /// likely not resume (a new process has no token): the other member hears
+    /// `peer_restarted`. Only a hint — device ids are not authenticated — so the session waits
+    /// out its grace as before, and the other member acts on it only if its own path to the
+    /// device is silent too.
+    pub(super) fn device_started_afresh(&mut self, device: &DeviceId) {
+        let Some(sessions) = self.away_devices.remove(device) else {
+            return;
+        };
+        for session in sessions {
+            let Some(s) = self.sessions.get(&session) else {
+                continue;
+            };
+            let other = if s.phone.device.device_id == *device && s.phone.away.is_some() {
+                &s.desktop
+            } else if s.desktop.device.device_id == *device && s.desktop.away.is_some() {
+                &s.phone
+            } else {
+                continue;
+            };
+            if other.away.is_some() {
+                continue;
+            }
+            let to = other.conn;
+            tracing::info!(
+                session = %short(session.as_str()),
+                "an away member's device started afresh; telling the other member"
+            );
+            self.stats.peers_restarted += 1;
+            self.send(to, ServerMessage::PeerRestarted { session });
+        }
+    }
+
     /// A member's grace is over: if it is still away, the session ends as if it had left then.
     pub(super) fn resume_grace_over(&mut self, session: &SessionId, now: Instant) {
         let Some(s) = self.sessions.get(session) else {
             return;
         };
+        // The index of away devices forgets the session (its member resumed or is late now).
+        for device in [&s.phone.device.device_id, &s.desktop.device.device_id] {
+            if let Some(list) = self.away_devices.get_mut(device) {
+                list.retain(|x| x != session);
+                if list.is_empty() {
+                    self.away_devices.remove(device);
+                }
+            }
+        }
         let grace = self.config.resume_grace;
         let late = [&s.phone, &s.desktop].into_iter().find_map(|m| {
             m.away

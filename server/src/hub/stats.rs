@@ -56,6 +56,8 @@ pub struct Stats {
     pub resumes_refused: u64,
     /// `refresh_ice_servers` answered (fresh TURN credentials for a long-lived connection).
     pub ice_refreshes: u64,
+    /// `peer_restarted` hints sent: an away member's device connected afresh.
+    pub peers_restarted: u64,
     /// Signals for an away member dropped because its queue was full.
     pub signals_dropped_away: u64,
     /// `error` messages sent.

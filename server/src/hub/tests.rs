@@ -1100,6 +1100,76 @@ fn each_member_gets_its_own_token_once_the_session_is_accepted() {
 }
 
 #[test]
+fn a_lost_member_whose_device_starts_afresh_is_reported_to_the_other_as_restarted() {
+    let mut hub = hub();
+    let t0 = Instant::now();
+    let (desk, phone, session, _) = answered(&mut hub, r#""accept":true"#, t0);
+    // The desktop process dies: its socket closes without a goodbye.
+    hub.handle_gone(desk, Gone::Closed, t0);
+    assert!(sent_to(&drain(&mut hub), phone).is_empty());
+    // A new process of the same device registers (it has no token: it cannot resume).
+    let t1 = t0 + Duration::from_secs(1);
+    let desk2 = greeted(&mut hub, t1);
+    hub.handle_text(desk2, &register_desktop("desk"), t1);
+    let out = drain(&mut hub);
+    assert!(
+        matches!(only(&out, phone), ServerMessage::PeerRestarted { session: s } if s == session),
+        "{out:?}"
+    );
+    assert_eq!(hub.stats().peers_restarted, 1);
+    // Said once; the session itself still waits out its grace.
+    desktop(&mut hub, "desk", t1);
+    assert!(sent_to(&drain(&mut hub), phone).is_empty());
+    assert_eq!(hub.stats().sessions_active, 1);
+
+    // A phone whose app restarted and connects again by device id: its desktop hears it.
+    let mut hub = hub_with(8, |_| {});
+    let (desk, phone, session, _) = answered(&mut hub, r#""accept":true"#, t0);
+    hub.handle_gone(phone, Gone::Closed, t0);
+    drain(&mut hub);
+    let phone2 = greeted(&mut hub, t1);
+    hub.handle_text(
+        phone2,
+        r#"{"type":"connect_request","desktop":"desk","device_id":"p","device_name":"P"}"#,
+        t1,
+    );
+    let out = drain(&mut hub);
+    assert!(
+        sent_to(&out, desk)
+            .iter()
+            .any(|m| matches!(m, ServerMessage::PeerRestarted { session: s } if *s == session)),
+        "{out:?}"
+    );
+}
+
+#[test]
+fn a_member_that_resumed_and_registers_again_is_no_restart() {
+    let mut hub = hub();
+    let t0 = Instant::now();
+    let (desk, phone, session, out) = answered(&mut hub, r#""accept":true"#, t0);
+    let token = token_of(&out, desk);
+    hub.handle_gone(desk, Gone::Closed, t0);
+    drain(&mut hub);
+    // A network blip: the same process reconnects, resumes, then registers again.
+    let t1 = t0 + Duration::from_secs(1);
+    let desk2 = greeted(&mut hub, t1);
+    resume(&mut hub, desk2, &session, &token, t1);
+    hub.handle_text(desk2, &register_desktop("desk"), t1);
+    let out = drain(&mut hub);
+    assert!(
+        !sent_to(&out, phone)
+            .iter()
+            .any(|m| matches!(m, ServerMessage::PeerRestarted { .. })),
+        "{out:?}"
+    );
+    assert_eq!(hub.stats().peers_restarted, 0);
+    // The grace timer forgets the device (nothing left to report later).
+    hub.handle_timeout(t0 + hub.config.resume_grace);
+    drain(&mut hub);
+    assert!(hub.away_devices.is_empty());
+}
+
+#[test]
 fn a_lost_phone_resumes_on_a_new_connection_and_gets_what_came_meanwhile() {
     let mut hub = hub();
     let t0 = Instant::now();

@@ -269,7 +269,7 @@ impl HubCollector {
 }
 
 /// The counters read from [`Stats`]: `(name, help, value)`.
-fn counters(s: &Stats) -> [(&'static str, &'static str, u64); 21] {
+fn counters(s: &Stats) -> [(&'static str, &'static str, u64); 22] {
     [
         (
             "proxim_connections",
@@ -315,6 +315,11 @@ fn counters(s: &Stats) -> [(&'static str, &'static str, u64); 21] {
             "proxim_ice_refreshes",
             "refresh_ice_servers answered (fresh TURN credentials)",
             s.ice_refreshes,
+        ),
+        (
+            "proxim_peers_restarted",
+            "peer_restarted hints: an away member's device connected afresh",
+            s.peers_restarted,
         ),
         (
             "proxim_errors",
