@@ -139,7 +139,9 @@ SCRIPT_NAME=natlab
 # the connection is gone, reconnects to the trusted desktop (no code) and resends the file,
 # which resumes from the desktop's part file; it must finish with the right SHA-256 and have
 # resumed (not restarted); the note gives how long after the kill data flowed again and the
-# bytes sent twice (what the phone had handed to the channel beyond what the desktop kept).
+# bytes sent twice: handed to the channel beyond what the desktop kept (the phone's send buffer
+# included), and over the wire (what the desktop had acknowledged beyond what it kept, plus
+# what was in flight).
 # ---------------------------------------------------------------------------------------------
 
 SCENARIOS=(
@@ -825,7 +827,7 @@ attempt() {
     local tag=$1 expected=$2 force=$3 event=${4:-}
     local dir=$WORK/$tag
     mkdir -p "$dir/recv"
-    A_OK=false A_GOT="?" A_MS="" A_NOTE="" A_RECOVERY_MS="" A_EVENT=""
+    A_OK=false A_GOT="?" A_MS="" A_NOTE="" A_RECOVERY_MS="" A_EVENT="" A_WIRE=""
     local bytes=$FILE_BYTES
     [ -z "$event" ] || bytes=$BLACKOUT_FILE_BYTES
     flush_conntrack
@@ -909,7 +911,7 @@ attempt() {
     local wall_ms=$(((t1 - t0) / 1000000))
 
     local ok=false path="" local_kind="" relay_proto="" error="" message="" connect_ms=""
-    local resumed_from=0 cut_progress="" path_end=""
+    local resumed_from=0 cut_progress="" cut_acked="" cut_in_flight=0 path_end=""
     if [ "$rc" -eq 124 ] || [ "$rc" -eq 137 ]; then
         error=hung message="proxim pair did not finish within ${bound}s"
     elif $HAS_JSON; then
@@ -929,6 +931,8 @@ attempt() {
             resumed_from=$(jq -r '.file.resumed_from // 0' <<<"$json")
             path_end=$(jq -r '.path_end // ""' <<<"$json")
             cut_progress=$(jq -r '.file.cuts[0].progress_bytes // ""' <<<"$json")
+            cut_acked=$(jq -r '.file.cuts[0].acked_bytes // ""' <<<"$json")
+            cut_in_flight=$(jq -r '.file.cuts[0].in_flight_bytes // 0' <<<"$json")
         else
             error=no_json message="no JSON line on stdout (exit $rc)"
         fi
@@ -1026,7 +1030,13 @@ attempt() {
     if [ "$event" = desktop-restart ] && $A_OK; then
         if [ "$resumed_from" -gt 0 ] 2>/dev/null && [[ $cut_progress =~ ^[0-9]+$ ]]; then
             A_EVENT=$((cut_progress > resumed_from ? cut_progress - resumed_from : 0))
-            log "$tag: resumed at $resumed_from bytes; $A_EVENT bytes sent twice"
+            # Over the wire: what the desktop had acknowledged beyond what it kept, plus what
+            # was in flight (SCTP's counters, sampled every 100 ms).
+            A_WIRE=""
+            if [[ $cut_acked =~ ^[0-9]+$ ]]; then
+                A_WIRE=$(((cut_acked > resumed_from ? cut_acked - resumed_from : 0) + cut_in_flight))
+            fi
+            log "$tag: resumed at $resumed_from bytes; $A_EVENT bytes handed to the channel twice, ${A_WIRE:-?} over the wire"
         else
             A_OK=false
             A_NOTE=${A_NOTE:+$A_NOTE; }"desktop-restart: not resumed (resumed_from ${resumed_from:-?}, cut at ${cut_progress:-?})"
@@ -1107,7 +1117,7 @@ run_suite() {
     lab_up
 
     local rows=() passed=0 failed=0 name a b turn relay expected event n times got ok first notes
-    local recoveries moved lost_after resent
+    local recoveries moved lost_after resent wire
     for idx in "${picks[@]}"; do
         IFS='|' read -r name a b turn relay expected event <<<"${SCENARIOS[$idx]}"
         log "scenario $((idx + 1)) $name: NAT A $a, NAT B $b, TURN $turn, force relay $relay"
@@ -1119,7 +1129,7 @@ run_suite() {
             set_nat "$NS_RC" "$HB_CELL_IP" cone
         fi
         start_server "server-s$((idx + 1))" "$turn"
-        times=() got=() ok=true first="" notes="" recoveries=() moved=() lost_after=() resent=()
+        times=() got=() ok=true first="" notes="" recoveries=() moved=() lost_after=() resent=() wire=()
         for n in $(seq 1 "$repeat"); do
             attempt "s$((idx + 1))-$n" "$expected" "$relay" "$event"
             [[ $A_RECOVERY_MS =~ ^[0-9]+$ ]] && recoveries+=("$A_RECOVERY_MS")
@@ -1127,7 +1137,10 @@ run_suite() {
                 case $event in
                     server-kill) moved+=("$A_EVENT") ;;
                     dead-path) lost_after+=("$A_EVENT") ;;
-                    desktop-restart) resent+=("$A_EVENT") ;;
+                    desktop-restart)
+                        resent+=("$A_EVENT")
+                        [ -z "$A_WIRE" ] || wire+=("$A_WIRE")
+                        ;;
                 esac
             fi
             $A_OK || ok=false
@@ -1157,7 +1170,14 @@ run_suite() {
         if [ "${#resent[@]}" -gt 0 ]; then
             local most
             most=$(printf '%s\n' "${resent[@]}" | sort -g | tail -n1)
-            notes="${notes:+$notes; }resumed, sent twice $((most / 1024)) KiB (max), n=${#resent[@]}"
+            notes="${notes:+$notes; }resumed, handed to the channel twice $((most / 1024)) KiB (max)"
+            if [ "${#wire[@]}" -gt 0 ]; then
+                local p50w maxw
+                p50w=$(median "${wire[@]}")
+                maxw=$(printf '%s\n' "${wire[@]}" | sort -g | tail -n1)
+                notes="$notes, over the wire $(awk -v b="$p50w" 'BEGIN { printf "%d", b / 1024 }') KiB (p50), $((maxw / 1024)) KiB (max)"
+            fi
+            notes="$notes, n=${#resent[@]}"
         fi
         if [ "${#moved[@]}" -gt 0 ]; then
             local least

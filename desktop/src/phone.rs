@@ -217,6 +217,18 @@ async fn run_phone(
     Ok(report)
 }
 
+/// How often `--json` samples the connection's SCTP counters while a file is sent.
+const WIRE_SAMPLE: std::time::Duration = std::time::Duration::from_millis(100);
+
+/// The connection's SCTP counters, as last sampled.
+#[derive(Debug, Default, Clone, Copy)]
+struct WireSample {
+    /// User bytes the other side acknowledged (this connection).
+    acked: u64,
+    /// Bytes in flight.
+    in_flight: u64,
+}
+
 /// How many cut attempts the JSON report lists.
 const MAX_CUTS_REPORTED: usize = 16;
 /// The pause before sending again over a connection that is still up.
@@ -247,13 +259,29 @@ async fn send_resuming(
     loop {
         let sent_bytes = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
         let counter = sent_bytes.clone();
+        // What SCTP had delivered (acknowledged) and had in flight, sampled while sending: at
+        // a cut, what the other side acknowledged beyond what it kept, plus what was in
+        // flight, is what travels twice.
+        let mut wire = WireSample::default();
         let result = if json {
-            connection
-                .send_file(path, move |p| {
-                    counter.store(p.bytes_done, std::sync::atomic::Ordering::Relaxed)
-                })
-                .await
-                .map_err(anyhow::Error::from)
+            let send = connection.send_file(path, move |p| {
+                counter.store(p.bytes_done, std::sync::atomic::Ordering::Relaxed)
+            });
+            tokio::pin!(send);
+            let mut tick = tokio::time::interval(WIRE_SAMPLE);
+            loop {
+                tokio::select! {
+                    result = &mut send => break result.map_err(anyhow::Error::from),
+                    _ = tick.tick() => {
+                        if let Ok(stats) = connection.stats().await {
+                            wire = WireSample {
+                                acked: stats.sctp.bytes_acked,
+                                in_flight: stats.sctp.in_flight as u64,
+                            };
+                        }
+                    }
+                }
+            }
         } else {
             send_with_progress(connection, path).await
         };
@@ -281,6 +309,8 @@ async fn send_resuming(
         if cuts.len() < MAX_CUTS_REPORTED {
             cuts.push(serde_json::json!({
                 "progress_bytes": sent_bytes.load(std::sync::atomic::Ordering::Relaxed),
+                "acked_bytes": wire.acked,
+                "in_flight_bytes": wire.in_flight,
                 "after_ms": ms(since.elapsed()),
                 "reason": format!("{error:#}"),
             }));
