@@ -20,10 +20,36 @@ const USER: &str = "alice";
 const PASS: &str = "wonderland";
 
 fn coturn() -> Coturn {
-    Coturn::start(CoturnAuth::Static {
-        username: USER.into(),
-        password: PASS.into(),
-    })
+    coturn_with(&[])
+}
+
+/// The static-user coturn with extra `turnserver` options.
+fn coturn_with(extra: &[&str]) -> Coturn {
+    Coturn::start_with(
+        CoturnAuth::Static {
+            username: USER.into(),
+            password: PASS.into(),
+        },
+        extra,
+    )
+}
+
+/// A relay-only offerer through `coturn`'s UDP relay, connected to a plain answerer.
+async fn relayed_over_udp(
+    coturn: &Coturn,
+) -> (
+    proxim_core::peer::Established,
+    proxim_core::peer::Established,
+) {
+    let offerer = relay_only(
+        PeerRole::Offerer,
+        turn(coturn.udp_url(), PASS),
+        &coturn.ca_pem,
+    );
+    let (a, b, _) = connect_with(offerer, config(PeerRole::Answerer, vec![]))
+        .await
+        .unwrap_or_else(|e| panic!("{e}\ncoturn log:\n{}", coturn.log()));
+    (a, b)
 }
 
 fn turn(url: String, password: &str) -> Vec<IceServer> {
@@ -268,13 +294,7 @@ async fn probe_reports_each_transport() {
 async fn closing_releases_the_allocation() {
     init_tracing();
     // One allocation per user at a time: a second one is refused until the first is released.
-    let coturn = Coturn::start_with(
-        CoturnAuth::Static {
-            username: USER.into(),
-            password: PASS.into(),
-        },
-        &["--user-quota", "1"],
-    );
+    let coturn = coturn_with(&["--user-quota", "1"]);
     let url = coturn.udp_url();
     let options = TurnOptions::default();
     let offerer = relay_only(PeerRole::Offerer, turn(url.clone(), PASS), &coturn.ca_pem);
@@ -307,21 +327,8 @@ async fn the_allocation_is_refreshed_while_the_connection_lives() {
     init_tracing();
     // coturn tells the client a 4 s lifetime (it keeps the allocation longer itself, so the
     // proof is its log): the client must refresh at half of it, and data keeps flowing.
-    let coturn = Coturn::start_with(
-        CoturnAuth::Static {
-            username: USER.into(),
-            password: PASS.into(),
-        },
-        &["--max-allocate-lifetime=4", "-v"],
-    );
-    let offerer = relay_only(
-        PeerRole::Offerer,
-        turn(coturn.udp_url(), PASS),
-        &coturn.ca_pem,
-    );
-    let (a, mut b, _) = connect_with(offerer, config(PeerRole::Answerer, vec![]))
-        .await
-        .unwrap();
+    let coturn = coturn_with(&["--max-allocate-lifetime=4", "-v"]);
+    let (a, mut b) = relayed_over_udp(&coturn).await;
     tokio::time::sleep(Duration::from_secs(5)).await;
     a.channel
         .send(Payload::Text("after the lifetime".into()))
@@ -344,21 +351,8 @@ async fn a_relayed_side_whose_network_changes_allocates_again_from_the_new_one()
     // A phone on a network where only the relay works moves to another: its allocation was
     // made from an address that is gone, so it allocates again from the new one, and the
     // connection carries on through the new relayed address.
-    let coturn = Coturn::start_with(
-        CoturnAuth::Static {
-            username: USER.into(),
-            password: PASS.into(),
-        },
-        &["-v"],
-    );
-    let offerer = relay_only(
-        PeerRole::Offerer,
-        turn(coturn.udp_url(), PASS),
-        &coturn.ca_pem,
-    );
-    let (a, mut b, _) = connect_with(offerer, config(PeerRole::Answerer, vec![]))
-        .await
-        .unwrap_or_else(|e| panic!("{e}\ncoturn log:\n{}", coturn.log()));
+    let coturn = coturn_with(&["-v"]);
+    let (a, mut b) = relayed_over_udp(&coturn).await;
     let (mut a_events, a_connection) = (a.events, a.connection);
     let before = within("stats", a_connection.stats()).await.unwrap();
     assert_eq!(before.local.kind, CandidateKind::Relay);

@@ -45,6 +45,23 @@ fn relay_config(server: &RunningServer, name: &str, coturn: &Coturn) -> ProximCo
         .with_connect_timeout(Duration::from_secs(10))
 }
 
+/// A relay-only desktop registered, and a relay-only phone pairing with its code.
+async fn start_pairing(
+    server: &RunningServer,
+    coturn: &Coturn,
+) -> (
+    Desktop,
+    tokio::task::JoinHandle<Result<proxim_core::Connection, ProximError>>,
+) {
+    let desktop = Desktop::register(relay_config(server, "Desktop", coturn))
+        .await
+        .unwrap();
+    let code = desktop.code().to_owned();
+    let phone_config = relay_config(server, "Phone", coturn);
+    let phone = tokio::spawn(async move { pair(&phone_config, &code).await });
+    (desktop, phone)
+}
+
 /// Pair through the relay with REST credentials from the welcome and send a 4 MiB file.
 async fn file_through_relay(url_of: fn(&Coturn) -> String, transport: TurnTransport) {
     let coturn = Coturn::start(CoturnAuth::Secret(SECRET.into()));
@@ -136,12 +153,7 @@ async fn rest_credentials_relay_a_file_over_tls() {
 async fn a_server_with_the_wrong_secret_fails_with_refused_credentials() {
     let coturn = Coturn::start(CoturnAuth::Secret(SECRET.into()));
     let server = server_with_turn(vec![coturn.udp_url()], "not-the-secret").await;
-    let mut desktop = Desktop::register(relay_config(&server, "Desktop", &coturn))
-        .await
-        .unwrap();
-    let code = desktop.code().to_owned();
-    let phone_config = relay_config(&server, "Phone", &coturn);
-    let phone = tokio::spawn(async move { pair(&phone_config, &code).await });
+    let (mut desktop, phone) = start_pairing(&server, &coturn).await;
     let desktop_error = match drive(&mut desktop, is_connection_result).await {
         DesktopEvent::ConnectionFailed { error, .. } => error,
         DesktopEvent::Connected(_) => panic!("connected with refused credentials"),
@@ -178,12 +190,7 @@ async fn a_relayed_connection_outlives_turn_ttl_and_its_clients_fetch_fresh_cred
         &["--max-allocate-lifetime=4"],
     );
     let server = server_with_turn_ttl(vec![coturn.udp_url()], SECRET, TTL).await;
-    let mut desktop = Desktop::register(relay_config(&server, "Desktop", &coturn))
-        .await
-        .unwrap();
-    let code = desktop.code().to_owned();
-    let phone_config = relay_config(&server, "Phone", &coturn);
-    let phone = tokio::spawn(async move { pair(&phone_config, &code).await });
+    let (mut desktop, phone) = start_pairing(&server, &coturn).await;
     let desk = match drive(&mut desktop, is_connection_result).await {
         DesktopEvent::Connected(connection) => connection,
         other => panic!("{other:?}\ncoturn log:\n{}", coturn.log()),
