@@ -60,6 +60,9 @@ pub(crate) const RESTART_RETRY: Duration = Duration::from_secs(8);
 /// No path at all (the old one gone, no new one found) this long after the first restart
 /// attempt: the connection fails.
 pub(crate) const RESTART_BUDGET: Duration = Duration::from_secs(30);
+/// No application data either way for this long: the connection is idle, and ICE checks
+/// consent at its idle pace (a desktop left open costs a few datagrams a minute).
+pub(crate) const IDLE_AFTER: Duration = Duration::from_secs(30);
 
 /// How one session is set up.
 #[derive(Debug, Clone)]
@@ -326,6 +329,8 @@ pub(crate) struct PeerSession {
     silent_since: Option<Instant>,
     /// The server said the other device restarted (see [`Self::peer_restarted`]).
     peer_restarted: bool,
+    /// When application data last went either way (idle after [`IDLE_AFTER`] without).
+    last_data: Instant,
 }
 
 impl PeerSession {
@@ -384,6 +389,7 @@ impl PeerSession {
             restart: None,
             silent_since: None,
             peer_restarted: false,
+            last_data: now,
             config,
         };
         session.start(now, sockets, stun_servers);
@@ -786,14 +792,13 @@ impl PeerSession {
                 RestartDue::Start => {
                     let reason = format!(
                         "nothing heard from the other device for {} s",
-                        (self.config.ice.disconnected_after + RESTART_AFTER_SILENCE).as_secs()
+                        (self.ice.disconnected_after() + RESTART_AFTER_SILENCE).as_secs()
                     );
                     // The trouble began when the peer was last heard, not now: the budget
                     // (and `Reconnecting::since`) counts from there.
-                    let heard = self.silent_since.map(|t| {
-                        t.checked_sub(self.config.ice.disconnected_after)
-                            .unwrap_or(t)
-                    });
+                    let heard = self
+                        .silent_since
+                        .map(|t| t.checked_sub(self.ice.disconnected_after()).unwrap_or(t));
                     self.start_restart(now, heard, &reason);
                 }
                 RestartDue::Retry => {
@@ -981,6 +986,8 @@ impl PeerSession {
             })?;
         self.counters.bytes_sent += len as u64;
         self.counters.messages_sent += 1;
+        self.last_data = now;
+        self.ice.set_idle(now, false);
         Ok(())
     }
 
@@ -1698,6 +1705,11 @@ impl PeerSession {
         // Data outstanding past a retransmission timeout: the path may be down; ICE checks
         // consent more often until it is acknowledged, to see the path come back sooner.
         self.ice.set_urgent(now, self.sctp.in_backoff());
+        // No application data either way for a while: consent at the idle pace.
+        self.ice.set_idle(
+            now,
+            now.saturating_duration_since(self.last_data) >= IDLE_AFTER,
+        );
         if let Some(deadline) = self.phase.close_deadline() {
             let flushed = self
                 .channels
@@ -1811,6 +1823,7 @@ impl PeerSession {
                 }
             }
             SctpEvent::Message(m) => {
+                self.last_data = now;
                 let charge = m.data.len();
                 let Some(id) = self.channels.by_stream(m.stream) else {
                     if m.ppid == dcep::PPID_DCEP {

@@ -714,6 +714,27 @@ mod tests {
     }
 
     #[test]
+    fn an_idle_connection_stays_up_for_hours_on_a_few_datagrams_a_minute() {
+        // A desktop left open with nothing to say: consent freshness (RFC 7675) and SCTP keep
+        // the connection alive, and that is all that crosses the link.
+        let mut sim = SessionSim::new(LinkProfile::new(Duration::from_millis(50), 0.0), 12);
+        sim.run_until_open(Duration::from_secs(10)).expect("opens");
+        sim.run_until(Duration::from_secs(60), |_| false);
+        let (before, _) = sim.link_counters();
+        const HOURS: u64 = 3;
+        sim.run_until(Duration::from_secs(HOURS * 3600), |s| {
+            s.a.failed.is_some() || s.b.failed.is_some()
+        });
+        assert!(sim.a.failed.is_none() && sim.b.failed.is_none());
+        let (after, _) = sim.link_counters();
+        let per_minute = (after - before) as f64 / (HOURS * 60) as f64;
+        println!("idle: {per_minute:.1} datagrams a minute over {HOURS} h, both ways together");
+        // Consent checks every ~5 s each way (request and answer) are ~48 a minute; at the
+        // regular 2 s pace they would be ~120.
+        assert!(per_minute < 60.0, "{per_minute} datagrams a minute");
+    }
+
+    #[test]
     fn a_peer_said_to_have_restarted_fails_the_connection_once_it_is_silent_not_before() {
         let mut sim = SessionSim::new(LinkProfile::new(Duration::from_millis(50), 0.0), 11);
         sim.run_until_open(Duration::from_secs(10)).expect("opens");

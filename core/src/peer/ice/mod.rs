@@ -57,8 +57,14 @@ pub(crate) struct IceConfig {
     /// waiting out a retransmission timer: [`IceAgent::set_urgent`]), so that its return is
     /// seen within about this long.
     pub(crate) consent_interval_urgent: Duration,
+    /// … and this often while the connection is idle ([`IceAgent::set_idle`]: no application
+    /// data for a while): RFC 7675's 5 s, the least that keeps consent (and NAT bindings)
+    /// fresh, so that a connection left open costs a few datagrams a minute.
+    pub(crate) consent_interval_idle: Duration,
     /// Nothing heard from the peer for this long: disconnected.
     pub(crate) disconnected_after: Duration,
+    /// … and this long while idle (three idle consent checks unanswered).
+    pub(crate) disconnected_after_idle: Duration,
     /// No consent for this long: failed.
     pub(crate) consent_timeout: Duration,
 }
@@ -74,7 +80,9 @@ impl IceConfig {
             check_timeout: Duration::from_millis(2500),
             consent_interval: Duration::from_secs(2),
             consent_interval_urgent: Duration::from_millis(500),
+            consent_interval_idle: Duration::from_secs(5),
             disconnected_after: Duration::from_secs(5),
+            disconnected_after_idle: Duration::from_secs(15),
             consent_timeout: Duration::from_secs(30),
         }
     }
@@ -224,6 +232,8 @@ pub(crate) struct IceAgent {
     consent_jitter: u32,
     /// The layer above waits for the path to come back (see [`IceAgent::set_urgent`]).
     urgent: bool,
+    /// No application data for a while (see [`IceAgent::set_idle`]).
+    idle: bool,
     /// During a restart: the pair selected before it and its generation's credentials.
     previous: Option<Previous>,
 }
@@ -274,6 +284,7 @@ impl IceAgent {
             events: VecDeque::new(),
             consent_jitter: rand::random(),
             urgent: false,
+            idle: false,
             previous: None,
         }
     }
@@ -361,6 +372,36 @@ impl IceAgent {
         if urgent {
             tracing::debug!("ICE: the path may be down; checking consent more often");
             self.hurry_consent(now);
+        }
+    }
+
+    /// The connection carries no application data (`idle`) or carries some again: consent is
+    /// checked every `consent_interval_idle` and the peer counts as disconnected after
+    /// `disconnected_after_idle` while idle, at the regular pace otherwise.
+    pub(crate) fn set_idle(&mut self, now: Instant, idle: bool) {
+        if self.idle == idle {
+            return;
+        }
+        self.idle = idle;
+        tracing::debug!(
+            idle,
+            "ICE: consent checks at the {} pace",
+            if idle { "idle" } else { "regular" }
+        );
+        if !idle {
+            let soon = now + self.config.consent_interval;
+            if self.next_consent.is_some_and(|next| next > soon) {
+                self.next_consent = Some(soon);
+            }
+        }
+    }
+
+    /// How long the peer may be silent before it counts as disconnected, now.
+    pub(crate) fn disconnected_after(&self) -> Duration {
+        if self.idle {
+            self.config.disconnected_after_idle
+        } else {
+            self.config.disconnected_after
         }
     }
 
@@ -963,7 +1004,7 @@ impl IceAgent {
                 && self.selected.is_some()
             {
                 let at = if self.state == IceState::Connected {
-                    heard + self.config.disconnected_after
+                    heard + self.disconnected_after()
                 } else {
                     heard + self.config.consent_timeout
                 };
@@ -1030,6 +1071,8 @@ impl IceAgent {
         let spread = f64::from(self.consent_jitter >> 8) / f64::from(1u32 << 24);
         let base = if self.urgent || self.state == IceState::Disconnected {
             self.config.consent_interval_urgent
+        } else if self.idle {
+            self.config.consent_interval_idle
         } else {
             self.config.consent_interval
         };
@@ -1141,7 +1184,7 @@ impl IceAgent {
                     .map_or(silent, |t| now.saturating_duration_since(t));
                 if consent >= self.config.consent_timeout {
                     IceState::Failed
-                } else if silent >= self.config.disconnected_after {
+                } else if silent >= self.disconnected_after() {
                     IceState::Disconnected
                 } else {
                     IceState::Connected
