@@ -54,9 +54,10 @@ struct PhoneArgs {
     json: bool,
 }
 
-/// How often `proxim pair`/`connect` look at the local addresses (see
-/// `Connection::watch_network`).
-pub(crate) const NETWORK_WATCH: std::time::Duration = std::time::Duration::from_millis(500);
+/// How often `proxim pair`/`connect` and `proxim desktop` look at the local addresses (see
+/// `Connection::watch_network`): on average half of it is added to the recovery after a
+/// network switch. One look is one `getifaddrs`, a few tens of microseconds.
+pub(crate) const NETWORK_WATCH: std::time::Duration = std::time::Duration::from_millis(100);
 
 /// `proxim pair CODE`: pair with the desktop showing this code or link.
 pub(crate) async fn pair_with_code(args: PairArgs) -> Result<()> {
