@@ -880,7 +880,7 @@ attempt() {
         cut_for_good "$dir" "$pair_pid" &
         blackout_pid=$!
         PIDS+=("$blackout_pid")
-    elif [ "$event" = switch ] || [ "$event" = switch-symmetric ]; then
+    elif [[ $event == switch* ]]; then
         network_switch "$dir" "$pair_pid" &
         blackout_pid=$!
         PIDS+=("$blackout_pid")

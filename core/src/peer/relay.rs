@@ -144,10 +144,7 @@ impl Relays {
         // is gone drops it).
         self.collect(now);
         for id in stale {
-            let server = self.entries[id].server.clone();
-            self.entries[id].phase = Phase::Retired;
-            tracing::info!(url = %server.url, "TURN relay: allocating again on the new network");
-            self.set_up(server);
+            self.set_up_again(id, "allocating again on the new network");
         }
         gone
     }
@@ -169,14 +166,20 @@ impl Relays {
                 failed.push(id);
             }
         }
-        for id in &failed {
-            let server = self.entries[*id].server.clone();
-            self.entries[*id].phase = Phase::Retired;
-            tracing::info!(url = %server.url, "TURN relay: trying again with fresh credentials");
-            self.set_up(server);
+        for &id in &failed {
+            self.set_up_again(id, "trying again with fresh credentials");
         }
         self.collect(now);
         !failed.is_empty()
+    }
+
+    /// Retire entry `id` and set its server up again as a new entry (inputs still coming for
+    /// the old id find it retired).
+    fn set_up_again(&mut self, id: usize, why: &str) {
+        let server = self.entries[id].server.clone();
+        self.entries[id].phase = Phase::Retired;
+        tracing::info!(url = %server.url, "TURN relay: {why}");
+        self.set_up(server);
     }
 
     /// Start setting up a relay to `server` (a new entry; its task reports back by id).

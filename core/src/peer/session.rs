@@ -652,7 +652,7 @@ impl PeerSession {
     /// clears it.
     pub(crate) fn peer_restarted(&mut self, now: Instant) {
         self.now = now;
-        if !self.phase.is_up() || self.phase.is_ended() {
+        if !self.phase.is_up() {
             return;
         }
         tracing::info!(

@@ -627,39 +627,15 @@ async fn receive_over(
     .await;
     // Whatever arrived is kept for a resume: flush it before anything else.
     let flushed = writer.flush().await;
-    let checked = data.and_then(|expected| {
-        flushed?;
-        if received != size {
-            return Err(TransferError::Protocol(format!(
-                "received {received} bytes, header announced {size}"
-            )));
-        }
-        let actual = hex::encode(hasher.finalize());
-        if actual == expected {
-            Ok(actual)
-        } else {
-            Err(TransferError::HashMismatch { expected, actual })
-        }
-    });
+    let checked = match (data, flushed) {
+        (Err(error), _) => Err(error),
+        (Ok(_), Err(error)) => Err(error.into()),
+        (Ok(expected), Ok(())) => verify(channel, hasher, expected, received, size, refused).await,
+    };
     let actual = match checked {
         Ok(actual) => actual,
         Err(error) => {
-            match &error {
-                TransferError::HashMismatch { actual, .. } => {
-                    let nack = Control::Ack {
-                        ok: false,
-                        sha256: Some(actual.clone()),
-                        error: Some("hash mismatch".to_owned()),
-                    };
-                    *refused = channel.send(Payload::Text(nack.encode())).await.is_ok();
-                }
-                TransferError::Protocol(reason) if reason.starts_with("received ") => {
-                    *refused = refuse(channel, "size does not match the header").await;
-                }
-                _ => {}
-            }
-            let worth_keeping = error.can_resume() || matches!(error, TransferError::Io(_));
-            if worth_keeping && received > 0 {
+            if keeps_part(&error, received) {
                 tracing::info!(transfer = %safe_id, held = received, size, "transfer cut short; the part file is kept for a resume");
             } else {
                 part.discard();
@@ -819,10 +795,46 @@ async fn negotiate(
 /// The transfer ends before any data: the part file stays only when it holds something worth
 /// resuming.
 fn give_up(held: &mut part::HeldPart, error: TransferError) -> TransferError {
-    if held.len == 0 || !error.can_resume() {
+    if !keeps_part(&error, held.len) {
         held.part.discard();
     }
     error
+}
+
+/// Whether a transfer that ended with `error`, its part file holding `held` bytes, keeps the
+/// part file for a resume: it holds something and the transfer was cut short (or a local
+/// write failed, a full disk), not wrong.
+fn keeps_part(error: &TransferError, held: u64) -> bool {
+    held > 0 && (error.can_resume() || matches!(error, TransferError::Io(_)))
+}
+
+/// All data and the trailer arrived: check the size and the hash against the sender's,
+/// telling the sender when either is wrong. The hash on success.
+async fn verify(
+    channel: &DataChannel,
+    hasher: Sha256,
+    expected: String,
+    received: u64,
+    size: u64,
+    refused: &mut bool,
+) -> Result<String, TransferError> {
+    if received != size {
+        *refused = refuse(channel, "size does not match the header").await;
+        return Err(TransferError::Protocol(format!(
+            "received {received} bytes, header announced {size}"
+        )));
+    }
+    let actual = hex::encode(hasher.finalize());
+    if actual != expected {
+        let nack = Control::Ack {
+            ok: false,
+            sha256: Some(actual.clone()),
+            error: Some("hash mismatch".to_owned()),
+        };
+        *refused = channel.send(Payload::Text(nack.encode())).await.is_ok();
+        return Err(TransferError::HashMismatch { expected, actual });
+    }
+    Ok(actual)
 }
 
 /// Empty the part file and write from its start.
